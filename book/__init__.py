@@ -1,0 +1,1 @@
+"""Order books: exact fixed-point L2 books, immutable snapshots, the registry, NBBO."""

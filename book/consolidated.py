@@ -1,0 +1,67 @@
+"""Consolidated best bid/ask (NBBO) for a canonical symbol across venues."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from book.snapshot import BookSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class ConsolidatedBbo:
+    """Best bid and best ask over every live venue quoting ``symbol``.
+
+    Ties on price go to the larger quantity, then the venue name, so the result is
+    deterministic. ``seq`` grows by one for every change of any field.
+    """
+
+    symbol: str
+    seq: int
+    ts_event: int
+    ts_recv: int
+    bid: int | None
+    bid_qty: int | None
+    bid_venue: str | None
+    ask: int | None
+    ask_qty: int | None
+    ask_venue: str | None
+
+    def same_quote(self, other: ConsolidatedBbo | None) -> bool:
+        return other is not None and (
+            self.bid,
+            self.bid_qty,
+            self.bid_venue,
+            self.ask,
+            self.ask_qty,
+            self.ask_venue,
+        ) == (other.bid, other.bid_qty, other.bid_venue, other.ask, other.ask_qty, other.ask_venue)
+
+
+def consolidate(
+    symbol: str, books: list[BookSnapshot], previous: ConsolidatedBbo | None
+) -> ConsolidatedBbo | None:
+    """NBBO of ``books`` (live snapshots of one symbol); ``None`` if unchanged. O(venues)."""
+    best_bid: tuple[int, int, str] | None = None
+    best_ask: tuple[int, int, str] | None = None
+    ts_event = ts_recv = 0
+    for snap in books:
+        venue = snap.venue
+        if snap.bid is not None and snap.bid_qty is not None:
+            key = (snap.bid, snap.bid_qty, venue)
+            if best_bid is None or (key[0], key[1]) > (best_bid[0], best_bid[1]):
+                best_bid = key
+        if snap.ask is not None and snap.ask_qty is not None:
+            key = (snap.ask, snap.ask_qty, venue)
+            if best_ask is None or (key[0], -key[1]) < (best_ask[0], -best_ask[1]):
+                best_ask = key
+        if snap.ts_recv > ts_recv:
+            ts_event, ts_recv = snap.ts_event, snap.ts_recv
+    candidate = ConsolidatedBbo(
+        symbol,
+        (previous.seq if previous else 0) + 1,
+        ts_event,
+        ts_recv,
+        *(best_bid if best_bid else (None, None, None)),
+        *(best_ask if best_ask else (None, None, None)),
+    )
+    return None if candidate.same_quote(previous) else candidate

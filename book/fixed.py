@@ -1,0 +1,102 @@
+"""Exact fixed-point numbers: every price and quantity is an ``int`` of 10**-12 units.
+
+One scale for every venue and instrument keeps cross-venue comparisons (NBBO) plain
+integer comparisons and keeps binary floats out of books, the wire and the database.
+Exchange text such as ``"61737.63000000"`` converts in one ``partition`` and one
+``int()``; output goes back to the shortest exact decimal string.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from book.exceptions import PrecisionError
+
+SCALE_DIGITS = 12
+SCALE = 10**SCALE_DIGITS
+_ZEROS = tuple("0" * n for n in range(SCALE_DIGITS + 1))
+_DECIMAL_QUANTUM = Decimal(1).scaleb(-SCALE_DIGITS)
+
+
+def parse_fixed(text: str) -> int:
+    """Exact decimal text -> fixed-point int. O(len(text)).
+
+    Accepts plain decimals (``"0.35"``, ``"61737.63000000"``, ``"-1.5"``) and, on a slower
+    path, exponent forms (``"1e-08"``). Raises ``PrecisionError`` for digits beyond
+    ``SCALE_DIGITS`` that are not zeros and ``ValueError`` for anything not a number.
+    """
+    whole, _, frac = text.partition(".")
+    n = len(frac)
+    try:
+        if n <= SCALE_DIGITS:
+            return int(whole + frac + _ZEROS[SCALE_DIGITS - n]) if whole else _frac_only(frac)
+        if frac[SCALE_DIGITS:].strip("0"):
+            raise PrecisionError(f"{text!r} has more than {SCALE_DIGITS} decimal places")
+        return int(whole + frac[:SCALE_DIGITS])
+    except ValueError as exc:
+        if isinstance(exc, PrecisionError):
+            raise
+        return _parse_slow(text)
+
+
+def _frac_only(frac: str) -> int:
+    # ".5" is valid decimal text, "" and "." are not.
+    if not frac:
+        raise ValueError("empty number")
+    return int(frac + _ZEROS[SCALE_DIGITS - len(frac)])
+
+
+def _parse_slow(text: str) -> int:
+    try:
+        value = Decimal(text)
+    except ArithmeticError as exc:
+        raise ValueError(f"not a decimal number: {text!r}") from exc
+    if not value.is_finite():
+        raise ValueError(f"not a finite decimal number: {text!r}")
+    scaled = value.scaleb(SCALE_DIGITS)
+    if scaled != scaled.to_integral_value():
+        raise PrecisionError(f"{text!r} has more than {SCALE_DIGITS} decimal places")
+    return int(scaled)
+
+
+def fixed_from_number(value: float | int | str) -> int:
+    """A JSON number (as decoded) -> fixed point, using the shortest round-trip repr.
+
+    Venues that send prices as JSON numbers (Kraken v2) are decoded by orjson to
+    ``float``; ``repr`` of a float is the shortest decimal that maps back to it, which is
+    the exchange's own decimal for any value with at most 15 significant digits.
+    """
+    if isinstance(value, str):
+        return parse_fixed(value)
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    if isinstance(value, int):
+        return value * SCALE
+    return parse_fixed(repr(value))
+
+
+def format_fixed(value: int) -> str:
+    """Fixed-point int -> shortest exact decimal text (``43000.1``, ``0.00000001``, ``5``)."""
+    sign = "-" if value < 0 else ""
+    whole, frac = divmod(abs(value), SCALE)
+    if not frac:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{frac:0{SCALE_DIGITS}d}".rstrip("0")
+
+
+def format_fixed_places(value: int, places: int) -> str:
+    """Fixed-point int -> decimal text with exactly ``places`` decimals (rounds half even)."""
+    return f"{to_decimal(value):.{places}f}"
+
+
+def to_decimal(value: int) -> Decimal:
+    """Fixed-point int -> exact ``Decimal``."""
+    return Decimal(value).scaleb(-SCALE_DIGITS)
+
+
+def from_decimal(value: Decimal) -> int:
+    """Exact ``Decimal`` -> fixed-point int; ``PrecisionError`` if it does not fit the scale."""
+    scaled = value.scaleb(SCALE_DIGITS)
+    if not value.is_finite() or scaled != scaled.to_integral_value():
+        raise PrecisionError(f"{value} is not representable with {SCALE_DIGITS} decimal places")
+    return int(scaled)

@@ -1,0 +1,23 @@
+"""Health of one instrument's book, as told to subscribers and stored as feed events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class InstrumentState(str, Enum):
+    """``syncing`` until the first bridged snapshot, ``live`` while every check passes,
+    ``stale`` after a gap, checksum failure, crossed book or silence (until resynced)."""
+
+    SYNCING = "syncing"
+    LIVE = "live"
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentStatus:
+    instrument: str
+    state: InstrumentState
+    reason: str
+    ts: int

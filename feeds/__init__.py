@@ -1,0 +1,1 @@
+"""Exchange feed handlers: sans-I/O venue parsers, per-instrument sync, connection runners."""
