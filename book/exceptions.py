@@ -1,8 +1,8 @@
 """Errors raised by the book package.
 
-    BookError
-    ├── PrecisionError   a decimal string has more digits than the fixed-point scale holds
-    └── CrossedBookError a book's best bid is at or above its best ask
+BookError
+├── PrecisionError   a decimal string has more digits than the fixed-point scale holds
+└── CrossedBookError a book's best bid is at or above its best ask
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from decimal import Decimal
 from book.exceptions import PrecisionError
 
 SCALE_DIGITS = 12
-SCALE = 10**SCALE_DIGITS
+SCALE: int = 10**SCALE_DIGITS
 _ZEROS = tuple("0" * n for n in range(SCALE_DIGITS + 1))
 _DECIMAL_QUANTUM = Decimal(1).scaleb(-SCALE_DIGITS)
 

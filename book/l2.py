@@ -74,13 +74,15 @@ class L2Book:
             asks.popitem(-1)
 
     def best_bid(self) -> Level | None:
-        return self._bids.peekitem(-1) if self._bids else None  # type: ignore[no-any-return]
+        return self._bids.peekitem(-1) if self._bids else None
 
     def best_ask(self) -> Level | None:
-        return self._asks.peekitem(0) if self._asks else None  # type: ignore[no-any-return]
+        return self._asks.peekitem(0) if self._asks else None
 
     def is_crossed(self) -> bool:
-        return bool(self._bids and self._asks and self._bids.peekitem(-1)[0] >= self._asks.peekitem(0)[0])
+        return bool(
+            self._bids and self._asks and self._bids.peekitem(-1)[0] >= self._asks.peekitem(0)[0]
+        )
 
     def top_bids(self, depth: int) -> tuple[Level, ...]:
         """Best ``depth`` bids, descending. O(depth)."""

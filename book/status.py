@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class InstrumentState(str, Enum):
+class InstrumentState(StrEnum):
     """``syncing`` until the first bridged snapshot, ``live`` while every check passes,
     ``stale`` after a gap, checksum failure, crossed book or silence (until resynced)."""
 
