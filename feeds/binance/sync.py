@@ -1,0 +1,167 @@
+"""Binance diff-depth synchronisation (spot and USD-M), exactly as Binance documents it.
+
+Spot: buffer stream events; take a REST snapshot; drop buffered events with
+``u <= lastUpdateId``; the first kept event must have ``U <= lastUpdateId + 1 <= u``;
+after that every event must have ``U == previous u + 1`` (``u`` below the book id is old
+and ignored). USD-M: drop ``u < lastUpdateId``; the first kept event must have
+``U <= lastUpdateId <= u``; after that every event's ``pu`` must equal the previous ``u``.
+A snapshot older than the first buffered event is refetched. Any break is a gap.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from book.fixed import format_fixed
+from feeds.events import BookDeltaEvent, BookSnapshotEvent, TopOfBookEvent
+from feeds.sync import NOTHING, REFETCH, BookSync, ProblemKind, SyncProblem, SyncResult
+
+
+_MAX_TICKERS_AHEAD = 64
+
+
+class BinanceDepthSync(BookSync):
+    """One instrument's Binance book. Each call is O(levels in the event)."""
+
+    def __init__(
+        self,
+        instrument: str,
+        *,
+        futures: bool,
+        capture_depth: int = 0,
+        max_buffered: int = 10_000,
+    ) -> None:
+        super().__init__(instrument, capture_depth=capture_depth)
+        self.futures = futures
+        self._buffer: deque[BookDeltaEvent] = deque(maxlen=max_buffered)
+        self._last_id: int | None = None
+        self._bridging = False
+        # bookTickers run ahead of the 100 ms depth stream: hold them until the book
+        # reaches their update id, then compare.
+        self._tickers_ahead: dict[int, TopOfBookEvent] = {}
+        self.tickers_checked = 0
+
+    @property
+    def last_update_id(self) -> int | None:
+        return self._last_id
+
+    def reset(self) -> None:
+        super().reset()
+        self._buffer.clear()
+        self._last_id = None
+        self._bridging = False
+        self._tickers_ahead.clear()
+
+    def on_snapshot(self, event: BookSnapshotEvent, ts_recv: int) -> SyncResult:
+        snapshot_id = event.update_id
+        if snapshot_id is None:
+            raise ValueError("a Binance snapshot needs lastUpdateId")
+        # Spot keeps events ending after the snapshot; USD-M also keeps u == lastUpdateId.
+        keep_from = snapshot_id + 1 if not self.futures else snapshot_id
+        pending = [e for e in self._buffer if e.last_id is not None and e.last_id >= keep_from]
+        self._buffer.clear()
+        if pending and not self._bridges(pending[0], snapshot_id):
+            return REFETCH  # the snapshot is older than the stream: fetch another
+        self.book.load(event.bids, event.asks)
+        self._last_id = snapshot_id
+        self._bridging = True
+        self.live = True
+        ts_event = event.ts_event
+        for delta in pending:
+            problem = self._check_sequence(delta)
+            if problem is not None:
+                return SyncResult(problem=problem)
+            self._apply(delta)
+            ts_event = delta.ts_event
+        return self._verified_publish(ts_event, ts_recv)
+
+    def on_delta(self, event: BookDeltaEvent, ts_recv: int) -> SyncResult:
+        if not self.live:
+            self._buffer.append(event)
+            return NOTHING
+        last_id = event.last_id
+        if last_id is None or self._last_id is None:
+            return SyncResult(problem=SyncProblem(ProblemKind.GAP, "depth update without ids"))
+        if last_id < self._last_id or (last_id == self._last_id and not self.futures):
+            return NOTHING  # already contained in the book
+        problem = self._check_sequence(event)
+        if problem is not None:
+            return SyncResult(problem=problem)
+        self._apply(event)
+        return self._verified_publish(event.ts_event, ts_recv)
+
+    def on_top_of_book(self, event: TopOfBookEvent) -> SyncResult:
+        """bookTicker ``u`` names a book state: when the book is at that state, the tops
+        must be equal. A ticker ahead of the book waits (bounded) for the book."""
+        if not self.live or event.update_id is None or self._last_id is None:
+            return NOTHING
+        if event.update_id > self._last_id:
+            if len(self._tickers_ahead) >= _MAX_TICKERS_AHEAD:
+                self._tickers_ahead.pop(next(iter(self._tickers_ahead)))
+            self._tickers_ahead[event.update_id] = event
+            return NOTHING
+        if event.update_id < self._last_id or self._bridging:
+            return NOTHING
+        problem = self._compare(event)
+        return NOTHING if problem is None else SyncResult(problem=problem)
+
+    def _verified_publish(self, ts_event: int, ts_recv: int) -> SyncResult:
+        """Publish, after checking a bookTicker that was waiting for this book state."""
+        if self._tickers_ahead:
+            ticker = self._tickers_ahead.pop(self._last_id, None)  # type: ignore[arg-type]
+            if ticker is not None:
+                problem = self._compare(ticker)
+                if problem is not None:
+                    return SyncResult(problem=problem)
+            last = self._last_id
+            assert last is not None
+            if len(self._tickers_ahead) > _MAX_TICKERS_AHEAD // 2:
+                self._tickers_ahead = {u: t for u, t in self._tickers_ahead.items() if u > last}
+        return self._publish(ts_event, ts_recv)
+
+    def _compare(self, event: TopOfBookEvent) -> SyncProblem | None:
+        self.tickers_checked += 1
+        book = self.book
+        ours = (book.best_bid(), book.best_ask())
+        theirs = ((event.bid, event.bid_qty), (event.ask, event.ask_qty))
+        if ours == theirs:
+            return None
+        return SyncProblem(
+            ProblemKind.MISMATCH,
+            f"book at u={self._last_id} has {_fmt(ours)}, bookTicker says {_fmt(theirs)}",
+        )
+
+    def _bridges(self, first: BookDeltaEvent, snapshot_id: int) -> bool:
+        assert first.first_id is not None and first.last_id is not None
+        target = snapshot_id if self.futures else snapshot_id + 1
+        return first.first_id <= target <= first.last_id
+
+    def _check_sequence(self, event: BookDeltaEvent) -> SyncProblem | None:
+        last = self._last_id
+        assert last is not None and event.first_id is not None and event.last_id is not None
+        if self._bridging:
+            if self._bridges(event, last):
+                return None
+            return SyncProblem(
+                ProblemKind.GAP,
+                f"first event U={event.first_id} u={event.last_id} does not bridge snapshot {last}",
+            )
+        if self.futures:
+            if event.prev_id == last:
+                return None
+            return SyncProblem(ProblemKind.GAP, f"pu={event.prev_id} but previous u={last}")
+        if event.first_id <= last + 1:
+            return None
+        return SyncProblem(ProblemKind.GAP, f"U={event.first_id} but previous u={last}")
+
+    def _apply(self, event: BookDeltaEvent) -> None:
+        self.book.apply(event.bids, event.asks)
+        self._last_id = event.last_id
+        self._bridging = False
+
+
+def _fmt(top: tuple[tuple[int, int] | None, tuple[int, int] | None]) -> str:
+    return " / ".join(
+        "-" if level is None else f"{format_fixed(level[1])}@{format_fixed(level[0])}"
+        for level in top
+    )

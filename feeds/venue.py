@@ -1,0 +1,59 @@
+"""What the runner needs to know about a venue: URLs, subscribe frames, parser, sync rules."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from feeds.events import BookSnapshotEvent, FeedEvent
+from feeds.symbols import SymbolMap
+from feeds.sync import BookSync
+
+
+class VenueAdapter(ABC):
+    """One venue's protocol, minus all I/O (the runner does the I/O).
+
+    ``rest_snapshots`` venues (Binance) sync a book from an HTTP snapshot bridged
+    with buffered stream events; the others get snapshots in-band and resync an
+    instrument by resubscribing it.
+    """
+
+    venue: str
+    symbols: SymbolMap
+    rest_snapshots: bool = False
+    #: Seconds between application-level pings (0 = rely on websocket ping frames).
+    app_ping_interval: float = 0.0
+    #: Longest a healthy connection stays quiet before the watchdog reconnects it.
+    silence_timeout: float = 30.0
+    #: A connection older than this is replaced (make-before-break); 0 = never.
+    max_connection_age: float = 0.0
+
+    @abstractmethod
+    def stream_url(self, instruments: Sequence[str]) -> str: ...
+
+    def subscribe_frames(self, instruments: Sequence[str]) -> list[str]:
+        """Text frames to send right after connecting (none when the URL subscribes)."""
+        return []
+
+    def resubscribe_frames(self, instrument: str) -> list[str]:
+        """Frames that make the venue send a fresh snapshot of one instrument."""
+        return []
+
+    def app_ping_frame(self) -> str | None:
+        return None
+
+    @abstractmethod
+    def parse(self, frame: str | bytes) -> list[FeedEvent]: ...
+
+    @abstractmethod
+    def new_sync(self, instrument: str, *, capture_depth: int) -> BookSync: ...
+
+    def snapshot_url(self, instrument: str) -> str:
+        raise NotImplementedError(f"{self.venue} does not take REST snapshots")
+
+    def parse_snapshot(self, instrument: str, body: bytes | str) -> BookSnapshotEvent:
+        raise NotImplementedError(f"{self.venue} does not take REST snapshots")
+
+    def snapshot_instrument(self, url: str) -> str | None:
+        """Which instrument a recorded REST snapshot URL was for (replay)."""
+        return None
