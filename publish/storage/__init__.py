@@ -1,0 +1,36 @@
+"""Batched storage: rows collected by ``StorageFlusher`` and written per 5 ms window
+through a ``StorageBackend`` (``SqliteBackend``; PostgreSQL later)."""
+
+from __future__ import annotations
+
+from publish.storage.backend import Batch, StorageBackend
+from publish.storage.exceptions import BackendClosedError, SchemaVersionError, StorageError
+from publish.storage.flusher import FlusherStats, StorageFlusher, StorageHealth
+from publish.storage.rows import (
+    BboRow,
+    FeedEventKind,
+    FeedEventRow,
+    PositionRow,
+    PositionSide,
+    bbo_row_from_snapshot,
+)
+from publish.storage.sqlite import SqliteBackend, SqliteSync
+
+__all__ = [
+    "BackendClosedError",
+    "Batch",
+    "BboRow",
+    "FeedEventKind",
+    "FeedEventRow",
+    "FlusherStats",
+    "PositionRow",
+    "PositionSide",
+    "SchemaVersionError",
+    "SqliteBackend",
+    "SqliteSync",
+    "StorageBackend",
+    "StorageError",
+    "StorageFlusher",
+    "StorageHealth",
+    "bbo_row_from_snapshot",
+]

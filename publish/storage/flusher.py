@@ -1,0 +1,286 @@
+"""Group-commit storage flusher: rows collect in memory and go out one batch per window.
+
+The first row that arrives while nothing is buffered opens a window; ``window_ms``
+later everything buffered is swapped out and written as one ``Batch`` (one
+transaction). Rows that arrive during a write open the next window, and a write that
+took longer than a window is followed straight away by the next one, so under load
+batches run back to back and an idle flusher does not wake up at all.
+
+``add_position`` returns a future resolved when the batch holding the row has committed:
+every position of a window shares one commit (group commit), and an acknowledgement
+sent on that future means the position is in the database.
+
+When a write fails the rows go back to the front of the buffer and the flusher retries
+with capped exponential backoff (``degraded`` until a write succeeds). Meanwhile the
+buffer is bounded: past ``max_pending_rows`` BBO and feed-event rows the oldest BBO rows
+are dropped first, then the oldest feed events; positions are never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from publish.storage.backend import Batch, StorageBackend
+from publish.storage.rows import BboRow, FeedEventRow, PositionRow
+
+logger = logging.getLogger(__name__)
+
+
+class StorageHealth(StrEnum):
+    """``degraded`` from a failed write until the next write succeeds."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+
+
+@dataclass(frozen=True, slots=True)
+class FlusherStats:
+    """Counters since the flusher was created; durations in the ``clock``'s nanoseconds."""
+
+    health: StorageHealth
+    batches: int
+    """Committed batches."""
+    rows_written: int
+    pending_rows: int
+    """Rows not committed yet: buffered plus the batch being written."""
+    failures: int
+    """Failed write attempts (each retry that fails counts again)."""
+    dropped_bbo_rows: int
+    dropped_feed_events: int
+    last_flush_ns: int
+    """How long the last committed batch took to write."""
+    max_flush_ns: int
+
+
+class StorageFlusher:
+    """Batches rows into one backend transaction per window; see the module docstring.
+
+    Run ``run()`` as a task; on shutdown cancel it, then await ``drain()``. The ``add_*``
+    methods are the hot path: O(1) (an append; past the bound, one ``popleft`` too).
+    ``on_flush(duration_ns, rows)`` is called after each committed batch (histograms).
+    """
+
+    def __init__(
+        self,
+        backend: StorageBackend,
+        *,
+        window_ms: float = 5.0,
+        max_pending_rows: int = 200_000,
+        retry_initial_ms: float = 50.0,
+        retry_max_ms: float = 2_000.0,
+        clock: Callable[[], int] = time.perf_counter_ns,
+        on_flush: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if window_ms <= 0 or retry_initial_ms <= 0:
+            raise ValueError("window_ms and retry_initial_ms must be positive")
+        if retry_max_ms < retry_initial_ms:
+            raise ValueError("retry_max_ms must be at least retry_initial_ms")
+        if max_pending_rows < 1:
+            raise ValueError("max_pending_rows must be at least 1")
+        self._backend = backend
+        self._window = window_ms / 1000
+        self._max_pending = max_pending_rows
+        self._retry_initial = retry_initial_ms / 1000
+        self._retry_max = retry_max_ms / 1000
+        self._clock = clock
+        self._on_flush = on_flush
+
+        self._bbo: deque[BboRow] = deque()
+        self._feed_events: deque[FeedEventRow] = deque()
+        self._positions: list[PositionRow] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        # Set while rows are buffered; _window_opened is the loop time the first came in.
+        self._rows_waiting = asyncio.Event()
+        self._window_opened = 0.0
+        # Serializes writes between run() and drain(). _inflight outlives a cancelled
+        # caller, so the next flush waits for that write to settle before taking rows.
+        self._lock = asyncio.Lock()
+        self._inflight: asyncio.Task[bool] | None = None
+        self._inflight_rows = 0
+
+        self._health = StorageHealth.HEALTHY
+        self._dropping = False
+        self._batches = 0
+        self._rows_written = 0
+        self._failures = 0
+        self._dropped_bbo = 0
+        self._dropped_feed_events = 0
+        self._last_flush_ns = 0
+        self._max_flush_ns = 0
+
+    def add_bbo(self, row: BboRow) -> None:
+        self._open_window_if_idle()
+        self._bbo.append(row)
+        if len(self._bbo) + len(self._feed_events) > self._max_pending:
+            self._trim()
+
+    def add_feed_event(self, row: FeedEventRow) -> None:
+        self._open_window_if_idle()
+        self._feed_events.append(row)
+        if len(self._bbo) + len(self._feed_events) > self._max_pending:
+            self._trim()
+
+    def add_position(self, row: PositionRow) -> asyncio.Future[None]:
+        """Queue a position write; the future resolves once its batch has committed.
+
+        It stays pending through failed writes until a retry commits. Cancelling it
+        only stops the wait: the row is still written.
+        """
+        self._open_window_if_idle()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._positions.append(row)
+        self._waiters.append(waiter)
+        return waiter
+
+    @property
+    def health(self) -> StorageHealth:
+        return self._health
+
+    @property
+    def pending_rows(self) -> int:
+        return self._buffered_rows() + self._inflight_rows
+
+    def stats(self) -> FlusherStats:
+        return FlusherStats(
+            health=self._health,
+            batches=self._batches,
+            rows_written=self._rows_written,
+            pending_rows=self.pending_rows,
+            failures=self._failures,
+            dropped_bbo_rows=self._dropped_bbo,
+            dropped_feed_events=self._dropped_feed_events,
+            last_flush_ns=self._last_flush_ns,
+            max_flush_ns=self._max_flush_ns,
+        )
+
+    async def run(self) -> None:
+        """Write one batch per window, forever (until cancelled)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._rows_waiting.wait()
+            delay = self._window_opened + self._window - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._flush_retrying()
+
+    async def drain(self) -> None:
+        """Write everything pending, including a write a cancelled ``run()`` left going.
+
+        Retries like ``run()`` until all is written, so bound it with ``asyncio.timeout``
+        where the database may be down at shutdown.
+        """
+        while self._inflight is not None or self._buffered_rows():
+            await self._flush_retrying()
+
+    async def _flush_retrying(self) -> None:
+        delay = self._retry_initial
+        while not await self._flush():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._retry_max)
+
+    async def _flush(self) -> bool:
+        """Write everything buffered as one batch; False if the write failed (rows kept)."""
+        async with self._lock:
+            if self._inflight is not None:
+                # Left by a cancelled caller: if it fails, its rows must be requeued
+                # ahead of the ones buffered since.
+                await asyncio.shield(self._inflight)
+            batch, waiters = self._take()
+            if not batch:
+                return True
+            self._inflight = asyncio.create_task(self._write(batch, waiters))
+            return await asyncio.shield(self._inflight)
+
+    async def _write(self, batch: Batch, waiters: list[asyncio.Future[None]]) -> bool:
+        self._inflight_rows = len(batch)
+        started = self._clock()
+        try:
+            await self._backend.write_batch(batch)
+        except Exception:
+            # The retry policy lives here: count it, log once per outage, keep the rows.
+            self._failures += 1
+            if self._health is StorageHealth.HEALTHY:
+                logger.warning(
+                    "storage %s: write of %d rows failed, retrying",
+                    self._backend.name,
+                    len(batch),
+                    exc_info=True,
+                )
+            self._health = StorageHealth.DEGRADED
+            self._requeue(batch, waiters)
+            return False
+        finally:
+            self._inflight = None
+            self._inflight_rows = 0
+        duration = self._clock() - started
+        self._batches += 1
+        self._rows_written += len(batch)
+        self._last_flush_ns = duration
+        self._max_flush_ns = max(self._max_flush_ns, duration)
+        if self._health is StorageHealth.DEGRADED:
+            logger.warning(
+                "storage %s: writing again after %d failed attempts in total",
+                self._backend.name,
+                self._failures,
+            )
+            self._health = StorageHealth.HEALTHY
+        self._dropping = False
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._on_flush is not None:
+            self._on_flush(duration, len(batch))
+        return True
+
+    def _open_window_if_idle(self) -> None:
+        if not self._rows_waiting.is_set():
+            self._window_opened = asyncio.get_running_loop().time()
+            self._rows_waiting.set()
+
+    def _buffered_rows(self) -> int:
+        return len(self._bbo) + len(self._feed_events) + len(self._positions)
+
+    def _take(self) -> tuple[Batch, list[asyncio.Future[None]]]:
+        batch = Batch(
+            bbo=list(self._bbo), positions=self._positions, feed_events=list(self._feed_events)
+        )
+        waiters = self._waiters
+        self._bbo.clear()
+        self._feed_events.clear()
+        self._positions = []
+        self._waiters = []
+        self._rows_waiting.clear()
+        return batch, waiters
+
+    def _requeue(self, batch: Batch, waiters: list[asyncio.Future[None]]) -> None:
+        self._open_window_if_idle()
+        self._bbo.extendleft(reversed(batch.bbo))
+        self._feed_events.extendleft(reversed(batch.feed_events))
+        self._positions[:0] = batch.positions
+        self._waiters[:0] = waiters
+        self._trim()
+
+    def _trim(self) -> None:
+        excess = len(self._bbo) + len(self._feed_events) - self._max_pending
+        if excess <= 0:
+            return
+        from_bbo = min(excess, len(self._bbo))
+        for _ in range(from_bbo):
+            self._bbo.popleft()
+        for _ in range(excess - from_bbo):
+            self._feed_events.popleft()
+        self._dropped_bbo += from_bbo
+        self._dropped_feed_events += excess - from_bbo
+        if not self._dropping:
+            self._dropping = True
+            logger.warning(
+                "storage %s: buffer full (%d rows), dropping the oldest BBO rows",
+                self._backend.name,
+                self._max_pending,
+            )

@@ -1,0 +1,144 @@
+"""Shared helpers for the storage tests: sample rows, raw reads, a recording backend."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, closing, suppress
+from pathlib import Path
+from typing import Any
+
+from book.fixed import parse_fixed
+from publish.storage import (
+    Batch,
+    BboRow,
+    FeedEventKind,
+    FeedEventRow,
+    PositionRow,
+    PositionSide,
+    StorageBackend,
+    StorageFlusher,
+)
+
+
+def bbo(seq: int, bid: str | None = "61737.63", ask: str | None = "61737.64") -> BboRow:
+    return BboRow(
+        ts_event=1_700_000_000_000_000_000 + seq,
+        ts_recv=1_700_000_000_000_500_000 + seq,
+        venue="binance",
+        symbol="BTC-USDT",
+        seq=seq,
+        bid_px=None if bid is None else parse_fixed(bid),
+        bid_qty=None if bid is None else parse_fixed("0.5"),
+        ask_px=None if ask is None else parse_fixed(ask),
+        ask_qty=None if ask is None else parse_fixed("1.25"),
+    )
+
+
+def position(
+    id_: str = "p-1", account: str = "acct-1", closed_ts: int | None = None
+) -> PositionRow:
+    return PositionRow(
+        id=id_,
+        account=account,
+        instrument="binance:BTC-USDT",
+        side=PositionSide.BUY,
+        qty=parse_fixed("0.5"),
+        entry_px=parse_fixed("43000.1"),
+        opened_ts=1_700_000_000_000_000_000,
+        closed_ts=closed_ts,
+    )
+
+
+def feed_event(ts: int, kind: FeedEventKind = FeedEventKind.GAP) -> FeedEventRow:
+    return FeedEventRow(
+        ts=ts, venue="binance", instrument="binance:BTC-USDT", kind=kind, detail="U 12 != 11"
+    )
+
+
+def query(path: Path, sql: str) -> list[Any]:
+    """Rows read through a connection of our own, as another process would see them."""
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _fixed(text: str | None) -> int | None:
+    return None if text is None else parse_fixed(text)
+
+
+def stored_bbo(path: Path) -> list[BboRow]:
+    """The bbo table, in insertion order, parsed back into rows."""
+    return [
+        BboRow(ts_event, ts_recv, venue, symbol, seq, *map(_fixed, prices))
+        for ts_event, ts_recv, venue, symbol, seq, *prices in query(
+            path, "SELECT * FROM bbo ORDER BY rowid"
+        )
+    ]
+
+
+class RecordingBackend:
+    """A real backend underneath that records every write attempt and its outcome.
+
+    ``fail_first`` makes the first N writes raise before reaching the database (an
+    outage); clearing ``gate`` holds writes until the test sets it again.
+    """
+
+    def __init__(self, inner: StorageBackend, *, fail_first: int = 0) -> None:
+        self.inner = inner
+        self.fail_remaining = fail_first
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.started: list[Batch] = []
+        self.failed: list[Batch] = []
+        self.committed: list[Batch] = []
+        self._changed = asyncio.Condition()
+
+    @property
+    def name(self) -> str:
+        return f"recording-{self.inner.name}"
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def write_batch(self, batch: Batch) -> None:
+        self.started.append(batch)
+        await self._notify()
+        await self.gate.wait()
+        try:
+            if self.fail_remaining:
+                self.fail_remaining -= 1
+                raise ConnectionError("injected outage")
+            await self.inner.write_batch(batch)
+        except Exception:
+            self.failed.append(batch)
+            await self._notify()
+            raise
+        self.committed.append(batch)
+        await self._notify()
+
+    async def load_open_positions(self) -> list[PositionRow]:
+        return await self.inner.load_open_positions()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        async with self._changed:
+            await self._changed.wait_for(predicate)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+
+@asynccontextmanager
+async def running(flusher: StorageFlusher) -> AsyncIterator[asyncio.Task[None]]:
+    """``flusher.run()`` as a task for the block, cancelled at its end."""
+    task = asyncio.create_task(flusher.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,330 @@
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import closing
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from publish.storage import (
+    Batch,
+    FlusherStats,
+    SqliteBackend,
+    StorageFlusher,
+    StorageHealth,
+)
+from tests.publish.storage.support import (
+    RecordingBackend,
+    bbo,
+    feed_event,
+    position,
+    query,
+    running,
+    stored_bbo,
+)
+
+pytestmark = pytest.mark.timeout(20)
+
+STORED_POSITION = (
+    "p-1",
+    "acct-1",
+    "binance:BTC-USDT",
+    "buy",
+    "0.5",
+    "43000.1",
+    1_700_000_000_000_000_000,
+    None,
+)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "marketcast.db"
+
+
+@pytest.fixture
+async def sqlite(db_path: Path) -> AsyncIterator[SqliteBackend]:
+    backend = SqliteBackend(db_path)
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+def has_failed(backend: RecordingBackend, times: int) -> bool:
+    return len(backend.failed) == times
+
+
+def fast_retry_flusher(backend: RecordingBackend, **kwargs: Any) -> StorageFlusher:
+    return StorageFlusher(backend, window_ms=1, retry_initial_ms=1, retry_max_ms=4, **kwargs)
+
+
+async def test_rows_of_one_window_are_one_batch(sqlite: SqliteBackend, db_path: Path) -> None:
+    backend = RecordingBackend(sqlite)
+    durations = iter([1_000, 8_000, 20_000, 22_000])
+    flushed: list[tuple[int, int]] = []
+    flusher = StorageFlusher(
+        backend,
+        window_ms=50,
+        clock=durations.__next__,
+        on_flush=lambda ns, rows: flushed.append((ns, rows)),
+    )
+    async with running(flusher):
+        # The loop runs in between: batching follows the window, not the call burst.
+        flusher.add_bbo(bbo(1))
+        await asyncio.sleep(0)
+        flusher.add_feed_event(feed_event(5))
+        await asyncio.sleep(0)
+        ack = flusher.add_position(position())
+        flusher.add_bbo(bbo(2))
+        await ack
+        flusher.add_bbo(bbo(3))
+        await backend.wait_for(lambda: len(backend.committed) == 2)
+        # Idle windows write nothing.
+        await asyncio.sleep(0.2)
+
+    assert backend.started == backend.committed
+    assert backend.committed == [
+        Batch(bbo=[bbo(1), bbo(2)], positions=[position()], feed_events=[feed_event(5)]),
+        Batch(bbo=[bbo(3)]),
+    ]
+    assert stored_bbo(db_path) == [bbo(1), bbo(2), bbo(3)]
+    assert query(db_path, "SELECT * FROM positions") == [STORED_POSITION]
+    assert flushed == [(7_000, 4), (2_000, 1)]
+    assert flusher.stats() == FlusherStats(
+        health=StorageHealth.HEALTHY,
+        batches=2,
+        rows_written=5,
+        pending_rows=0,
+        failures=0,
+        dropped_bbo_rows=0,
+        dropped_feed_events=0,
+        last_flush_ns=2_000,
+        max_flush_ns=7_000,
+    )
+
+
+async def test_position_ack_resolves_only_after_commit(
+    sqlite: SqliteBackend, db_path: Path
+) -> None:
+    backend = RecordingBackend(sqlite)
+    backend.gate.clear()
+    flusher = StorageFlusher(backend, window_ms=1)
+    seen_at_ack: list[list[tuple[object, ...]]] = []
+    async with running(flusher):
+        ack = flusher.add_position(position())
+        ack.add_done_callback(
+            lambda _: seen_at_ack.append(query(db_path, "SELECT * FROM positions"))
+        )
+        await backend.wait_for(lambda: len(backend.started) == 1)
+        assert not ack.done()
+        assert flusher.pending_rows == 1
+        assert query(db_path, "SELECT * FROM positions") == []
+        backend.gate.set()
+        await ack
+    assert seen_at_ack == [[STORED_POSITION]]
+
+
+async def test_failed_writes_keep_the_rows_and_retry(sqlite: SqliteBackend, db_path: Path) -> None:
+    backend = RecordingBackend(sqlite, fail_first=2)
+    flusher = fast_retry_flusher(backend, clock=itertools.count(0, 1_000).__next__)
+    async with running(flusher):
+        ack = flusher.add_position(position())
+        flusher.add_bbo(bbo(1))
+        for failures in (1, 2):
+            await backend.wait_for(partial(has_failed, backend, failures))
+            assert not ack.done()
+            assert flusher.health is StorageHealth.DEGRADED
+            assert flusher.pending_rows == 2
+        await ack
+    written = Batch(bbo=[bbo(1)], positions=[position()])
+    assert backend.failed == [written, written]
+    assert backend.committed == [written]
+    assert stored_bbo(db_path) == [bbo(1)]
+    assert flusher.stats() == FlusherStats(
+        health=StorageHealth.HEALTHY,
+        batches=1,
+        rows_written=2,
+        pending_rows=0,
+        failures=2,
+        dropped_bbo_rows=0,
+        dropped_feed_events=0,
+        last_flush_ns=1_000,
+        max_flush_ns=1_000,
+    )
+
+
+async def test_overflow_drops_the_oldest_bbo_rows_never_positions(
+    sqlite: SqliteBackend, db_path: Path
+) -> None:
+    backend = RecordingBackend(sqlite, fail_first=1)
+    backend.gate.clear()
+    # A failed attempt reads the clock once, a committed one twice.
+    flusher = fast_retry_flusher(
+        backend, max_pending_rows=4, clock=itertools.count(0, 1_000).__next__
+    )
+    async with running(flusher):
+        first_ack = flusher.add_position(position("p-1"))
+        flusher.add_bbo(bbo(1))
+        flusher.add_bbo(bbo(2))
+        await backend.wait_for(lambda: len(backend.started) == 1)
+        # While the first write hangs (and is going to fail), the buffer fills up.
+        for seq in (3, 4, 5):
+            flusher.add_bbo(bbo(seq))
+        flusher.add_feed_event(feed_event(9))
+        second_ack = flusher.add_position(position("p-2"))
+        flusher.add_bbo(bbo(6))
+        assert flusher.stats().dropped_bbo_rows == 1
+        backend.gate.set()
+        await asyncio.gather(first_ack, second_ack)
+
+    # The failed batch went back in front of the newer rows, and the oldest BBO rows
+    # made way; both positions are kept although the bound is exceeded.
+    assert backend.committed == [
+        Batch(
+            bbo=[bbo(4), bbo(5), bbo(6)],
+            positions=[position("p-1"), position("p-2")],
+            feed_events=[feed_event(9)],
+        )
+    ]
+    assert stored_bbo(db_path) == [bbo(4), bbo(5), bbo(6)]
+    assert flusher.stats() == FlusherStats(
+        health=StorageHealth.HEALTHY,
+        batches=1,
+        rows_written=6,
+        pending_rows=0,
+        failures=1,
+        dropped_bbo_rows=3,
+        dropped_feed_events=0,
+        last_flush_ns=1_000,
+        max_flush_ns=1_000,
+    )
+
+
+async def test_overflow_drops_feed_events_once_no_bbo_row_is_left(sqlite: SqliteBackend) -> None:
+    backend = RecordingBackend(sqlite)
+    flusher = StorageFlusher(backend, max_pending_rows=2)
+    for ts in (1, 2, 3):
+        flusher.add_feed_event(feed_event(ts))
+    flusher.add_bbo(bbo(1))
+    await flusher.drain()
+    assert backend.committed == [Batch(feed_events=[feed_event(2), feed_event(3)])]
+    assert (flusher.stats().dropped_bbo_rows, flusher.stats().dropped_feed_events) == (1, 1)
+
+
+async def test_drain_writes_everything_pending(sqlite: SqliteBackend, db_path: Path) -> None:
+    backend = RecordingBackend(sqlite)
+    flusher = StorageFlusher(backend, window_ms=60_000)
+    ack = flusher.add_position(position())
+    flusher.add_bbo(bbo(1))
+    flusher.add_feed_event(feed_event(2))
+    await flusher.drain()
+    assert ack.done()
+    assert backend.committed == [
+        Batch(bbo=[bbo(1)], positions=[position()], feed_events=[feed_event(2)])
+    ]
+    assert query(db_path, "SELECT * FROM positions") == [STORED_POSITION]
+    assert flusher.pending_rows == 0
+    await flusher.drain()
+    assert len(backend.started) == 1
+
+
+@pytest.mark.parametrize("fail_first", [0, 1])
+async def test_drain_settles_the_write_a_cancelled_run_left(
+    sqlite: SqliteBackend, db_path: Path, fail_first: int
+) -> None:
+    backend = RecordingBackend(sqlite, fail_first=fail_first)
+    backend.gate.clear()
+    flusher = fast_retry_flusher(backend)
+    async with running(flusher):
+        ack = flusher.add_position(position())
+        flusher.add_bbo(bbo(1))
+        await backend.wait_for(lambda: len(backend.started) == 1)
+    # run() is cancelled with its write still hanging; more rows come in meanwhile.
+    flusher.add_bbo(bbo(2))
+    assert flusher.pending_rows == 3
+    backend.gate.set()
+    await flusher.drain()
+
+    assert ack.done()
+    assert stored_bbo(db_path) == [bbo(1), bbo(2)]
+    if fail_first:
+        # The failed rows were requeued ahead of bbo(2) and written with it.
+        assert backend.committed == [Batch(bbo=[bbo(1), bbo(2)], positions=[position()])]
+    else:
+        assert backend.committed == [
+            Batch(bbo=[bbo(1)], positions=[position()]),
+            Batch(bbo=[bbo(2)]),
+        ]
+
+
+async def test_a_locked_database_degrades_then_recovers(db_path: Path) -> None:
+    sqlite = SqliteBackend(db_path, busy_timeout_ms=0)
+    await sqlite.open()
+    backend = RecordingBackend(sqlite)
+    flusher = fast_retry_flusher(backend)
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            async with running(flusher):
+                ack = flusher.add_position(position())
+                flusher.add_bbo(bbo(1))
+                await backend.wait_for(lambda: len(backend.failed) >= 2)
+                assert flusher.health is StorageHealth.DEGRADED
+                assert not ack.done()
+                other.execute("ROLLBACK")
+                await ack
+        finally:
+            await sqlite.close()
+    assert flusher.stats().health is StorageHealth.HEALTHY
+    assert flusher.stats().failures == len(backend.failed)
+    assert backend.committed == [Batch(bbo=[bbo(1)], positions=[position()])]
+    assert stored_bbo(db_path) == [bbo(1)]
+    assert query(db_path, "SELECT * FROM positions") == [STORED_POSITION]
+
+
+async def test_a_slow_write_does_not_block_the_event_loop(db_path: Path) -> None:
+    # The writer thread waits on another connection's lock (up to 10 s) while the
+    # loop keeps running; only the loop can release the lock, so the commit must
+    # come after it, and the write must not have failed first.
+    sqlite = SqliteBackend(db_path, busy_timeout_ms=10_000)
+    await sqlite.open()
+    backend = RecordingBackend(sqlite)
+    flusher = StorageFlusher(backend, window_ms=1)
+    order: list[str] = []
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            async with running(flusher):
+                ack = flusher.add_position(position())
+                ack.add_done_callback(lambda _: order.append("committed"))
+                await backend.wait_for(lambda: len(backend.started) == 1)
+                for tick in range(3):
+                    await asyncio.sleep(0.01)
+                    order.append(f"tick {tick}")
+                other.execute("ROLLBACK")
+                order.append("released")
+                await ack
+        finally:
+            await sqlite.close()
+    assert order == ["tick 0", "tick 1", "tick 2", "released", "committed"]
+    assert flusher.stats().failures == 0
+    assert query(db_path, "SELECT * FROM positions") == [STORED_POSITION]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"window_ms": 0},
+        {"retry_initial_ms": 0},
+        {"retry_initial_ms": 10, "retry_max_ms": 5},
+        {"max_pending_rows": 0},
+    ],
+)
+def test_invalid_settings_are_refused(sqlite: SqliteBackend, kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        StorageFlusher(sqlite, **kwargs)  # type: ignore[arg-type]
