@@ -16,7 +16,6 @@ from book.fixed import format_fixed
 from feeds.events import BookDeltaEvent, BookSnapshotEvent, TopOfBookEvent
 from feeds.sync import NOTHING, REFETCH, BookSync, ProblemKind, SyncProblem, SyncResult
 
-
 _MAX_TICKERS_AHEAD = 64
 
 

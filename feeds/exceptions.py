@@ -1,0 +1,25 @@
+"""Errors raised inside feed runners (all handled at the runner's task boundary).
+
+FeedError
+├── SilentConnectionError  nothing arrived within the venue's silence timeout
+├── VenueClosingError      the venue announced it will close the connection
+└── SnapshotError          a REST snapshot could not be fetched or parsed
+"""
+
+from __future__ import annotations
+
+
+class FeedError(Exception):
+    """Base class of the feed package's errors."""
+
+
+class SilentConnectionError(FeedError):
+    """No frame arrived for longer than the venue's silence timeout."""
+
+
+class VenueClosingError(FeedError):
+    """The venue said it is about to close the connection (e.g. Binance serverShutdown)."""
+
+
+class SnapshotError(FeedError):
+    """A REST snapshot request failed."""

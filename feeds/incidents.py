@@ -1,0 +1,37 @@
+"""Feed incidents: what happened to a venue connection or an instrument's book.
+
+The runner reports them through a callback; the app stores them as ``feed_events``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class IncidentKind(StrEnum):
+    CONNECT = "connect"
+    DISCONNECT = "disconnect"
+    GAP = "gap"
+    CHECKSUM = "checksum"
+    RESYNC = "resync"
+    STALE = "stale"
+    LIVE = "live"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedIncident:
+    ts: int
+    venue: str
+    instrument: str | None
+    kind: IncidentKind
+    detail: str
+
+
+IncidentSink = Callable[[FeedIncident], None]
+
+
+def ignore_incident(incident: FeedIncident) -> None:
+    """The default sink when nobody stores incidents."""
