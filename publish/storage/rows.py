@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from book.snapshot import BookSnapshot
+from feeds.incidents import FeedIncident, IncidentKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +68,8 @@ class PositionRow:
     closed_ts: int | None = None
 
 
-class FeedEventKind(StrEnum):
-    CONNECT = "connect"
-    DISCONNECT = "disconnect"
-    GAP = "gap"
-    CHECKSUM = "checksum"
-    RESYNC = "resync"
-    STALE = "stale"
-    LIVE = "live"
-    ERROR = "error"
+FeedEventKind = IncidentKind
+"""The ``feed_events.kind`` column holds the feed's own incident kinds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +84,14 @@ class FeedEventRow:
     instrument: str | None
     kind: FeedEventKind
     detail: str
+
+
+def feed_event_row(incident: FeedIncident) -> FeedEventRow:
+    """The ``feed_events`` row of a feed incident."""
+    return FeedEventRow(
+        ts=incident.ts,
+        venue=incident.venue,
+        instrument=incident.instrument,
+        kind=incident.kind,
+        detail=incident.detail,
+    )
