@@ -1,0 +1,38 @@
+"""Errors raised by the publish package (subscription server and fan-out).
+
+PublishError
+├── RequestError          a client request that cannot be served; becomes an ``error`` frame
+└── ServerNotRunningError the server's address was asked for before ``start()`` / after ``stop()``
+
+Nothing a client sends is allowed to raise past its own session: every ``RequestError``
+is turned into an ``error`` frame with a stable ``code`` and the connection stays open.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from publish.protocol import ErrorCode, RequestId
+
+
+class PublishError(Exception):
+    """Base class of every error raised by ``publish`` (outside ``publish.storage``)."""
+
+
+class RequestError(PublishError):
+    """A request that is malformed, unknown or not allowed.
+
+    ``code`` is the stable machine-readable code sent to the client, ``request_id`` the
+    request's ``id`` when it could be read (echoed in the error frame), else ``None``.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, request_id: RequestId = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class ServerNotRunningError(PublishError, RuntimeError):
+    """The server has no listening socket (not started yet, or already stopped)."""
