@@ -1,0 +1,124 @@
+"""Wire the parts into one server process and run it until cancelled.
+
+Start order: storage (open, then its flusher), simulated venues if configured, the
+subscription server, then the feeds. Shutdown is cancellation of the task group,
+then a drain of the storage flusher, so every row already taken is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from app.settings import Settings, VenueSettings
+from app.venues import build_adapter, simulator_for
+from book.registry import BookRegistry
+from book.snapshot import BookSnapshot
+from feeds.incidents import FeedIncident
+from feeds.runner import FeedRunner
+from publish.fanout import Fanout
+from publish.server import MarketServer
+from publish.storage import SqliteBackend, StorageFlusher, bbo_row_from_snapshot
+from publish.storage.rows import feed_event_row
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunningServer:
+    """What a started server exposes to whoever started it (CLI banner, tests)."""
+
+    url: str
+    http_url: str
+    registry: BookRegistry
+    runners: tuple[FeedRunner, ...]
+    flusher: StorageFlusher
+
+
+async def serve(
+    settings: Settings, *, on_ready: Callable[[RunningServer], None] | None = None
+) -> None:
+    """Run the whole server until cancelled; on cancellation, drain storage and return."""
+    registry = BookRegistry()
+    backend = SqliteBackend(settings.storage.path)
+    await backend.open()
+    flusher = StorageFlusher(
+        backend,
+        window_ms=settings.storage.window_ms,
+        max_pending_rows=settings.storage.max_pending_rows,
+    )
+
+    def store_bbo(snapshot: BookSnapshot, previous: BookSnapshot | None) -> None:
+        if not snapshot.same_top(previous):
+            flusher.add_bbo(bbo_row_from_snapshot(snapshot))
+
+    def store_incident(incident: FeedIncident) -> None:
+        flusher.add_feed_event(feed_event_row(incident))
+
+    registry.on_snapshot(store_bbo)
+    fanout = Fanout(registry)
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(flusher.run(), name="storage-flusher")
+            async with contextlib.AsyncExitStack() as stack:
+                runners = []
+                for venue in settings.venues:
+                    endpoints = await stack.enter_async_context(_venue_endpoints(settings, venue))
+                    runner = FeedRunner(
+                        build_adapter(venue, *endpoints),
+                        registry=registry,
+                        capture_depth=settings.book.capture_depth,
+                        on_incident=store_incident,
+                    )
+                    runners.append(runner)
+                server = await stack.enter_async_context(
+                    MarketServer(
+                        registry,
+                        fanout,
+                        host=settings.server.host,
+                        port=settings.server.port,
+                        limits=settings.server.limits,
+                    )
+                )
+                for runner in runners:
+                    group.create_task(runner.run(), name=f"feed:{runner.venue}")
+                if on_ready is not None:
+                    on_ready(
+                        RunningServer(
+                            server.url, server.http_url, registry, tuple(runners), flusher
+                        )
+                    )
+                await asyncio.Event().wait()  # until cancelled
+    finally:
+        await _drain(flusher)
+        await backend.close()
+
+
+@contextlib.asynccontextmanager
+async def _venue_endpoints(
+    settings: Settings, venue: VenueSettings
+) -> AsyncIterator[tuple[str | None, str | None]]:
+    """The venue's (websocket, REST) base URLs: its simulator's when simulated."""
+    if not venue.simulate:
+        yield venue.ws_url, venue.rest_url
+        return
+    async with simulator_for(venue, settings.simulator) as simulator:
+        log.info("simulated %s venue on %s", venue.id, simulator.ws_url)
+        yield simulator.ws_url, simulator.rest_url
+
+
+async def _drain(flusher: StorageFlusher) -> None:
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_SECONDS):
+            await flusher.drain()
+    except TimeoutError:
+        log.error(
+            "storage did not drain within %ss; %d rows not written",
+            DRAIN_TIMEOUT_SECONDS,
+            flusher.pending_rows,
+        )

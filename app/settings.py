@@ -1,0 +1,220 @@
+"""Settings, read from TOML into frozen dataclasses. ``Settings.demo()`` is the offline demo.
+
+A config file looks like ``config/live.example.toml``; every key has a default, so a
+file only says what differs. Unknown keys are errors, so a typo never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from app.exceptions import ConfigError
+from publish.client import ServerLimits
+
+VENUE_KINDS = ("binance", "binance-usdm")
+DEMO_SYMBOLS = ("BTC-USDT", "ETH-USDT", "SOL-USDT")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    limits: ServerLimits = field(default_factory=ServerLimits)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    backend: str = "sqlite"
+    path: str = "./marketcast.db"
+    window_ms: float = 5.0
+    max_pending_rows: int = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class BookSettings:
+    capture_depth: int = 25
+    """Levels per side copied into every snapshot (the deepest ``book`` subscription)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorSettings:
+    updates_per_second: float = 20.0
+    """Book updates per second per simulated symbol."""
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VenueSettings:
+    """One venue connection.
+
+    ``symbols`` maps canonical symbols to the venue's own (``{"BTC-USDT": "BTCUSDT"}``);
+    a list of canonical symbols uses the venue's usual spelling. ``simulate`` runs the
+    built-in simulator of this venue on loopback and connects to it instead.
+    """
+
+    id: str
+    symbols: dict[str, str]
+    kind: str = ""
+    simulate: bool = False
+    ws_url: str | None = None
+    rest_url: str | None = None
+
+    @property
+    def adapter_kind(self) -> str:
+        return self.kind or self.id
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    book: BookSettings = field(default_factory=BookSettings)
+    simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
+    venues: tuple[VenueSettings, ...] = ()
+
+    @classmethod
+    def demo(cls) -> Settings:
+        """The offline demo: simulated venues on loopback, SQLite, 127.0.0.1:8765."""
+        return cls(
+            venues=(
+                VenueSettings(
+                    id="binance", symbols=native_symbols("binance", DEMO_SYMBOLS), simulate=True
+                ),
+            )
+        )
+
+    def with_port(self, port: int) -> Settings:
+        return replace(self, server=replace(self.server, port=port))
+
+    def with_storage_path(self, path: str) -> Settings:
+        return replace(self, storage=replace(self.storage, path=path))
+
+
+def native_symbols(venue_kind: str, canonical: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """The venue's usual spelling of canonical symbols (``BTC-USDT`` -> ``BTCUSDT``)."""
+    if venue_kind in ("binance", "binance-usdm"):
+        return {name: name.removesuffix("-PERP").replace("-", "") for name in canonical}
+    raise ConfigError(f"unknown venue kind {venue_kind!r}; known: {', '.join(VENUE_KINDS)}")
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    try:
+        return settings_from_dict(document)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def settings_from_dict(document: dict[str, Any]) -> Settings:
+    _only_keys("top level", document, {"server", "storage", "book", "simulator", "venues"})
+    venues_raw = document.get("venues", [])
+    if not isinstance(venues_raw, list):
+        raise ConfigError("'venues' must be an array of tables ([[venues]])")
+    server_raw = dict(document.get("server", {}))
+    limits = _section(ServerLimits, "server.limits", server_raw.pop("limits", {}))
+    settings = Settings(
+        server=replace(_section(ServerSettings, "server", server_raw), limits=limits),
+        storage=_section(StorageSettings, "storage", document.get("storage", {})),
+        book=_section(BookSettings, "book", document.get("book", {})),
+        simulator=_section(SimulatorSettings, "simulator", document.get("simulator", {})),
+        venues=tuple(_venue(index, raw) for index, raw in enumerate(venues_raw)),
+    )
+    _validate(settings)
+    return settings
+
+
+def _venue(index: int, raw: Any) -> VenueSettings:
+    where = f"venues[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table")
+    _only_keys(where, raw, {f.name for f in fields(VenueSettings)})
+    if "id" not in raw or not isinstance(raw["id"], str):
+        raise ConfigError(f"{where}.id is required (a venue id such as 'binance')")
+    kind = raw.get("kind", "") or raw["id"]
+    if kind not in VENUE_KINDS:
+        raise ConfigError(f"{where}: unknown venue kind {kind!r}; known: {', '.join(VENUE_KINDS)}")
+    symbols = raw.get("symbols")
+    if isinstance(symbols, list) and all(isinstance(s, str) for s in symbols) and symbols:
+        mapping = native_symbols(kind, symbols)
+    elif (
+        isinstance(symbols, dict)
+        and symbols
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in symbols.items())
+    ):
+        mapping = dict(symbols)
+    else:
+        raise ConfigError(
+            f"{where}.symbols must be a non-empty list of canonical symbols "
+            "or a table of canonical = venue symbol"
+        )
+    venue: VenueSettings = _build(VenueSettings, where, {**raw, "symbols": mapping})
+    return venue
+
+
+def _section(cls: type[Any], name: str, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    _only_keys(f"[{name}]", raw, {f.name for f in fields(cls)})
+    try:
+        return _build(cls, f"[{name}]", raw)
+    except ValueError as exc:  # the section's own validation (__post_init__)
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"[{name}]: {exc}") from exc
+
+
+def _build(cls: type[Any], where: str, values: dict[str, Any]) -> Any:
+    defaults = cls.__dataclass_fields__
+    for key, value in values.items():
+        expected = defaults[key].type
+        if not _type_matches(value, str(expected)):
+            raise ConfigError(f"{where}.{key} must be {expected}, got {value!r}")
+    return cls(**values)
+
+
+def _type_matches(value: Any, expected: str) -> bool:
+    checks: dict[str, tuple[type, ...]] = {
+        "str": (str,),
+        "int": (int,),
+        "float": (int, float),
+        "bool": (bool,),
+        "dict[str, str]": (dict,),
+    }
+    options = [part.strip() for part in expected.split("|")]
+    if value is None:
+        return "None" in options
+    if isinstance(value, bool) and "bool" not in options:
+        return False
+    return any(isinstance(value, checks.get(option, (object,))) for option in options)
+
+
+def _only_keys(where: str, raw: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _validate(settings: Settings) -> None:
+    if not 0 <= settings.server.port <= 65535:
+        raise ConfigError(f"[server].port must be 0..65535, got {settings.server.port}")
+    if settings.storage.backend not in ("sqlite",):
+        raise ConfigError(f"[storage].backend must be 'sqlite', got {settings.storage.backend!r}")
+    if settings.storage.window_ms <= 0:
+        raise ConfigError("[storage].window_ms must be positive")
+    if settings.book.capture_depth < 0:
+        raise ConfigError("[book].capture_depth must be >= 0")
+    if settings.simulator.updates_per_second <= 0:
+        raise ConfigError("[simulator].updates_per_second must be positive")
+    ids = [venue.id for venue in settings.venues]
+    if len(ids) != len(set(ids)):
+        raise ConfigError(f"venue ids must be unique, got {ids}")

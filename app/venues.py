@@ -1,0 +1,56 @@
+"""Venue ids -> feed adapters and built-in simulators."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from app.exceptions import ConfigError
+from app.settings import SimulatorSettings, VenueSettings
+from feeds.binance.adapter import BinanceAdapter
+from feeds.simulator.binance import DEFAULT_SYMBOLS, BinanceSpotSimulator
+from feeds.simulator.market import SimSymbol
+from feeds.symbols import SymbolMap
+from feeds.venue import VenueAdapter
+
+
+class SimulatedVenue(Protocol):
+    @property
+    def ws_url(self) -> str: ...
+
+    @property
+    def rest_url(self) -> str: ...
+
+
+def build_adapter(venue: VenueSettings, ws_url: str | None, rest_url: str | None) -> VenueAdapter:
+    symbols = SymbolMap(venue.id, venue.symbols)
+    kind = venue.adapter_kind
+    if kind in ("binance", "binance-usdm"):
+        return BinanceAdapter(
+            symbols, futures=kind == "binance-usdm", ws_base=ws_url, rest_base=rest_url
+        )
+    raise ConfigError(f"venue {venue.id!r}: no feed handler for kind {kind!r}")
+
+
+def simulator_for(
+    venue: VenueSettings, settings: SimulatorSettings
+) -> AbstractAsyncContextManager[SimulatedVenue]:
+    kind = venue.adapter_kind
+    if kind == "binance":
+        return BinanceSpotSimulator(
+            symbols=[sim_symbol(native) for native in venue.symbols.values()],
+            updates_per_second=settings.updates_per_second,
+            seed=settings.seed if settings.seed is not None else 0,
+        )
+    raise ConfigError(f"venue {venue.id!r}: no simulator for kind {kind!r}")
+
+
+_KNOWN = {spec.symbol: spec for spec in DEFAULT_SYMBOLS}
+
+
+def sim_symbol(native: str) -> SimSymbol:
+    """A simulated instrument: realistic for the well-known ones, generic otherwise."""
+    known = _KNOWN.get(native)
+    if known is not None:
+        return known
+    return SimSymbol(native, price="100.00", tick="0.01", lot="0.001", mean_qty="10")
