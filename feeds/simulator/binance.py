@@ -167,6 +167,7 @@ class BinanceSpotSimulator:
         self._faults = FaultCounters()
         self._connections_accepted = 0
         self._server: Server | None = None
+        self._port = 0
         self._runner: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -181,6 +182,7 @@ class BinanceSpotSimulator:
             ping_timeout=60,
             max_size=2**16,
         )
+        self._port = self._server.sockets[0].getsockname()[1]
         self._runner = asyncio.create_task(self._run(), name="binance-simulator")
         return self
 
@@ -190,17 +192,19 @@ class BinanceSpotSimulator:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            try:
-                await self._runner
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        try:
+            if self._runner is not None:
+                self._runner.cancel()
+                try:
+                    await self._runner
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+        finally:
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -230,10 +234,8 @@ class BinanceSpotSimulator:
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("simulator not started")
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        """The bound port (0 before start)."""
+        return self._port
 
     @property
     def ws_url(self) -> str:
