@@ -11,8 +11,9 @@ from book.snapshot import BookSnapshot
 class ConsolidatedBbo:
     """Best bid and best ask over every live venue quoting ``symbol``.
 
-    Ties on price go to the larger quantity, then the venue name, so the result is
-    deterministic. ``seq`` grows by one for every change of any field.
+    Ties on price go to the larger quantity, then the venue name first in sort order,
+    so the result does not depend on the order of the venues. ``seq`` grows by one for
+    every change of any field.
     """
 
     symbol: str
@@ -37,25 +38,39 @@ class ConsolidatedBbo:
         ) == (other.bid, other.bid_qty, other.bid_venue, other.ask, other.ask_qty, other.ask_venue)
 
 
+_Quote = tuple[int, int, str]
+"""(price, quantity, venue) of one side of one venue's top of book."""
+
+
+def _bid_rank(quote: _Quote) -> tuple[int, int, str]:
+    return -quote[0], -quote[1], quote[2]
+
+
+def _ask_rank(quote: _Quote) -> tuple[int, int, str]:
+    return quote[0], -quote[1], quote[2]
+
+
 def consolidate(
     symbol: str, books: list[BookSnapshot], previous: ConsolidatedBbo | None
 ) -> ConsolidatedBbo | None:
     """NBBO of ``books`` (live snapshots of one symbol); ``None`` if unchanged. O(venues)."""
-    best_bid: tuple[int, int, str] | None = None
-    best_ask: tuple[int, int, str] | None = None
+    best_bid: _Quote | None = None
+    best_ask: _Quote | None = None
     ts_event = ts_recv = 0
     for snap in books:
         venue = snap.venue
         if snap.bid is not None and snap.bid_qty is not None:
             key = (snap.bid, snap.bid_qty, venue)
-            if best_bid is None or (key[0], key[1]) > (best_bid[0], best_bid[1]):
+            if best_bid is None or _bid_rank(key) < _bid_rank(best_bid):
                 best_bid = key
         if snap.ask is not None and snap.ask_qty is not None:
             key = (snap.ask, snap.ask_qty, venue)
-            if best_ask is None or (key[0], -key[1]) < (best_ask[0], -best_ask[1]):
+            if best_ask is None or _ask_rank(key) < _ask_rank(best_ask):
                 best_ask = key
         if snap.ts_recv > ts_recv:
             ts_event, ts_recv = snap.ts_event, snap.ts_recv
+    if previous is None and best_bid is None and best_ask is None:
+        return None  # no quote before and none now: nothing changed
     candidate = ConsolidatedBbo(
         symbol,
         (previous.seq if previous else 0) + 1,

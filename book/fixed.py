@@ -8,7 +8,8 @@ Exchange text such as ``"61737.63000000"`` converts in one ``partition`` and one
 
 from __future__ import annotations
 
-from decimal import Decimal
+import sys
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 
 from book.exceptions import PrecisionError
 
@@ -16,6 +17,10 @@ SCALE_DIGITS = 12
 SCALE: int = 10**SCALE_DIGITS
 _ZEROS = tuple("0" * n for n in range(SCALE_DIGITS + 1))
 _DECIMAL_QUANTUM = Decimal(1).scaleb(-SCALE_DIGITS)
+# Scaling by 10**12 must never round (the default context keeps 28 digits) or overflow.
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+# The digits int() takes from text; "1e999999" would otherwise build a huge int for seconds.
+_MAX_DIGITS = sys.int_info.default_max_str_digits
 
 
 def parse_fixed(text: str) -> int:
@@ -23,13 +28,19 @@ def parse_fixed(text: str) -> int:
 
     Accepts plain decimals (``"0.35"``, ``"61737.63000000"``, ``"-1.5"``) and, on a slower
     path, exponent forms (``"1e-08"``). Raises ``PrecisionError`` for digits beyond
-    ``SCALE_DIGITS`` that are not zeros and ``ValueError`` for anything not a number.
+    ``SCALE_DIGITS`` that are not zeros and ``ValueError`` for anything not a number
+    or with more digits than ``int()`` takes from text.
     """
     whole, _, frac = text.partition(".")
     n = len(frac)
     try:
+        if not n:
+            return int(text) * SCALE  # "5"; "5." takes the slow path
+        if not frac.isdecimal():
+            # int() also takes a sign, spaces or "_" here, which would shift the scale.
+            raise ValueError(text)
         if n <= SCALE_DIGITS:
-            return int(whole + frac + _ZEROS[SCALE_DIGITS - n]) if whole else _frac_only(frac)
+            return int(whole + frac + _ZEROS[SCALE_DIGITS - n])
         if frac[SCALE_DIGITS:].strip("0"):
             raise PrecisionError(f"{text!r} has more than {SCALE_DIGITS} decimal places")
         return int(whole + frac[:SCALE_DIGITS])
@@ -39,13 +50,6 @@ def parse_fixed(text: str) -> int:
         return _parse_slow(text)
 
 
-def _frac_only(frac: str) -> int:
-    # ".5" is valid decimal text, "" and "." are not.
-    if not frac:
-        raise ValueError("empty number")
-    return int(frac + _ZEROS[SCALE_DIGITS - len(frac)])
-
-
 def _parse_slow(text: str) -> int:
     try:
         value = Decimal(text)
@@ -53,7 +57,9 @@ def _parse_slow(text: str) -> int:
         raise ValueError(f"not a decimal number: {text!r}") from exc
     if not value.is_finite():
         raise ValueError(f"not a finite decimal number: {text!r}")
-    scaled = value.scaleb(SCALE_DIGITS)
+    if value and value.adjusted() + SCALE_DIGITS >= _MAX_DIGITS:
+        raise ValueError(f"decimal number out of range: {text!r}")
+    scaled = value.scaleb(SCALE_DIGITS, _EXACT)
     if scaled != scaled.to_integral_value():
         raise PrecisionError(f"{text!r} has more than {SCALE_DIGITS} decimal places")
     return int(scaled)
@@ -91,12 +97,12 @@ def format_fixed_places(value: int, places: int) -> str:
 
 def to_decimal(value: int) -> Decimal:
     """Fixed-point int -> exact ``Decimal``."""
-    return Decimal(value).scaleb(-SCALE_DIGITS)
+    return Decimal(value).scaleb(-SCALE_DIGITS, _EXACT)
 
 
 def from_decimal(value: Decimal) -> int:
     """Exact ``Decimal`` -> fixed-point int; ``PrecisionError`` if it does not fit the scale."""
-    scaled = value.scaleb(SCALE_DIGITS)
+    scaled = value.scaleb(SCALE_DIGITS, _EXACT)
     if not value.is_finite() or scaled != scaled.to_integral_value():
         raise PrecisionError(f"{value} is not representable with {SCALE_DIGITS} decimal places")
     return int(scaled)
