@@ -54,6 +54,10 @@ class ServerLimits:
     """Replies (ack/error/pong) queued before the session stops reading requests."""
     write_limit: int = 256 << 10
     """High-water mark of a connection's transport write buffer, in bytes."""
+    send_buffer_bytes: int | None = None
+    """``SO_SNDBUF`` of each connection's socket; ``None`` keeps the OS default (Linux
+    autotunes it up to ``net.ipv4.tcp_wmem``, megabytes). Smaller bounds kernel memory
+    per client and how far behind a slow consumer can fall before it is noticed."""
     slow_consumer_seconds: float = 5.0
     """A write buffer above ``write_limit`` this long closes the connection with 4008."""
     close_timeout: float = 10.0
@@ -70,6 +74,8 @@ class ServerLimits:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.send_buffer_bytes is not None and self.send_buffer_bytes < 1:
+            raise ValueError("send_buffer_bytes must be at least 1")
         if self.slow_consumer_seconds <= 0 or self.close_timeout <= 0:
             raise ValueError("slow_consumer_seconds and close_timeout must be positive")
         if self.max_request_bytes > self.max_frame_bytes:

@@ -118,11 +118,10 @@ class Fanout:
 
     def _on_snapshot(self, snapshot: BookSnapshot, previous: BookSnapshot | None) -> None:
         """Mark the bbo dirty when the top changed and someone listens. O(1)."""
-        if snapshot.same_top(previous) or (Channel.BBO, snapshot.instrument) not in (
-            self._subscribers
-        ):
+        instrument = snapshot.instrument
+        if snapshot.same_top(previous) or (Channel.BBO, instrument) not in self._subscribers:
             return
-        self._dirty_bbo[snapshot.instrument] = snapshot
+        self._dirty_bbo[instrument] = snapshot
         self._schedule_tick()
 
     def _on_status(self, status: InstrumentStatus) -> None:

@@ -149,7 +149,11 @@ def _fixed_or_none(value: int | None) -> str | None:
 
 
 def encode_bbo(snapshot: BookSnapshot, ts_send: int) -> bytes:
-    """The ``bbo`` message of ``snapshot`` (an empty side is ``null``). ~2 µs."""
+    """The ``bbo`` message of ``snapshot`` (an empty side is ``null``).
+
+    Four ``format_fixed`` + one ``orjson.dumps``: ~6 µs on the 2-core dev box, nearly all
+    of it ``format_fixed``; paid once per change, never per subscriber.
+    """
     return orjson.dumps(
         {
             "type": "bbo",

@@ -12,6 +12,7 @@ buffer through ``WatchedConnection`` to close slow consumers.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from http import HTTPStatus
 from types import TracebackType
@@ -46,9 +47,16 @@ class WatchedConnection(ServerConnection):
     _stuck_timer: asyncio.TimerHandle | None = None
     _abort_timer: asyncio.TimerHandle | None = None
 
-    def watch_write_buffer(self, stuck_after: float, on_stuck: Callable[[], None]) -> None:
+    def watch_write_buffer(
+        self, stuck_after: float, on_stuck: Callable[[], None], *, send_buffer: int | None
+    ) -> None:
+        """Call ``on_stuck`` when the write buffer stays paused ``stuck_after`` seconds;
+        set the socket's ``SO_SNDBUF`` to ``send_buffer`` unless ``None``."""
         self._stuck_after = stuck_after
         self._on_stuck = on_stuck
+        sock = self.transport.get_extra_info("socket")
+        if send_buffer is not None and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -169,5 +177,9 @@ class MarketServer:
             limits=self._limits,
             batch=query.get("batch", ["0"])[-1] in ("1", "true"),
         )
-        connection.watch_write_buffer(self._limits.slow_consumer_seconds, session.close_slow)
+        connection.watch_write_buffer(
+            self._limits.slow_consumer_seconds,
+            session.close_slow,
+            send_buffer=self._limits.send_buffer_bytes,
+        )
         await session.run(connection)

@@ -1,0 +1,369 @@
+"""The server end to end: real websockets/httpx clients on loopback, port 0.
+
+The registry is the server's real upstream interface, so the tests drive it exactly as a
+feed does (``support.Feed``: L2Book snapshots, ``publish``, ``set_status``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
+
+from book.status import InstrumentState
+from publish.client import ServerLimits
+from publish.exceptions import ServerNotRunningError
+from publish.fanout import Fanout
+from publish.protocol import Channel
+from publish.server import MarketServer
+from tests.publish.support import (
+    BTC,
+    ETH,
+    KRAKEN_BTC,
+    STATUS_TS,
+    Feed,
+    bbo,
+    clock,
+    new_registry,
+    wait_until,
+)
+
+BID = ("43000.1", "0.5")
+ASK = ("43000.2", "1.25")
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    feed: Feed
+    fanout: Fanout
+    server: MarketServer
+
+
+@asynccontextmanager
+async def running(limits: ServerLimits | None = None) -> AsyncIterator[Market]:
+    registry = new_registry()
+    fanout = Fanout(registry, clock=clock)
+    async with MarketServer(registry, fanout, limits=limits or ServerLimits()) as server:
+        yield Market(Feed(registry), fanout, server)
+
+
+async def send(ws: ClientConnection, **request: object) -> None:
+    await ws.send(orjson.dumps(request).decode())
+
+
+async def receive(ws: ClientConnection) -> Any:
+    return orjson.loads(await ws.recv())
+
+
+def ack(request_id: int, channel: str = "bbo", *instruments: str, op: str = "subscribe") -> object:
+    message: dict[str, object] = {"type": "ack", "id": request_id, "op": op, "channel": channel}
+    if instruments:
+        message["instruments"] = list(instruments)
+    return message
+
+
+def error(request_id: object, code: str, message: str) -> object:
+    return {"type": "error", "id": request_id, "code": code, "message": message}
+
+
+async def test_subscribe_gets_ack_current_state_then_every_change_in_order() -> None:
+    async with running() as m, connect(m.server.url) as ws:
+        m.feed.status(BTC, InstrumentState.LIVE)
+        m.feed.quote(BTC, BID, ASK)
+        await send(ws, op="subscribe", id=1, channel="bbo", instruments=[BTC])
+        assert [await receive(ws), await receive(ws)] == [ack(1, "bbo", BTC), bbo(BTC, 1, BID, ASK)]
+        changes = [
+            (("43000.15", "0.00000001"), ASK),
+            (None, ASK),
+            (("42999.999999999999", "3"), None),
+            (BID, ("43000.2", "1.250000000001")),
+        ]
+        received = []
+        for bid, ask in changes:
+            m.feed.quote(BTC, bid, ask)
+            received.append(await receive(ws))
+        assert received == [
+            bbo(BTC, seq, bid, ask) for seq, (bid, ask) in enumerate(changes, start=2)
+        ]
+
+
+async def test_a_book_that_is_not_live_sends_no_state_on_subscribe() -> None:
+    async with running() as m, connect(m.server.url) as ws:
+        m.feed.quote(ETH, BID, ASK)  # still syncing
+        await send(ws, op="subscribe", id=1, channel="bbo", instruments=[ETH])
+        assert await receive(ws) == ack(1, "bbo", ETH)
+        m.feed.quote(ETH, ("1", "1"), ASK)
+        assert await receive(ws) == bbo(ETH, 2, ("1", "1"), ASK)
+
+
+async def test_unsubscribe_stops_delivery() -> None:
+    async with running() as m, connect(m.server.url) as ws:
+        await send(ws, op="subscribe", id=1, channel="bbo", instruments=[BTC, ETH])
+        assert await receive(ws) == ack(1, "bbo", BTC, ETH)
+        await send(ws, op="unsubscribe", id=2, channel="bbo", instruments=[BTC])
+        assert await receive(ws) == ack(2, "bbo", BTC, op="unsubscribe")
+        # BTC changes first in the same tick: had it been delivered it would come first.
+        m.feed.quote(BTC, BID, ASK)
+        m.feed.quote(ETH, BID, ASK)
+        assert await receive(ws) == bbo(ETH, 1, BID, ASK)
+        assert m.fanout.subscriber_count((Channel.BBO, BTC)) == 0
+
+
+async def test_batch_frames_are_arrays_of_one_tick() -> None:
+    async with running() as m, connect(m.server.url + "?batch=1") as ws:
+        m.feed.status(BTC, InstrumentState.LIVE)
+        m.feed.quote(BTC, BID, ASK)
+        await send(ws, op="subscribe", id=1, channel="bbo", instruments=[BTC, ETH])
+        assert await receive(ws) == [ack(1, "bbo", BTC, ETH), bbo(BTC, 1, BID, ASK)]
+        m.feed.quote(BTC, ("1", "2"), ASK)
+        m.feed.quote(ETH, ("3", "4"), None)
+        assert await receive(ws) == [bbo(BTC, 2, ("1", "2"), ASK), bbo(ETH, 1, ("3", "4"), None)]
+        await send(ws, op="ping", id=2)
+        assert await receive(ws) == [{"type": "pong", "id": 2}]
+
+
+async def test_bad_input_gets_stable_error_codes_and_the_connection_stays_usable() -> None:
+    limits = ServerLimits(max_request_bytes=200, max_subscriptions=2)
+    async with running(limits) as m, connect(m.server.url) as ws:
+        cases: list[tuple[str | bytes, object]] = [
+            ("{nope", ("bad_json", None)),
+            (b'{"op":"ping","id":{"x":1}}', ("bad_request", None)),
+            ("[]", ("bad_request", None)),
+            ('{"op":"fly","id":1}', ("unknown_op", 1)),
+            ('{"op":"subscribe","id":2,"channel":"trades"}', ("unknown_channel", 2)),
+            ('{"op":"subscribe","id":3,"channel":"bbo","instruments":"x"}', ("bad_request", 3)),
+            ('{"op":"subscribe","id":4,"channel":"bbo","instruments":[1]}', ("bad_request", 4)),
+            (
+                '{"op":"subscribe","id":5,"channel":"bbo","instruments":["binance:BTC-USDT","x:Y-Z"]}',
+                ("unknown_instrument", 5),
+            ),
+            (
+                '{"op":"unsubscribe","id":6,"channel":"bbo","instruments":["x:Y-Z"]}',
+                ("unknown_instrument", 6),
+            ),
+            ('{"op":"ping","pad":"' + "x" * 200 + '"}', ("too_large", None)),
+            (
+                orjson.dumps(
+                    {
+                        "op": "subscribe",
+                        "id": 7,
+                        "channel": "bbo",
+                        "instruments": [BTC, ETH, KRAKEN_BTC],
+                    }
+                ),
+                ("too_many_subscriptions", 7),
+            ),
+        ]
+        replies = []
+        for raw, _ in cases:
+            await ws.send(raw)
+            replies.append(await receive(ws))
+        assert [(r["code"], r["id"]) for r in replies] == [expected for _, expected in cases]
+        assert replies[7] == error(5, "unknown_instrument", "unknown instrument(s): x:Y-Z")
+        assert replies[9] == error(None, "too_large", "a request may be at most 200 bytes")
+        # Still usable, and nothing of the failed subscribes was applied.
+        await send(ws, op="ping", id=8)
+        assert await receive(ws) == {"type": "pong", "id": 8}
+        await send(ws, op="subscribe", id=9, channel="bbo", instruments=[ETH])
+        assert await receive(ws) == ack(9, "bbo", ETH)
+        m.feed.quote(BTC, BID, ASK)
+        m.feed.quote(ETH, BID, ASK)
+        assert await receive(ws) == bbo(ETH, 1, BID, ASK)
+        assert m.fanout.counters.errors_sent == len(cases)
+
+
+async def test_a_frame_over_the_hard_limit_closes_the_connection_1009() -> None:
+    limits = ServerLimits(max_request_bytes=512, max_frame_bytes=1024)
+    async with running(limits) as m, connect(m.server.url) as ws:
+        await ws.send("x" * 2000)
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009  # message too big; the reason text is websockets'
+
+        await wait_until(lambda: m.fanout.counters.clients == 0, what="session ended")
+
+
+async def test_status_channel_sends_every_state_then_changes() -> None:
+    async with running() as m, connect(m.server.url) as ws:
+        m.feed.status(KRAKEN_BTC, InstrumentState.LIVE)
+        await send(ws, op="subscribe", id=1, channel="status")
+        assert [await receive(ws) for _ in range(4)] == [
+            ack(1, "status"),
+            {"type": "status", "instrument": BTC, "state": "syncing", "reason": "starting"},
+            {"type": "status", "instrument": ETH, "state": "syncing", "reason": "starting"},
+            {"type": "status", "instrument": KRAKEN_BTC, "state": "live", "reason": "synced"},
+        ]
+        m.feed.status(KRAKEN_BTC, InstrumentState.STALE, "book crossed")
+        assert await receive(ws) == {
+            "type": "status",
+            "instrument": KRAKEN_BTC,
+            "state": "stale",
+            "reason": "book crossed",
+        }
+
+
+async def small_window_socket(port: int) -> socket.socket:
+    """A connected client socket with a tiny receive buffer, so a client that stops
+    reading backs the server up after a few kilobytes rather than megabytes."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return sock
+
+
+def bid_update(seq: int) -> object:
+    return bbo(BTC, seq, (str(1000 + seq), "1"), ASK)
+
+
+async def test_lagging_client_gets_conflated_latest_state_and_the_other_every_tick() -> None:
+    limits = ServerLimits(write_limit=1024, send_buffer_bytes=4096, slow_consumer_seconds=600)
+    async with running(limits) as m:
+        sock = await small_window_socket(m.server.port)
+        async with (
+            connect(m.server.url, sock=sock, max_queue=1) as lagging,
+            connect(m.server.url) as steady,
+        ):
+            for ws in (lagging, steady):
+                await send(ws, op="subscribe", id=1, channel="bbo", instruments=[BTC])
+                assert await receive(ws) == ack(1, "bbo", BTC)
+            # Lock step with the steady client; the lagging one reads nothing meanwhile.
+            seq = 0
+            while m.fanout.counters.conflated < 50:
+                seq = m.feed.quote(BTC, (str(1000 + seq + 1), "1"), ASK).seq
+                assert await receive(steady) == bid_update(seq)
+                assert seq < 10_000, "the lagging client never backed up"
+            last = seq
+            for _ in range(10):
+                last = m.feed.quote(BTC, (str(1000 + last + 1), "1"), ASK).seq
+                assert await receive(steady) == bid_update(last)
+            caught_up: list[Any] = []
+            while not caught_up or caught_up[-1]["seq"] != last:
+                caught_up.append(await receive(lagging))
+    seqs = [message["seq"] for message in caught_up]
+    assert seqs == sorted(set(seqs)), "seq must only grow"
+    assert any(b - a > 1 for a, b in pairwise(seqs)), "stale updates must be skipped"
+    assert caught_up == [bid_update(seq) for seq in seqs]
+    assert caught_up[-1] == bid_update(last)
+
+
+async def test_slow_consumer_is_closed_with_4008_and_counted() -> None:
+    limits = ServerLimits(write_limit=1024, send_buffer_bytes=4096, slow_consumer_seconds=0.05)
+    async with running(limits) as m:
+        sock = await small_window_socket(m.server.port)
+        async with connect(m.server.url, sock=sock, max_queue=1) as ws:
+            await send(ws, op="subscribe", id=1, channel="bbo", instruments=[BTC])
+            seq = 0
+            for _ in range(50_000):
+                if m.fanout.counters.slow_closes:
+                    break
+                seq = m.feed.quote(BTC, (str(1000 + seq + 1), "1"), ASK).seq
+                await asyncio.sleep(0)
+            assert m.fanout.counters.slow_closes == 1
+            received: list[Any] = []
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    received.append(await receive(ws))
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4008, "slow consumer")
+        assert received[0] == ack(1, "bbo", BTC)
+        seqs = [message["seq"] for message in received[1:]]
+        assert seqs == sorted(set(seqs)), "seq must only grow"
+        assert received[1:] == [bid_update(seq) for seq in seqs]
+        await wait_until(lambda: m.fanout.counters.clients == 0, what="session ended")
+        assert m.fanout.subscriber_count((Channel.BBO, BTC)) == 0
+
+
+async def test_connection_limit_answers_503_and_frees_on_disconnect() -> None:
+    async with running(ServerLimits(max_connections=1)) as m:
+        async with connect(m.server.url) as first:
+            await send(first, op="ping", id=1)
+            assert await receive(first) == {"type": "pong", "id": 1}
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(m.server.url):
+                    pass
+            assert refused.value.response.status_code == 503
+            assert orjson.loads(refused.value.response.body) == error(
+                None,
+                "too_many_connections",
+                "the server holds its limit of 1 connections",
+            )
+        await wait_until(lambda: m.fanout.counters.clients == 0, what="first session ended")
+        async with connect(m.server.url) as second:
+            await send(second, op="ping", id=2)
+            assert await receive(second) == {"type": "pong", "id": 2}
+
+
+async def test_http_health_and_bbo_routes() -> None:
+    async with running() as m, httpx.AsyncClient(base_url=m.server.http_url) as http:
+        m.feed.status(BTC, InstrumentState.LIVE)
+        m.feed.status(KRAKEN_BTC, InstrumentState.STALE, "gap 4 -> 6")
+        m.feed.quote(BTC, BID, None)
+        health = await http.get("/health")
+        assert (health.status_code, health.headers["content-type"]) == (200, "application/json")
+        assert health.json() == {
+            "status": "degraded",
+            "venues": {
+                "binance": {"syncing": 1, "live": 1, "stale": 0},
+                "kraken": {"syncing": 0, "live": 0, "stale": 1},
+            },
+            "instruments": {
+                BTC: {"state": "live", "reason": "synced", "ts": STATUS_TS},
+                ETH: {"state": "syncing", "reason": "starting", "ts": 0},
+                KRAKEN_BTC: {"state": "stale", "reason": "gap 4 -> 6", "ts": STATUS_TS},
+            },
+        }
+        responses = [
+            await http.get(f"/v1/bbo/{BTC}"),
+            await http.get("/v1/bbo/binance%3AETH-USDT"),
+            await http.get("/v1/bbo/nope:X-Y"),
+            await http.get("/v2/anything"),
+        ]
+        assert [(r.status_code, r.json()) for r in responses] == [
+            (200, bbo(BTC, 1, BID, None)),
+            (503, error(None, "not_live", f"{ETH} is syncing (starting)")),
+            (404, error(None, "unknown_instrument", "unknown instrument 'nope:X-Y'")),
+            (404, error(None, "not_found", "no route '/v2/anything'")),
+        ]
+        m.feed.status(ETH, InstrumentState.LIVE)
+        m.feed.status(KRAKEN_BTC, InstrumentState.LIVE)
+        assert (await http.get("/health")).json()["status"] == "ok"
+
+
+async def test_lifecycle_port_url_and_stop_closes_clients_going_away() -> None:
+    registry = new_registry()
+    fanout = Fanout(registry, clock=clock)
+    server = MarketServer(registry, fanout)
+    with pytest.raises(ServerNotRunningError):
+        _ = server.port
+    await server.start()
+    try:
+        assert server.port > 0
+        assert server.url == f"ws://127.0.0.1:{server.port}/ws"
+        assert server.http_url == f"http://127.0.0.1:{server.port}"
+        async with connect(server.url) as ws:
+            await send(ws, op="subscribe", id=1, channel="status")
+            assert await receive(ws) == ack(1, "status")
+            await server.stop()
+            with pytest.raises(ConnectionClosedOK) as closed:
+                while True:
+                    await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    finally:
+        await server.stop()
+    with pytest.raises(ServerNotRunningError):
+        _ = server.url
+    assert (fanout.counters.clients, fanout.subscriber_count((Channel.STATUS, ""))) == (0, 0)
+    with pytest.raises(ValueError, match="same registry"):
+        MarketServer(new_registry(), fanout)
