@@ -29,6 +29,7 @@ class FeedCounters:
     crossed: int = 0
     resyncs: int = 0
     top_of_book_checked: int = 0
+    internal_errors: int = 0
     by_instrument: dict[str, int] = field(default_factory=dict)
 
 

@@ -113,6 +113,10 @@ class FeedRunner:
                     VenueClosingError,
                 ) as exc:
                     detail = f"{type(exc).__name__}: {exc}"
+                except Exception as exc:  # task boundary: a bug must not end the feed
+                    self.counters.internal_errors += 1
+                    log.exception("%s: feed failed; reconnecting", self.venue)
+                    detail = f"internal error: {type(exc).__name__}: {exc}"
                 else:
                     detail = "closed by venue"
                 self._incident(None, IncidentKind.DISCONNECT, detail)
@@ -138,6 +142,7 @@ class FeedRunner:
             self._incident(None, IncidentKind.CONNECT, url)
             for frame in self.adapter.subscribe_frames(self.instruments):
                 await ws.send(frame)
+            lost: Exception | None = None
             async with asyncio.TaskGroup() as group:
                 self._task_group, self._ws = group, ws
                 try:
@@ -146,6 +151,8 @@ class FeedRunner:
                     if self.adapter.app_ping_interval > 0:
                         self._spawn(self._ping_forever(ws), "ping")
                     await self._receive_forever(ws)
+                except Exception as exc:  # re-raised below, not wrapped in an ExceptionGroup
+                    lost = exc
                 finally:
                     # Nothing of this connection may outlive it.
                     self._task_group = self._ws = None
@@ -153,11 +160,14 @@ class FeedRunner:
                         task.cancel()
                     self._session_tasks.clear()
                     self._fetches.clear()
+            if lost is not None:
+                raise lost
 
     async def _receive_forever(self, ws: FeedSocket) -> None:
-        timeout = self.adapter.silence_timeout
-        parse = self.adapter.parse
+        adapter = self.adapter
+        parse = adapter.parse
         while True:
+            timeout = adapter.silence_timeout
             try:
                 async with asyncio.timeout(timeout):
                     frame = await ws.recv()

@@ -1,6 +1,7 @@
 """Binance diff-depth synchronisation (spot and USD-M), exactly as Binance documents it.
 
-Spot: buffer stream events; take a REST snapshot; drop buffered events with
+Spot: buffer stream events; take a REST snapshot (kept waiting until a stream event
+shows whether it is older than the stream); drop buffered events with
 ``u <= lastUpdateId``; the first kept event must have ``U <= lastUpdateId + 1 <= u``;
 after that every event must have ``U == previous u + 1`` (``u`` below the book id is old
 and ignored). USD-M: drop ``u < lastUpdateId``; the first kept event must have
@@ -35,6 +36,7 @@ class BinanceDepthSync(BookSync):
         self._buffer: deque[BookDeltaEvent] = deque(maxlen=max_buffered)
         self._last_id: int | None = None
         self._bridging = False
+        self._waiting_snapshot: BookSnapshotEvent | None = None
         # bookTickers run ahead of the 100 ms depth stream: hold them until the book
         # reaches their update id, then compare.
         self._tickers_ahead: dict[int, TopOfBookEvent] = {}
@@ -49,35 +51,31 @@ class BinanceDepthSync(BookSync):
         self._buffer.clear()
         self._last_id = None
         self._bridging = False
+        self._waiting_snapshot = None
         self._tickers_ahead.clear()
 
     def on_snapshot(self, event: BookSnapshotEvent, ts_recv: int) -> SyncResult:
-        snapshot_id = event.update_id
-        if snapshot_id is None:
+        if event.update_id is None:
             raise ValueError("a Binance snapshot needs lastUpdateId")
-        # Spot keeps events ending after the snapshot; USD-M also keeps u == lastUpdateId.
-        keep_from = snapshot_id + 1 if not self.futures else snapshot_id
-        pending = [e for e in self._buffer if e.last_id is not None and e.last_id >= keep_from]
+        pending = [e for e in self._buffer if not self._before(e, event.update_id)]
         self._buffer.clear()
-        if pending and not self._bridges(pending[0], snapshot_id):
-            return REFETCH  # the snapshot is older than the stream: fetch another
-        self.book.load(event.bids, event.asks)
-        self._last_id = snapshot_id
-        self._bridging = True
-        self.live = True
-        ts_event = event.ts_event
-        for delta in pending:
-            problem = self._check_sequence(delta)
-            if problem is not None:
-                return SyncResult(problem=problem)
-            self._apply(delta)
-            ts_event = delta.ts_event
-        return self._verified_publish(ts_event, ts_recv)
+        if not pending:
+            # Only a stream event can prove the snapshot is not older than the stream.
+            self._waiting_snapshot = event
+            return NOTHING
+        return self._start(event, pending, ts_recv)
 
     def on_delta(self, event: BookDeltaEvent, ts_recv: int) -> SyncResult:
         if not self.live:
-            self._buffer.append(event)
-            return NOTHING
+            waiting = self._waiting_snapshot
+            if waiting is None:
+                self._buffer.append(event)
+                return NOTHING
+            assert waiting.update_id is not None
+            if self._before(event, waiting.update_id):
+                return NOTHING
+            self._waiting_snapshot = None
+            return self._start(waiting, [event], ts_recv)
         last_id = event.last_id
         if last_id is None or self._last_id is None:
             return SyncResult(problem=SyncProblem(ProblemKind.GAP, "depth update without ids"))
@@ -88,6 +86,30 @@ class BinanceDepthSync(BookSync):
             return SyncResult(problem=problem)
         self._apply(event)
         return self._verified_publish(event.ts_event, ts_recv)
+
+    def _before(self, event: BookDeltaEvent, snapshot_id: int) -> bool:
+        """Spot drops events with ``u <= lastUpdateId``, USD-M only ``u < lastUpdateId``."""
+        assert event.last_id is not None
+        return event.last_id <= snapshot_id if not self.futures else event.last_id < snapshot_id
+
+    def _start(
+        self, snapshot: BookSnapshotEvent, pending: list[BookDeltaEvent], ts_recv: int
+    ) -> SyncResult:
+        """Load ``snapshot`` and apply ``pending`` (the stream events after it)."""
+        assert snapshot.update_id is not None
+        if not self._bridges(pending[0], snapshot.update_id):
+            self._buffer.extend(pending)
+            return REFETCH  # the snapshot is older than the stream: fetch another
+        self.book.load(snapshot.bids, snapshot.asks)
+        self._last_id = snapshot.update_id
+        self._bridging = True
+        self.live = True
+        for delta in pending:
+            problem = self._check_sequence(delta)
+            if problem is not None:
+                return SyncResult(problem=problem)
+            self._apply(delta)
+        return self._verified_publish(pending[-1].ts_event, ts_recv)
 
     def on_top_of_book(self, event: TopOfBookEvent) -> SyncResult:
         """bookTicker ``u`` names a book state: when the book is at that state, the tops

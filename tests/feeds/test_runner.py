@@ -1,0 +1,160 @@
+"""The feed runner against the simulated Binance venue over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from book.registry import BookRegistry
+from book.snapshot import BookSnapshot
+from book.status import InstrumentState, InstrumentStatus
+from feeds.backoff import Backoff
+from feeds.binance.adapter import BinanceAdapter
+from feeds.incidents import FeedIncident, IncidentKind
+from feeds.runner import FeedRunner
+from feeds.simulator.binance import BinanceSpotSimulator
+from feeds.symbols import SymbolMap
+from tests.waiting import eventually
+
+SYMBOLS = {"BTC-USDT": "BTCUSDT", "ETH-USDT": "ETHUSDT", "SOL-USDT": "SOLUSDT"}
+BTC, ETH, SOL = (f"binance:{name}" for name in SYMBOLS)
+
+
+@dataclass
+class Observed:
+    states: dict[str, list[InstrumentState]] = field(default_factory=lambda: defaultdict(list))
+    published: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    incidents: list[FeedIncident] = field(default_factory=list)
+
+    def on_status(self, status: InstrumentStatus) -> None:
+        self.states[status.instrument].append(status.state)
+
+    def on_snapshot(self, snapshot: BookSnapshot, previous: BookSnapshot | None) -> None:
+        self.published[snapshot.instrument] += 1
+
+    def kinds(self, instrument: str | None = None) -> list[IncidentKind]:
+        return [i.kind for i in self.incidents if instrument is None or i.instrument == instrument]
+
+
+@dataclass
+class Rig:
+    simulator: BinanceSpotSimulator
+    runner: FeedRunner
+    registry: BookRegistry
+    seen: Observed
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    async with BinanceSpotSimulator(updates_per_second=200, levels=30, seed=7) as simulator:
+        registry = BookRegistry()
+        seen = Observed()
+        registry.on_status(seen.on_status)
+        registry.on_snapshot(seen.on_snapshot)
+        adapter = BinanceAdapter(
+            SymbolMap("binance", SYMBOLS),
+            ws_base=simulator.ws_url,
+            rest_base=simulator.rest_url,
+        )
+        runner = FeedRunner(
+            adapter,
+            registry=registry,
+            capture_depth=10,
+            on_incident=seen.incidents.append,
+            backoff=Backoff(initial=0.01, maximum=0.05),
+        )
+        task = asyncio.create_task(runner.run())
+        try:
+            await eventually(
+                lambda: all(registry.is_live(name) for name in (BTC, ETH, SOL)), "all live"
+            )
+            yield Rig(simulator, runner, registry, seen)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+
+async def books_equal_simulator(rig: Rig) -> None:
+    """Pause the market and wait until every book equals the venue's true book."""
+    rig.simulator.pause()
+
+    def matches() -> bool:
+        for instrument, native in SYMBOLS.items():
+            snap = rig.registry.get(f"binance:{instrument}")
+            truth = rig.simulator.book(native, 10)
+            if snap is None or (snap.bids, snap.asks) != (truth.bids, truth.asks):
+                return False
+        return True
+
+    await eventually(matches, "books equal the simulator's")
+
+
+async def test_books_sync_and_equal_the_venue(rig: Rig) -> None:
+    await books_equal_simulator(rig)
+    assert rig.runner.counters.gaps == 0
+    assert rig.seen.kinds() == [IncidentKind.CONNECT] + [IncidentKind.LIVE] * 3
+
+
+async def test_a_gap_resyncs_only_that_instrument(rig: Rig) -> None:
+    eth_snapshots = rig.simulator.snapshot_requests("ETHUSDT")
+    rig.simulator.drop_next("BTCUSDT")
+    await eventually(lambda: InstrumentState.STALE in rig.seen.states[BTC], "BTC stale")
+    eth_before = rig.seen.published[ETH]
+    await eventually(lambda: rig.registry.is_live(BTC), "BTC live again")
+    await eventually(lambda: rig.seen.published[ETH] > eth_before + 3, "ETH keeps streaming")
+    live, stale = InstrumentState.LIVE, InstrumentState.STALE
+    assert rig.seen.states[BTC] == [live, stale, live]
+    assert rig.seen.states[ETH] == [InstrumentState.LIVE]
+    assert rig.seen.states[SOL] == [InstrumentState.LIVE]
+    assert rig.simulator.snapshot_requests("ETHUSDT") == eth_snapshots
+    assert rig.runner.counters.gaps == 1
+    assert rig.runner.connections == 1
+    kinds = IncidentKind
+    assert rig.seen.kinds(BTC) == [kinds.LIVE, kinds.GAP, kinds.RESYNC, kinds.LIVE]
+    await books_equal_simulator(rig)
+
+
+async def test_a_malformed_frame_is_counted_and_harmless(rig: Rig) -> None:
+    rig.simulator.send_malformed()
+    await eventually(lambda: rig.runner.counters.malformed == 1, "malformed frame counted")
+    await books_equal_simulator(rig)
+    assert rig.runner.connections == 1
+    assert all(rig.seen.states[name] == [InstrumentState.LIVE] for name in (BTC, ETH, SOL))
+
+
+@pytest.mark.parametrize("fault", ["disconnect", "server_shutdown", "silence"])
+async def test_connection_faults_reconnect_and_resync_every_book(rig: Rig, fault: str) -> None:
+    if fault == "disconnect":
+        rig.simulator.disconnect_all()
+    elif fault == "server_shutdown":
+        rig.simulator.send_server_shutdown()
+    else:
+        rig.runner.adapter.silence_timeout = 0.3
+        frames = rig.runner.counters.frames  # the next receive uses the new timeout
+        await eventually(lambda: rig.runner.counters.frames > frames + 1, "frames flow")
+        rig.simulator.go_silent(1.0)
+    await eventually(lambda: rig.runner.connections >= 2, "reconnected")
+    await eventually(
+        lambda: (
+            all(rig.seen.states[n][-1] is InstrumentState.LIVE for n in (BTC, ETH, SOL))
+            and all(len(rig.seen.states[n]) == 3 for n in (BTC, ETH, SOL))
+        ),
+        "stale then live again",
+    )
+    for name in (BTC, ETH, SOL):
+        assert rig.seen.states[name] == [
+            InstrumentState.LIVE,
+            InstrumentState.STALE,
+            InstrumentState.LIVE,
+        ]
+    # A silent venue may stay silent past the first reconnect: one more cycle each time.
+    kinds = rig.seen.kinds(None)
+    assert kinds.count(IncidentKind.CONNECT) == rig.runner.connections
+    assert kinds.count(IncidentKind.DISCONNECT) == rig.runner.connections - 1
+    assert rig.runner.connections == 2 or fault == "silence"
+    await books_equal_simulator(rig)

@@ -1,0 +1,20 @@
+"""Waiting for a condition in async tests, without timed assertions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+async def eventually(condition: Callable[[], bool], what: str, limit: float = 15.0) -> None:
+    """Wait until ``condition`` holds; fail naming ``what`` if it never does.
+
+    ``limit`` only bounds a hang: nothing asserts how fast the condition came true.
+    """
+    try:
+        async with asyncio.timeout(limit):
+            # Polling: the conditions are on other components' state, with no event to await.
+            while not condition():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"never happened: {what}") from None
