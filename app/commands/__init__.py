@@ -1,0 +1,1 @@
+"""One module per ``marketcast`` subcommand; each exposes ``register(subparsers)``."""
