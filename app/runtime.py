@@ -19,6 +19,7 @@ from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
 from feeds.incidents import FeedIncident
 from feeds.runner import FeedRunner
+from feeds.venue import VenueAdapter
 from publish.fanout import Fanout
 from publish.server import MarketServer
 from publish.storage import SqliteBackend, StorageFlusher, bbo_row_from_snapshot
@@ -69,13 +70,16 @@ async def serve(
                 runners = []
                 for venue in settings.venues:
                     endpoints = await stack.enter_async_context(_venue_endpoints(settings, venue))
-                    runner = FeedRunner(
-                        build_adapter(venue, *endpoints),
-                        registry=registry,
-                        capture_depth=settings.book.capture_depth,
-                        on_incident=store_incident,
-                    )
-                    runners.append(runner)
+                    adapter = build_adapter(venue, *endpoints)
+                    for instruments in connection_groups(adapter):
+                        runner = FeedRunner(
+                            build_adapter(venue, *endpoints),
+                            registry=registry,
+                            instruments=instruments,
+                            capture_depth=settings.book.capture_depth,
+                            on_incident=store_incident,
+                        )
+                        runners.append(runner)
                 server = await stack.enter_async_context(
                     MarketServer(
                         registry,
@@ -97,6 +101,13 @@ async def serve(
     finally:
         await _drain(flusher)
         await backend.close()
+
+
+def connection_groups(adapter: VenueAdapter) -> list[list[str]]:
+    """The venue's instruments split into connections of at most the venue's limit."""
+    instruments = adapter.symbols.instruments()
+    size = adapter.max_instruments_per_connection or len(instruments) or 1
+    return [instruments[i : i + size] for i in range(0, len(instruments), size)]
 
 
 @contextlib.asynccontextmanager

@@ -81,6 +81,14 @@ class VenueErrorEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionGapEvent:
+    """A message of the connection was lost but the venue cannot say whose (Coinbase's
+    per-connection ``sequence_num``): every instrument of the connection is resynced."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class MalformedEvent:
     """A frame that could not be understood. Counted and logged, never fatal."""
 
@@ -100,6 +108,7 @@ FeedEvent = (
     | HeartbeatEvent
     | ControlEvent
     | VenueErrorEvent
+    | ConnectionGapEvent
     | MalformedEvent
     | IgnoredEvent
 )

@@ -24,7 +24,7 @@ from book.registry import BookRegistry
 from book.status import InstrumentState, InstrumentStatus
 from feeds.backoff import Backoff
 from feeds.dispatch import BookDispatcher
-from feeds.events import FeedEvent, MalformedEvent, VenueErrorEvent
+from feeds.events import ConnectionGapEvent, FeedEvent, MalformedEvent, VenueErrorEvent
 from feeds.exceptions import SilentConnectionError, SnapshotError, VenueClosingError
 from feeds.incidents import FeedIncident, IncidentKind, IncidentSink, ignore_incident
 from feeds.sync import ProblemKind, SyncProblem, SyncResult
@@ -194,6 +194,10 @@ class FeedRunner:
             self._act(instrument, result)
         elif isinstance(event, MalformedEvent):
             log.warning("%s: malformed frame (%s): %.200s", self.venue, event.reason, event.raw)
+        elif isinstance(event, ConnectionGapEvent):
+            problem = SyncProblem(ProblemKind.GAP, event.detail)
+            for name in self.instruments:
+                self._resync(name, problem)
         elif isinstance(event, VenueErrorEvent):
             self.counters.venue_errors += 1
             self._incident(event.instrument, IncidentKind.ERROR, event.message)

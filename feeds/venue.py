@@ -27,6 +27,9 @@ class VenueAdapter(ABC):
     silence_timeout: float = 30.0
     #: A connection older than this is replaced (make-before-break); 0 = never.
     max_connection_age: float = 0.0
+    #: Instruments one connection may carry (0 = no limit). Coinbase uses 1 so that a
+    #: per-connection sequence gap resyncs one instrument; Binance allows 1024 streams.
+    max_instruments_per_connection: int = 0
 
     @abstractmethod
     def stream_url(self, instruments: Sequence[str]) -> str: ...

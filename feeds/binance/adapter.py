@@ -24,6 +24,7 @@ class BinanceAdapter(VenueAdapter):
     rest_snapshots = True
     silence_timeout = 30.0
     max_connection_age = 23.5 * 3600  # Binance closes connections after 24 h
+    max_instruments_per_connection = 512  # two streams each; Binance allows 1024
 
     def __init__(
         self,
