@@ -11,7 +11,7 @@ from feeds.events import (
     MalformedEvent,
     TopOfBookEvent,
 )
-from feeds.sync import NOTHING, BookSync, SyncResult
+from feeds.sync import NOTHING, BookSync, ProblemKind, SyncProblem, SyncResult
 from feeds.venue import VenueAdapter
 
 
@@ -31,6 +31,19 @@ class FeedCounters:
     top_of_book_checked: int = 0
     internal_errors: int = 0
     by_instrument: dict[str, int] = field(default_factory=dict)
+
+
+    def count_problem(self, problem: SyncProblem) -> None:
+        """Count a problem that makes an instrument resync."""
+        self.resyncs += 1
+        if problem.kind is ProblemKind.GAP:
+            self.gaps += 1
+        elif problem.kind is ProblemKind.CHECKSUM:
+            self.checksum_failures += 1
+        elif problem.kind is ProblemKind.MISMATCH:
+            self.mismatches += 1
+        elif problem.kind is ProblemKind.CROSSED:
+            self.crossed += 1
 
 
 class BookDispatcher:

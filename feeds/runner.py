@@ -218,16 +218,7 @@ class FeedRunner:
 
     def _resync(self, instrument: str, problem: SyncProblem) -> None:
         """Mark one instrument stale and bring it back; the others are not touched."""
-        counters = self.counters
-        counters.resyncs += 1
-        if problem.kind is ProblemKind.GAP:
-            counters.gaps += 1
-        elif problem.kind is ProblemKind.CHECKSUM:
-            counters.checksum_failures += 1
-        elif problem.kind is ProblemKind.MISMATCH:
-            counters.mismatches += 1
-        elif problem.kind is ProblemKind.CROSSED:
-            counters.crossed += 1
+        self.counters.count_problem(problem)
         log.warning("%s: %s is stale (%s); resyncing it", self.venue, instrument, problem)
         self._incident(
             instrument, _PROBLEM_INCIDENT.get(problem.kind, IncidentKind.STALE), str(problem)

@@ -61,6 +61,8 @@ class BookSync(ABC):
         self.instrument = instrument
         self.book = L2Book(instrument, capture_depth=capture_depth)
         self.live = False
+        #: Book states found equal to the venue's own view (checksum, bookTicker).
+        self.verified = 0
 
     def reset(self) -> None:
         """Forget the book (its ``seq`` keeps growing) and wait for a new snapshot."""

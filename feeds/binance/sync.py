@@ -40,7 +40,6 @@ class BinanceDepthSync(BookSync):
         # bookTickers run ahead of the 100 ms depth stream: hold them until the book
         # reaches their update id, then compare.
         self._tickers_ahead: dict[int, TopOfBookEvent] = {}
-        self.tickers_checked = 0
 
     @property
     def last_update_id(self) -> int | None:
@@ -141,11 +140,11 @@ class BinanceDepthSync(BookSync):
         return self._publish(ts_event, ts_recv)
 
     def _compare(self, event: TopOfBookEvent) -> SyncProblem | None:
-        self.tickers_checked += 1
         book = self.book
         ours = (book.best_bid(), book.best_ask())
         theirs = ((event.bid, event.bid_qty), (event.ask, event.ask_qty))
         if ours == theirs:
+            self.verified += 1
             return None
         return SyncProblem(
             ProblemKind.MISMATCH,
