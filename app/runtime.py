@@ -69,7 +69,7 @@ async def serve(
             async with contextlib.AsyncExitStack() as stack:
                 runners = []
                 for venue in settings.venues:
-                    endpoints = await stack.enter_async_context(_venue_endpoints(settings, venue))
+                    endpoints = await stack.enter_async_context(venue_endpoints(settings, venue))
                     adapter = build_adapter(venue, *endpoints)
                     for instruments in connection_groups(adapter):
                         runner = FeedRunner(
@@ -111,7 +111,7 @@ def connection_groups(adapter: VenueAdapter) -> list[list[str]]:
 
 
 @contextlib.asynccontextmanager
-async def _venue_endpoints(
+async def venue_endpoints(
     settings: Settings, venue: VenueSettings
 ) -> AsyncIterator[tuple[str | None, str | None]]:
     """The venue's (websocket, REST) base URLs: its simulator's when simulated."""

@@ -10,7 +10,7 @@ from app.settings import SimulatorSettings, VenueSettings
 from feeds.binance.adapter import BinanceAdapter
 from feeds.simulator.binance import DEFAULT_SYMBOLS, BinanceSpotSimulator
 from feeds.simulator.market import SimSymbol
-from feeds.symbols import SymbolMap
+from feeds.symbols import DiscoveringSymbolMap, SymbolMap, split_concatenated
 from feeds.venue import VenueAdapter
 
 
@@ -30,6 +30,32 @@ def build_adapter(venue: VenueSettings, ws_url: str | None, rest_url: str | None
             symbols, futures=kind == "binance-usdm", ws_base=ws_url, rest_base=rest_url
         )
     raise ConfigError(f"venue {venue.id!r}: no feed handler for kind {kind!r}")
+
+
+def replay_adapter(venue: str) -> VenueAdapter:
+    """An adapter for replaying a recording of ``venue``: it learns symbols as they come."""
+    if venue in ("binance", "binance-usdm"):
+        futures = venue == "binance-usdm"
+        suffix = "-PERP" if futures else ""
+        symbols = DiscoveringSymbolMap(venue, lambda native: split_concatenated(native) + suffix)
+        return BinanceAdapter(symbols, futures=futures)
+    raise ConfigError(f"no replay handler for venue {venue!r}; known: {', '.join(REPLAY_VENUES)}")
+
+
+REPLAY_VENUES = ("binance", "binance-usdm")
+
+
+def guess_venue(path: str) -> str | None:
+    """The venue of a recording, from the sample-data file naming."""
+    name = path.replace("\\", "/").lower()
+    if "binance_futures" in name or "/usdm/" in name:
+        return "binance-usdm"
+    if "binance" in name:
+        return "binance"
+    for venue in ("kraken", "okx", "coinbase", "bybit"):
+        if venue in name:
+            return venue
+    return None
 
 
 def simulator_for(

@@ -50,6 +50,31 @@ class RecordedFrame:
         )
 
 
+class RecordingWriter:
+    """Appends frames to a marketcast recording (``*.jsonl``), one JSON object per line.
+
+    ``write`` is a buffered file write (no flush per frame); ``close`` flushes.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file = self.path.open("wb")
+        self.frames = 0
+
+    def write(self, frame: RecordedFrame) -> None:
+        self._file.write(frame.to_json() + b"\n")
+        self.frames += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> RecordingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def read_recording(path: str | Path) -> Iterator[RecordedFrame]:
     """Every frame of a recording, in file order (and, for cryptofeed, with its
     ``.http`` companion's snapshots merged in by timestamp)."""

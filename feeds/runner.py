@@ -27,6 +27,7 @@ from feeds.dispatch import BookDispatcher
 from feeds.events import ConnectionGapEvent, FeedEvent, MalformedEvent, VenueErrorEvent
 from feeds.exceptions import SilentConnectionError, SnapshotError, VenueClosingError
 from feeds.incidents import FeedIncident, IncidentKind, IncidentSink, ignore_incident
+from feeds.recordings import FrameKind, RecordedFrame
 from feeds.sync import ProblemKind, SyncProblem, SyncResult
 from feeds.venue import VenueAdapter
 
@@ -75,6 +76,7 @@ class FeedRunner:
         backoff: Backoff | None = None,
         snapshot_concurrency: int = 2,
         clock: Callable[[], int] = time.time_ns,
+        recorder: Callable[[RecordedFrame], None] | None = None,
     ) -> None:
         self.adapter = adapter
         self.venue = adapter.venue
@@ -88,6 +90,7 @@ class FeedRunner:
         self._backoff = backoff or Backoff()
         self._snapshot_slots = asyncio.Semaphore(snapshot_concurrency)
         self._clock = clock
+        self._recorder = recorder
         self._fetches: dict[str, asyncio.Task[None]] = {}
         self._session_tasks: set[asyncio.Task[None]] = set()
         self._task_group: asyncio.TaskGroup | None = None
@@ -140,8 +143,8 @@ class FeedRunner:
         async with self._connect(url) as ws:
             self.connections += 1
             self._incident(None, IncidentKind.CONNECT, url)
-            for frame in self.adapter.subscribe_frames(self.instruments):
-                await ws.send(frame)
+            self._record(FrameKind.CONNECT, "", url)
+            await self._send_all(ws, self.adapter.subscribe_frames(self.instruments))
             lost: Exception | None = None
             async with asyncio.TaskGroup() as group:
                 self._task_group, self._ws = group, ws
@@ -175,6 +178,9 @@ class FeedRunner:
                 raise SilentConnectionError(f"nothing received for {timeout:g}s") from None
             ts_recv = self._clock()
             self.counters.frames += 1
+            if self._recorder is not None:
+                text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+                self._record(FrameKind.RECV, text, ts=ts_recv)
             for event in parse(frame):
                 self._on_event(event, ts_recv)
 
@@ -184,7 +190,7 @@ class FeedRunner:
             return
         while True:
             await asyncio.sleep(self.adapter.app_ping_interval)
-            await ws.send(frame)
+            await self._send_all(ws, [frame])
 
     # -- events ----------------------------------------------------------------------
 
@@ -283,14 +289,28 @@ class FeedRunner:
             )
         if response.status_code != 200:
             raise SnapshotError(f"HTTP {response.status_code}: {response.text[:200]}")
+        self._record(FrameKind.HTTP, response.text, url)
         return response.content
 
     # -- helpers ---------------------------------------------------------------------
 
-    @staticmethod
-    async def _send_all(ws: FeedSocket, frames: list[str]) -> None:
+    async def _send_all(self, ws: FeedSocket, frames: list[str]) -> None:
         for frame in frames:
+            self._record(FrameKind.SEND, frame)
             await ws.send(frame)
+
+    def _record(self, kind: FrameKind, data: str, url: str = "", ts: int = 0) -> None:
+        if self._recorder is not None:
+            self._recorder(
+                RecordedFrame(
+                    ts or self._clock(),
+                    kind,
+                    data,
+                    url=url,
+                    venue=self.venue,
+                    conn=self.connections,
+                )
+            )
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
         """Start a task owned by the current connection (cancelled when it ends)."""

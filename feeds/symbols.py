@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 KNOWN_QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "USD", "TRY")
 
@@ -54,3 +54,27 @@ class SymbolMap:
 
     def __contains__(self, instrument: object) -> bool:
         return instrument in self._to_venue
+
+
+class DiscoveringSymbolMap(SymbolMap):
+    """A symbol map that learns venue symbols as they appear (``replay`` of a recording
+    whose instruments are not configured). ``to_canonical`` names a new symbol."""
+
+    __slots__ = ("_to_canonical",)
+
+    def __init__(self, venue: str, to_canonical: Callable[[str], str]) -> None:
+        super().__init__(venue, {})
+        self._to_canonical = to_canonical
+
+    def instrument(self, venue_symbol: str) -> str | None:
+        known = self._to_instrument.get(venue_symbol)
+        if known is not None:
+            return known
+        try:
+            canonical = self._to_canonical(venue_symbol)
+        except ValueError:
+            return None
+        instrument = instrument_id(self.venue, canonical)
+        self._to_instrument[venue_symbol] = instrument
+        self._to_venue[instrument] = venue_symbol
+        return instrument

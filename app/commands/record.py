@@ -1,0 +1,72 @@
+"""``marketcast record --config FILE --out FILE``: record raw venue traffic (JSON lines).
+
+Runs the configured venues' feed handlers (books are kept, so states are reported) and
+writes every frame received and sent, every connect and every REST snapshot, exactly
+as on the wire, in the recording format ``marketcast replay`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+
+from app.loop import run_until_signalled
+from app.runtime import connection_groups, venue_endpoints
+from app.settings import Settings, load_settings
+from app.venues import build_adapter
+from book.registry import BookRegistry
+from feeds.recordings import RecordingWriter
+from feeds.runner import FeedRunner
+
+log = logging.getLogger(__name__)
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    record = commands.add_parser("record", help="record raw venue traffic to a file")
+    record.add_argument("--config", help="TOML config (its venues are recorded); default: demo")
+    record.add_argument("--out", required=True, help="recording file to write (.jsonl)")
+    record.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
+    record.set_defaults(command=_record)
+
+
+def _record(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config) if args.config else Settings.demo()
+    return run_until_signalled(record(settings, args.out, seconds=args.seconds))
+
+
+async def record(
+    settings: Settings,
+    out: str,
+    *,
+    seconds: float | None = None,
+    registry: BookRegistry | None = None,
+) -> None:
+    """Record every configured venue until cancelled (or for ``seconds``); the books kept
+    while recording are published to ``registry`` when one is given."""
+    registry = registry if registry is not None else BookRegistry()
+    with RecordingWriter(out) as writer:
+        try:
+            async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as group:
+                for venue in settings.venues:
+                    endpoints = await stack.enter_async_context(venue_endpoints(settings, venue))
+                    for instruments in connection_groups(build_adapter(venue, *endpoints)):
+                        runner = FeedRunner(
+                            build_adapter(venue, *endpoints),
+                            registry=registry,
+                            instruments=instruments,
+                            capture_depth=settings.book.capture_depth,
+                            recorder=writer.write,
+                        )
+                        group.create_task(runner.run())
+                await asyncio.sleep(seconds if seconds is not None else float("inf"))
+                raise _Done
+        except* _Done:
+            pass
+        finally:
+            log.info("recorded %d frames to %s", writer.frames, out)
+
+
+class _Done(Exception):
+    """The recording time is up: end the task group."""
