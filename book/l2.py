@@ -34,6 +34,11 @@ class L2Book:
         """Version of the last published snapshot."""
         return self._seq
 
+    def continue_from(self, seq: int) -> None:
+        """Make the next snapshot's ``seq`` exceed ``seq`` (a book replacing another keeps
+        its instrument's version growing)."""
+        self._seq = max(self._seq, seq)
+
     def __len__(self) -> int:
         return len(self._bids) + len(self._asks)
 
