@@ -160,6 +160,11 @@ def _read_cryptofeed_pair(path: Path) -> Iterator[RecordedFrame]:
 
 
 def _read_kraken_sdk(path: Path) -> Iterator[RecordedFrame]:
+    """``init`` is the first message (v2) or the list of messages received before the
+    updates (v1: system status, pong, subscription status, snapshot)."""
     document = orjson.loads(path.read_bytes())
-    for index, message in enumerate([document["init"], *document["updates"]]):
+    init = document["init"]
+    # A v1 channel message is itself an array, but one that starts with its channel id.
+    first = init if isinstance(init, list) and init and not isinstance(init[0], int) else [init]
+    for index, message in enumerate([*first, *document["updates"]]):
         yield RecordedFrame(index, FrameKind.RECV, orjson.dumps(message).decode())
