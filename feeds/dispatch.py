@@ -52,12 +52,19 @@ class BookDispatcher:
     ``handle`` is O(levels in the event) plus a dict lookup.
     """
 
-    def __init__(self, adapter: VenueAdapter, instruments: list[str], *, capture_depth: int = 0):
+    def __init__(
+        self,
+        adapter: VenueAdapter,
+        instruments: list[str],
+        *,
+        capture_depth: int = 0,
+        counters: FeedCounters | None = None,
+    ):
         self.adapter = adapter
         self.syncs: dict[str, BookSync] = {
             name: adapter.new_sync(name, capture_depth=capture_depth) for name in instruments
         }
-        self.counters = FeedCounters()
+        self.counters = counters if counters is not None else FeedCounters()
 
     def handle(self, event: FeedEvent, ts_recv: int) -> tuple[str | None, SyncResult]:
         """Apply one event; returns the instrument it concerned and what happened."""

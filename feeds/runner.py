@@ -1,9 +1,13 @@
-"""The I/O side of one venue connection: connect, subscribe, receive, resync, reconnect.
+"""The I/O side of a venue: connections, subscriptions, resyncs, reconnects, rotation.
 
 Everything protocol-specific is in the venue's ``VenueAdapter`` and ``BookSync``; this
-module only moves frames and acts on what the syncs report. One runner owns one
-websocket connection and the books of its instruments; a problem with one instrument
-resyncs that instrument only.
+module moves frames and acts on what the syncs report. A ``FeedRunner`` keeps the books
+of its instruments live forever: one ``FeedConnection`` at a time publishes, a problem
+with one instrument resyncs that instrument only, and a lost connection is replaced
+with capped, jittered backoff. A connection older than the venue's lifetime limit is
+replaced make-before-break: a standby connection syncs its own books in the shadow,
+then takes over in one synchronous step, so subscribers see no gap and ``seq`` keeps
+growing.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException
 
 from book.registry import BookRegistry
+from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
 from feeds.backoff import Backoff
-from feeds.dispatch import BookDispatcher
+from feeds.dispatch import BookDispatcher, FeedCounters
 from feeds.events import ConnectionGapEvent, FeedEvent, MalformedEvent, VenueErrorEvent
 from feeds.exceptions import SilentConnectionError, SnapshotError, VenueClosingError
 from feeds.incidents import FeedIncident, IncidentKind, IncidentSink, ignore_incident
+from feeds.ratelimit import WeightLimiter
 from feeds.recordings import FrameKind, RecordedFrame
 from feeds.sync import ProblemKind, SyncProblem, SyncResult
 from feeds.venue import VenueAdapter
@@ -45,6 +51,15 @@ class FeedSocket(Protocol):
 
 
 Connect = Callable[[str], AbstractAsyncContextManager[FeedSocket]]
+Recorder = Callable[[RecordedFrame], None]
+
+CONNECTION_LOST = (
+    OSError,
+    WebSocketException,
+    TimeoutError,
+    SilentConnectionError,
+    VenueClosingError,
+)
 
 
 def websocket_connect(url: str) -> AbstractAsyncContextManager[FeedSocket]:
@@ -61,7 +76,12 @@ _PROBLEM_INCIDENT = {
 
 
 class FeedRunner:
-    """Keeps the books of ``instruments`` on one venue live, forever, until cancelled."""
+    """Keeps the books of ``instruments`` on one venue live, forever, until cancelled.
+
+    ``limiter`` is the venue's REST weight budget, shared by all of its runners.
+    ``rotate_timeout`` bounds how long a standby connection may take to sync before the
+    rotation is abandoned (and retried after another ``max_connection_age``).
+    """
 
     def __init__(
         self,
@@ -75,46 +95,46 @@ class FeedRunner:
         on_incident: IncidentSink = ignore_incident,
         backoff: Backoff | None = None,
         snapshot_concurrency: int = 2,
+        limiter: WeightLimiter | None = None,
+        rotate_timeout: float = 60.0,
         clock: Callable[[], int] = time.time_ns,
-        recorder: Callable[[RecordedFrame], None] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.adapter = adapter
         self.venue = adapter.venue
         self.registry = registry
         self.instruments = list(instruments or adapter.symbols.instruments())
-        self.dispatcher = BookDispatcher(adapter, self.instruments, capture_depth=capture_depth)
-        self.counters = self.dispatcher.counters
-        self._connect = connect
-        self._http = http
+        self.capture_depth = capture_depth
+        self.counters = FeedCounters()
+        self.connect = connect
+        self.limiter = limiter
+        self.rotate_timeout = rotate_timeout
+        self.clock = clock
+        self.recorder = recorder
+        self.snapshot_slots = asyncio.Semaphore(snapshot_concurrency)
+        self.http = http
         self._on_incident = on_incident
         self._backoff = backoff or Backoff()
-        self._snapshot_slots = asyncio.Semaphore(snapshot_concurrency)
-        self._clock = clock
-        self._recorder = recorder
-        self._fetches: dict[str, asyncio.Task[None]] = {}
-        self._session_tasks: set[asyncio.Task[None]] = set()
-        self._task_group: asyncio.TaskGroup | None = None
-        self._ws: FeedSocket | None = None
+        self._current: FeedConnection | None = None
         self.connections = 0
+        self.rotations = 0
         for name in self.instruments:
             registry.add_instrument(name, clock())
+
+    @property
+    def dispatcher(self) -> BookDispatcher | None:
+        """The books of the connection that currently publishes."""
+        return self._current.dispatcher if self._current is not None else None
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def run(self) -> None:
         """Connect and keep reconnecting (capped jittered backoff) until cancelled."""
-        async with self._http_client() as http:
-            self._http = http
+        async with self._http_client():
             while True:
                 try:
-                    await self._connection()
-                except (
-                    OSError,
-                    WebSocketException,
-                    TimeoutError,
-                    SilentConnectionError,
-                    VenueClosingError,
-                ) as exc:
+                    await self._serve(FeedConnection(self, publishing=True))
+                except CONNECTION_LOST as exc:
                     detail = f"{type(exc).__name__}: {exc}"
                 except Exception as exc:  # task boundary: a bug must not end the feed
                     self.counters.internal_errors += 1
@@ -122,7 +142,8 @@ class FeedRunner:
                     detail = f"internal error: {type(exc).__name__}: {exc}"
                 else:
                     detail = "closed by venue"
-                self._incident(None, IncidentKind.DISCONNECT, detail)
+                self._current = None
+                self.incident(None, IncidentKind.DISCONNECT, detail)
                 self._mark_all_stale(SyncProblem(ProblemKind.DISCONNECTED, detail))
                 delay = self._backoff.next_delay()
                 log.warning(
@@ -131,56 +152,183 @@ class FeedRunner:
                 await asyncio.sleep(delay)
 
     @contextlib.asynccontextmanager
-    async def _http_client(self) -> AsyncIterator[httpx.AsyncClient]:
-        if self._http is not None:
-            yield self._http
+    async def _http_client(self) -> AsyncIterator[None]:
+        if self.http is not None:
+            yield
             return
         async with httpx.AsyncClient(timeout=10.0) as client:
-            yield client
+            self.http = client
+            try:
+                yield
+            finally:
+                self.http = None
 
-    async def _connection(self) -> None:
-        url = self.adapter.stream_url(self.instruments)
-        async with self._connect(url) as ws:
-            self.connections += 1
-            self._incident(None, IncidentKind.CONNECT, url)
-            self._record(FrameKind.CONNECT, "", url)
-            await self._send_all(ws, self.adapter.subscribe_frames(self.instruments))
+    async def _serve(self, connection: FeedConnection) -> None:
+        """Run ``connection`` (and the ones rotated in after it) until one is lost."""
+        self._current = connection
+        task = asyncio.create_task(connection.run(), name=f"{self.venue}:connection")
+        standby_task: asyncio.Task[None] | None = None
+        try:
+            while True:
+                age = self.adapter.max_connection_age
+                done, _ = await asyncio.wait({task}, timeout=age if age > 0 else None)
+                if done:
+                    task.result()  # raises what ended the connection
+                    return
+                standby = FeedConnection(self, publishing=False)
+                standby_task = asyncio.create_task(standby.run(), name=f"{self.venue}:standby")
+                ready: asyncio.Task[Any] = asyncio.create_task(standby.ready.wait())
+                waiting: set[asyncio.Task[Any]] = {task, standby_task, ready}
+                done, _ = await asyncio.wait(
+                    waiting,
+                    timeout=self.rotate_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                ready.cancel()
+                if ready in done and not task.done() and not standby_task.done():
+                    self._promote(connection, standby)
+                    old, task, connection, standby_task = task, standby_task, standby, None
+                    await _cancelled(old)
+                    continue
+                log.warning("%s: standby connection did not sync; keeping the old one", self.venue)
+                await _cancelled(standby_task)
+                standby_task = None
+                if task.done():
+                    task.result()
+                    return
+        finally:
+            for pending in (task, standby_task):
+                if pending is not None:
+                    await _cancelled(pending)
+
+    def _promote(self, old: FeedConnection, new: FeedConnection) -> None:
+        """Hand publishing from ``old`` to ``new`` in one synchronous step (no gap)."""
+        old.publishing = False
+        now = self.clock()
+        for name in self.instruments:
+            sync = new.dispatcher.syncs[name]
+            published = self.registry.get(name)
+            if published is not None:
+                sync.book.continue_from(published.seq)
+            shadow = new.shadow_latest.get(name)
+            ts_event, ts_recv = (shadow.ts_event, shadow.ts_recv) if shadow else (0, now)
+            self.registry.publish(sync.book.snapshot(ts_event, ts_recv, now))
+            if not self.registry.is_live(name):
+                self.set_state(name, InstrumentState.LIVE, "in sync")
+        new.publishing = True
+        self._current = new
+        self.rotations += 1
+        self.incident(None, IncidentKind.CONNECT, "rotated to a new connection (make-before-break)")
+
+    # -- what connections report -------------------------------------------------------
+
+    def went_live(self, instrument: str, snapshot: BookSnapshot) -> None:
+        self._backoff.reset()  # a book went live: this connection is good
+        self.set_state(instrument, InstrumentState.LIVE, "in sync")
+        self.incident(instrument, IncidentKind.LIVE, f"seq {snapshot.seq}")
+
+    def went_stale(self, instrument: str, problem: SyncProblem) -> None:
+        log.warning("%s: %s is stale (%s); resyncing it", self.venue, instrument, problem)
+        self.incident(
+            instrument, _PROBLEM_INCIDENT.get(problem.kind, IncidentKind.STALE), str(problem)
+        )
+        self.set_state(instrument, InstrumentState.STALE, str(problem))
+        self.incident(instrument, IncidentKind.RESYNC, "resync started")
+
+    def set_state(self, instrument: str, state: InstrumentState, reason: str) -> None:
+        self.registry.set_status(InstrumentStatus(instrument, state, reason, self.clock()))
+
+    def incident(self, instrument: str | None, kind: IncidentKind, detail: str) -> None:
+        self._on_incident(FeedIncident(self.clock(), self.venue, instrument, kind, detail))
+
+    def record(self, kind: FrameKind, data: str, url: str = "", ts: int = 0) -> None:
+        if self.recorder is not None:
+            ts = ts or self.clock()
+            frame = RecordedFrame(ts, kind, data, url=url, venue=self.venue, conn=self.connections)
+            self.recorder(frame)
+
+    def _mark_all_stale(self, problem: SyncProblem) -> None:
+        for name in self.instruments:
+            if self.registry.is_live(name):
+                self.set_state(name, InstrumentState.STALE, str(problem))
+
+
+class FeedConnection:
+    """One websocket connection and the books synced over it.
+
+    A ``publishing`` connection publishes snapshots and states; a standby one (make-
+    before-break) keeps its books in the shadow and sets ``ready`` once all are live.
+    """
+
+    def __init__(self, runner: FeedRunner, *, publishing: bool) -> None:
+        self.runner = runner
+        self.adapter = runner.adapter
+        self.publishing = publishing
+        self.dispatcher = BookDispatcher(
+            runner.adapter,
+            runner.instruments,
+            capture_depth=runner.capture_depth,
+            counters=runner.counters,
+        )
+        for name, sync in self.dispatcher.syncs.items():
+            published = runner.registry.get(name)
+            if published is not None:
+                sync.book.continue_from(published.seq)
+        self.ready = asyncio.Event()
+        self.shadow_latest: dict[str, BookSnapshot] = {}
+        self._fetches: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._group: asyncio.TaskGroup | None = None
+        self._ws: FeedSocket | None = None
+
+    async def run(self) -> None:
+        runner = self.runner
+        url = self.adapter.stream_url(runner.instruments)
+        async with runner.connect(url) as ws:
+            runner.connections += 1
+            self.adapter.connection_started()
+            runner.incident(
+                None, IncidentKind.CONNECT, url if self.publishing else f"standby {url}"
+            )
+            runner.record(FrameKind.CONNECT, "", url)
+            await self._send_all(ws, self.adapter.subscribe_frames(runner.instruments))
             lost: Exception | None = None
             async with asyncio.TaskGroup() as group:
-                self._task_group, self._ws = group, ws
+                self._group, self._ws = group, ws
                 try:
-                    for name in self.instruments:
+                    for name in runner.instruments:
                         self._begin_sync(name)
                     if self.adapter.app_ping_interval > 0:
                         self._spawn(self._ping_forever(ws), "ping")
+                    if self.adapter.instrument_silence_timeout > 0:
+                        self._spawn(self._watch_instruments(), "silence-watch")
                     await self._receive_forever(ws)
                 except Exception as exc:  # re-raised below, not wrapped in an ExceptionGroup
                     lost = exc
                 finally:
                     # Nothing of this connection may outlive it.
-                    self._task_group = self._ws = None
-                    for task in self._session_tasks:
+                    self._group = self._ws = None
+                    for task in self._tasks:
                         task.cancel()
-                    self._session_tasks.clear()
-                    self._fetches.clear()
             if lost is not None:
                 raise lost
 
     async def _receive_forever(self, ws: FeedSocket) -> None:
-        adapter = self.adapter
-        parse = adapter.parse
+        adapter, runner = self.adapter, self.runner
+        parse, clock, counters = adapter.parse, runner.clock, runner.counters
         while True:
-            timeout = adapter.silence_timeout
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(adapter.silence_timeout):
                     frame = await ws.recv()
             except TimeoutError:
-                raise SilentConnectionError(f"nothing received for {timeout:g}s") from None
-            ts_recv = self._clock()
-            self.counters.frames += 1
-            if self._recorder is not None:
+                raise SilentConnectionError(
+                    f"nothing received for {adapter.silence_timeout:g}s"
+                ) from None
+            ts_recv = clock()
+            counters.frames += 1
+            if runner.recorder is not None:
                 text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
-                self._record(FrameKind.RECV, text, ts=ts_recv)
+                runner.record(FrameKind.RECV, text, ts=ts_recv)
             for event in parse(frame):
                 self._on_event(event, ts_recv)
 
@@ -192,6 +340,21 @@ class FeedRunner:
             await asyncio.sleep(self.adapter.app_ping_interval)
             await self._send_all(ws, [frame])
 
+    async def _watch_instruments(self) -> None:
+        """Resync a live instrument that received no book message for the venue's
+        per-instrument silence timeout (counts compared between checks: no hot-path cost)."""
+        timeout = self.adapter.instrument_silence_timeout
+        counts = self.runner.counters.by_instrument
+        seen = dict(counts)
+        while True:
+            await asyncio.sleep(timeout)
+            for name, sync in self.dispatcher.syncs.items():
+                count = counts.get(name, 0)
+                if sync.live and count == seen.get(name, 0):
+                    problem = SyncProblem(ProblemKind.SILENT, f"no book message for {timeout:g}s")
+                    self._resync(name, problem)
+                seen[name] = count
+
     # -- events ----------------------------------------------------------------------
 
     def _on_event(self, event: FeedEvent, ts_recv: int) -> None:
@@ -199,24 +362,31 @@ class FeedRunner:
         if instrument is not None:
             self._act(instrument, result)
         elif isinstance(event, MalformedEvent):
-            log.warning("%s: malformed frame (%s): %.200s", self.venue, event.reason, event.raw)
+            log.warning(
+                "%s: malformed frame (%s): %.200s", self.runner.venue, event.reason, event.raw
+            )
         elif isinstance(event, ConnectionGapEvent):
             problem = SyncProblem(ProblemKind.GAP, event.detail)
-            for name in self.instruments:
+            for name in self.runner.instruments:
                 self._resync(name, problem)
         elif isinstance(event, VenueErrorEvent):
-            self.counters.venue_errors += 1
-            self._incident(event.instrument, IncidentKind.ERROR, event.message)
+            self.runner.counters.venue_errors += 1
+            self.runner.incident(event.instrument, IncidentKind.ERROR, event.message)
             if event.reconnect:
                 raise VenueClosingError(event.message)
 
     def _act(self, instrument: str, result: SyncResult) -> None:
-        if result.snapshot is not None:
-            self.registry.publish(result.snapshot)
-            if not self.registry.is_live(instrument):
-                self._backoff.reset()  # a book went live: this connection is good
-                self._set_state(instrument, InstrumentState.LIVE, "in sync")
-                self._incident(instrument, IncidentKind.LIVE, f"seq {result.snapshot.seq}")
+        snapshot = result.snapshot
+        if snapshot is not None:
+            if not self.publishing:
+                self.shadow_latest[instrument] = snapshot
+                if len(self.shadow_latest) == len(self.dispatcher.syncs):
+                    self.ready.set()
+                return
+            registry = self.runner.registry
+            registry.publish(snapshot)
+            if not registry.is_live(instrument):
+                self.runner.went_live(instrument, snapshot)
         elif result.problem is not None:
             self._resync(instrument, result.problem)
         elif result.refetch:
@@ -224,13 +394,11 @@ class FeedRunner:
 
     def _resync(self, instrument: str, problem: SyncProblem) -> None:
         """Mark one instrument stale and bring it back; the others are not touched."""
-        self.counters.count_problem(problem)
-        log.warning("%s: %s is stale (%s); resyncing it", self.venue, instrument, problem)
-        self._incident(
-            instrument, _PROBLEM_INCIDENT.get(problem.kind, IncidentKind.STALE), str(problem)
-        )
-        self._set_state(instrument, InstrumentState.STALE, str(problem))
-        self._incident(instrument, IncidentKind.RESYNC, "resync started")
+        self.runner.counters.count_problem(problem)
+        if self.publishing:
+            self.runner.went_stale(instrument, problem)
+        else:
+            self.shadow_latest.pop(instrument, None)
         self._begin_sync(instrument)
         if not self.adapter.rest_snapshots and self._ws is not None:
             frames = self.adapter.resubscribe_frames(instrument)
@@ -256,8 +424,7 @@ class FeedRunner:
         url = self.adapter.snapshot_url(instrument)
         while True:
             try:
-                async with self._snapshot_slots:
-                    body = await self._get(url)
+                body = await self._get(url)
                 event = self.adapter.parse_snapshot(instrument, body)
             except (SnapshotError, httpx.HTTPError, ValueError) as exc:
                 delay = backoff.next_delay()
@@ -265,14 +432,14 @@ class FeedRunner:
                     delay = max(delay, exc.seconds)
                 log.warning(
                     "%s: snapshot of %s failed (%s); retry in %.2fs",
-                    self.venue,
+                    self.runner.venue,
                     instrument,
                     exc,
                     delay,
                 )
                 await asyncio.sleep(delay)
                 continue
-            _, result = self.dispatcher.handle(event, self._clock())
+            _, result = self.dispatcher.handle(event, self.runner.clock())
             if result.refetch:
                 await asyncio.sleep(backoff.next_delay())
                 continue
@@ -280,60 +447,41 @@ class FeedRunner:
             return
 
     async def _get(self, url: str) -> bytes:
-        assert self._http is not None
-        response = await self._http.get(url)
-        if response.status_code in (418, 429):
+        runner = self.runner
+        http = runner.http
+        assert http is not None, "the runner owns an HTTP client while it runs"
+        if runner.limiter is not None:
+            await runner.limiter.acquire(self.adapter.snapshot_weight)
+        async with runner.snapshot_slots:
+            response = await http.get(url)
+        status = response.status_code
+        if status in (418, 429):
             retry_after = float(response.headers.get("Retry-After", "1") or 1)
-            raise _RetryAfter(
-                retry_after, f"HTTP {response.status_code}, retry after {retry_after}s"
-            )
-        if response.status_code != 200:
-            raise SnapshotError(f"HTTP {response.status_code}: {response.text[:200]}")
-        self._record(FrameKind.HTTP, response.text, url)
+            if runner.limiter is not None:
+                runner.limiter.pause(retry_after)
+            raise _RetryAfter(retry_after, f"HTTP {status}, retry after {retry_after}s")
+        if status != 200:
+            raise SnapshotError(f"HTTP {status}: {response.text[:200]}")
+        runner.record(FrameKind.HTTP, response.text, url)
         return response.content
 
     # -- helpers ---------------------------------------------------------------------
 
     async def _send_all(self, ws: FeedSocket, frames: list[str]) -> None:
         for frame in frames:
-            self._record(FrameKind.SEND, frame)
+            self.runner.record(FrameKind.SEND, frame)
             await ws.send(frame)
 
-    def _record(self, kind: FrameKind, data: str, url: str = "", ts: int = 0) -> None:
-        if self._recorder is not None:
-            self._recorder(
-                RecordedFrame(
-                    ts or self._clock(),
-                    kind,
-                    data,
-                    url=url,
-                    venue=self.venue,
-                    conn=self.connections,
-                )
-            )
-
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
-        """Start a task owned by the current connection (cancelled when it ends)."""
-        group = self._task_group
+        """Start a task owned by this connection (cancelled when it ends)."""
+        group = self._group
         if group is None:
             coro.close()
             return None
-        task = group.create_task(coro, name=f"{self.venue}:{name}")
-        self._session_tasks.add(task)
-        task.add_done_callback(self._session_tasks.discard)
+        task = group.create_task(coro, name=f"{self.runner.venue}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return task
-
-    def _set_state(self, instrument: str, state: InstrumentState, reason: str) -> None:
-        self.registry.set_status(InstrumentStatus(instrument, state, reason, self._clock()))
-
-    def _mark_all_stale(self, problem: SyncProblem) -> None:
-        for name in self.instruments:
-            self.dispatcher.syncs[name].reset()
-            if self.registry.is_live(name):
-                self._set_state(name, InstrumentState.STALE, str(problem))
-
-    def _incident(self, instrument: str | None, kind: IncidentKind, detail: str) -> None:
-        self._on_incident(FeedIncident(self._clock(), self.venue, instrument, kind, detail))
 
 
 class _RetryAfter(SnapshotError):
@@ -342,3 +490,10 @@ class _RetryAfter(SnapshotError):
     def __init__(self, seconds: float, message: str) -> None:
         super().__init__(message)
         self.seconds = seconds
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it, whatever it ends with."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

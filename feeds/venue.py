@@ -27,12 +27,24 @@ class VenueAdapter(ABC):
     silence_timeout: float = 30.0
     #: A connection older than this is replaced (make-before-break); 0 = never.
     max_connection_age: float = 0.0
+    #: A live instrument with no book message for this long is resynced (0 = off: on most
+    #: venues a quiet instrument sends nothing, so this is a per-deployment choice).
+    instrument_silence_timeout: float = 0.0
+    #: REST weight of one snapshot request, and the venue's budget per minute and IP
+    #: (Binance request-weight accounting; 0 = no budget).
+    snapshot_weight: float = 1.0
+    rest_weight_per_minute: float = 0.0
     #: Instruments one connection may carry (0 = no limit). Coinbase uses 1 so that a
     #: per-connection sequence gap resyncs one instrument; Binance allows 1024 streams.
     max_instruments_per_connection: int = 0
 
     @abstractmethod
     def stream_url(self, instruments: Sequence[str]) -> str: ...
+
+    def connection_started(self) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Forget per-connection protocol state (e.g. a per-connection sequence number).
+
+        Called by the runner each time this adapter's connection (re)opens."""
 
     def subscribe_frames(self, instruments: Sequence[str]) -> list[str]:
         """Text frames to send right after connecting (none when the URL subscribes)."""

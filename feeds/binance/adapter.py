@@ -43,6 +43,8 @@ class BinanceAdapter(VenueAdapter):
         self.rest_base = (rest_base or (USDM_REST if futures else SPOT_REST)).rstrip("/")
         self.depth_stream = depth_stream
         self.snapshot_limit = snapshot_limit
+        self.snapshot_weight = _depth_weight(snapshot_limit, futures=futures)
+        self.rest_weight_per_minute = 2400.0 if futures else 6000.0
         self._parser = BinanceParser(symbols)
 
     def stream_url(self, instruments: Sequence[str]) -> str:
@@ -69,3 +71,10 @@ class BinanceAdapter(VenueAdapter):
     def snapshot_instrument(self, url: str) -> str | None:
         symbol = parse_qs(urlsplit(url).query).get("symbol", [""])[0]
         return self.symbols.instrument(symbol.upper())
+
+
+def _depth_weight(limit: int, *, futures: bool) -> float:
+    """Request weight of a depth snapshot (Binance's published weight tables)."""
+    if futures:
+        return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
+    return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250

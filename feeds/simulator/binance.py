@@ -120,6 +120,7 @@ class _SymbolFeed:
     """Depth stream suffix -> changes not pushed yet."""
     drops_pending: int = 0
     snapshots_served: int = 0
+    muted_until: float = 0.0
 
 
 class BinanceSpotSimulator:
@@ -316,6 +317,15 @@ class BinanceSpotSimulator:
         self._silent_until = max(self._silent_until, time.monotonic() + seconds)
         self._count(silences=1)
 
+    def mute(self, symbol: str, seconds: float) -> None:
+        """Send nothing for ``symbol`` for ``seconds`` while the others keep streaming
+        (one instrument's feed goes silent; its market moves on, so a gap follows)."""
+        if seconds < 0:
+            raise ValueError("seconds must not be negative")
+        feed = self._feeds[symbol]
+        feed.muted_until = max(feed.muted_until, time.monotonic() + seconds)
+        self._count(silences=1)
+
     def send_malformed(self) -> None:
         """Send one truncated-JSON text frame to every client."""
         connections = [client.connection for client in self._clients]
@@ -369,7 +379,7 @@ class BinanceSpotSimulator:
             if top == before:
                 continue
             stream = feed.prefix + "@bookTicker"
-            if not self._subscribers.get(stream) or self._is_silent():
+            if not self._subscribers.get(stream) or self._is_silent(feed):
                 continue
             (bid, bid_qty), (ask, ask_qty) = top
             spec = book.spec
@@ -389,7 +399,7 @@ class BinanceSpotSimulator:
         for symbol, feed in self._feeds.items():
             diff = feed.windows[suffix].take()
             stream = f"{feed.prefix}@{suffix}"
-            if diff is None or not self._subscribers.get(stream) or self._is_silent():
+            if diff is None or not self._subscribers.get(stream) or self._is_silent(feed):
                 continue
             if feed.drops_pending:
                 feed.drops_pending -= 1
@@ -407,8 +417,9 @@ class BinanceSpotSimulator:
             }
             self._publish(stream, orjson.dumps(event))
 
-    def _is_silent(self) -> bool:
-        return time.monotonic() < self._silent_until
+    def _is_silent(self, feed: _SymbolFeed) -> bool:
+        now = time.monotonic()
+        return now < self._silent_until or now < feed.muted_until
 
     def _publish(self, stream: str, data: bytes) -> None:
         clients = self._subscribers.get(stream, ())

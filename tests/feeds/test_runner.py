@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ BTC, ETH, SOL = (f"binance:{name}" for name in SYMBOLS)
 class Observed:
     states: dict[str, list[InstrumentState]] = field(default_factory=lambda: defaultdict(list))
     published: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    seqs: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     incidents: list[FeedIncident] = field(default_factory=list)
 
     def on_status(self, status: InstrumentStatus) -> None:
@@ -35,6 +37,7 @@ class Observed:
 
     def on_snapshot(self, snapshot: BookSnapshot, previous: BookSnapshot | None) -> None:
         self.published[snapshot.instrument] += 1
+        self.seqs[snapshot.instrument].append(snapshot.seq)
 
     def kinds(self, instrument: str | None = None) -> list[IncidentKind]:
         return [i.kind for i in self.incidents if instrument is None or i.instrument == instrument]
@@ -48,8 +51,10 @@ class Rig:
     seen: Observed
 
 
-@pytest.fixture
-async def rig() -> AsyncIterator[Rig]:
+@contextlib.asynccontextmanager
+async def running_rig(**adapter_settings: float) -> AsyncIterator[Rig]:
+    """Simulator + runner over loopback, every book live; ``adapter_settings`` override
+    the adapter's class attributes (timeouts, connection age) before the runner starts."""
     async with BinanceSpotSimulator(updates_per_second=200, levels=30, seed=7) as simulator:
         registry = BookRegistry()
         seen = Observed()
@@ -60,6 +65,8 @@ async def rig() -> AsyncIterator[Rig]:
             ws_base=simulator.ws_url,
             rest_base=simulator.rest_url,
         )
+        for name, value in adapter_settings.items():
+            setattr(adapter, name, value)
         runner = FeedRunner(
             adapter,
             registry=registry,
@@ -77,6 +84,12 @@ async def rig() -> AsyncIterator[Rig]:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    async with running_rig() as started:
+        yield started
 
 
 async def books_equal_simulator(rig: Rig) -> None:
@@ -158,3 +171,35 @@ async def test_connection_faults_reconnect_and_resync_every_book(rig: Rig, fault
     assert kinds.count(IncidentKind.DISCONNECT) == rig.runner.connections - 1
     assert rig.runner.connections == 2 or fault == "silence"
     await books_equal_simulator(rig)
+
+
+async def test_connection_rotation_is_make_before_break() -> None:
+    async with running_rig(max_connection_age=0.5) as rig:
+        await eventually(lambda: rig.runner.rotations >= 2, "rotated twice")
+        before = dict(rig.seen.published)
+        await eventually(
+            lambda: all(rig.seen.published[n] > before[n] + 3 for n in (BTC, ETH, SOL)),
+            "updates continue after rotating",
+        )
+        await books_equal_simulator(rig)
+        for name in (BTC, ETH, SOL):
+            assert rig.seen.states[name] == [InstrumentState.LIVE]  # never stale
+            seqs = rig.seen.seqs[name]
+            assert seqs == sorted(set(seqs))  # strictly increasing across connections
+        assert IncidentKind.DISCONNECT not in rig.seen.kinds(None)
+        assert rig.runner.connections >= rig.runner.rotations + 1
+
+
+async def test_a_silent_instrument_is_resynced_alone() -> None:
+    async with running_rig(instrument_silence_timeout=0.4) as rig:
+        rig.simulator.mute("ETHUSDT", 1.0)
+        await eventually(lambda: InstrumentState.STALE in rig.seen.states[ETH], "ETH stale")
+        await eventually(lambda: rig.registry.is_live(ETH), "ETH live again")
+        assert rig.seen.states[BTC] == [InstrumentState.LIVE]
+        assert rig.seen.states[SOL] == [InstrumentState.LIVE]
+        assert rig.runner.connections == 1
+        stale = [
+            i for i in rig.seen.incidents if i.instrument == ETH and i.kind is IncidentKind.STALE
+        ]
+        assert stale and "no book message" in stale[0].detail
+        await books_equal_simulator(rig)
