@@ -17,8 +17,9 @@ from app.settings import Settings, VenueSettings
 from app.venues import build_adapter, simulator_for
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
-from feeds.incidents import FeedIncident
-from feeds.runner import FeedRunner
+from feeds.incidents import FeedIncident, IncidentSink, ignore_incident
+from feeds.ratelimit import WeightLimiter
+from feeds.runner import FeedRunner, Recorder
 from feeds.venue import VenueAdapter
 from publish.fanout import Fanout
 from publish.server import MarketServer
@@ -70,16 +71,9 @@ async def serve(
                 runners = []
                 for venue in settings.venues:
                     endpoints = await stack.enter_async_context(venue_endpoints(settings, venue))
-                    adapter = build_adapter(venue, *endpoints)
-                    for instruments in connection_groups(adapter):
-                        runner = FeedRunner(
-                            build_adapter(venue, *endpoints),
-                            registry=registry,
-                            instruments=instruments,
-                            capture_depth=settings.book.capture_depth,
-                            on_incident=store_incident,
-                        )
-                        runners.append(runner)
+                    runners += build_runners(
+                        settings, venue, endpoints, registry, on_incident=store_incident
+                    )
                 server = await stack.enter_async_context(
                     MarketServer(
                         registry,
@@ -101,6 +95,32 @@ async def serve(
     finally:
         await _drain(flusher)
         await backend.close()
+
+
+def build_runners(
+    settings: Settings,
+    venue: VenueSettings,
+    endpoints: tuple[str | None, str | None],
+    registry: BookRegistry,
+    *,
+    on_incident: IncidentSink = ignore_incident,
+    recorder: Recorder | None = None,
+) -> list[FeedRunner]:
+    """One runner per connection the venue needs, sharing the venue's REST budget."""
+    first = build_adapter(venue, *endpoints)
+    limiter = WeightLimiter(first.rest_weight_per_minute) if first.rest_weight_per_minute else None
+    return [
+        FeedRunner(
+            build_adapter(venue, *endpoints),  # adapters hold per-connection state
+            registry=registry,
+            instruments=instruments,
+            capture_depth=settings.book.capture_depth,
+            on_incident=on_incident,
+            limiter=limiter,
+            recorder=recorder,
+        )
+        for instruments in connection_groups(first)
+    ]
 
 
 def connection_groups(adapter: VenueAdapter) -> list[list[str]]:

@@ -61,6 +61,8 @@ class VenueSettings:
     simulate: bool = False
     ws_url: str | None = None
     rest_url: str | None = None
+    instrument_silence_seconds: float = 0.0
+    """Resync a live instrument that sent no book message this long (0 = off)."""
 
     @property
     def adapter_kind(self) -> str:

@@ -23,6 +23,13 @@ class SimulatedVenue(Protocol):
 
 
 def build_adapter(venue: VenueSettings, ws_url: str | None, rest_url: str | None) -> VenueAdapter:
+    adapter = _adapter(venue, ws_url, rest_url)
+    if venue.instrument_silence_seconds:
+        adapter.instrument_silence_timeout = venue.instrument_silence_seconds
+    return adapter
+
+
+def _adapter(venue: VenueSettings, ws_url: str | None, rest_url: str | None) -> VenueAdapter:
     symbols = SymbolMap(venue.id, venue.symbols)
     kind = venue.adapter_kind
     if kind in ("binance", "binance-usdm"):

@@ -13,12 +13,10 @@ import contextlib
 import logging
 
 from app.loop import run_until_signalled
-from app.runtime import connection_groups, venue_endpoints
+from app.runtime import build_runners, venue_endpoints
 from app.settings import Settings, load_settings
-from app.venues import build_adapter
 from book.registry import BookRegistry
 from feeds.recordings import RecordingWriter
-from feeds.runner import FeedRunner
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +49,9 @@ async def record(
             async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as group:
                 for venue in settings.venues:
                     endpoints = await stack.enter_async_context(venue_endpoints(settings, venue))
-                    for instruments in connection_groups(build_adapter(venue, *endpoints)):
-                        runner = FeedRunner(
-                            build_adapter(venue, *endpoints),
-                            registry=registry,
-                            instruments=instruments,
-                            capture_depth=settings.book.capture_depth,
-                            recorder=writer.write,
-                        )
+                    for runner in build_runners(
+                        settings, venue, endpoints, registry, recorder=writer.write
+                    ):
                         group.create_task(runner.run())
                 await asyncio.sleep(seconds if seconds is not None else float("inf"))
                 raise _Done
