@@ -1,4 +1,4 @@
-"""The interface every storage backend implements (SQLite now, PostgreSQL later).
+"""The interface every storage backend implements (``SqliteBackend``, ``PostgresBackend``).
 
 A backend only knows how to write one ``Batch`` atomically and read positions back;
 batching windows, retries, bounds and group-commit acks live in ``StorageFlusher``, so
@@ -54,6 +54,13 @@ class StorageBackend(Protocol):
 
     async def load_open_positions(self) -> list[PositionRow]:
         """Every position not closed yet, oldest first (reloaded on start)."""
+        ...
+
+    async def find_position(self, account: str, position_id: str) -> PositionRow | None:
+        """The stored position ``position_id`` of ``account``, open or closed, if any.
+
+        May run while a ``write_batch`` is in flight; it sees committed rows only.
+        """
         ...
 
     async def close(self) -> None:

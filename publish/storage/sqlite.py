@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from book.fixed import format_fixed, parse_fixed
 from publish.storage.backend import Batch
@@ -101,8 +101,12 @@ _INSERT_FEED_EVENT = (
     "INSERT INTO feed_events (ts, venue, instrument, kind, detail) VALUES (?, ?, ?, ?, ?)"
 )
 _SELECT_OPEN_POSITIONS = (
-    "SELECT id, account, instrument, side, qty, entry_px, opened_ts FROM positions"
+    "SELECT id, account, instrument, side, qty, entry_px, opened_ts, closed_ts FROM positions"
     " WHERE closed_ts IS NULL ORDER BY opened_ts, account, id"
+)
+_SELECT_POSITION = (
+    "SELECT id, account, instrument, side, qty, entry_px, opened_ts, closed_ts FROM positions"
+    " WHERE account = ? AND id = ?"
 )
 
 
@@ -149,6 +153,9 @@ class SqliteBackend:
     async def load_open_positions(self) -> list[PositionRow]:
         return await self._call(self._load_open_positions_sync)
 
+    async def find_position(self, account: str, position_id: str) -> PositionRow | None:
+        return await self._call(partial(self._find_position_sync, account, position_id))
+
     async def close(self) -> None:
         executor, self._executor = self._executor, None
         if executor is None:
@@ -189,19 +196,12 @@ class SqliteBackend:
 
     def _load_open_positions_sync(self) -> list[PositionRow]:
         return [
-            PositionRow(
-                id=id_,
-                account=account,
-                instrument=instrument,
-                side=PositionSide(side),
-                qty=parse_fixed(qty),
-                entry_px=parse_fixed(entry_px),
-                opened_ts=opened_ts,
-            )
-            for id_, account, instrument, side, qty, entry_px, opened_ts in self._connection()
-            .execute(_SELECT_OPEN_POSITIONS)
-            .fetchall()
+            _position(row) for row in self._connection().execute(_SELECT_OPEN_POSITIONS).fetchall()
         ]
+
+    def _find_position_sync(self, account: str, position_id: str) -> PositionRow | None:
+        row = self._connection().execute(_SELECT_POSITION, (account, position_id)).fetchone()
+        return None if row is None else _position(row)
 
     def _close_sync(self) -> None:
         if self._conn is not None:
@@ -243,6 +243,20 @@ def _migrate(conn: sqlite3.Connection) -> None:
             for statement in _MIGRATIONS[version - 1]:
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+
+def _position(row: tuple[Any, ...]) -> PositionRow:
+    id_, account, instrument, side, qty, entry_px, opened_ts, closed_ts = row
+    return PositionRow(
+        id=id_,
+        account=account,
+        instrument=instrument,
+        side=PositionSide(side),
+        qty=parse_fixed(qty),
+        entry_px=parse_fixed(entry_px),
+        opened_ts=opened_ts,
+        closed_ts=closed_ts,
+    )
 
 
 def _text(value: int | None) -> str | None:

@@ -120,6 +120,9 @@ class RecordingBackend:
     async def load_open_positions(self) -> list[PositionRow]:
         return await self.inner.load_open_positions()
 
+    async def find_position(self, account: str, position_id: str) -> PositionRow | None:
+        return await self.inner.find_position(account, position_id)
+
     async def close(self) -> None:
         await self.inner.close()
 

@@ -1,0 +1,351 @@
+"""PostgreSQL storage backend (asyncpg): the production database.
+
+The same logical schema as SQLite, in one PostgreSQL schema (``public`` unless told),
+with prices and quantities in ``NUMERIC`` columns: exact, never floats. One batch is
+one transaction: ``bbo`` rows go in with ``COPY``, positions are upserted, feed events
+go in with binary ``COPY`` (``copy_records_to_table``).
+
+``bbo`` is copied in the text format, formatted here: asyncpg's binary ``NUMERIC``
+encoder wants a ``Decimal`` per value, and building four of them per row then encoding
+them cost about three times the CPU of formatting the row's text line directly (measured
+on the 2-core dev box: ~12 µs against ~4 µs per row, 500-row batches), all of it on the
+event loop. The lines are produced in chunks with a yield to the loop between them, so
+a large batch never blocks the loop for more than one chunk.
+
+One connection, used by one operation at a time (a lock: the flusher writes, position
+ops look ids up). Any failure of an operation, a timeout included, closes the
+connection rather than trying to roll back over a link that may be dead; the server
+aborts the open transaction, and the next operation connects again. So an outage costs
+the flusher failed writes (which it retries) and never a half-written batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from book.fixed import SCALE, format_fixed, from_decimal
+from publish.storage.backend import Batch
+from publish.storage.exceptions import BackendClosedError, SchemaVersionError, StorageError
+from publish.storage.rows import BboRow, FeedEventRow, PositionRow, PositionSide
+
+logger = logging.getLogger(__name__)
+
+Connector = Callable[..., Awaitable[Any]]
+"""``asyncpg.connect`` or anything called like it (the I/O seam)."""
+
+# Migration N (1-based) turns schema version N-1 into N; append, never edit. ``{s}`` is
+# the quoted schema name. The same tables, columns and indexes as the SQLite schema.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE {s}.bbo (
+            ts_event BIGINT NOT NULL,
+            ts_recv BIGINT NOT NULL,
+            venue TEXT NOT NULL,
+            symbol TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            bid_px NUMERIC,
+            bid_qty NUMERIC,
+            ask_px NUMERIC,
+            ask_qty NUMERIC
+        )""",
+        "CREATE INDEX bbo_venue_symbol_ts ON {s}.bbo (venue, symbol, ts_recv)",
+        """CREATE TABLE {s}.positions (
+            id TEXT NOT NULL,
+            account TEXT NOT NULL,
+            instrument TEXT NOT NULL,
+            side TEXT NOT NULL CHECK (side IN ('buy', 'sell')),
+            qty NUMERIC NOT NULL,
+            entry_px NUMERIC NOT NULL,
+            opened_ts BIGINT NOT NULL,
+            closed_ts BIGINT,
+            PRIMARY KEY (account, id)
+        )""",
+        "CREATE INDEX positions_open ON {s}.positions (opened_ts) WHERE closed_ts IS NULL",
+        """CREATE TABLE {s}.feed_events (
+            ts BIGINT NOT NULL,
+            venue TEXT NOT NULL,
+            instrument TEXT,
+            kind TEXT NOT NULL,
+            detail TEXT NOT NULL
+        )""",
+        "CREATE INDEX feed_events_venue_ts ON {s}.feed_events (venue, ts)",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_BBO_COLUMNS = (
+    "ts_event",
+    "ts_recv",
+    "venue",
+    "symbol",
+    "seq",
+    "bid_px",
+    "bid_qty",
+    "ask_px",
+    "ask_qty",
+)
+_FEED_EVENT_COLUMNS = ("ts", "venue", "instrument", "kind", "detail")
+_POSITION_COLUMNS = "id, account, instrument, side, qty, entry_px, opened_ts, closed_ts"
+_COPY_CHUNK_ROWS = 128
+"""BBO lines formatted per step of the event loop (~0.5 ms on the dev box)."""
+# Key of the advisory lock held while migrating, so two servers starting on one new
+# database cannot both run migration 1 (hashed with the schema name).
+_MIGRATION_LOCK = "marketcast.schema."
+
+
+class PostgresBackend:
+    """``StorageBackend`` on PostgreSQL through one asyncpg connection.
+
+    ``write_batch`` costs one transaction: a text ``COPY`` of the BBO rows (O(rows) of
+    formatting on the event loop, ~4 µs per row in chunks of ``_COPY_CHUNK_ROWS``), one
+    pipelined ``executemany`` upsert of the positions and a binary ``COPY`` of the feed
+    events. ``timeout_ms`` bounds every operation (connecting included): past it the
+    operation fails and the connection is closed, so a database that stops answering
+    turns into failed writes the flusher retries, not a write that hangs forever.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        timeout_ms: float = 5_000.0,
+        connect: Connector = asyncpg.connect,
+    ) -> None:
+        if not schema:
+            raise ValueError("schema must not be empty")
+        if timeout_ms <= 0:
+            raise ValueError("timeout_ms must be positive")
+        self._dsn = dsn
+        self._schema = schema
+        self._timeout = timeout_ms / 1000
+        self._connect = connect
+        s = _quote_ident(schema)
+        self._migrations = tuple(
+            tuple(statement.format(s=s) for statement in migration) for migration in _MIGRATIONS
+        )
+        self._upsert_position = (
+            f"INSERT INTO {s}.positions ({_POSITION_COLUMNS})"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (account, id) DO UPDATE SET"
+            " instrument = excluded.instrument, side = excluded.side, qty = excluded.qty,"
+            " entry_px = excluded.entry_px, opened_ts = excluded.opened_ts,"
+            " closed_ts = excluded.closed_ts"
+        )
+        self._select_open = (
+            f"SELECT {_POSITION_COLUMNS} FROM {s}.positions"
+            " WHERE closed_ts IS NULL ORDER BY opened_ts, account, id"
+        )
+        self._select_one = (
+            f"SELECT {_POSITION_COLUMNS} FROM {s}.positions WHERE account = $1 AND id = $2"
+        )
+        self._lock = asyncio.Lock()
+        self._open = False
+        self._conn: Any = None
+        # Text COPY escapes of the few distinct venue/symbol strings (see _escape).
+        self._escaped: dict[str, str] = {}
+
+    @property
+    def name(self) -> str:
+        return "postgres"
+
+    @property
+    def schema(self) -> str:
+        return self._schema
+
+    @property
+    def application_name(self) -> str:
+        """How the connection names itself in ``pg_stat_activity`` (PostgreSQL keeps the
+        first 63 bytes)."""
+        return f"marketcast {self._schema}"
+
+    async def open(self) -> None:
+        if self._open:
+            raise StorageError(f"postgres schema {self._schema!r} is already open")
+        self._open = True
+        try:
+            await self._run(self._migrate)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def write_batch(self, batch: Batch) -> None:
+        await self._run(lambda conn: self._write(conn, batch))
+
+    async def load_open_positions(self) -> list[PositionRow]:
+        records = await self._run(lambda conn: conn.fetch(self._select_open))
+        return [_position(record) for record in records]
+
+    async def find_position(self, account: str, position_id: str) -> PositionRow | None:
+        record = await self._run(lambda conn: conn.fetchrow(self._select_one, account, position_id))
+        return None if record is None else _position(record)
+
+    async def close(self) -> None:
+        """Wait for the operation in progress, then close the connection."""
+        if not self._open:
+            return
+        self._open = False
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is None:
+                return
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await conn.close()
+            except Exception:
+                # A link that cannot close gracefully is dropped; nothing is pending on it.
+                logger.warning("postgres: closing the connection failed", exc_info=True)
+            finally:
+                if not conn.is_closed():
+                    conn.terminate()
+
+    async def _run(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
+        """``operation(connection)`` under the lock and the timeout, connecting first if
+        needed; any failure closes the connection (see the module docstring)."""
+        async with self._lock:
+            if not self._open:
+                raise BackendClosedError(f"postgres schema {self._schema!r} is not open")
+            try:
+                async with asyncio.timeout(self._timeout):
+                    if self._conn is None or self._conn.is_closed():
+                        self._conn = await self._connect(
+                            self._dsn, server_settings={"application_name": self.application_name}
+                        )
+                    return await operation(self._conn)
+            except BaseException:
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    conn.terminate()
+                raise
+
+    async def _migrate(self, conn: Any) -> None:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))", _MIGRATION_LOCK + self._schema
+            )
+            # Only create a schema that is missing: CREATE needs a privilege that a role
+            # limited to an existing schema does not have.
+            if not await conn.fetchval(
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1", self._schema
+            ):
+                await conn.execute(f"CREATE SCHEMA {_quote_ident(self._schema)}")
+            s = _quote_ident(self._schema)
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {s}.schema_version (version INTEGER PRIMARY KEY)"
+            )
+            current = await conn.fetchval(
+                f"SELECT coalesce(max(version), 0) FROM {s}.schema_version"
+            )
+            if current > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"database schema version {current} is newer than {SCHEMA_VERSION}, "
+                    "the newest this version of marketcast knows"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in self._migrations[version - 1]:
+                    await conn.execute(statement)
+                await conn.execute(f"INSERT INTO {s}.schema_version (version) VALUES ($1)", version)
+
+    async def _write(self, conn: Any, batch: Batch) -> None:
+        async with conn.transaction():
+            if batch.bbo:
+                await conn.copy_to_table(
+                    "bbo",
+                    schema_name=self._schema,
+                    columns=_BBO_COLUMNS,
+                    source=self._bbo_text(batch.bbo),
+                    format="text",
+                )
+            if batch.positions:
+                await conn.executemany(
+                    self._upsert_position, [_position_params(row) for row in batch.positions]
+                )
+            if batch.feed_events:
+                await conn.copy_records_to_table(
+                    "feed_events",
+                    schema_name=self._schema,
+                    columns=_FEED_EVENT_COLUMNS,
+                    records=[_feed_event_record(row) for row in batch.feed_events],
+                )
+
+    async def _bbo_text(self, rows: Sequence[BboRow]) -> AsyncIterator[bytes]:
+        """The rows as ``COPY`` text lines, ``_COPY_CHUNK_ROWS`` per chunk."""
+        escape = self._escape
+        for start in range(0, len(rows), _COPY_CHUNK_ROWS):
+            if start:
+                await asyncio.sleep(0)  # let the loop serve others between chunks
+            yield "".join(
+                [
+                    f"{row.ts_event}\t{row.ts_recv}\t{escape(row.venue)}\t{escape(row.symbol)}"
+                    f"\t{row.seq}\t{_numeric_text(row.bid_px)}\t{_numeric_text(row.bid_qty)}"
+                    f"\t{_numeric_text(row.ask_px)}\t{_numeric_text(row.ask_qty)}\n"
+                    for row in rows[start : start + _COPY_CHUNK_ROWS]
+                ]
+            ).encode()
+
+    def _escape(self, text: str) -> str:
+        """``text`` escaped for a text-format ``COPY`` field; cached, as BBO rows repeat a
+        handful of venue and symbol names. O(1) after the first time."""
+        escaped = self._escaped.get(text)
+        if escaped is None:
+            escaped = (
+                text.replace("\\", "\\\\")
+                .replace("\t", "\\t")
+                .replace("\n", "\\n")
+                .replace("\r", "\\r")
+            )
+            if len(self._escaped) < 4096:
+                self._escaped[text] = escaped
+        return escaped
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _numeric_text(value: int | None) -> str:
+    """A fixed-point value as ``COPY`` text: exact, 12 decimals; ``\\N`` for NULL."""
+    if value is None:
+        return "\\N"
+    if value < 0:
+        whole, frac = divmod(-value, SCALE)
+        return f"-{whole}.{frac:012d}"
+    whole, frac = divmod(value, SCALE)
+    return f"{whole}.{frac:012d}"
+
+
+def _position_params(row: PositionRow) -> tuple[object, ...]:
+    # Decimal text: asyncpg's NUMERIC encoder takes it as Decimal(text), exactly.
+    return (
+        row.id,
+        row.account,
+        row.instrument,
+        row.side.value,
+        Decimal(format_fixed(row.qty)),
+        Decimal(format_fixed(row.entry_px)),
+        row.opened_ts,
+        row.closed_ts,
+    )
+
+
+def _feed_event_record(row: FeedEventRow) -> tuple[object, ...]:
+    return (row.ts, row.venue, row.instrument, row.kind.value, row.detail)
+
+
+def _position(record: Any) -> PositionRow:
+    return PositionRow(
+        id=record["id"],
+        account=record["account"],
+        instrument=record["instrument"],
+        side=PositionSide(record["side"]),
+        qty=from_decimal(record["qty"]),
+        entry_px=from_decimal(record["entry_px"]),
+        opened_ts=record["opened_ts"],
+        closed_ts=record["closed_ts"],
+    )

@@ -1,0 +1,274 @@
+"""Every storage backend behind the one interface, against the real databases: SQLite in a
+temporary file and the machine's PostgreSQL in a fresh schema per test."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from book.fixed import from_decimal, parse_fixed
+from publish.storage import (
+    Batch,
+    BboRow,
+    FeedEventKind,
+    FeedEventRow,
+    PositionRow,
+    PositionSide,
+    SqliteBackend,
+    StorageBackend,
+    StorageFlusher,
+)
+from publish.storage.postgres import PostgresBackend
+from tests.postgres import PG_DSN, fresh_schema, pg_query
+from tests.publish.storage.support import (
+    RecordingBackend,
+    bbo,
+    feed_event,
+    position,
+    query,
+    running,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+LARGE = "123456789012345678901234567890.123456789012"
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """How to open a backend on one database again, and read its tables back raw."""
+
+    kind: str
+    schema: str
+    """The PostgreSQL schema; empty for SQLite."""
+    make: Callable[[], StorageBackend]
+    read: Callable[[str], Awaitable[list[tuple[Any, ...]]]]
+    """``SELECT`` on the database through a connection of its own."""
+
+
+def _parse(value: Any) -> int | None:
+    """A stored price or quantity (SQLite: decimal text, PostgreSQL: ``Decimal``) -> fixed."""
+    if value is None:
+        return None
+    return from_decimal(value) if isinstance(value, Decimal) else parse_fixed(value)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        path = tmp_path / "marketcast.db"
+
+        async def read_sqlite(sql: str) -> list[tuple[Any, ...]]:
+            return [tuple(row) for row in query(path, sql.replace("{s}.", ""))]
+
+        yield Store("sqlite", "", lambda: SqliteBackend(path), read_sqlite)
+        return
+    async with fresh_schema() as schema:
+
+        async def read_postgres(sql: str) -> list[tuple[Any, ...]]:
+            return await pg_query(sql.replace("{s}", f'"{schema}"'))
+
+        yield Store(
+            "postgres", schema, lambda: PostgresBackend(PG_DSN, schema=schema), read_postgres
+        )
+
+
+@pytest.fixture
+async def backend(store: Store) -> AsyncIterator[StorageBackend]:
+    backend = store.make()
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+async def stored_bbo(store: Store) -> list[BboRow]:
+    return [
+        BboRow(ts_event, ts_recv, venue, symbol, seq, *map(_parse, prices))
+        for ts_event, ts_recv, venue, symbol, seq, *prices in await store.read(
+            "SELECT ts_event, ts_recv, venue, symbol, seq, bid_px, bid_qty, ask_px, ask_qty"
+            " FROM {s}.bbo ORDER BY seq"
+        )
+    ]
+
+
+async def stored_positions(store: Store) -> list[PositionRow]:
+    return [
+        PositionRow(
+            id_, account, instrument, PositionSide(side), qty, entry_px, opened_ts, closed_ts
+        )
+        for id_, account, instrument, side, qty, entry_px, opened_ts, closed_ts in (
+            (*row[:4], _parse(row[4]), _parse(row[5]), *row[6:])
+            for row in await store.read(
+                "SELECT id, account, instrument, side, qty, entry_px, opened_ts, closed_ts"
+                " FROM {s}.positions ORDER BY opened_ts, account, id"
+            )
+        )
+    ]
+
+
+async def test_the_schema_is_the_same_logical_schema(store: Store, backend: StorageBackend) -> None:
+    if store.kind == "sqlite":
+        columns = {
+            table: [name for _, name, *_ in await store.read(f"PRAGMA table_info({table})")]
+            for table in ("bbo", "positions", "feed_events", "schema_version")
+        }
+    else:
+        columns = {}
+        for table, name in await pg_query(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = $1 ORDER BY table_name, ordinal_position",
+            store.schema,
+        ):
+            columns.setdefault(table, []).append(name)
+    assert columns == {
+        "bbo": [
+            "ts_event",
+            "ts_recv",
+            "venue",
+            "symbol",
+            "seq",
+            "bid_px",
+            "bid_qty",
+            "ask_px",
+            "ask_qty",
+        ],
+        "positions": [
+            "id",
+            "account",
+            "instrument",
+            "side",
+            "qty",
+            "entry_px",
+            "opened_ts",
+            "closed_ts",
+        ],
+        "feed_events": ["ts", "venue", "instrument", "kind", "detail"],
+        "schema_version": ["version"],
+    }
+    assert await store.read("SELECT version FROM {s}.schema_version") == [(1,)]
+    assert backend.name == store.kind
+
+
+async def test_prices_and_quantities_round_trip_exactly(
+    store: Store, backend: StorageBackend
+) -> None:
+    rows = [
+        BboRow(
+            ts_event=1_700_000_000_000_000_001,
+            ts_recv=1_700_000_000_000_000_002,
+            venue="binance",
+            symbol="BTC-USDT",
+            seq=1,
+            bid_px=parse_fixed("61737.63"),
+            bid_qty=parse_fixed("0.00000001"),
+            ask_px=parse_fixed(LARGE),
+            ask_qty=parse_fixed("0.000000000001"),
+        ),
+        # An empty side, a negative price, and text that must be escaped in COPY.
+        BboRow(0, 3, "kraken\t\\x", "ETH-USD\n", 2, None, None, parse_fixed("-0.5"), 10**12),
+    ]
+    short = PositionRow(
+        id="p\t2",
+        account="acct-1",
+        instrument="okx:ETH-USDT",
+        side=PositionSide.SELL,
+        qty=parse_fixed("0.000000000001"),
+        entry_px=parse_fixed(LARGE),
+        opened_ts=2**63 - 1,
+    )
+    await backend.write_batch(Batch(bbo=rows, positions=[position(), short]))
+
+    assert await stored_bbo(store) == rows
+    assert await stored_positions(store) == [position(), short]
+    assert await backend.load_open_positions() == [position(), short]
+    assert await backend.find_position("acct-1", "p\t2") == short
+    if store.kind == "postgres":
+        # NUMERIC, exact: the database itself compares the values.
+        assert await store.read(
+            "SELECT bid_px = 61737.63, bid_qty = 0.00000001, ask_px::text FROM {s}.bbo"
+            " WHERE seq = 1"
+        ) == [(True, True, LARGE)]
+
+
+async def test_positions_upsert_and_reload_only_open_ones(
+    store: Store, backend: StorageBackend
+) -> None:
+    await backend.write_batch(
+        Batch(positions=[position("p-1", "acct-1"), position("p-1", "acct-2"), position("p-2")])
+    )
+    await backend.write_batch(Batch(positions=[position("p-1", "acct-1", closed_ts=99)]))
+    assert await backend.load_open_positions() == [
+        position("p-2", "acct-1"),
+        position("p-1", "acct-2"),
+    ]
+    assert await backend.find_position("acct-1", "p-1") == position("p-1", closed_ts=99)
+    assert await backend.find_position("acct-3", "p-1") is None
+
+    # Reopening the database (a restart) sees the same.
+    await backend.close()
+    again = store.make()
+    await again.open()
+    try:
+        assert await again.load_open_positions() == [
+            position("p-2", "acct-1"),
+            position("p-1", "acct-2"),
+        ]
+    finally:
+        await again.close()
+    assert await store.read("SELECT version FROM {s}.schema_version") == [(1,)]
+
+
+async def test_feed_events_are_stored(store: Store, backend: StorageBackend) -> None:
+    connect = FeedEventRow(
+        ts=10, venue="okx", instrument=None, kind=FeedEventKind.CONNECT, detail="wss://ws.okx"
+    )
+    await backend.write_batch(Batch(feed_events=[connect, feed_event(11)]))
+    assert await store.read("SELECT * FROM {s}.feed_events ORDER BY ts") == [
+        (10, "okx", None, "connect", "wss://ws.okx"),
+        (11, "binance", "binance:BTC-USDT", "gap", "U 12 != 11"),
+    ]
+
+
+async def test_a_batch_is_one_transaction(store: Store, backend: StorageBackend) -> None:
+    # The feed event goes in after the BBO rows and the position, and cannot be stored
+    # (64-bit integer columns): nothing of the batch may remain, and the next works.
+    bad = Batch(bbo=[bbo(1)], positions=[position()], feed_events=[feed_event(2**63)])
+    with pytest.raises(OverflowError):
+        await backend.write_batch(bad)
+    assert await stored_bbo(store) == []
+    assert await backend.load_open_positions() == []
+
+    await backend.write_batch(Batch(bbo=[bbo(2)]))
+    assert await stored_bbo(store) == [bbo(2)]
+
+
+async def test_rows_of_one_window_are_one_batch_and_acks_follow_the_commit(
+    store: Store, backend: StorageBackend
+) -> None:
+    recording = RecordingBackend(backend)
+    flusher = StorageFlusher(recording, window_ms=5)
+    burst = [bbo(seq) for seq in range(1, 1_001)]
+    async with running(flusher):
+        for row in burst[:500]:
+            flusher.add_bbo(row)
+        ack = flusher.add_position(position())
+        for row in burst[500:]:
+            flusher.add_bbo(row)
+        await ack
+        # Acknowledged: committed, so another connection sees it.
+        assert await stored_positions(store) == [position()]
+        await asyncio.sleep(0)
+        flusher.add_feed_event(feed_event(7))
+        await recording.wait_for(lambda: len(recording.committed) == 2)
+
+    assert recording.committed == [
+        Batch(bbo=burst, positions=[position()]),
+        Batch(feed_events=[feed_event(7)]),
+    ]
+    assert await stored_bbo(store) == burst

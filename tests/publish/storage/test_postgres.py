@@ -1,0 +1,223 @@
+"""What only the PostgreSQL backend does: COPY, NUMERIC columns, migration under a lock,
+reconnecting after a lost connection, and timing out instead of hanging."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+import asyncpg
+import pytest
+
+from book.fixed import to_decimal
+from publish.storage import (
+    BackendClosedError,
+    Batch,
+    SchemaVersionError,
+    StorageError,
+    StorageFlusher,
+    StorageHealth,
+)
+from publish.storage.postgres import PostgresBackend
+from tests.postgres import PG_DSN, fresh_schema, pg_query
+from tests.publish.storage.support import RecordingBackend, bbo, feed_event, position, running
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class CopyRecordingConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A real connection that also notes which bulk path each table was written by."""
+
+    calls: list[tuple[str, str]]
+
+    async def copy_to_table(self, table_name: str, **kwargs: Any) -> str:
+        self.calls.append(("copy_to_table", table_name))
+        result: str = await super().copy_to_table(table_name, **kwargs)
+        return result
+
+    async def copy_records_to_table(self, table_name: str, **kwargs: Any) -> str:
+        self.calls.append(("copy_records_to_table", table_name))
+        result: str = await super().copy_records_to_table(table_name, **kwargs)
+        return result
+
+    async def executemany(self, command: str, args: Any, **kwargs: Any) -> None:
+        self.calls.append(("executemany", command.split()[2]))
+        await super().executemany(command, args, **kwargs)
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    async with fresh_schema() as name:
+        yield name
+
+
+async def terminate_backend_connections(backend: PostgresBackend) -> int:
+    rows = await pg_query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        backend.application_name,
+    )
+    return len(rows)
+
+
+async def test_bbo_and_feed_events_go_in_by_copy_positions_by_upsert(schema: str) -> None:
+    calls: list[tuple[str, str]] = []
+
+    async def connect(dsn: str, **kwargs: Any) -> CopyRecordingConnection:
+        conn = await asyncpg.connect(dsn, connection_class=CopyRecordingConnection, **kwargs)
+        conn.calls = calls
+        return conn  # type: ignore[no-any-return]
+
+    backend = PostgresBackend(PG_DSN, schema=schema, connect=connect)
+    await backend.open()
+    try:
+        rows = [bbo(seq) for seq in range(1, 301)]  # several COPY chunks
+        await backend.write_batch(
+            Batch(bbo=rows, positions=[position()], feed_events=[feed_event(5)])
+        )
+    finally:
+        await backend.close()
+    assert calls == [
+        ("copy_to_table", "bbo"),
+        ("executemany", f'"{schema}".positions'),
+        ("copy_records_to_table", "feed_events"),
+    ]
+    assert await pg_query(
+        f'SELECT count(*), min(seq), max(seq), sum(bid_px) FROM "{schema}".bbo'
+    ) == [(300, 1, 300, to_decimal(sum(row.bid_px or 0 for row in rows)))]
+    # NUMERIC columns, not floating point.
+    assert await pg_query(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns"
+        " WHERE table_schema = $1 AND data_type NOT IN ('text', 'bigint', 'integer')"
+        " ORDER BY table_name, ordinal_position",
+        schema,
+    ) == [
+        ("bbo", "bid_px", "numeric"),
+        ("bbo", "bid_qty", "numeric"),
+        ("bbo", "ask_px", "numeric"),
+        ("bbo", "ask_qty", "numeric"),
+        ("positions", "qty", "numeric"),
+        ("positions", "entry_px", "numeric"),
+    ]
+
+
+async def test_backends_opening_one_new_schema_at_once_migrate_it_once(schema: str) -> None:
+    backends = [PostgresBackend(PG_DSN, schema=schema) for _ in range(3)]
+    await asyncio.gather(*(backend.open() for backend in backends))
+    try:
+        assert await pg_query(f'SELECT version FROM "{schema}".schema_version') == [(1,)]
+        await backends[0].write_batch(Batch(positions=[position()]))
+        assert await backends[2].load_open_positions() == [position()]
+    finally:
+        await asyncio.gather(*(backend.close() for backend in backends))
+
+
+async def test_a_newer_schema_is_refused(schema: str) -> None:
+    await pg_query(f'CREATE SCHEMA "{schema}"')
+    await pg_query(f'CREATE TABLE "{schema}".schema_version (version INTEGER PRIMARY KEY)')
+    await pg_query(f'INSERT INTO "{schema}".schema_version VALUES (2)')
+    backend = PostgresBackend(PG_DSN, schema=schema)
+    with pytest.raises(SchemaVersionError, match="version 2 is newer than 1"):
+        await backend.open()
+    with pytest.raises(BackendClosedError):
+        await backend.write_batch(Batch(bbo=[bbo(1)]))
+    assert await pg_query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
+    ) == [("schema_version",)]
+
+
+async def test_a_lost_connection_is_replaced(schema: str) -> None:
+    backend = PostgresBackend(PG_DSN, schema=schema)
+    await backend.open()
+    recording = RecordingBackend(backend)
+    flusher = StorageFlusher(recording, window_ms=1, retry_initial_ms=1, retry_max_ms=10)
+    try:
+        async with running(flusher):
+            await flusher.add_position(position("p-1"))
+            assert await terminate_backend_connections(backend) == 1
+            ack = flusher.add_position(position("p-2"))
+            flusher.add_bbo(bbo(1))
+            await ack
+    finally:
+        await backend.close()
+    written = Batch(bbo=[bbo(1)], positions=[position("p-2")])
+    # Whether the write found the connection already closed (and reconnected first)
+    # or lost it midway (and was retried) depends on when the server's close arrived.
+    assert recording.failed in ([], [written])
+    assert recording.committed == [Batch(positions=[position("p-1")]), written]
+    assert flusher.health is StorageHealth.HEALTHY
+    assert await pg_query(f'SELECT id FROM "{schema}".positions ORDER BY id') == [
+        ("p-1",),
+        ("p-2",),
+    ]
+
+
+async def test_a_write_that_hangs_times_out_and_is_retried(schema: str) -> None:
+    backend = PostgresBackend(PG_DSN, schema=schema, timeout_ms=200)
+    await backend.open()
+    recording = RecordingBackend(backend)
+    flusher = StorageFlusher(recording, window_ms=1, retry_initial_ms=1, retry_max_ms=10)
+    locker = await asyncpg.connect(PG_DSN)
+    try:
+        async with running(flusher):
+            # Another session holds the table: the insert waits on its lock.
+            locker_tx = locker.transaction()
+            await locker_tx.start()
+            await locker.execute(f'LOCK TABLE "{schema}".positions IN ACCESS EXCLUSIVE MODE')
+            ack = flusher.add_position(position())
+            await recording.wait_for(lambda: len(recording.failed) >= 2)
+            assert flusher.health is StorageHealth.DEGRADED
+            assert not ack.done()
+            # Each timed-out write dropped its connection instead of leaving it waiting.
+            assert await pg_query(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                backend.application_name,
+            ) in ([(0,)], [(1,)])
+            await locker_tx.rollback()
+            await ack
+    finally:
+        await locker.close()
+        await backend.close()
+    assert recording.failed == [Batch(positions=[position()])] * len(recording.failed)
+    assert recording.committed == [Batch(positions=[position()])]
+    assert await pg_query(f'SELECT id, account FROM "{schema}".positions') == [("p-1", "acct-1")]
+
+
+async def test_use_outside_open_and_close_is_an_error(schema: str) -> None:
+    backend = PostgresBackend(PG_DSN, schema=schema)
+    with pytest.raises(BackendClosedError):
+        await backend.write_batch(Batch(bbo=[bbo(1)]))
+    await backend.open()
+    with pytest.raises(StorageError, match="already open"):
+        await backend.open()
+    await backend.close()
+    await backend.close()
+    with pytest.raises(BackendClosedError):
+        await backend.load_open_positions()
+
+
+async def test_an_unreachable_database_fails_open_within_the_timeout(schema: str) -> None:
+    # A listening socket that never answers the startup message.
+    accepted: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda _, writer: accepted.append(writer), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    backend = PostgresBackend(
+        f"postgresql://postgres@127.0.0.1:{port}/test", schema=schema, timeout_ms=200
+    )
+    try:
+        with pytest.raises(TimeoutError):
+            await backend.open()
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    with pytest.raises(BackendClosedError):
+        await backend.write_batch(Batch(bbo=[bbo(1)]))
+
+
+@pytest.mark.parametrize("kwargs", [{"schema": ""}, {"timeout_ms": 0}])
+def test_invalid_settings_are_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        partial(PostgresBackend, PG_DSN)(**kwargs)
