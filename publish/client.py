@@ -1,39 +1,57 @@
-"""One subscriber connection: its requests, its subscriptions, its conflating outbox, its writer.
+"""One subscriber connection: its requests, subscriptions, auth state and conflating outbox.
 
-The engine (``publish.fanout``) offers already-encoded messages; ``offer`` stores each
-as the latest of its key in ``_outbox`` (a dict), replacing an unsent older one
-(conflation: seq jumps, nothing stale is ever written). Memory per client is therefore
-bounded by construction: one pending message per subscribed key, plus at most
+The engine (``publish.fanout``) offers already-encoded messages. While the connection's
+socket takes data, ``offer`` writes the frame at once (no await, no task switch: the
+cost of ``websockets.broadcast`` per client). When the socket is behind (its transport
+buffer above ``write_limit``), ``offer`` keeps the message as the latest of its key in
+``_outbox`` (a dict), replacing an unsent older one (conflation: seq jumps, nothing
+stale is ever written), and a writer task, started only then, waits for the socket to
+drain and writes the whole outbox. Memory per client is therefore bounded by
+construction: one pending message per subscribed key, plus at most
 ``max_pending_replies`` replies (past that the session stops reading the client's
-requests until its writer catches up). One writer task per session takes the whole
-outbox each time it wakes and writes it: one message per frame, or with ``?batch=1``
-one JSON-array frame. Only the writer ever awaits the socket.
+requests until its writer catches up). With ``?batch=1`` the messages of one tick are
+collected and written as one JSON-array frame when the tick ends.
+
+Requests go through ``handle`` (limits, parsing) and ``serve`` (the op dispatch). Every
+refusal is an ``error`` frame with a stable code; each one spends the connection's error
+budget, and a connection past it is closed with 4029.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import AsyncIterable, Coroutine, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed
 
-from publish.exceptions import RequestError
+from publish.auth import AuthPolicy, Claims
+from publish.exceptions import RequestError, TokenError
 from publish.fanout import CHANNEL_WIDE, Fanout, Topic
 from publish.protocol import (
     KEY_FIELDS,
+    MARKET_DATA,
+    AuthRequest,
+    Channel,
     CloseCode,
     ErrorCode,
     Op,
     PingRequest,
+    Request,
+    RequestId,
     SubscriptionRequest,
     encode_ack,
+    encode_auth_ack,
     encode_batch,
     encode_error,
     encode_pong,
     parse_request,
 )
+from publish.ratelimit import TokenBucket
+
+DEFAULT_BOOK_DEPTH = 10
+"""Levels per side of a ``book`` subscription that names no depth (capped by the server's)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +70,14 @@ class ServerLimits:
     """Open sessions; further websocket handshakes get HTTP 503 ``too_many_connections``."""
     max_pending_replies: int = 64
     """Replies (ack/error/pong) queued before the session stops reading requests."""
+    ops_per_second: float = 100.0
+    """Requests per second a connection may send on average; more get ``rate_limited``."""
+    ops_burst: int = 200
+    """Requests a connection may send at once (the ops token bucket's size)."""
+    errors_per_second: float = 1.0
+    """Error replies per second a connection may cause on average ..."""
+    error_burst: int = 50
+    """... and at once; past that budget the connection is closed with 4029."""
     write_limit: int = 256 << 10
     """High-water mark of a connection's transport write buffer, in bytes."""
     send_buffer_bytes: int | None = None
@@ -70,14 +96,19 @@ class ServerLimits:
             "max_subscriptions",
             "max_connections",
             "max_pending_replies",
+            "ops_burst",
+            "error_burst",
             "write_limit",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.send_buffer_bytes is not None and self.send_buffer_bytes < 1:
             raise ValueError("send_buffer_bytes must be at least 1")
-        if self.slow_consumer_seconds <= 0 or self.close_timeout <= 0:
-            raise ValueError("slow_consumer_seconds and close_timeout must be positive")
+        for name in ("ops_per_second", "errors_per_second", "slow_consumer_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.close_timeout <= 0:
+            raise ValueError("close_timeout must be positive")
         if self.max_request_bytes > self.max_frame_bytes:
             raise ValueError("max_request_bytes cannot exceed max_frame_bytes")
 
@@ -86,15 +117,30 @@ DEFAULT_LIMITS = ServerLimits()
 
 
 class Sink(Protocol):
-    """Where a session writes (a websockets ``ServerConnection`` in the server)."""
+    """Where a session writes (``publish.server.WatchedConnection`` in the server)."""
 
-    async def send(self, message: bytes, *, text: bool | None = None) -> None: ...
+    @property
+    def writable(self) -> bool:
+        """Open, and its write buffer is below the high-water mark."""
+        ...
+
+    def write_frames(self, frames: Sequence[bytes]) -> None:
+        """Queue one text frame per item for sending, now; call only while ``writable``."""
+        ...
+
+    async def wait_writable(self) -> bool:
+        """Wait until ``writable`` (True) or the connection is closing or closed (False)."""
+        ...
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
 
 class ClientSession:
-    """The state of one connection. Create it, then ``await run(incoming)`` until it ends."""
+    """The state of one connection. Create it, then ``await run(incoming)`` until it ends.
+
+    ``auth`` is how tokens are checked; ``None`` accepts no token (every ``auth`` fails
+    ``token_invalid``) and lets market data through.
+    """
 
     def __init__(
         self,
@@ -103,102 +149,279 @@ class ClientSession:
         *,
         limits: ServerLimits = DEFAULT_LIMITS,
         batch: bool = False,
+        auth: AuthPolicy | None = None,
     ) -> None:
         self._sink = sink
         self._fanout = fanout
         self._limits = limits
         self._batch = batch
+        self._auth = auth
         self._counters = fanout.counters
+        self._ops = TokenBucket(limits.ops_per_second, limits.ops_burst)
+        self._errors = TokenBucket(limits.errors_per_second, limits.error_burst)
+        self._claims: Claims | None = None
         self._topics: set[Topic] = set()
+        self._book_depths: dict[str, int] = {}
         self._outbox: dict[Topic, bytes] = {}
         self._replies: list[bytes] = []
-        self._wake = asyncio.Event()
+        self._queued = False
         self._replies_taken = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
+        self._writer: asyncio.Task[None] | None = None
         self._closing = False
 
     @property
     def topics(self) -> frozenset[Topic]:
         return frozenset(self._topics)
 
+    @property
+    def account(self) -> str | None:
+        """The account this connection acts for: set by a successful ``auth``, ``None``
+        before it and once its token has expired."""
+        claims = self._claims
+        if claims is None or self._auth is None or not self._auth.tokens.is_current(claims):
+            return None
+        return claims.account
+
+    def require_account(self, account: str, request_id: RequestId) -> None:
+        """Refuse (``RequestError``) unless the connection acts for ``account``:
+        ``auth_required`` without a current token, ``forbidden`` for another account."""
+        current = self.account
+        if current is None:
+            raise RequestError(
+                ErrorCode.AUTH_REQUIRED, "authenticate first (op auth, unexpired token)", request_id
+            )
+        if current != account:
+            raise RequestError(
+                ErrorCode.FORBIDDEN, "this connection acts for another account", request_id
+            )
+
     # -- called by the engine -----------------------------------------------------------
 
     def offer(self, key: Topic, message: bytes) -> None:
-        """Queue ``message`` as the latest of ``key``, replacing an unsent one. O(1)."""
-        outbox = self._outbox
-        if key in outbox:
-            self._counters.conflated += 1
-        outbox[key] = message
-        self._wake.set()
+        """Write ``message`` now if the socket takes it, else keep it as the latest of
+        ``key`` (replacing an unsent one). O(1), never waits."""
+        if self._queued or self._batch or not self._sink.writable:
+            outbox = self._outbox
+            if key in outbox:
+                self._counters.conflated += 1
+            outbox[key] = message
+            self._enqueue()
+        else:
+            self._sink.write_frames((message,))
+            counters = self._counters
+            counters.messages_sent += 1
+            counters.frames_sent += 1
+
+    def flush(self) -> None:
+        """Write everything queued (replies first) if the socket takes it now; else leave
+        it to the writer task. O(pending)."""
+        if not self._queued:
+            return
+        sink = self._sink
+        if not sink.writable:
+            self._start_writer()
+            return
+        messages, self._replies = self._replies, []
+        self._replies_taken.set()
+        outbox, self._outbox = self._outbox, {}
+        self._queued = False
+        messages.extend(outbox.values())
+        counters = self._counters
+        if self._batch:
+            sink.write_frames((encode_batch(messages),))
+            counters.frames_sent += 1
+        else:
+            sink.write_frames(messages)
+            counters.frames_sent += len(messages)
+        counters.messages_sent += len(messages)
 
     # -- requests -----------------------------------------------------------------------
 
     def handle(self, raw: str | bytes) -> None:
         """Serve one request frame; every failure becomes an ``error`` reply. O(keys)."""
+        if self._closing:
+            return
         try:
+            if not self._ops.take():
+                self._counters.rate_limited += 1
+                raise RequestError(
+                    ErrorCode.RATE_LIMITED,
+                    f"more than {self._limits.ops_per_second:g} requests per second",
+                )
             if len(raw) > self._limits.max_request_bytes:
                 raise RequestError(
                     ErrorCode.TOO_LARGE,
                     f"a request may be at most {self._limits.max_request_bytes} bytes",
                 )
-            request = parse_request(raw)
-            if isinstance(request, PingRequest):
-                self._reply(encode_pong(request.id))
-            elif request.op is Op.SUBSCRIBE:
-                self._subscribe(request)
-            else:
-                self._unsubscribe(request)
+            self.serve(parse_request(raw))
         except RequestError as exc:
-            self._counters.errors_sent += 1
-            self._reply(encode_error(exc.code, exc.message, exc.request_id))
+            self._refuse(exc)
+
+    def serve(self, request: Request) -> None:
+        """The op dispatch: one case per request type; ``RequestError`` refuses."""
+        match request:
+            case PingRequest():
+                self.reply(encode_pong(request.id))
+            case AuthRequest():
+                self._authenticate(request)
+            case SubscriptionRequest(op=Op.SUBSCRIBE):
+                self._subscribe(request)
+            case SubscriptionRequest():
+                self._unsubscribe(request)
+
+    def reply(self, message: bytes) -> None:
+        """Send a reply (ack, error, pong) ahead of queued market data. O(1)."""
+        if self._queued or self._batch or not self._sink.writable:
+            self._replies.append(message)
+            self._enqueue()
+        else:
+            self._sink.write_frames((message,))
+            counters = self._counters
+            counters.messages_sent += 1
+            counters.frames_sent += 1
+
+    def _refuse(self, exc: RequestError) -> None:
+        """Answer ``exc`` with an error frame, or close the connection (4029) once it has
+        used up its error budget."""
+        if not self._errors.take():
+            if self._close(CloseCode.TOO_MANY_ERRORS, "too many errors"):
+                self._counters.error_closes += 1
+            return
+        self._counters.errors_sent += 1
+        self.reply(encode_error(exc.code, exc.message, exc.request_id))
+
+    def _authenticate(self, request: AuthRequest) -> None:
+        if self._auth is None:
+            raise RequestError(ErrorCode.TOKEN_INVALID, "this server accepts no tokens", request.id)
+        try:
+            claims = self._auth.tokens.verify(request.token)
+        except TokenError as exc:
+            self._counters.auth_failures += 1
+            raise RequestError(exc.code, exc.message, request.id) from None
+        if self._claims is not None and self._claims.account != claims.account:
+            self._counters.auth_failures += 1
+            raise RequestError(
+                ErrorCode.FORBIDDEN, "this connection already acts for another account", request.id
+            )
+        self._claims = claims
+        self.reply(encode_auth_ack(request.id, claims.account, claims.expires_ns))
 
     def _subscribe(self, request: SubscriptionRequest) -> None:
+        channel = request.channel
+        if (
+            channel in MARKET_DATA
+            and self._auth is not None
+            and self._auth.market_data_requires_auth
+            and self.account is None
+        ):
+            raise RequestError(
+                ErrorCode.AUTH_REQUIRED, "this server requires auth for market data", request.id
+            )
+        depth = 0
+        if channel is Channel.BOOK:
+            depth = self._book_depth(request)
+            request = replace(request, depth=depth)
         topics = self._topics_of(request)
-        new = [topic for topic in topics if topic not in self._topics]
+        held = self._topics
+        if channel is Channel.BOOK:
+            new = [topic for topic in topics if self._book_depths.get(topic[1]) != depth]
+        else:
+            new = [topic for topic in topics if topic not in held]
+        added = sum(1 for topic in new if topic not in held)
         limit = self._limits.max_subscriptions
-        if len(self._topics) + len(new) > limit:
+        if len(held) + added > limit:
             raise RequestError(
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                 f"at most {limit} subscriptions per connection "
-                f"({len(self._topics)} held, {len(new)} requested)",
+                f"({len(held)} held, {added} requested)",
                 request.id,
             )
-        # The ack goes first: the writer sends replies before the outbox.
-        self._reply(encode_ack(request))
-        self._topics.update(new)
-        self._fanout.subscribe(self, new)
+        # A book held at another depth moves to the new one: nothing of the old is sent.
+        self._leave([topic for topic in new if topic in held])
+        # The ack goes first: replies are written before queued market data.
+        self.reply(encode_ack(request))
+        held.update(new)
+        if channel is Channel.BOOK:
+            for _, instrument in new:
+                self._book_depths[instrument] = depth
+        self._fanout.subscribe(self, new, depth=depth)
 
     def _unsubscribe(self, request: SubscriptionRequest) -> None:
-        held = [topic for topic in self._topics_of(request) if topic in self._topics]
-        self._topics.difference_update(held)
-        self._fanout.unsubscribe(self, held)
+        self._leave([topic for topic in self._topics_of(request) if topic in self._topics])
+        self.reply(encode_ack(request))
+
+    def _leave(self, topics: list[Topic]) -> None:
+        """Unsubscribe ``topics`` (held) and drop what is queued for them. O(topics)."""
+        self._topics.difference_update(topics)
+        self._fanout.unsubscribe(self, topics)
         outbox = self._outbox
-        for topic in held:
+        for topic in topics:
             channel, key = topic
+            if channel is Channel.BOOK:
+                del self._book_depths[key]
             if key == CHANNEL_WIDE:
                 for pending in [pending for pending in outbox if pending[0] is channel]:
                     del outbox[pending]
             else:
                 outbox.pop(topic, None)
-        self._reply(encode_ack(request))
+
+    def _book_depth(self, request: SubscriptionRequest) -> int:
+        most = self._fanout.book_depth
+        depth = min(DEFAULT_BOOK_DEPTH, most) if request.depth is None else request.depth
+        if not 1 <= depth <= most:
+            raise RequestError(
+                ErrorCode.BAD_REQUEST, f"depth must be between 1 and {most}", request.id
+            )
+        return depth
 
     def _topics_of(self, request: SubscriptionRequest) -> list[Topic]:
-        """The request's topics; all-or-nothing: one unknown instrument fails the request."""
-        if request.channel not in KEY_FIELDS:
-            return [(request.channel, CHANNEL_WIDE)]
+        """The request's topics; all-or-nothing: one unknown key fails the request."""
+        channel = request.channel
+        if channel not in KEY_FIELDS:
+            return [(channel, CHANNEL_WIDE)]
         registry = self._fanout.registry
-        unknown = [key for key in request.keys if registry.status(key) is None]
+        if channel is Channel.NBBO:
+            symbols = set(registry.symbols())
+            unknown = [key for key in request.keys if key not in symbols]
+            code, what = ErrorCode.UNKNOWN_SYMBOL, "symbol"
+        else:
+            unknown = [key for key in request.keys if registry.status(key) is None]
+            code, what = ErrorCode.UNKNOWN_INSTRUMENT, "instrument"
         if unknown:
-            raise RequestError(
-                ErrorCode.UNKNOWN_INSTRUMENT,
-                f"unknown instrument(s): {', '.join(unknown)}",
-                request.id,
-            )
-        return [(request.channel, key) for key in request.keys]
+            shown = ", ".join(key[:64] for key in unknown[:10])
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            raise RequestError(code, f"unknown {what}(s): {shown}{more}", request.id)
+        return [(channel, key) for key in request.keys]
 
-    def _reply(self, message: bytes) -> None:
-        self._replies.append(message)
-        self._wake.set()
+    # -- writing --------------------------------------------------------------------------
+
+    def _enqueue(self) -> None:
+        """Something was queued: have it flushed at the end of the tick (batch) or by the
+        writer once the socket drains."""
+        if self._queued:
+            return
+        self._queued = True
+        if self._sink.writable:
+            self._fanout.flush_soon(self)
+        else:
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        if self._writer is None and self._tasks is not None and not self._closing:
+            self._writer = self._spawn(self._write_when_drained())
+
+    async def _write_when_drained(self) -> None:
+        """The writer: while something is queued, wait for the socket, then flush."""
+        try:
+            while self._queued:
+                if not await self._sink.wait_writable():
+                    self._closing = True  # nothing more can be written: stop serving
+                    self._replies_taken.set()
+                    return
+                self.flush()
+        finally:
+            self._writer = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -211,60 +434,45 @@ class ClientSession:
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
-                writer = tasks.create_task(self._write_loop())
                 try:
                     await self._read_loop(incoming)
                 finally:
                     self._tasks = None
-                    writer.cancel()
+                    if self._writer is not None:
+                        self._writer.cancel()
         finally:
             self._fanout.unsubscribe(self, self._topics)
             self._topics.clear()
+            self._book_depths.clear()
+            self._outbox.clear()
             counters.clients -= 1
 
     def close_slow(self) -> None:
         """Close a consumer whose write buffer stayed above its limit (4008). Never blocks."""
+        if self._close(CloseCode.SLOW_CONSUMER, "slow consumer"):
+            self._counters.slow_closes += 1
+
+    def _close(self, code: CloseCode, reason: str) -> bool:
+        """Start closing with ``code`` unless already closing; requests are ignored from
+        now on (still read, so the client's closing handshake gets through)."""
         if self._tasks is None or self._closing:
-            return
+            return False
         self._closing = True
-        self._counters.slow_closes += 1
-        self._tasks.create_task(self._sink.close(CloseCode.SLOW_CONSUMER, "slow consumer"))
+        self._replies_taken.set()
+        self._spawn(self._sink.close(code, reason))
+        return True
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        assert self._tasks is not None
+        return self._tasks.create_task(coro)
 
     async def _read_loop(self, incoming: AsyncIterable[str | bytes]) -> None:
         limit = self._limits.max_pending_replies
         try:
             async for raw in incoming:
                 self.handle(raw)
-                while len(self._replies) >= limit:
+                while len(self._replies) >= limit and not self._closing:
                     self._replies_taken.clear()
                     await self._replies_taken.wait()
         except ConnectionClosed:
             return
-
-    async def _write_loop(self) -> None:
-        sink, wake, counters = self._sink, self._wake, self._counters
-        try:
-            while True:
-                await wake.wait()
-                wake.clear()
-                messages = self._take()
-                if not messages:
-                    continue
-                if self._batch:
-                    await sink.send(encode_batch(messages), text=True)
-                    counters.frames_sent += 1
-                else:
-                    for message in messages:
-                        await sink.send(message, text=True)
-                        counters.frames_sent += 1
-                counters.messages_sent += len(messages)
-        except ConnectionClosed:
-            return
-
-    def _take(self) -> list[bytes]:
-        """Everything pending, replies first, and empty queues behind it. O(pending)."""
-        messages, self._replies = self._replies, []
-        self._replies_taken.set()
-        outbox, self._outbox = self._outbox, {}
-        messages.extend(outbox.values())
-        return messages

@@ -2,6 +2,7 @@
 
 PublishError
 ├── RequestError          a client request that cannot be served; becomes an ``error`` frame
+├── TokenError            an auth token that is malformed, forged or expired
 └── ServerNotRunningError the server's address was asked for before ``start()`` / after ``stop()``
 
 Nothing a client sends is allowed to raise past its own session: every ``RequestError``
@@ -32,6 +33,16 @@ class RequestError(PublishError):
         self.code = code
         self.message = message
         self.request_id = request_id
+
+
+class TokenError(PublishError):
+    """An auth token that cannot be accepted; ``code`` is ``token_invalid`` or
+    ``token_expired`` (the session turns it into an ``error`` frame)."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class ServerNotRunningError(PublishError, RuntimeError):

@@ -5,41 +5,66 @@ there). The first mark of an event-loop iteration schedules one publish tick wit
 ``loop.call_soon``, so everything the feeds applied in that iteration goes out together
 in the next one: the lowest latency the loop allows, and natural batching. The tick
 encodes each dirty topic's latest value ONCE and offers the same bytes to every
-subscriber; an offer is a dict store on the subscriber's outbox (see
-``publish.client.ClientSession.offer``), so the tick never waits for any socket and a
-slow client can never delay the others.
+subscriber. An offer never waits: a session whose socket takes data writes the frame
+there and then (no task switch, no await), one that is behind keeps it as the latest of
+its key (see ``publish.client.ClientSession.offer``), so a slow client can never delay
+the others. ``?batch=1`` sessions collect the tick's messages and are flushed, one
+frame each, when the tick ends (``flush_soon``).
 
-Cost per tick: O(dirty topics) encodes + O(sum of their subscribers) offers.
+Channels: ``bbo`` (top of book changed), ``book`` (the top N levels changed, per
+subscribed depth N), ``nbbo`` (the consolidated quote changed), ``status`` (an
+instrument's state changed) and ``metrics`` (a timer, every ``metrics_interval`` s
+while anyone subscribes; the content comes from the ``metrics`` provider).
+
+Cost per tick: O(dirty topics) encodes (book: per distinct subscribed depth) +
+O(sum of their subscribers) offers + one flush per batched subscriber touched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from book.consolidated import ConsolidatedBbo
 from book.registry import BookRegistry
-from book.snapshot import BookSnapshot
+from book.snapshot import BookSnapshot, Level
 from book.status import InstrumentStatus
-from publish.protocol import Channel, encode_bbo, encode_status
+from publish.protocol import (
+    Channel,
+    encode_bbo,
+    encode_book,
+    encode_metrics,
+    encode_nbbo,
+    encode_status,
+)
 
 Topic = tuple[Channel, str]
 """``(channel, key)``: what a client subscribes to and what an outbox entry is keyed by.
 
-The key is an instrument for keyed channels (``bbo``) and ``CHANNEL_WIDE`` for a
-subscription to a whole channel (``status``), whose messages are keyed per instrument.
+The key is an instrument (``bbo``, ``book``) or canonical symbol (``nbbo``) for keyed
+channels and ``CHANNEL_WIDE`` for a subscription to a whole channel (``status``,
+``metrics``); ``status`` messages are keyed per instrument in outboxes.
 """
 
 CHANNEL_WIDE = ""
 STATUS_TOPIC: Topic = (Channel.STATUS, CHANNEL_WIDE)
+METRICS_TOPIC: Topic = (Channel.METRICS, CHANNEL_WIDE)
+
+MetricsProvider = Callable[[], Mapping[str, object]]
+"""Returns the content of one ``metrics`` message (JSON-able values)."""
 
 
 class Subscriber(Protocol):
-    """What the engine needs from a client: a non-blocking, latest-wins offer."""
+    """What the engine needs from a client: a non-blocking, latest-wins offer, and a
+    flush when the tick that offered ends (for clients that asked for ``flush_soon``)."""
 
     def offer(self, key: Topic, message: bytes) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -59,6 +84,20 @@ class Counters:
     """Queued messages replaced by a newer one of the same key before being written."""
     slow_closes: int = 0
     errors_sent: int = 0
+    rate_limited: int = 0
+    """Requests refused because the connection was over its ops-per-second budget."""
+    error_closes: int = 0
+    """Connections closed for using up their error budget (4029)."""
+    auth_failures: int = 0
+
+
+@dataclass(slots=True)
+class _BookGroup:
+    """The subscribers of one instrument's book at one depth, and the levels last sent to
+    them (so a change below their depth sends nothing)."""
+
+    subscribers: set[Subscriber]
+    sent: tuple[tuple[Level, ...], tuple[Level, ...]] | None = None
 
 
 class Fanout:
@@ -66,69 +105,162 @@ class Fanout:
 
     ``clock`` (ns since the epoch) stamps ``ts_send``: the time of the tick that encoded a
     message (or of the subscribe that sent the current state), once for all its copies.
+    ``book_depth`` is the deepest ``book`` a client may ask for: the levels per side the
+    feeds capture into snapshots (``[book].capture_depth``). ``metrics`` provides the
+    ``metrics`` channel's content (default: ``stats()``).
     """
 
-    def __init__(self, registry: BookRegistry, *, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self,
+        registry: BookRegistry,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        book_depth: int = 25,
+        metrics: MetricsProvider | None = None,
+        metrics_interval: float = 1.0,
+    ) -> None:
+        if book_depth < 0 or metrics_interval <= 0:
+            raise ValueError("book_depth must be >= 0 and metrics_interval positive")
         self.registry = registry
         self.clock = clock
+        self.book_depth = book_depth
         self.counters = Counters()
+        self._metrics = metrics or self.stats
+        self._metrics_interval = metrics_interval
+        self._metrics_timer: asyncio.TimerHandle | None = None
         self._subscribers: dict[Topic, set[Subscriber]] = {}
+        self._book_groups: dict[str, dict[int, _BookGroup]] = {}
         self._dirty_bbo: dict[str, BookSnapshot] = {}
+        self._dirty_book: dict[str, BookSnapshot] = {}
+        self._dirty_nbbo: dict[str, ConsolidatedBbo] = {}
         self._dirty_status: dict[str, InstrumentStatus] = {}
+        self._to_flush: list[Subscriber] = []
         self._tick_pending = False
         registry.on_snapshot(self._on_snapshot)
         registry.on_status(self._on_status)
+        registry.on_nbbo(self._on_nbbo)
 
-    def subscribe(self, subscriber: Subscriber, topics: Iterable[Topic]) -> None:
+    def stats(self) -> dict[str, object]:
+        """The counters as a dict (the default ``metrics`` content). O(fields)."""
+        return dataclasses.asdict(self.counters)
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    def subscribe(self, subscriber: Subscriber, topics: Iterable[Topic], *, depth: int = 0) -> None:
         """Add ``subscriber`` to ``topics`` (validated, not yet subscribed) and offer it the
-        current state: a live book's bbo, every instrument's status. O(topics), status
+        current state: a live book's bbo or top ``depth`` levels (``book`` topics), the
+        symbol's nbbo, every instrument's status, the metrics. O(topics), status
         O(instruments)."""
-        registry = self.registry
         for topic in topics:
             self._subscribers.setdefault(topic, set()).add(subscriber)
-            channel, instrument = topic
+            channel, key = topic
             if channel is Channel.BBO:
+                self._subscribe_bbo(subscriber, key)
+            elif channel is Channel.BOOK:
+                self._subscribe_book(subscriber, key, depth)
+            elif channel is Channel.NBBO:
                 # A dirty topic is about to be delivered to every subscriber, this one too.
-                if instrument in self._dirty_bbo:
-                    continue
-                snapshot = registry.live_snapshot(instrument)
-                if snapshot is not None:
-                    self.counters.messages_encoded += 1
-                    subscriber.offer(topic, encode_bbo(snapshot, self.clock()))
+                nbbo = self.registry.nbbo(key)
+                if nbbo is not None and key not in self._dirty_nbbo:
+                    self._offer_new(subscriber, topic, encode_nbbo(nbbo, self.clock()))
             elif channel is Channel.STATUS:
-                for status in registry.statuses():
+                for status in self.registry.statuses():
                     if status.instrument not in self._dirty_status:
-                        self.counters.messages_encoded += 1
-                        subscriber.offer((Channel.STATUS, status.instrument), encode_status(status))
+                        key = status.instrument
+                        self._offer_new(subscriber, (channel, key), encode_status(status))
+            elif channel is Channel.METRICS:
+                self._offer_new(subscriber, topic, self._encode_metrics())
+                self._start_metrics()
 
     def unsubscribe(self, subscriber: Subscriber, topics: Iterable[Topic]) -> None:
         """Remove ``subscriber`` from ``topics`` (missing ones are ignored). O(topics)."""
         subscribers = self._subscribers
         for topic in topics:
             targets = subscribers.get(topic)
-            if targets is not None:
-                targets.discard(subscriber)
-                if not targets:
-                    del subscribers[topic]
+            if targets is None:
+                continue
+            targets.discard(subscriber)
+            if not targets:
+                del subscribers[topic]
+            channel, key = topic
+            if channel is Channel.BOOK:
+                self._unsubscribe_book(subscriber, key)
+            elif channel is Channel.METRICS and not targets:
+                self._stop_metrics()
 
     def subscriber_count(self, topic: Topic) -> int:
         return len(self._subscribers.get(topic, ()))
 
+    def book_depths(self, instrument: str) -> list[int]:
+        """The distinct depths subscribed to ``instrument``'s book, ascending."""
+        return sorted(self._book_groups.get(instrument, ()))
+
+    def flush_soon(self, subscriber: Subscriber) -> None:
+        """Call ``subscriber.flush()`` at the end of this (or the next) tick. O(1)."""
+        self._to_flush.append(subscriber)
+        self._schedule_tick()
+
+    def _subscribe_bbo(self, subscriber: Subscriber, instrument: str) -> None:
+        if instrument in self._dirty_bbo:
+            return
+        snapshot = self.registry.live_snapshot(instrument)
+        if snapshot is not None:
+            message = encode_bbo(snapshot, self.clock())
+            self._offer_new(subscriber, (Channel.BBO, instrument), message)
+
+    def _subscribe_book(self, subscriber: Subscriber, instrument: str, depth: int) -> None:
+        groups = self._book_groups.setdefault(instrument, {})
+        group = groups.get(depth)
+        if group is None:
+            group = groups[depth] = _BookGroup(set())
+        group.subscribers.add(subscriber)
+        snapshot = self.registry.live_snapshot(instrument)
+        if snapshot is None:
+            return
+        levels = snapshot.top(depth)
+        if instrument in self._dirty_book and levels != group.sent:
+            return  # the pending tick sends these levels to the whole group, this one too
+        group.sent = levels
+        message = encode_book(snapshot, depth, self.clock())
+        self._offer_new(subscriber, (Channel.BOOK, instrument), message)
+
+    def _unsubscribe_book(self, subscriber: Subscriber, instrument: str) -> None:
+        groups = self._book_groups.get(instrument)
+        if groups is None:
+            return
+        for depth, group in list(groups.items()):
+            group.subscribers.discard(subscriber)
+            if not group.subscribers:
+                del groups[depth]
+        if not groups:
+            del self._book_groups[instrument]
+
+    def _offer_new(self, subscriber: Subscriber, key: Topic, message: bytes) -> None:
+        self.counters.messages_encoded += 1
+        subscriber.offer(key, message)
+
     # -- registry listeners (called synchronously by the feeds' publishes) -------------
 
     def _on_snapshot(self, snapshot: BookSnapshot, previous: BookSnapshot | None) -> None:
-        """Mark the bbo dirty when the top changed and someone listens. O(1)."""
+        """Mark bbo dirty when the top changed and book whenever it has subscribers. O(1)."""
         instrument = snapshot.instrument
-        if snapshot.same_top(previous) or (Channel.BBO, instrument) not in self._subscribers:
-            return
-        self._dirty_bbo[instrument] = snapshot
-        self._schedule_tick()
+        subscribers = self._subscribers
+        if (Channel.BBO, instrument) in subscribers and not snapshot.same_top(previous):
+            self._dirty_bbo[instrument] = snapshot
+            self._schedule_tick()
+        if instrument in self._book_groups:
+            self._dirty_book[instrument] = snapshot
+            self._schedule_tick()
+
+    def _on_nbbo(self, nbbo: ConsolidatedBbo) -> None:
+        if (Channel.NBBO, nbbo.symbol) in self._subscribers:
+            self._dirty_nbbo[nbbo.symbol] = nbbo
+            self._schedule_tick()
 
     def _on_status(self, status: InstrumentStatus) -> None:
-        if STATUS_TOPIC not in self._subscribers:
-            return
-        self._dirty_status[status.instrument] = status
-        self._schedule_tick()
+        if STATUS_TOPIC in self._subscribers:
+            self._dirty_status[status.instrument] = status
+            self._schedule_tick()
 
     def _schedule_tick(self) -> None:
         if not self._tick_pending:
@@ -138,8 +270,8 @@ class Fanout:
     # -- the publish tick ---------------------------------------------------------------
 
     def _tick(self) -> None:
-        """Encode every dirty topic once and offer it to its subscribers; never awaits."""
-        self._tick_pending = False
+        """Encode every dirty topic once, offer it to its subscribers, flush the batched
+        ones; never awaits."""
         self.counters.ticks += 1
         subscribers = self._subscribers
         if self._dirty_status:
@@ -148,16 +280,71 @@ class Fanout:
             if targets:
                 for instrument, status in dirty_status.items():
                     self._deliver(targets, (Channel.STATUS, instrument), encode_status(status))
+        ts_send = self.clock()
         if self._dirty_bbo:
             dirty_bbo, self._dirty_bbo = self._dirty_bbo, {}
-            ts_send = self.clock()
             for instrument, snapshot in dirty_bbo.items():
                 topic = (Channel.BBO, instrument)
                 targets = subscribers.get(topic)
                 if targets:
                     self._deliver(targets, topic, encode_bbo(snapshot, ts_send))
+        if self._dirty_book:
+            dirty_book, self._dirty_book = self._dirty_book, {}
+            for instrument, snapshot in dirty_book.items():
+                self._tick_book(instrument, snapshot, ts_send)
+        if self._dirty_nbbo:
+            dirty_nbbo, self._dirty_nbbo = self._dirty_nbbo, {}
+            for symbol, nbbo in dirty_nbbo.items():
+                topic = (Channel.NBBO, symbol)
+                targets = subscribers.get(topic)
+                if targets:
+                    self._deliver(targets, topic, encode_nbbo(nbbo, ts_send))
+        self._flush()
+        self._tick_pending = False
+
+    def _tick_book(self, instrument: str, snapshot: BookSnapshot, ts_send: int) -> None:
+        groups = self._book_groups.get(instrument)
+        if not groups:
+            return
+        topic = (Channel.BOOK, instrument)
+        for depth, group in groups.items():
+            levels = snapshot.top(depth)
+            if levels != group.sent:
+                group.sent = levels
+                self._deliver(group.subscribers, topic, encode_book(snapshot, depth, ts_send))
 
     def _deliver(self, targets: set[Subscriber], key: Topic, message: bytes) -> None:
         self.counters.messages_encoded += 1
         for subscriber in targets:
             subscriber.offer(key, message)
+
+    def _flush(self) -> None:
+        if self._to_flush:
+            to_flush, self._to_flush = self._to_flush, []
+            for subscriber in to_flush:
+                subscriber.flush()
+
+    # -- the metrics timer ---------------------------------------------------------------
+
+    def _encode_metrics(self) -> bytes:
+        return encode_metrics(self._metrics(), self.clock())
+
+    def _start_metrics(self) -> None:
+        if self._metrics_timer is None:
+            loop = asyncio.get_running_loop()
+            self._metrics_timer = loop.call_later(self._metrics_interval, self._publish_metrics)
+
+    def _stop_metrics(self) -> None:
+        if self._metrics_timer is not None:
+            self._metrics_timer.cancel()
+            self._metrics_timer = None
+
+    def _publish_metrics(self) -> None:
+        self._metrics_timer = None
+        targets = self._subscribers.get(METRICS_TOPIC)
+        if not targets:
+            return
+        self._deliver(targets, METRICS_TOPIC, self._encode_metrics())
+        self._start_metrics()
+        if not self._tick_pending:  # else the pending tick flushes the batched clients
+            self._flush()

@@ -3,29 +3,36 @@
 Sans-I/O: ``parse_request`` turns one received frame into a typed request or raises
 ``RequestError`` with a stable ``ErrorCode``; the ``encode_*`` functions turn values into
 the exact bytes of one server message (orjson, UTF-8, sent as text frames). Nothing here
-touches a socket, the registry or a clock.
+touches a socket, the registry or a clock. docs/protocol.md is the user-facing contract.
 
 Requests (``id`` is optional, an integer or a string, echoed in the reply)::
 
     {"op":"subscribe","id":1,"channel":"bbo","instruments":["binance:BTC-USDT"]}
-    {"op":"unsubscribe","id":2,"channel":"bbo","instruments":["binance:BTC-USDT"]}
-    {"op":"subscribe","id":3,"channel":"status"}
-    {"op":"ping","id":4}
+    {"op":"subscribe","id":2,"channel":"book","instruments":["binance:BTC-USDT"],"depth":10}
+    {"op":"subscribe","id":3,"channel":"nbbo","symbols":["BTC-USDT"]}
+    {"op":"subscribe","id":4,"channel":"status"}
+    {"op":"subscribe","id":5,"channel":"metrics"}
+    {"op":"unsubscribe","id":6,"channel":"bbo","instruments":["binance:BTC-USDT"]}
+    {"op":"auth","id":7,"token":"..."}
+    {"op":"ping","id":8}
 
-Unknown fields are ignored (forward compatibility); fields of the wrong type are not.
+Each op has one parser in ``PARSERS`` (the op table; a new op adds a parser there and a
+case in ``publish.client.ClientSession.serve``). Unknown fields are ignored (forward
+compatibility); fields of the wrong type are not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
 
 import orjson
 
+from book.consolidated import ConsolidatedBbo
 from book.fixed import format_fixed
-from book.snapshot import BookSnapshot
+from book.snapshot import BookSnapshot, Level
 from book.status import InstrumentStatus
 from publish.exceptions import RequestError
 
@@ -36,22 +43,40 @@ RequestId = int | str | None
 class Op(StrEnum):
     SUBSCRIBE = "subscribe"
     UNSUBSCRIBE = "unsubscribe"
+    AUTH = "auth"
     PING = "ping"
 
 
 class Channel(StrEnum):
-    """Subscribable channels. ``bbo`` is keyed by instrument; ``status`` is channel-wide."""
+    """Subscribable channels. ``bbo``/``book`` are keyed by instrument, ``nbbo`` by
+    canonical symbol; ``status`` and ``metrics`` are channel-wide."""
 
     BBO = "bbo"
+    BOOK = "book"
+    NBBO = "nbbo"
     STATUS = "status"
+    METRICS = "metrics"
 
 
-KEY_FIELDS: dict[Channel, str] = {Channel.BBO: "instruments"}
+KEY_FIELDS: dict[Channel, str] = {
+    Channel.BBO: "instruments",
+    Channel.BOOK: "instruments",
+    Channel.NBBO: "symbols",
+}
 """The request/ack field that lists a keyed channel's keys; channels absent are channel-wide."""
+
+MARKET_DATA: frozenset[Channel] = frozenset(
+    {Channel.BBO, Channel.BOOK, Channel.NBBO, Channel.STATUS, Channel.METRICS}
+)
+"""Channels that need an authenticated connection only when the server says so (config)."""
 
 
 class ErrorCode(StrEnum):
-    """Stable ``code`` of an ``error`` frame (and of HTTP error bodies). Never renamed."""
+    """Stable ``code`` of an ``error`` frame (and of HTTP error bodies).
+
+    Never renamed, never reused for another meaning; new codes are appended.
+    docs/protocol.md documents each one.
+    """
 
     BAD_JSON = "bad_json"
     BAD_REQUEST = "bad_request"
@@ -63,12 +88,25 @@ class ErrorCode(StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"
     NOT_FOUND = "not_found"
     NOT_LIVE = "not_live"
+    UNKNOWN_SYMBOL = "unknown_symbol"
+    RATE_LIMITED = "rate_limited"
+    AUTH_REQUIRED = "auth_required"
+    TOKEN_INVALID = "token_invalid"
+    TOKEN_EXPIRED = "token_expired"
+    FORBIDDEN = "forbidden"
 
 
 class CloseCode(IntEnum):
-    """Websocket close codes (4000-4999 is the application range) the server closes with."""
+    """Websocket close codes (4000-4999 is the application range) the server closes with.
+
+    Never renumbered; docs/protocol.md documents each one (and the 1xxx codes of the
+    websocket protocol itself that the server uses).
+    """
 
     SLOW_CONSUMER = 4008
+    """The client read too slowly: its write buffer stayed full past the time limit."""
+    TOO_MANY_ERRORS = 4029
+    """The client kept sending bad or rate-limited requests past its error budget."""
 
 
 # -- requests ---------------------------------------------------------------------------
@@ -77,12 +115,20 @@ class CloseCode(IntEnum):
 @dataclass(frozen=True, slots=True)
 class SubscriptionRequest:
     """``subscribe`` or ``unsubscribe``; ``keys`` (deduplicated, in request order) are the
-    instruments of a keyed channel and empty for a channel-wide one."""
+    instruments/symbols of a keyed channel and empty for a channel-wide one. ``depth``
+    is the ``book`` levels per side asked for (``None``: not given)."""
 
     op: Op
     id: RequestId
     channel: Channel
     keys: tuple[str, ...] = ()
+    depth: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    id: RequestId
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +136,10 @@ class PingRequest:
     id: RequestId
 
 
-Request = SubscriptionRequest | PingRequest
+Request = SubscriptionRequest | AuthRequest | PingRequest
+
+RequestParser = Callable[[RequestId, dict[str, Any]], Request]
+"""Builds one op's request from the decoded frame (``id`` already checked)."""
 
 
 def parse_request(raw: str | bytes) -> Request:
@@ -109,11 +158,29 @@ def parse_request(raw: str | bytes) -> Request:
     op = obj.get("op")
     if not isinstance(op, str):
         raise RequestError(ErrorCode.BAD_REQUEST, "op must be a string", request_id)
-    if op == Op.PING:
-        return PingRequest(request_id)
-    if op in (Op.SUBSCRIBE, Op.UNSUBSCRIBE):
-        return _parse_subscription(Op(op), request_id, obj)
-    raise RequestError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}", request_id)
+    parser = PARSERS.get(op)
+    if parser is None:
+        raise RequestError(ErrorCode.UNKNOWN_OP, f"unknown op {op[:64]!r}", request_id)
+    return parser(request_id, obj)
+
+
+def _parse_ping(request_id: RequestId, obj: dict[str, Any]) -> PingRequest:
+    return PingRequest(request_id)
+
+
+def _parse_auth(request_id: RequestId, obj: dict[str, Any]) -> AuthRequest:
+    token = obj.get("token")
+    if not isinstance(token, str) or not token:
+        raise RequestError(ErrorCode.BAD_REQUEST, "token must be a non-empty string", request_id)
+    return AuthRequest(request_id, token)
+
+
+def _parse_subscribe(request_id: RequestId, obj: dict[str, Any]) -> SubscriptionRequest:
+    return _parse_subscription(Op.SUBSCRIBE, request_id, obj)
+
+
+def _parse_unsubscribe(request_id: RequestId, obj: dict[str, Any]) -> SubscriptionRequest:
+    return _parse_subscription(Op.UNSUBSCRIBE, request_id, obj)
 
 
 def _parse_subscription(op: Op, request_id: RequestId, obj: dict[str, Any]) -> SubscriptionRequest:
@@ -124,8 +191,13 @@ def _parse_subscription(op: Op, request_id: RequestId, obj: dict[str, Any]) -> S
         known = Channel(channel)
     except ValueError:
         raise RequestError(
-            ErrorCode.UNKNOWN_CHANNEL, f"unknown channel {channel!r}", request_id
+            ErrorCode.UNKNOWN_CHANNEL, f"unknown channel {channel[:64]!r}", request_id
         ) from None
+    depth = None
+    if known is Channel.BOOK and op is Op.SUBSCRIBE:
+        depth = obj.get("depth")
+        if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool)):
+            raise RequestError(ErrorCode.BAD_REQUEST, "depth must be an integer", request_id)
     field = KEY_FIELDS.get(known)
     if field is None:
         return SubscriptionRequest(op, request_id, known)
@@ -138,7 +210,16 @@ def _parse_subscription(op: Op, request_id: RequestId, obj: dict[str, Any]) -> S
         raise RequestError(
             ErrorCode.BAD_REQUEST, f"{field} must be a non-empty list of strings", request_id
         )
-    return SubscriptionRequest(op, request_id, known, tuple(dict.fromkeys(keys)))
+    return SubscriptionRequest(op, request_id, known, tuple(dict.fromkeys(keys)), depth)
+
+
+PARSERS: dict[str, RequestParser] = {
+    Op.SUBSCRIBE: _parse_subscribe,
+    Op.UNSUBSCRIBE: _parse_unsubscribe,
+    Op.AUTH: _parse_auth,
+    Op.PING: _parse_ping,
+}
+"""The op table: op name -> parser of its request."""
 
 
 # -- server messages ------------------------------------------------------------------------
@@ -146,6 +227,10 @@ def _parse_subscription(op: Op, request_id: RequestId, obj: dict[str, Any]) -> S
 
 def _fixed_or_none(value: int | None) -> str | None:
     return None if value is None else format_fixed(value)
+
+
+def _levels(levels: Sequence[Level]) -> list[tuple[str, str]]:
+    return [(format_fixed(price), format_fixed(qty)) for price, qty in levels]
 
 
 def encode_bbo(snapshot: BookSnapshot, ts_send: int) -> bytes:
@@ -170,6 +255,45 @@ def encode_bbo(snapshot: BookSnapshot, ts_send: int) -> bytes:
     )
 
 
+def encode_book(snapshot: BookSnapshot, depth: int, ts_send: int) -> bytes:
+    """The ``book`` message: the best ``depth`` levels per side, best first, as
+    ``[price, qty]`` decimal strings. O(depth) formats; once per change and depth."""
+    return orjson.dumps(
+        {
+            "type": "book",
+            "instrument": snapshot.instrument,
+            "seq": snapshot.seq,
+            "depth": depth,
+            "bids": _levels(snapshot.bids[:depth]),
+            "asks": _levels(snapshot.asks[:depth]),
+            "ts_event": snapshot.ts_event,
+            "ts_recv": snapshot.ts_recv,
+            "ts_send": ts_send,
+        }
+    )
+
+
+def encode_nbbo(nbbo: ConsolidatedBbo, ts_send: int) -> bytes:
+    """The ``nbbo`` message: the consolidated best bid/ask of a canonical symbol across
+    live venues, with the venue of each side (``null`` sides when no venue quotes)."""
+    return orjson.dumps(
+        {
+            "type": "nbbo",
+            "symbol": nbbo.symbol,
+            "seq": nbbo.seq,
+            "bid": _fixed_or_none(nbbo.bid),
+            "bid_qty": _fixed_or_none(nbbo.bid_qty),
+            "bid_venue": nbbo.bid_venue,
+            "ask": _fixed_or_none(nbbo.ask),
+            "ask_qty": _fixed_or_none(nbbo.ask_qty),
+            "ask_venue": nbbo.ask_venue,
+            "ts_event": nbbo.ts_event,
+            "ts_recv": nbbo.ts_recv,
+            "ts_send": ts_send,
+        }
+    )
+
+
 def encode_status(status: InstrumentStatus) -> bytes:
     return orjson.dumps(
         {
@@ -181,8 +305,14 @@ def encode_status(status: InstrumentStatus) -> bytes:
     )
 
 
+def encode_metrics(stats: Mapping[str, object], ts_send: int) -> bytes:
+    """The ``metrics`` message: ``stats`` (any JSON-able mapping) plus type and ts_send."""
+    return orjson.dumps({"type": "metrics", **stats, "ts_send": ts_send})
+
+
 def encode_ack(request: SubscriptionRequest) -> bytes:
-    """The ``ack`` of a (un)subscribe; a keyed channel's ack lists the request's keys."""
+    """The ``ack`` of a (un)subscribe; a keyed channel's ack lists the request's keys, a
+    ``book`` subscribe's the depth granted."""
     message: dict[str, object] = {
         "type": "ack",
         "id": request.id,
@@ -192,7 +322,23 @@ def encode_ack(request: SubscriptionRequest) -> bytes:
     field = KEY_FIELDS.get(request.channel)
     if field is not None:
         message[field] = list(request.keys)
+    if request.depth is not None:
+        message["depth"] = request.depth
     return orjson.dumps(message)
+
+
+def encode_auth_ack(request_id: RequestId, account: str, expires: int) -> bytes:
+    """The ``ack`` of ``auth``: the account the connection now acts for and when the token
+    expires (ns since the epoch)."""
+    return orjson.dumps(
+        {
+            "type": "ack",
+            "id": request_id,
+            "op": Op.AUTH.value,
+            "account": account,
+            "expires": expires,
+        }
+    )
 
 
 def encode_error(code: ErrorCode, message: str, request_id: RequestId = None) -> bytes:

@@ -5,15 +5,16 @@ opening request (``/ws`` upgrades, anything else is answered by ``publish.http``
 creates one ``ClientSession`` per connection, and watches each connection's write
 buffer through ``WatchedConnection`` to close slow consumers.
 
-    async with MarketServer(registry, fanout, port=0) as server:
+    async with MarketServer(registry, fanout, port=0, auth=policy) as server:
         print(server.url)            # ws://127.0.0.1:<port>/ws
+        server.routes.add("/extra", handler)
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from types import TracebackType
 from typing import Self
@@ -21,8 +22,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from book.registry import BookRegistry
+from publish.auth import AuthPolicy
 from publish.client import DEFAULT_LIMITS, ClientSession, ServerLimits
 from publish.exceptions import ServerNotRunningError
 from publish.fanout import Fanout
@@ -33,7 +36,13 @@ WS_PATH = "/ws"
 
 
 class WatchedConnection(ServerConnection):
-    """A ``ServerConnection`` that reports a write buffer stuck above its high-water mark.
+    """A ``ServerConnection`` that writes frames without awaiting (``publish.client.Sink``)
+    and reports a write buffer stuck above its high-water mark.
+
+    ``write_frames`` is what ``websockets.broadcast`` does per connection: frame the
+    message and hand the bytes to the transport, synchronously; ``writable`` is false
+    once the transport buffer passes ``write_limit`` (asyncio paused the protocol) or the
+    connection is no longer open, and the session then conflates instead of writing.
 
     asyncio calls ``pause_writing`` when the transport buffer crosses ``write_limit`` and
     ``resume_writing`` once it drains, so the watch is one timer per stall, nothing per
@@ -57,6 +66,26 @@ class WatchedConnection(ServerConnection):
         sock = self.transport.get_extra_info("socket")
         if send_buffer is not None and sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+
+    @property
+    def writable(self) -> bool:
+        return not self.paused and self.protocol.state is State.OPEN
+
+    def write_frames(self, frames: Sequence[bytes]) -> None:
+        """Frame each message as text and write them all; O(bytes), never awaits."""
+        protocol = self.protocol
+        for frame in frames:
+            protocol.send_text(frame)
+        self.send_data()
+
+    async def wait_writable(self) -> bool:
+        if self.protocol.state is not State.OPEN:
+            return False
+        try:
+            await self.drain()
+        except Exception:  # the connection was lost; its reader reports how
+            return False
+        return self.writable
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -95,6 +124,7 @@ class MarketServer:
         host: str = "127.0.0.1",
         port: int = 0,
         limits: ServerLimits = DEFAULT_LIMITS,
+        auth: AuthPolicy | None = None,
     ) -> None:
         if fanout.registry is not registry:
             raise ValueError("the fanout must listen to the same registry")
@@ -102,8 +132,14 @@ class MarketServer:
         self._host = host
         self._port = port
         self._limits = limits
-        self._http = HttpRoutes(registry, clock=fanout.clock)
+        self._auth = auth
+        self._http = HttpRoutes(registry, clock=fanout.clock, max_depth=fanout.book_depth)
         self._server: Server | None = None
+
+    @property
+    def routes(self) -> HttpRoutes:
+        """The HTTP route table (add routes before or after ``start``)."""
+        return self._http
 
     @property
     def port(self) -> int:
@@ -176,6 +212,7 @@ class MarketServer:
             self._fanout,
             limits=self._limits,
             batch=query.get("batch", ["0"])[-1] in ("1", "true"),
+            auth=self._auth,
         )
         connection.watch_write_buffer(
             self._limits.slow_consumer_seconds,

@@ -97,6 +97,12 @@ def test_error_codes_are_the_documented_strings() -> None:
         "too_many_connections",
         "not_found",
         "not_live",
+        "unknown_symbol",
+        "rate_limited",
+        "auth_required",
+        "token_invalid",
+        "token_expired",
+        "forbidden",
     ]
 
 
