@@ -40,6 +40,20 @@ class BookSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Connection auth: HMAC-signed tokens (``marketcast token --account A``)."""
+
+    secret: str | None = None
+    """The token signing secret (at least 16 bytes); unset: read from ``secret_file``."""
+    secret_file: str = "./marketcast.secret"
+    """Where the secret is kept when ``secret`` is unset; created (0600, random) if missing."""
+    market_data_requires_auth: bool = False
+    """When true, market-data channels need an ``auth`` first; positions/profit always do."""
+    token_ttl_seconds: float = 86_400.0
+    """How long the tokens ``marketcast token`` issues are valid."""
+
+
+@dataclass(frozen=True, slots=True)
 class SimulatorSettings:
     updates_per_second: float = 20.0
     """Book updates per second per simulated symbol."""
@@ -76,6 +90,7 @@ class Settings:
     book: BookSettings = field(default_factory=BookSettings)
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
     venues: tuple[VenueSettings, ...] = ()
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     @classmethod
     def demo(cls) -> Settings:
@@ -118,7 +133,7 @@ def load_settings(path: str | Path) -> Settings:
 
 
 def settings_from_dict(document: dict[str, Any]) -> Settings:
-    _only_keys("top level", document, {"server", "storage", "book", "simulator", "venues"})
+    _only_keys("top level", document, {"server", "storage", "book", "simulator", "venues", "auth"})
     venues_raw = document.get("venues", [])
     if not isinstance(venues_raw, list):
         raise ConfigError("'venues' must be an array of tables ([[venues]])")
@@ -130,6 +145,7 @@ def settings_from_dict(document: dict[str, Any]) -> Settings:
         book=_section(BookSettings, "book", document.get("book", {})),
         simulator=_section(SimulatorSettings, "simulator", document.get("simulator", {})),
         venues=tuple(_venue(index, raw) for index, raw in enumerate(venues_raw)),
+        auth=_section(AuthSettings, "auth", document.get("auth", {})),
     )
     _validate(settings)
     return settings
@@ -217,6 +233,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[book].capture_depth must be >= 0")
     if settings.simulator.updates_per_second <= 0:
         raise ConfigError("[simulator].updates_per_second must be positive")
+    if settings.auth.secret is not None and len(settings.auth.secret.encode()) < 16:
+        raise ConfigError("[auth].secret must be at least 16 bytes")
+    if settings.auth.token_ttl_seconds <= 0:
+        raise ConfigError("[auth].token_ttl_seconds must be positive")
     ids = [venue.id for venue in settings.venues]
     if len(ids) != len(set(ids)):
         raise ConfigError(f"venue ids must be unique, got {ids}")
