@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from app.exceptions import ConfigError
 from app.settings import Settings, VenueSettings
 from app.venues import build_adapter, simulator_for
 from book.registry import BookRegistry
@@ -21,6 +22,7 @@ from feeds.incidents import FeedIncident, IncidentSink, ignore_incident
 from feeds.ratelimit import WeightLimiter
 from feeds.runner import FeedRunner, Recorder
 from feeds.venue import VenueAdapter
+from publish.auth import AuthPolicy, TokenAuthority, load_secret
 from publish.fanout import Fanout
 from publish.server import MarketServer
 from publish.storage import SqliteBackend, StorageFlusher, bbo_row_from_snapshot
@@ -63,7 +65,8 @@ async def serve(
         flusher.add_feed_event(feed_event_row(incident))
 
     registry.on_snapshot(store_bbo)
-    fanout = Fanout(registry)
+    fanout = Fanout(registry, book_depth=settings.book.capture_depth)
+    auth = auth_policy(settings)
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(flusher.run(), name="storage-flusher")
@@ -81,6 +84,7 @@ async def serve(
                         host=settings.server.host,
                         port=settings.server.port,
                         limits=settings.server.limits,
+                        auth=auth,
                     )
                 )
                 for runner in runners:
@@ -121,6 +125,22 @@ def build_runners(
         )
         for instruments in connection_groups(first)
     ]
+
+
+def auth_policy(settings: Settings) -> AuthPolicy:
+    """The token authority of ``[auth]`` (creating the secret file on first use)."""
+    path = settings.secret_path
+    try:
+        secret = load_secret(secret=settings.auth.secret, secret_file=path)
+    except OSError as exc:
+        raise ConfigError(f"token secret file {path}: {exc.strerror}") from exc
+    try:
+        tokens = TokenAuthority(secret)
+    except ValueError as exc:
+        raise ConfigError(f"[auth]: {exc}") from exc
+    return AuthPolicy(
+        tokens=tokens, market_data_requires_auth=settings.auth.market_data_requires_auth
+    )
 
 
 def connection_groups(adapter: VenueAdapter) -> list[list[str]]:

@@ -45,8 +45,9 @@ class AuthSettings:
 
     secret: str | None = None
     """The token signing secret (at least 16 bytes); unset: read from ``secret_file``."""
-    secret_file: str = "./marketcast.secret"
-    """Where the secret is kept when ``secret`` is unset; created (0600, random) if missing."""
+    secret_file: str | None = None
+    """Where the secret is kept when ``secret`` is unset; created (0600, random) if missing.
+    Unset: ``marketcast.secret`` in the directory of ``[storage].path``."""
     market_data_requires_auth: bool = False
     """When true, market-data channels need an ``auth`` first; positions/profit always do."""
     token_ttl_seconds: float = 86_400.0
@@ -108,6 +109,13 @@ class Settings:
 
     def with_storage_path(self, path: str) -> Settings:
         return replace(self, storage=replace(self.storage, path=path))
+
+    @property
+    def secret_path(self) -> Path:
+        """Where the token secret is kept when ``[auth].secret`` is unset."""
+        if self.auth.secret_file is not None:
+            return Path(self.auth.secret_file)
+        return Path(self.storage.path).parent / "marketcast.secret"
 
 
 def native_symbols(venue_kind: str, canonical: tuple[str, ...] | list[str]) -> dict[str, str]:
