@@ -57,6 +57,11 @@ METRICS_TOPIC: Topic = (Channel.METRICS, CHANNEL_WIDE)
 MetricsProvider = Callable[[], Mapping[str, object]]
 """Returns the content of one ``metrics`` message (JSON-able values)."""
 
+WrittenHook = Callable[[Iterable[BookSnapshot], int], None]
+"""Told at the end of a tick: the snapshots whose bbo/book messages it delivered, and the
+time (ns, ``Fanout.clock``) by which their frames were written to every subscriber whose
+socket took them (publish and end-to-end latency; conflated ones are written later)."""
+
 
 class Subscriber(Protocol):
     """What the engine needs from a client: a non-blocking, latest-wins offer, and a
@@ -118,6 +123,7 @@ class Fanout:
         book_depth: int = 25,
         metrics: MetricsProvider | None = None,
         metrics_interval: float = 1.0,
+        on_written: WrittenHook | None = None,
     ) -> None:
         if book_depth < 0 or metrics_interval <= 0:
             raise ValueError("book_depth must be >= 0 and metrics_interval positive")
@@ -128,6 +134,7 @@ class Fanout:
         self._metrics = metrics or self.stats
         self._metrics_interval = metrics_interval
         self._metrics_timer: asyncio.TimerHandle | None = None
+        self.on_written = on_written
         self._subscribers: dict[Topic, set[Subscriber]] = {}
         self._book_groups: dict[str, dict[int, _BookGroup]] = {}
         self._dirty_bbo: dict[str, BookSnapshot] = {}
@@ -281,6 +288,8 @@ class Fanout:
                 for instrument, status in dirty_status.items():
                     self._deliver(targets, (Channel.STATUS, instrument), encode_status(status))
         ts_send = self.clock()
+        # Only kept for the on_written hook: one dict store per delivered instrument.
+        delivered: dict[str, BookSnapshot] | None = None if self.on_written is None else {}
         if self._dirty_bbo:
             dirty_bbo, self._dirty_bbo = self._dirty_bbo, {}
             for instrument, snapshot in dirty_bbo.items():
@@ -288,10 +297,13 @@ class Fanout:
                 targets = subscribers.get(topic)
                 if targets:
                     self._deliver(targets, topic, encode_bbo(snapshot, ts_send))
+                    if delivered is not None:
+                        delivered[instrument] = snapshot
         if self._dirty_book:
             dirty_book, self._dirty_book = self._dirty_book, {}
             for instrument, snapshot in dirty_book.items():
-                self._tick_book(instrument, snapshot, ts_send)
+                if self._tick_book(instrument, snapshot, ts_send) and delivered is not None:
+                    delivered[instrument] = snapshot
         if self._dirty_nbbo:
             dirty_nbbo, self._dirty_nbbo = self._dirty_nbbo, {}
             for symbol, nbbo in dirty_nbbo.items():
@@ -301,17 +313,23 @@ class Fanout:
                     self._deliver(targets, topic, encode_nbbo(nbbo, ts_send))
         self._flush()
         self._tick_pending = False
+        if delivered and self.on_written is not None:
+            self.on_written(delivered.values(), self.clock())
 
-    def _tick_book(self, instrument: str, snapshot: BookSnapshot, ts_send: int) -> None:
+    def _tick_book(self, instrument: str, snapshot: BookSnapshot, ts_send: int) -> bool:
+        """Deliver the levels each depth group has not seen; True if any group got some."""
         groups = self._book_groups.get(instrument)
         if not groups:
-            return
+            return False
         topic = (Channel.BOOK, instrument)
+        sent = False
         for depth, group in groups.items():
             levels = snapshot.top(depth)
             if levels != group.sent:
                 group.sent = levels
                 self._deliver(group.subscribers, topic, encode_book(snapshot, depth, ts_send))
+                sent = True
+        return sent
 
     def _deliver(self, targets: set[Subscriber], key: Topic, message: bytes) -> None:
         self.counters.messages_encoded += 1
