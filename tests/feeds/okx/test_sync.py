@@ -157,7 +157,8 @@ def test_documented_check_strings() -> None:
 def test_checksums_are_verified_over_the_best_25_levels() -> None:
     bids = [[f"{100 - i}.5", f"{i + 1}", "0", "1"] for i in range(30)]
     asks = [[f"{101 + i}.5", f"{i + 2}", "0", "1"] for i in range(30)]
-    check = ":".join(f"{b[0]}:{b[1]}:{a[0]}:{a[1]}" for b, a in zip(bids[:25], asks[:25], strict=True))
+    pairs = zip(bids[:25], asks[:25], strict=True)
+    check = ":".join(f"{b[0]}:{b[1]}:{a[0]}:{a[1]}" for b, a in pairs)
     sync = OkxBookSync(BTC)
     snapshot = frame("snapshot", bids=bids, asks=asks, seq=1, prev=-1, checksum=0)
     assert top(feed(sync, snapshot)) and sync.verified == 0  # 0: OKX sent no checksum
