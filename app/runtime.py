@@ -24,6 +24,8 @@ from feeds.runner import FeedRunner, Recorder
 from feeds.venue import VenueAdapter
 from publish.auth import AuthPolicy, TokenAuthority, load_secret
 from publish.fanout import Fanout
+from publish.metrics import LatencyRecorder, Metrics
+from publish.metrics.pages import MetricsPages
 from publish.server import MarketServer
 from publish.storage import SqliteBackend, StorageFlusher, bbo_row_from_snapshot
 from publish.storage.rows import feed_event_row
@@ -42,6 +44,7 @@ class RunningServer:
     registry: BookRegistry
     runners: tuple[FeedRunner, ...]
     flusher: StorageFlusher
+    metrics: Metrics
 
 
 async def serve(
@@ -49,12 +52,15 @@ async def serve(
 ) -> None:
     """Run the whole server until cancelled; on cancellation, drain storage and return."""
     registry = BookRegistry()
+    recorder = LatencyRecorder()
+    registry.on_snapshot(recorder.on_snapshot)
     backend = SqliteBackend(settings.storage.path)
     await backend.open()
     flusher = StorageFlusher(
         backend,
         window_ms=settings.storage.window_ms,
         max_pending_rows=settings.storage.max_pending_rows,
+        on_flush=recorder.on_flush,
     )
 
     def store_bbo(snapshot: BookSnapshot, previous: BookSnapshot | None) -> None:
@@ -65,11 +71,18 @@ async def serve(
         flusher.add_feed_event(feed_event_row(incident))
 
     registry.on_snapshot(store_bbo)
-    fanout = Fanout(registry, book_depth=settings.book.capture_depth)
+    fanout = Fanout(
+        registry,
+        book_depth=settings.book.capture_depth,
+        metrics=lambda: metrics.report(),  # bound below: Metrics reads the fan-out's counters
+        on_written=recorder.on_written,
+    )
+    metrics = Metrics(recorder, registry=registry, fanout=fanout.counters, flusher=flusher)
     auth = auth_policy(settings)
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(flusher.run(), name="storage-flusher")
+            group.create_task(metrics.run(), name="metrics")
             async with contextlib.AsyncExitStack() as stack:
                 runners = []
                 for venue in settings.venues:
@@ -87,12 +100,14 @@ async def serve(
                         auth=auth,
                     )
                 )
+                MetricsPages(metrics).install(server.routes)
+                metrics.add_feeds(runners)
                 for runner in runners:
                     group.create_task(runner.run(), name=f"feed:{runner.venue}")
                 if on_ready is not None:
                     on_ready(
                         RunningServer(
-                            server.url, server.http_url, registry, tuple(runners), flusher
+                            server.url, server.http_url, registry, tuple(runners), flusher, metrics
                         )
                     )
                 await asyncio.Event().wait()  # until cancelled
