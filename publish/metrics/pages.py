@@ -1,0 +1,41 @@
+"""The HTTP routes of metrics: ``/metrics`` (Prometheus text), ``/stats`` (JSON; ``?since=
+<ns>`` limits ``history`` to newer points) and ``/dashboard`` (the self-contained page)."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from importlib import resources
+
+from websockets.http11 import Response
+
+from publish.http import HttpRequest, HttpRoutes, http_response, json_response
+from publish.metrics.prometheus import CONTENT_TYPE, PrometheusExporter
+from publish.metrics.service import Metrics
+
+DASHBOARD_HTML = resources.files(__package__).joinpath("dashboard.html").read_bytes()
+"""The dashboard page: inline CSS and JS, no external assets; it polls ``/stats``."""
+
+
+class MetricsPages:
+    """Serves ``metrics`` over HTTP; ``install`` adds its routes to a route table."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._exporter = PrometheusExporter(metrics)
+
+    def install(self, routes: HttpRoutes) -> None:
+        routes.add("/metrics", self.prometheus)
+        routes.add("/stats", self.stats)
+        routes.add("/dashboard", self.dashboard)
+
+    def prometheus(self, request: HttpRequest) -> Response:
+        return http_response(HTTPStatus.OK, self._exporter.render(), CONTENT_TYPE)
+
+    def stats(self, request: HttpRequest) -> Response:
+        """All of ``Metrics.stats``; ``since`` that is not a number counts as 0."""
+        given = request.query.get("since", ["0"])[-1]
+        since = int(given) if given.isascii() and given.isdigit() else 0
+        return json_response(HTTPStatus.OK, self._metrics.stats_json(since=since))
+
+    def dashboard(self, request: HttpRequest) -> Response:
+        return http_response(HTTPStatus.OK, DASHBOARD_HTML, "text/html; charset=utf-8")
