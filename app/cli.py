@@ -8,10 +8,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from app.commands import record, replay, run, simulate
+from app.commands import record, replay, run, simulate, subscribe, token
 from app.exceptions import ConfigError
 
-COMMANDS = (run, simulate, replay, record)
+COMMANDS = (run, simulate, replay, record, subscribe, token)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
