@@ -1,20 +1,34 @@
-"""Shared helpers for the publish tests: a feed stand-in that drives the real registry."""
+"""Shared helpers for the publish tests: a feed stand-in that drives the real registry,
+a running server on loopback, and the exact wire objects the server must send."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection
 
 from book.fixed import parse_fixed
 from book.l2 import L2Book
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot, Level
 from book.status import InstrumentState, InstrumentStatus
+from publish.auth import AuthPolicy
+from publish.client import ServerLimits
+from publish.fanout import Fanout, MetricsProvider
+from publish.server import MarketServer
 
 BTC = "binance:BTC-USDT"
 ETH = "binance:ETH-USDT"
 KRAKEN_BTC = "kraken:BTC-USD"
 INSTRUMENTS = (BTC, ETH, KRAKEN_BTC)
+
+CAPTURE_DEPTH = 5
+"""Levels per side the stand-in feed captures into snapshots (the server's book depth)."""
 
 TS_SEND = 1_700_000_000_999_000_000
 """What the tests' injected clock always reads, so ``ts_send`` is an exact value."""
@@ -45,16 +59,22 @@ class Feed:
         ask: tuple[str, str] | None,
     ) -> BookSnapshot:
         """Replace the book with one level per side (``None`` = empty side) and publish."""
-        book = self._books.setdefault(instrument, L2Book(instrument))
-        book.load(_levels(bid), _levels(ask))
+        return self.levels(instrument, [] if bid is None else [bid], [] if ask is None else [ask])
+
+    def levels(
+        self, instrument: str, bids: Sequence[tuple[str, str]], asks: Sequence[tuple[str, str]]
+    ) -> BookSnapshot:
+        """Replace the book with these levels (decimal text) and publish."""
+        book = self._books.setdefault(instrument, L2Book(instrument, capture_depth=CAPTURE_DEPTH))
+        book.load(_levels(bids), _levels(asks))
         seq = book.seq + 1
         snapshot = book.snapshot(ts_event=seq * 1_000, ts_recv=seq * 1_000 + 7, ts_book=seq)
         self.registry.publish(snapshot)
         return snapshot
 
 
-def _levels(level: tuple[str, str] | None) -> list[Level]:
-    return [] if level is None else [(parse_fixed(level[0]), parse_fixed(level[1]))]
+def _levels(levels: Sequence[tuple[str, str]]) -> list[Level]:
+    return [(parse_fixed(price), parse_fixed(qty)) for price, qty in levels]
 
 
 def bbo(
@@ -75,11 +95,60 @@ def bbo(
     }
 
 
-def new_registry() -> BookRegistry:
+def new_registry(instruments: Sequence[str] = INSTRUMENTS) -> BookRegistry:
     registry = BookRegistry()
-    for instrument in INSTRUMENTS:
+    for instrument in instruments:
         registry.add_instrument(instrument)
     return registry
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    feed: Feed
+    fanout: Fanout
+    server: MarketServer
+
+
+@asynccontextmanager
+async def running(
+    limits: ServerLimits | None = None,
+    *,
+    auth: AuthPolicy | None = None,
+    instruments: Sequence[str] = INSTRUMENTS,
+    metrics: MetricsProvider | None = None,
+    metrics_interval: float = 1.0,
+) -> AsyncIterator[Market]:
+    """A server on 127.0.0.1, port 0, over a fresh registry of ``instruments``."""
+    registry = new_registry(instruments)
+    fanout = Fanout(
+        registry,
+        clock=clock,
+        book_depth=CAPTURE_DEPTH,
+        metrics=metrics,
+        metrics_interval=metrics_interval,
+    )
+    async with MarketServer(registry, fanout, limits=limits or ServerLimits(), auth=auth) as server:
+        yield Market(Feed(registry), fanout, server)
+
+
+async def send(ws: ClientConnection, **request: object) -> None:
+    await ws.send(orjson.dumps(request).decode())
+
+
+async def receive(ws: ClientConnection) -> Any:
+    return orjson.loads(await ws.recv())
+
+
+def ack(request_id: object, channel: str = "bbo", *keys: str, op: str = "subscribe") -> object:
+    """The ``ack`` of a (un)subscribe; keys go in ``instruments`` (``symbols`` for nbbo)."""
+    message: dict[str, object] = {"type": "ack", "id": request_id, "op": op, "channel": channel}
+    if keys:
+        message["symbols" if channel == "nbbo" else "instruments"] = list(keys)
+    return message
+
+
+def error(request_id: object, code: str, message: str) -> object:
+    return {"type": "error", "id": request_id, "code": code, "message": message}
 
 
 async def wait_until(

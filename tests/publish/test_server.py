@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
 
 from book.status import InstrumentState
@@ -31,49 +28,19 @@ from tests.publish.support import (
     ETH,
     KRAKEN_BTC,
     STATUS_TS,
-    Feed,
+    ack,
     bbo,
     clock,
+    error,
     new_registry,
+    receive,
+    running,
+    send,
     wait_until,
 )
 
 BID = ("43000.1", "0.5")
 ASK = ("43000.2", "1.25")
-
-
-@dataclass(frozen=True, slots=True)
-class Market:
-    feed: Feed
-    fanout: Fanout
-    server: MarketServer
-
-
-@asynccontextmanager
-async def running(limits: ServerLimits | None = None) -> AsyncIterator[Market]:
-    registry = new_registry()
-    fanout = Fanout(registry, clock=clock)
-    async with MarketServer(registry, fanout, limits=limits or ServerLimits()) as server:
-        yield Market(Feed(registry), fanout, server)
-
-
-async def send(ws: ClientConnection, **request: object) -> None:
-    await ws.send(orjson.dumps(request).decode())
-
-
-async def receive(ws: ClientConnection) -> Any:
-    return orjson.loads(await ws.recv())
-
-
-def ack(request_id: int, channel: str = "bbo", *instruments: str, op: str = "subscribe") -> object:
-    message: dict[str, object] = {"type": "ack", "id": request_id, "op": op, "channel": channel}
-    if instruments:
-        message["instruments"] = list(instruments)
-    return message
-
-
-def error(request_id: object, code: str, message: str) -> object:
-    return {"type": "error", "id": request_id, "code": code, "message": message}
 
 
 async def test_subscribe_gets_ack_current_state_then_every_change_in_order() -> None:
