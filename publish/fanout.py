@@ -14,7 +14,8 @@ frame each, when the tick ends (``flush_soon``).
 Channels: ``bbo`` (top of book changed), ``book`` (the top N levels changed, per
 subscribed depth N), ``nbbo`` (the consolidated quote changed), ``status`` (an
 instrument's state changed) and ``metrics`` (a timer, every ``metrics_interval`` s
-while anyone subscribes; the content comes from the ``metrics`` provider).
+while anyone subscribes, or ``publish_metrics()`` calls when the interval is ``None``;
+the content comes from the ``metrics`` provider).
 
 Cost per tick: O(dirty topics) encodes (book: per distinct subscribed depth) +
 O(sum of their subscribers) offers + one flush per batched subscriber touched.
@@ -122,10 +123,10 @@ class Fanout:
         clock: Callable[[], int] = time.time_ns,
         book_depth: int = 25,
         metrics: MetricsProvider | None = None,
-        metrics_interval: float = 1.0,
+        metrics_interval: float | None = 1.0,
         on_written: WrittenHook | None = None,
     ) -> None:
-        if book_depth < 0 or metrics_interval <= 0:
+        if book_depth < 0 or (metrics_interval is not None and metrics_interval <= 0):
             raise ValueError("book_depth must be >= 0 and metrics_interval positive")
         self.registry = registry
         self.clock = clock
@@ -347,8 +348,19 @@ class Fanout:
     def _encode_metrics(self) -> bytes:
         return encode_metrics(self._metrics(), self.clock())
 
+    def publish_metrics(self) -> None:
+        """Send the metrics to the channel's subscribers now. With ``metrics_interval=None``
+        there is no timer and the provider's owner calls this on its own clock
+        (``publish.metrics.Metrics`` once per report). O(subscribers)."""
+        targets = self._subscribers.get(METRICS_TOPIC)
+        if not targets:
+            return
+        self._deliver(targets, METRICS_TOPIC, self._encode_metrics())
+        if not self._tick_pending:  # else the pending tick flushes the batched clients
+            self._flush()
+
     def _start_metrics(self) -> None:
-        if self._metrics_timer is None:
+        if self._metrics_timer is None and self._metrics_interval is not None:
             loop = asyncio.get_running_loop()
             self._metrics_timer = loop.call_later(self._metrics_interval, self._publish_metrics)
 
@@ -359,10 +371,6 @@ class Fanout:
 
     def _publish_metrics(self) -> None:
         self._metrics_timer = None
-        targets = self._subscribers.get(METRICS_TOPIC)
-        if not targets:
-            return
-        self._deliver(targets, METRICS_TOPIC, self._encode_metrics())
-        self._start_metrics()
-        if not self._tick_pending:  # else the pending tick flushes the batched clients
-            self._flush()
+        if METRICS_TOPIC in self._subscribers:
+            self.publish_metrics()
+            self._start_metrics()
