@@ -106,3 +106,39 @@ def from_decimal(value: Decimal) -> int:
     if not value.is_finite() or scaled != scaled.to_integral_value():
         raise PrecisionError(f"{value} is not representable with {SCALE_DIGITS} decimal places")
     return int(scaled)
+
+
+class FixedMemo:
+    """``parse_fixed`` behind a bounded memo, for one feed's hot path (single-threaded).
+
+    Exchange text repeats all the time (prices near the top of the book, quantities such
+    as ``"0.00000000"``), so most conversions become one dict hit (~40 ns instead of
+    ~500 ns). Exact: the memo only ever holds what ``parse_fixed`` returned for that very
+    text, and errors are never memoized. Bounded: emptied when it reaches ``limit``
+    entries (one O(limit) clear per ``limit`` misses, about 1 MB per 8,192 entries).
+
+    Hot loops read ``values`` inline and call ``miss`` only on a miss; ``parse`` is the
+    one-call form.
+    """
+
+    __slots__ = ("values", "limit")
+
+    def __init__(self, limit: int = 16_384) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.values: dict[str, int] = {}
+        self.limit = limit
+
+    def parse(self, text: str) -> int:
+        """``parse_fixed(text)``. O(1) on a hit."""
+        value = self.values.get(text)
+        return self.miss(text) if value is None else value
+
+    def miss(self, text: str) -> int:
+        """Convert ``text`` and remember it."""
+        values = self.values
+        value = parse_fixed(text)
+        if len(values) >= self.limit:
+            values.clear()
+        values[text] = value
+        return value

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from book.fixed import parse_fixed
+from book.fixed import FixedMemo
 from book.snapshot import Level
 from feeds.events import (
     BookDeltaEvent,
@@ -36,18 +36,34 @@ _MS = 1_000_000
 _IGNORED = IgnoredEvent()
 
 
-def _levels(raw: list[list[str]]) -> tuple[Level, ...]:
-    """``[["px","qty"], ...]`` -> fixed-point levels. O(k)."""
-    return tuple([(parse_fixed(px), parse_fixed(qty)) for px, qty, *_ in raw])
-
-
 class BinanceParser:
-    """Parse one websocket frame into events. O(levels in the frame); no I/O, no state."""
+    """Parse one websocket frame into events. O(levels in the frame); no I/O.
 
-    __slots__ = ("symbols",)
+    Its only state is a ``FixedMemo``: Binance repeats the same price and quantity
+    strings all the time, so most of a frame's conversions are dict hits.
+    """
+
+    __slots__ = ("symbols", "_fixed")
 
     def __init__(self, symbols: SymbolMap) -> None:
         self.symbols = symbols
+        self._fixed = FixedMemo()
+
+    def _levels(self, raw: list[list[str]]) -> tuple[Level, ...]:
+        """``[["px","qty"], ...]`` -> fixed-point levels. O(k): ~2 dict hits per level."""
+        known = self._fixed.values.get
+        miss = self._fixed.miss
+        levels: list[Level] = []
+        append = levels.append
+        for level in raw:
+            px = known(level[0])
+            if px is None:
+                px = miss(level[0])
+            qty = known(level[1])
+            if qty is None:
+                qty = miss(level[1])
+            append((px, qty))
+        return tuple(levels)
 
     def parse(self, frame: str | bytes) -> list[FeedEvent]:
         try:
@@ -59,7 +75,7 @@ class BinanceParser:
         data = message.get("data", message) if "stream" in message else message
         try:
             return [self._event(data)]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (LookupError, TypeError, ValueError, AttributeError) as exc:
             return [MalformedEvent(f"unexpected Binance message: {exc!r}", _text(frame))]
 
     def _event(self, data: dict[str, Any]) -> FeedEvent:
@@ -71,8 +87,8 @@ class BinanceParser:
             prev = data.get("pu")
             return BookDeltaEvent(
                 instrument,
-                _levels(data["b"]),
-                _levels(data["a"]),
+                self._levels(data["b"]),
+                self._levels(data["a"]),
                 first_id=int(data["U"]),
                 last_id=int(data["u"]),
                 prev_id=None if prev is None else int(prev),
@@ -82,12 +98,13 @@ class BinanceParser:
             instrument = self.symbols.instrument(data["s"])
             if instrument is None:
                 return _IGNORED
+            fixed = self._fixed.parse
             return TopOfBookEvent(
                 instrument,
-                parse_fixed(data["b"]),
-                parse_fixed(data["B"]),
-                parse_fixed(data["a"]),
-                parse_fixed(data["A"]),
+                fixed(data["b"]),
+                fixed(data["B"]),
+                fixed(data["a"]),
+                fixed(data["A"]),
                 update_id=int(data["u"]),
                 ts_event=int(data.get("E", 0)) * _MS,
             )
@@ -107,11 +124,11 @@ class BinanceParser:
             data = orjson.loads(body)
             return BookSnapshotEvent(
                 instrument,
-                _levels(data["bids"]),
-                _levels(data["asks"]),
+                self._levels(data["bids"]),
+                self._levels(data["asks"]),
                 update_id=int(data["lastUpdateId"]),
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        except (orjson.JSONDecodeError, LookupError, TypeError) as exc:
             raise ValueError(f"not a Binance depth snapshot: {_text(body)[:200]!r}") from exc
 
 

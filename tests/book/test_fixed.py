@@ -13,6 +13,7 @@ from book.exceptions import BookError, PrecisionError
 from book.fixed import (
     SCALE,
     SCALE_DIGITS,
+    FixedMemo,
     fixed_from_number,
     format_fixed,
     format_fixed_places,
@@ -301,3 +302,21 @@ def test_float_with_15_significant_digits_is_the_venues_decimal(
     # A venue's decimal with <= 15 significant digits survives the JSON float exactly.
     value = Decimal(coefficient).scaleb(-places)
     assert fixed_from_number(float(value)) == exact_fixed(value)
+
+
+def test_fixed_memo_returns_parse_fixed_and_stays_bounded() -> None:
+    memo = FixedMemo(limit=3)
+    texts = ["61737.63000000", "0.00000000", "1.5", "61737.63000000", "2", "0.00000001"]
+    assert [memo.parse(text) for text in texts] == [parse_fixed(text) for text in texts]
+    # The fourth distinct text emptied the memo first: never more than ``limit`` entries.
+    assert memo.values == {"2": 2 * SCALE, "0.00000001": 10_000}
+
+
+def test_fixed_memo_never_remembers_an_error() -> None:
+    memo = FixedMemo()
+    for _ in range(2):
+        with pytest.raises(PrecisionError):
+            memo.parse("0.0000000000001")
+        with pytest.raises(ValueError):
+            memo.parse("1.2.3")
+    assert memo.values == {}
