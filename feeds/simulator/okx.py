@@ -1,0 +1,582 @@
+"""A fake OKX v5 public websocket on loopback, speaking OKX's ``books`` protocol.
+
+One ``websockets`` server serves ``/ws/v5/public`` as ``ws.okx.com:8443`` does for an
+order book handler, so the real handler connects to it exactly as to OKX:
+
+- ``{"op":"subscribe","args":[{"channel":"books","instId":"BTC-USDT"}]}`` (optional
+  ``"id"``, echoed) -> ``{"event":"subscribe","arg":{"channel":"books","instId":
+  "BTC-USDT"},"connId":"0000000a"}``, then a full snapshot (``prevSeqId`` -1) at the next
+  push, then every 100 ms the changes of that interval (only when something changed)::
+
+    {"arg":{"channel":"books","instId":"BTC-USDT"},"action":"update","data":[{
+      "asks":[["61800.3","0.52","0","3"]],"bids":[["61799.9","0","0","0"]],
+      "ts":"1723161255308","checksum":-1390291542,"prevSeqId":5193344091,
+      "seqId":5193344095}]}
+
+  ``unsubscribe`` is acknowledged the same way and stops the channel. One seqId chain per
+  instrument, the same on every connection: each message's ``prevSeqId`` is the
+  ``seqId`` of the message before it (sent to someone or not).
+- ``checksum`` is OKX's CRC32 of the best 25 levels (``feeds.okx.checksum``) over the
+  strings sent; ``checksums=False`` sends 0 as OKX does since 2026. Numbers are printed
+  the shortest way, as OKX does, or padded to the symbol's decimals
+  (``padded_numbers=True``: ``"0.10000000"``), which only a handler that checksums the
+  exchange's own strings can verify.
+- Text ``ping`` -> ``pong``. Errors as OKX words them: invalid JSON or request -> code
+  60012, an unknown ``books`` instId -> 60018. Other channels are acknowledged and stay
+  silent. Any other path gets HTTP 404.
+
+Faults (counted in ``faults``): ``drop_next`` (a seqId gap), ``corrupt_next_checksum``,
+``reset_sequence`` (seqId restarts low, as after OKX maintenance: not a fault for a
+correct handler), ``disconnect_all``, ``go_silent``, ``send_malformed``, ``send_error``
+and ``send_notice`` (64008: OKX is about to close the connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, TypeGuard
+
+import orjson
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from book.fixed import format_fixed, format_fixed_places, parse_fixed
+from book.snapshot import Level
+from feeds.okx.adapter import PUBLIC_PATH
+from feeds.okx.checksum import CHECKSUM_DEPTH, okx_checksum
+from feeds.okx.parser import BOOK_CHANNEL, SERVICE_UPGRADE_NOTICE
+from feeds.simulator.market import (
+    DepthSnapshot,
+    DiffWindow,
+    LoopbackVenue,
+    SimSymbol,
+    SimulatedBook,
+)
+
+PUSH_INTERVAL = 0.1
+"""OKX pushes ``books`` changes every 100 ms."""
+SNAPSHOT_DEPTH = 400
+"""Levels per side of a ``books`` snapshot (and so the most a simulated book may hold)."""
+MAX_UPDATES_PER_SECOND = 10_000.0
+_MAX_STEPS_PER_WAKE = 100
+"""A market loop that fell behind catches up at most this many steps, then skips."""
+_MALFORMED_FRAME = b'{"arg":{"channel":"books","instId":"BTC-USDT"},"action":"upd'
+"""A frame cut short: what a client sees if the venue sends garbage."""
+
+DEFAULT_SYMBOLS: tuple[SimSymbol, ...] = (
+    SimSymbol(
+        "BTC-USDT",
+        price="61800.0",
+        tick="0.1",
+        lot="0.00000001",
+        mean_qty="0.25",
+        max_gap_ticks=5,
+        price_decimals=1,
+        qty_decimals=8,
+    ),
+    SimSymbol(
+        "ETH-USDT",
+        price="2600.00",
+        tick="0.01",
+        lot="0.000001",
+        mean_qty="3",
+        max_gap_ticks=8,
+        price_decimals=2,
+        qty_decimals=6,
+    ),
+    SimSymbol(
+        "BTC-USDT-SWAP",
+        price="61800.0",
+        tick="0.1",
+        lot="0.01",
+        mean_qty="40",
+        max_gap_ticks=3,
+        price_decimals=1,
+        qty_decimals=2,
+    ),
+)
+"""OKX spot BTC/ETH and the BTC perpetual swap (sizes in contracts), OKX tick and lot."""
+
+
+class Fault(StrEnum):
+    """Faults a running simulator can inject (``inject``), named for CLI flags."""
+
+    DROP = "drop"
+    CHECKSUM = "checksum"
+    RESET = "reset"
+    DISCONNECT = "disconnect"
+    SILENCE = "silence"
+    MALFORMED = "malformed"
+    ERROR = "error"
+    NOTICE = "notice"
+
+
+@dataclass(frozen=True, slots=True)
+class FaultCounters:
+    """What was injected so far.
+
+    ``dropped_updates``/``corrupted_checksums``/``sequence_resets``: update messages
+    withheld, sent with a wrong checksum, sent with a restarted seqId;
+    ``disconnected``: connections aborted; ``silences``: ``go_silent`` calls;
+    ``malformed``/``errors``/``notices``: frames sent, one per connected client.
+    """
+
+    dropped_updates: int = 0
+    corrupted_checksums: int = 0
+    sequence_resets: int = 0
+    disconnected: int = 0
+    silences: int = 0
+    malformed: int = 0
+    errors: int = 0
+    notices: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Client:
+    connection: ServerConnection
+    conn_id: str
+
+
+@dataclass(eq=False, slots=True)
+class _InstrumentFeed:
+    book: SimulatedBook
+    lot: int
+    window: DiffWindow = field(default_factory=DiffWindow)
+    subscribers: set[_Client] = field(default_factory=set)
+    """Clients that had their snapshot and get every update."""
+    waiting: set[_Client] = field(default_factory=set)
+    """Subscribed clients whose snapshot goes out with the next push."""
+    seq_offset: int = 0
+    """seqId = the book's update id - ``seq_offset`` (moved by ``reset_sequence``)."""
+    last_seq: int = 0
+    """seqId of the last message generated, sent to anyone or not."""
+    drops_pending: int = 0
+    corruptions_pending: int = 0
+    resets_pending: int = 0
+    snapshots_sent: int = 0
+
+
+class OkxSimulator(LoopbackVenue):
+    """An OKX v5 public ``books`` venue on loopback (async context manager).
+
+    ``updates_per_second`` market steps per instrument run on an owned task until
+    exit; ``pause``/``resume`` stop and restart the market. ``levels`` levels per side
+    (at most 400); changes are pushed every ``push_interval`` s (OKX: 0.1); ``port=0``
+    picks a free port (see ``ws_url``). ``clock_ns`` stamps ``ts`` (ms). Each push costs
+    one JSON encode per instrument, one CRC32 over 50 levels and O(clients) buffer
+    appends.
+    """
+
+    def __init__(
+        self,
+        *,
+        symbols: Sequence[SimSymbol] = DEFAULT_SYMBOLS,
+        updates_per_second: float = 100.0,
+        seed: int = 0,
+        levels: int = 100,
+        checksums: bool = True,
+        padded_numbers: bool = False,
+        push_interval: float = PUSH_INTERVAL,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if not 0 < updates_per_second <= MAX_UPDATES_PER_SECOND:
+            raise ValueError(f"updates_per_second must be in (0, {MAX_UPDATES_PER_SECOND}]")
+        if not symbols or len({spec.symbol for spec in symbols}) != len(symbols):
+            raise ValueError("symbols must be non-empty and distinct")
+        if push_interval <= 0:
+            raise ValueError("push_interval must be positive")
+        if not 1 <= levels <= SNAPSHOT_DEPTH:
+            raise ValueError(f"levels must be in [1, {SNAPSHOT_DEPTH}] (a books snapshot)")
+        super().__init__(host=host, port=port, name="okx-simulator")
+        self._period = 1.0 / updates_per_second
+        self._push_interval = push_interval
+        self._checksums = checksums
+        self._padded = padded_numbers
+        self._clock_ns = clock_ns
+        self._feeds: dict[str, _InstrumentFeed] = {}
+        for spec in symbols:
+            book = SimulatedBook(spec, levels=levels, seed=seed)
+            self._feeds[spec.symbol] = _InstrumentFeed(
+                book, parse_fixed(spec.lot), last_seq=book.update_id
+            )
+        self._clients: set[_Client] = set()
+        self._faults = FaultCounters()
+        self._connections_accepted = 0
+        self._pongs_sent = 0
+
+    # -- public view -----------------------------------------------------------------
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """instIds served (``"BTC-USDT"``)."""
+        return tuple(self._feeds)
+
+    @property
+    def faults(self) -> FaultCounters:
+        return self._faults
+
+    @property
+    def clients(self) -> int:
+        """Websocket clients connected now."""
+        return len(self._clients)
+
+    @property
+    def connections_accepted(self) -> int:
+        """Websocket connections accepted since start (reconnects count)."""
+        return self._connections_accepted
+
+    @property
+    def pongs_sent(self) -> int:
+        """``pong`` replies to ``ping`` since start."""
+        return self._pongs_sent
+
+    def snapshots_sent(self, inst_id: str) -> int:
+        """``books`` snapshots sent for ``inst_id`` (one per (re)subscription)."""
+        return self._feeds[inst_id].snapshots_sent
+
+    def seq_id(self, inst_id: str) -> int:
+        """The seqId of the last message generated for ``inst_id``."""
+        return self._feeds[inst_id].last_seq
+
+    def book(self, inst_id: str, limit: int | None = None) -> DepthSnapshot:
+        """The true current book of ``inst_id`` (``KeyError`` if not simulated)."""
+        return self._feeds[inst_id].book.snapshot(limit)
+
+    def pause(self) -> None:
+        """Stop the market and push every pending change (and snapshot) now.
+
+        Afterwards no frame is pushed until ``resume``, and a client that applied every
+        message holds exactly ``book(inst_id)``: the quiet point tests compare at.
+        """
+        super().pause()
+        self._push_all()
+
+    # -- faults ----------------------------------------------------------------------
+
+    def drop_next(self, inst_id: str) -> None:
+        """Withhold the next update of ``inst_id``: its subscribers see a seqId gap."""
+        self._feeds[inst_id].drops_pending += 1
+
+    def corrupt_next_checksum(self, inst_id: str) -> None:
+        """Send the next update of ``inst_id`` with a wrong (non-zero) checksum."""
+        self._feeds[inst_id].corruptions_pending += 1
+
+    def reset_sequence(self, inst_id: str) -> None:
+        """Restart ``inst_id``'s seqIds near 0 from the next update on, as OKX may after
+        maintenance: ``seqId`` < ``prevSeqId`` once, then the chain goes on."""
+        self._feeds[inst_id].resets_pending += 1
+
+    def disconnect_all(self) -> None:
+        """Abort every client connection (no close frame: the client sees 1006)."""
+        clients = list(self._clients)
+        for client in clients:
+            self._unregister(client)
+            client.connection.transport.abort()
+        self._count(disconnected=len(clients))
+
+    def go_silent(self, seconds: float) -> None:
+        """Push nothing for ``seconds`` (control replies and pongs still go out).
+
+        The market keeps moving and what it would have pushed is lost, so subscribers
+        see a gap when data resumes; snapshots owed to new subscriptions wait.
+        """
+        super().go_silent(seconds)
+        self._count(silences=1)
+
+    def send_malformed(self) -> None:
+        """Send one truncated-JSON text frame to every client."""
+        self._count(malformed=self._to_all(lambda client: _MALFORMED_FRAME))
+
+    def send_error(self, code: str = "60012", msg: str = "Invalid request") -> None:
+        """Send an unsolicited ``{"event":"error",..}`` to every client."""
+        self._count(errors=self._to_all(lambda client: _error(client, code, msg, None)))
+
+    def send_notice(self) -> None:
+        """Send OKX's 64008 notice (the connection will close for a service upgrade) to
+        every client. Follow with ``disconnect_all`` to close them as OKX does."""
+        msg = "The connection will soon be closed for a service upgrade. Please reconnect."
+
+        def notice(client: _Client) -> bytes:
+            return orjson.dumps(
+                {
+                    "event": "notice",
+                    "code": SERVICE_UPGRADE_NOTICE,
+                    "msg": msg,
+                    "connId": client.conn_id,
+                }
+            )
+
+        self._count(notices=self._to_all(notice))
+
+    def inject(self, fault: Fault, *, silence_seconds: float = 5.0) -> None:
+        """Inject ``fault``; the per-instrument ones hit every instrument."""
+        match fault:
+            case Fault.DROP:
+                for inst_id in self._feeds:
+                    self.drop_next(inst_id)
+            case Fault.CHECKSUM:
+                for inst_id in self._feeds:
+                    self.corrupt_next_checksum(inst_id)
+            case Fault.RESET:
+                for inst_id in self._feeds:
+                    self.reset_sequence(inst_id)
+            case Fault.DISCONNECT:
+                self.disconnect_all()
+            case Fault.SILENCE:
+                self.go_silent(silence_seconds)
+            case Fault.MALFORMED:
+                self.send_malformed()
+            case Fault.ERROR:
+                self.send_error()
+            case Fault.NOTICE:
+                self.send_notice()
+
+    def _count(self, **increments: int) -> None:
+        faults = self._faults
+        self._faults = replace(
+            faults, **{name: getattr(faults, name) + n for name, n in increments.items()}
+        )
+
+    def _to_all(self, frame: Callable[[_Client], bytes]) -> int:
+        for client in self._clients:
+            _send(client, frame(client))
+        return len(self._clients)
+
+    # -- market data -----------------------------------------------------------------
+
+    def _loops(self) -> list[Coroutine[Any, Any, None]]:
+        return [
+            self._periodic(self._period, self._step_market, _MAX_STEPS_PER_WAKE),
+            self._periodic(self._push_interval, self._push_all, 1),
+        ]
+
+    def _step_market(self) -> None:
+        for feed in self._feeds.values():
+            feed.window.add(feed.book.step())
+
+    def _push_all(self) -> None:
+        for inst_id, feed in self._feeds.items():
+            self._push(inst_id, feed)
+
+    def _push(self, inst_id: str, feed: _InstrumentFeed) -> None:
+        """The interval's update to the subscribers, then snapshots to new subscriptions.
+
+        After the window is taken the book is at ``last_seq``, so the snapshots continue
+        the same chain as the update.
+        """
+        silent = self._is_silent()
+        diff = feed.window.take()
+        if diff is not None:
+            prev_seq = feed.last_seq
+            if feed.resets_pending:
+                feed.resets_pending -= 1
+                feed.seq_offset = diff.first_update_id - 1
+                self._count(sequence_resets=1)
+            feed.last_seq = diff.last_update_id - feed.seq_offset
+            if feed.subscribers and not silent:
+                if feed.drops_pending:
+                    feed.drops_pending -= 1
+                    self._count(dropped_updates=1)
+                else:
+                    frame = self._book_frame(
+                        inst_id, feed, "update", diff.bids, diff.asks, prev_seq
+                    )
+                    broadcast([client.connection for client in feed.subscribers], frame, text=True)
+        if feed.waiting and not silent:
+            top = feed.book.snapshot(SNAPSHOT_DEPTH)
+            frame = self._book_frame(inst_id, feed, "snapshot", top.bids, top.asks, -1)
+            broadcast([client.connection for client in feed.waiting], frame, text=True)
+            feed.snapshots_sent += len(feed.waiting)
+            feed.subscribers |= feed.waiting
+            feed.waiting.clear()
+
+    def _book_frame(
+        self,
+        inst_id: str,
+        feed: _InstrumentFeed,
+        action: str,
+        bids: tuple[Level, ...],
+        asks: tuple[Level, ...],
+        prev_seq: int,
+    ) -> bytes:
+        spec = feed.book.spec
+        checksum = self._checksum(feed) if self._checksums else 0
+        if action == "update" and feed.corruptions_pending:
+            feed.corruptions_pending -= 1
+            self._count(corrupted_checksums=1)
+            checksum = (self._checksum(feed) ^ 0x10) or 0x20
+        data = {
+            "asks": [self._row(spec, feed.lot, px, qty) for px, qty in asks],
+            "bids": [self._row(spec, feed.lot, px, qty) for px, qty in bids],
+            "ts": str(self._clock_ns() // 1_000_000),
+            "checksum": checksum,
+            "prevSeqId": prev_seq,
+            "seqId": feed.last_seq,
+        }
+        message = {"arg": {"channel": BOOK_CHANNEL, "instId": inst_id}, "action": action}
+        return orjson.dumps({**message, "data": [data]})
+
+    def _checksum(self, feed: _InstrumentFeed) -> int:
+        """OKX's checksum of the true book, over the strings this venue prints. O(25)."""
+        spec = feed.book.spec
+        top = feed.book.snapshot(CHECKSUM_DEPTH)
+        return okx_checksum(
+            [(self._price(spec, px), self._size(spec, qty)) for px, qty in top.bids],
+            [(self._price(spec, px), self._size(spec, qty)) for px, qty in top.asks],
+        )
+
+    def _row(self, spec: SimSymbol, lot: int, px: int, qty: int) -> list[str]:
+        """``[price, size, "0", orders]``; a deleted level has no orders."""
+        orders = 1 + (qty // lot) % 9 if qty else 0
+        return [self._price(spec, px), self._size(spec, qty), "0", str(orders)]
+
+    def _price(self, spec: SimSymbol, value: int) -> str:
+        return (
+            format_fixed_places(value, spec.price_decimals) if self._padded else format_fixed(value)
+        )
+
+    def _size(self, spec: SimSymbol, value: int) -> str:
+        if self._padded and value:
+            return format_fixed_places(value, spec.qty_decimals)
+        return format_fixed(value)
+
+    # -- websocket clients -----------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path == PUBLIC_PATH:
+            return None
+        return connection.respond(404, "Not Found\n")
+
+    async def _serve_client(self, connection: ServerConnection) -> None:
+        self._connections_accepted += 1
+        client = _Client(connection, f"{self._connections_accepted:08x}")
+        self._clients.add(client)
+        try:
+            async for message in connection:
+                self._control(client, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._unregister(client)
+
+    def _unregister(self, client: _Client) -> None:
+        for feed in self._feeds.values():
+            feed.subscribers.discard(client)
+            feed.waiting.discard(client)
+        self._clients.discard(client)
+
+    def _control(self, client: _Client, message: str | bytes) -> None:
+        """Answer one client message as OKX does."""
+        if message in ("ping", b"ping"):
+            _send(client, b"pong")
+            self._pongs_sent += 1
+            return
+        text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+        try:
+            request = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            _send(client, _error(client, "60012", f"Invalid request: {text}", None))
+            return
+        if not isinstance(request, dict):
+            _send(client, _error(client, "60012", f"Invalid request: {text}", None))
+            return
+        request_id, op, args = request.get("id"), request.get("op"), request.get("args")
+        if op not in ("subscribe", "unsubscribe") or not _valid_args(args):
+            _send(client, _error(client, "60012", f"Invalid request: {text}", request_id))
+            return
+        for arg in args:
+            channel, inst_id = arg["channel"], arg["instId"]
+            feed = self._feeds.get(inst_id) if channel == BOOK_CHANNEL else None
+            if channel == BOOK_CHANNEL and feed is None:
+                msg = (
+                    f"Wrong URL or channel:{channel},instId:{inst_id} doesn't exist. Please "
+                    "use the correct URL, channel and parameters referring to API document."
+                )
+                _send(client, _error(client, "60018", msg, request_id))
+                continue
+            reply: dict[str, Any] = {} if request_id is None else {"id": request_id}
+            reply |= {
+                "event": op,
+                "arg": {"channel": channel, "instId": inst_id},
+                "connId": client.conn_id,
+            }
+            _send(client, orjson.dumps(reply))
+            if feed is None:
+                continue  # a channel this venue does not produce: acknowledged, silent
+            feed.subscribers.discard(client)
+            if op == "subscribe":
+                feed.waiting.add(client)
+            else:
+                feed.waiting.discard(client)
+
+
+def _valid_args(args: object) -> TypeGuard[list[dict[str, str]]]:
+    return (
+        isinstance(args, list)
+        and bool(args)
+        and all(
+            isinstance(arg, dict)
+            and isinstance(arg.get("channel"), str)
+            and isinstance(arg.get("instId"), str)
+            for arg in args
+        )
+    )
+
+
+def _send(client: _Client, frame: bytes) -> None:
+    """Queue one text frame now, in order with the pushes (no await, no backpressure)."""
+    broadcast([client.connection], frame, text=True)
+
+
+def _error(client: _Client, code: str, msg: str, request_id: object) -> bytes:
+    reply: dict[str, Any] = {} if request_id is None else {"id": request_id}
+    return orjson.dumps(
+        reply | {"event": "error", "code": code, "msg": msg, "connId": client.conn_id}
+    )
+
+
+async def run_okx_simulator(
+    *,
+    symbols: Sequence[SimSymbol] = DEFAULT_SYMBOLS,
+    updates_per_second: float = 100.0,
+    seed: int = 0,
+    levels: int = 100,
+    checksums: bool = True,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    faults: Sequence[Fault] = (),
+    fault_interval: float = 10.0,
+    silence_seconds: float = 5.0,
+    on_ready: Callable[[OkxSimulator], None] | None = None,
+) -> None:
+    """Serve a simulated OKX venue until cancelled (``marketcast simulate --venue okx``).
+
+    ``on_ready`` gets the started simulator (to print its URL). ``faults`` are injected
+    in rotation, one every ``fault_interval`` seconds.
+    """
+    if faults and fault_interval <= 0:
+        raise ValueError("fault_interval must be positive")
+    async with OkxSimulator(
+        symbols=symbols,
+        updates_per_second=updates_per_second,
+        seed=seed,
+        levels=levels,
+        checksums=checksums,
+        host=host,
+        port=port,
+    ) as simulator:
+        if on_ready is not None:
+            on_ready(simulator)
+        if not faults:
+            await asyncio.Event().wait()
+        for fault in itertools.cycle(faults):
+            await asyncio.sleep(fault_interval)
+            simulator.inject(fault, silence_seconds=silence_seconds)
