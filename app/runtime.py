@@ -75,9 +75,16 @@ async def serve(
         registry,
         book_depth=settings.book.capture_depth,
         metrics=lambda: metrics.report(),  # bound below: Metrics reads the fan-out's counters
+        metrics_interval=None,  # Metrics publishes the channel after each of its reports
         on_written=recorder.on_written,
     )
-    metrics = Metrics(recorder, registry=registry, fanout=fanout.counters, flusher=flusher)
+    metrics = Metrics(
+        recorder,
+        registry=registry,
+        fanout=fanout.counters,
+        flusher=flusher,
+        on_report=fanout.publish_metrics,
+    )
     auth = auth_policy(settings)
     try:
         async with asyncio.TaskGroup() as group:
