@@ -114,6 +114,7 @@ class Metrics:
         activity: ActivityThresholds = ActivityThresholds(),  # noqa: B008 (frozen)
         clock: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], int] = time.monotonic_ns,
+        on_report: Callable[[], None] | None = None,
     ) -> None:
         if interval <= 0 or history < 1:
             raise ValueError("interval must be positive and history at least 1")
@@ -132,8 +133,10 @@ class Metrics:
         self._last_tick = monotonic()
         self._period_start = self._last_tick
         self._classified = False
+        self._on_report = on_report
         self._totals = self._rate_totals()
-        self._report: dict[str, Any] = {}
+        # Until the first tick: every stage empty, every rate 0.
+        self._report = self._compose(self._point(0, dict.fromkeys(self._totals, 0.0)))
 
     # -- the tick ------------------------------------------------------------------------
 
@@ -150,13 +153,12 @@ class Metrics:
 
     def tick(self) -> dict[str, Any]:
         """Close the interval: roll every histogram, compute rates and activity, append a
-        history point. Returns the new ``metrics`` channel content."""
+        history point, call ``on_report``. Returns the new ``metrics`` channel content."""
         now = self._monotonic()
         elapsed_ns = max(now - self._last_tick, 1)
         self._last_tick = now
         seconds = elapsed_ns / SECOND_NS
-        recorder = self.recorder
-        for histogram in recorder.histograms():
+        for histogram in self.recorder.histograms():
             histogram.roll()
         totals = self._rate_totals()
         rates = {
@@ -164,8 +166,18 @@ class Metrics:
         }
         self._totals = totals
         self._update_instruments(now, seconds)
-        storage = self.flusher.stats() if self.flusher is not None else None
-        point: dict[str, Any] = {
+        point = self._point(elapsed_ns, rates)
+        self.history.append(point)
+        self._report = self._compose(point)
+        if self._on_report is not None:
+            self._on_report()
+        return self._report
+
+    def _point(self, elapsed_ns: int, rates: dict[str, float]) -> dict[str, Any]:
+        """One history point from the histograms' last intervals (see the module doc)."""
+        recorder = self.recorder
+        storage = self.storage()
+        return {
             "ts": self._clock(),
             "interval_ns": elapsed_ns,
             "stages": {
@@ -180,9 +192,9 @@ class Metrics:
             "clients": self.fanout.clients,
             "db_pending_rows": storage.pending_rows if storage is not None else 0,
         }
-        self.history.append(point)
-        self._report = {**point, "venues": self.venues(), "instruments": self.instrument_rows()}
-        return self._report
+
+    def _compose(self, point: dict[str, Any]) -> dict[str, Any]:
+        return {**point, "venues": self.venues(), "instruments": self.instrument_rows()}
 
     def add_feeds(self, feeds: Sequence[FeedSource]) -> None:
         """Report these feed connections too (they are built after the fan-out)."""
