@@ -19,7 +19,8 @@ Raw frames this parser understands (``wss://advanced-trade-ws.coinbase.com``)::
 ``sequence_num`` is ONE counter per connection across every channel, so a break says a
 message of the connection was lost without saying whose: the parser keeps the last
 number and reports a ``ConnectionGapEvent`` (the runner resyncs every instrument of the
-connection). ``reset`` starts a new connection; its first number is the baseline.
+connection). A connection's first message is number 0, so ``reset`` (a new connection)
+expects 0 next: even a loss before anything arrived (a subscription's snapshot) shows.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def parse_timestamp(text: str) -> int:
     whole, _, fraction = text[:-1].partition(".")
     if len(fraction) > 9 or (fraction and not fraction.isdigit()):
         raise ValueError(f"bad fraction of a second in {text!r}")
-    seconds = datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp()
+    moment = datetime.fromisoformat(whole)
+    if moment.tzinfo is not None:
+        raise ValueError(f"two time zones in {text!r}")
+    seconds = moment.replace(tzinfo=UTC).timestamp()
     return int(seconds) * _NS + int(fraction.ljust(9, "0") or 0)
 
 
@@ -82,18 +86,19 @@ def _sides(updates: list[dict[str, str]]) -> tuple[tuple[Level, ...], tuple[Leve
 class CoinbaseParser:
     """Parse one frame of one connection. O(levels in the frame); no I/O.
 
-    State: the connection's last ``sequence_num`` (``reset`` for a new connection).
+    State: the ``sequence_num`` the connection's next message must have (``reset`` for a
+    new connection).
     """
 
-    __slots__ = ("symbols", "_last_sequence")
+    __slots__ = ("symbols", "_expected")
 
     def __init__(self, symbols: SymbolMap) -> None:
         self.symbols = symbols
-        self._last_sequence: int | None = None
+        self._expected = 0
 
     def reset(self) -> None:
-        """A new connection: its first ``sequence_num`` starts the count again."""
-        self._last_sequence = None
+        """A new connection: its messages are numbered from 0 again."""
+        self._expected = 0
 
     def parse(self, frame: str | bytes) -> list[FeedEvent]:
         try:
@@ -105,9 +110,9 @@ class CoinbaseParser:
         events: list[FeedEvent] = []
         sequence = message.get("sequence_num")
         if isinstance(sequence, int) and not isinstance(sequence, bool):
-            last, self._last_sequence = self._last_sequence, sequence
-            if last is not None and sequence != last + 1:
-                events.append(ConnectionGapEvent(f"sequence_num {sequence} after {last}"))
+            expected, self._expected = self._expected, sequence + 1
+            if sequence != expected:
+                events.append(ConnectionGapEvent(f"sequence_num {sequence}, expected {expected}"))
         try:
             events += self._events(message)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
