@@ -353,7 +353,8 @@ class CoinbaseSimulator(LoopbackVenue):
                     while not client.channels:
                         self._on_request(client, await anext(messages))
             except TimeoutError:
-                await connection.close(1000, "no subscribe message within 5 seconds")
+                reason = f"no subscribe message within {self._subscribe_timeout:g} seconds"
+                await connection.close(1000, reason)
                 return
             async for message in messages:
                 self._on_request(client, message)
