@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from publish.auth import AuthPolicy, Claims
 from publish.exceptions import RequestError, TokenError
 from publish.fanout import CHANNEL_WIDE, Fanout, Topic
+from publish.positions import PositionBook
 from publish.protocol import (
     KEY_FIELDS,
     MARKET_DATA,
@@ -38,6 +39,8 @@ from publish.protocol import (
     ErrorCode,
     Op,
     PingRequest,
+    PositionCloseRequest,
+    PositionOpenRequest,
     Request,
     RequestId,
     SubscriptionRequest,
@@ -46,6 +49,7 @@ from publish.protocol import (
     encode_batch,
     encode_error,
     encode_pong,
+    encode_position_ack,
     parse_request,
 )
 from publish.ratelimit import TokenBucket
@@ -150,12 +154,15 @@ class ClientSession:
         limits: ServerLimits = DEFAULT_LIMITS,
         batch: bool = False,
         auth: AuthPolicy | None = None,
+        positions: PositionBook | None = None,
     ) -> None:
         self._sink = sink
         self._fanout = fanout
         self._limits = limits
         self._batch = batch
         self._auth = auth
+        self._positions = positions
+        self._position_ops: set[asyncio.Task[None]] = set()
         self._counters = fanout.counters
         self._ops = TokenBucket(limits.ops_per_second, limits.ops_burst)
         self._errors = TokenBucket(limits.errors_per_second, limits.error_burst)
@@ -269,6 +276,8 @@ class ClientSession:
                 self._subscribe(request)
             case SubscriptionRequest():
                 self._unsubscribe(request)
+            case PositionOpenRequest() | PositionCloseRequest():
+                self._start_position_op(request)
 
     def reply(self, message: bytes) -> None:
         """Send a reply (ack, error, pong) ahead of queued market data. O(1)."""
@@ -307,8 +316,58 @@ class ClientSession:
         self._claims = claims
         self.reply(encode_auth_ack(request.id, claims.account, claims.expires_ns))
 
+    def _start_position_op(self, request: PositionOpenRequest | PositionCloseRequest) -> None:
+        """Validate the caller, then serve the op in a task: its reply waits for storage."""
+        if self._positions is None:
+            raise RequestError(ErrorCode.UNKNOWN_OP, "this server keeps no positions", request.id)
+        account = self.account
+        if account is None:
+            raise RequestError(
+                ErrorCode.AUTH_REQUIRED, "authenticate first (op auth, unexpired token)", request.id
+            )
+        task = self._spawn(self._position_op(self._positions, account, request))
+        self._position_ops.add(task)
+        task.add_done_callback(self._position_ops.discard)
+
+    async def _position_op(
+        self,
+        positions: PositionBook,
+        account: str,
+        request: PositionOpenRequest | PositionCloseRequest,
+    ) -> None:
+        try:
+            if isinstance(request, PositionOpenRequest):
+                op = Op.POSITION_OPEN
+                row = await positions.open(
+                    account,
+                    position_id=request.position_id,
+                    instrument=request.instrument,
+                    side=request.side,
+                    qty=request.qty,
+                    price=request.price,
+                )
+            else:
+                op = Op.POSITION_CLOSE
+                row = await positions.close(account, request.position_id)
+        except RequestError as exc:
+            refusal = RequestError(exc.code, exc.message, request.id)
+            if exc.code is ErrorCode.STORAGE_UNAVAILABLE:
+                # The server's trouble, not the client's: it spends no error budget.
+                self._counters.errors_sent += 1
+                self.reply(encode_error(refusal.code, refusal.message, request.id))
+            else:
+                self._refuse(refusal)
+            return
+        self.reply(encode_position_ack(request.id, op, row))
+
     def _subscribe(self, request: SubscriptionRequest) -> None:
         channel = request.channel
+        if channel is Channel.PROFIT:
+            if not self._fanout.has_source(Channel.PROFIT):
+                raise RequestError(
+                    ErrorCode.UNKNOWN_CHANNEL, "this server keeps no positions", request.id
+                )
+            self.require_account(request.keys[0], request.id)
         if (
             channel in MARKET_DATA
             and self._auth is not None
@@ -360,7 +419,8 @@ class ClientSession:
             channel, key = topic
             if channel is Channel.BOOK:
                 del self._book_depths[key]
-            if key == CHANNEL_WIDE:
+            # profit frames are keyed by position (one account per connection).
+            if key == CHANNEL_WIDE or channel is Channel.PROFIT:
                 for pending in [pending for pending in outbox if pending[0] is channel]:
                     del outbox[pending]
             else:
@@ -378,6 +438,8 @@ class ClientSession:
     def _topics_of(self, request: SubscriptionRequest) -> list[Topic]:
         """The request's topics; all-or-nothing: one unknown key fails the request."""
         channel = request.channel
+        if channel is Channel.PROFIT:
+            return [(channel, request.keys[0])]
         if channel not in KEY_FIELDS:
             return [(channel, CHANNEL_WIDE)]
         registry = self._fanout.registry
@@ -440,6 +502,10 @@ class ClientSession:
                     self._tasks = None
                     if self._writer is not None:
                         self._writer.cancel()
+                    # A position change already queued is still stored; only the wait
+                    # for its acknowledgement ends with the connection.
+                    for op in self._position_ops:
+                        op.cancel()
         finally:
             self._fanout.unsubscribe(self, self._topics)
             self._topics.clear()

@@ -15,7 +15,8 @@ Channels: ``bbo`` (top of book changed), ``book`` (the top N levels changed, per
 subscribed depth N), ``nbbo`` (the consolidated quote changed), ``status`` (an
 instrument's state changed) and ``metrics`` (a timer, every ``metrics_interval`` s
 while anyone subscribes, or ``publish_metrics()`` calls when the interval is ``None``;
-the content comes from the ``metrics`` provider).
+the content comes from the ``metrics`` provider). Channels produced elsewhere plug in
+as a ``ChannelSource`` (``profit``: ``publish.profit``) and publish in the same tick.
 
 Cost per tick: O(dirty topics) encodes (book: per distinct subscribed depth) +
 O(sum of their subscribers) offers + one flush per batched subscriber touched.
@@ -71,6 +72,21 @@ class Subscriber(Protocol):
     def offer(self, key: Topic, message: bytes) -> None: ...
 
     def flush(self) -> None: ...
+
+
+class ChannelSource(Protocol):
+    """A channel whose messages another engine produces (``profit``: the profit engine).
+
+    The fan-out routes the channel's (un)subscriptions to it, keyed as requested, and
+    calls ``publish`` in every tick, before batched clients are flushed; the source asks
+    for a tick with ``Fanout.request_tick`` when it has something to send.
+    """
+
+    def subscribe(self, subscriber: Subscriber, key: str) -> None: ...
+
+    def unsubscribe(self, subscriber: Subscriber, key: str) -> None: ...
+
+    def publish(self, ts_send: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -143,6 +159,7 @@ class Fanout:
         self._dirty_nbbo: dict[str, ConsolidatedBbo] = {}
         self._dirty_status: dict[str, InstrumentStatus] = {}
         self._to_flush: list[Subscriber] = []
+        self._sources: dict[Channel, ChannelSource] = {}
         self._tick_pending = False
         registry.on_snapshot(self._on_snapshot)
         registry.on_status(self._on_status)
@@ -179,6 +196,8 @@ class Fanout:
             elif channel is Channel.METRICS:
                 self._offer_new(subscriber, topic, self._encode_metrics())
                 self._start_metrics()
+            elif channel in self._sources:
+                self._sources[channel].subscribe(subscriber, key)
 
     def unsubscribe(self, subscriber: Subscriber, topics: Iterable[Topic]) -> None:
         """Remove ``subscriber`` from ``topics`` (missing ones are ignored). O(topics)."""
@@ -195,9 +214,28 @@ class Fanout:
                 self._unsubscribe_book(subscriber, key)
             elif channel is Channel.METRICS and not targets:
                 self._stop_metrics()
+            elif channel in self._sources:
+                self._sources[channel].unsubscribe(subscriber, key)
+
+    def add_source(self, channel: Channel, source: ChannelSource) -> None:
+        """Let ``source`` serve ``channel`` (see ``ChannelSource``)."""
+        if channel in self._sources:
+            raise ValueError(f"channel {channel.value} already has a source")
+        self._sources[channel] = source
+
+    def has_source(self, channel: Channel) -> bool:
+        return channel in self._sources
+
+    def request_tick(self) -> None:
+        """Have a publish tick run soon (one per loop iteration however many ask). O(1)."""
+        self._schedule_tick()
 
     def subscriber_count(self, topic: Topic) -> int:
         return len(self._subscribers.get(topic, ()))
+
+    def subscriptions(self) -> int:
+        """(topic, subscriber) pairs held now, over every channel. O(topics)."""
+        return sum(len(targets) for targets in self._subscribers.values())
 
     def book_depths(self, instrument: str) -> list[int]:
         """The distinct depths subscribed to ``instrument``'s book, ascending."""
@@ -312,6 +350,8 @@ class Fanout:
                 targets = subscribers.get(topic)
                 if targets:
                     self._deliver(targets, topic, encode_nbbo(nbbo, ts_send))
+        for source in self._sources.values():
+            source.publish(ts_send)
         self._flush()
         self._tick_pending = False
         if delivered and self.on_written is not None:

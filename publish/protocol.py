@@ -15,6 +15,10 @@ Requests (``id`` is optional, an integer or a string, echoed in the reply)::
     {"op":"unsubscribe","id":6,"channel":"bbo","instruments":["binance:BTC-USDT"]}
     {"op":"auth","id":7,"token":"..."}
     {"op":"ping","id":8}
+    {"op":"subscribe","id":9,"channel":"profit","account":"acct-1"}
+    {"op":"position.open","id":10,"position":{"id":"p-1","instrument":"binance:BTC-USDT",
+     "side":"buy","qty":"0.5","price":"43000.1"}}
+    {"op":"position.close","id":11,"position_id":"p-1"}
 
 Each op has one parser in ``PARSERS`` (the op table; a new op adds a parser there and a
 case in ``publish.client.ClientSession.serve``). Unknown fields are ignored (forward
@@ -35,6 +39,7 @@ from book.fixed import format_fixed
 from book.snapshot import BookSnapshot, Level
 from book.status import InstrumentStatus
 from publish.exceptions import RequestError
+from publish.storage.rows import PositionRow
 
 RequestId = int | str | None
 """A request's ``id`` as sent by the client (``None`` when absent)."""
@@ -45,6 +50,8 @@ class Op(StrEnum):
     UNSUBSCRIBE = "unsubscribe"
     AUTH = "auth"
     PING = "ping"
+    POSITION_OPEN = "position.open"
+    POSITION_CLOSE = "position.close"
 
 
 class Channel(StrEnum):
@@ -56,6 +63,7 @@ class Channel(StrEnum):
     NBBO = "nbbo"
     STATUS = "status"
     METRICS = "metrics"
+    PROFIT = "profit"
 
 
 KEY_FIELDS: dict[Channel, str] = {
@@ -64,6 +72,9 @@ KEY_FIELDS: dict[Channel, str] = {
     Channel.NBBO: "symbols",
 }
 """The request/ack field that lists a keyed channel's keys; channels absent are channel-wide."""
+
+ACCOUNT_FIELD = "account"
+"""The request/ack field naming the one account of a ``profit`` subscription (its key)."""
 
 MARKET_DATA: frozenset[Channel] = frozenset(
     {Channel.BBO, Channel.BOOK, Channel.NBBO, Channel.STATUS, Channel.METRICS}
@@ -94,6 +105,12 @@ class ErrorCode(StrEnum):
     TOKEN_INVALID = "token_invalid"
     TOKEN_EXPIRED = "token_expired"
     FORBIDDEN = "forbidden"
+    INVALID_POSITION = "invalid_position"
+    DUPLICATE_POSITION = "duplicate_position"
+    UNKNOWN_POSITION = "unknown_position"
+    POSITION_PENDING = "position_pending"
+    TOO_MANY_POSITIONS = "too_many_positions"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
 
 
 class CloseCode(IntEnum):
@@ -136,7 +153,29 @@ class PingRequest:
     id: RequestId
 
 
-Request = SubscriptionRequest | AuthRequest | PingRequest
+@dataclass(frozen=True, slots=True)
+class PositionOpenRequest:
+    """``position.open``: the fields of ``position`` as sent, all strings (``qty`` and
+    ``price`` are decimal text, never JSON numbers); their values are checked by
+    ``publish.positions.PositionBook.open``."""
+
+    id: RequestId
+    position_id: str
+    instrument: str
+    side: str
+    qty: str
+    price: str
+
+
+@dataclass(frozen=True, slots=True)
+class PositionCloseRequest:
+    id: RequestId
+    position_id: str
+
+
+Request = (
+    SubscriptionRequest | AuthRequest | PingRequest | PositionOpenRequest | PositionCloseRequest
+)
 
 RequestParser = Callable[[RequestId, dict[str, Any]], Request]
 """Builds one op's request from the decoded frame (``id`` already checked)."""
@@ -175,6 +214,36 @@ def _parse_auth(request_id: RequestId, obj: dict[str, Any]) -> AuthRequest:
     return AuthRequest(request_id, token)
 
 
+def _parse_position_open(request_id: RequestId, obj: dict[str, Any]) -> PositionOpenRequest:
+    position = obj.get("position")
+    if not isinstance(position, dict):
+        raise RequestError(ErrorCode.BAD_REQUEST, "position must be an object", request_id)
+    fields = {}
+    for name in ("id", "instrument", "side", "qty", "price"):
+        value = position.get(name)
+        if not isinstance(value, str):
+            # Amounts as JSON numbers would arrive as binary floats: refused, not rounded.
+            raise RequestError(
+                ErrorCode.BAD_REQUEST, f"position.{name} must be a string", request_id
+            )
+        fields[name] = value
+    return PositionOpenRequest(
+        request_id,
+        position_id=fields["id"],
+        instrument=fields["instrument"],
+        side=fields["side"],
+        qty=fields["qty"],
+        price=fields["price"],
+    )
+
+
+def _parse_position_close(request_id: RequestId, obj: dict[str, Any]) -> PositionCloseRequest:
+    position_id = obj.get("position_id")
+    if not isinstance(position_id, str):
+        raise RequestError(ErrorCode.BAD_REQUEST, "position_id must be a string", request_id)
+    return PositionCloseRequest(request_id, position_id)
+
+
 def _parse_subscribe(request_id: RequestId, obj: dict[str, Any]) -> SubscriptionRequest:
     return _parse_subscription(Op.SUBSCRIBE, request_id, obj)
 
@@ -198,6 +267,13 @@ def _parse_subscription(op: Op, request_id: RequestId, obj: dict[str, Any]) -> S
         depth = obj.get("depth")
         if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool)):
             raise RequestError(ErrorCode.BAD_REQUEST, "depth must be an integer", request_id)
+    if known is Channel.PROFIT:
+        account = obj.get(ACCOUNT_FIELD)
+        if not isinstance(account, str) or not account:
+            raise RequestError(
+                ErrorCode.BAD_REQUEST, f"{ACCOUNT_FIELD} must be a non-empty string", request_id
+            )
+        return SubscriptionRequest(op, request_id, known, (account,))
     field = KEY_FIELDS.get(known)
     if field is None:
         return SubscriptionRequest(op, request_id, known)
@@ -218,6 +294,8 @@ PARSERS: dict[str, RequestParser] = {
     Op.UNSUBSCRIBE: _parse_unsubscribe,
     Op.AUTH: _parse_auth,
     Op.PING: _parse_ping,
+    Op.POSITION_OPEN: _parse_position_open,
+    Op.POSITION_CLOSE: _parse_position_close,
 }
 """The op table: op name -> parser of its request."""
 
@@ -324,7 +402,30 @@ def encode_ack(request: SubscriptionRequest) -> bytes:
         message[field] = list(request.keys)
     if request.depth is not None:
         message["depth"] = request.depth
+    if request.channel is Channel.PROFIT:
+        message[ACCOUNT_FIELD] = request.keys[0]
     return orjson.dumps(message)
+
+
+def encode_position_ack(request_id: RequestId, op: Op, position: PositionRow) -> bytes:
+    """The ``ack`` of ``position.open``/``position.close``: the position as stored."""
+    return orjson.dumps(
+        {
+            "type": "ack",
+            "id": request_id,
+            "op": op.value,
+            "position": {
+                "id": position.id,
+                "account": position.account,
+                "instrument": position.instrument,
+                "side": position.side.value,
+                "qty": format_fixed(position.qty),
+                "price": format_fixed(position.entry_px),
+                "opened_ts": position.opened_ts,
+                "closed_ts": position.closed_ts,
+            },
+        }
+    )
 
 
 def encode_auth_ack(request_id: RequestId, account: str, expires: int) -> bytes:

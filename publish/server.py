@@ -30,6 +30,7 @@ from publish.client import DEFAULT_LIMITS, ClientSession, ServerLimits
 from publish.exceptions import ServerNotRunningError
 from publish.fanout import Fanout
 from publish.http import HttpRoutes, error_response
+from publish.positions import PositionBook
 from publish.protocol import ErrorCode
 
 WS_PATH = "/ws"
@@ -125,6 +126,7 @@ class MarketServer:
         port: int = 0,
         limits: ServerLimits = DEFAULT_LIMITS,
         auth: AuthPolicy | None = None,
+        positions: PositionBook | None = None,
     ) -> None:
         if fanout.registry is not registry:
             raise ValueError("the fanout must listen to the same registry")
@@ -133,6 +135,7 @@ class MarketServer:
         self._port = port
         self._limits = limits
         self._auth = auth
+        self._positions = positions
         self._http = HttpRoutes(registry, clock=fanout.clock, max_depth=fanout.book_depth)
         self._server: Server | None = None
 
@@ -213,6 +216,7 @@ class MarketServer:
             limits=self._limits,
             batch=query.get("batch", ["0"])[-1] in ("1", "true"),
             auth=self._auth,
+            positions=self._positions,
         )
         connection.watch_write_buffer(
             self._limits.slow_consumer_seconds,

@@ -103,6 +103,12 @@ def test_error_codes_are_the_documented_strings() -> None:
         "token_invalid",
         "token_expired",
         "forbidden",
+        "invalid_position",
+        "duplicate_position",
+        "unknown_position",
+        "position_pending",
+        "too_many_positions",
+        "storage_unavailable",
     ]
 
 

@@ -1,0 +1,350 @@
+"""The position book: every open position of every account, durable before acknowledged.
+
+A position is opened by ``open`` and closed by ``close``; both return only once the
+storage batch holding the change has committed (group commit: every position of one
+5 ms window shares one transaction), so an acknowledged position survives a crash of
+the process and is reloaded by ``restore`` on start. Listeners (the profit engine) hear
+of a position when its open commits and of its end when its close commits.
+
+Validation, each refusal a ``RequestError`` with a stable code:
+
+- ``unknown_instrument``: the instrument is not one the server carries;
+- ``invalid_position``: an id that is empty, longer than ``MAX_POSITION_ID_CHARS`` or
+  not printable; a side other than ``buy``/``sell``; a quantity or price that is not an
+  exact positive decimal (at most 12 decimal places, below ``MAX_AMOUNT``);
+- ``duplicate_position``: the account already has (or had: closed positions keep their
+  id) a position with this id that is not the same order. Sending the very same open
+  again is a retry and gets the same acknowledgement (``opened_ts`` of the first);
+- ``unknown_position``: closing an id the account has no open position under (another
+  account's positions are simply not there: ids are per account);
+- ``position_pending``: closing a position whose open is not acknowledged yet;
+- ``too_many_positions``: the account holds ``max_positions_per_account`` already;
+- ``storage_unavailable``: the database is degraded (refused at once, nothing queued) or
+  did not confirm the write within ``ack_timeout`` (then the change stays queued and is
+  written when the database answers; the same request sent again waits for it).
+
+States: ``OPENING`` (id reserved, open not committed) -> ``OPEN`` -> ``CLOSING`` (close
+not committed; still open for profit) -> gone. Everything runs on the event loop; the
+only awaits are the id lookup in storage and the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Protocol
+
+from book.exceptions import PrecisionError
+from book.fixed import SCALE, parse_fixed
+from book.registry import BookRegistry
+from publish.exceptions import RequestError
+from publish.protocol import ErrorCode
+from publish.storage.flusher import StorageHealth
+from publish.storage.rows import PositionRow, PositionSide
+
+MAX_POSITION_ID_CHARS = 64
+MAX_AMOUNT = 10**18 * SCALE
+"""Quantities and prices must be below 10^18 (exclusive), in fixed-point units."""
+
+
+class PositionListener(Protocol):
+    """Told of positions as their changes commit (the profit engine)."""
+
+    def position_opened(self, row: PositionRow) -> None: ...
+
+    def position_closed(self, row: PositionRow) -> None: ...
+
+
+class PositionWriter(Protocol):
+    """The storage side of the book: ``publish.storage.StorageFlusher`` is one."""
+
+    @property
+    def health(self) -> StorageHealth: ...
+
+    def add_position(self, row: PositionRow) -> asyncio.Future[None]: ...
+
+
+PositionLookup = Callable[[str, str], Awaitable[PositionRow | None]]
+"""``(account, position_id) -> stored position``: a backend's ``find_position``."""
+
+
+class PositionState(StrEnum):
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+
+
+@dataclass(slots=True)
+class _Entry:
+    row: PositionRow
+    """The open position as stored (``closed_ts`` is ``None``)."""
+    state: PositionState
+    settled: asyncio.Future[RequestError | None]
+    """Resolves when the change in progress (open or close) is decided: ``None`` once
+    committed, the refusal if it never will be. Shared by every request waiting on it."""
+
+
+class PositionBook:
+    """Open positions by ``(account, id)``; see the module docstring.
+
+    ``open``/``close`` cost O(1) plus their awaits (one indexed lookup in storage for a
+    new id, then the commit of the flush window). ``clock`` stamps ``opened_ts`` and
+    ``closed_ts`` (ns since the epoch).
+    """
+
+    def __init__(
+        self,
+        registry: BookRegistry,
+        writer: PositionWriter,
+        lookup: PositionLookup,
+        *,
+        ack_timeout: float = 5.0,
+        max_positions_per_account: int = 10_000,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if ack_timeout <= 0 or max_positions_per_account < 1:
+            raise ValueError("ack_timeout must be positive and max_positions_per_account >= 1")
+        self._registry = registry
+        self._writer = writer
+        self._lookup = lookup
+        self._ack_timeout = ack_timeout
+        self._max_per_account = max_positions_per_account
+        self._clock = clock
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._per_account: dict[str, int] = {}
+        self._listeners: list[PositionListener] = []
+
+    def add_listener(self, listener: PositionListener) -> None:
+        """``listener`` hears of every open position from now on, those already open
+        first (replayed at once, oldest first)."""
+        self._listeners.append(listener)
+        for entry in self._entries.values():
+            if entry.state is not PositionState.OPENING:
+                listener.position_opened(entry.row)
+
+    def restore(self, rows: Iterable[PositionRow]) -> None:
+        """Take positions loaded from storage (``load_open_positions``) as open."""
+        loop = asyncio.get_running_loop()
+        for row in rows:
+            key = (row.account, row.id)
+            if key in self._entries:
+                raise ValueError(f"position {row.id!r} of {row.account!r} is already in the book")
+            settled: asyncio.Future[RequestError | None] = loop.create_future()
+            settled.set_result(None)
+            self._entries[key] = _Entry(row, PositionState.OPEN, settled)
+            self._per_account[row.account] = self._per_account.get(row.account, 0) + 1
+            for listener in self._listeners:
+                listener.position_opened(row)
+
+    def positions(self, account: str) -> list[PositionRow]:
+        """The account's acknowledged open positions (closing ones included), oldest first.
+        O(all positions): for tests and tools, not the hot path."""
+        return [
+            entry.row
+            for (owner, _), entry in self._entries.items()
+            if owner == account and entry.state is not PositionState.OPENING
+        ]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def open(
+        self,
+        account: str,
+        *,
+        position_id: str,
+        instrument: str,
+        side: str,
+        qty: str,
+        price: str,
+    ) -> PositionRow:
+        """Validate, store and return the open position (as stored) once committed."""
+        row = self._validate(account, position_id, instrument, side, qty, price)
+        key = (account, position_id)
+        entry = self._entries.get(key)
+        if entry is not None:
+            if entry.state is PositionState.CLOSING or not _same_order(entry.row, row):
+                raise _duplicate(position_id)
+            await self._settle(entry, deadline=self._deadline())
+            return entry.row
+        self._refuse_if_degraded()
+        if self._per_account.get(account, 0) >= self._max_per_account:
+            raise RequestError(
+                ErrorCode.TOO_MANY_POSITIONS,
+                f"an account may hold at most {self._max_per_account} open positions",
+            )
+        deadline = self._deadline()
+        settled: asyncio.Future[RequestError | None] = asyncio.get_running_loop().create_future()
+        entry = self._entries[key] = _Entry(row, PositionState.OPENING, settled)
+        self._per_account[account] = self._per_account.get(account, 0) + 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                stored = await self._lookup(account, position_id)
+        except BaseException as exc:
+            refusal = _unavailable("could not check the id in storage")
+            self._forget(entry, refusal)
+            if isinstance(exc, Exception):
+                raise refusal from exc
+            raise
+        if stored is not None:
+            refusal = _duplicate(position_id)
+            self._forget(entry, refusal)
+            raise refusal
+        try:
+            self._refuse_if_degraded()
+        except RequestError as refusal:
+            self._forget(entry, refusal)
+            raise
+        self._writer.add_position(row).add_done_callback(
+            lambda written: self._opened(written, entry)
+        )
+        await self._settle(entry, deadline=deadline)
+        return row
+
+    async def close(self, account: str, position_id: str) -> PositionRow:
+        """Close the account's open position ``position_id``; the closed position (as
+        stored) once committed."""
+        entry = self._entries.get((account, position_id))
+        if entry is None:
+            raise RequestError(ErrorCode.UNKNOWN_POSITION, f"no open position {position_id[:64]!r}")
+        if entry.state is PositionState.OPENING:
+            raise RequestError(
+                ErrorCode.POSITION_PENDING,
+                f"position {position_id[:64]!r} is not acknowledged yet",
+            )
+        if entry.state is PositionState.OPEN:
+            self._refuse_if_degraded()
+            closed = replace(entry.row, closed_ts=self._clock())
+            entry.state = PositionState.CLOSING
+            entry.settled = asyncio.get_running_loop().create_future()
+            self._writer.add_position(closed).add_done_callback(
+                lambda written: self._closed(written, entry, closed)
+            )
+        await self._settle(entry, deadline=self._deadline())
+        return entry.row  # the closed row, set when the close committed
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _validate(
+        self, account: str, position_id: str, instrument: str, side: str, qty: str, price: str
+    ) -> PositionRow:
+        if (
+            not position_id
+            or len(position_id) > MAX_POSITION_ID_CHARS
+            or not position_id.isprintable()
+        ):
+            raise RequestError(
+                ErrorCode.INVALID_POSITION,
+                f"position id must be 1 to {MAX_POSITION_ID_CHARS} printable characters",
+            )
+        if self._registry.status(instrument) is None:
+            raise RequestError(
+                ErrorCode.UNKNOWN_INSTRUMENT, f"unknown instrument {instrument[:64]!r}"
+            )
+        try:
+            position_side = PositionSide(side)
+        except ValueError:
+            raise RequestError(
+                ErrorCode.INVALID_POSITION, f"side must be buy or sell, not {side[:16]!r}"
+            ) from None
+        return PositionRow(
+            id=position_id,
+            account=account,
+            instrument=instrument,
+            side=position_side,
+            qty=_amount("qty", qty),
+            entry_px=_amount("price", price),
+            opened_ts=self._clock(),
+        )
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self._ack_timeout
+
+    def _refuse_if_degraded(self) -> None:
+        if self._writer.health is StorageHealth.DEGRADED:
+            raise _unavailable("the database is not accepting writes; nothing was changed")
+
+    async def _settle(self, entry: _Entry, *, deadline: float) -> None:
+        """Wait (until ``deadline``) for the change in progress on ``entry`` to commit."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                refusal = await asyncio.shield(entry.settled)
+        except TimeoutError:
+            raise _unavailable(
+                f"the database did not confirm within {self._ack_timeout:g}s; the change "
+                "is queued and will be stored when it answers: send the same request "
+                "again for its acknowledgement"
+            ) from None
+        if refusal is not None:
+            raise RequestError(refusal.code, refusal.message)
+
+    def _opened(self, written: asyncio.Future[None], entry: _Entry) -> None:
+        if written.cancelled():  # the flusher went away: nothing was confirmed
+            return
+        entry.state = PositionState.OPEN
+        entry.settled.set_result(None)
+        for listener in self._listeners:
+            listener.position_opened(entry.row)
+
+    def _closed(self, written: asyncio.Future[None], entry: _Entry, closed: PositionRow) -> None:
+        if written.cancelled():
+            return
+        del self._entries[closed.account, closed.id]
+        self._count_down(closed.account)
+        entry.row = closed
+        entry.settled.set_result(None)
+        for listener in self._listeners:
+            listener.position_closed(closed)
+
+    def _forget(self, entry: _Entry, refusal: RequestError) -> None:
+        """Release an id reserved by an open that will not be written."""
+        row = entry.row
+        del self._entries[row.account, row.id]
+        self._count_down(row.account)
+        entry.settled.set_result(refusal)
+
+    def _count_down(self, account: str) -> None:
+        left = self._per_account[account] - 1
+        if left:
+            self._per_account[account] = left
+        else:
+            del self._per_account[account]
+
+
+def _amount(name: str, text: str) -> int:
+    try:
+        value = parse_fixed(text)
+    except PrecisionError:
+        raise RequestError(
+            ErrorCode.INVALID_POSITION, f"{name} has more than 12 decimal places"
+        ) from None
+    except ValueError:
+        raise RequestError(
+            ErrorCode.INVALID_POSITION, f"{name} must be a decimal number, not {text[:32]!r}"
+        ) from None
+    if not 0 < value < MAX_AMOUNT:
+        raise RequestError(ErrorCode.INVALID_POSITION, f"{name} must be positive and below 10^18")
+    return value
+
+
+def _same_order(held: PositionRow, asked: PositionRow) -> bool:
+    return (held.instrument, held.side, held.qty, held.entry_px) == (
+        asked.instrument,
+        asked.side,
+        asked.qty,
+        asked.entry_px,
+    )
+
+
+def _duplicate(position_id: str) -> RequestError:
+    return RequestError(
+        ErrorCode.DUPLICATE_POSITION,
+        f"position id {position_id[:64]!r} is already used by this account",
+    )
+
+
+def _unavailable(detail: str) -> RequestError:
+    return RequestError(ErrorCode.STORAGE_UNAVAILABLE, f"storage unavailable: {detail}")
