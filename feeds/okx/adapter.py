@@ -54,6 +54,9 @@ class OkxAdapter(VenueAdapter):
     app_ping_interval = 20.0  # OKX: send "ping" within 30 s of the last message
     silence_timeout = 30.0  # pongs answer the pings, so a healthy connection never idles this long
     max_instruments_per_connection = 29  # OKX: fewer than 30 400-level channels per connection
+    # OKX sends an empty update for a book quiet for ~60 s: two minutes of nothing means the
+    # subscription is stuck, and it is resubscribed.
+    instrument_silence_timeout = 120.0
 
     def __init__(self, symbols: SymbolMap, *, ws_base: str | None = None) -> None:
         self.venue = symbols.venue

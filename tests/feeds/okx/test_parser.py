@@ -195,4 +195,5 @@ def test_adapter_frames() -> None:
     ]
     assert adapter.app_ping_frame() == "ping"
     assert 0 < adapter.app_ping_interval < 30
+    assert adapter.instrument_silence_timeout > 60  # OKX's keepalive update for quiet books
     assert adapter.rest_snapshots is False
