@@ -16,6 +16,7 @@ perpetual swap ``BTC-USDT-SWAP``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -59,9 +60,13 @@ class OkxAdapter(VenueAdapter):
     instrument_silence_timeout = 120.0
 
     def __init__(self, symbols: SymbolMap, *, ws_base: str | None = None) -> None:
+        """``ws_base``: a host (``/ws/v5/public`` is appended) or a whole URL with its path
+        (``wss://wspap.okx.com:8443/ws/v5/public?brokerId=9999``, OKX's demo trading)."""
         self.venue = symbols.venue
         self.symbols = symbols
-        self.ws_url = (ws_base or PUBLIC_WS).rstrip("/") + PUBLIC_PATH
+        base = ws_base or PUBLIC_WS
+        has_path = urlsplit(base).path not in ("", "/")
+        self.ws_url = base if has_path else base.rstrip("/") + PUBLIC_PATH
         self._parser = OkxParser(symbols)
 
     def stream_url(self, instruments: Sequence[str]) -> str:

@@ -180,6 +180,8 @@ def test_adapter_frames() -> None:
     assert OkxAdapter(SYMBOLS, ws_base="ws://127.0.0.1:9/").ws_url == (
         "ws://127.0.0.1:9/ws/v5/public"
     )
+    demo = "wss://wspap.okx.com:8443/ws/v5/public?brokerId=9999"
+    assert OkxAdapter(SYMBOLS, ws_base=demo).ws_url == demo
     assert [orjson.loads(f) for f in adapter.subscribe_frames(SYMBOLS.instruments())] == [
         {
             "op": "subscribe",
