@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 import orjson
 from websockets.asyncio.server import ServerConnection, broadcast
@@ -402,7 +402,7 @@ class OkxSimulator(LoopbackVenue):
         self,
         inst_id: str,
         feed: _InstrumentFeed,
-        action: str,
+        action: Literal["snapshot", "update"],
         bids: tuple[Level, ...],
         asks: tuple[Level, ...],
         prev_seq: int,
