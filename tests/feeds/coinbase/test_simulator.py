@@ -177,7 +177,7 @@ async def test_unsubscribe_stops_the_product_and_silent_channels_are_accepted(
         await _request(ws, type="subscribe", product_ids=["ETH-USD"], channel="level2")
         await _request(ws, type="subscribe", product_ids=["ETH-USD"], channel="ticker")
         await _request(ws, type="unsubscribe", product_ids=["ETH-USD"], channel="level2")
-        subscriptions = []
+        subscriptions: list[dict[str, list[str]]] = []
         while len(subscriptions) < 3:
             message = await _recv(ws)
             if message["channel"] == "subscriptions":
