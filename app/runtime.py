@@ -1,7 +1,8 @@
 """Wire the parts into one server process and run it until cancelled.
 
-Start order: storage (open, then its flusher), simulated venues if configured, the
-subscription server, then the feeds. Shutdown is cancellation of the task group,
+Start order: storage (open, then its flusher), the position book with the open
+positions reloaded from storage (profit resumes for them), simulated venues if
+configured, the subscription server, then the feeds. Shutdown is cancellation of the task group,
 then a drain of the storage flusher, so every row already taken is written.
 """
 
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from app.exceptions import ConfigError
-from app.settings import Settings, VenueSettings
+from app.settings import Settings, StorageSettings, VenueSettings
 from app.venues import build_adapter, simulator_for
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
@@ -26,8 +27,15 @@ from publish.auth import AuthPolicy, TokenAuthority, load_secret
 from publish.fanout import Fanout
 from publish.metrics import LatencyRecorder, Metrics
 from publish.metrics.pages import MetricsPages
+from publish.positions import PositionBook
+from publish.profit import ProfitEngine
 from publish.server import MarketServer
-from publish.storage import SqliteBackend, StorageFlusher, bbo_row_from_snapshot
+from publish.storage import (
+    SqliteBackend,
+    StorageBackend,
+    StorageFlusher,
+    bbo_row_from_snapshot,
+)
 from publish.storage.rows import feed_event_row
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,8 @@ class RunningServer:
     runners: tuple[FeedRunner, ...]
     flusher: StorageFlusher
     metrics: Metrics
+    positions: PositionBook
+    profit: ProfitEngine
 
 
 async def serve(
@@ -54,7 +64,7 @@ async def serve(
     registry = BookRegistry()
     recorder = LatencyRecorder()
     registry.on_snapshot(recorder.on_snapshot)
-    backend = SqliteBackend(settings.storage.path)
+    backend = storage_backend(settings.storage)
     await backend.open()
     flusher = StorageFlusher(
         backend,
@@ -85,6 +95,22 @@ async def serve(
         flusher=flusher,
         on_report=fanout.publish_metrics,
     )
+    positions = PositionBook(
+        registry,
+        flusher,
+        backend.find_position,
+        ack_timeout=settings.positions.ack_timeout_ms / 1000,
+        max_positions_per_account=settings.positions.max_per_account,
+    )
+    profit = ProfitEngine(registry, fanout)
+    positions.add_listener(profit)
+    try:
+        # Profit resumes for every position acknowledged before the last stop.
+        positions.restore(await backend.load_open_positions())
+    except BaseException:
+        await backend.close()
+        raise
+    log.info("%d open positions loaded from %s", len(positions), backend.name)
     auth = auth_policy(settings)
     try:
         async with asyncio.TaskGroup() as group:
@@ -105,6 +131,7 @@ async def serve(
                         port=settings.server.port,
                         limits=settings.server.limits,
                         auth=auth,
+                        positions=positions,
                     )
                 )
                 MetricsPages(metrics).install(server.routes)
@@ -114,13 +141,30 @@ async def serve(
                 if on_ready is not None:
                     on_ready(
                         RunningServer(
-                            server.url, server.http_url, registry, tuple(runners), flusher, metrics
+                            server.url,
+                            server.http_url,
+                            registry,
+                            tuple(runners),
+                            flusher,
+                            metrics,
+                            positions,
+                            profit,
                         )
                     )
                 await asyncio.Event().wait()  # until cancelled
     finally:
         await _drain(flusher)
         await backend.close()
+
+
+def storage_backend(storage: StorageSettings) -> StorageBackend:
+    """The configured backend, not opened yet. asyncpg is imported only for PostgreSQL
+    (it is the ``postgres`` extra)."""
+    if storage.backend == "postgres":
+        from publish.storage.postgres import PostgresBackend
+
+        return PostgresBackend(storage.dsn, schema=storage.schema, timeout_ms=storage.timeout_ms)
+    return SqliteBackend(storage.path)
 
 
 def build_runners(

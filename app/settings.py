@@ -15,6 +15,7 @@ from app.exceptions import ConfigError
 from publish.client import ServerLimits
 
 VENUE_KINDS = ("binance", "binance-usdm")
+STORAGE_BACKENDS = ("sqlite", "postgres")
 DEMO_SYMBOLS = ("BTC-USDT", "ETH-USDT", "SOL-USDT")
 
 
@@ -28,9 +29,25 @@ class ServerSettings:
 @dataclass(frozen=True, slots=True)
 class StorageSettings:
     backend: str = "sqlite"
+    """``sqlite`` (embedded, the file at ``path``) or ``postgres`` (``dsn``, ``schema``)."""
     path: str = "./marketcast.db"
     window_ms: float = 5.0
     max_pending_rows: int = 200_000
+    dsn: str = ""
+    """PostgreSQL connection string, e.g. ``postgresql://marketcast@db.internal/marketcast``."""
+    schema: str = "public"
+    """The PostgreSQL schema holding the tables (created with them when missing)."""
+    timeout_ms: float = 5_000.0
+    """A PostgreSQL operation taking longer fails (the flusher retries it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PositionSettings:
+    ack_timeout_ms: float = 5_000.0
+    """A position change the database has not confirmed by then is answered
+    ``storage_unavailable`` (it stays queued and is stored when the database answers)."""
+    max_per_account: int = 10_000
+    """Open positions one account may hold."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +109,7 @@ class Settings:
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
     venues: tuple[VenueSettings, ...] = ()
     auth: AuthSettings = field(default_factory=AuthSettings)
+    positions: PositionSettings = field(default_factory=PositionSettings)
 
     @classmethod
     def demo(cls) -> Settings:
@@ -141,7 +159,11 @@ def load_settings(path: str | Path) -> Settings:
 
 
 def settings_from_dict(document: dict[str, Any]) -> Settings:
-    _only_keys("top level", document, {"server", "storage", "book", "simulator", "venues", "auth"})
+    _only_keys(
+        "top level",
+        document,
+        {"server", "storage", "book", "simulator", "venues", "auth", "positions"},
+    )
     venues_raw = document.get("venues", [])
     if not isinstance(venues_raw, list):
         raise ConfigError("'venues' must be an array of tables ([[venues]])")
@@ -154,6 +176,7 @@ def settings_from_dict(document: dict[str, Any]) -> Settings:
         simulator=_section(SimulatorSettings, "simulator", document.get("simulator", {})),
         venues=tuple(_venue(index, raw) for index, raw in enumerate(venues_raw)),
         auth=_section(AuthSettings, "auth", document.get("auth", {})),
+        positions=_section(PositionSettings, "positions", document.get("positions", {})),
     )
     _validate(settings)
     return settings
@@ -233,8 +256,22 @@ def _only_keys(where: str, raw: dict[str, Any], allowed: set[str]) -> None:
 def _validate(settings: Settings) -> None:
     if not 0 <= settings.server.port <= 65535:
         raise ConfigError(f"[server].port must be 0..65535, got {settings.server.port}")
-    if settings.storage.backend not in ("sqlite",):
-        raise ConfigError(f"[storage].backend must be 'sqlite', got {settings.storage.backend!r}")
+    storage = settings.storage
+    if storage.backend not in STORAGE_BACKENDS:
+        raise ConfigError(
+            f"[storage].backend must be one of {', '.join(STORAGE_BACKENDS)}, "
+            f"got {storage.backend!r}"
+        )
+    if storage.backend == "postgres" and not storage.dsn:
+        raise ConfigError("[storage].dsn is required with backend = 'postgres'")
+    if not storage.schema:
+        raise ConfigError("[storage].schema must not be empty")
+    if storage.timeout_ms <= 0:
+        raise ConfigError("[storage].timeout_ms must be positive")
+    if settings.positions.ack_timeout_ms <= 0:
+        raise ConfigError("[positions].ack_timeout_ms must be positive")
+    if settings.positions.max_per_account < 1:
+        raise ConfigError("[positions].max_per_account must be at least 1")
     if settings.storage.window_ms <= 0:
         raise ConfigError("[storage].window_ms must be positive")
     if settings.book.capture_depth < 0:
