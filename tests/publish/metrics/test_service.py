@@ -1,0 +1,165 @@
+"""Once-a-second reports: rates, instrument activity, /stats, the ``metrics`` channel.
+Clocks are injected (``support.new_setup``), so every rate and class is an exact value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+
+from publish.metrics.hdr import EMPTY, SECOND_NS
+from publish.server import MarketServer
+from tests.publish.metrics.support import START, Setup, new_setup, quote
+from tests.publish.support import BTC, ETH, KRAKEN_BTC, TS_SEND, receive, send
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    return new_setup(tmp_path)
+
+
+def row(state: str, reason: str, seq: int | None, updates: int, rate: float, period_rate: float,
+        activity: str) -> dict[str, Any]:  # fmt: skip
+    return {
+        "state": state,
+        "reason": reason,
+        "seq": seq,
+        "updates": updates,
+        "update_rate": rate,
+        "period_rate": period_rate,
+        "activity": activity,
+    }
+
+
+async def test_a_tick_reports_every_stage_rates_venues_and_instruments(setup: Setup) -> None:
+    quote(setup.feed, BTC, 20)
+    quote(setup.feed, ETH, 2)
+    setup.fanout.counters.frames_sent += 30  # as the sessions count their writes
+    report = setup.at(2.0)
+    # support.Feed stamps ts_recv = ts_event + 7 and ts_book = seq < ts_recv (ingest 0).
+    assert report == {
+        "ts": START + 2 * SECOND_NS,  # wall-clock reads: start, initial report, this tick
+        "interval_ns": 2 * SECOND_NS,
+        "stages": {
+            "ingest": {"count": 22, "sum": 0, "p50": 0, "p90": 0, "p99": 0, "p999": 0, "max": 0},
+            "publish": EMPTY.as_json(),
+            "end_to_end": EMPTY.as_json(),
+            "db_flush": EMPTY.as_json(),
+            "db_batch_rows": EMPTY.as_json(),
+            "event_loop_lag": EMPTY.as_json(),
+        },
+        "feed_latency": {
+            "binance": {"count": 22, "sum": 154, "p50": 7, "p90": 7, "p99": 7, "p999": 7, "max": 7}
+        },
+        "rates": {
+            "feed_frames": 0.0,
+            "feed_messages": 0.0,
+            "messages_sent": 0.0,
+            "frames_sent": 15.0,
+            "conflated": 0.0,
+            "db_rows": 0.0,
+        },
+        "clients": 0,
+        "db_pending_rows": 0,
+        "venues": {
+            "binance": {"connections": 0, "instruments": {"syncing": 0, "live": 2, "stale": 0}},
+            "kraken": {"connections": 0, "instruments": {"syncing": 1, "live": 0, "stale": 0}},
+        },
+        "instruments": {
+            BTC: row("live", "synced", 20, 20, 10.0, 10.0, "hot"),
+            ETH: row("live", "synced", 2, 2, 1.0, 1.0, "warm"),
+            KRAKEN_BTC: row("syncing", "starting", None, 0, 0.0, 0.0, "cold"),
+        },
+    }
+    assert setup.metrics.report() == report
+    assert list(setup.metrics.history) == [
+        {key: value for key, value in report.items() if key not in ("venues", "instruments")}
+    ]
+
+
+async def test_activity_is_reclassified_once_per_period(setup: Setup) -> None:
+    quote(setup.feed, BTC, 20)
+    quote(setup.feed, ETH, 5)
+    setup.at(1.0)
+    quote(setup.feed, BTC, 10)
+    rows = setup.at(31.0)["instruments"]
+    # Rates follow every tick; the class and its rate stay until the period is over.
+    assert rows[BTC] == row("live", "synced", 30, 30, 0.333, 20.0, "hot")
+    assert rows[ETH] == row("live", "synced", 5, 5, 0.0, 5.0, "warm")
+    quote(setup.feed, ETH, 90)
+    rows = setup.at(61.0)["instruments"]
+    assert rows[BTC] == row("live", "synced", 30, 30, 0.0, 0.167, "cold")
+    assert rows[ETH] == row("live", "synced", 95, 95, 3.0, 1.5, "warm")
+    assert rows[KRAKEN_BTC] == row("syncing", "starting", None, 0, 0.0, 0.0, "cold")
+
+
+async def test_stats_holds_windows_totals_and_history_since(setup: Setup) -> None:
+    quote(setup.feed, BTC, 3)
+    first = setup.at(1.0)
+    second = setup.at(2.0)
+    quote(setup.feed, BTC, 1)
+    third = setup.at(3.0)
+    stats = orjson.loads(setup.metrics.stats_json(since=first["ts"]))
+    points = [
+        {key: value for key, value in p.items() if key not in ("venues", "instruments")}
+        for p in (second, third)
+    ]
+    assert stats["history"] == points
+    assert stats["latest"] == points[-1]
+    assert orjson.loads(setup.metrics.stats_json())["history"][0]["ts"] == first["ts"]
+    assert stats["window"]["feed_latency"] == {
+        "binance": {"count": 4, "sum": 28, "p50": 7, "p90": 7, "p99": 7, "p999": 7, "max": 7}
+    }
+    assert stats["window"]["seconds"] == 60.0
+    assert stats["totals"]["feed_latency"] == {"binance": {"count": 4, "sum": 28}}
+    assert stats["totals"]["stages"]["ingest"] == {"count": 4, "sum": 0}
+    assert stats["instruments"] == third["instruments"]
+    assert stats["venues"] == third["venues"]
+    assert stats["started"] == START
+    assert stats["counters"]["frames_sent"] == 0 and stats["counters"]["clients"] == 0
+    assert stats["storage"] == {
+        "health": "healthy",
+        "healthy": True,
+        "batches": 0,
+        "rows_written": 0,
+        "pending_rows": 0,
+        "failures": 0,
+        "dropped_bbo_rows": 0,
+        "dropped_feed_events": 0,
+        "last_flush_ns": 0,
+        "max_flush_ns": 0,
+    }
+    assert set(stats) == {
+        "ts",
+        "started",
+        "interval_s",
+        "latest",
+        "window",
+        "totals",
+        "counters",
+        "venues",
+        "instruments",
+        "storage",
+        "history",
+    }
+
+
+async def test_the_metrics_channel_gets_each_report_once(setup: Setup) -> None:
+    initial: Any = setup.metrics.report()  # before any tick: every stage empty, rates 0
+    assert initial["interval_ns"] == 0 and initial["stages"]["ingest"] == EMPTY.as_json()
+    async with (
+        MarketServer(setup.feed.registry, setup.fanout) as server,
+        connect(server.url) as ws,
+    ):
+        await send(ws, op="subscribe", id=1, channel="metrics")
+        assert (await receive(ws))["type"] == "ack"
+        assert await receive(ws) == {"type": "metrics", **initial, "ts_send": TS_SEND}
+        reports = []
+        for second in (1.0, 2.0, 3.0):
+            quote(setup.feed, BTC, 2)
+            reports.append(setup.at(second))
+        received = [await receive(ws) for _ in reports]
+    assert received == [{"type": "metrics", **report, "ts_send": TS_SEND} for report in reports]
