@@ -32,6 +32,7 @@ def _print_banner(server: RunningServer) -> None:
         f"marketcast is serving {', '.join(instruments)}\n"
         f"  websocket: {server.url}\n"
         f"  health:    {server.http_url}/health\n"
+        f"  dashboard: {server.http_url}/dashboard  (Prometheus: {server.http_url}/metrics)\n"
         f"  try:       marketcast subscribe bbo {instruments[0]} --url {server.url}\n"
         f"  or:        python -m websockets {server.url}\n"
         '             then send {"op":"subscribe","id":1,"channel":"bbo",'
