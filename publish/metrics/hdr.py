@@ -4,7 +4,7 @@ The bucket layout is HdrHistogram's (``hdrh``), fixed at a lowest discernible va
 1 and 3 significant figures: values up to 2047 are counted exactly, larger ones within
 0.1%. ``hdrh.HdrHistogram.record_value`` costs about 1.2 us per sample in CPython (a
 ``bin()`` string per call); ``Histogram.record`` computes the same counts index inline
-with ``int.bit_length`` and costs about 170 ns (CPython 3.11, timeit; the tests
+with ``int.bit_length`` and costs about 0.2 us (CPython 3.11, timeit; the tests
 check it counts exactly as ``hdrh`` does). It takes no lock and allocates no
 container: everything runs on the event loop.
 
@@ -156,7 +156,7 @@ class Histogram:
     def record(self, value: int) -> None:
         """Count one sample; below 0 counts as 0, above ``highest`` as ``highest``.
 
-        Hot path, about 170 ns: two comparisons, an index computation, a list increment.
+        Hot path, about 0.2 us: two comparisons, an index computation, a list increment.
         """
         if value < 0:
             value = 0
