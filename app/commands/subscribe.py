@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -76,9 +76,11 @@ async def subscribe(
     count: int | None = None,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
+    clock: Callable[[], int] = time.time_ns,
 ) -> int:
     """Subscribe and print updates to ``out`` until ``count`` (or forever); the exit
-    status: 0 done, 1 refused or closed by the server."""
+    status: 0 done, 1 refused or closed by the server. ``clock`` (ns) times messages
+    that carry no time of their own (``status``)."""
     request: dict[str, object] = {"op": "subscribe", "id": 2, "channel": channel.value}
     field = KEY_FIELDS.get(channel)
     if field is not None:
@@ -90,18 +92,25 @@ async def subscribe(
             if token is not None:
                 await ws.send(orjson.dumps({"op": "auth", "id": 1, "token": token}).decode())
             await ws.send(orjson.dumps(request).decode())
-            return await _print_updates(ws, count, out, err)
+            status = await _print_updates(ws, count, out, err, clock)
+            if status is not None:
+                return status
+            close = ws.close_code, ws.close_reason
     except OSError as exc:
         print(f"marketcast: cannot connect to {url}: {exc.strerror or exc}", file=err)
         return 1
     except ConnectionClosed as exc:
-        close = exc.rcvd
-        why = f"{close.code} {close.reason}".strip() if close is not None else "connection lost"
-        print(f"marketcast: the server closed the connection: {why}", file=err)
-        return 1
+        close = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd is not None else (None, None)
+    code, reason = close
+    why = "connection lost" if code is None else f"{code} {reason or ''}".strip()
+    print(f"marketcast: the server closed the connection: {why}", file=err)
+    return 1
 
 
-async def _print_updates(ws: ClientConnection, count: int | None, out: TextIO, err: TextIO) -> int:
+async def _print_updates(
+    ws: ClientConnection, count: int | None, out: TextIO, err: TextIO, clock: Callable[[], int]
+) -> int | None:
+    """Print until ``count`` (0), an error reply (1) or the end of the connection (None)."""
     printed = 0
     async for frame in ws:
         decoded = orjson.loads(frame)
@@ -113,11 +122,11 @@ async def _print_updates(ws: ClientConnection, count: int | None, out: TextIO, e
             if kind == "ack":
                 print(f"marketcast: {_ack_text(message)}", file=err)
                 continue
-            print(render(message), file=out, flush=True)
+            print(render(message, clock()), file=out, flush=True)
             printed += 1
             if count is not None and printed >= count:
                 return 0
-    return 0
+    return None
 
 
 def _ack_text(ack: Mapping[str, Any]) -> str:
@@ -128,10 +137,11 @@ def _ack_text(ack: Mapping[str, Any]) -> str:
     return f"{ack['op']}d to {ack['channel']}{depth} {' '.join(keys)}".rstrip()
 
 
-def render(message: Mapping[str, Any]) -> str:
-    """One server message as terminal text (a few lines for a ``book``)."""
+def render(message: Mapping[str, Any], received: int) -> str:
+    """One server message as terminal text (a few lines for a ``book``), timed by its
+    exchange event time, else its send time, else ``received`` (ns)."""
     kind = message.get("type")
-    when = _clock(message.get("ts_event") or message.get("ts_send") or time.time_ns())
+    when = _clock(message.get("ts_event") or message.get("ts_send") or received)
     if kind == "bbo":
         return (
             f"{when}  {message['instrument']:<24} #{message['seq']:<8} "
