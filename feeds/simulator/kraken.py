@@ -263,8 +263,8 @@ class KrakenSimulator(LoopbackVenue):
         return self._feeds[symbol].book.snapshot(limit)
 
     def hold_snapshots(self, symbol: str) -> None:
-        """Acknowledge new ``book`` subscriptions of ``symbol`` but send neither their
-        snapshot nor updates until ``release_snapshots``."""
+        """Acknowledge new ``book`` subscriptions of ``symbol`` that ask for a snapshot
+        but send neither the snapshot nor updates until ``release_snapshots``."""
         self._feeds[symbol].held = True
 
     def release_snapshots(self, symbol: str) -> None:
@@ -408,7 +408,7 @@ class KrakenSimulator(LoopbackVenue):
         new = stream.view
         top = CHECKSUM_LEVELS
         if (held.top_bids(top), held.top_asks(top)) != (new.bids[:top], new.asks[:top]):
-            stream.drifted = None  # their next checksum fails: they resync
+            stream.drifted = None  # this message's checksum fails for them: they resync
         elif (held.top_bids(stream.depth), held.top_asks(stream.depth)) == (new.bids, new.asks):
             stream.drifted = None
             feed.drops_pending += 1  # the drop went unnoticed and healed: drop another
@@ -602,7 +602,7 @@ class KrakenSimulator(LoopbackVenue):
                 self._reply(
                     client, time_in, method, req_id, result={**result, "snapshot": snapshot}
                 )
-                if feed.held:
+                if snapshot and feed.held:
                     feed.waiting[client] = depth
                 elif snapshot:
                     self._start_stream(client, symbol, feed, depth)

@@ -232,6 +232,18 @@ async def test_unsubscribe_stops_that_pair_only(
     assert simulator.unsubscribes("BTC/USD") == 1
 
 
+async def test_a_subscription_without_snapshot_gets_updates_only(
+    simulator: KrakenSimulator, client: ClientConnection
+) -> None:
+    simulator.hold_snapshots("ETH/USD")  # nothing to hold without a snapshot
+    await send(client, book_request("subscribe", ["ETH/USD"], 1, snapshot=False))
+    ack = without_times(await receive(client))
+    assert ack["result"] == {"channel": "book", "depth": 10, "symbol": "ETH/USD", "snapshot": False}
+    update = await receive(client)
+    assert (update["type"], update["data"][0]["symbol"]) == ("update", "ETH/USD")
+    assert simulator.snapshots_sent("ETH/USD") == 0
+
+
 async def test_held_snapshots_wait_for_release(
     simulator: KrakenSimulator, client: ClientConnection
 ) -> None:
