@@ -73,6 +73,11 @@ class MetricsCollector(Collector):
         )
         started.add_metric([], self._metrics.started / SECOND_NS)
         yield started
+        errors = CounterMetricFamily(
+            f"{PREFIX}_metrics_tick_errors", "Once-a-second metrics reports that failed"
+        )
+        errors.add_metric([], self._metrics.tick_errors)
+        yield errors
 
     def _summaries(self) -> Iterator[Metric]:
         recorder = self._metrics.recorder

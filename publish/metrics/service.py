@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,8 @@ from publish.fanout import Counters
 from publish.metrics.hdr import SECOND_NS
 from publish.metrics.recorder import LatencyRecorder
 from publish.storage.flusher import FlusherStats, StorageFlusher, StorageHealth
+
+log = logging.getLogger(__name__)
 
 
 class Activity(StrEnum):
@@ -134,6 +137,8 @@ class Metrics:
         self._period_start = self._last_tick
         self._classified = False
         self._on_report = on_report
+        self.tick_errors = 0
+        """Ticks that raised (the first is logged); reporting goes on with the next one."""
         self._totals = self._rate_totals()
         # Until the first tick: every stage empty, every rate 0.
         self._report = self._compose(self._point(0, dict.fromkeys(self._totals, 0.0)))
@@ -149,7 +154,12 @@ class Metrics:
             while True:
                 due = max(due + self.interval, loop.time())
                 await asyncio.sleep(due - loop.time())
-                self.tick()
+                try:
+                    self.tick()
+                except Exception:  # task boundary: a metrics bug must not stop the server
+                    self.tick_errors += 1
+                    if self.tick_errors == 1:
+                        log.exception("metrics report failed; counting further failures")
 
     def tick(self) -> dict[str, Any]:
         """Close the interval: roll every histogram, compute rates and activity, append a

@@ -37,6 +37,7 @@ COUNTERS_AND_GAUGES = {
     "marketcast_db_healthy": "gauge",
     "marketcast_db_rows_written": "counter",
     "marketcast_start_time_seconds": "gauge",
+    "marketcast_metrics_tick_errors": "counter",
 }
 
 

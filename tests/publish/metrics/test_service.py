@@ -3,6 +3,7 @@ Clocks are injected (``support.new_setup``), so every rate and class is an exact
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,13 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
+from publish.fanout import Counters
+from publish.metrics import LatencyRecorder, Metrics
 from publish.metrics.hdr import EMPTY, SECOND_NS
 from publish.server import MarketServer
 from tests.publish.metrics.support import START, Setup, new_setup, quote
-from tests.publish.support import BTC, ETH, KRAKEN_BTC, TS_SEND, receive, send
+from tests.publish.support import BTC, ETH, KRAKEN_BTC, TS_SEND, new_registry, receive, send
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -163,3 +167,27 @@ async def test_the_metrics_channel_gets_each_report_once(setup: Setup) -> None:
             reports.append(setup.at(second))
         received = [await receive(ws) for _ in reports]
     assert received == [{"type": "metrics", **report, "ts_send": TS_SEND} for report in reports]
+
+
+async def test_a_failing_report_is_logged_once_counted_and_reporting_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("subscriber went away mid-report")
+
+    metrics = Metrics(
+        LatencyRecorder(),
+        registry=new_registry(),
+        fanout=Counters(),
+        interval=0.01,
+        on_report=broken,
+    )
+    task = asyncio.create_task(metrics.run())
+    await eventually(lambda: metrics.tick_errors >= 3, "three failed reports")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(metrics.history) >= 3
+    assert [record.getMessage() for record in caplog.records] == [
+        "metrics report failed; counting further failures"
+    ]
