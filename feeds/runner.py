@@ -67,6 +67,9 @@ def websocket_connect(url: str) -> AbstractAsyncContextManager[FeedSocket]:
     return ws_connect(url, max_size=16 * 2**20, ping_interval=20, ping_timeout=20, open_timeout=10)
 
 
+_WATCH_PERIOD = 1.0
+"""Longest time between passes of the per-instrument watchdog."""
+
 _PROBLEM_INCIDENT = {
     ProblemKind.GAP: IncidentKind.GAP,
     ProblemKind.CHECKSUM: IncidentKind.CHECKSUM,
@@ -277,6 +280,7 @@ class FeedConnection:
         self.ready = asyncio.Event()
         self.shadow_latest: dict[str, BookSnapshot] = {}
         self._fetches: dict[str, asyncio.Task[None]] = {}
+        self._sync_started: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._group: asyncio.TaskGroup | None = None
         self._ws: FeedSocket | None = None
@@ -300,8 +304,7 @@ class FeedConnection:
                         self._begin_sync(name)
                     if self.adapter.app_ping_interval > 0:
                         self._spawn(self._ping_forever(ws), "ping")
-                    if self.adapter.instrument_silence_timeout > 0:
-                        self._spawn(self._watch_instruments(), "silence-watch")
+                    self._spawn(self._watch_instruments(), "instrument-watch")
                     await self._receive_forever(ws)
                 except Exception as exc:  # re-raised below, not wrapped in an ExceptionGroup
                     lost = exc
@@ -333,27 +336,49 @@ class FeedConnection:
                 self._on_event(event, ts_recv)
 
     async def _ping_forever(self, ws: FeedSocket) -> None:
-        frame = self.adapter.app_ping_frame()
-        if frame is None:
-            return
         while True:
             await asyncio.sleep(self.adapter.app_ping_interval)
-            await self._send_all(ws, [frame])
+            frame = self.adapter.app_ping_frame()  # fresh each time: venues number them
+            if frame is not None:
+                await self._send_all(ws, [frame])
 
     async def _watch_instruments(self) -> None:
-        """Resync a live instrument that received no book message for the venue's
-        per-instrument silence timeout (counts compared between checks: no hot-path cost)."""
-        timeout = self.adapter.instrument_silence_timeout
+        """Per-instrument watchdog, one pass per second, nothing on the hot path:
+
+        - a resync that has not brought the instrument back within the venue's
+          ``resync_timeout`` (a rejected resubscribe, a lost snapshot) starts again;
+        - a live instrument with no book message for ``instrument_silence_timeout``
+          (book messages counted between passes) is resynced.
+        """
+        adapter = self.adapter
         counts = self.runner.counters.by_instrument
         seen = dict(counts)
+        quiet_since: dict[str, float] = {}
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(timeout)
+            silence = adapter.instrument_silence_timeout
+            await asyncio.sleep(min(_WATCH_PERIOD, silence / 4) if silence > 0 else _WATCH_PERIOD)
+            now = loop.time()
             for name, sync in self.dispatcher.syncs.items():
+                if not sync.live:
+                    started = self._sync_started.get(name, now)
+                    if now - started > adapter.resync_timeout:
+                        log.warning(
+                            "%s: %s not in sync after %.0fs; retrying",
+                            self.runner.venue,
+                            name,
+                            now - started,
+                        )
+                        self._restart_sync(name)
+                    continue
                 count = counts.get(name, 0)
-                if sync.live and count == seen.get(name, 0):
-                    problem = SyncProblem(ProblemKind.SILENT, f"no book message for {timeout:g}s")
+                if count != seen.get(name, 0):
+                    seen[name] = count
+                    quiet_since[name] = now
+                elif silence > 0 and now - quiet_since.setdefault(name, now) >= silence:
+                    problem = SyncProblem(ProblemKind.SILENT, f"no book message for {silence:g}s")
+                    quiet_since[name] = now
                     self._resync(name, problem)
-                seen[name] = count
 
     # -- events ----------------------------------------------------------------------
 
@@ -399,6 +424,10 @@ class FeedConnection:
             self.runner.went_stale(instrument, problem)
         else:
             self.shadow_latest.pop(instrument, None)
+        self._restart_sync(instrument)
+
+    def _restart_sync(self, instrument: str) -> None:
+        """Reset the book and ask the venue for a fresh snapshot (REST or resubscribe)."""
         self._begin_sync(instrument)
         if not self.adapter.rest_snapshots and self._ws is not None:
             frames = self.adapter.resubscribe_frames(instrument)
@@ -406,6 +435,7 @@ class FeedConnection:
 
     def _begin_sync(self, instrument: str) -> None:
         self.dispatcher.syncs[instrument].reset()
+        self._sync_started[instrument] = asyncio.get_running_loop().time()
         if self.adapter.rest_snapshots:
             self._start_fetch(instrument)
 

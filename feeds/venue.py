@@ -30,6 +30,8 @@ class VenueAdapter(ABC):
     #: A live instrument with no book message for this long is resynced (0 = off: on most
     #: venues a quiet instrument sends nothing, so this is a per-deployment choice).
     instrument_silence_timeout: float = 0.0
+    #: An instrument not back in sync this long after a resync began is resynced again.
+    resync_timeout: float = 30.0
     #: REST weight of one snapshot request, and the venue's budget per minute and IP
     #: (Binance request-weight accounting; 0 = no budget).
     snapshot_weight: float = 1.0

@@ -192,7 +192,7 @@ async def test_connection_rotation_is_make_before_break() -> None:
 
 async def test_a_silent_instrument_is_resynced_alone() -> None:
     async with running_rig(instrument_silence_timeout=0.4) as rig:
-        rig.simulator.mute("ETHUSDT", 1.0)
+        rig.simulator.mute("ETHUSDT", 1.5)
         await eventually(lambda: InstrumentState.STALE in rig.seen.states[ETH], "ETH stale")
         await eventually(lambda: rig.registry.is_live(ETH), "ETH live again")
         assert rig.seen.states[BTC] == [InstrumentState.LIVE]
@@ -202,4 +202,18 @@ async def test_a_silent_instrument_is_resynced_alone() -> None:
             i for i in rig.seen.incidents if i.instrument == ETH and i.kind is IncidentKind.STALE
         ]
         assert stale and "no book message" in stale[0].detail
+        await books_equal_simulator(rig)
+
+
+async def test_a_resync_that_never_completes_is_retried() -> None:
+    async with running_rig(resync_timeout=0.5) as rig:
+        rig.simulator.drop_next("BTCUSDT")
+        await eventually(lambda: InstrumentState.STALE in rig.seen.states[BTC], "BTC stale")
+        requests = rig.simulator.snapshot_requests("BTCUSDT")
+        rig.simulator.mute("BTCUSDT", 2.5)  # no stream event can prove the new snapshot
+        await eventually(
+            lambda: rig.simulator.snapshot_requests("BTCUSDT") >= requests + 3, "resync retried"
+        )
+        await eventually(lambda: rig.registry.is_live(BTC), "BTC live once it streams again")
+        assert rig.seen.states[ETH] == [InstrumentState.LIVE]
         await books_equal_simulator(rig)
