@@ -11,10 +11,22 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 PG_DSN = os.environ.get("MARKETCAST_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+PG_ADDRESS = (urlsplit(PG_DSN).hostname or "127.0.0.1", urlsplit(PG_DSN).port or 5432)
+"""Where the test PostgreSQL listens (for a proxy in front of it)."""
+
+
+def dsn_via(port: int) -> str:
+    """``PG_DSN`` pointed at ``127.0.0.1:port`` instead (a proxy in front of the server)."""
+    parts = urlsplit(PG_DSN)
+    user = parts.netloc.rpartition("@")[0]
+    return urlunsplit(
+        parts._replace(netloc=f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}")
+    )
 
 
 @asynccontextmanager

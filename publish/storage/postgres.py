@@ -12,9 +12,9 @@ on the 2-core dev box: ~12 µs against ~4 µs per row, 500-row batches), all of 
 event loop. The lines are produced in chunks with a yield to the loop between them, so
 a large batch never blocks the loop for more than one chunk.
 
-One connection, used by one operation at a time (a lock: the flusher writes, position
-ops look ids up). Any failure of an operation, a timeout included, closes the
-connection rather than trying to roll back over a link that may be dead; the server
+Two connections, each used by one operation at a time: one for the flusher's writes,
+one for position id lookups. Any failure of an operation, a timeout included, closes
+its connection rather than trying to roll back over a link that may be dead; the server
 aborts the open transaction, and the next operation connects again. So an outage costs
 the flusher failed writes (which it retries) and never a half-written batch.
 """
@@ -100,7 +100,7 @@ _MIGRATION_LOCK = "marketcast.schema."
 
 
 class PostgresBackend:
-    """``StorageBackend`` on PostgreSQL through one asyncpg connection.
+    """``StorageBackend`` on PostgreSQL through two asyncpg connections (writes, lookups).
 
     ``write_batch`` costs one transaction: a text ``COPY`` of the BBO rows (O(rows) of
     formatting on the event loop, ~4 µs per row in chunks of ``_COPY_CHUNK_ROWS``), one
@@ -145,9 +145,11 @@ class PostgresBackend:
         self._select_one = (
             f"SELECT {_POSITION_COLUMNS} FROM {s}.positions WHERE account = $1 AND id = $2"
         )
-        self._lock = asyncio.Lock()
         self._open = False
-        self._conn: Any = None
+        # Lookups get a connection of their own, so a burst of them never queues in
+        # front of a batch write (whose commit the position acks wait for) or behind it.
+        self._writer = _Link(self._connect_one, self._timeout)
+        self._reader = _Link(self._connect_one, self._timeout)
         # Text COPY escapes of the few distinct venue/symbol strings (see _escape).
         self._escaped: dict[str, str] = {}
 
@@ -170,59 +172,40 @@ class PostgresBackend:
             raise StorageError(f"postgres schema {self._schema!r} is already open")
         self._open = True
         try:
-            await self._run(self._migrate)
+            await self._run(self._writer, self._migrate)
         except BaseException:
             await self.close()
             raise
 
     async def write_batch(self, batch: Batch) -> None:
-        await self._run(lambda conn: self._write(conn, batch))
+        await self._run(self._writer, lambda conn: self._write(conn, batch))
 
     async def load_open_positions(self) -> list[PositionRow]:
-        records = await self._run(lambda conn: conn.fetch(self._select_open))
+        records = await self._run(self._writer, lambda conn: conn.fetch(self._select_open))
         return [_position(record) for record in records]
 
     async def find_position(self, account: str, position_id: str) -> PositionRow | None:
-        record = await self._run(lambda conn: conn.fetchrow(self._select_one, account, position_id))
+        record = await self._run(
+            self._reader, lambda conn: conn.fetchrow(self._select_one, account, position_id)
+        )
         return None if record is None else _position(record)
 
     async def close(self) -> None:
-        """Wait for the operation in progress, then close the connection."""
+        """Wait for the operations in progress, then close the connections."""
         if not self._open:
             return
         self._open = False
-        async with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is None:
-                return
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await conn.close()
-            except Exception:
-                # A link that cannot close gracefully is dropped; nothing is pending on it.
-                logger.warning("postgres: closing the connection failed", exc_info=True)
-            finally:
-                if not conn.is_closed():
-                    conn.terminate()
+        await asyncio.gather(self._writer.close(), self._reader.close())
 
-    async def _run(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
-        """``operation(connection)`` under the lock and the timeout, connecting first if
-        needed; any failure closes the connection (see the module docstring)."""
-        async with self._lock:
-            if not self._open:
-                raise BackendClosedError(f"postgres schema {self._schema!r} is not open")
-            try:
-                async with asyncio.timeout(self._timeout):
-                    if self._conn is None or self._conn.is_closed():
-                        self._conn = await self._connect(
-                            self._dsn, server_settings={"application_name": self.application_name}
-                        )
-                    return await operation(self._conn)
-            except BaseException:
-                conn, self._conn = self._conn, None
-                if conn is not None:
-                    conn.terminate()
-                raise
+    async def _run(self, link: _Link, operation: Callable[[Any], Awaitable[Any]]) -> Any:
+        if not self._open:
+            raise BackendClosedError(f"postgres schema {self._schema!r} is not open")
+        return await link.run(operation)
+
+    async def _connect_one(self) -> Any:
+        return await self._connect(
+            self._dsn, server_settings={"application_name": self.application_name}
+        )
 
     async def _migrate(self, conn: Any) -> None:
         async with conn.transaction():
@@ -303,6 +286,47 @@ class PostgresBackend:
             if len(self._escaped) < 4096:
                 self._escaped[text] = escaped
         return escaped
+
+
+class _Link:
+    """One connection, used by one operation at a time, (re)connected on demand."""
+
+    def __init__(self, connect: Callable[[], Awaitable[Any]], timeout: float) -> None:
+        self._connect = connect
+        self._timeout = timeout
+        self._lock = asyncio.Lock()
+        self._conn: Any = None
+
+    async def run(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
+        """``operation(connection)`` under the lock and the timeout, connecting first if
+        needed; any failure closes the connection (see the module docstring)."""
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    if self._conn is None or self._conn.is_closed():
+                        self._conn = await self._connect()
+                    return await operation(self._conn)
+            except BaseException:
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    conn.terminate()
+                raise
+
+    async def close(self) -> None:
+        """Wait for the operation in progress, then close the connection."""
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is None:
+                return
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await conn.close()
+            except Exception:
+                # A link that cannot close gracefully is dropped; nothing is pending on it.
+                logger.warning("postgres: closing a connection failed", exc_info=True)
+            finally:
+                if not conn.is_closed():
+                    conn.terminate()
 
 
 def _quote_ident(name: str) -> str:
