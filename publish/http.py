@@ -1,6 +1,7 @@
 """HTTP GET routes served on the websocket port (through websockets' ``process_request``).
 
-``/health``                       every instrument's state and per-venue counts of states
+``/health``                       every instrument's state and per-venue counts of states,
+                                  plus each added check's (``add_health_check``: storage)
 ``/v1/bbo/<instrument>``          the instrument's ``bbo`` message (the same object as on /ws)
 ``/v1/book/<instrument>?depth=N`` its ``book`` message, top N levels per side (default 10)
 
@@ -47,6 +48,9 @@ class HttpRequest:
 
 Handler = Callable[[HttpRequest], Response]
 
+HealthCheck = Callable[[], tuple[bool, dict[str, object]]]
+"""``() -> (healthy, details)`` of one more part of the server, shown on /health."""
+
 
 def http_response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
     """A complete HTTP response carrying ``body``."""
@@ -86,6 +90,7 @@ class HttpRoutes:
         self._max_depth = max_depth
         self._exact: dict[str, Handler] = {}
         self._prefixes: list[tuple[str, Handler]] = []
+        self._health_checks: dict[str, HealthCheck] = {}
         self.add("/health", self._health)
         self.add(BBO_PREFIX, self._bbo, prefix=True)
         self.add(BOOK_PREFIX, self._book, prefix=True)
@@ -96,6 +101,11 @@ class HttpRoutes:
             self._prefixes.append((path, handler))
         else:
             self._exact[path] = handler
+
+    def add_health_check(self, name: str, check: HealthCheck) -> None:
+        """Show ``check``'s details under ``name`` on /health; unhealthy makes the status
+        ``degraded``."""
+        self._health_checks[name] = check
 
     def respond(self, target: str) -> Response:
         """The response to ``GET target`` (path and optional query). O(routes) to find the
@@ -118,9 +128,14 @@ class HttpRoutes:
             venue = status.instrument.partition(":")[0]
             venues.setdefault(venue, Counter())[status.state.value] += 1
         healthy = all(status.state is InstrumentState.LIVE for status in statuses)
+        checks: dict[str, object] = {}
+        for name, check in self._health_checks.items():
+            ok, checks[name] = check()
+            healthy = healthy and ok
         body = orjson.dumps(
             {
                 "status": "ok" if healthy else "degraded",
+                **checks,
                 "venues": {
                     venue: {state.value: counts[state.value] for state in InstrumentState}
                     for venue, counts in sorted(venues.items())
