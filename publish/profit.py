@@ -4,8 +4,9 @@ Positions come from the position book (``position_opened``/``position_closed``, 
 when those changes commit); subscriptions come through the fan-out
 (``{"op":"subscribe","channel":"profit","account":"acct-1"}``, allowed only for the
 connection's own account). Only accounts with at least one subscriber are marked: their
-positions are indexed by instrument, so a price change of an instrument costs O(its
-positions of subscribed accounts) and nothing at all when there are none.
+positions are indexed by instrument and side, so a price change of an instrument costs
+O(its positions of subscribed accounts on the side that moved) and nothing at all when
+there are none.
 
 A change of an instrument's best bid or ask price (quantities do not move PnL) marks the
 instrument dirty and asks the fan-out for a tick; the tick calls ``publish``, which marks
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from book.fixed import SCALE, format_fixed
+from book.fixed import SCALE_DIGITS, format_fixed
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
 from publish.fanout import Fanout, Subscriber, Topic
@@ -51,25 +52,29 @@ from publish.storage.rows import PositionRow, PositionSide
 TOTAL_KEY: Topic = (Channel.PROFIT, "")
 """Outbox key of the ``profit_total`` message (position ids are never empty)."""
 
-_PNL_SCALE = SCALE * SCALE
-_PNL_DIGITS = 24
+_PNL_DIGITS = 2 * SCALE_DIGITS
+"""A PnL is a product of two fixed-point values: 10**-24 units."""
+_PNL_FORMAT = b"%%0%dd" % (_PNL_DIGITS + 1)  # at least one digit before the point
+
+
+def pnl_text(value: int) -> bytes:
+    """A PnL (10**-24 units) as the shortest exact decimal, ASCII. ~0.5 µs: one int
+    formatting, no division."""
+    if value < 0:
+        digits = _PNL_FORMAT % -value
+        sign = b"-"
+    else:
+        digits = _PNL_FORMAT % value
+        sign = b""
+    fraction = digits[-_PNL_DIGITS:].rstrip(b"0")
+    if fraction:
+        return sign + digits[:-_PNL_DIGITS] + b"." + fraction
+    return sign + digits[:-_PNL_DIGITS]
 
 
 def format_pnl(value: int) -> str:
-    """A PnL (fixed point times fixed point: 10**-24 units) as the shortest exact decimal."""
-    sign = "-" if value < 0 else ""
-    whole, frac = divmod(abs(value), _PNL_SCALE)
-    if not frac:
-        return f"{sign}{whole}"
-    return f"{sign}{whole}.{frac:0{_PNL_DIGITS}d}".rstrip("0")
-
-
-def pnl_of(row: PositionRow, bid: int | None, ask: int | None) -> int | None:
-    """The exact PnL of ``row`` at these prices (10**-24 units); ``None`` without a price
-    on its side."""
-    if row.side is PositionSide.BUY:
-        return None if bid is None else row.qty * (bid - row.entry_px)
-    return None if ask is None else row.qty * (row.entry_px - ask)
+    """``pnl_text`` as ``str``."""
+    return pnl_text(value).decode()
 
 
 @dataclass(slots=True, eq=False)
@@ -81,9 +86,35 @@ class _Mark:
     prefix: bytes
     """The frame up to ``"mark":``, encoded once when the position opens."""
     long: bool
+    slope: int
+    offset: int
+    """``pnl = slope * price + offset``: ``qty * (bid - entry)`` for a long,
+    ``qty * (entry - ask)`` for a short, one multiplication per mark."""
     price: int | None = None
     pnl: int | None = None
     seq: int = 0
+
+    @classmethod
+    def of(cls, row: PositionRow) -> _Mark:
+        long = row.side is PositionSide.BUY
+        slope = row.qty if long else -row.qty
+        return cls(row, (Channel.PROFIT, row.id), _prefix(row), long, slope, -slope * row.entry_px)
+
+    def at(self, bid: int | None, ask: int | None, seq: int) -> None:
+        """Mark at these prices (the position's side's; ``None``: no mark)."""
+        price = bid if self.long else ask
+        self.price, self.seq = price, seq
+        self.pnl = None if price is None else self.slope * price + self.offset
+
+
+@dataclass(slots=True, eq=False)
+class _Group:
+    """The watched positions of one instrument on one side, all marked at one price."""
+
+    marks: dict[_Mark, _Account] = field(default_factory=dict)
+    price: int | None = None
+    """The price the whole group was last marked at (meaningful when ``priced``)."""
+    priced: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -113,8 +144,8 @@ class ProfitEngine:
         self._fanout = fanout
         self._clock: Callable[[], int] = fanout.clock
         self._accounts: dict[str, _Account] = {}
-        self._watched: dict[str, dict[_Mark, _Account]] = {}
-        """instrument -> its positions of watched accounts (insertion-ordered)."""
+        self._watched: dict[str, tuple[_Group, _Group]] = {}
+        """instrument -> its positions of watched accounts: (longs, shorts)."""
         self._dirty: dict[str, BookSnapshot] = {}
         self._fresh: list[tuple[_Mark, _Account]] = []
         self._dirty_totals: set[_Account] = set()
@@ -129,7 +160,7 @@ class ProfitEngine:
     @property
     def watched_positions(self) -> int:
         """Positions indexed for marking (of accounts with a subscriber)."""
-        return sum(len(marks) for marks in self._watched.values())
+        return sum(len(longs.marks) + len(shorts.marks) for longs, shorts in self._watched.values())
 
     # -- the position book's listener -----------------------------------------------------
 
@@ -139,7 +170,7 @@ class ProfitEngine:
         account = self._accounts.get(row.account)
         if account is None:
             account = self._accounts[row.account] = _Account(row.account)
-        mark = _Mark(row, (Channel.PROFIT, row.id), _prefix(row), row.side is PositionSide.BUY)
+        mark = _Mark.of(row)
         account.marks[row.id] = mark
         if account.subscribers:
             self._mark_live(mark)
@@ -213,9 +244,12 @@ class ProfitEngine:
         if self._dirty:
             dirty, self._dirty = self._dirty, {}
             for instrument, snapshot in dirty.items():
-                marks = self._watched.get(instrument)
-                if marks:
-                    self._mark_instrument(marks, snapshot, ts_send)
+                groups = self._watched.get(instrument)
+                if groups is not None:
+                    tail = b',"seq":%d,"ts_send":%d}' % (snapshot.seq, ts_send)
+                    longs, shorts = groups
+                    self._mark_group(longs, snapshot.bid, snapshot.seq, tail)
+                    self._mark_group(shorts, snapshot.ask, snapshot.seq, tail)
         if self._dirty_totals:
             totals, self._dirty_totals = self._dirty_totals, set()
             for account in totals:
@@ -236,62 +270,45 @@ class ProfitEngine:
         self._dirty[instrument] = snapshot
         self._fanout.request_tick()
 
-    def _mark_instrument(
-        self, marks: dict[_Mark, _Account], snapshot: BookSnapshot, ts_send: int
-    ) -> None:
-        """The hot loop: every watched position of one instrument at its latest prices."""
-        bid, ask = snapshot.bid, snapshot.ask
-        bid_json = _price_json(bid)
-        ask_json = _price_json(ask)
-        tail = b',"seq":%d,"ts_send":%d}' % (snapshot.seq, ts_send)
+    def _mark_group(self, group: _Group, price: int | None, seq: int, tail: bytes) -> None:
+        """The hot loop: every position of a group at its side's new price; nothing when
+        that price did not move. ~3 µs per position with one subscriber (dev box)."""
+        if group.priced and price == group.price:
+            return
+        group.price, group.priced = price, True
+        price_json = _price_json(price)
+        head = price_json + b',"pnl":'
         dirty_totals = self._dirty_totals
-        encoded = 0
-        for mark, account in marks.items():
-            row = mark.row
-            if mark.long:
-                price, price_json = bid, bid_json
-            else:
-                price, price_json = ask, ask_json
-            if price == mark.price:
-                continue  # this side did not move: same PnL
+        for mark, account in group.marks.items():
+            old = mark.pnl
             if price is None:
                 pnl = None
-                pnl_json = b"null"
+                message = mark.prefix + head + b"null" + tail
             else:
-                pnl = row.qty * (price - row.entry_px if mark.long else row.entry_px - price)
-                pnl_json = b'"%s"' % format_pnl(pnl).encode()
-            self._account_pnl(account, mark.pnl, pnl)
-            mark.price, mark.pnl, mark.seq = price, pnl, snapshot.seq
-            message = b"".join((mark.prefix, price_json, b',"pnl":', pnl_json, tail))
+                pnl = mark.slope * price + mark.offset
+                message = b"".join((mark.prefix, head, b'"', pnl_text(pnl), b'"', tail))
+            mark.price, mark.pnl, mark.seq = price, pnl, seq
+            if old is None:
+                account.unmarked -= 1
+            else:
+                account.total -= old
+            if pnl is None:
+                account.unmarked += 1
+            else:
+                account.total += pnl
             key = mark.key
             for subscriber in account.subscribers:
                 subscriber.offer(key, message)
             dirty_totals.add(account)
-            encoded += 1
-        self._count_encoded(encoded)
-
-    @staticmethod
-    def _account_pnl(account: _Account, old: int | None, new: int | None) -> None:
-        """Move one position's contribution to its account's total from ``old`` to ``new``
-        (``None``: counted as unmarked)."""
-        if old is None:
-            account.unmarked -= 1
-        else:
-            account.total -= old
-        if new is None:
-            account.unmarked += 1
-        else:
-            account.total += new
+        self._count_encoded(len(group.marks))
 
     def _mark_live(self, mark: _Mark) -> None:
         """Mark a position at its book's latest live prices (unmarked if not live)."""
         snapshot = self._registry.live_snapshot(mark.row.instrument)
         if snapshot is None:
-            mark.price, mark.pnl, mark.seq = None, None, 0
+            mark.at(None, None, 0)
         else:
-            mark.price = snapshot.bid if mark.long else snapshot.ask
-            mark.pnl = pnl_of(mark.row, snapshot.bid, snapshot.ask)
-            mark.seq = snapshot.seq
+            mark.at(snapshot.bid, snapshot.ask, snapshot.seq)
 
     def _watch(self, account: _Account) -> None:
         """Mark and index every position of an account that just got its first subscriber."""
@@ -301,23 +318,28 @@ class ProfitEngine:
             self._index(mark, account)
 
     def _index(self, mark: _Mark, account: _Account) -> None:
-        """Add a marked position to the instrument index and its PnL to the total."""
+        """Add a marked position to its group and its PnL to the account's total."""
         instrument = mark.row.instrument
-        marks = self._watched.get(instrument)
-        if marks is None:
-            marks = self._watched[instrument] = {}
-        marks[mark] = account
+        groups = self._watched.get(instrument)
+        if groups is None:
+            groups = self._watched[instrument] = (_Group(), _Group())
+        group = groups[0] if mark.long else groups[1]
+        if not group.marks:
+            group.price, group.priced = mark.price, True
+        elif mark.price != group.price:
+            group.priced = False  # marked apart from the group: remark all on the next change
+        group.marks[mark] = account
         if mark.pnl is None:
             account.unmarked += 1
         else:
             account.total += mark.pnl
 
     def _unindex(self, mark: _Mark, account: _Account) -> None:
-        """Take a position out of the instrument index and its PnL out of the total."""
+        """Take a position out of its group and its PnL out of the account's total."""
         instrument = mark.row.instrument
-        marks = self._watched[instrument]
-        del marks[mark]
-        if not marks:
+        longs, shorts = groups = self._watched[instrument]
+        del groups[0 if mark.long else 1].marks[mark]
+        if not longs.marks and not shorts.marks:
             del self._watched[instrument]
             self._dirty.pop(instrument, None)
         if mark.pnl is None:
@@ -349,7 +371,7 @@ def _price_json(price: int | None) -> bytes:
 
 
 def _encode_mark(mark: _Mark, ts_send: int) -> bytes:
-    pnl_json = b"null" if mark.pnl is None else b'"%s"' % format_pnl(mark.pnl).encode()
+    pnl_json = b"null" if mark.pnl is None else b'"' + pnl_text(mark.pnl) + b'"'
     return b"".join(
         (
             mark.prefix,
