@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from app.exceptions import ConfigError
 from app.settings import Settings, StorageSettings, VenueSettings
-from app.venues import build_adapter, simulator_for
+from app.venues import build_adapter, simulator_endpoints, simulator_for
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
 from feeds.incidents import FeedIncident, IncidentSink, ignore_incident
@@ -113,29 +113,31 @@ async def serve(
     log.info("%d open positions loaded from %s", len(positions), backend.name)
     auth = auth_policy(settings)
     try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(flusher.run(), name="storage-flusher")
-            group.create_task(metrics.run(), name="metrics")
-            async with contextlib.AsyncExitStack() as stack:
-                runners = []
-                for venue in settings.venues:
-                    endpoints = await stack.enter_async_context(venue_endpoints(settings, venue))
-                    runners += build_runners(
-                        settings, venue, endpoints, registry, on_incident=store_incident
-                    )
-                server = await stack.enter_async_context(
-                    MarketServer(
-                        registry,
-                        fanout,
-                        host=settings.server.host,
-                        port=settings.server.port,
-                        limits=settings.server.limits,
-                        auth=auth,
-                        positions=positions,
-                    )
+        # Shutdown order: the task group (feeds, flusher, metrics) is cancelled first,
+        # then the stack closes the server and the simulated venues the feeds used.
+        async with contextlib.AsyncExitStack() as stack:
+            runners = []
+            for venue in settings.venues:
+                endpoints = await stack.enter_async_context(venue_endpoints(settings, venue))
+                runners += build_runners(
+                    settings, venue, endpoints, registry, on_incident=store_incident
                 )
-                MetricsPages(metrics).install(server.routes)
-                metrics.add_feeds(runners)
+            server = await stack.enter_async_context(
+                MarketServer(
+                    registry,
+                    fanout,
+                    host=settings.server.host,
+                    port=settings.server.port,
+                    limits=settings.server.limits,
+                    auth=auth,
+                    positions=positions,
+                )
+            )
+            MetricsPages(metrics).install(server.routes)
+            metrics.add_feeds(runners)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(flusher.run(), name="storage-flusher")
+                group.create_task(metrics.run(), name="metrics")
                 for runner in runners:
                     group.create_task(runner.run(), name=f"feed:{runner.venue}")
                 if on_ready is not None:
@@ -225,8 +227,9 @@ async def venue_endpoints(
         yield venue.ws_url, venue.rest_url
         return
     async with simulator_for(venue, settings.simulator) as simulator:
-        log.info("simulated %s venue on %s", venue.id, simulator.ws_url)
-        yield simulator.ws_url, simulator.rest_url
+        endpoints = simulator_endpoints(venue, simulator)
+        log.info("simulated %s venue on %s", venue.id, endpoints[0])
+        yield endpoints
 
 
 async def _drain(flusher: StorageFlusher) -> None:

@@ -12,11 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from app.exceptions import ConfigError
+from app.venues import VENUE_KINDS, native_symbols
 from publish.client import ServerLimits
 
-VENUE_KINDS = ("binance", "binance-usdm")
 STORAGE_BACKENDS = ("sqlite", "postgres")
-DEMO_SYMBOLS = ("BTC-USDT", "ETH-USDT", "SOL-USDT")
+DEMO_VENUES: dict[str, tuple[str, ...]] = {
+    "binance": ("BTC-USDT", "ETH-USDT", "SOL-USDT"),
+    "okx": ("BTC-USDT", "ETH-USDT"),
+    "bybit": ("BTC-USDT", "ETH-USDT"),
+    "coinbase": ("BTC-USD", "ETH-USD"),
+    "kraken": ("BTC-USD", "ETH-USD"),
+}
+"""The offline demo's simulated venues and symbols (BTC-USDT and BTC-USD on several
+venues, so the consolidated best bid/ask has something to consolidate)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +123,9 @@ class Settings:
     def demo(cls) -> Settings:
         """The offline demo: simulated venues on loopback, SQLite, 127.0.0.1:8765."""
         return cls(
-            venues=(
-                VenueSettings(
-                    id="binance", symbols=native_symbols("binance", DEMO_SYMBOLS), simulate=True
-                ),
+            venues=tuple(
+                VenueSettings(id=venue, symbols=native_symbols(venue, symbols), simulate=True)
+                for venue, symbols in DEMO_VENUES.items()
             )
         )
 
@@ -134,13 +141,6 @@ class Settings:
         if self.auth.secret_file is not None:
             return Path(self.auth.secret_file)
         return Path(self.storage.path).parent / "marketcast.secret"
-
-
-def native_symbols(venue_kind: str, canonical: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """The venue's usual spelling of canonical symbols (``BTC-USDT`` -> ``BTCUSDT``)."""
-    if venue_kind in ("binance", "binance-usdm"):
-        return {name: name.removesuffix("-PERP").replace("-", "") for name in canonical}
-    raise ConfigError(f"unknown venue kind {venue_kind!r}; known: {', '.join(VENUE_KINDS)}")
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -191,7 +191,8 @@ def _venue(index: int, raw: Any) -> VenueSettings:
         raise ConfigError(f"{where}.id is required (a venue id such as 'binance')")
     kind = raw.get("kind", "") or raw["id"]
     if kind not in VENUE_KINDS:
-        raise ConfigError(f"{where}: unknown venue kind {kind!r}; known: {', '.join(VENUE_KINDS)}")
+        known = ", ".join(VENUE_KINDS)
+        raise ConfigError(f"{where}: unknown venue kind {kind!r}; known: {known}")
     symbols = raw.get("symbols")
     if isinstance(symbols, list) and all(isinstance(s, str) for s in symbols) and symbols:
         mapping = native_symbols(kind, symbols)

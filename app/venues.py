@@ -1,55 +1,174 @@
-"""Venue ids -> feed adapters and built-in simulators."""
+"""Every venue marketcast speaks, in one table: adapters, symbol spelling, simulators.
+
+A ``VenueKind`` says how to build the feed adapter of a venue id, how the venue spells
+a canonical symbol (and back, for replaying recordings), and which built-in simulator
+stands in for it in the offline demo.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from app.exceptions import ConfigError
-from app.settings import SimulatorSettings, VenueSettings
 from feeds.binance.adapter import BinanceAdapter
-from feeds.simulator.binance import DEFAULT_SYMBOLS, BinanceSpotSimulator
+from feeds.bybit.adapter import BybitAdapter, BybitCategory
+from feeds.coinbase.adapter import CoinbaseAdapter
+from feeds.kraken.adapter import WS_V2 as KRAKEN_WS
+from feeds.kraken.adapter import KrakenAdapter, canonical_symbol, native_symbol
+from feeds.okx.adapter import OkxAdapter, okx_canonical, okx_inst_id
+from feeds.simulator import binance as binance_sim
+from feeds.simulator import bybit as bybit_sim
+from feeds.simulator import coinbase as coinbase_sim
+from feeds.simulator import kraken as kraken_sim
+from feeds.simulator import okx as okx_sim
 from feeds.simulator.market import SimSymbol
 from feeds.symbols import DiscoveringSymbolMap, SymbolMap, split_concatenated
 from feeds.venue import VenueAdapter
 
+if TYPE_CHECKING:
+    from app.settings import SimulatorSettings, VenueSettings
 
-class SimulatedVenue(Protocol):
-    @property
-    def ws_url(self) -> str: ...
+Endpoints = tuple[str | None, str | None]
+"""(websocket, REST) base URLs of a venue; ``None`` = the exchange's own."""
 
-    @property
-    def rest_url(self) -> str: ...
+
+@dataclass(frozen=True, slots=True)
+class VenueKind:
+    """How to speak one venue. ``adapter(symbols, ws_url, rest_url)`` builds a feed adapter
+    (one per connection); ``simulator(symbols, rate, seed)`` a loopback stand-in whose
+    endpoints ``sim_endpoints`` gives."""
+
+    native: Callable[[str], str]
+    canonical: Callable[[str], str]
+    adapter: Callable[[SymbolMap, str | None, str | None], VenueAdapter]
+    simulator: Callable[[list[SimSymbol], float, int], AbstractAsyncContextManager[Any]] | None
+    sim_endpoints: Callable[[Any], Endpoints]
+    sim_symbols: Sequence[SimSymbol]
+    replay_adapter: Callable[[SymbolMap], VenueAdapter] | None = None
+
+
+def _concatenated(symbol: str) -> str:
+    return symbol.removesuffix("-PERP").replace("-", "")
+
+
+def _perp(canonical: Callable[[str], str]) -> Callable[[str], str]:
+    return lambda native: canonical(native) + "-PERP"
+
+
+def _base_urls(simulator: Any) -> Endpoints:
+    return simulator.ws_url, simulator.rest_url
+
+
+VENUE_KINDS: dict[str, VenueKind] = {
+    "binance": VenueKind(
+        native=_concatenated,
+        canonical=split_concatenated,
+        adapter=lambda s, ws, rest: BinanceAdapter(s, ws_base=ws, rest_base=rest),
+        simulator=lambda symbols, rate, seed: binance_sim.BinanceSpotSimulator(
+            symbols=symbols, updates_per_second=rate, seed=seed
+        ),
+        sim_endpoints=_base_urls,
+        sim_symbols=binance_sim.DEFAULT_SYMBOLS,
+    ),
+    "binance-usdm": VenueKind(
+        native=_concatenated,
+        canonical=_perp(split_concatenated),
+        adapter=lambda s, ws, rest: BinanceAdapter(s, futures=True, ws_base=ws, rest_base=rest),
+        simulator=None,
+        sim_endpoints=_base_urls,
+        sim_symbols=(),
+    ),
+    "coinbase": VenueKind(
+        native=str,
+        canonical=str,
+        adapter=lambda s, ws, rest: CoinbaseAdapter(s, ws_url=ws),
+        simulator=lambda symbols, rate, seed: coinbase_sim.CoinbaseSimulator(
+            symbols=symbols, updates_per_second=rate, seed=seed
+        ),
+        sim_endpoints=_base_urls,
+        sim_symbols=coinbase_sim.DEFAULT_SYMBOLS,
+    ),
+    "kraken": VenueKind(
+        native=native_symbol,
+        canonical=canonical_symbol,
+        adapter=lambda s, ws, rest: KrakenAdapter(s, ws_url=ws or KRAKEN_WS),
+        simulator=lambda symbols, rate, seed: kraken_sim.KrakenSimulator(
+            symbols=symbols, updates_per_second=rate, seed=seed
+        ),
+        sim_endpoints=lambda sim: (sim.v2_url, None),
+        sim_symbols=kraken_sim.DEFAULT_SYMBOLS,
+        replay_adapter=lambda s: KrakenAdapter(s, learn_precision=False),
+    ),
+    "okx": VenueKind(
+        native=okx_inst_id,
+        canonical=okx_canonical,
+        adapter=lambda s, ws, rest: OkxAdapter(s, ws_base=ws),
+        simulator=lambda symbols, rate, seed: okx_sim.OkxSimulator(
+            symbols=symbols, updates_per_second=rate, seed=seed
+        ),
+        sim_endpoints=lambda sim: (sim.ws_url, None),
+        sim_symbols=okx_sim.DEFAULT_SYMBOLS,
+    ),
+    "bybit": VenueKind(
+        native=_concatenated,
+        canonical=split_concatenated,
+        adapter=lambda s, ws, rest: BybitAdapter(s, category=BybitCategory.SPOT, ws_base=ws),
+        simulator=lambda symbols, rate, seed: bybit_sim.BybitSimulator(
+            category=bybit_sim.Category.SPOT, symbols=symbols, updates_per_second=rate, seed=seed
+        ),
+        sim_endpoints=_base_urls,
+        sim_symbols=bybit_sim.DEFAULT_SYMBOLS[bybit_sim.Category.SPOT],
+    ),
+    "bybit-linear": VenueKind(
+        native=_concatenated,
+        canonical=_perp(split_concatenated),
+        adapter=lambda s, ws, rest: BybitAdapter(s, category=BybitCategory.LINEAR, ws_base=ws),
+        simulator=lambda symbols, rate, seed: bybit_sim.BybitSimulator(
+            category=bybit_sim.Category.LINEAR, symbols=symbols, updates_per_second=rate, seed=seed
+        ),
+        sim_endpoints=_base_urls,
+        sim_symbols=bybit_sim.DEFAULT_SYMBOLS[bybit_sim.Category.LINEAR],
+    ),
+}
+
+
+def venue_kind(kind: str) -> VenueKind:
+    try:
+        return VENUE_KINDS[kind]
+    except KeyError:
+        known = ", ".join(VENUE_KINDS)
+        raise ConfigError(f"unknown venue kind {kind!r}; known: {known}") from None
+
+
+def native_symbols(kind: str, canonical: Sequence[str]) -> dict[str, str]:
+    """The venue's usual spelling of canonical symbols (``BTC-USDT`` -> ``BTCUSDT``)."""
+    spell = venue_kind(kind).native
+    try:
+        return {name: spell(name) for name in canonical}
+    except ValueError as exc:
+        raise ConfigError(f"{kind}: {exc}") from exc
 
 
 def build_adapter(venue: VenueSettings, ws_url: str | None, rest_url: str | None) -> VenueAdapter:
-    adapter = _adapter(venue, ws_url, rest_url)
+    """A new adapter for one connection of ``venue`` (adapters hold per-connection state)."""
+    adapter = venue_kind(venue.adapter_kind).adapter(
+        SymbolMap(venue.id, venue.symbols), ws_url, rest_url
+    )
     if venue.instrument_silence_seconds:
         adapter.instrument_silence_timeout = venue.instrument_silence_seconds
     return adapter
 
 
-def _adapter(venue: VenueSettings, ws_url: str | None, rest_url: str | None) -> VenueAdapter:
-    symbols = SymbolMap(venue.id, venue.symbols)
-    kind = venue.adapter_kind
-    if kind in ("binance", "binance-usdm"):
-        return BinanceAdapter(
-            symbols, futures=kind == "binance-usdm", ws_base=ws_url, rest_base=rest_url
-        )
-    raise ConfigError(f"venue {venue.id!r}: no feed handler for kind {kind!r}")
-
-
 def replay_adapter(venue: str) -> VenueAdapter:
     """An adapter for replaying a recording of ``venue``: it learns symbols as they come."""
-    if venue in ("binance", "binance-usdm"):
-        futures = venue == "binance-usdm"
-        suffix = "-PERP" if futures else ""
-        symbols = DiscoveringSymbolMap(venue, lambda native: split_concatenated(native) + suffix)
-        return BinanceAdapter(symbols, futures=futures)
-    raise ConfigError(f"no replay handler for venue {venue!r}; known: {', '.join(REPLAY_VENUES)}")
-
-
-REPLAY_VENUES = ("binance", "binance-usdm")
+    kind = venue_kind(venue)
+    symbols = DiscoveringSymbolMap(venue, kind.canonical)
+    if kind.replay_adapter is not None:
+        return kind.replay_adapter(symbols)
+    return kind.adapter(symbols, None, None)
 
 
 def guess_venue(path: str) -> str | None:
@@ -57,9 +176,7 @@ def guess_venue(path: str) -> str | None:
     name = path.replace("\\", "/").lower()
     if "binance_futures" in name or "/usdm/" in name:
         return "binance-usdm"
-    if "binance" in name:
-        return "binance"
-    for venue in ("kraken", "okx", "coinbase", "bybit"):
+    for venue in ("binance", "kraken", "okx", "coinbase", "bybit"):
         if venue in name:
             return venue
     return None
@@ -67,23 +184,19 @@ def guess_venue(path: str) -> str | None:
 
 def simulator_for(
     venue: VenueSettings, settings: SimulatorSettings
-) -> AbstractAsyncContextManager[SimulatedVenue]:
-    kind = venue.adapter_kind
-    if kind == "binance":
-        return BinanceSpotSimulator(
-            symbols=[sim_symbol(native) for native in venue.symbols.values()],
-            updates_per_second=settings.updates_per_second,
-            seed=settings.seed if settings.seed is not None else 0,
-        )
-    raise ConfigError(f"venue {venue.id!r}: no simulator for kind {kind!r}")
+) -> AbstractAsyncContextManager[Any]:
+    """The loopback simulator standing in for ``venue`` (its symbols, the demo's rate)."""
+    kind = venue_kind(venue.adapter_kind)
+    if kind.simulator is None:
+        raise ConfigError(f"venue {venue.id!r}: no built-in simulator for {venue.adapter_kind}")
+    known = {spec.symbol: spec for spec in kind.sim_symbols}
+    symbols = [known.get(native) or _generic(native) for native in venue.symbols.values()]
+    return kind.simulator(symbols, settings.updates_per_second, settings.seed or 0)
 
 
-_KNOWN = {spec.symbol: spec for spec in DEFAULT_SYMBOLS}
+def simulator_endpoints(venue: VenueSettings, simulator: Any) -> Endpoints:
+    return venue_kind(venue.adapter_kind).sim_endpoints(simulator)
 
 
-def sim_symbol(native: str) -> SimSymbol:
-    """A simulated instrument: realistic for the well-known ones, generic otherwise."""
-    known = _KNOWN.get(native)
-    if known is not None:
-        return known
+def _generic(native: str) -> SimSymbol:
     return SimSymbol(native, price="100.00", tick="0.01", lot="0.001", mean_qty="10")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -66,6 +67,8 @@ def websocket_connect(url: str) -> AbstractAsyncContextManager[FeedSocket]:
     """Real websocket connection: 16 MiB frames (full-book snapshots), 20 s pings."""
     return ws_connect(url, max_size=16 * 2**20, ping_interval=20, ping_timeout=20, open_timeout=10)
 
+
+_CONNECTION_IDS = itertools.count(1)
 
 _WATCH_PERIOD = 1.0
 """Longest time between passes of the per-instrument watchdog."""
@@ -244,10 +247,12 @@ class FeedRunner:
     def incident(self, instrument: str | None, kind: IncidentKind, detail: str) -> None:
         self._on_incident(FeedIncident(self.clock(), self.venue, instrument, kind, detail))
 
-    def record(self, kind: FrameKind, data: str, url: str = "", ts: int = 0) -> None:
+    def record(
+        self, connection: FeedConnection, kind: FrameKind, data: str, url: str = "", ts: int = 0
+    ) -> None:
         if self.recorder is not None:
             ts = ts or self.clock()
-            frame = RecordedFrame(ts, kind, data, url=url, venue=self.venue, conn=self.connections)
+            frame = RecordedFrame(ts, kind, data, url=url, venue=self.venue, conn=connection.id)
             self.recorder(frame)
 
     def _mark_all_stale(self, problem: SyncProblem) -> None:
@@ -267,6 +272,8 @@ class FeedConnection:
         self.runner = runner
         self.adapter = runner.adapter
         self.publishing = publishing
+        self.id = next(_CONNECTION_IDS)
+        """Unique in the process: recordings keep connections apart by it."""
         self.dispatcher = BookDispatcher(
             runner.adapter,
             runner.instruments,
@@ -294,7 +301,7 @@ class FeedConnection:
             runner.incident(
                 None, IncidentKind.CONNECT, url if self.publishing else f"standby {url}"
             )
-            runner.record(FrameKind.CONNECT, "", url)
+            runner.record(self, FrameKind.CONNECT, "", url)
             await self._send_all(ws, self.adapter.subscribe_frames(runner.instruments))
             lost: Exception | None = None
             async with asyncio.TaskGroup() as group:
@@ -331,7 +338,7 @@ class FeedConnection:
             counters.frames += 1
             if runner.recorder is not None:
                 text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
-                runner.record(FrameKind.RECV, text, ts=ts_recv)
+                runner.record(self, FrameKind.RECV, text, ts=ts_recv)
             for event in parse(frame):
                 self._on_event(event, ts_recv)
 
@@ -492,14 +499,14 @@ class FeedConnection:
             raise _RetryAfter(retry_after, f"HTTP {status}, retry after {retry_after}s")
         if status != 200:
             raise SnapshotError(f"HTTP {status}: {response.text[:200]}")
-        runner.record(FrameKind.HTTP, response.text, url)
+        runner.record(self, FrameKind.HTTP, response.text, url)
         return response.content
 
     # -- helpers ---------------------------------------------------------------------
 
     async def _send_all(self, ws: FeedSocket, frames: list[str]) -> None:
         for frame in frames:
-            self.runner.record(FrameKind.SEND, frame)
+            self.runner.record(self, FrameKind.SEND, frame)
             await ws.send(frame)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:

@@ -28,7 +28,10 @@ INSTRUMENTS = ["binance:BTC-USDT", "binance:ETH-USDT", "binance:SOL-USDT"]
 
 def demo_settings(db: Path) -> Settings:
     settings = Settings.demo().with_port(0).with_storage_path(str(db))
-    return replace(settings, simulator=SimulatorSettings(updates_per_second=200.0, seed=3))
+    binance = tuple(venue for venue in settings.venues if venue.id == "binance")
+    return replace(
+        settings, venues=binance, simulator=SimulatorSettings(updates_per_second=200.0, seed=3)
+    )
 
 
 def wire_bbo(snapshot: BookSnapshot) -> dict[str, Any]:

@@ -83,7 +83,8 @@ async def test_record_then_replay_gives_the_live_books(tmp_path: Path) -> None:
     await record(settings, str(out), seconds=1.5, registry=live)
     frames = list(read_recording(out))
     kinds = {frame.kind for frame in frames}
-    assert kinds == {FrameKind.CONNECT, FrameKind.RECV, FrameKind.HTTP}
+    assert kinds == {FrameKind.CONNECT, FrameKind.RECV, FrameKind.HTTP, FrameKind.SEND}
+    assert {frame.venue for frame in frames} == {venue.id for venue in settings.venues}
     status, lines = run_replay(out, quiet=True)
     assert status == 0
     books = {line["instrument"]: line for line in lines if line["type"] == "book"}
