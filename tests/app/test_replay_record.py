@@ -21,6 +21,9 @@ from tests.recorded import (
     BINANCE_SPOT_HFT,
     BINANCE_USDM_CRYPTOFEED,
     BINANCE_USDM_HFT,
+    KRAKEN_V1,
+    KRAKEN_V2,
+    OKX_CRYPTOFEED,
 )
 
 
@@ -37,9 +40,12 @@ def run_replay(path: Path, *, quiet: bool = False) -> tuple[int, list[dict[str, 
         (BINANCE_USDM_CRYPTOFEED, 752, 50, 4),
         (BINANCE_SPOT_HFT, 3449, 564, 1),
         (BINANCE_USDM_HFT, 6546, 629, 1),
+        (KRAKEN_V1, 980, 979, 1),
+        (KRAKEN_V2, 510, 510, 1),
+        (OKX_CRYPTOFEED, 290, 290, 3),
     ],
 )
-def test_replay_of_binance_samples_is_clean(
+def test_replay_of_every_sample_is_clean(
     path: Path, published: int, verified: int, instruments: int
 ) -> None:
     status, lines = run_replay(path)

@@ -1,5 +1,8 @@
 """Real recorded traffic through the live path (runner over loopback websockets and HTTP,
-served by the recording player) gives the same books as ``replay`` of the same file."""
+served by the recording player) gives the same books as ``replay`` of the same file.
+
+The player sends what the venue sent and ignores what the client sends (subscribe
+frames); the books must come out the same either way."""
 
 from __future__ import annotations
 
@@ -8,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.venues import replay_adapter
+from app.venues import VENUE_KINDS, replay_adapter
 from book.registry import BookRegistry
-from feeds.binance.adapter import BinanceAdapter
 from feeds.recordings import read_recording
 from feeds.replay import Replay
 from feeds.runner import FeedRunner
@@ -21,6 +23,8 @@ from tests.recorded import (
     BINANCE_SPOT_HFT,
     BINANCE_USDM_CRYPTOFEED,
     BINANCE_USDM_HFT,
+    KRAKEN_V2,
+    OKX_CRYPTOFEED,
 )
 from tests.waiting import eventually
 
@@ -34,6 +38,8 @@ DEPTH = 10
         (BINANCE_USDM_CRYPTOFEED, "binance-usdm"),
         (BINANCE_SPOT_HFT, "binance"),
         (BINANCE_USDM_HFT, "binance-usdm"),
+        (KRAKEN_V2, "kraken"),
+        (OKX_CRYPTOFEED, "okx"),
     ],
 )
 async def test_live_path_books_equal_replay_books(path: Path, venue: str) -> None:
@@ -48,19 +54,19 @@ async def test_live_path_books_equal_replay_books(path: Path, venue: str) -> Non
 
     registry = BookRegistry()
     async with RecordingPlayer(frames) as player:
-        adapter = BinanceAdapter(
-            SymbolMap(venue, natives),
-            futures=venue == "binance-usdm",
-            ws_base=player.ws_url,
-            rest_base=player.rest_url,
+        adapter = VENUE_KINDS[venue].adapter(
+            SymbolMap(venue, natives), player.ws_url, player.rest_url
         )
         adapter.silence_timeout = 3600.0  # the recording ends; the venue goes quiet
+        adapter.app_ping_interval = 0.0
         runner = FeedRunner(adapter, registry=registry, capture_depth=DEPTH)
         task = asyncio.create_task(runner.run())
         try:
             await eventually(
-                lambda: runner.counters.frames == player.frame_count
-                and all(registry.is_live(name) for name in replay.latest),
+                lambda: (
+                    runner.counters.frames == player.frame_count
+                    and all(registry.is_live(name) for name in replay.latest)
+                ),
                 "every frame applied and every book live",
                 60,
             )
