@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from app.exceptions import ConfigError
 from app.settings import Settings, StorageSettings, VenueSettings
@@ -34,6 +35,7 @@ from publish.storage import (
     SqliteBackend,
     StorageBackend,
     StorageFlusher,
+    StorageHealth,
     bbo_row_from_snapshot,
 )
 from publish.storage.rows import feed_event_row
@@ -134,6 +136,7 @@ async def serve(
                 )
             )
             MetricsPages(metrics).install(server.routes)
+            server.routes.add_health_check("storage", partial(storage_health, backend, flusher))
             metrics.add_feeds(runners)
             async with asyncio.TaskGroup() as group:
                 group.create_task(flusher.run(), name="storage-flusher")
@@ -167,6 +170,20 @@ def storage_backend(storage: StorageSettings) -> StorageBackend:
 
         return PostgresBackend(storage.dsn, schema=storage.schema, timeout_ms=storage.timeout_ms)
     return SqliteBackend(storage.path)
+
+
+def storage_health(
+    backend: StorageBackend, flusher: StorageFlusher
+) -> tuple[bool, dict[str, object]]:
+    """The /health entry of storage: degraded from a failed write until one succeeds."""
+    stats = flusher.stats()
+    return stats.health is StorageHealth.HEALTHY, {
+        "backend": backend.name,
+        "health": stats.health.value,
+        "pending_rows": stats.pending_rows,
+        "failures": stats.failures,
+        "dropped_bbo_rows": stats.dropped_bbo_rows,
+    }
 
 
 def build_runners(

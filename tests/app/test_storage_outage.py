@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -80,6 +81,13 @@ async def running(settings: Settings) -> AsyncIterator[RunningServer]:
             await task
 
 
+async def storage_health(server: RunningServer) -> dict[str, Any]:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{server.http_url}/health")
+    body: dict[str, Any] = response.json()
+    return body
+
+
 def open_request(request_id: str) -> dict[str, Any]:
     return {
         "op": "position.open",
@@ -124,6 +132,7 @@ async def test_the_server_rides_out_a_database_outage(tmp_path: Any) -> None:
             await eventually(lambda: flusher.health is StorageHealth.DEGRADED, "degraded")
             during_cut = await client.more_bbo(10)
             refused = await client.request(**open_request("p-2"))
+            health_down = await storage_health(server)
             proxy.restore()
             await eventually(lambda: flusher.health is StorageHealth.HEALTHY, "recovered")
             acked.append(await client.request(**open_request("p-2")))
@@ -138,6 +147,7 @@ async def test_the_server_rides_out_a_database_outage(tmp_path: Any) -> None:
             acked.append(await client.request(**open_request("p-3")))  # the retry
             await eventually(lambda: flusher.pending_rows == 0, "everything written")
             stats = flusher.stats()
+            health_up = await storage_health(server)
 
         assert refused == {
             "type": "error",
@@ -151,6 +161,16 @@ async def test_the_server_rides_out_a_database_outage(tmp_path: Any) -> None:
         assert [reply["position"]["id"] for reply in acked] == ["p-1", "p-2", "p-3"]
         assert all(reply["type"] == "ack" for reply in acked)
         assert stats.dropped_bbo_rows == 0 and stats.failures > 0
+        assert health_down["status"] == "degraded"
+        assert health_down["storage"]["backend"] == "postgres"
+        assert health_down["storage"]["health"] == "degraded"
+        assert health_up["storage"] == {
+            "backend": "postgres",
+            "health": "healthy",
+            "pending_rows": 0,
+            "failures": stats.failures,
+            "dropped_bbo_rows": 0,
+        }
 
         stored_positions = await pg_query(
             f"SELECT id, account, instrument, side, qty, entry_px, opened_ts, closed_ts"
