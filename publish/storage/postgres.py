@@ -29,7 +29,7 @@ from typing import Any
 
 import asyncpg
 
-from book.fixed import SCALE, format_fixed, from_decimal
+from book.fixed import SCALE, SCALE_DIGITS, format_fixed, from_decimal
 from publish.storage.backend import Batch
 from publish.storage.exceptions import BackendClosedError, SchemaVersionError, StorageError
 from publish.storage.rows import BboRow, FeedEventRow, PositionRow, PositionSide
@@ -92,6 +92,8 @@ _BBO_COLUMNS = (
 )
 _FEED_EVENT_COLUMNS = ("ts", "venue", "instrument", "kind", "detail")
 _POSITION_COLUMNS = "id, account, instrument, side, qty, entry_px, opened_ts, closed_ts"
+_BBO_LINE = "%d\t%d\t%s\t%s\t%d" + f"\t%d.%0{SCALE_DIGITS}d" * 4 + "\n"
+"""A BBO row with four non-negative amounts as a text ``COPY`` line (exact, 12 decimals)."""
 _COPY_CHUNK_ROWS = 128
 """BBO lines formatted per step of the event loop (~0.5 ms on the dev box)."""
 # Key of the advisory lock held while migrating, so two servers starting on one new
@@ -258,19 +260,46 @@ class PostgresBackend:
                 )
 
     async def _bbo_text(self, rows: Sequence[BboRow]) -> AsyncIterator[bytes]:
-        """The rows as ``COPY`` text lines, ``_COPY_CHUNK_ROWS`` per chunk."""
-        escape = self._escape
+        """The rows as ``COPY`` text lines, ``_COPY_CHUNK_ROWS`` per chunk. ~2.5 µs per
+        row on the dev box: one ``%`` format and four ``divmod`` when both sides are there
+        (the usual case), per-field formatting otherwise."""
+        escaped = self._escaped
         for start in range(0, len(rows), _COPY_CHUNK_ROWS):
             if start:
                 await asyncio.sleep(0)  # let the loop serve others between chunks
-            yield "".join(
-                [
-                    f"{row.ts_event}\t{row.ts_recv}\t{escape(row.venue)}\t{escape(row.symbol)}"
-                    f"\t{row.seq}\t{_numeric_text(row.bid_px)}\t{_numeric_text(row.bid_qty)}"
-                    f"\t{_numeric_text(row.ask_px)}\t{_numeric_text(row.ask_qty)}\n"
-                    for row in rows[start : start + _COPY_CHUNK_ROWS]
-                ]
-            ).encode()
+            lines = []
+            for row in rows[start : start + _COPY_CHUNK_ROWS]:
+                bid, bid_qty, ask, ask_qty = row.bid_px, row.bid_qty, row.ask_px, row.ask_qty
+                venue = escaped.get(row.venue) or self._escape(row.venue)
+                symbol = escaped.get(row.symbol) or self._escape(row.symbol)
+                if (
+                    bid is None
+                    or bid_qty is None
+                    or ask is None
+                    or ask_qty is None
+                    or (bid | bid_qty | ask | ask_qty) < 0  # any negative
+                ):
+                    lines.append(
+                        f"{row.ts_event}\t{row.ts_recv}\t{venue}\t{symbol}\t{row.seq}"
+                        f"\t{_numeric_text(bid)}\t{_numeric_text(bid_qty)}"
+                        f"\t{_numeric_text(ask)}\t{_numeric_text(ask_qty)}\n"
+                    )
+                    continue
+                lines.append(
+                    _BBO_LINE
+                    % (
+                        row.ts_event,
+                        row.ts_recv,
+                        venue,
+                        symbol,
+                        row.seq,
+                        *divmod(bid, SCALE),
+                        *divmod(bid_qty, SCALE),
+                        *divmod(ask, SCALE),
+                        *divmod(ask_qty, SCALE),
+                    )
+                )
+            yield "".join(lines).encode()
 
     def _escape(self, text: str) -> str:
         """``text`` escaped for a text-format ``COPY`` field; cached, as BBO rows repeat a
