@@ -1,0 +1,150 @@
+"""Command line of the bench: choose scenarios and sizes, print the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from bench import connections, fanout, ingest, storage
+from bench.report import Machine, Progress, ScenarioResult
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Run marketcast's performance scenarios; print a Markdown report.",
+    )
+    parser.add_argument(
+        "scenarios",
+        nargs="+",
+        choices=(*SCENARIOS, "all"),
+        metavar="SCENARIO",
+        help=f"one or more of {', '.join(SCENARIOS)}, or all",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes and short runs (all scenarios in under a minute)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--seconds", type=float, help="measured seconds per step (fanout, storage, profit)"
+    )
+    group = parser.add_argument_group("ingest")
+    group.add_argument("--frames", type=int, help="frames of each recording (default: all)")
+    group.add_argument("--repeat", type=int, help="runs per contender, best counts")
+    group.add_argument("--no-peer", action="store_true", help="skip the cryptofeed run")
+    group = parser.add_argument_group("fanout")
+    group.add_argument(
+        "--subscribers", type=_counts, help="subscriber counts, comma-separated (100,1000,5000)"
+    )
+    group.add_argument(
+        "--deliveries", type=_counts, help="the ramp of offered deliveries/s, comma-separated"
+    )
+    group.add_argument("--instruments", type=int, help="instruments every subscriber follows")
+    group = parser.add_argument_group("storage")
+    group.add_argument("--rows", type=_counts, help="the ramp of offered BBO rows/s")
+    group.add_argument(
+        "--pg-dsn",
+        default=storage.DEFAULT_PG_DSN,
+        help="PostgreSQL to write to (default: %(default)s, or $MARKETCAST_BENCH_PG_DSN)",
+    )
+    group.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    group = parser.add_argument_group("connections")
+    group.add_argument("--connections", type=int, help="idle connections to hold (10000)")
+    return parser
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(int(part.replace("_", "")) for part in text.split(",") if part)
+
+
+def _ingest(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
+    base = ingest.IngestOptions.quick() if args.quick else ingest.IngestOptions.full()
+    options = replace(
+        base,
+        frames=args.frames if args.frames is not None else base.frames,
+        repeat=args.repeat or base.repeat,
+        peer=not args.no_peer,
+    )
+    return ingest.run(options, progress)
+
+
+def _fanout(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
+    base = fanout.FanoutOptions.quick() if args.quick else fanout.FanoutOptions.full()
+    options = replace(
+        base,
+        subscribers=args.subscribers or base.subscribers,
+        deliveries=args.deliveries or base.deliveries,
+        instruments=args.instruments or base.instruments,
+        seconds=args.seconds or base.seconds,
+    )
+    return fanout.run(options, progress)
+
+
+def _storage(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
+    base = storage.StorageOptions.quick() if args.quick else storage.StorageOptions.full()
+    options = replace(
+        base,
+        rates=args.rows or base.rates,
+        seconds=args.seconds or base.seconds,
+        pg_dsn=None if args.no_postgres else args.pg_dsn,
+    )
+    return storage.run(options, progress)
+
+
+def _connections(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
+    base = (
+        connections.ConnectionsOptions.quick()
+        if args.quick
+        else connections.ConnectionsOptions.full()
+    )
+    options = replace(base, connections=args.connections or base.connections)
+    return connections.run(options, progress)
+
+
+RUNNERS: dict[str, Callable[[argparse.Namespace, Progress], ScenarioResult]] = {
+    "ingest": _ingest,
+    "fanout": _fanout,
+    "storage": _storage,
+    "connections": _connections,
+}
+SCENARIOS = tuple(RUNNERS)
+
+
+def run(args: argparse.Namespace, progress: Progress | None = None) -> list[ScenarioResult]:
+    """Run the chosen scenarios in order; print the report as each one finishes."""
+    progress = progress or Progress()
+    chosen = SCENARIOS if "all" in args.scenarios else tuple(dict.fromkeys(args.scenarios))
+    machine = Machine.current()
+    print(f"# marketcast bench{' (quick)' if args.quick else ''}\n\n{machine.render()}\n")
+    sys.stdout.flush()
+    results: list[ScenarioResult] = []
+    for name in chosen:
+        result = RUNNERS[name](args, progress)
+        results.append(result)
+        print(result.render())
+        sys.stdout.flush()
+    targets = [target for result in results for target in result.targets]
+    if targets:
+        met = sum(target.met for target in targets)
+        print(f"## Summary\n\n{met} of {len(targets)} targets met.\n")
+        for target in targets:
+            print(target.render())
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(
+                {"machine": machine.render(), "results": [r.to_json() for r in results]}, indent=2
+            )
+        )
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run(args)
+    return 0

@@ -1,0 +1,377 @@
+"""The servers a fan-out run measures, fed the same synthetic BBO changes at a set rate,
+each in a fresh process of its own (``ServerProcess``, see ``bench.agent``).
+
+- ``MarketcastServer``: the real thing, ``publish.server.MarketServer`` + ``Fanout`` over
+  a ``BookRegistry`` (no feeds): the bench publishes snapshots into the registry, as a
+  feed would, and subscribers subscribe to the ``bbo`` channel of every instrument.
+- ``RawBroadcastServer``: the floor, a bare ``websockets`` server with every connection
+  in one set; each change is encoded once (``publish.protocol.encode_bbo``, the same
+  bytes marketcast sends) and handed to ``websockets.broadcast`` at once: no
+  subscriptions, no per-client queues, no conflation, no backpressure. With batching,
+  the changes of one publish go out as one array frame (``encode_batch``).
+
+``Publisher`` publishes ``rate`` changes per second in bursts every ``PERIOD`` seconds,
+round-robin over the instruments, each a new best bid so that every change is a BBO
+change. ``ts_event``/``ts_recv`` of a change are the moment it is published, so a
+subscriber's ``arrival - ts_recv`` is the publish-to-receive latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from multiprocessing.connection import Connection
+from typing import Protocol
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+
+from bench.agent import Agent, Command, serve_commands
+from bench.report import rss_bytes
+from book.fixed import SCALE
+from book.registry import BookRegistry
+from book.snapshot import BookSnapshot
+from book.status import InstrumentState, InstrumentStatus
+from publish.client import ServerLimits
+from publish.fanout import Fanout
+from publish.protocol import encode_batch, encode_bbo
+from publish.server import MarketServer
+
+PERIOD = 0.001
+"""Seconds between bursts of the publisher (the loop's timer resolution)."""
+
+
+def instrument_names(count: int) -> list[str]:
+    return [f"bench:SYM{i:04d}-USD" for i in range(count)]
+
+
+class BboSource:
+    """Synthetic BBO changes, round-robin over the instruments. O(1) per change."""
+
+    def __init__(self, instruments: list[str]) -> None:
+        self._instruments = instruments
+        self._seq = [0] * len(instruments)
+        self._next = 0
+
+    def changes(self, count: int, now: int) -> list[BookSnapshot]:
+        out = []
+        instruments, seqs = self._instruments, self._seq
+        for _ in range(count):
+            i = self._next
+            self._next = (i + 1) % len(instruments)
+            seq = seqs[i] = seqs[i] + 1
+            bid = (10_000 + seq % 1000) * SCALE // 100
+            out.append(
+                BookSnapshot(
+                    instruments[i], seq, now, now, now, bid, SCALE, bid + SCALE // 100, 2 * SCALE
+                )
+            )
+        return out
+
+
+class BenchServer(Protocol):
+    name: str
+
+    @property
+    def url(self) -> str: ...
+
+    def subscribe_frame(self, instruments: list[str] | None = None) -> bytes | None:
+        """What a subscriber sends once connected to follow ``instruments`` (default:
+        all); ``None`` when the server sends everything to everyone."""
+        ...
+
+    def publish(self, changes: list[BookSnapshot]) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class MarketcastServer:
+    name = "marketcast"
+
+    def __init__(self, instruments: list[str], *, batched: bool, max_connections: int) -> None:
+        self._instruments = instruments
+        self._batched = batched
+        self.registry = BookRegistry()
+        for name in instruments:
+            self.registry.add_instrument(name)
+            self.registry.set_status(InstrumentStatus(name, InstrumentState.LIVE, "bench", 0))
+        self.fanout = Fanout(self.registry)
+        self._server = MarketServer(
+            self.registry,
+            self.fanout,
+            port=0,
+            limits=ServerLimits(max_connections=max_connections),
+        )
+
+    @property
+    def url(self) -> str:
+        return self._server.url + ("?batch=1" if self._batched else "")
+
+    def subscribe_frame(self, instruments: list[str] | None = None) -> bytes:
+        names = self._instruments if instruments is None else instruments
+        return orjson.dumps({"op": "subscribe", "id": 1, "channel": "bbo", "instruments": names})
+
+    def publish(self, changes: list[BookSnapshot]) -> None:
+        publish = self.registry.publish
+        for snapshot in changes:
+            publish(snapshot)
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self) -> None:
+        await self._server.stop()
+
+
+class RawBroadcastServer:
+    name = "raw websockets broadcast"
+
+    def __init__(self, *, batched: bool) -> None:
+        self._batched = batched
+        self._connections: set[ServerConnection] = set()
+        self._server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{port}/ws"
+
+    def subscribe_frame(self, instruments: list[str] | None = None) -> None:
+        return None
+
+    def publish(self, changes: list[BookSnapshot]) -> None:
+        ts_send = time.time_ns()
+        messages = [encode_bbo(snapshot, ts_send) for snapshot in changes]
+        connections = self._connections
+        if self._batched:
+            broadcast(connections, encode_batch(messages), text=True)
+        else:
+            for message in messages:
+                broadcast(connections, message, text=True)
+
+    async def _hold(self, connection: ServerConnection) -> None:
+        self._connections.add(connection)
+        try:
+            await connection.wait_closed()
+        finally:
+            self._connections.discard(connection)
+
+    async def start(self) -> None:
+        limits = ServerLimits()
+        self._server = await serve(
+            self._hold,
+            "127.0.0.1",
+            0,
+            compression=None,
+            max_size=limits.max_frame_bytes,
+            write_limit=limits.write_limit,
+        )
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+
+class Publisher:
+    """Publishes ``rate`` changes per second from ``start`` to ``stop``.
+
+    When the loop falls behind, a burst is capped at ``burst_cap`` changes and the
+    missed ones are not made up later: ``offered`` counts what was really published.
+    """
+
+    def __init__(
+        self, server: BenchServer, source: BboSource, *, rate: float, burst_cap: int
+    ) -> None:
+        self._server = server
+        self._source = source
+        self._rate = rate
+        self._burst_cap = burst_cap
+        self._task: asyncio.Task[None] | None = None
+        self.offered = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        due_total = 0
+        while True:
+            due = int((loop.time() - started) * self._rate) - due_total
+            if due > 0:
+                due_total += due
+                count = min(due, self._burst_cap)
+                self._server.publish(self._source.changes(count, time.time_ns()))
+                self.offered += count
+            await asyncio.sleep(PERIOD)
+
+
+class ServerKind(StrEnum):
+    MARKETCAST = MarketcastServer.name
+    RAW = RawBroadcastServer.name
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    kind: ServerKind
+    batched: bool
+    instruments: int
+    max_connections: int = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class ServerWindow:
+    """What the server process did during one measurement window."""
+
+    seconds: float
+    offered: int
+    """Changes published."""
+    cpu_seconds: float
+    """CPU time of the server process (server + publisher, all threads)."""
+    conflated: int
+    """Queued messages replaced by a newer one before being written (marketcast only)."""
+
+
+SETTLE_SECONDS = 0.5
+"""Pause after ``gc.collect()`` before reading the resident set size."""
+
+
+class _ServerSide:
+    """The child side: one server under test and its publisher."""
+
+    def __init__(self) -> None:
+        self._server: BenchServer | None = None
+        self._source: BboSource | None = None
+        self._publisher: Publisher | None = None
+        self._burst_cap = 0
+        self._mark = (0.0, 0.0, 0, 0)
+
+    def _conflated(self) -> int:
+        server = self._server
+        return server.fanout.counters.conflated if isinstance(server, MarketcastServer) else 0
+
+    async def handle(self, command: Command) -> Command:
+        match command:
+            case ("start", ServerSpec() as spec):
+                names = instrument_names(spec.instruments)
+                server: BenchServer = (
+                    MarketcastServer(
+                        names, batched=spec.batched, max_connections=spec.max_connections
+                    )
+                    if spec.kind is ServerKind.MARKETCAST
+                    else RawBroadcastServer(batched=spec.batched)
+                )
+                await server.start()
+                self._server, self._source, self._burst_cap = server, BboSource(names), len(names)
+                return (
+                    "started",
+                    server.url,
+                    server.subscribe_frame(),
+                    server.subscribe_frame(names[:1]),
+                )
+            case ("rss", float(settle)):
+                gc.collect()
+                await asyncio.sleep(settle)
+                return ("rss", rss_bytes())
+            case ("drive", float(rate)):
+                assert self._server is not None and self._source is not None
+                self._publisher = Publisher(
+                    self._server, self._source, rate=rate, burst_cap=self._burst_cap
+                )
+                self._publisher.start()
+                return ("driving",)
+            case ("window",):
+                offered = self._publisher.offered if self._publisher else 0
+                self._mark = (time.perf_counter(), time.process_time(), offered, self._conflated())
+                return ("window",)
+            case ("measure",):
+                started, cpu, offered, conflated = self._mark
+                now_offered = self._publisher.offered if self._publisher else 0
+                return (
+                    "measured",
+                    ServerWindow(
+                        seconds=time.perf_counter() - started,
+                        offered=now_offered - offered,
+                        cpu_seconds=time.process_time() - cpu,
+                        conflated=self._conflated() - conflated,
+                    ),
+                )
+            case ("halt",):
+                if self._publisher is not None:
+                    await self._publisher.stop()
+                    self._publisher = None
+                return ("halted",)
+            case ("exit",):
+                if self._publisher is not None:
+                    await self._publisher.stop()
+                if self._server is not None:
+                    await self._server.stop()
+                return ("stopped",)
+        raise ValueError(f"unknown command {command!r}")
+
+
+def _server_main(pipe: Connection) -> None:
+    serve_commands(pipe, _ServerSide().handle)
+
+
+class ServerProcess:
+    """A fresh process running one server under test (blocking calls)."""
+
+    def __init__(self, spec: ServerSpec) -> None:
+        self.spec = spec
+        self._agent = Agent(_server_main)
+        try:
+            _, self.url, self.subscribe_all, self.subscribe_one = self._agent.ask("start", spec)
+        except BaseException:
+            self._agent.exit()
+            raise
+
+    @property
+    def name(self) -> str:
+        return self.spec.kind.value
+
+    def rss(self, settle: float = SETTLE_SECONDS) -> int:
+        """Resident set size after ``gc.collect()`` and a pause of ``settle`` seconds."""
+        return int(self._agent.ask("rss", float(settle))[1])
+
+    def drive(self, rate: float) -> None:
+        """Start publishing ``rate`` changes per second."""
+        self._agent.ask("drive", float(rate))
+
+    def window(self) -> None:
+        """Start a measurement window."""
+        self._agent.ask("window")
+
+    def measure(self) -> ServerWindow:
+        """End the window: what happened since ``window``."""
+        window: ServerWindow = self._agent.ask("measure")[1]
+        return window
+
+    def halt(self) -> None:
+        """Stop publishing."""
+        self._agent.ask("halt")
+
+    def exit(self) -> None:
+        self._agent.exit()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.exit()

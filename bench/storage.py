@@ -1,0 +1,510 @@
+"""Scenario 4, storage: BBO rows/s sustained through the real flusher in 5 ms windows, on
+SQLite and PostgreSQL, beside bare ``executemany`` / ``COPY`` of the same batches.
+
+marketcast: ``StorageFlusher(window_ms=5)`` over ``SqliteBackend`` (a temporary file) or
+``PostgresBackend`` (a schema of its own, dropped afterwards), on this process's event
+loop (uvloop when installed). A generator task adds the offered rows/s (pre-built
+``BboRow`` values, cycled) every millisecond; each step runs ``warmup`` seconds, then
+measures ``seconds``: rows committed per second, flush (batch write) durations and batch
+sizes from the flusher's ``on_flush``, and event-loop lag. A step is sustained when at
+least 95% of the offered rows were committed and none was dropped; the ramp stops after
+the first step that is not.
+
+Event-loop lag: every millisecond a probe yields once (``asyncio.sleep(0)``) and records
+how long the loop took to come back to it, i.e. how long other callbacks held the loop.
+The same probe runs with the generator alone (rows added to a list that is emptied)
+for the baseline: lag caused by storage is the difference between the two.
+
+Floors, same run, same batch size (offered rate x window): SQLite ``BEGIN IMMEDIATE`` +
+``executemany`` of pre-formatted parameter tuples + ``COMMIT`` in a loop on one
+connection (WAL, ``synchronous=NORMAL``, as the backend); PostgreSQL one text ``COPY``
+of a pre-formatted batch per transaction on one asyncpg connection. As fast as they go
+for ``seconds``: the most the database takes with no formatting, no flusher, no loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hdrh.histogram import HdrHistogram
+
+from bench.report import (
+    Progress,
+    ScenarioResult,
+    Table,
+    Target,
+    latency_histogram,
+    ms,
+    number,
+    ratio,
+)
+from book.fixed import format_fixed, parse_fixed
+from publish.storage.backend import StorageBackend
+from publish.storage.flusher import StorageFlusher
+from publish.storage.rows import BboRow
+from publish.storage.sqlite import SqliteBackend
+
+DEFAULT_PG_DSN = os.environ.get(
+    "MARKETCAST_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+SUSTAINED_SHARE = 0.95
+ROWS_TARGET = 100_000
+FLUSH_P99_TARGET_MS = {"sqlite": 10.0, "postgres": 5.0}
+LAG_P99_TARGET_MS = 1.0
+PROBE_INTERVAL = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class StorageOptions:
+    rates: tuple[int, ...]
+    """The ramp: offered BBO rows per second."""
+    seconds: float
+    warmup: float
+    window_ms: float = 5.0
+    pg_dsn: str | None = DEFAULT_PG_DSN
+    """``None``: SQLite only."""
+
+    @classmethod
+    def quick(cls) -> StorageOptions:
+        return cls(rates=(100_000,), seconds=1.0, warmup=0.3)
+
+    @classmethod
+    def full(cls) -> StorageOptions:
+        return cls(rates=(100_000, 200_000, 400_000), seconds=4.0, warmup=1.0)
+
+
+def sample_rows(count: int = 4096) -> list[BboRow]:
+    """Realistic BBO rows (Binance BTC-USDT prices and sizes), cycled by the generator."""
+    now = time.time_ns()
+    rows = []
+    for i in range(count):
+        bid = parse_fixed("61737.63") + (i % 50) * parse_fixed("0.01")
+        rows.append(
+            BboRow(
+                ts_event=now + i * 1000,
+                ts_recv=now + i * 1000 + 150_000,
+                venue="binance",
+                symbol="BTC-USDT",
+                seq=i + 1,
+                bid_px=bid,
+                bid_qty=parse_fixed("0.30978") + i * parse_fixed("0.00001"),
+                ask_px=bid + parse_fixed("0.01"),
+                ask_qty=parse_fixed("1.54698"),
+            )
+        )
+    return rows
+
+
+class LagProbe:
+    """Records how long the loop takes to come back to a task that yields once."""
+
+    def __init__(self) -> None:
+        self.histogram = latency_histogram()
+        self.recording = False
+
+    async def run(self) -> None:
+        record = self.histogram.record_value
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            started = time.perf_counter_ns()
+            await asyncio.sleep(0)
+            if self.recording:
+                record(max(1, time.perf_counter_ns() - started))
+
+
+async def offer_rows(add: Callable[[BboRow], None], rows: list[BboRow], rate: float) -> None:
+    """Add ``rate`` rows per second, every millisecond, until cancelled."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    added = 0
+    index = 0
+    count = len(rows)
+    while True:
+        due = int((loop.time() - started) * rate) - added
+        for _ in range(due):
+            add(rows[index])
+            index = (index + 1) % count
+        added += max(due, 0)
+        await asyncio.sleep(PROBE_INTERVAL)
+
+
+@dataclass(slots=True)
+class Step:
+    offered: float
+    written: float
+    """Rows committed per second."""
+    dropped: int
+    flush: HdrHistogram
+    batch_rows: HdrHistogram
+    lag: HdrHistogram
+
+    @property
+    def sustained(self) -> bool:
+        return self.dropped == 0 and self.written >= SUSTAINED_SHARE * self.offered
+
+
+@dataclass(slots=True)
+class Floor:
+    rows_per_second: float
+    batch: HdrHistogram
+    batch_rows: int
+
+
+@dataclass(slots=True)
+class BackendRun:
+    name: str
+    baseline_lag: HdrHistogram
+    steps: list[Step] = field(default_factory=list)
+    floor: Floor | None = None
+
+    @property
+    def best(self) -> Step | None:
+        sustained = [step for step in self.steps if step.sustained]
+        return sustained[-1] if sustained else None
+
+
+async def _window(seconds: float, warmup: float, probe: LagProbe) -> float:
+    await asyncio.sleep(warmup)
+    probe.histogram.reset()
+    probe.recording = True
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    probe.recording = False
+    return time.perf_counter() - started
+
+
+async def baseline_lag(options: StorageOptions, rows: list[BboRow]) -> HdrHistogram:
+    """The probe's lag with the generator alone (rows go to a list that is emptied)."""
+    sink: list[BboRow] = []
+
+    def add(row: BboRow) -> None:
+        sink.append(row)
+        if len(sink) > 10_000:
+            sink.clear()
+
+    probe = LagProbe()
+    async with asyncio.TaskGroup() as tasks:
+        probe_task = tasks.create_task(probe.run())
+        generator = tasks.create_task(offer_rows(add, rows, options.rates[0]))
+        await _window(options.seconds, options.warmup, probe)
+        probe_task.cancel()
+        generator.cancel()
+    return probe.histogram
+
+
+async def flusher_step(
+    backend: StorageBackend, rate: float, options: StorageOptions, rows: list[BboRow]
+) -> Step:
+    flush = latency_histogram()
+    batch_rows = HdrHistogram(1, 10_000_000, 3)
+    measuring = False
+
+    def on_flush(duration_ns: int, count: int) -> None:
+        if measuring:
+            flush.record_value(max(1, duration_ns))
+            batch_rows.record_value(max(1, count))
+
+    flusher = StorageFlusher(backend, window_ms=options.window_ms, on_flush=on_flush)
+    probe = LagProbe()
+    async with asyncio.TaskGroup() as tasks:
+        flushing = tasks.create_task(flusher.run())
+        probe_task = tasks.create_task(probe.run())
+        generator = tasks.create_task(offer_rows(flusher.add_bbo, rows, rate))
+        await asyncio.sleep(options.warmup)
+        before = flusher.stats()
+        measuring = True
+        seconds = await _window(options.seconds, 0.0, probe)
+        measuring = False
+        after = flusher.stats()
+        generator.cancel()
+        probe_task.cancel()
+        flushing.cancel()
+    await flusher.drain()
+    return Step(
+        offered=rate,
+        written=(after.rows_written - before.rows_written) / seconds,
+        dropped=after.dropped_bbo_rows - before.dropped_bbo_rows,
+        flush=flush,
+        batch_rows=batch_rows,
+        lag=probe.histogram,
+    )
+
+
+def _bare_params(rows: list[BboRow]) -> list[tuple[object, ...]]:
+    return [
+        (
+            row.ts_event,
+            row.ts_recv,
+            row.venue,
+            row.symbol,
+            row.seq,
+            format_fixed(row.bid_px or 0),
+            format_fixed(row.bid_qty or 0),
+            format_fixed(row.ask_px or 0),
+            format_fixed(row.ask_qty or 0),
+        )
+        for row in rows
+    ]
+
+
+def sqlite_floor(path: Path, batch: list[BboRow], seconds: float) -> Floor:
+    """Bare ``executemany`` of pre-formatted batches, one transaction each."""
+    params = _bare_params(batch)
+    conn = sqlite3.connect(path, isolation_level=None)
+    durations = latency_histogram()
+    written = 0
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        insert = (
+            "INSERT INTO bbo (ts_event, ts_recv, venue, symbol, seq, bid_px, bid_qty, ask_px,"
+            " ask_qty) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        started = time.perf_counter()
+        while (now := time.perf_counter()) - started < seconds:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(insert, params)
+            conn.execute("COMMIT")
+            durations.record_value(max(1, int((time.perf_counter() - now) * 1e9)))
+            written += len(params)
+        elapsed = time.perf_counter() - started
+    finally:
+        conn.close()
+    return Floor(written / elapsed, durations, len(batch))
+
+
+async def postgres_floor(dsn: str, schema: str, batch: list[BboRow], seconds: float) -> Floor:
+    """Bare text ``COPY`` of a pre-formatted batch, one transaction each."""
+    import asyncpg
+
+    text = "".join(
+        "\t".join(str(value) for value in params) + "\n" for params in _bare_params(batch)
+    ).encode()
+    columns = ["ts_event", "ts_recv", "venue", "symbol", "seq"]
+    columns += ["bid_px", "bid_qty", "ask_px", "ask_qty"]
+
+    async def source() -> AsyncIterator[bytes]:
+        yield text
+
+    conn = await asyncpg.connect(dsn)
+    durations = latency_histogram()
+    written = 0
+    try:
+        started = time.perf_counter()
+        while (now := time.perf_counter()) - started < seconds:
+            await conn.copy_to_table(
+                "bbo", schema_name=schema, columns=columns, source=source(), format="text"
+            )
+            durations.record_value(max(1, int((time.perf_counter() - now) * 1e9)))
+            written += len(batch)
+        elapsed = time.perf_counter() - started
+    finally:
+        await conn.close()
+    return Floor(written / elapsed, durations, len(batch))
+
+
+async def measure_backend(
+    name: str,
+    make_backend: Callable[[], StorageBackend],
+    floor: Callable[[list[BboRow]], Awaitable[Floor]],
+    options: StorageOptions,
+    rows: list[BboRow],
+    progress: Progress,
+) -> BackendRun:
+    progress.step(f"{name}: event-loop lag with the row generator alone")
+    run = BackendRun(name, await baseline_lag(options, rows))
+    backend = make_backend()
+    await backend.open()
+    try:
+        for rate in options.rates:
+            progress.step(f"{name}: flusher at {number(rate)} rows/s offered")
+            step = await flusher_step(backend, rate, options, rows)
+            run.steps.append(step)
+            if not step.sustained:
+                break
+    finally:
+        await backend.close()
+    batch_size = max(1, int(options.rates[0] * options.window_ms / 1000))
+    progress.step(f"{name}: bare floor, batches of {batch_size} rows")
+    run.floor = await floor([rows[i % len(rows)] for i in range(batch_size)])
+    return run
+
+
+async def measure_all(
+    options: StorageOptions, progress: Progress
+) -> tuple[list[BackendRun], list[str]]:
+    rows = sample_rows()
+    runs: list[BackendRun] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="marketcast-bench-") as directory:
+        path = Path(directory) / "bench.db"
+
+        async def sqlite_bare(batch: list[BboRow]) -> Floor:
+            return await asyncio.to_thread(sqlite_floor, path, batch, options.seconds)
+
+        runs.append(
+            await measure_backend(
+                "sqlite", lambda: SqliteBackend(path), sqlite_bare, options, rows, progress
+            )
+        )
+    if options.pg_dsn is None:
+        notes.append("PostgreSQL skipped (--no-postgres)")
+        return runs, notes
+    try:
+        from publish.storage.postgres import PostgresBackend
+    except ImportError:
+        notes.append("PostgreSQL skipped: asyncpg is not installed (pip install '.[postgres]')")
+        return runs, notes
+    dsn = options.pg_dsn
+    schema = f"marketcast_bench_{os.getpid()}"
+    try:
+        runs.append(
+            await measure_backend(
+                "postgres",
+                lambda: PostgresBackend(dsn, schema=schema),
+                lambda batch: postgres_floor(dsn, schema, batch, options.seconds),
+                options,
+                rows,
+                progress,
+            )
+        )
+    except OSError as exc:
+        notes.append(f"PostgreSQL skipped: cannot reach {dsn}: {str(exc)[:200]}")
+    finally:
+        with contextlib.suppress(OSError):
+            await _drop_schema(dsn, schema)
+    return runs, notes
+
+
+async def _drop_schema(dsn: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def _lag(histogram: HdrHistogram) -> str:
+    return " / ".join(ms(histogram.get_value_at_percentile(p)) for p in (50, 99)) + (
+        f" / {ms(histogram.get_max_value())}"
+    )
+
+
+def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
+    from app.loop import loop_factory
+
+    progress.scenario("storage")
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runs, notes = runner.run(measure_all(options, progress))
+    progress.done()
+    result = ScenarioResult(
+        key="storage",
+        title="4. Storage: BBO rows through the flusher in 5 ms windows",
+        how=(
+            f"StorageFlusher(window_ms={options.window_ms:g}) on SQLite (temporary file, WAL, "
+            "synchronous=NORMAL, writer thread) and PostgreSQL (asyncpg, text COPY, own schema), "
+            "rows added every millisecond on this process's event loop; "
+            f"{options.warmup:g} s warm-up + {options.seconds:g} s measured per step. "
+            "Flush = one batch's write (ms, p50 / p99 / max). Loop lag = how long a task "
+            "that yields once waits to run again (ms, p50 / p99 / max), with storage and "
+            "with the row generator alone (baseline). Floors in the same run: bare "
+            "executemany (SQLite) / COPY (PostgreSQL) of pre-formatted batches of the same "
+            "size, one transaction each, as fast as they go."
+        ),
+        notes=notes,
+    )
+    rows: list[tuple[str, ...]] = []
+    floors: list[tuple[str, ...]] = []
+    for backend in runs:
+        for step in backend.steps:
+            rows.append(
+                (
+                    backend.name,
+                    number(step.offered),
+                    number(step.written),
+                    _lag(step.flush),
+                    number(step.batch_rows.get_value_at_percentile(50)),
+                    _lag(step.lag),
+                    _lag(backend.baseline_lag),
+                    "yes" if step.sustained else "no",
+                )
+            )
+        best = backend.best
+        floor = backend.floor
+        if floor is not None:
+            floors.append(
+                (
+                    backend.name,
+                    f"{floor.batch_rows:,}",
+                    number(floor.rows_per_second),
+                    _lag(floor.batch),
+                    number(best.written) if best else "none",
+                    ratio(best.written, floor.rows_per_second) if best else "-",
+                )
+            )
+            result.figures[f"{backend.name}_floor_rows_per_s"] = floor.rows_per_second
+        first = backend.steps[0] if backend.steps else None
+        if first is not None:
+            result.figures[f"{backend.name}_rows_per_s_at_{int(first.offered)}"] = first.written
+            flush_p99 = first.flush.get_value_at_percentile(99) / 1e6
+            lag_p99 = first.lag.get_value_at_percentile(99) / 1e6
+            result.figures[f"{backend.name}_flush_p99_ms"] = flush_p99
+            result.figures[f"{backend.name}_lag_p99_ms"] = lag_p99
+            result.targets += [
+                Target(f"{backend.name}: rows/s committed", first.written, ROWS_TARGET, "/s"),
+                Target(
+                    f"{backend.name}: flush p99 at {number(first.offered)} rows/s",
+                    flush_p99,
+                    FLUSH_P99_TARGET_MS[backend.name],
+                    " ms",
+                    higher_is_better=False,
+                ),
+                Target(
+                    f"{backend.name}: event-loop lag p99 at {number(first.offered)} rows/s",
+                    lag_p99,
+                    LAG_P99_TARGET_MS,
+                    " ms",
+                    higher_is_better=False,
+                ),
+            ]
+    result.tables.append(
+        Table(
+            "marketcast flusher, every step",
+            (
+                "backend",
+                "offered rows/s",
+                "committed rows/s",
+                "flush ms",
+                "rows per batch p50",
+                "loop lag ms",
+                "baseline lag ms",
+                "sustained",
+            ),
+            rows,
+        )
+    )
+    result.tables.append(
+        Table(
+            "against the bare floor",
+            (
+                "backend",
+                "batch rows",
+                "bare rows/s (max)",
+                "bare batch ms",
+                "marketcast max sustained rows/s",
+                "vs bare",
+            ),
+            floors,
+        )
+    )
+    return result

@@ -1,0 +1,41 @@
+"""Scenario 5 at a tiny size, through the command line: the whole report is printed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+
+
+def test_connections_report_through_the_command_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    figures = tmp_path / "figures.json"
+    assert main(["connections", "--connections", "20", "--json", str(figures)]) == 0
+
+    out = capsys.readouterr().out
+    assert out.startswith("# marketcast bench\n\n- machine: ")
+    assert "- load average at start (1/5/15 min): " in out
+    assert "uvloop: " in out
+    assert "## 5. Connections: idle subscribers held, memory per connection" in out
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in table] == [
+        "server",
+        "marketcast",
+        "raw websockets broadcast",
+    ]
+    assert [line.split("|")[2].strip() for line in table[1:]] == ["20", "20"]
+
+    (result,) = json.loads(figures.read_text())["results"]
+    assert result["key"] == "connections"
+    assert sorted(result["figures"]) == [
+        "marketcast_bytes_per_connection",
+        "marketcast_connections",
+        "raw_bytes_per_connection",
+        "raw_connections",
+    ]
+    assert result["figures"]["marketcast_connections"] == 20
+    assert result["figures"]["raw_connections"] == 20

@@ -1,0 +1,23 @@
+"""Scenario 4 at a tiny size: the flusher and the bare floor on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from bench.report import Progress
+from bench.storage import StorageOptions, run
+from tests.postgres import PG_DSN
+
+
+def test_storage_measures_both_backends_and_their_floors() -> None:
+    options = StorageOptions(rates=(2000,), seconds=0.4, warmup=0.1, pg_dsn=PG_DSN)
+    result = run(options, Progress())
+
+    steps, floors = result.tables
+    assert [(row[0], row[1]) for row in steps.rows] == [("sqlite", "2,000"), ("postgres", "2,000")]
+    assert [(row[0], row[1]) for row in floors.rows] == [("sqlite", "10"), ("postgres", "10")]
+    assert sorted(result.figures) == sorted(
+        f"{backend}_{figure}"
+        for backend in ("sqlite", "postgres")
+        for figure in ("floor_rows_per_s", "rows_per_s_at_2000", "flush_p99_ms", "lag_p99_ms")
+    )
+    assert all(value > 0 for value in result.figures.values())
+    assert result.notes == []
