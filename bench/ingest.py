@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ FULL_PATH_TARGET = 0.90
 """marketcast's messages/s as a share of the bare loop's (issue 6)."""
 PEER_TARGET = 8.0
 """marketcast's messages/s as a multiple of cryptofeed's (issue 6)."""
+
+CRYPTOFEED_NO_READ = "cryptofeed, top read once at the end"
 
 Top = tuple[int | None, int | None, int | None, int | None]
 """Best bid, bid qty, best ask, ask qty (fixed point) after the last message."""
@@ -212,8 +215,14 @@ def marketcast_path(frames: Sequence[Frame], futures: bool) -> Top:
     return top
 
 
-def cryptofeed_path(frames: Sequence[Frame], futures: bool) -> Top:
-    """cryptofeed's own Binance handler; its REST snapshot comes from the recording."""
+def cryptofeed_path(frames: Sequence[Frame], futures: bool, *, read_top: bool = True) -> Top:
+    """cryptofeed's own Binance handler; its REST snapshot comes from the recording.
+
+    ``read_top=False`` reads the best bid/ask once at the end instead of after every
+    message: cryptofeed's ``order_book`` sorts a side's keys again on the first read
+    after a change, so reading the top costs a sort of the side (what the issue's peer
+    baseline measures; this variant shows the handler without it).
+    """
     from cryptofeed.defines import L2_BOOK, PERPETUAL, SPOT, TICKER
     from cryptofeed.exchanges import Binance, BinanceFutures
     from cryptofeed.symbols import Symbols
@@ -229,14 +238,21 @@ def cryptofeed_path(frames: Sequence[Frame], futures: bool) -> Top:
         },
     )
     snapshot_body = next(frame.data for frame in frames if frame.snapshot)
-    tops: list[tuple[Decimal, Decimal, Decimal, Decimal]] = []
+    latest: dict[str, Any] = {}
+
+    def top_of(book: Any) -> tuple[Decimal, Decimal, Decimal, Decimal] | None:
+        bids, asks = book.book.bids, book.book.asks
+        if not (len(bids) and len(asks)):
+            return None
+        bid, bid_qty = bids.index(0)
+        ask, ask_qty = asks.index(0)
+        return (bid, bid_qty, ask, ask_qty)
 
     async def on_book(book: Any, receipt_timestamp: float) -> None:
-        bids, asks = book.book.bids, book.book.asks
-        if len(bids) and len(asks):
-            bid, bid_qty = bids.index(0)
-            ask, ask_qty = asks.index(0)
-            tops.append((bid, bid_qty, ask, ask_qty))
+        if read_top:
+            latest["top"] = top_of(book)
+        else:
+            latest["book"] = book
 
     async def on_ticker(ticker: Any, receipt_timestamp: float) -> None:
         _ = (ticker.bid, ticker.ask)
@@ -272,9 +288,10 @@ def cryptofeed_path(frames: Sequence[Frame], futures: bool) -> Top:
         asyncio.run(drive())
     finally:
         feed_log.setLevel(level)
-    if not tops:
+    top = latest.get("top") if read_top else top_of(latest["book"]) if latest else None
+    if top is None:
         return (None, None, None, None)
-    bid, bid_qty, ask, ask_qty = tops[-1]
+    bid, bid_qty, ask, ask_qty = top
     return (from_decimal(bid), from_decimal(bid_qty), from_decimal(ask), from_decimal(ask_qty))
 
 
@@ -327,6 +344,7 @@ def run(options: IngestOptions, progress: Progress) -> ScenarioResult:
     }
     if peer:
         contenders["cryptofeed Binance handler"] = cryptofeed_path
+        contenders[CRYPTOFEED_NO_READ] = partial(cryptofeed_path, read_top=False)
     result = ScenarioResult(
         key="ingest",
         title="1. Ingest: recorded Binance BTCUSDT, one core",
@@ -337,7 +355,9 @@ def run(options: IngestOptions, progress: Progress) -> ScenarioResult:
             "BookSnapshot. Floors measured in the same run: orjson.loads alone, and a bare "
             "orjson + SortedDict apply loop with the same exact fixed-point conversion "
             "(book.fixed.FixedMemo). Peer: cryptofeed's Binance handler "
-            "(message_handler awaited per frame, snapshot served from the recording). "
+            "(message_handler awaited per frame, snapshot served from the recording, "
+            "callbacks reading the best bid/ask). 'vs bare loop' = the contender's "
+            "messages/s / the bare loop's; 'marketcast is' = marketcast's / the contender's. "
             f"Best of {options.repeat} interleaved runs; "
             + ("all frames." if options.frames is None else f"first {options.frames:,} frames.")
         ),
@@ -388,6 +408,9 @@ def run(options: IngestOptions, progress: Progress) -> ScenarioResult:
                 if peer:
                     peer_timing = best["cryptofeed Binance handler"]
                     result.figures[f"{key}_cryptofeed_msgs_per_s"] = messages / peer_timing.seconds
+                    result.figures[f"{key}_cryptofeed_no_read_msgs_per_s"] = (
+                        messages / best[CRYPTOFEED_NO_READ].seconds
+                    )
                     result.targets.append(
                         Target(
                             f"{recording.name} depth stream: marketcast / cryptofeed messages/s",
@@ -416,7 +439,14 @@ def run(options: IngestOptions, progress: Progress) -> ScenarioResult:
         if tops_agree
         else "WARNING: the contenders ended on different best bid/ask: a contender is wrong"
     )
-    if not peer:
+    if peer:
+        result.notes.append(
+            "the peer target is measured against cryptofeed reading the best bid/ask after "
+            "every message, as the issue asks; its order_book sorts a side again on the "
+            "first read after a change, which is most of its cost on the deep USD-M book: "
+            f"the '{CRYPTOFEED_NO_READ}' row shows the handler without that read"
+        )
+    else:
         result.notes.append("cryptofeed is not installed (pip install '.[bench]'): no peer run")
     progress.done()
     return result

@@ -66,4 +66,6 @@ def test_cryptofeed_peer_ends_on_the_same_book(recording: Recording) -> None:
     pytest.importorskip("cryptofeed")
     (depth, _) = load_views(recording, FRAMES)
     futures = depth.recording.futures
-    assert cryptofeed_path(depth.frames, futures) == marketcast_path(depth.frames, futures)
+    ours = marketcast_path(depth.frames, futures)
+    assert cryptofeed_path(depth.frames, futures) == ours
+    assert cryptofeed_path(depth.frames, futures, read_top=False) == ours
