@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from bench import connections, fanout, ingest, storage
+from bench import connections, fanout, ingest, profit, storage
 from bench.report import Machine, Progress, ScenarioResult
 
 
@@ -46,6 +46,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--deliveries", type=_counts, help="the ramp of offered deliveries/s, comma-separated"
     )
     group.add_argument("--instruments", type=int, help="instruments every subscriber follows")
+    group = parser.add_argument_group("profit")
+    group.add_argument(
+        "--positions", type=_counts, help="position counts of the issue-5 workload's ramp"
+    )
     group = parser.add_argument_group("storage")
     group.add_argument("--rows", type=_counts, help="the ramp of offered BBO rows/s")
     group.add_argument(
@@ -86,6 +90,16 @@ def _fanout(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
     return fanout.run(options, progress)
 
 
+def _profit(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
+    base = profit.ProfitOptions.quick() if args.quick else profit.ProfitOptions.full()
+    workloads = base.workloads
+    if args.positions:
+        first, *others = workloads
+        workloads = (replace(first, positions=args.positions), *others)
+    options = replace(base, workloads=workloads, seconds=args.seconds or base.seconds)
+    return profit.run(options, progress)
+
+
 def _storage(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
     base = storage.StorageOptions.quick() if args.quick else storage.StorageOptions.full()
     options = replace(
@@ -110,6 +124,7 @@ def _connections(args: argparse.Namespace, progress: Progress) -> ScenarioResult
 RUNNERS: dict[str, Callable[[argparse.Namespace, Progress], ScenarioResult]] = {
     "ingest": _ingest,
     "fanout": _fanout,
+    "profit": _profit,
     "storage": _storage,
     "connections": _connections,
 }

@@ -54,7 +54,8 @@ def hold(
         before = server.rss()
         progress.step(f"{server.name}: opening {options.connections:,} idle subscribers")
         started = time.perf_counter()
-        pool.connect(PoolSpec(server.url, options.connections, server.subscribe_one))
+        requests = ((server.subscribe_one,),) if server.subscribe_one else ()
+        pool.connect(PoolSpec(server.url, options.connections, requests))
         seconds = time.perf_counter() - started
         after = server.rss()
         pool.close_clients()

@@ -161,7 +161,7 @@ def measure(
             PoolSpec(
                 server.url,
                 subscribers,
-                server.subscribe_all,
+                requests=((server.subscribe_all,),) if server.subscribe_all else (),
                 sample_every=BATCH_SAMPLE_EVERY if spec.batched else 1,
             )
         )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -36,10 +37,13 @@ from book.fixed import SCALE
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
+from publish.auth import AuthPolicy, TokenAuthority
 from publish.client import ServerLimits
 from publish.fanout import Fanout
+from publish.profit import ProfitEngine
 from publish.protocol import encode_batch, encode_bbo
 from publish.server import MarketServer
+from publish.storage.rows import PositionRow, PositionSide
 
 PERIOD = 0.001
 """Seconds between bursts of the publisher (the loop's timer resolution)."""
@@ -50,7 +54,12 @@ def instrument_names(count: int) -> list[str]:
 
 
 class BboSource:
-    """Synthetic BBO changes, round-robin over the instruments. O(1) per change."""
+    """Synthetic BBO changes, round-robin over the instruments. O(1) per change.
+
+    A change's ``seq`` is its publish time in ns (kept growing: ``seq`` only has to
+    grow), so a ``profit`` frame, which carries the ``seq`` of the book it was marked
+    at, tells a subscriber when the change it reflects was published.
+    """
 
     def __init__(self, instruments: list[str]) -> None:
         self._instruments = instruments
@@ -63,7 +72,7 @@ class BboSource:
         for _ in range(count):
             i = self._next
             self._next = (i + 1) % len(instruments)
-            seq = seqs[i] = seqs[i] + 1
+            seq = seqs[i] = max(seqs[i] + 1, now)
             bid = (10_000 + seq % 1000) * SCALE // 100
             out.append(
                 BookSnapshot(
@@ -92,22 +101,63 @@ class BenchServer(Protocol):
 
 
 class MarketcastServer:
+    """With ``accounts``, also the profit engine, token auth, and positions spread over
+    the accounts and instruments (``add_positions``), fed straight to the engine as the
+    position book would once their opens commit."""
+
     name = "marketcast"
 
-    def __init__(self, instruments: list[str], *, batched: bool, max_connections: int) -> None:
+    def __init__(
+        self, instruments: list[str], *, batched: bool, max_connections: int, accounts: int = 0
+    ) -> None:
         self._instruments = instruments
         self._batched = batched
+        self._accounts = [f"acct-{i:05d}" for i in range(accounts)]
         self.registry = BookRegistry()
         for name in instruments:
             self.registry.add_instrument(name)
             self.registry.set_status(InstrumentStatus(name, InstrumentState.LIVE, "bench", 0))
         self.fanout = Fanout(self.registry)
+        self._tokens = TokenAuthority(os.urandom(32))
+        self.profit = ProfitEngine(self.registry, self.fanout) if accounts else None
         self._server = MarketServer(
             self.registry,
             self.fanout,
             port=0,
             limits=ServerLimits(max_connections=max_connections),
+            auth=AuthPolicy(tokens=self._tokens) if accounts else None,
         )
+
+    def add_positions(self, total: int) -> int:
+        """Open positions until ``total`` are open: position i belongs to account
+        i mod accounts, is on instrument i mod instruments, long or short in turn."""
+        engine = self.profit
+        assert engine is not None, "a server without accounts has no positions"
+        accounts, instruments = self._accounts, self._instruments
+        opened = engine.positions
+        for i in range(opened, total):
+            engine.position_opened(
+                PositionRow(
+                    id=f"p{i}",
+                    account=accounts[i % len(accounts)],
+                    instrument=instruments[i % len(instruments)],
+                    side=PositionSide.BUY if (i // len(instruments)) % 2 else PositionSide.SELL,
+                    qty=(1 + i % 7) * SCALE // 10,
+                    entry_px=(10_000 + i % 1000) * SCALE // 100,
+                    opened_ts=time.time_ns(),
+                )
+            )
+        return engine.positions
+
+    def profit_requests(self) -> list[tuple[bytes, ...]]:
+        """Per account: authenticate as it, then subscribe to its profit channel."""
+        return [
+            (
+                orjson.dumps({"op": "auth", "id": 1, "token": self._tokens.issue(name, ttl=86400)}),
+                orjson.dumps({"op": "subscribe", "id": 2, "channel": "profit", "account": name}),
+            )
+            for name in self._accounts
+        ]
 
     @property
     def url(self) -> str:
@@ -233,6 +283,8 @@ class ServerSpec:
     batched: bool
     instruments: int
     max_connections: int = 20_000
+    accounts: int = 0
+    """Profit: accounts with positions (marketcast only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +324,10 @@ class _ServerSide:
                 names = instrument_names(spec.instruments)
                 server: BenchServer = (
                     MarketcastServer(
-                        names, batched=spec.batched, max_connections=spec.max_connections
+                        names,
+                        batched=spec.batched,
+                        max_connections=spec.max_connections,
+                        accounts=spec.accounts,
                     )
                     if spec.kind is ServerKind.MARKETCAST
                     else RawBroadcastServer(batched=spec.batched)
@@ -285,6 +340,12 @@ class _ServerSide:
                     server.subscribe_frame(),
                     server.subscribe_frame(names[:1]),
                 )
+            case ("positions", int(total)):
+                assert isinstance(self._server, MarketcastServer)
+                return ("positions", self._server.add_positions(total))
+            case ("profit_requests",):
+                assert isinstance(self._server, MarketcastServer)
+                return ("profit_requests", self._server.profit_requests())
             case ("rss", float(settle)):
                 gc.collect()
                 await asyncio.sleep(settle)
@@ -349,6 +410,15 @@ class ServerProcess:
     def rss(self, settle: float = SETTLE_SECONDS) -> int:
         """Resident set size after ``gc.collect()`` and a pause of ``settle`` seconds."""
         return int(self._agent.ask("rss", float(settle))[1])
+
+    def add_positions(self, total: int) -> int:
+        """Open positions until ``total`` are open (profit); returns how many are."""
+        return int(self._agent.ask("positions", total)[1])
+
+    def profit_requests(self) -> list[tuple[bytes, ...]]:
+        """Per account, the frames that authenticate and subscribe to its profit."""
+        requests: list[tuple[bytes, ...]] = self._agent.ask("profit_requests")[1]
+        return requests
 
     def drive(self, rate: float) -> None:
         """Start publishing ``rate`` changes per second."""

@@ -43,11 +43,16 @@ CONNECTS_IN_FLIGHT = 64
 class PoolSpec:
     url: str
     count: int
-    subscribe: bytes | None
-    """Sent once connected; the client is ready at the first frame after it (the ack).
-    ``None``: ready as soon as the handshake is done (raw broadcast server)."""
+    requests: tuple[tuple[bytes, ...], ...] = ()
+    """Client i sends ``requests[i % len(requests)]`` once connected and is ready when as
+    many frames (the replies) came back; none: ready at the handshake (raw broadcast)."""
     sample_every: int = 1
     """Decode one frame in this many (per client) for latency; every frame is counted."""
+    marker: bytes = b'"ts_send"'
+    """Counted occurrences in a frame = messages (one per message)."""
+    origin: str = "ts_recv"
+    """Field whose value (ns) is the moment a message's change was published; the
+    end-to-end latency is arrival minus it (messages without it are not sampled)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +103,17 @@ def _masked_frame(opcode: int, payload: bytes) -> bytes:
 class LeanSubscriber(asyncio.Protocol):
     """One websocket client that counts (and samples) the text frames it receives."""
 
-    def __init__(self, host: str, path: str, spec: PoolSpec, stats: _Stats) -> None:
+    def __init__(
+        self, host: str, path: str, spec: PoolSpec, requests: tuple[bytes, ...], stats: _Stats
+    ) -> None:
         self._request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {_KEY.decode()}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
         self._spec = spec
+        self._requests = requests
+        self._replies_due = len(requests)
         self._stats = stats
         self._buffer = bytearray()
         self._open = False
@@ -171,30 +180,33 @@ class LeanSubscriber(asyncio.Protocol):
                 self._transport.close()
             return False
         self._open = True
-        if self._spec.subscribe is None:
+        if not self._requests:
             self.ready.set_result(None)
-        else:
-            self._send(_masked_frame(_OP_TEXT, self._spec.subscribe))
+        for request in self._requests:
+            self._send(_masked_frame(_OP_TEXT, request))
         return True
 
     def _text(self, payload: bytes, arrival: int) -> None:
-        if not self.ready.done():
-            self.ready.set_result(None)  # the subscription's ack
+        if self._replies_due:
+            self._replies_due -= 1
+            if not self._replies_due:
+                self.ready.set_result(None)
             return
         stats = self._stats
         if not stats.measuring:
             return
+        spec = self._spec
         stats.frames += 1
-        stats.messages += payload.count(b'"ts_send"')
+        stats.messages += payload.count(spec.marker)
         self._seen += 1
-        if self._seen % self._spec.sample_every:
+        if self._seen % spec.sample_every:
             return
         decoded = orjson.loads(payload)
-        publish, end_to_end = stats.publish, stats.end_to_end
+        publish, end_to_end, origin = stats.publish, stats.end_to_end, spec.origin
         for message in decoded if isinstance(decoded, list) else (decoded,):
-            if "ts_send" in message:
+            if origin in message:
                 publish.record_value(max(1, arrival - message["ts_send"]))
-                end_to_end.record_value(max(1, arrival - message["ts_recv"]))
+                end_to_end.record_value(max(1, arrival - message[origin]))
 
     def _send(self, frame: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -214,16 +226,17 @@ async def _connect_all(spec: PoolSpec, stats: _Stats) -> list[LeanSubscriber]:
     gate = asyncio.Semaphore(CONNECTS_IN_FLIGHT)
     clients: list[LeanSubscriber] = []
 
-    async def one() -> None:
+    async def one(index: int) -> None:
+        requests = spec.requests[index % len(spec.requests)] if spec.requests else ()
         async with gate:
-            client = LeanSubscriber(f"{host}:{port}", path, spec, stats)
+            client = LeanSubscriber(f"{host}:{port}", path, spec, requests, stats)
             await loop.create_connection(lambda: client, host, port)
             await client.ready
             clients.append(client)
 
     async with asyncio.TaskGroup() as tasks:
-        for _ in range(spec.count):
-            tasks.create_task(one())
+        for index in range(spec.count):
+            tasks.create_task(one(index))
     return clients
 
 

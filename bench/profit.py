@@ -1,0 +1,248 @@
+"""Scenario 3, profit: open positions marked to market on every BBO change, streamed to
+every account's subscriber in another process; delay from BBO change to profit frame.
+
+The server process runs marketcast (registry, fan-out, ``ProfitEngine``, token auth) and
+opens the positions straight into the profit engine, as the position book does once
+their opens commit: position i belongs to account i mod A, is on instrument i mod I,
+long or short in turn. Each account has one subscriber (``?batch=1`` unless told
+otherwise) that authenticates with a token for its account and subscribes to its
+``profit`` channel. The publisher then changes best bid and ask at the offered rate,
+round-robin over the instruments.
+
+Latency: a synthetic change's ``seq`` is its publish time in ns (``bench.servers``), and
+a ``profit`` frame carries the ``seq`` of the book it was marked at, so arrival - seq
+is exactly the delay from the BBO change to the subscriber holding the profit frame.
+
+Runs: the issue-5 workload (positions over 100 accounts and 50 instruments at 5,000 BBO
+changes/s) ramping the position count up while p99 <= ``P99_TARGET_MS``, and the
+DESIGN.md workload (100,000 positions, 1,000 accounts, 100 instruments, 10,000
+changes/s).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from hdrh.histogram import HdrHistogram
+
+from bench.report import Progress, ScenarioResult, Table, Target, ms, number
+from bench.servers import ServerKind, ServerProcess, ServerSpec, ServerWindow
+from bench.subscribers import PoolSpec, SubscriberPool, WindowReport
+
+P99_TARGET_MS = 50.0
+ISSUE_POSITIONS = 10_000
+SAMPLE_EVERY = 8
+"""Decode one batch frame in 8 (per client) for latency; every profit message is counted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    name: str
+    positions: tuple[int, ...]
+    """Position counts, in order; the ramp stops after the first with p99 over target."""
+    accounts: int
+    instruments: int
+    rate: float
+    """Offered BBO changes per second."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProfitOptions:
+    workloads: tuple[Workload, ...]
+    warmup: float = 1.0
+    seconds: float = 3.0
+    batched: bool = True
+
+    @classmethod
+    def quick(cls) -> ProfitOptions:
+        return cls(
+            workloads=(Workload("issue 5", (ISSUE_POSITIONS,), 100, 50, 5_000),),
+            warmup=0.5,
+            seconds=1.0,
+        )
+
+    @classmethod
+    def full(cls) -> ProfitOptions:
+        return cls(
+            workloads=(
+                Workload(
+                    "issue 5",
+                    (ISSUE_POSITIONS, 20_000, 50_000, 100_000, 200_000, 400_000),
+                    100,
+                    50,
+                    5_000,
+                ),
+                Workload("DESIGN.md", (100_000,), 1_000, 100, 10_000),
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    positions: int
+    server: ServerWindow
+    clients: WindowReport
+
+    @property
+    def changes(self) -> float:
+        return self.server.offered / self.server.seconds
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.clients.messages / self.clients.seconds
+
+    @property
+    def p99_ms(self) -> float:
+        return _p(self.clients.end_to_end, 99) / 1e6
+
+    @property
+    def within_target(self) -> bool:
+        return (
+            self.clients.closed == 0
+            and self.clients.end_to_end.get_total_count() > 0
+            and self.p99_ms <= P99_TARGET_MS
+        )
+
+
+@dataclass(slots=True)
+class WorkloadRun:
+    workload: Workload
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def largest_within_target(self) -> int:
+        return max((s.positions for s in self.steps if s.within_target), default=0)
+
+
+def _p(histogram: HdrHistogram, percentile: float) -> float:
+    return float(histogram.get_value_at_percentile(percentile))
+
+
+def measure(
+    workload: Workload, options: ProfitOptions, pool: SubscriberPool, progress: Progress
+) -> WorkloadRun:
+    run = WorkloadRun(workload)
+    spec = ServerSpec(
+        ServerKind.MARKETCAST,
+        options.batched,
+        workload.instruments,
+        max_connections=workload.accounts + 100,
+        accounts=workload.accounts,
+    )
+    with ServerProcess(spec) as server:
+        progress.step(f"{workload.name}: {workload.accounts:,} account subscribers")
+        pool.connect(
+            PoolSpec(
+                server.url,
+                workload.accounts,
+                requests=tuple(server.profit_requests()),
+                sample_every=SAMPLE_EVERY if options.batched else 1,
+                marker=b'"type":"profit",',
+                origin="seq",
+            )
+        )
+        for positions in workload.positions:
+            progress.step(
+                f"{workload.name}: {positions:,} positions, {number(workload.rate)} BBO changes/s"
+            )
+            server.add_positions(positions)
+            server.drive(workload.rate)
+            try:
+                time.sleep(options.warmup)
+                server.window()
+                pool.start()
+                time.sleep(options.seconds)
+                clients = pool.stop()
+                window = server.measure()
+            finally:
+                server.halt()
+            step = Step(positions, window, clients)
+            run.steps.append(step)
+            if not step.within_target:
+                break
+            time.sleep(0.3)
+        pool.close_clients()
+    return run
+
+
+def run(options: ProfitOptions, progress: Progress) -> ScenarioResult:
+    progress.scenario("profit")
+    with SubscriberPool() as pool:
+        runs = [measure(workload, options, pool, progress) for workload in options.workloads]
+    progress.done()
+    result = ScenarioResult(
+        key="profit",
+        title="3. Profit: positions marked on every BBO change, one subscriber per account",
+        how=(
+            "Server process: marketcast with the ProfitEngine and token auth; positions "
+            "opened straight into the engine (as the position book does after commit), "
+            "spread over the accounts and instruments, long and short. Subscriber process: "
+            f"one {'?batch=1 ' if options.batched else ''}connection per account "
+            "(auth + subscribe profit). The publisher changes best bid and ask at the "
+            f"offered rate; {options.warmup:g} s warm-up + {options.seconds:g} s measured per "
+            "step. Latency = subscriber arrival - seq of the marked book (= the change's "
+            "publish time in ns), ms as p50 / p99 / p99.9. CPU = share of one core."
+        ),
+    )
+    rows: list[tuple[str, ...]] = []
+    for workload_run in runs:
+        workload = workload_run.workload
+        for step in workload_run.steps:
+            rows.append(
+                (
+                    workload.name,
+                    f"{step.positions:,}",
+                    f"{workload.accounts:,}",
+                    f"{workload.instruments:,}",
+                    number(step.changes),
+                    number(step.frames_per_s),
+                    " / ".join(ms(_p(step.clients.end_to_end, p)) for p in (50, 99, 99.9)),
+                    f"{step.server.cpu_seconds / step.server.seconds:.0%}",
+                    f"{step.clients.cpu_seconds / step.clients.seconds:.0%}",
+                    "yes" if step.within_target else "no",
+                )
+            )
+        key = workload.name.replace(" ", "_").replace(".", "").lower()
+        first = workload_run.steps[0] if workload_run.steps else None
+        if first is not None:
+            result.figures[f"{key}_p99_ms_at_{first.positions}"] = first.p99_ms
+            result.figures[f"{key}_profit_frames_per_s_at_{first.positions}"] = first.frames_per_s
+            result.targets.append(
+                Target(
+                    f"{workload.name}: p99 BBO change -> profit frame, {first.positions:,} "
+                    f"positions, {workload.accounts:,} accounts, {workload.instruments} "
+                    f"instruments, {number(workload.rate)} changes/s",
+                    first.p99_ms,
+                    P99_TARGET_MS,
+                    " ms",
+                    higher_is_better=False,
+                )
+            )
+        if len(workload.positions) > 1:
+            largest = workload_run.largest_within_target
+            result.figures[f"{key}_largest_positions_within_target"] = largest
+            ceiling = "" if largest < workload.positions[-1] else " (the ramp's top)"
+            result.notes.append(
+                f"{workload.name}: largest position count measured with p99 <= "
+                f"{P99_TARGET_MS:g} ms: {largest:,}{ceiling}"
+            )
+    result.tables.append(
+        Table(
+            "every step",
+            (
+                "workload",
+                "positions",
+                "accounts",
+                "instruments",
+                "BBO changes/s",
+                "profit messages/s",
+                "change -> frame ms",
+                "server CPU",
+                "client CPU",
+                f"p99 <= {P99_TARGET_MS:g} ms",
+            ),
+            rows,
+        )
+    )
+    return result
