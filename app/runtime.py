@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from app.exceptions import ConfigError
 from app.settings import Settings, StorageSettings, VenueSettings
@@ -23,6 +24,7 @@ from book.snapshot import BookSnapshot
 from feeds.incidents import FeedIncident, IncidentSink, ignore_incident
 from feeds.ratelimit import WeightLimiter
 from feeds.runner import FeedRunner, Recorder
+from feeds.simulator.venue import LoopbackVenue
 from feeds.venue import VenueAdapter
 from publish.auth import AuthPolicy, TokenAuthority, load_secret
 from publish.fanout import Fanout
@@ -57,6 +59,8 @@ class RunningServer:
     metrics: Metrics
     positions: PositionBook
     profit: ProfitEngine
+    simulators: Mapping[str, LoopbackVenue[Any]] = field(default_factory=dict)
+    """Venue id -> the simulator standing in for it (tests inject faults through it)."""
 
 
 async def serve(
@@ -119,8 +123,11 @@ async def serve(
         # then the stack closes the server and the simulated venues the feeds used.
         async with contextlib.AsyncExitStack() as stack:
             runners = []
+            simulators: dict[str, LoopbackVenue[Any]] = {}
             for venue in settings.venues:
-                endpoints = await stack.enter_async_context(venue_endpoints(settings, venue))
+                endpoints = await stack.enter_async_context(
+                    venue_endpoints(settings, venue, simulators)
+                )
                 runners += build_runners(
                     settings, venue, endpoints, registry, on_incident=store_incident
                 )
@@ -154,6 +161,7 @@ async def serve(
                             metrics,
                             positions,
                             profit,
+                            simulators,
                         )
                     )
                 await asyncio.Event().wait()  # until cancelled
@@ -237,13 +245,18 @@ def connection_groups(adapter: VenueAdapter) -> list[list[str]]:
 
 @contextlib.asynccontextmanager
 async def venue_endpoints(
-    settings: Settings, venue: VenueSettings
+    settings: Settings,
+    venue: VenueSettings,
+    simulators: dict[str, LoopbackVenue[Any]] | None = None,
 ) -> AsyncIterator[tuple[str | None, str | None]]:
-    """The venue's (websocket, REST) base URLs: its simulator's when simulated."""
+    """The venue's (websocket, REST) base URLs: its simulator's when simulated (added
+    to ``simulators`` under the venue id)."""
     if not venue.simulate:
         yield venue.ws_url, venue.rest_url
         return
     async with simulator_for(venue, settings.simulator) as simulator:
+        if simulators is not None:
+            simulators[venue.id] = simulator
         endpoints = simulator_endpoints(venue, simulator)
         log.info("simulated %s venue on %s", venue.id, endpoints[0])
         yield endpoints

@@ -8,9 +8,9 @@ stands in for it in the offline demo.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
 
 from app.exceptions import ConfigError
 from feeds.binance.adapter import BinanceAdapter
@@ -25,6 +25,7 @@ from feeds.simulator import coinbase as coinbase_sim
 from feeds.simulator import kraken as kraken_sim
 from feeds.simulator import okx as okx_sim
 from feeds.simulator.market import SimSymbol
+from feeds.simulator.venue import LoopbackVenue
 from feeds.symbols import DiscoveringSymbolMap, SymbolMap, split_concatenated
 from feeds.venue import VenueAdapter
 
@@ -35,16 +36,30 @@ Endpoints = tuple[str | None, str | None]
 """(websocket, REST) base URLs of a venue; ``None`` = the exchange's own."""
 
 
+class SimulatorFactory(Protocol):
+    """Builds a venue's loopback simulator (not started)."""
+
+    def __call__(
+        self,
+        *,
+        symbols: Sequence[SimSymbol],
+        updates_per_second: float,
+        seed: int,
+        host: str,
+        port: int,
+    ) -> LoopbackVenue[Any]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class VenueKind:
     """How to speak one venue. ``adapter(symbols, ws_url, rest_url)`` builds a feed adapter
-    (one per connection); ``simulator(symbols, rate, seed)`` a loopback stand-in whose
-    endpoints ``sim_endpoints`` gives."""
+    (one per connection); ``simulator(symbols=.., updates_per_second=.., seed=.., host=..,
+    port=..)`` a loopback stand-in whose endpoints ``sim_endpoints`` gives."""
 
     native: Callable[[str], str]
     canonical: Callable[[str], str]
     adapter: Callable[[SymbolMap, str | None, str | None], VenueAdapter]
-    simulator: Callable[[list[SimSymbol], float, int], AbstractAsyncContextManager[Any]] | None
+    simulator: SimulatorFactory | None
     sim_endpoints: Callable[[Any], Endpoints]
     sim_symbols: Sequence[SimSymbol]
     replay_adapter: Callable[[SymbolMap], VenueAdapter] | None = None
@@ -62,14 +77,16 @@ def _base_urls(simulator: Any) -> Endpoints:
     return simulator.ws_url, simulator.rest_url
 
 
+def _ws_base(simulator: Any) -> Endpoints:
+    return simulator.ws_url, None
+
+
 VENUE_KINDS: dict[str, VenueKind] = {
     "binance": VenueKind(
         native=_concatenated,
         canonical=split_concatenated,
         adapter=lambda s, ws, rest: BinanceAdapter(s, ws_base=ws, rest_base=rest),
-        simulator=lambda symbols, rate, seed: binance_sim.BinanceSpotSimulator(
-            symbols=symbols, updates_per_second=rate, seed=seed
-        ),
+        simulator=binance_sim.BinanceSimulator,
         sim_endpoints=_base_urls,
         sim_symbols=binance_sim.DEFAULT_SYMBOLS,
     ),
@@ -77,27 +94,23 @@ VENUE_KINDS: dict[str, VenueKind] = {
         native=_concatenated,
         canonical=_perp(split_concatenated),
         adapter=lambda s, ws, rest: BinanceAdapter(s, futures=True, ws_base=ws, rest_base=rest),
-        simulator=None,
+        simulator=partial(binance_sim.BinanceSimulator, futures=True),
         sim_endpoints=_base_urls,
-        sim_symbols=(),
+        sim_symbols=binance_sim.USDM_SYMBOLS,
     ),
     "coinbase": VenueKind(
         native=str,
         canonical=str,
         adapter=lambda s, ws, rest: CoinbaseAdapter(s, ws_url=ws),
-        simulator=lambda symbols, rate, seed: coinbase_sim.CoinbaseSimulator(
-            symbols=symbols, updates_per_second=rate, seed=seed
-        ),
-        sim_endpoints=_base_urls,
+        simulator=coinbase_sim.CoinbaseSimulator,
+        sim_endpoints=_ws_base,
         sim_symbols=coinbase_sim.DEFAULT_SYMBOLS,
     ),
     "kraken": VenueKind(
         native=native_symbol,
         canonical=canonical_symbol,
         adapter=lambda s, ws, rest: KrakenAdapter(s, ws_url=ws or KRAKEN_WS),
-        simulator=lambda symbols, rate, seed: kraken_sim.KrakenSimulator(
-            symbols=symbols, updates_per_second=rate, seed=seed
-        ),
+        simulator=kraken_sim.KrakenSimulator,
         sim_endpoints=lambda sim: (sim.v2_url, None),
         sim_symbols=kraken_sim.DEFAULT_SYMBOLS,
         replay_adapter=lambda s: KrakenAdapter(s, learn_precision=False),
@@ -106,31 +119,25 @@ VENUE_KINDS: dict[str, VenueKind] = {
         native=okx_inst_id,
         canonical=okx_canonical,
         adapter=lambda s, ws, rest: OkxAdapter(s, ws_base=ws),
-        simulator=lambda symbols, rate, seed: okx_sim.OkxSimulator(
-            symbols=symbols, updates_per_second=rate, seed=seed
-        ),
-        sim_endpoints=lambda sim: (sim.ws_url, None),
+        simulator=okx_sim.OkxSimulator,
+        sim_endpoints=_ws_base,
         sim_symbols=okx_sim.DEFAULT_SYMBOLS,
     ),
     "bybit": VenueKind(
         native=_concatenated,
         canonical=split_concatenated,
         adapter=lambda s, ws, rest: BybitAdapter(s, category=BybitCategory.SPOT, ws_base=ws),
-        simulator=lambda symbols, rate, seed: bybit_sim.BybitSimulator(
-            category=bybit_sim.Category.SPOT, symbols=symbols, updates_per_second=rate, seed=seed
-        ),
-        sim_endpoints=_base_urls,
-        sim_symbols=bybit_sim.DEFAULT_SYMBOLS[bybit_sim.Category.SPOT],
+        simulator=partial(bybit_sim.BybitSimulator, category=BybitCategory.SPOT),
+        sim_endpoints=_ws_base,
+        sim_symbols=bybit_sim.DEFAULT_SYMBOLS[BybitCategory.SPOT],
     ),
     "bybit-linear": VenueKind(
         native=_concatenated,
         canonical=_perp(split_concatenated),
         adapter=lambda s, ws, rest: BybitAdapter(s, category=BybitCategory.LINEAR, ws_base=ws),
-        simulator=lambda symbols, rate, seed: bybit_sim.BybitSimulator(
-            category=bybit_sim.Category.LINEAR, symbols=symbols, updates_per_second=rate, seed=seed
-        ),
-        sim_endpoints=_base_urls,
-        sim_symbols=bybit_sim.DEFAULT_SYMBOLS[bybit_sim.Category.LINEAR],
+        simulator=partial(bybit_sim.BybitSimulator, category=BybitCategory.LINEAR),
+        sim_endpoints=_ws_base,
+        sim_symbols=bybit_sim.DEFAULT_SYMBOLS[BybitCategory.LINEAR],
     ),
 }
 
@@ -182,16 +189,54 @@ def guess_venue(path: str) -> str | None:
     return None
 
 
-def simulator_for(
-    venue: VenueSettings, settings: SimulatorSettings
-) -> AbstractAsyncContextManager[Any]:
+def simulated_venues() -> tuple[str, ...]:
+    """The venue ids that have a built-in simulator."""
+    return tuple(name for name, kind in VENUE_KINDS.items() if kind.simulator is not None)
+
+
+def build_simulator(
+    kind: str,
+    *,
+    natives: Sequence[str] | None = None,
+    updates_per_second: float,
+    seed: int,
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> LoopbackVenue[Any]:
+    """The (not started) simulator of venue kind ``kind``, serving the venue symbols
+    ``natives`` (its usual symbols when ``None``). ``ConfigError`` if it has none."""
+    venue = venue_kind(kind)
+    if venue.simulator is None:
+        raise ConfigError(f"no built-in simulator for {kind}")
+    known = {spec.symbol: spec for spec in venue.sim_symbols}
+    symbols = (
+        list(venue.sim_symbols)
+        if natives is None
+        else [known.get(native) or _generic(native) for native in natives]
+    )
+    try:
+        return venue.simulator(
+            symbols=symbols,
+            updates_per_second=updates_per_second,
+            seed=seed,
+            host=host,
+            port=port,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{kind} simulator: {exc}") from exc
+
+
+def simulator_for(venue: VenueSettings, settings: SimulatorSettings) -> LoopbackVenue[Any]:
     """The loopback simulator standing in for ``venue`` (its symbols, the demo's rate)."""
-    kind = venue_kind(venue.adapter_kind)
-    if kind.simulator is None:
-        raise ConfigError(f"venue {venue.id!r}: no built-in simulator for {venue.adapter_kind}")
-    known = {spec.symbol: spec for spec in kind.sim_symbols}
-    symbols = [known.get(native) or _generic(native) for native in venue.symbols.values()]
-    return kind.simulator(symbols, settings.updates_per_second, settings.seed or 0)
+    try:
+        return build_simulator(
+            venue.adapter_kind,
+            natives=list(venue.symbols.values()),
+            updates_per_second=settings.updates_per_second,
+            seed=settings.seed or 0,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"venue {venue.id!r}: {exc}") from exc
 
 
 def simulator_endpoints(venue: VenueSettings, simulator: Any) -> Endpoints:

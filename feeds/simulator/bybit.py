@@ -26,44 +26,36 @@ Bybit (other paths get HTTP 404):
   without change. Every ``snapshot_every`` pushes (and on ``resend_snapshot``) a topic
   sends an unsolicited snapshot instead of a delta, as Bybit may at any time.
 
-Every client of a topic gets the same bytes (``websockets.broadcast``). Faults:
-``drop_next`` (a ``u`` gap), ``restart`` (the next message is a snapshot with ``u`` = 1,
-as after a Bybit service restart), ``disconnect_all``, ``go_silent`` (market data of
-that window is lost; control requests are still answered), ``send_malformed``,
-``send_error``; all counted in ``faults``.
+Every client of a topic gets the same bytes (``websockets.broadcast``). Faults: ``DROP``
+(``drop_next``: a ``u`` gap), ``RESTART`` (``restart``: the next message is a snapshot
+with ``u`` = 1, as after a Bybit service restart), ``DISCONNECT``, ``SILENCE`` (market
+data of that window is lost, its ``u`` used up; control requests are still answered),
+``MALFORMED``, ``ERROR`` (``send_error``); all counted in ``faults``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import random
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
 from typing import Any
 
 import orjson
-from websockets.asyncio.server import ServerConnection, broadcast
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from book.fixed import format_fixed_places
-from feeds.simulator.market import DepthSnapshot, LoopbackVenue, SimSymbol, SimulatedBook
+from feeds.bybit.adapter import BybitCategory
+from feeds.simulator.faults import Fault
+from feeds.simulator.market import SimSymbol, SimulatedBook
+from feeds.simulator.venue import LoopbackVenue
 
-
-class Category(StrEnum):
-    """Which public stream the simulator serves (``/v5/public/<category>``)."""
-
-    SPOT = "spot"
-    LINEAR = "linear"
-
-
-DEFAULT_SYMBOLS: Mapping[Category, tuple[SimSymbol, ...]] = {
-    Category.SPOT: (
+DEFAULT_SYMBOLS: Mapping[BybitCategory, tuple[SimSymbol, ...]] = {
+    BybitCategory.SPOT: (
         SimSymbol(
             "BTCUSDT",
             price="61800.00",
@@ -95,7 +87,7 @@ DEFAULT_SYMBOLS: Mapping[Category, tuple[SimSymbol, ...]] = {
             qty_decimals=3,
         ),
     ),
-    Category.LINEAR: (
+    BybitCategory.LINEAR: (
         SimSymbol(
             "BTCUSDT",
             price="61800.00",
@@ -130,48 +122,15 @@ DEFAULT_SYMBOLS: Mapping[Category, tuple[SimSymbol, ...]] = {
 }
 """BTC/ETH/SOL against USDT with Bybit's tick and lot sizes, per category."""
 
-PUSH_INTERVALS: Mapping[Category, Mapping[int, float]] = {
-    Category.SPOT: {1: 0.01, 50: 0.02, 200: 0.2, 1000: 0.2},
-    Category.LINEAR: {1: 0.01, 50: 0.02, 200: 0.1, 1000: 0.2},
+PUSH_INTERVALS: Mapping[BybitCategory, Mapping[int, float]] = {
+    BybitCategory.SPOT: {1: 0.01, 50: 0.02, 200: 0.2, 1000: 0.2},
+    BybitCategory.LINEAR: {1: 0.01, 50: 0.02, 200: 0.1, 1000: 0.2},
 }
 """Orderbook depth -> push interval in seconds."""
 LEVEL1_RESEND_SECONDS = 3.0
 SPOT_TOPICS_PER_REQUEST = 10
-MAX_UPDATES_PER_SECOND = 10_000.0
-_MAX_STEPS_PER_WAKE = 100
 _MALFORMED_FRAME = b'{"topic":"orderbook.50.BTCUSDT","type":"delta","ts":16723044849'
-"""A frame cut short: what a client sees if the venue sends garbage."""
 _ERROR_MESSAGE = "error:internal server error"
-
-
-class Fault(StrEnum):
-    """Faults a running simulator can inject (``inject``), named for CLI flags."""
-
-    DROP = "drop"
-    RESTART = "restart"
-    DISCONNECT = "disconnect"
-    SILENCE = "silence"
-    MALFORMED = "malformed"
-    ERROR = "error"
-
-
-@dataclass(frozen=True, slots=True)
-class FaultCounters:
-    """What was injected so far.
-
-    ``dropped``: topic messages withheld; ``restarts``: ``u`` = 1 snapshots sent;
-    ``unsolicited_snapshots``: snapshots pushed to existing subscribers; ``disconnected``:
-    connections aborted; ``silences``: ``go_silent`` calls; ``malformed``/``errors``:
-    frames sent, one per connected client.
-    """
-
-    dropped: int = 0
-    restarts: int = 0
-    unsolicited_snapshots: int = 0
-    disconnected: int = 0
-    silences: int = 0
-    malformed: int = 0
-    errors: int = 0
 
 
 class _Push(StrEnum):
@@ -211,7 +170,7 @@ class _Topic:
     last_sent: float = 0.0
 
 
-class BybitSimulator(LoopbackVenue):
+class BybitSimulator(LoopbackVenue[_Client]):
     """A Bybit v5 public ``category`` venue on loopback (async context manager).
 
     ``updates_per_second`` market steps per symbol run on an owned task until exit;
@@ -221,10 +180,15 @@ class BybitSimulator(LoopbackVenue):
     encode and O(clients) buffer appends when something changed.
     """
 
+    supported_faults = frozenset(
+        {Fault.DROP, Fault.RESTART, Fault.DISCONNECT, Fault.SILENCE, Fault.MALFORMED, Fault.ERROR}
+    )
+    malformed_frame = _MALFORMED_FRAME
+
     def __init__(
         self,
         *,
-        category: Category = Category.SPOT,
+        category: BybitCategory = BybitCategory.SPOT,
         symbols: Sequence[SimSymbol] | None = None,
         updates_per_second: float = 100.0,
         seed: int = 0,
@@ -234,29 +198,27 @@ class BybitSimulator(LoopbackVenue):
         port: int = 0,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        specs = DEFAULT_SYMBOLS[category] if symbols is None else tuple(symbols)
-        if not 0 < updates_per_second <= MAX_UPDATES_PER_SECOND:
-            raise ValueError(f"updates_per_second must be in (0, {MAX_UPDATES_PER_SECOND}]")
-        if not specs or len({spec.symbol for spec in specs}) != len(specs):
-            raise ValueError("symbols must be non-empty and distinct")
         if snapshot_every < 0:
             raise ValueError("snapshot_every must not be negative (0 = never)")
-        super().__init__(host=host, port=port, name=f"bybit-{category}-simulator")
+        super().__init__(
+            symbols=DEFAULT_SYMBOLS[category] if symbols is None else symbols,
+            updates_per_second=updates_per_second,
+            seed=seed,
+            levels=levels,
+            host=host,
+            port=port,
+            name=f"bybit-{category}-simulator",
+            clock_ns=clock_ns,
+        )
         self.category = category
         self.path = f"/v5/public/{category}"
-        self._period = 1.0 / updates_per_second
         self._snapshot_every = snapshot_every
-        self._clock_ns = clock_ns
-        self._books = {spec.symbol: SimulatedBook(spec, levels=levels, seed=seed) for spec in specs}
         self._topics: dict[str, _Topic] = {}
         for symbol, book in self._books.items():
             for depth in PUSH_INTERVALS[category]:
                 name = f"orderbook.{depth}.{symbol}"
                 first_u = random.Random(f"{seed}:{name}").randrange(10**6, 10**8)
                 self._topics[name] = _Topic(name, depth, book, first_u)
-        self._clients: set[_Client] = set()
-        self._faults = FaultCounters()
-        self._connections_accepted = 0
 
     # -- public view -----------------------------------------------------------------
 
@@ -266,28 +228,8 @@ class BybitSimulator(LoopbackVenue):
         return self.ws_url + self.path
 
     @property
-    def rest_url(self) -> str:
-        """Same host and port (orderbooks need no REST here; kept for uniform wiring)."""
-        return f"http://{self._host}:{self.port}"
-
-    @property
-    def symbols(self) -> tuple[str, ...]:
-        """Venue symbols served (``"BTCUSDT"``)."""
-        return tuple(self._books)
-
-    @property
-    def faults(self) -> FaultCounters:
-        return self._faults
-
-    @property
-    def clients(self) -> int:
-        """Websocket clients connected now."""
-        return len(self._clients)
-
-    @property
-    def connections_accepted(self) -> int:
-        """Websocket connections accepted since start (reconnects count)."""
-        return self._connections_accepted
+    def endpoints(self) -> Mapping[str, str]:
+        return {"websocket": self.stream_url}
 
     def subscribers(self, topic: str) -> int:
         """Connections subscribed to ``topic`` now."""
@@ -296,10 +238,6 @@ class BybitSimulator(LoopbackVenue):
     def update_id(self, topic: str) -> int:
         """``u`` of the last message of ``topic``."""
         return self._topics[topic].update_id
-
-    def book(self, symbol: str, limit: int | None = None) -> DepthSnapshot:
-        """The true current book of ``symbol`` (``KeyError`` if not simulated)."""
-        return self._books[symbol].snapshot(limit)
 
     def pause(self) -> None:
         """Stop the market and push every pending change now.
@@ -329,68 +267,34 @@ class BybitSimulator(LoopbackVenue):
             if topic.next_push is _Push.DELTA:
                 topic.next_push = _Push.SNAPSHOT
 
-    def disconnect_all(self) -> None:
-        """Abort every client connection (no close frame: the client sees 1006)."""
-        clients = list(self._clients)
-        for client in clients:
-            self._unregister(client)
-            client.connection.transport.abort()
-        self._count(disconnected=len(clients))
-
-    def go_silent(self, seconds: float) -> None:
-        """Push no market data for ``seconds``; the market moves on and those messages
-        are lost (their ``u`` used up), so subscribers see a gap when data resumes."""
-        super().go_silent(seconds)
-        self._count(silences=1)
-
-    def send_malformed(self) -> None:
-        """Send one truncated-JSON text frame to every client."""
-        connections = [client.connection for client in self._clients]
-        broadcast(connections, _MALFORMED_FRAME, text=True)
-        self._count(malformed=len(connections))
-
     def send_error(self, message: str = _ERROR_MESSAGE) -> None:
         """Send a failed-request reply (``"success":false``) to every client."""
-        for client in self._clients:
-            broadcast([client.connection], self._reply(client, "subscribe", "", message), text=True)
-        self._count(errors=len(self._clients))
+        reply = partial(self._reply, op="subscribe", req_id="", error=message)
+        self._count(errors=self._to_all(reply))
 
-    def inject(self, fault: Fault, *, silence_seconds: float = 5.0) -> None:
-        """Inject ``fault`` (``DROP``/``RESTART`` hit every symbol)."""
+    def _inject_into(self, fault: Fault, symbol: str) -> None:
         match fault:
             case Fault.DROP:
-                for symbol in self._books:
-                    self.drop_next(symbol)
+                self.drop_next(symbol)
             case Fault.RESTART:
-                for symbol in self._books:
-                    self.restart(symbol)
-            case Fault.DISCONNECT:
-                self.disconnect_all()
-            case Fault.SILENCE:
-                self.go_silent(silence_seconds)
-            case Fault.MALFORMED:
-                self.send_malformed()
-            case Fault.ERROR:
-                self.send_error()
+                self.restart(symbol)
+
+    def _announce(self, fault: Fault) -> None:
+        if fault is Fault.ERROR:
+            self.send_error()
 
     def _symbol_topics(self, symbol: str) -> list[_Topic]:
         if symbol not in self._books:
             raise KeyError(symbol)
         return [topic for topic in self._topics.values() if topic.book is self._books[symbol]]
 
-    def _count(self, **increments: int) -> None:
-        faults = self._faults
-        self._faults = replace(
-            faults, **{name: getattr(faults, name) + n for name, n in increments.items()}
-        )
-
     # -- market data -----------------------------------------------------------------
 
     def _loops(self) -> list[Coroutine[Any, Any, None]]:
-        loops = [self._periodic(self._period, self._step_market, _MAX_STEPS_PER_WAKE)]
-        for depth, interval in PUSH_INTERVALS[self.category].items():
-            loops.append(self._periodic(interval, partial(self._push, depth), 1))
-        return loops
+        return [
+            self._periodic(interval, partial(self._push, depth), 1)
+            for depth, interval in PUSH_INTERVALS[self.category].items()
+        ]
 
     def _step_market(self) -> None:
         for book in self._books.values():
@@ -413,7 +317,7 @@ class BybitSimulator(LoopbackVenue):
                 topic.drops_pending -= 1
                 self._count(dropped=1)
             elif not silent:
-                broadcast([client.connection for client in topic.subscribers], message, text=True)
+                self._send(topic.subscribers, message)
 
     def _next_message(self, topic: _Topic) -> bytes | None:
         """Advance ``topic`` to the current book; the message that says so, if any."""
@@ -448,10 +352,10 @@ class BybitSimulator(LoopbackVenue):
         topic.last_sent = now
         return self._message(topic, kind, out_bids, out_asks)
 
-    def _send_snapshot(self, topic: _Topic, clients: Iterable[_Client]) -> None:
+    def _send_snapshot(self, topic: _Topic, clients: Collection[_Client]) -> None:
         """The published state of ``topic`` (what its other subscribers hold) to ``clients``."""
         message = self._message(topic, "snapshot", topic.bids.items(), topic.asks.items())
-        broadcast([client.connection for client in clients], message, text=True)
+        self._send(clients, message)
 
     def _message(
         self,
@@ -495,26 +399,16 @@ class BybitSimulator(LoopbackVenue):
             return connection.respond(404, "Not Found\n")
         return None
 
-    async def _serve_client(self, connection: ServerConnection) -> None:
-        client = _Client(connection, str(uuid.uuid4()))
-        self._clients.add(client)
-        self._connections_accepted += 1
-        try:
-            async for message in connection:
-                self._on_request(client, message)
-        except ConnectionClosed:
-            pass
-        finally:
-            self._unregister(client)
+    def _accept(self, connection: ServerConnection) -> _Client:
+        return _Client(connection, str(uuid.uuid4()))
 
-    def _unregister(self, client: _Client) -> None:
+    def _forget(self, client: _Client) -> None:
         for name in client.topics:
             self._topics[name].subscribers.discard(client)
             self._topics[name].awaiting_snapshot.discard(client)
         client.topics.clear()
-        self._clients.discard(client)
 
-    def _on_request(self, client: _Client, message: str | bytes) -> None:
+    def _on_message(self, client: _Client, message: str | bytes) -> None:
         """Answer one request; a new subscription's snapshot follows its reply."""
         try:
             request = orjson.loads(message)
@@ -522,7 +416,7 @@ class BybitSimulator(LoopbackVenue):
             request = None
         if not isinstance(request, dict):
             reply = self._reply(client, "", "", "error:request must be a JSON object")
-            broadcast([client.connection], reply, text=True)
+            self._send([client], reply)
             return
         op = str(request.get("op", ""))
         req_id = str(request.get("req_id", ""))
@@ -530,13 +424,13 @@ class BybitSimulator(LoopbackVenue):
         added: list[_Topic] = []
         if op == "ping":
             reply = self._reply(client, op, req_id, ret_msg="pong")
-            broadcast([client.connection], reply, text=True)
+            self._send([client], reply)
             return
         if op in ("subscribe", "unsubscribe"):
             args = request.get("args")
             if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
                 error = "error:args must be a list of topics"
-            elif self.category is Category.SPOT and len(args) > SPOT_TOPICS_PER_REQUEST:
+            elif self.category is BybitCategory.SPOT and len(args) > SPOT_TOPICS_PER_REQUEST:
                 error = f"error:args size >{SPOT_TOPICS_PER_REQUEST}"
             elif op == "subscribe":
                 error, added = self._subscribe(client, args)
@@ -544,9 +438,9 @@ class BybitSimulator(LoopbackVenue):
                 self._unsubscribe(client, args)
         else:
             error = f"error:unknown op {op!r}"
-        ok_msg = "subscribe" if op == "subscribe" and self.category is Category.SPOT else ""
+        ok_msg = "subscribe" if op == "subscribe" and self.category is BybitCategory.SPOT else ""
         reply = self._reply(client, op, req_id, error, ok_msg)
-        broadcast([client.connection], reply, text=True)
+        self._send([client], reply)
         silent = self._is_silent()
         for topic in added:
             if silent:
@@ -596,42 +490,3 @@ def _changes(old: dict[int, int], new: dict[int, int]) -> list[tuple[int, int]]:
     changed = [(price, size) for price, size in new.items() if old.get(price) != size]
     changed += [(price, 0) for price in old if price not in new]
     return changed
-
-
-async def run_bybit_simulator(
-    *,
-    category: Category = Category.SPOT,
-    symbols: Sequence[SimSymbol] | None = None,
-    updates_per_second: float = 100.0,
-    seed: int = 0,
-    levels: int = 100,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    faults: Sequence[Fault] = (),
-    fault_interval: float = 10.0,
-    silence_seconds: float = 5.0,
-    on_ready: Callable[[BybitSimulator], None] | None = None,
-) -> None:
-    """Serve a simulated Bybit v5 public venue until cancelled.
-
-    ``on_ready`` gets the started simulator (to print its URL). ``faults`` are injected
-    in rotation, one every ``fault_interval`` seconds.
-    """
-    if faults and fault_interval <= 0:
-        raise ValueError("fault_interval must be positive")
-    async with BybitSimulator(
-        category=category,
-        symbols=symbols,
-        updates_per_second=updates_per_second,
-        seed=seed,
-        levels=levels,
-        host=host,
-        port=port,
-    ) as simulator:
-        if on_ready is not None:
-            on_ready(simulator)
-        if not faults:
-            await asyncio.Event().wait()
-        for fault in itertools.cycle(faults):
-            await asyncio.sleep(fault_interval)
-            simulator.inject(fault, silence_seconds=silence_seconds)

@@ -24,30 +24,29 @@ One ``websockets`` server serves what ``wss://advanced-trade-ws.coinbase.com`` s
 - ``heartbeats`` every ``heartbeat_interval`` (1 s) with a per-connection counter.
 
 ``sequence_num`` is one counter per connection, over every message it is sent. Faults:
-``drop_next`` (the next update of a product is lost: a ``sequence_num`` gap on each
-connection subscribed to it), ``disconnect_all``, ``go_silent`` (the messages of that
-window are lost, numbers included), ``send_malformed`` (an unnumbered truncated frame)
-and ``send_error`` (an ``error`` message); all counted in ``faults``.
+``DROP`` (``drop_next``: the next update of a product is lost, a ``sequence_num`` gap on
+each connection subscribed to it), ``DISCONNECT``, ``SILENCE`` (the messages of that
+window are lost, numbers included), ``MALFORMED`` (an unnumbered truncated frame) and
+``ERROR`` (``send_error``: an ``error`` message); all counted in ``faults``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import orjson
-from websockets.asyncio.server import ServerConnection, broadcast
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.server import ServerConnection
 
 from book.fixed import format_fixed_places
 from book.snapshot import Level
-from feeds.simulator.market import DepthSnapshot, LoopbackVenue, SimSymbol, SimulatedBook
+from feeds.simulator.faults import Fault
+from feeds.simulator.market import SimSymbol, SimulatedBook
+from feeds.simulator.venue import LoopbackVenue
 
 DEFAULT_SYMBOLS: tuple[SimSymbol, ...] = (
     SimSymbol(
@@ -75,8 +74,6 @@ DEFAULT_SYMBOLS: tuple[SimSymbol, ...] = (
 )
 """BTC/ETH/SOL against USD with Coinbase's tick and lot sizes."""
 
-MAX_UPDATES_PER_SECOND = 10_000.0
-_MAX_STEPS_PER_WAKE = 100
 _LEVEL2 = "level2"
 _HEARTBEATS = "heartbeats"
 _SILENT_CHANNELS = frozenset(
@@ -87,34 +84,7 @@ _SILENT_CHANNELS = frozenset(
 _PRODUCT_CHANNELS = frozenset({_LEVEL2, "candles", "status", "ticker", "market_trades"})
 """Channels a subscribe must name products for."""
 _MALFORMED_FRAME = b'{"channel":"l2_data","client_id":"","timestamp":"2023-02-09T20:32:5'
-"""A frame cut short: what a client sees if the venue sends garbage."""
 _ERROR_MESSAGE = "internal error"
-
-
-class Fault(StrEnum):
-    """Faults a running simulator can inject (``inject``), named for CLI flags."""
-
-    DROP = "drop"
-    DISCONNECT = "disconnect"
-    SILENCE = "silence"
-    MALFORMED = "malformed"
-    ERROR = "error"
-
-
-@dataclass(frozen=True, slots=True)
-class FaultCounters:
-    """What was injected so far.
-
-    ``dropped``: messages withheld (one per connection that lost one); ``disconnected``:
-    connections aborted; ``silences``: ``go_silent`` calls; ``malformed``/``errors``:
-    frames sent, one per connected client.
-    """
-
-    dropped: int = 0
-    disconnected: int = 0
-    silences: int = 0
-    malformed: int = 0
-    errors: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -137,7 +107,7 @@ class RequestError(ValueError):
     """A client request Coinbase would refuse (its text goes back as ``message``)."""
 
 
-class CoinbaseSimulator(LoopbackVenue):
+class CoinbaseSimulator(LoopbackVenue[_Client]):
     """A Coinbase Advanced Trade market-data venue on loopback (async context manager).
 
     ``updates_per_second`` market steps per product, each pushed at once to the
@@ -145,6 +115,11 @@ class CoinbaseSimulator(LoopbackVenue):
     port (``ws_url``). ``clock_ns`` stamps ``timestamp``. Each push costs one JSON encode
     of the events plus one small envelope per subscribed connection (its own number).
     """
+
+    supported_faults = frozenset(
+        {Fault.DROP, Fault.DISCONNECT, Fault.SILENCE, Fault.MALFORMED, Fault.ERROR}
+    )
+    malformed_frame = _MALFORMED_FRAME
 
     def __init__(
         self,
@@ -159,58 +134,31 @@ class CoinbaseSimulator(LoopbackVenue):
         heartbeat_interval: float = 1.0,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        if not 0 < updates_per_second <= MAX_UPDATES_PER_SECOND:
-            raise ValueError(f"updates_per_second must be in (0, {MAX_UPDATES_PER_SECOND}]")
-        if not symbols or len({spec.symbol for spec in symbols}) != len(symbols):
-            raise ValueError("symbols must be non-empty and distinct")
         if subscribe_timeout <= 0 or heartbeat_interval <= 0:
             raise ValueError("subscribe_timeout and heartbeat_interval must be positive")
-        super().__init__(host=host, port=port, name="coinbase-simulator")
-        self._period = 1.0 / updates_per_second
+        super().__init__(
+            symbols=symbols,
+            updates_per_second=updates_per_second,
+            seed=seed,
+            levels=levels,
+            host=host,
+            port=port,
+            name="coinbase-simulator",
+            clock_ns=clock_ns,
+        )
         self._subscribe_timeout = subscribe_timeout
         self._heartbeat_interval = heartbeat_interval
-        self._clock_ns = clock_ns
-        self._feeds = {
-            spec.symbol: _ProductFeed(SimulatedBook(spec, levels=levels, seed=seed))
-            for spec in symbols
-        }
-        self._clients: set[_Client] = set()
-        self._faults = FaultCounters()
-        self._connections_accepted = 0
+        self._feeds = {product: _ProductFeed(book) for product, book in self._books.items()}
 
     # -- public view -----------------------------------------------------------------
 
     @property
-    def rest_url(self) -> str:
-        """Same host and port (Coinbase's level2 needs no REST; kept for uniform wiring)."""
-        return f"http://{self._host}:{self.port}"
-
-    @property
-    def symbols(self) -> tuple[str, ...]:
-        """Product ids served (``"BTC-USD"``)."""
-        return tuple(self._feeds)
-
-    @property
-    def faults(self) -> FaultCounters:
-        return self._faults
-
-    @property
-    def clients(self) -> int:
-        """Websocket clients connected now."""
-        return len(self._clients)
-
-    @property
-    def connections_accepted(self) -> int:
-        """Websocket connections accepted since start (reconnects count)."""
-        return self._connections_accepted
+    def endpoints(self) -> Mapping[str, str]:
+        return {"websocket": self.ws_url}
 
     def subscribers(self, product: str) -> int:
         """Connections subscribed to ``product``'s level2 now."""
         return len(self._feeds[product].subscribers)
-
-    def book(self, product: str, limit: int | None = None) -> DepthSnapshot:
-        """The true current book of ``product`` (``KeyError`` if not simulated)."""
-        return self._feeds[product].book.snapshot(limit)
 
     # -- faults ----------------------------------------------------------------------
 
@@ -219,60 +167,22 @@ class CoinbaseSimulator(LoopbackVenue):
         ``sequence_num`` skips one number, and its book misses those changes."""
         self._feeds[product].drops_pending += 1
 
-    def disconnect_all(self) -> None:
-        """Abort every client connection (no close frame: the client sees 1006)."""
-        clients = list(self._clients)
-        for client in clients:
-            self._unregister(client)
-            client.connection.transport.abort()
-        self._count(disconnected=len(clients))
-
-    def go_silent(self, seconds: float) -> None:
-        """Send nothing for ``seconds``; what would have been sent is lost, numbers too,
-        so clients see a ``sequence_num`` gap when messages resume."""
-        super().go_silent(seconds)
-        self._count(silences=1)
-
-    def send_malformed(self) -> None:
-        """Send one truncated-JSON text frame (it takes no ``sequence_num``) to every client."""
-        connections = [client.connection for client in self._clients]
-        broadcast(connections, _MALFORMED_FRAME, text=True)
-        self._count(malformed=len(connections))
-
     def send_error(self, message: str = _ERROR_MESSAGE) -> None:
-        """Send ``{"type":"error","message":..}`` to every client."""
-        connections = [client.connection for client in self._clients]
-        broadcast(connections, _error(message), text=True)
-        self._count(errors=len(connections))
+        """Send ``{"type":"error","message":..}`` (unnumbered) to every client."""
+        self._count(errors=self._to_all(_error(message)))
 
-    def inject(self, fault: Fault, *, silence_seconds: float = 5.0) -> None:
-        """Inject ``fault`` (``DROP`` drops the next update of every product)."""
-        match fault:
-            case Fault.DROP:
-                for product in self._feeds:
-                    self.drop_next(product)
-            case Fault.DISCONNECT:
-                self.disconnect_all()
-            case Fault.SILENCE:
-                self.go_silent(silence_seconds)
-            case Fault.MALFORMED:
-                self.send_malformed()
-            case Fault.ERROR:
-                self.send_error()
+    def _inject_into(self, fault: Fault, product: str) -> None:
+        if fault is Fault.DROP:
+            self.drop_next(product)
 
-    def _count(self, **increments: int) -> None:
-        faults = self._faults
-        self._faults = replace(
-            faults, **{name: getattr(faults, name) + n for name, n in increments.items()}
-        )
+    def _announce(self, fault: Fault) -> None:
+        if fault is Fault.ERROR:
+            self.send_error()
 
     # -- market data -----------------------------------------------------------------
 
     def _loops(self) -> list[Coroutine[Any, Any, None]]:
-        return [
-            self._periodic(self._period, self._step_market, _MAX_STEPS_PER_WAKE),
-            self._heartbeats(),
-        ]
+        return [self._heartbeats()]
 
     def _step_market(self) -> None:
         """One step of every product, pushed to its subscribers. O(products * k)."""
@@ -287,7 +197,7 @@ class CoinbaseSimulator(LoopbackVenue):
                 lost = True
             events = self._book_events("update", product, diff.bids, diff.asks)
             for client in feed.subscribers:
-                self._send(client, b"l2_data", events, lost=lost)
+                self._send_numbered(client, b"l2_data", events, lost=lost)
 
     async def _heartbeats(self) -> None:
         """Every connection subscribed to ``heartbeats`` gets one per interval."""
@@ -303,7 +213,7 @@ class CoinbaseSimulator(LoopbackVenue):
                     current_time,
                     client.heartbeat_counter,
                 )
-                self._send(client, b"heartbeats", event)
+                self._send_numbered(client, b"heartbeats", event)
 
     def _book_events(
         self, kind: str, product: str, bids: tuple[Level, ...], asks: tuple[Level, ...]
@@ -322,7 +232,9 @@ class CoinbaseSimulator(LoopbackVenue):
         ]
         return orjson.dumps([{"type": kind, "product_id": product, "updates": updates}])
 
-    def _send(self, client: _Client, channel: bytes, events: bytes, *, lost: bool = False) -> None:
+    def _send_numbered(
+        self, client: _Client, channel: bytes, events: bytes, *, lost: bool = False
+    ) -> None:
         """Number one message for ``client`` and write it, unless it is lost (dropped or
         silent): a lost message still takes its number."""
         number = client.sequence_num
@@ -338,55 +250,52 @@ class CoinbaseSimulator(LoopbackVenue):
                 events,
             )
         )
-        broadcast([client.connection], frame, text=True)
+        self._send([client], frame)
 
     # -- websocket clients -----------------------------------------------------------
 
-    async def _serve_client(self, connection: ServerConnection) -> None:
-        client = _Client(connection)
-        self._clients.add(client)
-        self._connections_accepted += 1
-        try:
-            messages = aiter(connection)
-            try:
-                async with asyncio.timeout(self._subscribe_timeout):
-                    while not client.channels:
-                        self._on_request(client, await anext(messages))
-            except TimeoutError:
-                reason = f"no subscribe message within {self._subscribe_timeout:g} seconds"
-                await connection.close(1000, reason)
-                return
-            async for message in messages:
-                self._on_request(client, message)
-        except (ConnectionClosed, StopAsyncIteration):
-            pass
-        finally:
-            self._unregister(client)
+    def _accept(self, connection: ServerConnection) -> _Client:
+        return _Client(connection)
 
-    def _unregister(self, client: _Client) -> None:
+    async def _converse(self, client: _Client) -> None:
+        """As Coinbase: a client that does not subscribe in time is closed."""
+        messages = aiter(client.connection)
+        try:
+            async with asyncio.timeout(self._subscribe_timeout):
+                while not client.channels:
+                    self._on_message(client, await anext(messages))
+        except TimeoutError:
+            reason = f"no subscribe message within {self._subscribe_timeout:g} seconds"
+            await client.connection.close(1000, reason)
+            return
+        except StopAsyncIteration:
+            return
+        async for message in messages:
+            self._on_message(client, message)
+
+    def _forget(self, client: _Client) -> None:
         for product in client.channels.get(_LEVEL2, ()):
             self._feeds[product].subscribers.discard(client)
         client.channels.clear()
-        self._clients.discard(client)
 
-    def _on_request(self, client: _Client, message: str | bytes) -> None:
+    def _on_message(self, client: _Client, message: str | bytes) -> None:
         """Answer one client request, in order, on the client's numbered stream."""
         try:
             request = orjson.loads(message)
         except orjson.JSONDecodeError:
-            broadcast([client.connection], _error("malformed JSON"), text=True)
+            self._send([client], _error("malformed JSON"))
             return
         try:
             new_products = self._apply(client, request)
         except RequestError as exc:
-            broadcast([client.connection], _error(str(exc)), text=True)
+            self._send([client], _error(str(exc)))
             return
         subscriptions = orjson.dumps([{"subscriptions": client.channels}])
-        self._send(client, b"subscriptions", subscriptions)
+        self._send_numbered(client, b"subscriptions", subscriptions)
         for product in new_products:
             snapshot = self._feeds[product].book.snapshot()
             events = self._book_events("snapshot", product, snapshot.bids, snapshot.asks)
-            self._send(client, b"l2_data", events)
+            self._send_numbered(client, b"l2_data", events)
 
     def _apply(self, client: _Client, request: Any) -> list[str]:
         """Apply a subscribe/unsubscribe; returns the products newly on ``level2``."""
@@ -446,40 +355,3 @@ def _go_time(ns: int) -> str:
     """ns -> Go's ``time.String`` form, as heartbeats carry it."""
     seconds, fraction = divmod(ns, 1_000_000_000)
     return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%d %H:%M:%S}.{fraction:09d} +0000 UTC"
-
-
-async def run_coinbase_simulator(
-    *,
-    symbols: Sequence[SimSymbol] = DEFAULT_SYMBOLS,
-    updates_per_second: float = 100.0,
-    seed: int = 0,
-    levels: int = 100,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    faults: Sequence[Fault] = (),
-    fault_interval: float = 10.0,
-    silence_seconds: float = 5.0,
-    on_ready: Callable[[CoinbaseSimulator], None] | None = None,
-) -> None:
-    """Serve a simulated Coinbase Advanced Trade venue until cancelled.
-
-    ``on_ready`` gets the started simulator (to print its URL). ``faults`` are injected
-    in rotation, one every ``fault_interval`` seconds.
-    """
-    if faults and fault_interval <= 0:
-        raise ValueError("fault_interval must be positive")
-    async with CoinbaseSimulator(
-        symbols=symbols,
-        updates_per_second=updates_per_second,
-        seed=seed,
-        levels=levels,
-        host=host,
-        port=port,
-    ) as simulator:
-        if on_ready is not None:
-            on_ready(simulator)
-        if not faults:
-            await asyncio.Event().wait()
-        for fault in itertools.cycle(faults):
-            await asyncio.sleep(fault_interval)
-            simulator.inject(fault, silence_seconds=silence_seconds)

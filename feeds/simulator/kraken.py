@@ -30,9 +30,10 @@ handler (see ``v2_url``), so the real handler connects to it exactly as to Krake
   ``{"channel":"heartbeat"}`` about once a second to a subscribed client that was sent
   nothing else in that second. Any other path gets HTTP 404.
 
-Faults (counted in ``faults``): ``drop_next`` (the next update is withheld: only the
-checksum can tell), ``corrupt_next_checksum``, ``disconnect_all``, ``go_silent``,
-``send_malformed`` and ``send_error``. ``hold_snapshots`` makes new subscriptions of a
+Faults (counted in ``faults``): ``DROP`` (``drop_next``: the next update is withheld,
+only the checksum can tell), ``CHECKSUM`` (``corrupt_next_checksum``), ``DISCONNECT``,
+``SILENCE`` (no book updates and no heartbeats; replies, snapshots and pongs still go
+out), ``MALFORMED`` and ``ERROR`` (``send_error``). ``hold_snapshots`` makes new subscriptions of a
 symbol wait for ``release_snapshots`` (a slow snapshot, so tests can watch the other
 symbols stream while one resyncs).
 """
@@ -40,16 +41,13 @@ symbols stream while one resyncs).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections.abc import Callable, Collection, Coroutine, Sequence
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from websockets.asyncio.server import ServerConnection, broadcast
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from book.fixed import format_fixed_places
@@ -57,17 +55,15 @@ from book.l2 import L2Book
 from book.snapshot import Level
 from feeds.kraken.checksum import CHECKSUM_LEVELS, Precision, book_checksum
 from feeds.kraken.sync import DEPTHS
-from feeds.simulator.market import DepthSnapshot, LoopbackVenue, SimSymbol, SimulatedBook
+from feeds.simulator.faults import Fault
+from feeds.simulator.market import DepthSnapshot, SimSymbol, SimulatedBook
+from feeds.simulator.venue import LoopbackVenue
 
 V2_PATH = "/v2"
 HEARTBEAT_INTERVAL = 1.0
 """Kraken sends a heartbeat about once a second when there is nothing else to send."""
-MAX_UPDATES_PER_SECOND = 10_000.0
-_MAX_STEPS_PER_WAKE = 100
-"""A market loop that fell behind catches up at most this many steps, then skips."""
 _API_VERSION = "2.0.10"
 _MALFORMED_FRAME = b'{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bi'
-"""A frame cut short: what a client sees if the venue sends garbage."""
 
 DEFAULT_SYMBOLS: tuple[SimSymbol, ...] = (
     SimSymbol(
@@ -102,34 +98,6 @@ DEFAULT_SYMBOLS: tuple[SimSymbol, ...] = (
     ),
 )
 """BTC/ETH/SOL against USD with Kraken's price and quantity precisions."""
-
-
-class Fault(StrEnum):
-    """Faults a running simulator can inject (``inject``), named for CLI flags."""
-
-    DROP = "drop"
-    CHECKSUM = "checksum"
-    DISCONNECT = "disconnect"
-    SILENCE = "silence"
-    MALFORMED = "malformed"
-    ERROR = "error"
-
-
-@dataclass(frozen=True, slots=True)
-class FaultCounters:
-    """What was injected so far.
-
-    ``dropped_updates``/``corrupted_checksums``: book updates withheld, sent with a wrong
-    checksum; ``disconnected``: connections aborted; ``silences``: ``go_silent`` calls;
-    ``malformed``/``errors``: frames sent, one per connected client.
-    """
-
-    dropped_updates: int = 0
-    corrupted_checksums: int = 0
-    disconnected: int = 0
-    silences: int = 0
-    malformed: int = 0
-    errors: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -167,7 +135,7 @@ class _SymbolFeed:
     unsubscribes: int = 0
 
 
-class KrakenSimulator(LoopbackVenue):
+class KrakenSimulator(LoopbackVenue[_Client]):
     """A Kraken spot v2 ``book`` venue on loopback (async context manager).
 
     ``updates_per_second`` market steps per symbol run on an owned task until exit;
@@ -176,6 +144,11 @@ class KrakenSimulator(LoopbackVenue):
     Each step costs, per subscribed (symbol, depth), an O(depth) comparison of the top
     levels, one CRC32 over 20 levels, one JSON encode and O(clients) buffer appends.
     """
+
+    supported_faults = frozenset(
+        {Fault.DROP, Fault.CHECKSUM, Fault.DISCONNECT, Fault.SILENCE, Fault.MALFORMED, Fault.ERROR}
+    )
+    malformed_frame = _MALFORMED_FRAME
 
     def __init__(
         self,
@@ -189,27 +162,23 @@ class KrakenSimulator(LoopbackVenue):
         port: int = 0,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        if not 0 < updates_per_second <= MAX_UPDATES_PER_SECOND:
-            raise ValueError(f"updates_per_second must be in (0, {MAX_UPDATES_PER_SECOND}]")
-        if not symbols or len({spec.symbol for spec in symbols}) != len(symbols):
-            raise ValueError("symbols must be non-empty and distinct")
         if heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be positive")
-        super().__init__(host=host, port=port, name="kraken-simulator")
-        self._period = 1.0 / updates_per_second
+        super().__init__(
+            symbols=symbols,
+            updates_per_second=updates_per_second,
+            seed=seed,
+            levels=levels,
+            host=host,
+            port=port,
+            name="kraken-simulator",
+            clock_ns=clock_ns,
+        )
         self._heartbeat_interval = heartbeat_interval
-        self._clock_ns = clock_ns
         self._feeds = {
-            spec.symbol: _SymbolFeed(
-                SimulatedBook(spec, levels=levels, seed=seed),
-                Precision(spec.price_decimals, spec.qty_decimals),
-            )
-            for spec in symbols
+            symbol: _SymbolFeed(book, Precision(book.spec.price_decimals, book.spec.qty_decimals))
+            for symbol, book in self._books.items()
         }
-        self._clients: set[_Client] = set()
-        self._faults = FaultCounters()
-        self._connection_ids = itertools.count(1)
-        self._connections_accepted = 0
         self._pongs_sent = 0
 
     # -- public view -----------------------------------------------------------------
@@ -220,23 +189,8 @@ class KrakenSimulator(LoopbackVenue):
         return f"{self.ws_url}{V2_PATH}"
 
     @property
-    def symbols(self) -> tuple[str, ...]:
-        """Pairs served (``"BTC/USD"``)."""
-        return tuple(self._feeds)
-
-    @property
-    def faults(self) -> FaultCounters:
-        return self._faults
-
-    @property
-    def clients(self) -> int:
-        """Websocket clients connected now."""
-        return len(self._clients)
-
-    @property
-    def connections_accepted(self) -> int:
-        """Websocket connections accepted since start (reconnects count)."""
-        return self._connections_accepted
+    def endpoints(self) -> Mapping[str, str]:
+        return {"websocket": self.v2_url}
 
     @property
     def silent(self) -> bool:
@@ -257,10 +211,6 @@ class KrakenSimulator(LoopbackVenue):
 
     def precision(self, symbol: str) -> Precision:
         return self._feeds[symbol].precision
-
-    def book(self, symbol: str, limit: int | None = None) -> DepthSnapshot:
-        """The true current book of ``symbol`` (``KeyError`` if not simulated)."""
-        return self._feeds[symbol].book.snapshot(limit)
 
     def hold_snapshots(self, symbol: str) -> None:
         """Acknowledge new ``book`` subscriptions of ``symbol`` that ask for a snapshot
@@ -292,66 +242,27 @@ class KrakenSimulator(LoopbackVenue):
         """Send the next book update of ``symbol`` with a wrong checksum."""
         self._feeds[symbol].corruptions_pending += 1
 
-    def disconnect_all(self) -> None:
-        """Abort every client connection (no close frame: the client sees 1006)."""
-        clients = list(self._clients)
-        for client in clients:
-            self._unregister(client)
-            client.connection.transport.abort()
-        self._count(disconnected=len(clients))
-
-    def go_silent(self, seconds: float) -> None:
-        """Send no book updates and no heartbeats for ``seconds`` (replies, snapshots
-        and pongs still go out). The market moves on and the updates are lost."""
-        super().go_silent(seconds)
-        self._count(silences=1)
-
-    def send_malformed(self) -> None:
-        """Send one truncated-JSON text frame to every client."""
-        self._count(malformed=self._to_all(_MALFORMED_FRAME))
-
     def send_error(self, error: str = "EGeneral:Internal error") -> None:
         """Send an error reply ``{"error":..,"success":false,..}`` to every client."""
         now = self._timestamp()
         frame = orjson.dumps({"error": error, "success": False, "time_in": now, "time_out": now})
         self._count(errors=self._to_all(frame))
 
-    def inject(self, fault: Fault, *, silence_seconds: float = 5.0) -> None:
-        """Inject ``fault``; the per-symbol ones hit every symbol."""
+    def _inject_into(self, fault: Fault, symbol: str) -> None:
         match fault:
             case Fault.DROP:
-                for symbol in self._feeds:
-                    self.drop_next(symbol)
+                self.drop_next(symbol)
             case Fault.CHECKSUM:
-                for symbol in self._feeds:
-                    self.corrupt_next_checksum(symbol)
-            case Fault.DISCONNECT:
-                self.disconnect_all()
-            case Fault.SILENCE:
-                self.go_silent(silence_seconds)
-            case Fault.MALFORMED:
-                self.send_malformed()
-            case Fault.ERROR:
-                self.send_error()
+                self.corrupt_next_checksum(symbol)
 
-    def _count(self, **increments: int) -> None:
-        faults = self._faults
-        self._faults = replace(
-            faults, **{name: getattr(faults, name) + n for name, n in increments.items()}
-        )
-
-    def _to_all(self, frame: bytes) -> int:
-        clients = list(self._clients)
-        self._send(clients, frame)
-        return len(clients)
+    def _announce(self, fault: Fault) -> None:
+        if fault is Fault.ERROR:
+            self.send_error()
 
     # -- market data -----------------------------------------------------------------
 
     def _loops(self) -> list[Coroutine[Any, Any, None]]:
-        return [
-            self._periodic(self._period, self._step_market, _MAX_STEPS_PER_WAKE),
-            self._heartbeats(),
-        ]
+        return [self._heartbeats()]
 
     async def _heartbeats(self) -> None:
         """Heartbeats go on while the market is paused: a quiet market still beats."""
@@ -381,7 +292,7 @@ class KrakenSimulator(LoopbackVenue):
             return  # while silent, what would have been sent is lost
         if feed.drops_pending:
             feed.drops_pending -= 1
-            self._count(dropped_updates=1)
+            self._count(dropped=1)
             if stream.drifted is None:
                 stream.drifted = _holding(old)
             return
@@ -473,9 +384,8 @@ class KrakenSimulator(LoopbackVenue):
         return orjson.dumps({"channel": "instrument", "type": "snapshot", "data": data})
 
     def _send(self, clients: Collection[_Client], frame: bytes) -> None:
-        if not clients:
-            return
-        broadcast([client.connection for client in clients], frame, text=True)
+        """Send and mark the clients as not quiet (no heartbeat due this second)."""
+        super()._send(clients, frame)
         for client in clients:
             client.quiet = False
 
@@ -489,31 +399,23 @@ class KrakenSimulator(LoopbackVenue):
             return None
         return connection.respond(404, "Not Found\n")
 
-    async def _serve_client(self, connection: ServerConnection) -> None:
+    def _accept(self, connection: ServerConnection) -> _Client:
+        """A new client, greeted with the ``status`` message."""
         client = _Client(connection)
-        self._clients.add(client)
-        self._connections_accepted += 1
         status = {
             "api_version": "v2",
-            "connection_id": next(self._connection_ids),
+            "connection_id": self._connections_accepted,
             "system": "online",
             "version": _API_VERSION,
         }
         self._send(
             [client], orjson.dumps({"channel": "status", "type": "update", "data": [status]})
         )
-        try:
-            async for message in connection:
-                self._control(client, message)
-        except ConnectionClosed:
-            pass
-        finally:
-            self._unregister(client)
+        return client
 
-    def _unregister(self, client: _Client) -> None:
+    def _forget(self, client: _Client) -> None:
         for symbol in list(client.books):
             self._end_subscription(client, symbol)
-        self._clients.discard(client)
 
     def _end_subscription(self, client: _Client, symbol: str) -> None:
         feed = self._feeds[symbol]
@@ -525,7 +427,7 @@ class KrakenSimulator(LoopbackVenue):
             if not stream.subscribers:
                 del feed.streams[depth]
 
-    def _control(self, client: _Client, message: str | bytes) -> None:
+    def _on_message(self, client: _Client, message: str | bytes) -> None:
         """Answer one request, as Kraken does (one reply per symbol of a book request)."""
         time_in = self._timestamp()
         try:
@@ -686,40 +588,3 @@ def _level(level: Level, precision: Precision) -> dict[str, orjson.Fragment]:
 def _rfc3339(ns: int) -> str:
     seconds, rest = divmod(ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}Z"
-
-
-async def run_kraken_simulator(
-    *,
-    symbols: Sequence[SimSymbol] = DEFAULT_SYMBOLS,
-    updates_per_second: float = 100.0,
-    seed: int = 0,
-    levels: int = 100,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    faults: Sequence[Fault] = (),
-    fault_interval: float = 10.0,
-    silence_seconds: float = 5.0,
-    on_ready: Callable[[KrakenSimulator], None] | None = None,
-) -> None:
-    """Serve a simulated Kraken spot v2 venue until cancelled (``marketcast simulate``).
-
-    ``on_ready`` gets the started simulator (to print ``v2_url``). ``faults`` are
-    injected in rotation, one every ``fault_interval`` seconds.
-    """
-    if faults and fault_interval <= 0:
-        raise ValueError("fault_interval must be positive")
-    async with KrakenSimulator(
-        symbols=symbols,
-        updates_per_second=updates_per_second,
-        seed=seed,
-        levels=levels,
-        host=host,
-        port=port,
-    ) as simulator:
-        if on_ready is not None:
-            on_ready(simulator)
-        if not faults:
-            await asyncio.Event().wait()
-        for fault in itertools.cycle(faults):
-            await asyncio.sleep(fault_interval)
-            simulator.inject(fault, silence_seconds=silence_seconds)

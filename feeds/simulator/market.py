@@ -10,25 +10,17 @@ step in that venue's wire format and serve full snapshots at the current id.
 depth updates per push interval (Binance ``@depth@100ms``).
 
 Prices and quantities leave this module as ``book.fixed`` integers (``Level``); the
-venue adapters format them as the venue does. ``LoopbackVenue`` is the lifecycle the
-simulated venues share: a loopback websocket server plus a pausable market loop.
+simulated venues (``feeds.simulator.venue.LoopbackVenue``) format them as their
+exchange does.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
-import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from itertools import islice
-from types import TracebackType
-from typing import Any, Self
 
 from sortedcontainers import SortedDict
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.http11 import Request, Response
 
 from book.fixed import SCALE_DIGITS, parse_fixed
 from book.snapshot import Level
@@ -365,124 +357,3 @@ class DiffWindow:
         self._bids.clear()
         self._asks.clear()
         return diff
-
-
-class LoopbackVenue(ABC):
-    """What every simulated venue shares: a websocket server on loopback and a market loop.
-
-    An async context manager: entering starts one ``websockets`` server on ``host:port``
-    (``port=0`` picks a free one) that runs ``_serve_client`` per connection (HTTP
-    requests go to ``_process_request`` first), and one owned task running every
-    coroutine of ``_loops`` until exit. ``_periodic`` gives those loops a drift-free
-    schedule that stops while the venue is paused; ``go_silent`` opens a window in which
-    the venue sends no market data (``_is_silent``). Subclasses speak one venue's protocol.
-    """
-
-    def __init__(self, *, host: str, port: int, name: str) -> None:
-        self._host = host
-        self._requested_port = port
-        self._name = name
-        self._running = asyncio.Event()
-        self._running.set()
-        self._silent_until = 0.0
-        self._server: Server | None = None
-        self._port = 0
-        self._runner: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Self:
-        self._server = await serve(
-            self._serve_client,
-            self._host,
-            self._requested_port,
-            process_request=self._process_request,
-            ping_interval=20,
-            ping_timeout=60,
-            max_size=2**16,
-        )
-        self._port = self._server.sockets[0].getsockname()[1]
-        self._runner = asyncio.create_task(self._run(), name=self._name)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if self._runner is not None:
-                self._runner.cancel()
-                try:
-                    await self._runner
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        raise
-        finally:
-            if self._server is not None:
-                self._server.close()
-                await self._server.wait_closed()
-
-    @property
-    def port(self) -> int:
-        """The bound port (0 before start)."""
-        return self._port
-
-    @property
-    def ws_url(self) -> str:
-        """Base websocket URL (``ws://host:port``)."""
-        return f"ws://{self._host}:{self.port}"
-
-    def pause(self) -> None:
-        """Stop the market loops until ``resume``."""
-        self._running.clear()
-
-    def resume(self) -> None:
-        self._running.set()
-
-    def go_silent(self, seconds: float) -> None:
-        """Send no market data for ``seconds`` (see ``_is_silent``)."""
-        if seconds < 0:
-            raise ValueError("seconds must not be negative")
-        self._silent_until = max(self._silent_until, time.monotonic() + seconds)
-
-    def _is_silent(self) -> bool:
-        return time.monotonic() < self._silent_until
-
-    @abstractmethod
-    async def _serve_client(self, connection: ServerConnection) -> None:
-        """Speak the venue's protocol with one websocket client until it leaves."""
-
-    @abstractmethod
-    def _loops(self) -> list[Coroutine[Any, Any, None]]:
-        """The market's background coroutines, run from start to exit."""
-
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """HTTP before the websocket handshake: ``None`` lets the handshake go on."""
-        return None
-
-    async def _run(self) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            for loop in self._loops():
-                tasks.create_task(loop)
-
-    async def _periodic(self, period: float, action: Callable[[], None], max_burst: int) -> None:
-        """Call ``action`` every ``period`` s on a drift-free schedule while running.
-
-        A loop that fell behind catches up at most ``max_burst`` calls, then skips.
-        """
-        loop = asyncio.get_running_loop()
-        next_at = loop.time() + period
-        while True:
-            if not self._running.is_set():
-                await self._running.wait()
-                next_at = loop.time() + period
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            now = loop.time()
-            burst = 0
-            while next_at <= now and burst < max_burst and self._running.is_set():
-                action()
-                next_at += period
-                burst += 1
-            if next_at <= now:
-                next_at = now + period

@@ -25,25 +25,22 @@ order book handler, so the real handler connects to it exactly as to OKX:
   60012, an unknown ``books`` instId -> 60018. Other channels are acknowledged and stay
   silent. Any other path gets HTTP 404.
 
-Faults (counted in ``faults``): ``drop_next`` (a seqId gap), ``corrupt_next_checksum``,
-``reset_sequence`` (seqId restarts low, as after OKX maintenance: not a fault for a
-correct handler), ``disconnect_all``, ``go_silent``, ``send_malformed``, ``send_error``
-and ``send_notice`` (64008: OKX is about to close the connection).
+Faults (counted in ``faults``): ``DROP`` (``drop_next``: a seqId gap), ``CHECKSUM``
+(``corrupt_next_checksum``), ``RESTART`` (``reset_sequence``: seqId restarts low, as
+after OKX maintenance: not a fault for a correct handler), ``DISCONNECT``, ``SILENCE``,
+``MALFORMED``, ``ERROR`` (``send_error``) and ``SHUTDOWN`` (``send_notice``: 64008, OKX
+is about to close the connection).
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard
 
 import orjson
-from websockets.asyncio.server import ServerConnection, broadcast
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from book.fixed import format_fixed, format_fixed_places, parse_fixed
@@ -51,23 +48,15 @@ from book.snapshot import Level
 from feeds.okx.adapter import PUBLIC_PATH
 from feeds.okx.checksum import CHECKSUM_DEPTH, okx_checksum
 from feeds.okx.parser import BOOK_CHANNEL, SERVICE_UPGRADE_NOTICE
-from feeds.simulator.market import (
-    DepthSnapshot,
-    DiffWindow,
-    LoopbackVenue,
-    SimSymbol,
-    SimulatedBook,
-)
+from feeds.simulator.faults import Fault
+from feeds.simulator.market import DiffWindow, SimSymbol, SimulatedBook
+from feeds.simulator.venue import LoopbackVenue
 
 PUSH_INTERVAL = 0.1
 """OKX pushes ``books`` changes every 100 ms."""
 SNAPSHOT_DEPTH = 400
 """Levels per side of a ``books`` snapshot (and so the most a simulated book may hold)."""
-MAX_UPDATES_PER_SECOND = 10_000.0
-_MAX_STEPS_PER_WAKE = 100
-"""A market loop that fell behind catches up at most this many steps, then skips."""
 _MALFORMED_FRAME = b'{"arg":{"channel":"books","instId":"BTC-USDT"},"action":"upd'
-"""A frame cut short: what a client sees if the venue sends garbage."""
 
 DEFAULT_SYMBOLS: tuple[SimSymbol, ...] = (
     SimSymbol(
@@ -104,39 +93,6 @@ DEFAULT_SYMBOLS: tuple[SimSymbol, ...] = (
 """OKX spot BTC/ETH and the BTC perpetual swap (sizes in contracts), OKX tick and lot."""
 
 
-class Fault(StrEnum):
-    """Faults a running simulator can inject (``inject``), named for CLI flags."""
-
-    DROP = "drop"
-    CHECKSUM = "checksum"
-    RESET = "reset"
-    DISCONNECT = "disconnect"
-    SILENCE = "silence"
-    MALFORMED = "malformed"
-    ERROR = "error"
-    NOTICE = "notice"
-
-
-@dataclass(frozen=True, slots=True)
-class FaultCounters:
-    """What was injected so far.
-
-    ``dropped_updates``/``corrupted_checksums``/``sequence_resets``: update messages
-    withheld, sent with a wrong checksum, sent with a restarted seqId;
-    ``disconnected``: connections aborted; ``silences``: ``go_silent`` calls;
-    ``malformed``/``errors``/``notices``: frames sent, one per connected client.
-    """
-
-    dropped_updates: int = 0
-    corrupted_checksums: int = 0
-    sequence_resets: int = 0
-    disconnected: int = 0
-    silences: int = 0
-    malformed: int = 0
-    errors: int = 0
-    notices: int = 0
-
-
 @dataclass(eq=False, slots=True)
 class _Client:
     connection: ServerConnection
@@ -162,7 +118,7 @@ class _InstrumentFeed:
     snapshots_sent: int = 0
 
 
-class OkxSimulator(LoopbackVenue):
+class OkxSimulator(LoopbackVenue[_Client]):
     """An OKX v5 public ``books`` venue on loopback (async context manager).
 
     ``updates_per_second`` market steps per instrument run on an owned task until
@@ -172,6 +128,9 @@ class OkxSimulator(LoopbackVenue):
     one JSON encode per instrument, one CRC32 over 50 levels and O(clients) buffer
     appends.
     """
+
+    supported_faults = frozenset(Fault)
+    malformed_frame = _MALFORMED_FRAME
 
     def __init__(
         self,
@@ -187,51 +146,34 @@ class OkxSimulator(LoopbackVenue):
         port: int = 0,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        if not 0 < updates_per_second <= MAX_UPDATES_PER_SECOND:
-            raise ValueError(f"updates_per_second must be in (0, {MAX_UPDATES_PER_SECOND}]")
-        if not symbols or len({spec.symbol for spec in symbols}) != len(symbols):
-            raise ValueError("symbols must be non-empty and distinct")
         if push_interval <= 0:
             raise ValueError("push_interval must be positive")
         if not 1 <= levels <= SNAPSHOT_DEPTH:
             raise ValueError(f"levels must be in [1, {SNAPSHOT_DEPTH}] (a books snapshot)")
-        super().__init__(host=host, port=port, name="okx-simulator")
-        self._period = 1.0 / updates_per_second
+        super().__init__(
+            symbols=symbols,
+            updates_per_second=updates_per_second,
+            seed=seed,
+            levels=levels,
+            host=host,
+            port=port,
+            name="okx-simulator",
+            clock_ns=clock_ns,
+        )
         self._push_interval = push_interval
         self._checksums = checksums
         self._padded = padded_numbers
-        self._clock_ns = clock_ns
-        self._feeds: dict[str, _InstrumentFeed] = {}
-        for spec in symbols:
-            book = SimulatedBook(spec, levels=levels, seed=seed)
-            self._feeds[spec.symbol] = _InstrumentFeed(
-                book, parse_fixed(spec.lot), last_seq=book.update_id
-            )
-        self._clients: set[_Client] = set()
-        self._faults = FaultCounters()
-        self._connections_accepted = 0
+        self._feeds = {
+            symbol: _InstrumentFeed(book, parse_fixed(book.spec.lot), last_seq=book.update_id)
+            for symbol, book in self._books.items()
+        }
         self._pongs_sent = 0
 
     # -- public view -----------------------------------------------------------------
 
     @property
-    def symbols(self) -> tuple[str, ...]:
-        """instIds served (``"BTC-USDT"``)."""
-        return tuple(self._feeds)
-
-    @property
-    def faults(self) -> FaultCounters:
-        return self._faults
-
-    @property
-    def clients(self) -> int:
-        """Websocket clients connected now."""
-        return len(self._clients)
-
-    @property
-    def connections_accepted(self) -> int:
-        """Websocket connections accepted since start (reconnects count)."""
-        return self._connections_accepted
+    def endpoints(self) -> Mapping[str, str]:
+        return {"websocket": self.ws_url + PUBLIC_PATH}
 
     @property
     def pongs_sent(self) -> int:
@@ -245,10 +187,6 @@ class OkxSimulator(LoopbackVenue):
     def seq_id(self, inst_id: str) -> int:
         """The seqId of the last message generated for ``inst_id``."""
         return self._feeds[inst_id].last_seq
-
-    def book(self, inst_id: str, limit: int | None = None) -> DepthSnapshot:
-        """The true current book of ``inst_id`` (``KeyError`` if not simulated)."""
-        return self._feeds[inst_id].book.snapshot(limit)
 
     def pause(self) -> None:
         """Stop the market and push every pending change (and snapshot) now.
@@ -274,27 +212,6 @@ class OkxSimulator(LoopbackVenue):
         maintenance: ``seqId`` < ``prevSeqId`` once, then the chain goes on."""
         self._feeds[inst_id].resets_pending += 1
 
-    def disconnect_all(self) -> None:
-        """Abort every client connection (no close frame: the client sees 1006)."""
-        clients = list(self._clients)
-        for client in clients:
-            self._unregister(client)
-            client.connection.transport.abort()
-        self._count(disconnected=len(clients))
-
-    def go_silent(self, seconds: float) -> None:
-        """Push nothing for ``seconds`` (control replies and pongs still go out).
-
-        The market keeps moving and what it would have pushed is lost, so subscribers
-        see a gap when data resumes; snapshots owed to new subscriptions wait.
-        """
-        super().go_silent(seconds)
-        self._count(silences=1)
-
-    def send_malformed(self) -> None:
-        """Send one truncated-JSON text frame to every client."""
-        self._count(malformed=self._to_all(lambda client: _MALFORMED_FRAME))
-
     def send_error(self, code: str = "60012", msg: str = "Invalid request") -> None:
         """Send an unsolicited ``{"event":"error",..}`` to every client."""
         self._count(errors=self._to_all(lambda client: _error(client, code, msg, None)))
@@ -314,49 +231,28 @@ class OkxSimulator(LoopbackVenue):
                 }
             )
 
-        self._count(notices=self._to_all(notice))
+        self._count(shutdown_notices=self._to_all(notice))
 
-    def inject(self, fault: Fault, *, silence_seconds: float = 5.0) -> None:
-        """Inject ``fault``; the per-instrument ones hit every instrument."""
+    def _inject_into(self, fault: Fault, inst_id: str) -> None:
         match fault:
             case Fault.DROP:
-                for inst_id in self._feeds:
-                    self.drop_next(inst_id)
+                self.drop_next(inst_id)
             case Fault.CHECKSUM:
-                for inst_id in self._feeds:
-                    self.corrupt_next_checksum(inst_id)
-            case Fault.RESET:
-                for inst_id in self._feeds:
-                    self.reset_sequence(inst_id)
-            case Fault.DISCONNECT:
-                self.disconnect_all()
-            case Fault.SILENCE:
-                self.go_silent(silence_seconds)
-            case Fault.MALFORMED:
-                self.send_malformed()
+                self.corrupt_next_checksum(inst_id)
+            case Fault.RESTART:
+                self.reset_sequence(inst_id)
+
+    def _announce(self, fault: Fault) -> None:
+        match fault:
             case Fault.ERROR:
                 self.send_error()
-            case Fault.NOTICE:
+            case Fault.SHUTDOWN:
                 self.send_notice()
-
-    def _count(self, **increments: int) -> None:
-        faults = self._faults
-        self._faults = replace(
-            faults, **{name: getattr(faults, name) + n for name, n in increments.items()}
-        )
-
-    def _to_all(self, frame: Callable[[_Client], bytes]) -> int:
-        for client in self._clients:
-            _send(client, frame(client))
-        return len(self._clients)
 
     # -- market data -----------------------------------------------------------------
 
     def _loops(self) -> list[Coroutine[Any, Any, None]]:
-        return [
-            self._periodic(self._period, self._step_market, _MAX_STEPS_PER_WAKE),
-            self._periodic(self._push_interval, self._push_all, 1),
-        ]
+        return [self._periodic(self._push_interval, self._push_all, 1)]
 
     def _step_market(self) -> None:
         for feed in self._feeds.values():
@@ -379,21 +275,21 @@ class OkxSimulator(LoopbackVenue):
             if feed.resets_pending:
                 feed.resets_pending -= 1
                 feed.seq_offset = diff.first_update_id - 1
-                self._count(sequence_resets=1)
+                self._count(restarts=1)
             feed.last_seq = diff.last_update_id - feed.seq_offset
             if feed.subscribers and not silent:
                 if feed.drops_pending:
                     feed.drops_pending -= 1
-                    self._count(dropped_updates=1)
+                    self._count(dropped=1)
                 else:
                     frame = self._book_frame(
                         inst_id, feed, "update", diff.bids, diff.asks, prev_seq
                     )
-                    broadcast([client.connection for client in feed.subscribers], frame, text=True)
+                    self._send(feed.subscribers, frame)
         if feed.waiting and not silent:
             top = feed.book.snapshot(SNAPSHOT_DEPTH)
             frame = self._book_frame(inst_id, feed, "snapshot", top.bids, top.asks, -1)
-            broadcast([client.connection for client in feed.waiting], frame, text=True)
+            self._send(feed.waiting, frame)
             feed.snapshots_sent += len(feed.waiting)
             feed.subscribers |= feed.waiting
             feed.waiting.clear()
@@ -455,42 +351,32 @@ class OkxSimulator(LoopbackVenue):
             return None
         return connection.respond(404, "Not Found\n")
 
-    async def _serve_client(self, connection: ServerConnection) -> None:
-        self._connections_accepted += 1
-        client = _Client(connection, f"{self._connections_accepted:08x}")
-        self._clients.add(client)
-        try:
-            async for message in connection:
-                self._control(client, message)
-        except ConnectionClosed:
-            pass
-        finally:
-            self._unregister(client)
+    def _accept(self, connection: ServerConnection) -> _Client:
+        return _Client(connection, f"{self._connections_accepted:08x}")
 
-    def _unregister(self, client: _Client) -> None:
+    def _forget(self, client: _Client) -> None:
         for feed in self._feeds.values():
             feed.subscribers.discard(client)
             feed.waiting.discard(client)
-        self._clients.discard(client)
 
-    def _control(self, client: _Client, message: str | bytes) -> None:
+    def _on_message(self, client: _Client, message: str | bytes) -> None:
         """Answer one client message as OKX does."""
         if message in ("ping", b"ping"):
-            _send(client, b"pong")
+            self._send([client], b"pong")
             self._pongs_sent += 1
             return
         text = message if isinstance(message, str) else message.decode("utf-8", "replace")
         try:
             request = orjson.loads(message)
         except orjson.JSONDecodeError:
-            _send(client, _error(client, "60012", f"Invalid request: {text}", None))
+            self._send([client], _error(client, "60012", f"Invalid request: {text}", None))
             return
         if not isinstance(request, dict):
-            _send(client, _error(client, "60012", f"Invalid request: {text}", None))
+            self._send([client], _error(client, "60012", f"Invalid request: {text}", None))
             return
         request_id, op, args = request.get("id"), request.get("op"), request.get("args")
         if op not in ("subscribe", "unsubscribe") or not _valid_args(args):
-            _send(client, _error(client, "60012", f"Invalid request: {text}", request_id))
+            self._send([client], _error(client, "60012", f"Invalid request: {text}", request_id))
             return
         for arg in args:
             channel, inst_id = arg["channel"], arg["instId"]
@@ -500,7 +386,7 @@ class OkxSimulator(LoopbackVenue):
                     f"Wrong URL or channel:{channel},instId:{inst_id} doesn't exist. Please "
                     "use the correct URL, channel and parameters referring to API document."
                 )
-                _send(client, _error(client, "60018", msg, request_id))
+                self._send([client], _error(client, "60018", msg, request_id))
                 continue
             reply: dict[str, Any] = {} if request_id is None else {"id": request_id}
             reply |= {
@@ -508,7 +394,7 @@ class OkxSimulator(LoopbackVenue):
                 "arg": {"channel": channel, "instId": inst_id},
                 "connId": client.conn_id,
             }
-            _send(client, orjson.dumps(reply))
+            self._send([client], orjson.dumps(reply))
             if feed is None:
                 continue  # a channel this venue does not produce: acknowledged, silent
             feed.subscribers.discard(client)
@@ -531,52 +417,8 @@ def _valid_args(args: object) -> TypeGuard[list[dict[str, str]]]:
     )
 
 
-def _send(client: _Client, frame: bytes) -> None:
-    """Queue one text frame now, in order with the pushes (no await, no backpressure)."""
-    broadcast([client.connection], frame, text=True)
-
-
 def _error(client: _Client, code: str, msg: str, request_id: object) -> bytes:
     reply: dict[str, Any] = {} if request_id is None else {"id": request_id}
     return orjson.dumps(
         reply | {"event": "error", "code": code, "msg": msg, "connId": client.conn_id}
     )
-
-
-async def run_okx_simulator(
-    *,
-    symbols: Sequence[SimSymbol] = DEFAULT_SYMBOLS,
-    updates_per_second: float = 100.0,
-    seed: int = 0,
-    levels: int = 100,
-    checksums: bool = True,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    faults: Sequence[Fault] = (),
-    fault_interval: float = 10.0,
-    silence_seconds: float = 5.0,
-    on_ready: Callable[[OkxSimulator], None] | None = None,
-) -> None:
-    """Serve a simulated OKX venue until cancelled (``marketcast simulate --venue okx``).
-
-    ``on_ready`` gets the started simulator (to print its URL). ``faults`` are injected
-    in rotation, one every ``fault_interval`` seconds.
-    """
-    if faults and fault_interval <= 0:
-        raise ValueError("fault_interval must be positive")
-    async with OkxSimulator(
-        symbols=symbols,
-        updates_per_second=updates_per_second,
-        seed=seed,
-        levels=levels,
-        checksums=checksums,
-        host=host,
-        port=port,
-    ) as simulator:
-        if on_ready is not None:
-            on_ready(simulator)
-        if not faults:
-            await asyncio.Event().wait()
-        for fault in itertools.cycle(faults):
-            await asyncio.sleep(fault_interval)
-            simulator.inject(fault, silence_seconds=silence_seconds)

@@ -17,7 +17,7 @@ from feeds.backoff import Backoff
 from feeds.binance.adapter import BinanceAdapter
 from feeds.incidents import FeedIncident, IncidentKind
 from feeds.runner import FeedRunner
-from feeds.simulator.binance import BinanceSpotSimulator
+from feeds.simulator.binance import BinanceSimulator
 from feeds.symbols import SymbolMap
 from tests.waiting import eventually
 
@@ -45,7 +45,7 @@ class Observed:
 
 @dataclass
 class Rig:
-    simulator: BinanceSpotSimulator
+    simulator: BinanceSimulator
     runner: FeedRunner
     registry: BookRegistry
     seen: Observed
@@ -55,7 +55,7 @@ class Rig:
 async def running_rig(**adapter_settings: float) -> AsyncIterator[Rig]:
     """Simulator + runner over loopback, every book live; ``adapter_settings`` override
     the adapter's class attributes (timeouts, connection age) before the runner starts."""
-    async with BinanceSpotSimulator(updates_per_second=200, levels=30, seed=7) as simulator:
+    async with BinanceSimulator(updates_per_second=200, levels=30, seed=7) as simulator:
         registry = BookRegistry()
         seen = Observed()
         registry.on_status(seen.on_status)

@@ -19,15 +19,19 @@ from feeds.backoff import Backoff
 from feeds.bybit.adapter import BybitAdapter, BybitCategory
 from feeds.incidents import IncidentKind
 from feeds.runner import FeedRunner
-from feeds.simulator.bybit import BybitSimulator, Category, FaultCounters
+from feeds.simulator.bybit import BybitSimulator
+from feeds.simulator.faults import FaultCounters
 from feeds.symbols import SymbolMap
 from tests.feeds.test_runner import Observed
 from tests.waiting import eventually
 
 NATIVE = ("BTCUSDT", "ETHUSDT")
 VENUES = {
-    Category.SPOT: ("bybit", {"BTC-USDT": "BTCUSDT", "ETH-USDT": "ETHUSDT"}),
-    Category.LINEAR: ("bybit-linear", {"BTC-USDT-PERP": "BTCUSDT", "ETH-USDT-PERP": "ETHUSDT"}),
+    BybitCategory.SPOT: ("bybit", {"BTC-USDT": "BTCUSDT", "ETH-USDT": "ETHUSDT"}),
+    BybitCategory.LINEAR: (
+        "bybit-linear",
+        {"BTC-USDT-PERP": "BTCUSDT", "ETH-USDT-PERP": "ETHUSDT"},
+    ),
 }
 DEPTH = 50
 LIVE, STALE = InstrumentState.LIVE, InstrumentState.STALE
@@ -48,7 +52,7 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def running_rig(
-    category: Category = Category.SPOT, *, snapshot_every: int = 0
+    category: BybitCategory = BybitCategory.SPOT, *, snapshot_every: int = 0
 ) -> AsyncIterator[Rig]:
     venue, canonical = VENUES[category]
     async with BybitSimulator(
@@ -63,9 +67,7 @@ async def running_rig(
         registry.on_status(seen.on_status)
         registry.on_snapshot(seen.on_snapshot)
         symbols = SymbolMap(venue, canonical)
-        adapter = BybitAdapter(
-            symbols, category=BybitCategory(category.value), ws_base=simulator.ws_url
-        )
+        adapter = BybitAdapter(symbols, category=category, ws_base=simulator.ws_url)
         runner = FeedRunner(
             adapter,
             registry=registry,
@@ -105,8 +107,8 @@ async def books_equal_simulator(rig: Rig) -> None:
     await eventually(matches, "books equal the simulator's")
 
 
-@pytest.mark.parametrize("category", list(Category))
-async def test_books_sync_and_equal_the_venue(category: Category) -> None:
+@pytest.mark.parametrize("category", list(BybitCategory))
+async def test_books_sync_and_equal_the_venue(category: BybitCategory) -> None:
     async with running_rig(category) as rig:
         await books_equal_simulator(rig)
         assert rig.runner.counters.gaps == 0

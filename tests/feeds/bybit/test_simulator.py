@@ -17,7 +17,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from book.fixed import parse_fixed
-from feeds.simulator.bybit import BybitSimulator, Category, Fault, FaultCounters
+from feeds.bybit.adapter import BybitCategory
+from feeds.simulator.bybit import BybitSimulator
+from feeds.simulator.faults import Fault, FaultCounters
 from feeds.simulator.market import SimSymbol
 
 BTC = SimSymbol(
@@ -48,7 +50,7 @@ SIZE = re.compile(r"^(0|[0-9]+\.[0-9]{6})$")
 GUARD_SECONDS = 10  # fail instead of hanging if frames stop; never part of an assertion
 
 
-def _simulator(category: Category = Category.SPOT) -> BybitSimulator:
+def _simulator(category: BybitCategory = BybitCategory.SPOT) -> BybitSimulator:
     return BybitSimulator(
         category=category,
         symbols=(BTC, ETH),
@@ -117,10 +119,10 @@ class _ClientBook:
 
 
 @pytest.mark.parametrize(
-    ("category", "ok_msg"), [(Category.SPOT, "subscribe"), (Category.LINEAR, "")]
+    ("category", "ok_msg"), [(BybitCategory.SPOT, "subscribe"), (BybitCategory.LINEAR, "")]
 )
 async def test_subscribe_reply_snapshot_then_contiguous_deltas_rebuild_the_true_book(
-    category: Category, ok_msg: str
+    category: BybitCategory, ok_msg: str
 ) -> None:
     async with _simulator(category) as sim, connect(sim.ws_url + sim.path) as ws:
         reply = await _ask(ws, op="subscribe", args=["orderbook.50.BTCUSDT"], req_id="r1")
@@ -157,7 +159,7 @@ async def test_subscribe_reply_snapshot_then_contiguous_deltas_rebuild_the_true_
     assert seqs == sorted(set(seqs))
     assert len(messages[0]["data"]["b"]) == len(messages[0]["data"]["a"]) == 50
     levels = [level for m in messages for level in m["data"]["b"] + m["data"]["a"]]
-    if category is Category.SPOT:
+    if category is BybitCategory.SPOT:
         assert all(PRICE.match(price) and SIZE.match(size) for price, size in levels)
     assert any(size == "0" for _, size in levels), "no level left the top 50"
     truth = sim.book("BTCUSDT", 50)
@@ -215,7 +217,7 @@ async def test_bad_requests_fail_and_subscribe_nothing(
 
 async def test_linear_takes_more_than_ten_topics_and_refuses_a_second_subscription() -> None:
     topics = [f"orderbook.{d}.{s}" for d in (1, 50, 200, 1000) for s in ("BTCUSDT", "ETHUSDT")]
-    async with _simulator(Category.LINEAR) as sim, connect(sim.ws_url + sim.path) as ws:
+    async with _simulator(BybitCategory.LINEAR) as sim, connect(sim.ws_url + sim.path) as ws:
         assert (await _ask(ws, op="subscribe", args=topics + topics[:3]))["success"] is True
         again = await _ask(ws, op="subscribe", args=["orderbook.50.ETHUSDT"])
         assert (again["success"], again["ret_msg"]) == (

@@ -16,7 +16,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from book.fixed import parse_fixed
-from feeds.simulator.coinbase import CoinbaseSimulator, Fault, FaultCounters
+from feeds.simulator.coinbase import CoinbaseSimulator
+from feeds.simulator.faults import Fault, FaultCounters
 from feeds.simulator.market import SimSymbol
 from tests.waiting import eventually
 

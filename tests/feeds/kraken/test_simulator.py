@@ -15,7 +15,9 @@ from feeds.events import BookDeltaEvent, BookSnapshotEvent
 from feeds.kraken.checksum import Precision, PrecisionTable
 from feeds.kraken.parser import KrakenParser
 from feeds.kraken.sync import KrakenBookSync
-from feeds.simulator.kraken import Fault, FaultCounters, KrakenSimulator, run_kraken_simulator
+from feeds.simulator.faults import Fault, FaultCounters
+from feeds.simulator.kraken import KrakenSimulator
+from feeds.simulator.venue import run_simulator
 from feeds.symbols import SymbolMap
 from feeds.sync import ProblemKind, SyncResult
 
@@ -323,7 +325,7 @@ async def test_injected_faults(simulator: KrakenSimulator, client: ClientConnect
         while True:
             await client.recv()
     assert simulator.faults == FaultCounters(
-        dropped_updates=0, corrupted_checksums=1, disconnected=1, silences=1, malformed=1, errors=1
+        dropped=0, corrupted_checksums=1, disconnected=1, silences=1, malformed=1, errors=1
     )
 
 
@@ -339,14 +341,14 @@ async def test_a_dropped_update_fails_a_checksum(
         reader.feed(await client.recv())
     problems = [r.problem for r in reader.results[0] if r.problem]
     assert [p.kind for p in problems] == [ProblemKind.CHECKSUM]
-    assert simulator.faults.dropped_updates >= 1
+    assert simulator.faults.dropped >= 1
 
 
-async def test_run_kraken_simulator_serves_and_injects_in_rotation() -> None:
+async def test_run_simulator_serves_and_injects_in_rotation() -> None:
     ready: asyncio.Queue[KrakenSimulator] = asyncio.Queue()
     task = asyncio.create_task(
-        run_kraken_simulator(
-            updates_per_second=50,
+        run_simulator(
+            KrakenSimulator(updates_per_second=50),
             faults=[Fault.MALFORMED],
             fault_interval=0.05,
             on_ready=ready.put_nowait,

@@ -187,7 +187,7 @@ async def test_a_sequence_reset_is_followed_without_a_resync(rig: Rig) -> None:
     published = rig.seen.published[ETH]
     await eventually(lambda: rig.seen.published[ETH] > published + 3, "ETH keeps streaming")
     await books_equal_simulator(rig)
-    assert rig.simulator.faults.sequence_resets == 1
+    assert rig.simulator.faults.restarts == 1
     assert rig.runner.counters.resyncs == 0
     assert all(rig.seen.states[name] == [LIVE] for name in ALL)
 

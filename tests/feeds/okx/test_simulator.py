@@ -16,8 +16,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from book.fixed import parse_fixed
+from feeds.simulator.faults import Fault, FaultCounters
 from feeds.simulator.market import SimSymbol
-from feeds.simulator.okx import Fault, FaultCounters, OkxSimulator, run_okx_simulator
+from feeds.simulator.okx import OkxSimulator
+from feeds.simulator.venue import run_simulator
 
 BTC = SimSymbol(
     "BTC-USDT",
@@ -305,14 +307,14 @@ async def test_faults(sim: OkxSimulator) -> None:
             while True:
                 await _recv(ws)
     assert sim.faults == FaultCounters(
-        dropped_updates=1,
+        dropped=1,
         corrupted_checksums=1,
-        sequence_resets=1,
+        restarts=1,
         disconnected=1,
         silences=1,
         malformed=1,
         errors=1,
-        notices=1,
+        shutdown_notices=1,
     )
 
 
@@ -328,12 +330,11 @@ async def test_silence_holds_updates_and_snapshots(sim: OkxSimulator) -> None:
         assert first["action"] == "snapshot"
 
 
-async def test_run_okx_simulator_serves_until_cancelled_and_injects_faults() -> None:
+async def test_run_simulator_serves_until_cancelled_and_injects_faults() -> None:
     ready: asyncio.Queue[OkxSimulator] = asyncio.Queue()
     task = asyncio.create_task(
-        run_okx_simulator(
-            symbols=(BTC,),
-            levels=10,
+        run_simulator(
+            OkxSimulator(symbols=(BTC,), levels=10),
             faults=[Fault.ERROR, Fault.DROP],
             fault_interval=0.05,
             on_ready=ready.put_nowait,

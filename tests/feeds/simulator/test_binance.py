@@ -19,13 +19,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError
 
 from book.fixed import format_fixed_places, parse_fixed
-from feeds.simulator.binance import (
-    BinanceSpotSimulator,
-    Fault,
-    FaultCounters,
-    run_binance_simulator,
-)
+from feeds.simulator.binance import BinanceSimulator
+from feeds.simulator.faults import Fault, FaultCounters
 from feeds.simulator.market import DepthSnapshot, SimSymbol
+from feeds.simulator.venue import run_simulator
 
 BTC = SimSymbol(
     "BTCUSDT", price="61800.00", tick="0.01", lot="0.00001", mean_qty="0.25", max_gap_ticks=40
@@ -41,8 +38,8 @@ GUARD_SECONDS = 10  # fail instead of hanging if frames stop; never part of an a
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[BinanceSpotSimulator]:
-    async with BinanceSpotSimulator(
+async def sim() -> AsyncIterator[BinanceSimulator]:
+    async with BinanceSimulator(
         symbols=(BTC, ETH),
         updates_per_second=1000,
         levels=30,
@@ -131,7 +128,7 @@ def _ticker_top(ticker: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int
 
 
 async def test_combined_stream_frames_have_binance_shape_and_continuous_ids(
-    sim: BinanceSpotSimulator,
+    sim: BinanceSimulator,
 ) -> None:
     async with _connect(sim.ws_url + BTC_STREAMS) as ws:
         frames: list[dict[str, Any]] = []
@@ -158,7 +155,7 @@ async def test_combined_stream_frames_have_binance_shape_and_continuous_ids(
     assert ticker_ids == sorted(set(ticker_ids))
 
 
-async def test_raw_streams_send_bare_payloads(sim: BinanceSpotSimulator) -> None:
+async def test_raw_streams_send_bare_payloads(sim: BinanceSimulator) -> None:
     async with (
         _connect(sim.ws_url + "/ws/ethusdt@depth@100ms") as depth_ws,
         _connect(sim.ws_url + "/ws/ethusdt@bookTicker") as ticker_ws,
@@ -172,7 +169,7 @@ async def test_raw_streams_send_bare_payloads(sim: BinanceSpotSimulator) -> None
 
 
 async def test_snapshot_bridging_rebuilds_the_true_book_and_book_ticker_matches(
-    sim: BinanceSpotSimulator,
+    sim: BinanceSimulator,
 ) -> None:
     tickers: dict[int, dict[str, Any]] = {}
     last_ticker: dict[str, Any] | None = None
@@ -223,7 +220,7 @@ async def test_snapshot_bridging_rebuilds_the_true_book_and_book_ticker_matches(
 
 
 async def test_one_second_depth_stream_bridges_to_the_true_book(
-    sim: BinanceSpotSimulator,
+    sim: BinanceSimulator,
 ) -> None:
     async with (
         _connect(sim.ws_url + "/stream?streams=btcusdt@depth/btcusdt@bookTicker") as ws,
@@ -254,7 +251,7 @@ async def test_one_second_depth_stream_bridges_to_the_true_book(
     assert book.state() == truth
 
 
-async def test_rest_depth_snapshot_is_the_true_book(sim: BinanceSpotSimulator) -> None:
+async def test_rest_depth_snapshot_is_the_true_book(sim: BinanceSimulator) -> None:
     sim.pause()
     truth = sim.book("ETHUSDT", 5)
     async with httpx.AsyncClient(base_url=sim.rest_url) as http:
@@ -299,7 +296,7 @@ async def test_rest_depth_snapshot_is_the_true_book(sim: BinanceSpotSimulator) -
     ],
 )
 async def test_rest_errors_are_binance_errors(
-    sim: BinanceSpotSimulator, target: str, status: int, body: dict[str, Any]
+    sim: BinanceSimulator, target: str, status: int, body: dict[str, Any]
 ) -> None:
     async with httpx.AsyncClient(base_url=sim.rest_url) as http:
         response = await http.get(target)
@@ -308,14 +305,14 @@ async def test_rest_errors_are_binance_errors(
     assert sim.snapshot_requests("BTCUSDT") == 0
 
 
-async def test_unknown_http_path_is_404(sim: BinanceSpotSimulator) -> None:
+async def test_unknown_http_path_is_404(sim: BinanceSimulator) -> None:
     async with httpx.AsyncClient(base_url=sim.rest_url) as http:
         response = await http.get("/api/v3/ticker")
     assert (response.status_code, response.text) == (404, "Not Found\n")
 
 
 async def test_control_messages_subscribe_unsubscribe_list_and_combined(
-    sim: BinanceSpotSimulator,
+    sim: BinanceSimulator,
 ) -> None:
     async with _connect(sim.ws_url + "/ws") as ws:
         subscribe = {"method": "SUBSCRIBE", "params": ["btcusdt@depth@100ms"], "id": 1}
@@ -361,7 +358,7 @@ async def test_control_messages_subscribe_unsubscribe_list_and_combined(
         }
 
 
-async def test_drop_next_makes_one_gap(sim: BinanceSpotSimulator) -> None:
+async def test_drop_next_makes_one_gap(sim: BinanceSimulator) -> None:
     async with _connect(sim.ws_url + BTC_STREAMS) as ws:
         before = await _depth_events(ws, 2)
         sim.drop_next("BTCUSDT")
@@ -375,11 +372,11 @@ async def test_drop_next_makes_one_gap(sim: BinanceSpotSimulator) -> None:
     assert len(gaps) == 1
     last_seen, resumed_at = gaps[0]
     assert resumed_at > last_seen + 1
-    assert sim.faults == FaultCounters(dropped_depth=1)
+    assert sim.faults == FaultCounters(dropped=1)
 
 
 async def test_disconnect_all_aborts_every_client_and_reconnect_works(
-    sim: BinanceSpotSimulator,
+    sim: BinanceSimulator,
 ) -> None:
     async with (
         _connect(sim.ws_url + BTC_STREAMS) as combined,
@@ -402,7 +399,7 @@ async def test_disconnect_all_aborts_every_client_and_reconnect_works(
 
 
 async def test_go_silent_keeps_the_connection_and_loses_the_data(
-    sim: BinanceSpotSimulator,
+    sim: BinanceSimulator,
 ) -> None:
     async with _connect(sim.ws_url + BTC_STREAMS) as ws:
         (previous,) = await _depth_events(ws, 1)
@@ -422,7 +419,7 @@ async def test_go_silent_keeps_the_connection_and_loses_the_data(
 
 
 async def test_send_malformed_sends_one_unparseable_text_frame(
-    sim: BinanceSpotSimulator,
+    sim: BinanceSimulator,
 ) -> None:
     async with _connect(sim.ws_url + BTC_STREAMS) as ws:
         await _recv_json(ws)
@@ -442,7 +439,7 @@ async def test_send_malformed_sends_one_unparseable_text_frame(
 
 
 async def test_server_shutdown_event_reaches_every_client_unwrapped(
-    sim: BinanceSpotSimulator,
+    sim: BinanceSimulator,
 ) -> None:
     async with (
         _connect(sim.ws_url + BTC_STREAMS) as combined,
@@ -458,7 +455,7 @@ async def test_server_shutdown_event_reaches_every_client_unwrapped(
     assert sim.faults == FaultCounters(shutdown_notices=2)
 
 
-async def test_pause_freezes_the_book_and_resume_restarts_it(sim: BinanceSpotSimulator) -> None:
+async def test_pause_freezes_the_book_and_resume_restarts_it(sim: BinanceSimulator) -> None:
     sim.pause()
     frozen = sim.book("BTCUSDT")
     await asyncio.sleep(0.05)
@@ -469,7 +466,7 @@ async def test_pause_freezes_the_book_and_resume_restarts_it(sim: BinanceSpotSim
     assert event["u"] > frozen.update_id
 
 
-async def test_unknown_streams_are_accepted_and_silent(sim: BinanceSpotSimulator) -> None:
+async def test_unknown_streams_are_accepted_and_silent(sim: BinanceSimulator) -> None:
     async with _connect(sim.ws_url + "/stream?streams=dogeusdt@depth/btcusdt@depth@100ms") as ws:
         frames = [await _recv_json(ws) for _ in range(3)]
         listing = await _reply(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 1})
@@ -477,7 +474,7 @@ async def test_unknown_streams_are_accepted_and_silent(sim: BinanceSpotSimulator
     assert listing == {"result": ["dogeusdt@depth", "btcusdt@depth@100ms"], "id": 1}
 
 
-async def test_inject_dispatches_each_fault(sim: BinanceSpotSimulator) -> None:
+async def test_inject_dispatches_each_fault(sim: BinanceSimulator) -> None:
     streams = ("btcusdt@depth@100ms", "ethusdt@depth@100ms")
     async with _connect(sim.ws_url + "/stream?streams=" + "/".join(streams)) as ws:
         last_u: dict[str, int] = {}
@@ -492,7 +489,7 @@ async def test_inject_dispatches_each_fault(sim: BinanceSpotSimulator) -> None:
             if event["U"] != last_u[stream] + 1:
                 gapped.add(stream)
             last_u[stream] = event["u"]
-        assert sim.faults == FaultCounters(dropped_depth=2)
+        assert sim.faults == FaultCounters(dropped=2)
         sim.inject(Fault.SILENCE, silence_seconds=0.0)
         sim.inject(Fault.MALFORMED)
         sim.inject(Fault.SHUTDOWN)
@@ -501,7 +498,7 @@ async def test_inject_dispatches_each_fault(sim: BinanceSpotSimulator) -> None:
             while True:
                 await ws.recv()
     assert sim.faults == FaultCounters(
-        dropped_depth=2, disconnected=1, silences=1, malformed=1, shutdown_notices=1
+        dropped=2, disconnected=1, silences=1, malformed=1, shutdown_notices=1
     )
 
 
@@ -516,16 +513,14 @@ async def test_inject_dispatches_each_fault(sim: BinanceSpotSimulator) -> None:
 )
 def test_invalid_config_is_rejected(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        BinanceSpotSimulator(**kwargs)
+        BinanceSimulator(**kwargs)
 
 
-async def test_run_binance_simulator_serves_injects_faults_and_stops_on_cancel() -> None:
-    ready: asyncio.Future[BinanceSpotSimulator] = asyncio.get_running_loop().create_future()
+async def test_run_simulator_serves_injects_faults_and_stops_on_cancel() -> None:
+    ready: asyncio.Future[BinanceSimulator] = asyncio.get_running_loop().create_future()
     runner = asyncio.create_task(
-        run_binance_simulator(
-            symbols=(BTC,),
-            updates_per_second=500,
-            levels=10,
+        run_simulator(
+            BinanceSimulator(symbols=(BTC,), updates_per_second=500, levels=10),
             faults=(Fault.MALFORMED, Fault.SHUTDOWN),
             fault_interval=0.05,
             on_ready=ready.set_result,
