@@ -320,3 +320,14 @@ def test_fixed_memo_never_remembers_an_error() -> None:
         with pytest.raises(ValueError):
             memo.parse("1.2.3")
     assert memo.values == {}
+
+
+def test_format_memo_is_bounded_and_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    from book import fixed
+
+    monkeypatch.setattr(fixed, "_TEXT_MEMO_LIMIT", 100)
+    fixed._TEXT_MEMO.clear()
+    values = [v * 10**9 + 7 for v in range(1_000)] * 2
+    texts = [fixed.format_fixed(v) for v in values]
+    assert texts == [fixed._format_fixed(v) for v in values]
+    assert len(fixed._TEXT_MEMO) <= 100
