@@ -23,10 +23,12 @@ from bench.subscribers import PoolSpec, SubscriberPool
 class ConnectionsOptions:
     connections: int
     instruments: int = 100
+    settle: float = SETTLE_SECONDS
+    """Pause after ``gc.collect()`` before each reading of the server's memory."""
 
     @classmethod
     def quick(cls) -> ConnectionsOptions:
-        return cls(connections=1000)
+        return cls(connections=1000, settle=0.2)
 
     @classmethod
     def full(cls) -> ConnectionsOptions:
@@ -51,13 +53,13 @@ def hold(
 ) -> Held:
     """One server in a fresh process holding ``options.connections`` idle subscribers."""
     with ServerProcess(spec) as server:
-        before = server.rss()
+        before = server.rss(options.settle)
         progress.step(f"{server.name}: opening {options.connections:,} idle subscribers")
         started = time.perf_counter()
         requests = ((server.subscribe_one,),) if server.subscribe_one else ()
         pool.connect(PoolSpec(server.url, options.connections, requests))
         seconds = time.perf_counter() - started
-        after = server.rss()
+        after = server.rss(options.settle)
         pool.close_clients()
     return Held(server.name, options.connections, before, after, seconds)
 
@@ -88,7 +90,7 @@ def run(options: ConnectionsOptions, progress: Progress) -> ScenarioResult:
             f"{options.connections:,} websocket connections from another process on "
             "loopback, each subscribed to one bbo (marketcast) and then idle. Memory per "
             "connection = server process RSS growth (after gc.collect() and "
-            f"{SETTLE_SECONDS:g} s) / connections; floor = a bare websockets server holding "
+            f"{options.settle:g} s) / connections; floor = a bare websockets server holding "
             "the same connections, in the same run."
         ),
     )

@@ -62,6 +62,7 @@ class FanoutOptions:
             deliveries=(250_000, 1_000_000),
             warmup=0.3,
             seconds=0.7,
+            settle=0.1,
         )
 
     @classmethod

@@ -58,7 +58,7 @@ class ProfitOptions:
     def quick(cls) -> ProfitOptions:
         return cls(
             workloads=(Workload("issue 5", (ISSUE_POSITIONS,), 100, 50, 5_000),),
-            warmup=0.5,
+            warmup=0.3,
             seconds=1.0,
         )
 

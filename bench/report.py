@@ -235,7 +235,8 @@ def rss_bytes(pid: int | None = None) -> int:
 
 
 class Progress:
-    """Progress lines on stderr: rewritten in place on a terminal, one per step otherwise.
+    """Progress lines on stderr, stamped with the seconds since the bench started:
+    rewritten in place on a terminal, one per step otherwise.
 
     ``update`` is rate-limited (4 per second) so tight loops may call it freely.
     """
@@ -244,6 +245,7 @@ class Progress:
         self._stream = stream if stream is not None else sys.stderr
         self._tty = self._stream.isatty()
         self._scenario = ""
+        self._started = time.monotonic()
         self._last = 0.0
         self._open = False
 
@@ -269,7 +271,7 @@ class Progress:
             self._open = False
 
     def _write(self, message: str) -> None:
-        text = f"[{self._scenario}] {message}"
+        text = f"[{self._scenario} {time.monotonic() - self._started:6.1f}s] {message}"
         if self._tty:
             self._stream.write("\r\x1b[2K" + text)
             self._open = True
