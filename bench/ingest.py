@@ -99,7 +99,7 @@ class IngestOptions:
 
     @classmethod
     def full(cls) -> IngestOptions:
-        return cls(frames=None, repeat=5)
+        return cls(frames=None, repeat=3)
 
 
 @dataclass(frozen=True, slots=True)
