@@ -52,16 +52,20 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def running_rig(**adapter_settings: float) -> AsyncIterator[Rig]:
-    """Simulator + runner over loopback, every book live; ``adapter_settings`` override
-    the adapter's class attributes (timeouts, connection age) before the runner starts."""
-    async with BinanceSimulator(updates_per_second=200, levels=30, seed=7) as simulator:
+async def running_rig(*, futures: bool = False, **adapter_settings: float) -> AsyncIterator[Rig]:
+    """Simulator + runner over loopback, every book live; ``futures`` for USD-M;
+    ``adapter_settings`` override the adapter's class attributes (timeouts, connection
+    age) before the runner starts."""
+    async with BinanceSimulator(
+        futures=futures, updates_per_second=200, levels=30, seed=7
+    ) as simulator:
         registry = BookRegistry()
         seen = Observed()
         registry.on_status(seen.on_status)
         registry.on_snapshot(seen.on_snapshot)
         adapter = BinanceAdapter(
             SymbolMap("binance", SYMBOLS),
+            futures=futures,
             ws_base=simulator.ws_url,
             rest_base=simulator.rest_url,
         )
