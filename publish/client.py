@@ -1,26 +1,28 @@
 """One subscriber connection: its requests, subscriptions, auth state and conflating outbox.
 
-The engine (``publish.fanout``) offers already-encoded messages. While the connection's
-socket takes data, ``offer`` writes the frame at once (no await, no task switch: the
-cost of ``websockets.broadcast`` per client). When the socket is behind (its transport
-buffer above ``write_limit``), ``offer`` keeps the message as the latest of its key in
-``_outbox`` (a dict), replacing an unsent older one (conflation: seq jumps, nothing
-stale is ever written), and a writer task, started only then, waits for the socket to
-drain and writes the whole outbox. Memory per client is therefore bounded by
+The engine (``publish.fanout``) offers already-encoded messages; ``offer`` keeps each as
+the latest of its key in ``_outbox`` (a dict), replacing an unsent older one
+(conflation: seq jumps, nothing stale is ever written). When the publish tick ends, the
+engine flushes every session it offered to: everything queued goes out in one transport
+write (one frame per message, or with ``?batch=1`` one JSON-array frame), with no await
+and no task switch, so a tick costs one dict store per message and one write per client.
+When the socket is behind (its transport buffer above ``write_limit``), nothing is
+written: the outbox keeps conflating, and a writer task, started only then, waits for
+the socket to drain and writes it. Memory per client is therefore bounded by
 construction: one pending message per subscribed key, plus at most
 ``max_pending_replies`` replies (past that the session stops reading the client's
-requests until its writer catches up). With ``?batch=1`` the messages of one tick are
-collected and written as one JSON-array frame when the tick ends.
+requests until its writer catches up).
 
-Requests go through ``handle`` (limits, parsing) and ``serve`` (the op dispatch). Every
-refusal is an ``error`` frame with a stable code; each one spends the connection's error
-budget, and a connection past it is closed with 4029.
+Requests go through ``handle`` (limits, parsing) and ``serve`` (the op dispatch); their
+replies are written right after each request. Every refusal is an ``error`` frame with a
+stable code; each one spends the connection's error budget, and a connection past it is
+closed with 4029.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Coroutine, Sequence
+from collections.abc import AsyncIterable, Collection, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -128,7 +130,7 @@ class Sink(Protocol):
         """Open, and its write buffer is below the high-water mark."""
         ...
 
-    def write_frames(self, frames: Sequence[bytes]) -> None:
+    def write_frames(self, frames: Collection[bytes]) -> None:
         """Queue one text frame per item for sending, now; call only while ``writable``."""
         ...
 
@@ -206,42 +208,46 @@ class ClientSession:
     # -- called by the engine -----------------------------------------------------------
 
     def offer(self, key: Topic, message: bytes) -> None:
-        """Write ``message`` now if the socket takes it, else keep it as the latest of
-        ``key`` (replacing an unsent one). O(1), never waits."""
-        if self._queued or self._batch or not self._sink.writable:
-            outbox = self._outbox
-            if key in outbox:
-                self._counters.conflated += 1
-            outbox[key] = message
-            self._enqueue()
-        else:
-            self._sink.write_frames((message,))
-            counters = self._counters
-            counters.messages_sent += 1
-            counters.frames_sent += 1
+        """Queue ``message`` as the latest of ``key``, replacing an unsent one; it is
+        written when the tick ends (or, if the socket is behind, when it drains). O(1),
+        never waits."""
+        outbox = self._outbox
+        if key in outbox:
+            self._counters.conflated += 1
+        outbox[key] = message
+        if not self._queued:
+            self._queued = True
+            self._fanout.flush_soon(self)
 
     def flush(self) -> None:
         """Write everything queued (replies first) if the socket takes it now; else leave
-        it to the writer task. O(pending)."""
+        it to the writer task. O(pending); one ``write_frames`` call, no allocation but
+        the batch frame."""
         if not self._queued:
             return
         sink = self._sink
         if not sink.writable:
             self._start_writer()
             return
-        messages, self._replies = self._replies, []
-        self._replies_taken.set()
-        outbox, self._outbox = self._outbox, {}
         self._queued = False
-        messages.extend(outbox.values())
+        outbox = self._outbox
+        messages: Collection[bytes]
+        if self._replies:
+            messages, self._replies = self._replies, []
+            messages.extend(outbox.values())
+            self._replies_taken.set()
+        else:
+            messages = outbox.values()  # written before the outbox is cleared below
+        count = len(messages)
         counters = self._counters
         if self._batch:
             sink.write_frames((encode_batch(messages),))
             counters.frames_sent += 1
         else:
             sink.write_frames(messages)
-            counters.frames_sent += len(messages)
-        counters.messages_sent += len(messages)
+            counters.frames_sent += count
+        counters.messages_sent += count
+        outbox.clear()
 
     # -- requests -----------------------------------------------------------------------
 
@@ -280,15 +286,12 @@ class ClientSession:
                 self._start_position_op(request)
 
     def reply(self, message: bytes) -> None:
-        """Send a reply (ack, error, pong) ahead of queued market data. O(1)."""
-        if self._queued or self._batch or not self._sink.writable:
-            self._replies.append(message)
-            self._enqueue()
-        else:
-            self._sink.write_frames((message,))
-            counters = self._counters
-            counters.messages_sent += 1
-            counters.frames_sent += 1
+        """Queue a reply (ack, error, pong): it is written ahead of queued market data,
+        after the request that caused it or at the end of the tick. O(1)."""
+        self._replies.append(message)
+        if not self._queued:
+            self._queued = True
+            self._fanout.flush_soon(self)
 
     def _refuse(self, exc: RequestError) -> None:
         """Answer ``exc`` with an error frame, or close the connection (4029) once it has
@@ -458,17 +461,6 @@ class ClientSession:
 
     # -- writing --------------------------------------------------------------------------
 
-    def _enqueue(self) -> None:
-        """Something was queued: have it flushed at the end of the tick (batch) or by the
-        writer once the socket drains."""
-        if self._queued:
-            return
-        self._queued = True
-        if self._sink.writable:
-            self._fanout.flush_soon(self)
-        else:
-            self._start_writer()
-
     def _start_writer(self) -> None:
         if self._writer is None and self._tasks is not None and not self._closing:
             self._writer = self._spawn(self._write_when_drained())
@@ -537,6 +529,7 @@ class ClientSession:
         try:
             async for raw in incoming:
                 self.handle(raw)
+                self.flush()
                 while len(self._replies) >= limit and not self._closing:
                     self._replies_taken.clear()
                     await self._replies_taken.wait()

@@ -396,8 +396,7 @@ class Fanout:
         if not targets:
             return
         self._deliver(targets, METRICS_TOPIC, self._encode_metrics())
-        if not self._tick_pending:  # else the pending tick flushes the batched clients
-            self._flush()
+        self._flush()  # written now: each report is sent, even several in one iteration
 
     def _start_metrics(self) -> None:
         if self._metrics_timer is None and self._metrics_interval is not None:

@@ -27,7 +27,7 @@ compatibility); fields of the wrong type are not.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -450,6 +450,6 @@ def encode_pong(request_id: RequestId) -> bytes:
     return orjson.dumps({"type": "pong", "id": request_id})
 
 
-def encode_batch(messages: Sequence[bytes]) -> bytes:
+def encode_batch(messages: Iterable[bytes]) -> bytes:
     """Already-encoded messages as one JSON array (a ``?batch=1`` frame). O(total bytes)."""
     return b"[" + b",".join(messages) + b"]"

@@ -132,7 +132,7 @@ def test_load_secret_creates_a_private_file_once_and_reads_it_back(tmp_path: Pat
 
 
 class Sink:
-    """A sink that is always writable; enough for sessions driven without a loop."""
+    """A sink that is always writable; enough for sessions driven by hand."""
 
     def __init__(self) -> None:
         self.frames: list[object] = []
@@ -151,7 +151,7 @@ class Sink:
         raise AssertionError("not closed in these tests")
 
 
-def test_require_account_refuses_none_expired_and_other_accounts() -> None:
+async def test_require_account_refuses_none_expired_and_other_accounts() -> None:
     """The check positions and profit ops make: this connection acts for that account."""
     clock = Clock()
     tokens = TokenAuthority(SECRET, clock=clock)
@@ -166,6 +166,7 @@ def test_require_account_refuses_none_expired_and_other_accounts() -> None:
     assert session.account is None
     assert refusal("acct-1") == (ErrorCode.AUTH_REQUIRED, 7)
     session.serve(AuthRequest(1, tokens.issue("acct-1", ttl=30)))
+    session.flush()
     assert sink.frames == [
         {
             "type": "ack",

@@ -16,13 +16,14 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
+from websockets.frames import Frame, Opcode
 
 from book.status import InstrumentState
 from publish.client import ServerLimits
 from publish.exceptions import ServerNotRunningError
 from publish.fanout import Fanout
 from publish.protocol import Channel
-from publish.server import MarketServer
+from publish.server import MarketServer, text_frame_header
 from tests.publish.support import (
     BTC,
     ETH,
@@ -334,3 +335,29 @@ async def test_lifecycle_port_url_and_stop_closes_clients_going_away() -> None:
     assert (fanout.counters.clients, fanout.subscriber_count((Channel.STATUS, ""))) == (0, 0)
     with pytest.raises(ValueError, match="same registry"):
         MarketServer(new_registry(), fanout)
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65_535, 65_536, 70_000])
+def test_frame_headers_are_the_ones_websockets_serializes(length: int) -> None:
+    payload = b"x" * length
+    assert text_frame_header(length) + payload == Frame(Opcode.TEXT, payload).serialize(
+        mask=False, extensions=[]
+    )
+
+
+async def test_frames_of_every_header_size_reach_a_websockets_client_intact() -> None:
+    """Status of 3,000 instruments: one ~100-byte frame each unbatched, one ~280 kB
+    frame (64-bit length) batched, and replies in between; the client parses them all."""
+    instruments = [f"sim:S{index:04d}-USD" for index in range(3_000)]
+    async with running(instruments=instruments) as m:
+        expected = [
+            {"type": "status", "instrument": name, "state": "syncing", "reason": "starting"}
+            for name in sorted(instruments)
+        ]
+        async with connect(m.server.url) as ws:
+            await send(ws, op="subscribe", id=1, channel="status")
+            assert await receive(ws) == ack(1, "status")
+            assert [await receive(ws) for _ in instruments] == expected
+        async with connect(m.server.url + "?batch=1") as ws:
+            await send(ws, op="subscribe", id=1, channel="status")
+            assert await receive(ws) == [ack(1, "status"), *expected]
