@@ -331,3 +331,11 @@ def test_format_memo_is_bounded_and_exact(monkeypatch: pytest.MonkeyPatch) -> No
     texts = [fixed.format_fixed(v) for v in values]
     assert texts == [fixed._format_fixed(v) for v in values]
     assert len(fixed._TEXT_MEMO) <= 100
+
+
+@given(st.integers(min_value=-(10**40), max_value=10**40) | st.integers(-(10**13), 10**13))
+def test_the_formatter_behind_the_memo_agrees_with_decimal(value: int) -> None:
+    from book import fixed
+
+    expected = "0" if not value else f"{to_decimal(value).normalize(EXACT):f}"
+    assert fixed._format_fixed(value) == expected
