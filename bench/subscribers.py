@@ -47,7 +47,8 @@ class PoolSpec:
     """Client i sends ``requests[i % len(requests)]`` once connected and is ready when as
     many frames (the replies) came back; none: ready at the handshake (raw broadcast)."""
     sample_every: int = 1
-    """Decode one frame in this many (per client) for latency; every frame is counted."""
+    """Decode one frame in this many (over all clients) for latency; every frame is
+    counted."""
     marker: bytes = b'"ts_send"'
     """Counted occurrences in a frame = messages (one per message)."""
     origin: str = "ts_recv"
@@ -117,7 +118,6 @@ class LeanSubscriber(asyncio.Protocol):
         self._stats = stats
         self._buffer = bytearray()
         self._open = False
-        self._seen = 0
         self._transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -198,8 +198,7 @@ class LeanSubscriber(asyncio.Protocol):
         spec = self._spec
         stats.frames += 1
         stats.messages += payload.count(spec.marker)
-        self._seen += 1
-        if self._seen % spec.sample_every:
+        if stats.frames % spec.sample_every:  # one frame in sample_every, over all clients
             return
         decoded = orjson.loads(payload)
         publish, end_to_end, origin = stats.publish, stats.end_to_end, spec.origin

@@ -24,11 +24,13 @@ def test_fanout_measures_both_servers_in_both_modes() -> None:
         for mode in ("unbatched", "batched")
         for figure in (
             "marketcast_peak_frames_per_s",
+            "marketcast_frames_per_core",
             "marketcast_peak_deliveries_per_s",
             "raw_peak_frames_per_s",
+            "raw_frames_per_core",
         )
     )
     assert all(value > 0 for value in result.figures.values())
     assert [target.what for target in result.targets] == [
-        "5 subscribers unbatched: peak frames/s vs raw websockets broadcast"
+        "5 subscribers unbatched: frames/s per server core vs raw websockets broadcast"
     ]
