@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from publish.protocol import (
     encode_nbbo,
     encode_status,
 )
+
+log = logging.getLogger(__name__)
 
 Topic = tuple[Channel, str]
 """``(channel, key)``: what a client subscribes to and what an outbox entry is keyed by.
@@ -111,6 +114,8 @@ class Counters:
     error_closes: int = 0
     """Connections closed for using up their error budget (4029)."""
     auth_failures: int = 0
+    flush_errors: int = 0
+    """Writes to a subscriber that raised (a bug or a dead transport; logged once)."""
 
 
 @dataclass(slots=True)
@@ -316,6 +321,12 @@ class Fanout:
     # -- the publish tick ---------------------------------------------------------------
 
     def _tick(self) -> None:
+        try:
+            self._run_tick()
+        finally:
+            self._tick_pending = False  # a tick that failed must not stop the ones after it
+
+    def _run_tick(self) -> None:
         """Encode every dirty topic once, offer it to its subscribers, flush the batched
         ones; never awaits."""
         self.counters.ticks += 1
@@ -353,7 +364,6 @@ class Fanout:
         for source in self._sources.values():
             source.publish(ts_send)
         self._flush()
-        self._tick_pending = False
         if delivered and self.on_written is not None:
             self.on_written(delivered.values(), self.clock())
 
@@ -381,7 +391,12 @@ class Fanout:
         if self._to_flush:
             to_flush, self._to_flush = self._to_flush, []
             for subscriber in to_flush:
-                subscriber.flush()
+                try:
+                    subscriber.flush()
+                except Exception:  # one client's failure must not stop the others' delivery
+                    self.counters.flush_errors += 1
+                    if self.counters.flush_errors == 1:
+                        log.exception("writing to a subscriber failed; counting further failures")
 
     # -- the metrics timer ---------------------------------------------------------------
 

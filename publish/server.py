@@ -86,7 +86,11 @@ class WatchedConnection(ServerConnection):
 
     @property
     def writable(self) -> bool:
-        return not self.paused and self.protocol.state is State.OPEN
+        return (
+            not self.paused
+            and self.protocol.state is State.OPEN
+            and not self.transport.is_closing()
+        )
 
     def write_frames(self, frames: Collection[bytes]) -> None:
         """Write each message as one text frame, all in one transport write; never awaits.

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 
 import orjson
+import pytest
 
 from book.registry import BookRegistry
 from book.status import InstrumentState
@@ -303,3 +304,30 @@ async def test_slow_close_is_counted_once_and_leaves_every_topic() -> None:
     assert [fanout.subscriber_count(topic) for topic in c.session.topics] == []
     assert fanout.subscriber_count((Channel.BBO, BTC)) == 0
     assert fanout.subscriber_count((Channel.STATUS, "")) == 0
+
+
+class BrokenSink(RecordingSink):
+    """A sink whose writes raise, like a transport that died under the session."""
+
+    def write_frames(self, frames: Sequence[bytes]) -> None:
+        raise RuntimeError("transport gone")
+
+
+async def test_a_subscriber_that_fails_to_write_never_stops_the_others_or_later_ticks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, feed, fanout = setup()
+    broken = ClientSession(BrokenSink(), fanout)
+    fanout.subscribe(broken, [(Channel.BBO, BTC)])
+    async with client(fanout) as good:
+        good.send(op="subscribe", id=1, channel="bbo", instruments=[BTC])
+        await settle()
+        first = next(quotes(feed, BTC, 1, 1))
+        await settle()
+        second = next(quotes(feed, BTC, 2, 1))
+        await settle()
+    assert good.sink.messages() == [ack(1, "bbo", BTC), first, second]
+    assert fanout.counters.flush_errors == 2
+    assert [record.getMessage() for record in caplog.records] == [
+        "writing to a subscriber failed; counting further failures"
+    ]
