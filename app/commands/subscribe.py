@@ -5,6 +5,7 @@
     marketcast subscribe nbbo BTC-USDT
     marketcast subscribe status
     marketcast subscribe metrics --count 3
+    marketcast subscribe profit acct-1 --token "$(marketcast token --account acct-1)"
     marketcast subscribe bbo binance:BTC-USDT --token "$(marketcast token --account a-1)"
 
 Prints one line per update (a small ladder per ``book`` update), times in UTC from the
@@ -26,7 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app.loop import run_until_signalled
-from publish.protocol import KEY_FIELDS, Channel
+from publish.protocol import ACCOUNT_FIELD, KEY_FIELDS, Channel
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 
@@ -35,7 +36,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sub = commands.add_parser("subscribe", help="print a channel's updates in the terminal")
     sub.add_argument("channel", choices=[channel.value for channel in Channel])
     sub.add_argument(
-        "keys", nargs="*", metavar="INSTRUMENT", help="instruments (bbo, book) or symbols (nbbo)"
+        "keys",
+        nargs="*",
+        metavar="INSTRUMENT",
+        help="instruments (bbo, book), symbols (nbbo) or the account (profit)",
     )
     sub.add_argument("--url", default=DEFAULT_URL, help=f"server websocket URL ({DEFAULT_URL})")
     sub.add_argument("--token", help="auth token (marketcast token --account A)")
@@ -45,9 +49,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _subscribe(args: argparse.Namespace) -> int:
-    field = KEY_FIELDS.get(Channel(args.channel))
+    channel = Channel(args.channel)
+    field = KEY_FIELDS.get(channel)
     if field is not None and not args.keys:
         print(f"marketcast: the {args.channel} channel needs {field}", file=sys.stderr)
+        return 2
+    if channel is Channel.PROFIT and len(args.keys) != 1:
+        print("marketcast: the profit channel needs one account", file=sys.stderr)
         return 2
     status = 0
 
@@ -85,6 +93,8 @@ async def subscribe(
     field = KEY_FIELDS.get(channel)
     if field is not None:
         request[field] = keys
+    elif channel is Channel.PROFIT:
+        request[ACCOUNT_FIELD] = keys[0]
     if depth is not None:
         request["depth"] = depth
     try:
@@ -158,6 +168,22 @@ def render(message: Mapping[str, Any], received: int) -> str:
         return _ladder(when, message)
     if kind == "status":
         return f"{when}  {message['instrument']:<24} {message['state']} ({message['reason']})"
+    if kind == "profit":
+        return (
+            f"{when}  {message['account']} {message['position_id']:<12} "
+            f"{message['instrument']:<24} {message['side']} {message['qty']} @ "
+            f"{message['entry']}  mark {message['mark'] or '-'}  pnl {message['pnl'] or '-'}"
+        )
+    if kind == "profit_total":
+        return (
+            f"{when}  {message['account']} total pnl {message['pnl']} over "
+            f"{message['positions']} positions ({message['unmarked']} unmarked)"
+        )
+    if kind == "profit_closed":
+        return (
+            f"{when}  {message['account']} {message['position_id']:<12} "
+            f"{message['instrument']:<24} closed"
+        )
     if kind == "metrics":
         fields = (
             f"{name}={_compact(value)}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from app.commands.subscribe import subscribe
+from app.commands.subscribe import render, subscribe
 from app.runtime import auth_policy
 from app.settings import load_settings
 from book.status import InstrumentState
@@ -156,3 +156,47 @@ async def test_subscribe_reports_a_close_by_the_server() -> None:
     assert err.getvalue() == (
         "marketcast: subscribed to status\nmarketcast: the server closed the connection: 1001\n"
     )
+
+
+def test_profit_messages_render_one_line_each() -> None:
+    common = {"account": "acct-1", "position_id": "p-1", "instrument": BTC, "ts_send": 1_000}
+    messages = [
+        {
+            "type": "profit",
+            **common,
+            "side": "buy",
+            "qty": "0.5",
+            "entry": "43000.1",
+            "mark": "43010",
+            "pnl": "4.95",
+            "seq": 3,
+        },
+        {
+            "type": "profit",
+            **common,
+            "side": "sell",
+            "qty": "1",
+            "entry": "2",
+            "mark": None,
+            "pnl": None,
+            "seq": 1,
+        },
+        {
+            "type": "profit_total",
+            "account": "acct-1",
+            "pnl": "4.95",
+            "positions": 2,
+            "unmarked": 1,
+            "ts_send": 1_000,
+        },
+        {"type": "profit_closed", **common, "closed_ts": 5},
+        {"type": "future", "x": [1]},
+    ]
+    assert [render(message, STATUS_TIME) for message in messages] == [
+        "00:00:00.000001  acct-1 p-1          binance:BTC-USDT         buy 0.5 @ 43000.1  "
+        "mark 43010  pnl 4.95",
+        "00:00:00.000001  acct-1 p-1          binance:BTC-USDT         sell 1 @ 2  mark -  pnl -",
+        "00:00:00.000001  acct-1 total pnl 4.95 over 2 positions (1 unmarked)",
+        "00:00:00.000001  acct-1 p-1          binance:BTC-USDT         closed",
+        '22:13:20.123456  {"type":"future","x":[1]}',
+    ]
