@@ -3,8 +3,9 @@ SQLite and PostgreSQL, beside bare ``executemany`` / ``COPY`` of the same batche
 
 marketcast: ``StorageFlusher(window_ms=5)`` over ``SqliteBackend`` (a temporary file) or
 ``PostgresBackend`` (a schema of its own, dropped afterwards), on this process's event
-loop (uvloop when installed). A generator task adds the offered rows/s (pre-built
-``BboRow`` values, cycled) every millisecond; each step runs ``warmup`` seconds, then
+loop (uvloop when installed). A generator task adds the offered rows/s every
+millisecond, fresh ``BboRow`` values as a feed makes them (``RowMaker``: growing
+timestamps and seq, realistic prices); each step runs ``warmup`` seconds, then
 measures ``seconds``: rows committed per second, flush (batch write) durations and batch
 sizes from the flusher's ``on_flush``, and event-loop lag. A step is sustained when at
 least 95% of the offered rows were committed and none was dropped; the ramp stops after
@@ -16,10 +17,11 @@ The same probe runs with the generator alone (rows added to a list that is empti
 for the baseline: lag caused by storage is the difference between the two.
 
 Floors, same run, same batch size (offered rate x window): SQLite ``BEGIN IMMEDIATE`` +
-``executemany`` of pre-formatted parameter tuples + ``COMMIT`` in a loop on one
-connection (WAL, ``synchronous=NORMAL``, as the backend); PostgreSQL one text ``COPY``
-of a pre-formatted batch per transaction on one asyncpg connection. As fast as they go
-for ``seconds``: the most the database takes with no formatting, no flusher, no loop.
+``executemany`` + ``COMMIT`` in a loop on one connection (WAL, ``synchronous=NORMAL``,
+as the backend); PostgreSQL one text ``COPY`` per transaction on one asyncpg connection.
+Prices are formatted once up front; each batch only gets fresh timestamps and seq. As
+fast as they go for ``seconds``: about the most the database takes, with no flusher and
+no event loop.
 """
 
 from __future__ import annotations
@@ -81,26 +83,49 @@ class StorageOptions:
         return cls(rates=(100_000, 200_000, 400_000), seconds=4.0, warmup=1.0)
 
 
-def sample_rows(count: int = 4096) -> list[BboRow]:
-    """Realistic BBO rows (Binance BTC-USDT prices and sizes), cycled by the generator."""
-    now = time.time_ns()
-    rows = []
-    for i in range(count):
-        bid = parse_fixed("61737.63") + (i % 50) * parse_fixed("0.01")
-        rows.append(
-            BboRow(
-                ts_event=now + i * 1000,
-                ts_recv=now + i * 1000 + 150_000,
-                venue="binance",
-                symbol="BTC-USDT",
-                seq=i + 1,
-                bid_px=bid,
-                bid_qty=parse_fixed("0.30978") + i * parse_fixed("0.00001"),
-                ask_px=bid + parse_fixed("0.01"),
-                ask_qty=parse_fixed("1.54698"),
-            )
+Quote = tuple[int, int, int, int]
+"""bid_px, bid_qty, ask_px, ask_qty in fixed point."""
+
+VENUE, SYMBOL = "binance", "BTC-USDT"
+RECV_DELAY_NS = 150_000
+
+
+def sample_quotes(count: int = 4096) -> list[Quote]:
+    """Realistic Binance BTC-USDT best bids/asks, cycled by the row makers."""
+    tick, bid0 = parse_fixed("0.01"), parse_fixed("61737.63")
+    return [
+        (
+            bid0 + (i % 50) * tick,
+            parse_fixed("0.30978") + i * parse_fixed("0.00001"),
+            bid0 + (i % 50 + 1) * tick,
+            parse_fixed("1.54698"),
         )
-    return rows
+        for i in range(count)
+    ]
+
+
+class RowMaker:
+    """Fresh BBO rows as a feed makes them: timestamps and ``seq`` grow (so the ``bbo``
+    index on (venue, symbol, ts_recv) is appended to, never inserted into at random),
+    prices cycle through ``sample_quotes``. One ``BboRow`` per row, like the server's
+    ``bbo_row_from_snapshot``."""
+
+    def __init__(self, quotes: list[Quote]) -> None:
+        self._quotes = quotes
+        self._seq = 0
+
+    def rows(self, count: int) -> list[BboRow]:
+        now = time.time_ns()
+        quotes, first = self._quotes, self._seq
+        self._seq += count
+        out = []
+        for seq in range(first, first + count):
+            bid, bid_qty, ask, ask_qty = quotes[seq % len(quotes)]
+            ts = now + seq - first
+            out.append(
+                BboRow(ts, ts + RECV_DELAY_NS, VENUE, SYMBOL, seq, bid, bid_qty, ask, ask_qty)
+            )
+        return out
 
 
 class LagProbe:
@@ -120,19 +145,17 @@ class LagProbe:
                 record(max(1, time.perf_counter_ns() - started))
 
 
-async def offer_rows(add: Callable[[BboRow], None], rows: list[BboRow], rate: float) -> None:
-    """Add ``rate`` rows per second, every millisecond, until cancelled."""
+async def offer_rows(add: Callable[[BboRow], None], maker: RowMaker, rate: float) -> None:
+    """Add ``rate`` fresh rows per second, every millisecond, until cancelled."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     added = 0
-    index = 0
-    count = len(rows)
     while True:
         due = int((loop.time() - started) * rate) - added
-        for _ in range(due):
-            add(rows[index])
-            index = (index + 1) % count
-        added += max(due, 0)
+        if due > 0:
+            for row in maker.rows(due):
+                add(row)
+            added += due
         await asyncio.sleep(PROBE_INTERVAL)
 
 
@@ -149,6 +172,12 @@ class Step:
     @property
     def sustained(self) -> bool:
         return self.dropped == 0 and self.written >= SUSTAINED_SHARE * self.offered
+
+    @property
+    def us_per_row(self) -> float:
+        """Write time per row of a median batch (p50 flush / p50 rows per batch), µs."""
+        rows = self.batch_rows.get_value_at_percentile(50)
+        return self.flush.get_value_at_percentile(50) / 1e3 / rows if rows else 0.0
 
 
 @dataclass(slots=True)
@@ -181,7 +210,7 @@ async def _window(seconds: float, warmup: float, probe: LagProbe) -> float:
     return time.perf_counter() - started
 
 
-async def baseline_lag(options: StorageOptions, rows: list[BboRow]) -> HdrHistogram:
+async def baseline_lag(options: StorageOptions, maker: RowMaker) -> HdrHistogram:
     """The probe's lag with the generator alone (rows go to a list that is emptied)."""
     sink: list[BboRow] = []
 
@@ -193,7 +222,7 @@ async def baseline_lag(options: StorageOptions, rows: list[BboRow]) -> HdrHistog
     probe = LagProbe()
     async with asyncio.TaskGroup() as tasks:
         probe_task = tasks.create_task(probe.run())
-        generator = tasks.create_task(offer_rows(add, rows, options.rates[0]))
+        generator = tasks.create_task(offer_rows(add, maker, options.rates[0]))
         await _window(options.seconds, options.warmup, probe)
         probe_task.cancel()
         generator.cancel()
@@ -201,7 +230,7 @@ async def baseline_lag(options: StorageOptions, rows: list[BboRow]) -> HdrHistog
 
 
 async def flusher_step(
-    backend: StorageBackend, rate: float, options: StorageOptions, rows: list[BboRow]
+    backend: StorageBackend, rate: float, options: StorageOptions, maker: RowMaker
 ) -> Step:
     flush = latency_histogram()
     batch_rows = HdrHistogram(1, 10_000_000, 3)
@@ -217,7 +246,7 @@ async def flusher_step(
     async with asyncio.TaskGroup() as tasks:
         flushing = tasks.create_task(flusher.run())
         probe_task = tasks.create_task(probe.run())
-        generator = tasks.create_task(offer_rows(flusher.add_bbo, rows, rate))
+        generator = tasks.create_task(offer_rows(flusher.add_bbo, maker, rate))
         await asyncio.sleep(options.warmup)
         before = flusher.stats()
         measuring = True
@@ -238,26 +267,17 @@ async def flusher_step(
     )
 
 
-def _bare_params(rows: list[BboRow]) -> list[tuple[object, ...]]:
+def _quote_texts(quotes: list[Quote]) -> list[tuple[str, str, str, str]]:
     return [
-        (
-            row.ts_event,
-            row.ts_recv,
-            row.venue,
-            row.symbol,
-            row.seq,
-            format_fixed(row.bid_px or 0),
-            format_fixed(row.bid_qty or 0),
-            format_fixed(row.ask_px or 0),
-            format_fixed(row.ask_qty or 0),
-        )
-        for row in rows
+        (format_fixed(bid), format_fixed(bid_qty), format_fixed(ask), format_fixed(ask_qty))
+        for bid, bid_qty, ask, ask_qty in quotes
     ]
 
 
-def sqlite_floor(path: Path, batch: list[BboRow], seconds: float) -> Floor:
-    """Bare ``executemany`` of pre-formatted batches, one transaction each."""
-    params = _bare_params(batch)
+def sqlite_floor(path: Path, quotes: list[Quote], batch_rows: int, seconds: float) -> Floor:
+    """Bare ``executemany``, one transaction per batch; prices pre-formatted, fresh
+    timestamps and ``seq`` per batch."""
+    texts = _quote_texts(quotes)
     conn = sqlite3.connect(path, isolation_level=None)
     durations = latency_histogram()
     written = 0
@@ -270,63 +290,75 @@ def sqlite_floor(path: Path, batch: list[BboRow], seconds: float) -> Floor:
         )
         started = time.perf_counter()
         while (now := time.perf_counter()) - started < seconds:
+            ts = time.time_ns() - written
+            params = [
+                (ts + seq, ts + seq + RECV_DELAY_NS, VENUE, SYMBOL, seq, *texts[seq % len(texts)])
+                for seq in range(written, written + batch_rows)
+            ]
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(insert, params)
             conn.execute("COMMIT")
             durations.record_value(max(1, int((time.perf_counter() - now) * 1e9)))
-            written += len(params)
+            written += batch_rows
         elapsed = time.perf_counter() - started
     finally:
         conn.close()
-    return Floor(written / elapsed, durations, len(batch))
+    return Floor(written / elapsed, durations, batch_rows)
 
 
-async def postgres_floor(dsn: str, schema: str, batch: list[BboRow], seconds: float) -> Floor:
-    """Bare text ``COPY`` of a pre-formatted batch, one transaction each."""
+async def postgres_floor(
+    dsn: str, schema: str, quotes: list[Quote], batch_rows: int, seconds: float
+) -> Floor:
+    """Bare text ``COPY``, one transaction per batch; prices pre-formatted, fresh
+    timestamps and ``seq`` per batch."""
     import asyncpg
 
-    text = "".join(
-        "\t".join(str(value) for value in params) + "\n" for params in _bare_params(batch)
-    ).encode()
+    middle = f"\t{VENUE}\t{SYMBOL}\t"
+    prices = ["\t".join(text) + "\n" for text in _quote_texts(quotes)]
     columns = ["ts_event", "ts_recv", "venue", "symbol", "seq"]
     columns += ["bid_px", "bid_qty", "ask_px", "ask_qty"]
-
-    async def source() -> AsyncIterator[bytes]:
-        yield text
-
     conn = await asyncpg.connect(dsn)
     durations = latency_histogram()
     written = 0
     try:
         started = time.perf_counter()
         while (now := time.perf_counter()) - started < seconds:
+            ts = time.time_ns() - written
+            text = "".join(
+                f"{ts + seq}\t{ts + seq + RECV_DELAY_NS}{middle}{seq}\t{prices[seq % len(prices)]}"
+                for seq in range(written, written + batch_rows)
+            ).encode()
+
+            async def source(text: bytes = text) -> AsyncIterator[bytes]:
+                yield text
+
             await conn.copy_to_table(
                 "bbo", schema_name=schema, columns=columns, source=source(), format="text"
             )
             durations.record_value(max(1, int((time.perf_counter() - now) * 1e9)))
-            written += len(batch)
+            written += batch_rows
         elapsed = time.perf_counter() - started
     finally:
         await conn.close()
-    return Floor(written / elapsed, durations, len(batch))
+    return Floor(written / elapsed, durations, batch_rows)
 
 
 async def measure_backend(
     name: str,
     make_backend: Callable[[], StorageBackend],
-    floor: Callable[[list[BboRow]], Awaitable[Floor]],
+    floor: Callable[[list[Quote], int], Awaitable[Floor]],
     options: StorageOptions,
-    rows: list[BboRow],
+    quotes: list[Quote],
     progress: Progress,
 ) -> BackendRun:
     progress.step(f"{name}: event-loop lag with the row generator alone")
-    run = BackendRun(name, await baseline_lag(options, rows))
+    run = BackendRun(name, await baseline_lag(options, RowMaker(quotes)))
     backend = make_backend()
     await backend.open()
     try:
         for rate in options.rates:
             progress.step(f"{name}: flusher at {number(rate)} rows/s offered")
-            step = await flusher_step(backend, rate, options, rows)
+            step = await flusher_step(backend, rate, options, RowMaker(quotes))
             run.steps.append(step)
             if not step.sustained:
                 break
@@ -334,25 +366,25 @@ async def measure_backend(
         await backend.close()
     batch_size = max(1, int(options.rates[0] * options.window_ms / 1000))
     progress.step(f"{name}: bare floor, batches of {batch_size} rows")
-    run.floor = await floor([rows[i % len(rows)] for i in range(batch_size)])
+    run.floor = await floor(quotes, batch_size)
     return run
 
 
 async def measure_all(
     options: StorageOptions, progress: Progress
 ) -> tuple[list[BackendRun], list[str]]:
-    rows = sample_rows()
+    quotes = sample_quotes()
     runs: list[BackendRun] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="marketcast-bench-") as directory:
         path = Path(directory) / "bench.db"
 
-        async def sqlite_bare(batch: list[BboRow]) -> Floor:
-            return await asyncio.to_thread(sqlite_floor, path, batch, options.seconds)
+        async def sqlite_bare(quotes: list[Quote], batch_rows: int) -> Floor:
+            return await asyncio.to_thread(sqlite_floor, path, quotes, batch_rows, options.seconds)
 
         runs.append(
             await measure_backend(
-                "sqlite", lambda: SqliteBackend(path), sqlite_bare, options, rows, progress
+                "sqlite", lambda: SqliteBackend(path), sqlite_bare, options, quotes, progress
             )
         )
     if options.pg_dsn is None:
@@ -370,9 +402,11 @@ async def measure_all(
             await measure_backend(
                 "postgres",
                 lambda: PostgresBackend(dsn, schema=schema),
-                lambda batch: postgres_floor(dsn, schema, batch, options.seconds),
+                lambda quotes, batch_rows: postgres_floor(
+                    dsn, schema, quotes, batch_rows, options.seconds
+                ),
                 options,
-                rows,
+                quotes,
                 progress,
             )
         )
@@ -418,8 +452,9 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
             "Flush = one batch's write (ms, p50 / p99 / max). Loop lag = how long a task "
             "that yields once waits to run again (ms, p50 / p99 / max), with storage and "
             "with the row generator alone (baseline). Floors in the same run: bare "
-            "executemany (SQLite) / COPY (PostgreSQL) of pre-formatted batches of the same "
-            "size, one transaction each, as fast as they go."
+            "executemany (SQLite) / COPY (PostgreSQL) of batches of the window's size (prices "
+            "formatted once, fresh timestamps), one transaction each, as fast as they go; "
+            "µs per row = p50 batch time / rows in it, at the first step for marketcast."
         ),
         notes=notes,
     )
@@ -441,19 +476,23 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
             )
         best = backend.best
         floor = backend.floor
+        first = backend.steps[0] if backend.steps else None
         if floor is not None:
+            floor_us = floor.batch.get_value_at_percentile(50) / 1e3 / floor.batch_rows
+            ours_us = first.us_per_row if first is not None else 0.0
             floors.append(
                 (
                     backend.name,
                     f"{floor.batch_rows:,}",
                     number(floor.rows_per_second),
                     _lag(floor.batch),
+                    f"{floor_us:.2f}",
+                    f"{ours_us:.2f}" if ours_us else "-",
+                    ratio(floor_us, ours_us) if ours_us else "-",
                     number(best.written) if best else "none",
-                    ratio(best.written, floor.rows_per_second) if best else "-",
                 )
             )
             result.figures[f"{backend.name}_floor_rows_per_s"] = floor.rows_per_second
-        first = backend.steps[0] if backend.steps else None
         if first is not None:
             result.figures[f"{backend.name}_rows_per_s_at_{int(first.offered)}"] = first.written
             flush_p99 = first.flush.get_value_at_percentile(99) / 1e6
@@ -498,11 +537,13 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
             "against the bare floor",
             (
                 "backend",
-                "batch rows",
+                "bare batch rows",
                 "bare rows/s (max)",
                 "bare batch ms",
+                "bare µs per row",
+                "marketcast µs per row",
+                "marketcast speed vs bare",
                 "marketcast max sustained rows/s",
-                "vs bare",
             ),
             floors,
         )
