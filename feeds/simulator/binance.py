@@ -45,6 +45,7 @@ produce is accepted and stays silent, as on Binance. Every client of a stream ge
 the same bytes (``websockets.broadcast``: no per-client backpressure). Faults: ``DROP``
 (``drop_next``), ``DISCONNECT``, ``SILENCE`` (also per symbol: ``mute``),
 ``MALFORMED`` and ``SHUTDOWN`` (``send_server_shutdown``); counted in ``faults``.
+``hold_snapshots`` leaves a symbol's REST snapshots unanswered until released.
 """
 
 from __future__ import annotations
@@ -424,14 +425,19 @@ class BinanceSimulator(LoopbackVenue[_Client]):
 
     # -- REST ------------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Websocket paths go on to the handshake; REST paths are answered here."""
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        """Websocket paths go on to the handshake; REST paths are answered here (a held
+        symbol's snapshot once it is released)."""
         url = urlsplit(request.path)
         if url.path in ("/ws", "/stream") or url.path.startswith("/ws/"):
             return None
         if url.path != self._market.rest_path:
             return connection.respond(404, "Not Found\n")
-        status, body = self._rest_depth(parse_qs(url.query))
+        query = parse_qs(url.query)
+        await self._released(query.get("symbol", [""])[0])
+        status, body = self._rest_depth(query)
         response = connection.respond(status, body.decode())
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = _JSON_CONTENT_TYPE

@@ -30,7 +30,8 @@ Every client of a topic gets the same bytes (``websockets.broadcast``). Faults: 
 (``drop_next``: a ``u`` gap), ``RESTART`` (``restart``: the next message is a snapshot
 with ``u`` = 1, as after a Bybit service restart), ``DISCONNECT``, ``SILENCE`` (market
 data of that window is lost, its ``u`` used up; control requests are still answered),
-``MALFORMED``, ``ERROR`` (``send_error``); all counted in ``faults``.
+``MALFORMED``, ``ERROR`` (``send_error``); all counted in ``faults``. ``hold_snapshots``
+keeps new subscriptions of a symbol waiting for their snapshot until released.
 """
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ class _Topic:
     """``u`` of the last message."""
     subscribers: set[_Client] = field(default_factory=set)
     awaiting_snapshot: set[_Client] = field(default_factory=set)
-    """Subscribed while the venue was silent: their snapshot goes out when it speaks."""
+    """Subscribed while the venue was silent or the symbol held (``hold_snapshots``):
+    their snapshot goes out at the first push after that."""
     bids: dict[int, int] = field(default_factory=dict)
     asks: dict[int, int] = field(default_factory=dict)
     seq: int = 0
@@ -306,7 +308,8 @@ class BybitSimulator(LoopbackVenue[_Client]):
         for topic in self._topics.values():
             if topic.depth != depth or not (topic.subscribers or topic.awaiting_snapshot):
                 continue
-            if topic.awaiting_snapshot and not silent:
+            ready = not silent and not self._is_held(topic.book.spec.symbol)
+            if topic.awaiting_snapshot and ready:
                 self._send_snapshot(topic, topic.awaiting_snapshot)
                 topic.subscribers |= topic.awaiting_snapshot
                 topic.awaiting_snapshot.clear()
@@ -443,7 +446,7 @@ class BybitSimulator(LoopbackVenue[_Client]):
         self._send([client], reply)
         silent = self._is_silent()
         for topic in added:
-            if silent:
+            if silent or self._is_held(topic.book.spec.symbol):
                 topic.awaiting_snapshot.add(client)
                 continue
             if not topic.subscribers:

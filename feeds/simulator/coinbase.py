@@ -28,6 +28,7 @@ One ``websockets`` server serves what ``wss://advanced-trade-ws.coinbase.com`` s
 each connection subscribed to it), ``DISCONNECT``, ``SILENCE`` (the messages of that
 window are lost, numbers included), ``MALFORMED`` (an unnumbered truncated frame) and
 ``ERROR`` (``send_error``: an ``error`` message); all counted in ``faults``.
+``hold_snapshots`` makes new ``level2`` subscriptions of a product wait for a release.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ class _Client:
 class _ProductFeed:
     book: SimulatedBook
     subscribers: set[_Client] = field(default_factory=set)
+    waiting: set[_Client] = field(default_factory=set)
+    """Subscribed while ``hold_snapshots`` held the product: no snapshot, no updates yet."""
     drops_pending: int = 0
 
 
@@ -276,6 +279,7 @@ class CoinbaseSimulator(LoopbackVenue[_Client]):
     def _forget(self, client: _Client) -> None:
         for product in client.channels.get(_LEVEL2, ()):
             self._feeds[product].subscribers.discard(client)
+            self._feeds[product].waiting.discard(client)
         client.channels.clear()
 
     def _on_message(self, client: _Client, message: str | bytes) -> None:
@@ -293,12 +297,29 @@ class CoinbaseSimulator(LoopbackVenue[_Client]):
         subscriptions = orjson.dumps([{"subscriptions": client.channels}])
         self._send_numbered(client, b"subscriptions", subscriptions)
         for product in new_products:
-            snapshot = self._feeds[product].book.snapshot()
-            events = self._book_events("snapshot", product, snapshot.bids, snapshot.asks)
-            self._send_numbered(client, b"l2_data", events)
+            feed = self._feeds[product]
+            if self._is_held(product):
+                feed.waiting.add(client)
+            else:
+                self._start_stream(client, product, feed)
+
+    def _start_stream(self, client: _Client, product: str, feed: _ProductFeed) -> None:
+        """The whole book, then every update."""
+        snapshot = feed.book.snapshot()
+        events = self._book_events("snapshot", product, snapshot.bids, snapshot.asks)
+        self._send_numbered(client, b"l2_data", events)
+        feed.subscribers.add(client)
+
+    def _on_release(self, product: str) -> None:
+        feed = self._feeds[product]
+        waiting = list(feed.waiting)
+        feed.waiting.clear()
+        for client in waiting:
+            self._start_stream(client, product, feed)
 
     def _apply(self, client: _Client, request: Any) -> list[str]:
-        """Apply a subscribe/unsubscribe; returns the products newly on ``level2``."""
+        """Apply a subscribe/unsubscribe; returns the products newly on ``level2`` (the
+        caller starts their streams)."""
         if not isinstance(request, dict):
             raise RequestError("malformed request: expected a JSON object")
         kind = request.get("type")
@@ -334,11 +355,8 @@ class CoinbaseSimulator(LoopbackVenue[_Client]):
             if channel == _LEVEL2:
                 for product in dropped:
                     self._feeds[product].subscribers.discard(client)
-        if channel != _LEVEL2:
-            return []
-        for product in added:
-            self._feeds[product].subscribers.add(client)
-        return added
+                    self._feeds[product].waiting.discard(client)
+        return added if channel == _LEVEL2 else []
 
 
 def _error(message: str) -> bytes:

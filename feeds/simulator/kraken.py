@@ -33,9 +33,8 @@ handler (see ``v2_url``), so the real handler connects to it exactly as to Krake
 Faults (counted in ``faults``): ``DROP`` (``drop_next``: the next update is withheld,
 only the checksum can tell), ``CHECKSUM`` (``corrupt_next_checksum``), ``DISCONNECT``,
 ``SILENCE`` (no book updates and no heartbeats; replies, snapshots and pongs still go
-out), ``MALFORMED`` and ``ERROR`` (``send_error``). ``hold_snapshots`` makes new subscriptions of a
-symbol wait for ``release_snapshots`` (a slow snapshot, so tests can watch the other
-symbols stream while one resyncs).
+out), ``MALFORMED`` and ``ERROR`` (``send_error``). ``hold_snapshots`` makes new
+subscriptions of a symbol wait for ``release_snapshots``.
 """
 
 from __future__ import annotations
@@ -128,7 +127,6 @@ class _SymbolFeed:
     streams: dict[int, _BookStream] = field(default_factory=dict)
     waiting: dict[_Client, int] = field(default_factory=dict)
     """Clients (-> depth) whose snapshot is held by ``hold_snapshots``."""
-    held: bool = False
     drops_pending: int = 0
     corruptions_pending: int = 0
     snapshots_sent: int = 0
@@ -212,20 +210,6 @@ class KrakenSimulator(LoopbackVenue[_Client]):
     def precision(self, symbol: str) -> Precision:
         return self._feeds[symbol].precision
 
-    def hold_snapshots(self, symbol: str) -> None:
-        """Acknowledge new ``book`` subscriptions of ``symbol`` that ask for a snapshot
-        but send neither the snapshot nor updates until ``release_snapshots``."""
-        self._feeds[symbol].held = True
-
-    def release_snapshots(self, symbol: str) -> None:
-        """Send the held snapshots of ``symbol``; its subscriptions stream from now on."""
-        feed = self._feeds[symbol]
-        feed.held = False
-        waiting = list(feed.waiting.items())
-        feed.waiting.clear()
-        for client, depth in waiting:
-            self._start_stream(client, symbol, feed, depth)
-
     # -- faults ----------------------------------------------------------------------
 
     def drop_next(self, symbol: str) -> None:
@@ -247,6 +231,14 @@ class KrakenSimulator(LoopbackVenue[_Client]):
         now = self._timestamp()
         frame = orjson.dumps({"error": error, "success": False, "time_in": now, "time_out": now})
         self._count(errors=self._to_all(frame))
+
+    def _on_release(self, symbol: str) -> None:
+        """Held subscriptions get their snapshot and stream from now on."""
+        feed = self._feeds[symbol]
+        waiting = list(feed.waiting.items())
+        feed.waiting.clear()
+        for client, depth in waiting:
+            self._start_stream(client, symbol, feed, depth)
 
     def _inject_into(self, fault: Fault, symbol: str) -> None:
         match fault:
@@ -504,7 +496,7 @@ class KrakenSimulator(LoopbackVenue[_Client]):
                 self._reply(
                     client, time_in, method, req_id, result={**result, "snapshot": snapshot}
                 )
-                if snapshot and feed.held:
+                if snapshot and self._is_held(symbol):
                     feed.waiting[client] = depth
                 elif snapshot:
                     self._start_stream(client, symbol, feed, depth)

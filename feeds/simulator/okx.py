@@ -29,7 +29,8 @@ Faults (counted in ``faults``): ``DROP`` (``drop_next``: a seqId gap), ``CHECKSU
 (``corrupt_next_checksum``), ``RESTART`` (``reset_sequence``: seqId restarts low, as
 after OKX maintenance: not a fault for a correct handler), ``DISCONNECT``, ``SILENCE``,
 ``MALFORMED``, ``ERROR`` (``send_error``) and ``SHUTDOWN`` (``send_notice``: 64008, OKX
-is about to close the connection).
+is about to close the connection). ``hold_snapshots`` keeps new subscriptions of an
+instrument waiting for their snapshot until released.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ class _InstrumentFeed:
     subscribers: set[_Client] = field(default_factory=set)
     """Clients that had their snapshot and get every update."""
     waiting: set[_Client] = field(default_factory=set)
-    """Subscribed clients whose snapshot goes out with the next push."""
+    """Subscribed clients whose snapshot goes out with the next push (not silent, not
+    held by ``hold_snapshots``)."""
     seq_offset: int = 0
     """seqId = the book's update id - ``seq_offset`` (moved by ``reset_sequence``)."""
     last_seq: int = 0
@@ -286,7 +288,7 @@ class OkxSimulator(LoopbackVenue[_Client]):
                         inst_id, feed, "update", diff.bids, diff.asks, prev_seq
                     )
                     self._send(feed.subscribers, frame)
-        if feed.waiting and not silent:
+        if feed.waiting and not silent and not self._is_held(inst_id):
             top = feed.book.snapshot(SNAPSHOT_DEPTH)
             frame = self._book_frame(inst_id, feed, "snapshot", top.bids, top.asks, -1)
             self._send(feed.waiting, frame)

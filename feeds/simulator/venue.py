@@ -5,9 +5,10 @@ server on ``host:port`` (``port=0`` picks a free one) and one owned task that st
 every symbol's ``SimulatedBook`` ``updates_per_second`` times a second (plus the venue's
 own loops: pushes, heartbeats) until exit. The base keeps the connected clients, the
 ``FaultCounters`` and the faults every venue injects the same way (disconnect, silence,
-malformed frame); a subclass speaks one exchange's protocol and injects the faults only
-it knows (``_inject_into``, ``_announce``). ``run_simulator`` serves one until cancelled
-with faults in rotation (``marketcast simulate``).
+malformed frame) and holds a symbol's snapshots on request (``hold_snapshots``); a
+subclass speaks one exchange's protocol and injects the faults only it knows
+(``_inject_into``, ``_announce``). ``run_simulator`` serves one until cancelled with
+faults in rotation (``marketcast simulate``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import itertools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
@@ -86,6 +87,8 @@ class LoopbackVenue(ABC, Generic[ClientT]):
         self._running = asyncio.Event()
         self._running.set()
         self._silent_until = 0.0
+        self._held: dict[str, asyncio.Event] = {}
+        """Symbols whose snapshots are held -> set when they are released."""
         self._server: Server | None = None
         self._port = 0
         self._runner: asyncio.Task[None] | None = None
@@ -110,6 +113,8 @@ class LoopbackVenue(ABC, Generic[ClientT]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        for symbol in list(self._held):  # nothing may wait for a release that never comes
+            self.release_snapshots(symbol)
         try:
             if self._runner is not None:
                 self._runner.cancel()
@@ -170,6 +175,22 @@ class LoopbackVenue(ABC, Generic[ClientT]):
 
     def resume(self) -> None:
         self._running.set()
+
+    def hold_snapshots(self, symbol: str) -> None:
+        """Leave what would (re)sync ``symbol`` unanswered until ``release_snapshots``:
+        new subscriptions get no snapshot (nor updates), REST snapshot requests no reply.
+        A slow snapshot, so tests can watch the other symbols stream while one resyncs.
+        """
+        if symbol not in self._books:
+            raise KeyError(symbol)
+        self._held.setdefault(symbol, asyncio.Event())
+
+    def release_snapshots(self, symbol: str) -> None:
+        """Answer what was held for ``symbol``; it syncs as usual from now on."""
+        released = self._held.pop(symbol, None)
+        if released is not None:
+            released.set()
+            self._on_release(symbol)
 
     # -- faults ----------------------------------------------------------------------
 
@@ -233,6 +254,19 @@ class LoopbackVenue(ABC, Generic[ClientT]):
     def _announce(self, fault: Fault) -> None:
         """Send the venue message of a supported ``ERROR`` or ``SHUTDOWN`` fault."""
 
+    def _is_held(self, symbol: str) -> bool:
+        return symbol in self._held
+
+    async def _released(self, symbol: str) -> None:
+        """Return once ``symbol``'s snapshots are not held (at once if they are not)."""
+        held = self._held.get(symbol)
+        if held is not None:
+            await held.wait()
+
+    def _on_release(self, symbol: str) -> None:
+        """Send what ``hold_snapshots`` kept back (nothing: the venue sends it at its next
+        push, or waited in ``_released``)."""
+
     def _count(self, **increments: int) -> None:
         faults = self._faults
         self._faults = replace(
@@ -293,7 +327,9 @@ class LoopbackVenue(ABC, Generic[ClientT]):
     def _forget(self, client: ClientT) -> None:
         """Remove a leaving client from every subscription."""
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None | Awaitable[Response | None]:
         """HTTP before the websocket handshake: ``None`` lets the handshake go on."""
         return None
 
