@@ -1,14 +1,16 @@
 """One subscriber connection: its requests, subscriptions, auth state and conflating outbox.
 
-The engine (``publish.fanout``) offers already-encoded messages; ``offer`` keeps each as
-the latest of its key in ``_outbox`` (a dict), replacing an unsent older one
-(conflation: seq jumps, nothing stale is ever written). When the publish tick ends, the
-engine flushes every session it offered to: everything queued goes out in one transport
-write (one frame per message, or with ``?batch=1`` one JSON-array frame), with no await
-and no task switch, so a tick costs one dict store per message and one write per client.
-When the socket is behind (its transport buffer above ``write_limit``), nothing is
-written: the outbox keeps conflating, and a writer task, started only then, waits for
-the socket to drain and writes it. Memory per client is therefore bounded by
+Market data reaches a session from its crowd (``publish.fanout.Crowd``: the sessions
+with the same subscriptions): at the end of a publish tick ``take_tick`` writes the
+crowd's frames, built once for all members, in one transport write (one frame per
+message, or with ``?batch=1`` one JSON-array frame), with no await and no task switch.
+Whatever cannot go out that way (the socket is behind, or replies or the state sent on
+subscribe are queued first) is ``offer``ed: kept as the latest of its key in ``_outbox``
+(a dict), replacing an unsent older one (conflation: seq jumps, nothing stale is ever
+written), and written by ``flush`` at the end of the tick. When the socket is behind
+(its transport buffer above ``write_limit``), nothing is written: the outbox keeps
+conflating, and a writer task, started only then, waits for the socket to drain and
+writes it. Memory per client is therefore bounded by
 construction: one pending message per subscribed key, plus at most
 ``max_pending_replies`` replies (past that the session stops reading the client's
 requests until its writer catches up).
@@ -30,7 +32,7 @@ from websockets.exceptions import ConnectionClosed
 
 from publish.auth import AuthPolicy, Claims
 from publish.exceptions import RequestError, TokenError
-from publish.fanout import CHANNEL_WIDE, Fanout, Topic
+from publish.fanout import CHANNEL_WIDE, Fanout, TickMessages, Topic
 from publish.positions import PositionBook
 from publish.protocol import (
     KEY_FIELDS,
@@ -53,6 +55,7 @@ from publish.protocol import (
     encode_pong,
     encode_position_ack,
     parse_request,
+    text_frames,
 )
 from publish.ratelimit import TokenBucket
 
@@ -130,8 +133,9 @@ class Sink(Protocol):
         """Open, and its write buffer is below the high-water mark."""
         ...
 
-    def write_frames(self, frames: Collection[bytes]) -> None:
-        """Queue one text frame per item for sending, now; call only while ``writable``."""
+    def write_frames(self, frames: bytes) -> None:
+        """Send websocket frames (``publish.protocol.text_frames``) now, without waiting;
+        call only while ``writable``."""
         ...
 
     async def wait_writable(self) -> bool:
@@ -221,8 +225,7 @@ class ClientSession:
 
     def flush(self) -> None:
         """Write everything queued (replies first) if the socket takes it now; else leave
-        it to the writer task. O(pending); one ``write_frames`` call, no allocation but
-        the batch frame."""
+        it to the writer task. O(pending); one write."""
         if not self._queued:
             return
         sink = self._sink
@@ -241,13 +244,31 @@ class ClientSession:
         count = len(messages)
         counters = self._counters
         if self._batch:
-            sink.write_frames((encode_batch(messages),))
+            sink.write_frames(text_frames((encode_batch(messages),)))
             counters.frames_sent += 1
         else:
-            sink.write_frames(messages)
+            sink.write_frames(text_frames(messages))
             counters.frames_sent += count
         counters.messages_sent += count
         outbox.clear()
+
+    def take_tick(self, tick: TickMessages) -> None:
+        """Write the frames of the crowd's tick as they are (one write), or, when this
+        session is behind or has its own messages queued, take the messages into its
+        outbox so that they conflate and keep their order. O(1) or O(messages)."""
+        if self._queued or not self._sink.writable:
+            for key, message in tick.messages.items():
+                self.offer(key, message)
+            return
+        count = len(tick.messages)
+        counters = self._counters
+        if self._batch:
+            self._sink.write_frames(tick.batch_frame)
+            counters.frames_sent += 1
+        else:
+            self._sink.write_frames(tick.frames)
+            counters.frames_sent += count
+        counters.messages_sent += count
 
     # -- requests -----------------------------------------------------------------------
 

@@ -4,12 +4,16 @@ Listeners on the ``BookRegistry`` only mark a topic dirty (O(1), nothing is enco
 there). The first mark of an event-loop iteration schedules one publish tick with
 ``loop.call_soon``, so everything the feeds applied in that iteration goes out together
 in the next one: the lowest latency the loop allows, and natural batching. The tick
-encodes each dirty topic's latest value ONCE and offers the same bytes to every
-subscriber. An offer never waits: a session whose socket takes data writes the frame
-there and then (no task switch, no await), one that is behind keeps it as the latest of
-its key (see ``publish.client.ClientSession.offer``), so a slow client can never delay
-the others. ``?batch=1`` sessions collect the tick's messages and are flushed, one
-frame each, when the tick ends (``flush_soon``).
+encodes each dirty topic's latest value ONCE and hands the same bytes to every
+subscriber; nothing in a tick awaits, so a slow client can never delay the others.
+
+Sessions subscribed to exactly the same market-data topics (at the same book depths)
+form a ``Crowd``: the tick offers each message to the crowd once, frames the crowd's
+messages once when the tick ends, and writes those same bytes to every member whose
+socket takes them (one write per member). A member that is behind, or has replies or
+state of its own queued, takes the messages into its own conflating outbox instead
+(``publish.client.ClientSession.take_tick``). A session with subscriptions nobody else
+has is a crowd of one.
 
 Channels: ``bbo`` (top of book changed), ``book`` (the top N levels changed, per
 subscribed depth N), ``nbbo`` (the consolidated quote changed), ``status`` (an
@@ -18,8 +22,8 @@ while anyone subscribes, or ``publish_metrics()`` calls when the interval is ``N
 the content comes from the ``metrics`` provider). Channels produced elsewhere plug in
 as a ``ChannelSource`` (``profit``: ``publish.profit``) and publish in the same tick.
 
-Cost per tick: O(dirty topics) encodes (book: per distinct subscribed depth) +
-O(sum of their subscribers) offers + one flush per batched subscriber touched.
+Cost per tick: O(dirty topics) encodes (book: per distinct subscribed depth) + O(sum of
+their crowds) offers + one framing per crowd + one write per member touched.
 """
 
 from __future__ import annotations
@@ -38,11 +42,13 @@ from book.snapshot import BookSnapshot, Level
 from book.status import InstrumentStatus
 from publish.protocol import (
     Channel,
+    encode_batch,
     encode_bbo,
     encode_book,
     encode_metrics,
     encode_nbbo,
     encode_status,
+    text_frames,
 )
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,74 @@ class Subscriber(Protocol):
     def offer(self, key: Topic, message: bytes) -> None: ...
 
     def flush(self) -> None: ...
+
+
+Spec = tuple[Channel, str, int]
+"""A market-data subscription: channel, key and book depth (0 for other channels)."""
+
+
+class TickMessages:
+    """One crowd's messages of one tick, framed once for all its members, lazily: only
+    the forms some member writes (one frame per message, or one batch frame)."""
+
+    __slots__ = ("_batch_frame", "_frames", "messages")
+
+    def __init__(self, messages: dict[Topic, bytes]) -> None:
+        self.messages = messages
+        self._frames: bytes | None = None
+        self._batch_frame: bytes | None = None
+
+    @property
+    def frames(self) -> bytes:
+        if self._frames is None:
+            self._frames = text_frames(self.messages.values())
+        return self._frames
+
+    @property
+    def batch_frame(self) -> bytes:
+        if self._batch_frame is None:
+            self._batch_frame = text_frames((encode_batch(self.messages.values()),))
+        return self._batch_frame
+
+
+class Member(Subscriber, Protocol):
+    """A session as the engine sees it: a subscriber that can also take a crowd's tick."""
+
+    def take_tick(self, tick: TickMessages) -> None: ...
+
+
+class Crowd:
+    """The members subscribed to exactly ``specs``: one outbox per tick for all of them.
+
+    ``offer`` is one dict store; ``flush`` (at the end of the tick) hands the same
+    ``TickMessages`` to every member. The engine registers crowds, never sessions, for
+    market-data topics.
+    """
+
+    __slots__ = ("_fanout", "_outbox", "members", "specs")
+
+    def __init__(self, specs: frozenset[Spec], fanout: Fanout) -> None:
+        self.specs = specs
+        self.members: set[Member] = set()
+        self._fanout = fanout
+        self._outbox: dict[Topic, bytes] = {}
+
+    def offer(self, key: Topic, message: bytes) -> None:
+        outbox = self._outbox
+        if not outbox:
+            self._fanout.flush_soon(self)
+        outbox[key] = message
+
+    def flush(self) -> None:
+        if not self._outbox:
+            return
+        tick = TickMessages(self._outbox)
+        self._outbox = {}
+        for member in self.members:
+            try:
+                member.take_tick(tick)
+            except Exception:  # one client's failure must not stop the others' delivery
+                self._fanout.write_failed()
 
 
 class ChannelSource(Protocol):
@@ -123,7 +197,7 @@ class _BookGroup:
     """The subscribers of one instrument's book at one depth, and the levels last sent to
     them (so a change below their depth sends nothing)."""
 
-    subscribers: set[Subscriber]
+    subscribers: set[Crowd]
     sent: tuple[tuple[Level, ...], tuple[Level, ...]] | None = None
 
 
@@ -157,7 +231,9 @@ class Fanout:
         self._metrics_interval = metrics_interval
         self._metrics_timer: asyncio.TimerHandle | None = None
         self.on_written = on_written
-        self._subscribers: dict[Topic, set[Subscriber]] = {}
+        self._subscribers: dict[Topic, set[Crowd]] = {}
+        self._crowds: dict[frozenset[Spec], Crowd] = {}
+        self._crowd_of: dict[Member, Crowd] = {}
         self._book_groups: dict[str, dict[int, _BookGroup]] = {}
         self._dirty_bbo: dict[str, BookSnapshot] = {}
         self._dirty_book: dict[str, BookSnapshot] = {}
@@ -176,51 +252,39 @@ class Fanout:
 
     # -- subscriptions ----------------------------------------------------------------------
 
-    def subscribe(self, subscriber: Subscriber, topics: Iterable[Topic], *, depth: int = 0) -> None:
-        """Add ``subscriber`` to ``topics`` (validated, not yet subscribed) and offer it the
+    def subscribe(self, member: Member, topics: Iterable[Topic], *, depth: int = 0) -> None:
+        """Add ``member`` to ``topics`` (validated, not yet subscribed) and offer it the
         current state: a live book's bbo or top ``depth`` levels (``book`` topics), the
-        symbol's nbbo, every instrument's status, the metrics. O(topics), status
-        O(instruments)."""
-        for topic in topics:
-            self._subscribers.setdefault(topic, set()).add(subscriber)
-            channel, key = topic
-            if channel is Channel.BBO:
-                self._subscribe_bbo(subscriber, key)
-            elif channel is Channel.BOOK:
-                self._subscribe_book(subscriber, key, depth)
-            elif channel is Channel.NBBO:
-                # A dirty topic is about to be delivered to every subscriber, this one too.
-                nbbo = self.registry.nbbo(key)
-                if nbbo is not None and key not in self._dirty_nbbo:
-                    self._offer_new(subscriber, topic, encode_nbbo(nbbo, self.clock()))
-            elif channel is Channel.STATUS:
-                for status in self.registry.statuses():
-                    if status.instrument not in self._dirty_status:
-                        key = status.instrument
-                        self._offer_new(subscriber, (channel, key), encode_status(status))
-            elif channel is Channel.METRICS:
-                self._offer_new(subscriber, topic, self._encode_metrics())
-                self._start_metrics()
-            elif channel in self._sources:
-                self._sources[channel].subscribe(subscriber, key)
+        symbol's nbbo, every instrument's status, the metrics. O(topics held) to move
+        the member to its new crowd; status O(instruments)."""
+        specs = []
+        for channel, key in topics:
+            source = self._sources.get(channel)
+            if source is not None:
+                source.subscribe(member, key)
+            else:
+                specs.append((channel, key, depth if channel is Channel.BOOK else 0))
+        if not specs:
+            return
+        crowd = self._crowd_of.get(member)
+        held = crowd.specs if crowd is not None else frozenset()
+        self._move(member, crowd, held | frozenset(specs))
+        for spec in specs:
+            self._send_current(member, spec)
 
-    def unsubscribe(self, subscriber: Subscriber, topics: Iterable[Topic]) -> None:
-        """Remove ``subscriber`` from ``topics`` (missing ones are ignored). O(topics)."""
-        subscribers = self._subscribers
+    def unsubscribe(self, member: Member, topics: Iterable[Topic]) -> None:
+        """Remove ``member`` from ``topics`` (missing ones are ignored). O(topics held)."""
+        leaving = set()
         for topic in topics:
-            targets = subscribers.get(topic)
-            if targets is None:
-                continue
-            targets.discard(subscriber)
-            if not targets:
-                del subscribers[topic]
-            channel, key = topic
-            if channel is Channel.BOOK:
-                self._unsubscribe_book(subscriber, key)
-            elif channel is Channel.METRICS and not targets:
-                self._stop_metrics()
-            elif channel in self._sources:
-                self._sources[channel].unsubscribe(subscriber, key)
+            source = self._sources.get(topic[0])
+            if source is not None:
+                source.unsubscribe(member, topic[1])
+            else:
+                leaving.add(topic)
+        crowd = self._crowd_of.get(member)
+        if crowd is not None and leaving:
+            kept = frozenset(spec for spec in crowd.specs if spec[:2] not in leaving)
+            self._move(member, crowd, kept)
 
     def add_source(self, channel: Channel, source: ChannelSource) -> None:
         """Let ``source`` serve ``channel`` (see ``ChannelSource``)."""
@@ -236,11 +300,17 @@ class Fanout:
         self._schedule_tick()
 
     def subscriber_count(self, topic: Topic) -> int:
-        return len(self._subscribers.get(topic, ()))
+        """Sessions subscribed to ``topic`` (a market-data topic). O(its crowds)."""
+        return sum(len(crowd.members) for crowd in self._subscribers.get(topic, ()))
 
     def subscriptions(self) -> int:
-        """(topic, subscriber) pairs held now, over every channel. O(topics)."""
-        return sum(len(targets) for targets in self._subscribers.values())
+        """(market-data topic, session) pairs held now. O(crowds)."""
+        return sum(len(crowd.specs) * len(crowd.members) for crowd in self._crowds.values())
+
+    def crowds(self) -> int:
+        """Distinct subscription sets held now: the work of a tick grows with these, not
+        with sessions."""
+        return len(self._crowds)
 
     def book_depths(self, instrument: str) -> list[int]:
         """The distinct depths subscribed to ``instrument``'s book, ascending."""
@@ -251,44 +321,103 @@ class Fanout:
         self._to_flush.append(subscriber)
         self._schedule_tick()
 
-    def _subscribe_bbo(self, subscriber: Subscriber, instrument: str) -> None:
-        if instrument in self._dirty_bbo:
-            return
-        snapshot = self.registry.live_snapshot(instrument)
-        if snapshot is not None:
-            message = encode_bbo(snapshot, self.clock())
-            self._offer_new(subscriber, (Channel.BBO, instrument), message)
+    # -- crowds -------------------------------------------------------------------------
 
-    def _subscribe_book(self, subscriber: Subscriber, instrument: str, depth: int) -> None:
-        groups = self._book_groups.setdefault(instrument, {})
-        group = groups.get(depth)
-        if group is None:
-            group = groups[depth] = _BookGroup(set())
-        group.subscribers.add(subscriber)
-        snapshot = self.registry.live_snapshot(instrument)
-        if snapshot is None:
+    def _move(self, member: Member, crowd: Crowd | None, specs: frozenset[Spec]) -> None:
+        """Make ``member`` a member of the crowd of ``specs`` (none when empty)."""
+        if crowd is not None and crowd.specs == specs:
             return
-        levels = snapshot.top(depth)
-        if instrument in self._dirty_book and levels != group.sent:
-            return  # the pending tick sends these levels to the whole group, this one too
-        group.sent = levels
-        message = encode_book(snapshot, depth, self.clock())
-        self._offer_new(subscriber, (Channel.BOOK, instrument), message)
+        crowds = self._crowds
+        if crowd is not None and len(crowd.members) == 1 and specs and specs not in crowds:
+            # A crowd of one follows its member: re-register only what changed.
+            del crowds[crowd.specs]
+            for spec in crowd.specs - specs:
+                self._unregister(crowd, spec)
+            for spec in specs - crowd.specs:
+                self._register(crowd, spec)
+            crowd.specs = specs
+            crowds[specs] = crowd
+            return
+        if crowd is not None:
+            crowd.members.discard(member)
+            del self._crowd_of[member]
+            if not crowd.members:
+                del crowds[crowd.specs]
+                for spec in crowd.specs:
+                    self._unregister(crowd, spec)
+        if specs:
+            joined = crowds.get(specs)
+            if joined is None:
+                joined = crowds[specs] = Crowd(specs, self)
+                for spec in specs:
+                    self._register(joined, spec)
+            joined.members.add(member)
+            self._crowd_of[member] = joined
 
-    def _unsubscribe_book(self, subscriber: Subscriber, instrument: str) -> None:
-        groups = self._book_groups.get(instrument)
-        if groups is None:
-            return
-        for depth, group in list(groups.items()):
-            group.subscribers.discard(subscriber)
+    def _register(self, crowd: Crowd, spec: Spec) -> None:
+        channel, key, depth = spec
+        self._subscribers.setdefault((channel, key), set()).add(crowd)
+        if channel is Channel.BOOK:
+            groups = self._book_groups.setdefault(key, {})
+            group = groups.get(depth)
+            if group is None:
+                group = groups[depth] = _BookGroup(set())
+            group.subscribers.add(crowd)
+        elif channel is Channel.METRICS:
+            self._start_metrics()
+
+    def _unregister(self, crowd: Crowd, spec: Spec) -> None:
+        channel, key, depth = spec
+        topic = (channel, key)
+        targets = self._subscribers[topic]
+        targets.discard(crowd)
+        if not targets:
+            del self._subscribers[topic]
+            if channel is Channel.METRICS:
+                self._stop_metrics()
+        if channel is Channel.BOOK:
+            groups = self._book_groups[key]
+            group = groups[depth]
+            group.subscribers.discard(crowd)
             if not group.subscribers:
                 del groups[depth]
-        if not groups:
-            del self._book_groups[instrument]
+                if not groups:
+                    del self._book_groups[key]
 
-    def _offer_new(self, subscriber: Subscriber, key: Topic, message: bytes) -> None:
+    def _send_current(self, member: Member, spec: Spec) -> None:
+        """Offer ``member`` the current state of ``spec``, unless a pending tick is about
+        to deliver it to its crowd anyway (a message is never sent twice)."""
+        channel, key, depth = spec
+        registry = self.registry
+        if channel is Channel.BBO:
+            snapshot = registry.live_snapshot(key)
+            if snapshot is not None and key not in self._dirty_bbo:
+                self._offer_new(member, (channel, key), encode_bbo(snapshot, self.clock()))
+        elif channel is Channel.BOOK:
+            snapshot = registry.live_snapshot(key)
+            if snapshot is None:
+                return
+            group = self._book_groups[key][depth]
+            levels = snapshot.top(depth)
+            if key in self._dirty_book and levels != group.sent:
+                return  # the pending tick sends these levels to the whole group
+            group.sent = levels
+            self._offer_new(member, (channel, key), encode_book(snapshot, depth, self.clock()))
+        elif channel is Channel.NBBO:
+            nbbo = registry.nbbo(key)
+            if nbbo is not None and key not in self._dirty_nbbo:
+                self._offer_new(member, (channel, key), encode_nbbo(nbbo, self.clock()))
+        elif channel is Channel.STATUS:
+            for status in registry.statuses():
+                if status.instrument not in self._dirty_status:
+                    key = status.instrument
+                    self._offer_new(member, (channel, key), encode_status(status))
+        elif channel is Channel.METRICS:
+            self._offer_new(member, (channel, key), self._encode_metrics())
+
+    def _offer_new(self, member: Member, key: Topic, message: bytes) -> None:
         self.counters.messages_encoded += 1
-        subscriber.offer(key, message)
+        member.offer(key, message)
 
     # -- registry listeners (called synchronously by the feeds' publishes) -------------
 
@@ -382,21 +511,27 @@ class Fanout:
                 sent = True
         return sent
 
-    def _deliver(self, targets: set[Subscriber], key: Topic, message: bytes) -> None:
+    def _deliver(self, targets: set[Crowd], key: Topic, message: bytes) -> None:
         self.counters.messages_encoded += 1
-        for subscriber in targets:
-            subscriber.offer(key, message)
+        for crowd in targets:
+            crowd.offer(key, message)
 
     def _flush(self) -> None:
-        if self._to_flush:
+        """Flush everything that asked, including sessions that a crowd's flush queued
+        (a member that was behind takes the tick into its own outbox)."""
+        while self._to_flush:
             to_flush, self._to_flush = self._to_flush, []
             for subscriber in to_flush:
                 try:
                     subscriber.flush()
                 except Exception:  # one client's failure must not stop the others' delivery
-                    self.counters.flush_errors += 1
-                    if self.counters.flush_errors == 1:
-                        log.exception("writing to a subscriber failed; counting further failures")
+                    self.write_failed()
+
+    def write_failed(self) -> None:
+        """Count a write to a subscriber that raised; log the first (call in ``except``)."""
+        self.counters.flush_errors += 1
+        if self.counters.flush_errors == 1:
+            log.exception("writing to a subscriber failed; counting further failures")
 
     # -- the metrics timer ---------------------------------------------------------------
 

@@ -450,6 +450,32 @@ def encode_pong(request_id: RequestId) -> bytes:
     return orjson.dumps({"type": "pong", "id": request_id})
 
 
+_FRAME_HEADERS: dict[int, bytes] = {length: bytes((0x81, length)) for length in range(126)}
+"""Text frame headers by payload length, filled as lengths occur (at most 65,536)."""
+
+
+def text_frame_header(length: int) -> bytes:
+    """The header of an unmasked, final websocket text frame of ``length`` bytes, as a
+    server sends it (RFC 6455 5.2; no extension). One dict hit for a length seen before."""
+    header = _FRAME_HEADERS.get(length)
+    if header is None:
+        if length < 1 << 16:
+            header = _FRAME_HEADERS[length] = b"\x81\x7e" + length.to_bytes(2, "big")
+        else:
+            header = b"\x81\x7f" + length.to_bytes(8, "big")
+    return header
+
+
+def text_frames(messages: Iterable[bytes]) -> bytes:
+    """Encoded messages as the bytes of one websocket text frame each, ready for the
+    socket. Server frames are unmasked, so the same bytes serve every client. O(bytes)."""
+    parts = []
+    for message in messages:
+        parts.append(text_frame_header(len(message)))
+        parts.append(message)
+    return b"".join(parts)
+
+
 def encode_batch(messages: Iterable[bytes]) -> bytes:
     """Already-encoded messages as one JSON array (a ``?batch=1`` frame). O(total bytes)."""
     return b"[" + b",".join(messages) + b"]"

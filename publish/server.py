@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from http import HTTPStatus
 from types import TracebackType
 from typing import Self
@@ -36,28 +36,12 @@ from publish.protocol import ErrorCode
 WS_PATH = "/ws"
 
 
-_HEADERS: dict[int, bytes] = {length: bytes((0x81, length)) for length in range(126)}
-"""Frame headers by payload length, filled as lengths occur (at most 65,536 entries)."""
-
-
-def text_frame_header(length: int) -> bytes:
-    """The header of an unmasked, final text frame of ``length`` bytes (RFC 6455 5.2).
-    One dict hit for any length seen before below 64 KiB."""
-    header = _HEADERS.get(length)
-    if header is None:
-        if length < 1 << 16:
-            header = _HEADERS[length] = b"\x81\x7e" + length.to_bytes(2, "big")
-        else:
-            header = b"\x81\x7f" + length.to_bytes(8, "big")
-    return header
-
-
 class WatchedConnection(ServerConnection):
     """A ``ServerConnection`` that writes frames without awaiting (``publish.client.Sink``)
     and reports a write buffer stuck above its high-water mark.
 
-    ``write_frames`` does what ``websockets.broadcast`` does per connection, frame the
-    messages and hand the bytes to the transport, synchronously; ``writable`` is false
+    ``write_frames`` hands frames to the transport synchronously, like ``broadcast``
+    does per connection, but with frames built once for all; ``writable`` is false
     once the transport buffer passes ``write_limit`` (asyncio paused the protocol) or the
     connection is no longer open, and the session then conflates instead of writing.
 
@@ -92,19 +76,13 @@ class WatchedConnection(ServerConnection):
             and not self.transport.is_closing()
         )
 
-    def write_frames(self, frames: Collection[bytes]) -> None:
-        """Write each message as one text frame, all in one transport write; never awaits.
+    def write_frames(self, frames: bytes) -> None:
+        """Write websocket frames built by ``publish.protocol.text_frames``; never awaits.
 
         Server frames are unmasked and the server negotiates no extension (compression
-        is off), so a frame is a 2-10 byte header and the message's bytes as they are:
-        the header is built here and handed with the (shared, uncopied) message to
-        ``writelines``. One syscall per call; O(messages) Python work, no per-byte work.
+        is off), so frames built once serve every connection as they are.
         """
-        parts: list[bytes] = []
-        for message in frames:
-            parts.append(text_frame_header(len(message)))
-            parts.append(message)
-        self.transport.writelines(parts)
+        self.transport.write(frames)
 
     async def wait_writable(self) -> bool:
         if self.protocol.state is not State.OPEN:

@@ -95,6 +95,21 @@ def bbo(
     }
 
 
+def split_frames(data: bytes) -> list[bytes]:
+    """The payloads of the unmasked text frames in ``data`` (what a sink was given)."""
+    payloads = []
+    while data:
+        assert data[0] == 0x81, "a final, unmasked text frame"
+        length, start = data[1], 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            length, start = int.from_bytes(data[2:10], "big"), 10
+        payloads.append(data[start : start + length])
+        data = data[start + length :]
+    return payloads
+
+
 def new_registry(instruments: Sequence[str] = INSTRUMENTS) -> BookRegistry:
     registry = BookRegistry()
     for instrument in instruments:

@@ -16,7 +16,7 @@ from publish.client import ClientSession
 from publish.exceptions import RequestError, TokenError
 from publish.fanout import Fanout
 from publish.protocol import AuthRequest, ErrorCode
-from tests.publish.support import ack, error, new_registry, receive, running, send
+from tests.publish.support import ack, error, new_registry, receive, running, send, split_frames
 
 SECRET = b"0123456789abcdef-test-secret"
 NOW = 1_700_000_000.0
@@ -141,8 +141,8 @@ class Sink:
     def writable(self) -> bool:
         return True
 
-    def write_frames(self, frames: list[bytes]) -> None:
-        self.frames.extend(orjson.loads(frame) for frame in frames)
+    def write_frames(self, frames: bytes) -> None:
+        self.frames.extend(orjson.loads(frame) for frame in split_frames(frames))
 
     async def wait_writable(self) -> bool:
         return True

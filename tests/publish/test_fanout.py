@@ -7,7 +7,7 @@ loop turns) reaches the same state every run.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import orjson
@@ -18,7 +18,17 @@ from book.status import InstrumentState
 from publish.client import ClientSession, ServerLimits
 from publish.fanout import Counters, Fanout
 from publish.protocol import Channel
-from tests.publish.support import BTC, ETH, KRAKEN_BTC, Feed, bbo, clock, new_registry, wait_until
+from tests.publish.support import (
+    BTC,
+    ETH,
+    KRAKEN_BTC,
+    Feed,
+    bbo,
+    clock,
+    new_registry,
+    split_frames,
+    wait_until,
+)
 
 BID = ("43000.1", "0.5")
 ASK = ("43000.2", "1.25")
@@ -30,6 +40,7 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.writes: list[bytes] = []
         self.gate = asyncio.Event()
         self.gate.set()
         self.closed_with: tuple[int, str] | None = None
@@ -38,9 +49,10 @@ class RecordingSink:
     def writable(self) -> bool:
         return self.gate.is_set() and self.closed_with is None
 
-    def write_frames(self, frames: Sequence[bytes]) -> None:
+    def write_frames(self, frames: bytes) -> None:
         assert self.writable, "written to while not writable"
-        self.frames.extend(frames)
+        self.writes.append(frames)
+        self.frames.extend(split_frames(frames))
 
     async def wait_writable(self) -> bool:
         await self.gate.wait()
@@ -136,8 +148,6 @@ async def test_one_tick_per_loop_iteration_one_encode_for_every_subscriber() -> 
         bbo(ETH, 1, ("3", "1"), ASK),
     ]
     assert second.sink.messages() == [ack(2, "bbo", BTC), bbo(BTC, 3, BID, ASK)]
-    # The very same bytes object went to both clients: encoded once.
-    assert first.sink.frames[1] is second.sink.frames[1]
     assert (fanout.counters.ticks, fanout.counters.messages_encoded) == (1, 2)
 
 
@@ -309,7 +319,7 @@ async def test_slow_close_is_counted_once_and_leaves_every_topic() -> None:
 class BrokenSink(RecordingSink):
     """A sink whose writes raise, like a transport that died under the session."""
 
-    def write_frames(self, frames: Sequence[bytes]) -> None:
+    def write_frames(self, frames: bytes) -> None:
         raise RuntimeError("transport gone")
 
 
@@ -331,3 +341,38 @@ async def test_a_subscriber_that_fails_to_write_never_stops_the_others_or_later_
     assert [record.getMessage() for record in caplog.records] == [
         "writing to a subscriber failed; counting further failures"
     ]
+
+
+async def test_sessions_with_the_same_subscriptions_share_one_write_per_tick() -> None:
+    _, feed, fanout = setup()
+    async with (
+        client(fanout) as first,
+        client(fanout) as second,
+        client(fanout) as stalled,
+        client(fanout, batch=True) as batched,
+        client(fanout) as other,
+    ):
+        for c in (first, second, stalled, batched):
+            c.send(op="subscribe", id=1, channel="bbo", instruments=[BTC, ETH])
+        other.send(op="subscribe", id=1, channel="bbo", instruments=[BTC])
+        await settle()
+        assert (fanout.crowds(), fanout.subscriptions()) == (2, 9)
+        stalled.sink.gate.clear()
+        ticks = []
+        for bid in (1, 2):
+            ticks.append([*quotes(feed, BTC, bid, 1), *quotes(feed, ETH, bid + 10, 1)])
+            await settle()
+        # Framed once for the crowd: the very same bytes object went to both.
+        assert first.sink.writes[1:] == second.sink.writes[1:]
+        assert all(
+            a is b for a, b in zip(first.sink.writes[1:], second.sink.writes[1:], strict=True)
+        )
+        assert len(first.sink.writes) == 3  # the ack, then one write per tick
+        stalled.sink.gate.set()
+        await settle()
+    everything = [ack(1, "bbo", BTC, ETH), *ticks[0], *ticks[1]]
+    assert first.sink.messages() == second.sink.messages() == everything
+    assert batched.sink.messages() == [[ack(1, "bbo", BTC, ETH)], ticks[0], ticks[1]]
+    assert stalled.sink.messages() == [ack(1, "bbo", BTC, ETH), *ticks[1]]  # conflated
+    assert other.sink.messages() == [ack(1, "bbo", BTC), ticks[0][0], ticks[1][0]]
+    assert (fanout.crowds(), fanout.subscriptions()) == (0, 0)

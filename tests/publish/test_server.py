@@ -22,8 +22,8 @@ from book.status import InstrumentState
 from publish.client import ServerLimits
 from publish.exceptions import ServerNotRunningError
 from publish.fanout import Fanout
-from publish.protocol import Channel
-from publish.server import MarketServer, text_frame_header
+from publish.protocol import Channel, text_frame_header
+from publish.server import MarketServer
 from tests.publish.support import (
     BTC,
     ETH,
