@@ -47,6 +47,7 @@ async def test_a_thousand_subscribers_all_receive_every_instrument_up_to_its_las
             clients = await asyncio.gather(*(subscriber(i) for i in range(CLIENTS)))
             total = sum(len(wanted(index)) for index in range(CLIENTS))
             await wait_until(lambda: m.fanout.subscriptions() == total, what="all subscribed")
+            assert m.fanout.crowds() == 6  # three single instruments, three pairs
             last: dict[str, int] = {}
             for step in range(1, UPDATES + 1):
                 for instrument in INSTRUMENTS[: 1 + step % 3]:
