@@ -55,7 +55,7 @@ def _connect(url: str) -> connect:
     return connect(url, max_queue=None)
 
 
-async def _recv_json(ws: ClientConnection) -> Any:
+async def recv_json(ws: ClientConnection) -> Any:
     async with asyncio.timeout(GUARD_SECONDS):
         return orjson.loads(await ws.recv())
 
@@ -64,7 +64,7 @@ async def _depth_events(ws: ClientConnection, count: int) -> list[dict[str, Any]
     """The next ``count`` depthUpdate payloads of a combined connection (others skipped)."""
     events: list[dict[str, Any]] = []
     while len(events) < count:
-        frame = await _recv_json(ws)
+        frame = await recv_json(ws)
         if frame["data"].get("e") == "depthUpdate":
             events.append(frame["data"])
     return events
@@ -74,7 +74,7 @@ async def _reply(ws: ClientConnection, request: dict[str, Any]) -> Any:
     """Send a control request and return its reply, skipping market-data frames."""
     await ws.send(orjson.dumps(request).decode())
     while True:
-        frame = await _recv_json(ws)
+        frame = await recv_json(ws)
         if "id" in frame:
             return frame
 
@@ -87,7 +87,7 @@ def _is_binance_levels(levels: list[list[str]]) -> bool:
     return all(len(level) == 2 and all(DECIMAL_8.match(text) for text in level) for level in levels)
 
 
-class _BinanceClientBook:
+class BinanceClientBook:
     """A local book kept with Binance's documented rules (written here, independently)."""
 
     def __init__(self, snapshot: dict[str, Any]) -> None:
@@ -97,13 +97,8 @@ class _BinanceClientBook:
         self.bridged = False
 
     def apply(self, event: dict[str, Any]) -> None:
-        if event["u"] <= self.update_id:
-            return  # older than the book
-        if not self.bridged:
-            assert event["U"] <= self.update_id + 1 <= event["u"], "first event does not bridge"
-            self.bridged = True
-        else:
-            assert event["U"] == self.update_id + 1, "gap in the diff-depth stream"
+        if not self.follows(event):
+            return
         for side, levels in ((self.bids, event["b"]), (self.asks, event["a"])):
             for price, qty in _levels(levels).items():
                 if qty:
@@ -111,6 +106,17 @@ class _BinanceClientBook:
                 else:
                     side.pop(price, None)
         self.update_id = event["u"]
+
+    def follows(self, event: dict[str, Any]) -> bool:
+        """Spot's rules: whether to apply ``event`` (asserting it is in sequence)."""
+        if event["u"] <= self.update_id:
+            return False  # older than the book
+        if not self.bridged:
+            assert event["U"] <= self.update_id + 1 <= event["u"], "first event does not bridge"
+            self.bridged = True
+        else:
+            assert event["U"] == self.update_id + 1, "gap in the diff-depth stream"
+        return True
 
     def state(self) -> DepthSnapshot:
         return DepthSnapshot(
@@ -120,7 +126,7 @@ class _BinanceClientBook:
         )
 
 
-def _ticker_top(ticker: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int]]:
+def ticker_top(ticker: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int]]:
     return (
         (parse_fixed(ticker["b"]), parse_fixed(ticker["B"])),
         (parse_fixed(ticker["a"]), parse_fixed(ticker["A"])),
@@ -133,7 +139,7 @@ async def test_combined_stream_frames_have_binance_shape_and_continuous_ids(
     async with _connect(sim.ws_url + BTC_STREAMS) as ws:
         frames: list[dict[str, Any]] = []
         while sum(frame["stream"] == "btcusdt@depth@100ms" for frame in frames) < 4:
-            frames.append(await _recv_json(ws))
+            frames.append(await recv_json(ws))
     assert all(list(frame) == ["stream", "data"] for frame in frames)
     depth = [f["data"] for f in frames if f["stream"] == "btcusdt@depth@100ms"]
     tickers = [f["data"] for f in frames if f["stream"] == "btcusdt@bookTicker"]
@@ -160,8 +166,8 @@ async def test_raw_streams_send_bare_payloads(sim: BinanceSimulator) -> None:
         _connect(sim.ws_url + "/ws/ethusdt@depth@100ms") as depth_ws,
         _connect(sim.ws_url + "/ws/ethusdt@bookTicker") as ticker_ws,
     ):
-        first, second = await _recv_json(depth_ws), await _recv_json(depth_ws)
-        ticker = await _recv_json(ticker_ws)
+        first, second = await recv_json(depth_ws), await recv_json(depth_ws)
+        ticker = await recv_json(ticker_ws)
     assert list(first) == list(second) == DEPTH_KEYS
     assert (first["e"], first["s"], second["U"]) == ("depthUpdate", "ETHUSDT", first["u"] + 1)
     assert list(ticker) == TICKER_KEYS
@@ -178,7 +184,7 @@ async def test_snapshot_bridging_rebuilds_the_true_book_and_book_ticker_matches(
         async def next_depth() -> dict[str, Any]:
             nonlocal last_ticker
             while True:
-                frame = await _recv_json(ws)
+                frame = await recv_json(ws)
                 if frame["stream"] == "btcusdt@bookTicker":
                     last_ticker = tickers[frame["data"]["u"]] = frame["data"]
                 else:
@@ -191,7 +197,7 @@ async def test_snapshot_bridging_rebuilds_the_true_book_and_book_ticker_matches(
         assert response.status_code == 200
         snapshot = response.json()
         assert snapshot["lastUpdateId"] >= buffered[0]["U"]
-        book = _BinanceClientBook(snapshot)
+        book = BinanceClientBook(snapshot)
         applied_after_snapshot = 0
 
         def apply(event: dict[str, Any]) -> None:
@@ -202,7 +208,7 @@ async def test_snapshot_bridging_rebuilds_the_true_book_and_book_ticker_matches(
             ticker = tickers.get(book.update_id)
             if ticker is not None:  # the bookTicker of the step that ended this message
                 state = book.state()
-                assert _ticker_top(ticker) == (state.bids[0], state.asks[0])
+                assert ticker_top(ticker) == (state.bids[0], state.asks[0])
 
         for event in buffered:
             apply(event)
@@ -214,7 +220,7 @@ async def test_snapshot_bridging_rebuilds_the_true_book_and_book_ticker_matches(
             apply(await next_depth())
     assert book.state() == truth
     assert last_ticker is not None
-    assert _ticker_top(last_ticker) == (truth.bids[0], truth.asks[0])
+    assert ticker_top(last_ticker) == (truth.bids[0], truth.asks[0])
     assert last_ticker["u"] <= truth.update_id
     assert sim.snapshot_requests("BTCUSDT") == 1
 
@@ -229,19 +235,19 @@ async def test_one_second_depth_stream_bridges_to_the_true_book(
         depth: list[dict[str, Any]] = []
 
         async def next_ticker() -> dict[str, Any]:
-            while (frame := await _recv_json(ws))["stream"] != "btcusdt@bookTicker":
+            while (frame := await recv_json(ws))["stream"] != "btcusdt@bookTicker":
                 depth.append(frame["data"])
             return dict(frame["data"])
 
         await next_ticker()
         response = await http.get("/api/v3/depth", params={"symbol": "BTCUSDT", "limit": 50})
-        book = _BinanceClientBook(response.json())
+        book = BinanceClientBook(response.json())
         while (await next_ticker())["u"] <= book.update_id:
             pass
         sim.pause()  # pushes the pending one-second window now
         truth = sim.book("BTCUSDT")
         while not depth or depth[-1]["u"] < truth.update_id:
-            frame = await _recv_json(ws)
+            frame = await recv_json(ws)
             if frame["stream"] == "btcusdt@depth":
                 depth.append(frame["data"])
     for event in depth:
@@ -317,7 +323,7 @@ async def test_control_messages_subscribe_unsubscribe_list_and_combined(
     async with _connect(sim.ws_url + "/ws") as ws:
         subscribe = {"method": "SUBSCRIBE", "params": ["btcusdt@depth@100ms"], "id": 1}
         assert await _reply(ws, subscribe) == {"result": None, "id": 1}
-        event = await _recv_json(ws)
+        event = await recv_json(ws)
         assert list(event) == DEPTH_KEYS
         listing = await _reply(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 2})
         assert listing == {"result": ["btcusdt@depth@100ms"], "id": 2}
@@ -326,12 +332,12 @@ async def test_control_messages_subscribe_unsubscribe_list_and_combined(
         assert await _reply(ws, unsubscribe) == {"result": None, "id": 3}
         subscribe = {"method": "SUBSCRIBE", "params": ["ethusdt@bookTicker"], "id": "four"}
         assert await _reply(ws, subscribe) == {"result": None, "id": "four"}
-        after = [await _recv_json(ws) for _ in range(5)]
+        after = [await recv_json(ws) for _ in range(5)]
         assert [(list(t), t["s"]) for t in after] == [(TICKER_KEYS, "ETHUSDT")] * 5
 
         combined = {"method": "SET_PROPERTY", "params": ["combined", True], "id": 5}
         assert await _reply(ws, combined) == {"result": None, "id": 5}
-        wrapped = await _recv_json(ws)
+        wrapped = await recv_json(ws)
         assert (list(wrapped), wrapped["stream"]) == (["stream", "data"], "ethusdt@bookTicker")
         assert await _reply(ws, {"method": "GET_PROPERTY", "params": ["combined"], "id": 6}) == {
             "result": True,
@@ -341,7 +347,7 @@ async def test_control_messages_subscribe_unsubscribe_list_and_combined(
         assert listing == {"result": ["ethusdt@bookTicker"], "id": 7}
 
         await ws.send("{not json")
-        while "code" not in (error := await _recv_json(ws)):
+        while "code" not in (error := await recv_json(ws)):
             pass
         assert error == {
             "code": 3,
@@ -382,14 +388,14 @@ async def test_disconnect_all_aborts_every_client_and_reconnect_works(
         _connect(sim.ws_url + BTC_STREAMS) as combined,
         _connect(sim.ws_url + "/ws/ethusdt@bookTicker") as raw,
     ):
-        await _recv_json(combined)
-        await _recv_json(raw)
+        await recv_json(combined)
+        await recv_json(raw)
         assert sim.clients == 2
         sim.disconnect_all()
         for ws in (combined, raw):
             with pytest.raises(ConnectionClosedError) as closed:
                 while True:
-                    await _recv_json(ws)
+                    await recv_json(ws)
             assert closed.value.rcvd is None  # no close frame: an abrupt disconnect
     assert sim.faults == FaultCounters(disconnected=2)
     assert sim.clients == 0
@@ -422,7 +428,7 @@ async def test_send_malformed_sends_one_unparseable_text_frame(
     sim: BinanceSimulator,
 ) -> None:
     async with _connect(sim.ws_url + BTC_STREAMS) as ws:
-        await _recv_json(ws)
+        await recv_json(ws)
         sim.send_malformed()
         async with asyncio.timeout(GUARD_SECONDS):
             while True:
@@ -432,7 +438,7 @@ async def test_send_malformed_sends_one_unparseable_text_frame(
                     orjson.loads(frame)
                 except orjson.JSONDecodeError:
                     break
-        follow_up = await _recv_json(ws)
+        follow_up = await recv_json(ws)
     assert frame.startswith('{"stream"')
     assert list(follow_up) == ["stream", "data"]  # the stream goes on
     assert sim.faults == FaultCounters(malformed=1)
@@ -445,11 +451,11 @@ async def test_server_shutdown_event_reaches_every_client_unwrapped(
         _connect(sim.ws_url + BTC_STREAMS) as combined,
         _connect(sim.ws_url + "/ws/btcusdt@bookTicker") as raw,
     ):
-        await _recv_json(combined)
-        await _recv_json(raw)
+        await recv_json(combined)
+        await recv_json(raw)
         sim.send_server_shutdown()
         for ws in (combined, raw):
-            while (frame := await _recv_json(ws)).get("e") != "serverShutdown":
+            while (frame := await recv_json(ws)).get("e") != "serverShutdown":
                 pass
             assert frame == {"e": "serverShutdown", "E": CLOCK_MS}
     assert sim.faults == FaultCounters(shutdown_notices=2)
@@ -468,7 +474,7 @@ async def test_pause_freezes_the_book_and_resume_restarts_it(sim: BinanceSimulat
 
 async def test_unknown_streams_are_accepted_and_silent(sim: BinanceSimulator) -> None:
     async with _connect(sim.ws_url + "/stream?streams=dogeusdt@depth/btcusdt@depth@100ms") as ws:
-        frames = [await _recv_json(ws) for _ in range(3)]
+        frames = [await recv_json(ws) for _ in range(3)]
         listing = await _reply(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 1})
     assert {frame["stream"] for frame in frames} == {"btcusdt@depth@100ms"}
     assert listing == {"result": ["dogeusdt@depth", "btcusdt@depth@100ms"], "id": 1}
@@ -479,12 +485,12 @@ async def test_inject_dispatches_each_fault(sim: BinanceSimulator) -> None:
     async with _connect(sim.ws_url + "/stream?streams=" + "/".join(streams)) as ws:
         last_u: dict[str, int] = {}
         while len(last_u) < 2:  # both streams flowing
-            frame = await _recv_json(ws)
+            frame = await recv_json(ws)
             last_u[frame["stream"]] = frame["data"]["u"]
         sim.inject(Fault.DROP)
         gapped: set[str] = set()
         while gapped != set(streams):
-            frame = await _recv_json(ws)
+            frame = await recv_json(ws)
             stream, event = frame["stream"], frame["data"]
             if event["U"] != last_u[stream] + 1:
                 gapped.add(stream)

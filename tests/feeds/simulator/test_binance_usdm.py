@@ -9,44 +9,23 @@ simulator's true book.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import orjson
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from book.fixed import format_fixed_places, parse_fixed
 from book.status import InstrumentState
 from feeds.incidents import IncidentKind
-from feeds.simulator.binance import USDM_DEPTH_STREAMS, BinanceSimulator
+from feeds.simulator.binance import USDM_DEPTH_STREAMS, USDM_SYMBOLS, BinanceSimulator
 from feeds.simulator.faults import Fault, FaultCounters
-from feeds.simulator.market import DepthSnapshot, SimSymbol
+from tests.feeds.simulator.test_binance import BinanceClientBook, recv_json, ticker_top
 from tests.feeds.test_runner import BTC, ETH, SOL, books_equal_simulator, running_rig
 from tests.waiting import eventually
 
-BTC_PERP = SimSymbol(
-    "BTCUSDT",
-    price="61800.00",
-    tick="0.10",
-    lot="0.001",
-    mean_qty="2",
-    max_gap_ticks=5,
-    price_decimals=2,
-    qty_decimals=3,
-)
-ETH_PERP = SimSymbol(
-    "ETHUSDT",
-    price="2600.00",
-    tick="0.01",
-    lot="0.001",
-    mean_qty="20",
-    price_decimals=2,
-    qty_decimals=3,
-)
 CLOCK_NS = 1_723_161_256_299_123_456
 CLOCK_MS = 1_723_161_256_299
 PRICE = re.compile(r"^[0-9]+\.[0-9]{2}$")
@@ -54,14 +33,13 @@ QTY = re.compile(r"^[0-9]+\.[0-9]{3}$")
 DEPTH_KEYS = ["e", "E", "T", "s", "U", "u", "pu", "b", "a"]
 TICKER_KEYS = ["e", "u", "s", "b", "B", "a", "A", "T", "E"]
 BTC_STREAMS = "/stream?streams=btcusdt@depth@100ms/btcusdt@bookTicker"
-GUARD_SECONDS = 10  # fail instead of hanging if frames stop; never part of an assertion
 
 
 @pytest.fixture
 async def sim() -> AsyncIterator[BinanceSimulator]:
     async with BinanceSimulator(
         futures=True,
-        symbols=(BTC_PERP, ETH_PERP),
+        symbols=USDM_SYMBOLS[:2],
         updates_per_second=1000,
         levels=30,
         seed=11,
@@ -70,57 +48,29 @@ async def sim() -> AsyncIterator[BinanceSimulator]:
         yield simulator
 
 
-async def _recv_json(ws: ClientConnection) -> Any:
-    async with asyncio.timeout(GUARD_SECONDS):
-        return orjson.loads(await ws.recv())
-
-
-def _levels(levels: list[list[str]]) -> dict[int, int]:
-    return {parse_fixed(px): parse_fixed(qty) for px, qty in levels}
-
-
 def _is_usdm_levels(levels: list[list[str]]) -> bool:
     return all(len(lv) == 2 and PRICE.match(lv[0]) and QTY.match(lv[1]) for lv in levels)
 
 
-class _UsdmClientBook:
+class UsdmClientBook(BinanceClientBook):
     """A local book kept with USD-M's documented rules (written here, independently)."""
 
-    def __init__(self, snapshot: dict[str, Any]) -> None:
-        self.update_id: int = snapshot["lastUpdateId"]
-        self.bids = _levels(snapshot["bids"])
-        self.asks = _levels(snapshot["asks"])
-        self.bridged = False
-
-    def apply(self, event: dict[str, Any]) -> None:
+    def follows(self, event: dict[str, Any]) -> bool:
         if not self.bridged:
             if event["u"] < self.update_id:
-                return  # older than the snapshot
+                return False  # older than the snapshot
             assert event["U"] <= self.update_id <= event["u"], "first event does not bridge"
             self.bridged = True
         else:
             assert event["pu"] == self.update_id, "gap in the diff-depth stream"
-        for side, levels in ((self.bids, event["b"]), (self.asks, event["a"])):
-            for price, qty in _levels(levels).items():
-                if qty:
-                    side[price] = qty
-                else:
-                    side.pop(price, None)
-        self.update_id = event["u"]
-
-    def state(self) -> DepthSnapshot:
-        return DepthSnapshot(
-            self.update_id,
-            tuple(sorted(self.bids.items(), reverse=True)),
-            tuple(sorted(self.asks.items())),
-        )
+        return True
 
 
 async def test_frames_have_the_usdm_shape_and_a_pu_chain(sim: BinanceSimulator) -> None:
     async with connect(sim.ws_url + BTC_STREAMS) as ws:
         frames: list[dict[str, Any]] = []
         while sum(frame["stream"] == "btcusdt@depth@100ms" for frame in frames) < 4:
-            frames.append(await _recv_json(ws))
+            frames.append(await recv_json(ws))
     depth = [f["data"] for f in frames if f["stream"] == "btcusdt@depth@100ms"]
     tickers = [f["data"] for f in frames if f["stream"] == "btcusdt@bookTicker"]
     assert len(depth) + len(tickers) == len(frames)
@@ -186,13 +136,13 @@ async def test_each_update_speed_bridges_to_the_true_book(
     ):
 
         async def next_depth() -> dict[str, Any]:
-            while (frame := await _recv_json(ws))["stream"] != stream:
+            while (frame := await recv_json(ws))["stream"] != stream:
                 tickers[frame["data"]["u"]] = frame["data"]
             return dict(frame["data"])
 
         buffered = [await next_depth()]
         response = await http.get("/fapi/v1/depth", params={"symbol": "BTCUSDT", "limit": 1000})
-        book = _UsdmClientBook(response.json())
+        book = UsdmClientBook(response.json())
         checked = 0
 
         def apply(event: dict[str, Any]) -> None:
@@ -201,9 +151,7 @@ async def test_each_update_speed_bridges_to_the_true_book(
             ticker = tickers.get(book.update_id)
             if book.bridged and ticker is not None:
                 state = book.state()
-                top = ((parse_fixed(ticker["b"]), parse_fixed(ticker["B"])),)
-                top += ((parse_fixed(ticker["a"]), parse_fixed(ticker["A"])),)
-                assert top == (state.bids[0], state.asks[0])
+                assert ticker_top(ticker) == (state.bids[0], state.asks[0])
                 checked += 1
 
         for event in buffered:
@@ -219,9 +167,9 @@ async def test_each_update_speed_bridges_to_the_true_book(
 
 async def test_a_dropped_message_breaks_the_pu_chain_once(sim: BinanceSimulator) -> None:
     async with connect(sim.ws_url + "/ws/btcusdt@depth@100ms") as ws:
-        events = [await _recv_json(ws) for _ in range(2)]
+        events = [await recv_json(ws) for _ in range(2)]
         sim.inject(Fault.DROP, symbol="BTCUSDT")
-        events += [await _recv_json(ws) for _ in range(4)]
+        events += [await recv_json(ws) for _ in range(4)]
     breaks = [
         (previous["u"], event["pu"])
         for previous, event in zip(events, events[1:], strict=False)
