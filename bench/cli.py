@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -131,16 +132,28 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, Progress], ScenarioResult]] = {
 SCENARIOS = tuple(RUNNERS)
 
 
-def run(args: argparse.Namespace, progress: Progress | None = None) -> list[ScenarioResult]:
-    """Run the chosen scenarios in order; print the report as each one finishes."""
+def run(
+    args: argparse.Namespace, progress: Progress | None = None
+) -> tuple[list[ScenarioResult], list[str]]:
+    """Run the chosen scenarios in order; print the report as each one finishes. A
+    scenario that fails is reported (its error on stderr) and the others still run.
+    Returns the results and the names of the scenarios that failed."""
     progress = progress or Progress()
     chosen = SCENARIOS if "all" in args.scenarios else tuple(dict.fromkeys(args.scenarios))
     machine = Machine.current()
     print(f"# marketcast bench{' (quick)' if args.quick else ''}\n\n{machine.render()}\n")
     sys.stdout.flush()
     results: list[ScenarioResult] = []
+    failed: list[str] = []
     for name in chosen:
-        result = RUNNERS[name](args, progress)
+        try:
+            result = RUNNERS[name](args, progress)
+        except Exception as exc:
+            progress.done()
+            traceback.print_exc()
+            failed.append(name)
+            print(f"## {name}: FAILED\n\n{type(exc).__name__}: {str(exc).splitlines()[0]}\n")
+            continue
         results.append(result)
         print(result.render())
         sys.stdout.flush()
@@ -150,16 +163,23 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> list[Scen
         print(f"## Summary\n\n{met} of {len(targets)} targets met.\n")
         for target in targets:
             print(target.render())
+    if failed:
+        print(f"\nFAILED: {', '.join(failed)} (errors on stderr)")
     if args.json is not None:
         args.json.write_text(
             json.dumps(
-                {"machine": machine.render(), "results": [r.to_json() for r in results]}, indent=2
+                {
+                    "machine": machine.render(),
+                    "results": [r.to_json() for r in results],
+                    "failed": failed,
+                },
+                indent=2,
             )
         )
-    return results
+    return results, failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run(args)
-    return 0
+    _, failed = run(args)
+    return 1 if failed else 0

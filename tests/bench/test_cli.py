@@ -1,4 +1,5 @@
-"""Scenario 5 at a tiny size, through the command line: the whole report is printed."""
+"""The command line: the whole report is printed (scenario 5 at a tiny size), and a
+scenario that fails does not stop the others."""
 
 from __future__ import annotations
 
@@ -39,3 +40,16 @@ def test_connections_report_through_the_command_line(
     ]
     assert result["figures"]["marketcast_connections"] == 20
     assert result["figures"]["raw_connections"] == 20
+
+
+def test_a_failing_scenario_is_reported_and_the_others_still_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The first 5 frames of the spot recording hold no REST snapshot: ingest cannot run.
+    assert main(["ingest", "connections", "--frames", "5", "--connections", "5"]) == 1
+
+    captured = capsys.readouterr()
+    assert "## ingest: FAILED\n\nValueError: the first 5 frames of " in captured.out
+    assert "## 5. Connections: idle subscribers held, memory per connection" in captured.out
+    assert captured.out.rstrip().endswith("FAILED: ingest (errors on stderr)")
+    assert "Traceback" in captured.err
