@@ -64,8 +64,16 @@ CONNECTION_LOST = (
 
 
 def websocket_connect(url: str) -> AbstractAsyncContextManager[FeedSocket]:
-    """Real websocket connection: 16 MiB frames (full-book snapshots), 20 s pings."""
-    return ws_connect(url, max_size=16 * 2**20, ping_interval=20, ping_timeout=20, open_timeout=10)
+    """Real websocket connection: 16 MiB frames (full-book snapshots), 20 s pings, and a
+    short closing handshake (a venue that does not answer it must not stall shutdown)."""
+    return ws_connect(
+        url,
+        max_size=16 * 2**20,
+        ping_interval=20,
+        ping_timeout=20,
+        open_timeout=10,
+        close_timeout=2,
+    )
 
 
 _CONNECTION_IDS = itertools.count(1)
