@@ -247,8 +247,13 @@ class Fanout:
         registry.on_nbbo(self._on_nbbo)
 
     def stats(self) -> dict[str, object]:
-        """The counters as a dict (the default ``metrics`` content). O(fields)."""
-        return dataclasses.asdict(self.counters)
+        """The counters and subscription gauges as a dict (the default ``metrics``
+        content). O(fields + crowds)."""
+        return {
+            **dataclasses.asdict(self.counters),
+            "subscriptions": self.subscriptions(),
+            "crowds": self.crowds(),
+        }
 
     # -- subscriptions ----------------------------------------------------------------------
 

@@ -253,6 +253,8 @@ async def test_default_metrics_are_the_engine_counters() -> None:
         "messages_encoded": 0,
         "ticks": 0,
         "clients": 1,
+        "subscriptions": 1,
+        "crowds": 1,
     }
 
 
