@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import resource
 import traceback
 from collections.abc import Awaitable, Callable
@@ -96,6 +97,9 @@ def serve_commands(pipe: Connection, handler: Handler) -> None:
                 commands.put_nowait(("exit",))
 
         loop.add_reader(pipe.fileno(), receive)
+        # uvloop makes a watched descriptor non-blocking; a large reply must not fail
+        # with EAGAIN halfway through, so sends block again.
+        os.set_blocking(pipe.fileno(), True)
         try:
             while (command := await commands.get())[0] != "exit":
                 try:

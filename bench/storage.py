@@ -428,7 +428,10 @@ async def _drop_schema(dsn: str, schema: str) -> None:
         await conn.close()
 
 
-def _lag(histogram: HdrHistogram) -> str:
+def _summary(histogram: HdrHistogram) -> str:
+    """p50 / p99 / max in ms."""
+    if not histogram.get_total_count():
+        return "none in the window"
     return " / ".join(ms(histogram.get_value_at_percentile(p)) for p in (50, 99)) + (
         f" / {ms(histogram.get_max_value())}"
     )
@@ -467,10 +470,10 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
                     backend.name,
                     number(step.offered),
                     number(step.written),
-                    _lag(step.flush),
+                    _summary(step.flush),
                     number(step.batch_rows.get_value_at_percentile(50)),
-                    _lag(step.lag),
-                    _lag(backend.baseline_lag),
+                    _summary(step.lag),
+                    _summary(backend.baseline_lag),
                     "yes" if step.sustained else "no",
                 )
             )
@@ -485,7 +488,7 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
                     backend.name,
                     f"{floor.batch_rows:,}",
                     number(floor.rows_per_second),
-                    _lag(floor.batch),
+                    _summary(floor.batch),
                     f"{floor_us:.2f}",
                     f"{ours_us:.2f}" if ours_us else "-",
                     ratio(floor_us, ours_us) if ours_us else "-",
