@@ -49,7 +49,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     group.add_argument("--instruments", type=int, help="instruments every subscriber follows")
     group = parser.add_argument_group("profit")
     group.add_argument(
-        "--positions", type=_counts, help="position counts of the issue-5 workload's ramp"
+        "--positions", type=int, help="position count of the issue-5 workload (10000)"
     )
     group = parser.add_argument_group("storage")
     group.add_argument("--rows", type=_counts, help="the ramp of offered BBO rows/s")

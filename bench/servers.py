@@ -23,7 +23,7 @@ import contextlib
 import gc
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from multiprocessing.connection import Connection
 from typing import Protocol
@@ -102,7 +102,7 @@ class BenchServer(Protocol):
 
 class MarketcastServer:
     """With ``accounts``, also the profit engine, token auth, and positions spread over
-    the accounts and instruments (``add_positions``), fed straight to the engine as the
+    the accounts and instruments (``set_positions``), fed straight to the engine as the
     position book would once their opens commit."""
 
     name = "marketcast"
@@ -113,6 +113,7 @@ class MarketcastServer:
         self._instruments = instruments
         self._batched = batched
         self._accounts = [f"acct-{i:05d}" for i in range(accounts)]
+        self._positions: list[PositionRow] = []
         self.registry = BookRegistry()
         for name in instruments:
             self.registry.add_instrument(name)
@@ -128,25 +129,27 @@ class MarketcastServer:
             auth=AuthPolicy(tokens=self._tokens) if accounts else None,
         )
 
-    def add_positions(self, total: int) -> int:
-        """Open positions until ``total`` are open: position i belongs to account
-        i mod accounts, is on instrument i mod instruments, long or short in turn."""
+    def set_positions(self, total: int) -> int:
+        """Open or close positions until ``total`` are open: position i belongs to account
+        i mod accounts, is on instrument i mod instruments, long or short in turn; the
+        newest are closed first."""
         engine = self.profit
         assert engine is not None, "a server without accounts has no positions"
-        accounts, instruments = self._accounts, self._instruments
-        opened = engine.positions
-        for i in range(opened, total):
-            engine.position_opened(
-                PositionRow(
-                    id=f"p{i}",
-                    account=accounts[i % len(accounts)],
-                    instrument=instruments[i % len(instruments)],
-                    side=PositionSide.BUY if (i // len(instruments)) % 2 else PositionSide.SELL,
-                    qty=(1 + i % 7) * SCALE // 10,
-                    entry_px=(10_000 + i % 1000) * SCALE // 100,
-                    opened_ts=time.time_ns(),
-                )
+        accounts, instruments, rows = self._accounts, self._instruments, self._positions
+        while len(rows) > total:
+            engine.position_closed(replace(rows.pop(), closed_ts=time.time_ns()))
+        for i in range(len(rows), total):
+            row = PositionRow(
+                id=f"p{i}",
+                account=accounts[i % len(accounts)],
+                instrument=instruments[i % len(instruments)],
+                side=PositionSide.BUY if (i // len(instruments)) % 2 else PositionSide.SELL,
+                qty=(1 + i % 7) * SCALE // 10,
+                entry_px=(10_000 + i % 1000) * SCALE // 100,
+                opened_ts=time.time_ns(),
             )
+            rows.append(row)
+            engine.position_opened(row)
         return engine.positions
 
     def profit_requests(self) -> list[tuple[bytes, ...]]:
@@ -342,7 +345,7 @@ class _ServerSide:
                 )
             case ("positions", int(total)):
                 assert isinstance(self._server, MarketcastServer)
-                return ("positions", self._server.add_positions(total))
+                return ("positions", self._server.set_positions(total))
             case ("profit_requests",):
                 assert isinstance(self._server, MarketcastServer)
                 return ("profit_requests", self._server.profit_requests())
@@ -411,8 +414,8 @@ class ServerProcess:
         """Resident set size after ``gc.collect()`` and a pause of ``settle`` seconds."""
         return int(self._agent.ask("rss", float(settle))[1])
 
-    def add_positions(self, total: int) -> int:
-        """Open positions until ``total`` are open (profit); returns how many are."""
+    def set_positions(self, total: int) -> int:
+        """Open or close positions until ``total`` are open (profit); returns how many are."""
         return int(self._agent.ask("positions", total)[1])
 
     def profit_requests(self) -> list[tuple[bytes, ...]]:
