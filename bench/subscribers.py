@@ -201,11 +201,17 @@ class LeanSubscriber(asyncio.Protocol):
         if stats.frames % spec.sample_every:  # one frame in sample_every, over all clients
             return
         decoded = orjson.loads(payload)
-        publish, end_to_end, origin = stats.publish, stats.end_to_end, spec.origin
+        # The messages of one publish burst share their timestamps: record each distinct
+        # pair once with its count (hdrh's record_value is pure Python, ~2 µs a call).
+        stamps: dict[tuple[int, int], int] = {}
+        origin = spec.origin
         for message in decoded if isinstance(decoded, list) else (decoded,):
             if origin in message:
-                publish.record_value(max(1, arrival - message["ts_send"]))
-                end_to_end.record_value(max(1, arrival - message[origin]))
+                key = (message["ts_send"], message[origin])
+                stamps[key] = stamps.get(key, 0) + 1
+        for (ts_send, published), count in stamps.items():
+            stats.publish.record_value(max(1, arrival - ts_send), count)
+            stats.end_to_end.record_value(max(1, arrival - published), count)
 
     def _send(self, frame: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
