@@ -6,6 +6,13 @@ transaction). Rows that arrive during a write open the next window, and a write 
 took longer than a window is followed straight away by the next one, so under load
 batches run back to back and an idle flusher does not wake up at all.
 
+A batch holds at most ``max_batch_rows`` BBO and feed-event rows (every buffered
+position goes in regardless); the rest stay buffered, oldest first, and the next batch
+is written straight away. Without the cap one slow commit (a checkpoint, a vacuum) lets
+the next batch grow by its whole duration, which makes that write slow too, and batches
+snowball into tens of thousands of rows; with it every write stays short and a backlog
+drains as a run of back-to-back bounded batches.
+
 ``add_position`` returns a future resolved when the batch holding the row has committed:
 every position of a window shares one commit (group commit), and an acknowledgement
 sent on that future means the position is in the database.
@@ -25,11 +32,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from publish.storage.backend import Batch, StorageBackend
 from publish.storage.rows import BboRow, FeedEventRow, PositionRow
 
 logger = logging.getLogger(__name__)
+
+_Row = TypeVar("_Row", BboRow, FeedEventRow)
 
 
 class StorageHealth(StrEnum):
@@ -72,6 +82,7 @@ class StorageFlusher:
         *,
         window_ms: float = 5.0,
         max_pending_rows: int = 200_000,
+        max_batch_rows: int = 1_000,
         retry_initial_ms: float = 50.0,
         retry_max_ms: float = 2_000.0,
         clock: Callable[[], int] = time.perf_counter_ns,
@@ -81,11 +92,12 @@ class StorageFlusher:
             raise ValueError("window_ms and retry_initial_ms must be positive")
         if retry_max_ms < retry_initial_ms:
             raise ValueError("retry_max_ms must be at least retry_initial_ms")
-        if max_pending_rows < 1:
-            raise ValueError("max_pending_rows must be at least 1")
+        if max_pending_rows < 1 or max_batch_rows < 1:
+            raise ValueError("max_pending_rows and max_batch_rows must be at least 1")
         self._backend = backend
         self._window = window_ms / 1000
         self._max_pending = max_pending_rows
+        self._max_batch = max_batch_rows
         self._retry_initial = retry_initial_ms / 1000
         self._retry_max = retry_max_ms / 1000
         self._clock = clock
@@ -247,15 +259,17 @@ class StorageFlusher:
         return len(self._bbo) + len(self._feed_events) + len(self._positions)
 
     def _take(self) -> tuple[Batch, list[asyncio.Future[None]]]:
-        batch = Batch(
-            bbo=list(self._bbo), positions=self._positions, feed_events=list(self._feed_events)
-        )
+        """Every buffered position and up to ``max_batch_rows`` of the oldest BBO and feed
+        event rows. O(rows taken). Rows left behind keep the window open (its opening time
+        is past, so ``run()`` writes them next without waiting)."""
+        bbo = _pop_left(self._bbo, self._max_batch)
+        feed_events = _pop_left(self._feed_events, self._max_batch - len(bbo))
+        batch = Batch(bbo=bbo, positions=self._positions, feed_events=feed_events)
         waiters = self._waiters
-        self._bbo.clear()
-        self._feed_events.clear()
         self._positions = []
         self._waiters = []
-        self._rows_waiting.clear()
+        if not self._bbo and not self._feed_events:
+            self._rows_waiting.clear()
         return batch, waiters
 
     def _requeue(self, batch: Batch, waiters: list[asyncio.Future[None]]) -> None:
@@ -284,3 +298,12 @@ class StorageFlusher:
                 self._backend.name,
                 self._max_pending,
             )
+
+
+def _pop_left(rows: deque[_Row], count: int) -> list[_Row]:
+    """Up to ``count`` rows off the left of ``rows``, in order."""
+    if count >= len(rows):
+        taken = list(rows)
+        rows.clear()
+        return taken
+    return [rows.popleft() for _ in range(count)]
