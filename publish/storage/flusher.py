@@ -82,7 +82,7 @@ class StorageFlusher:
         *,
         window_ms: float = 5.0,
         max_pending_rows: int = 200_000,
-        max_batch_rows: int = 1_000,
+        max_batch_rows: int = 2_000,
         retry_initial_ms: float = 50.0,
         retry_max_ms: float = 2_000.0,
         clock: Callable[[], int] = time.perf_counter_ns,
