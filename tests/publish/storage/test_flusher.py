@@ -216,6 +216,39 @@ async def test_overflow_drops_feed_events_once_no_bbo_row_is_left(sqlite: Sqlite
     assert (flusher.stats().dropped_bbo_rows, flusher.stats().dropped_feed_events) == (1, 1)
 
 
+async def test_a_batch_takes_every_position_and_at_most_max_batch_rows_other_rows(
+    sqlite: SqliteBackend, db_path: Path
+) -> None:
+    backend = RecordingBackend(sqlite)
+    flusher = StorageFlusher(backend, window_ms=60_000, max_batch_rows=2)
+    for seq in (1, 2, 3):
+        flusher.add_bbo(bbo(seq))
+    flusher.add_feed_event(feed_event(4))
+    ack = flusher.add_position(position())
+    flusher.add_feed_event(feed_event(5))
+    await flusher.drain()
+    assert ack.done()
+    assert backend.committed == [
+        Batch(bbo=[bbo(1), bbo(2)], positions=[position()]),
+        Batch(bbo=[bbo(3)], feed_events=[feed_event(4)]),
+        Batch(feed_events=[feed_event(5)]),
+    ]
+    assert stored_bbo(db_path) == [bbo(1), bbo(2), bbo(3)]
+    assert flusher.pending_rows == 0
+
+
+async def test_run_writes_the_rows_a_full_batch_left_without_new_rows(
+    sqlite: SqliteBackend,
+) -> None:
+    backend = RecordingBackend(sqlite)
+    flusher = StorageFlusher(backend, window_ms=1, max_batch_rows=1)
+    for seq in (1, 2, 3):
+        flusher.add_bbo(bbo(seq))
+    async with running(flusher):
+        await backend.wait_for(lambda: len(backend.committed) == 3)
+    assert backend.committed == [Batch(bbo=[bbo(1)]), Batch(bbo=[bbo(2)]), Batch(bbo=[bbo(3)])]
+
+
 async def test_drain_writes_everything_pending(sqlite: SqliteBackend, db_path: Path) -> None:
     backend = RecordingBackend(sqlite)
     flusher = StorageFlusher(backend, window_ms=60_000)
@@ -323,6 +356,7 @@ async def test_a_slow_write_does_not_block_the_event_loop(db_path: Path) -> None
         {"retry_initial_ms": 0},
         {"retry_initial_ms": 10, "retry_max_ms": 5},
         {"max_pending_rows": 0},
+        {"max_batch_rows": 0},
     ],
 )
 def test_invalid_settings_are_refused(sqlite: SqliteBackend, kwargs: dict[str, float]) -> None:
