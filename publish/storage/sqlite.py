@@ -23,7 +23,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from enum import StrEnum
 from functools import cache, partial
-from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -312,7 +311,23 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 def _insert_bbo_rows(conn: sqlite3.Connection, rows: list[BboRow]) -> None:
     """``rows`` in statements of ``_BBO_ROWS_PER_INSERT`` rows plus one for the rest."""
-    params = list(chain.from_iterable(map(_bbo_params, rows)))
+    params: list[int | str | None] = []
+    extend, text = params.extend, format_fixed
+    for row in rows:  # ~1 µs per row: a tuple and four memoized format_fixed lookups
+        bid, bid_qty, ask, ask_qty = row.bid_px, row.bid_qty, row.ask_px, row.ask_qty
+        extend(
+            (
+                row.ts_event,
+                row.ts_recv,
+                row.venue,
+                row.symbol,
+                row.seq,
+                None if bid is None else text(bid),
+                None if bid_qty is None else text(bid_qty),
+                None if ask is None else text(ask),
+                None if ask_qty is None else text(ask_qty),
+            )
+        )
     width = _BBO_ROWS_PER_INSERT * _BBO_COLUMNS
     full = len(rows) // _BBO_ROWS_PER_INSERT
     conn.executemany(
@@ -334,24 +349,6 @@ def _position(row: tuple[Any, ...]) -> PositionRow:
         entry_px=parse_fixed(entry_px),
         opened_ts=opened_ts,
         closed_ts=closed_ts,
-    )
-
-
-def _text(value: int | None) -> str | None:
-    return None if value is None else format_fixed(value)
-
-
-def _bbo_params(row: BboRow) -> tuple[int | str | None, ...]:
-    return (
-        row.ts_event,
-        row.ts_recv,
-        row.venue,
-        row.symbol,
-        row.seq,
-        _text(row.bid_px),
-        _text(row.bid_qty),
-        _text(row.ask_px),
-        _text(row.ask_qty),
     )
 
 
