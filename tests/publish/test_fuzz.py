@@ -7,12 +7,14 @@ it closes. Market data keeps flowing meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from book.status import InstrumentState
 from publish.client import ServerLimits
@@ -118,3 +120,69 @@ def test_random_and_malformed_frames_each_get_one_reply_and_leak_nothing(
     sent: list[str | bytes],
 ) -> None:
     asyncio.run(exchange(sent))
+
+
+NEVER = 1e-9
+FLOOD_LIMITS = dict(
+    max_request_bytes=MAX_REQUEST, max_frame_bytes=4 * MAX_REQUEST, max_subscriptions=4
+)
+huge_frames = st.integers(min_value=4 * MAX_REQUEST + 1, max_value=8 * MAX_REQUEST).map(
+    lambda n: "x" * n
+)
+
+
+async def flood(sent: list[str | bytes], limits: ServerLimits) -> None:
+    """Send every frame and a last ping without reading, then read one reply per frame
+    (the ping's may be ``rate_limited`` too) or up to the close."""
+    async with running(limits) as m:
+        async with connect(m.server.url) as ws:
+            with contextlib.suppress(ConnectionClosed):
+                for frame in sent:
+                    await ws.send(frame)
+                await send(ws, op="ping", id="last")
+            received: list[Any] = []
+            replies: list[Any] = []
+            close = None
+            try:
+                while len(replies) < len(sent) + 1:
+                    received.append(message := await receive(ws))
+                    if message.get("type") in REPLIES:
+                        replies.append(message)
+            except ConnectionClosed as closed:
+                close = closed.rcvd
+        errors = [reply for reply in replies if reply["type"] == "error"]
+        assert all(message.get("type") in REPLIES | MARKET for message in received)
+        assert all(error["code"] in CODES and error["message"] for error in errors)
+        huge = [index for index, frame in enumerate(sent) if len(frame) > 4 * MAX_REQUEST]
+        if close is None:
+            assert not huge and len(errors) <= limits.error_burst
+        elif close.code == 1009:
+            assert huge and len(replies) <= huge[0]
+        else:
+            assert (close.code, close.reason) == (4029, "too many errors")
+            assert len(errors) == limits.error_burst and len(replies) <= len(sent)
+        await wait_until(lambda: m.fanout.counters.clients == 0, what="session ended")
+        assert (m.fanout.subscriptions(), m.fanout.crowds()) == (0, 0)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    st.lists(frames | huge_frames, min_size=1, max_size=60),
+    st.integers(min_value=1, max_value=30),
+    st.integers(min_value=1, max_value=10),
+)
+def test_floods_get_replies_within_budgets_then_a_documented_close(
+    sent: list[str | bytes], ops_burst: int, error_burst: int
+) -> None:
+    limits = ServerLimits(
+        ops_per_second=NEVER,
+        ops_burst=ops_burst,
+        errors_per_second=NEVER,
+        error_burst=error_burst,
+        **FLOOD_LIMITS,
+    )
+    asyncio.run(flood(sent, limits))
