@@ -242,8 +242,6 @@ class ClientSession:
         else:
             messages = outbox.values()  # written before the outbox is cleared below
         count = len(messages)
-        if not count:  # everything queued was unsubscribed meanwhile
-            return
         counters = self._counters
         if self._batch:
             sink.write_frames(text_frames((encode_batch(messages),)))
