@@ -32,7 +32,6 @@ class FeedCounters:
     internal_errors: int = 0
     by_instrument: dict[str, int] = field(default_factory=dict)
 
-
     def count_problem(self, problem: SyncProblem) -> None:
         """Count a problem that makes an instrument resync."""
         self.resyncs += 1
