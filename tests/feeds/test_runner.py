@@ -2,92 +2,43 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
 
-from book.registry import BookRegistry
-from book.snapshot import BookSnapshot
-from book.status import InstrumentState, InstrumentStatus
-from feeds.backoff import Backoff
+from book.status import InstrumentState
 from feeds.binance.adapter import BinanceAdapter
-from feeds.incidents import FeedIncident, IncidentKind
-from feeds.runner import FeedRunner
+from feeds.incidents import IncidentKind
 from feeds.simulator.binance import BinanceSimulator
 from feeds.symbols import SymbolMap
+from tests.feeds import rig as rig_module
+from tests.feeds.rig import books_equal_simulator
 from tests.waiting import eventually
 
 SYMBOLS = {"BTC-USDT": "BTCUSDT", "ETH-USDT": "ETHUSDT", "SOL-USDT": "SOLUSDT"}
 BTC, ETH, SOL = (f"binance:{name}" for name in SYMBOLS)
+BOOKS = {f"binance:{name}": native for name, native in SYMBOLS.items()}
+Rig = rig_module.Rig[BinanceSimulator, BinanceAdapter]
 
 
-@dataclass
-class Observed:
-    states: dict[str, list[InstrumentState]] = field(default_factory=lambda: defaultdict(list))
-    published: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    seqs: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
-    incidents: list[FeedIncident] = field(default_factory=list)
-
-    def on_status(self, status: InstrumentStatus) -> None:
-        self.states[status.instrument].append(status.state)
-
-    def on_snapshot(self, snapshot: BookSnapshot, previous: BookSnapshot | None) -> None:
-        self.published[snapshot.instrument] += 1
-        self.seqs[snapshot.instrument].append(snapshot.seq)
-
-    def kinds(self, instrument: str | None = None) -> list[IncidentKind]:
-        return [i.kind for i in self.incidents if instrument is None or i.instrument == instrument]
-
-
-@dataclass
-class Rig:
-    simulator: BinanceSimulator
-    runner: FeedRunner
-    registry: BookRegistry
-    seen: Observed
-
-
-@contextlib.asynccontextmanager
-async def running_rig(*, futures: bool = False, **adapter_settings: float) -> AsyncIterator[Rig]:
+def running_rig(
+    *, futures: bool = False, **adapter_settings: float
+) -> contextlib.AbstractAsyncContextManager[Rig]:
     """Simulator + runner over loopback, every book live; ``futures`` for USD-M;
     ``adapter_settings`` override the adapter's class attributes (timeouts, connection
     age) before the runner starts."""
-    async with BinanceSimulator(
-        futures=futures, updates_per_second=200, levels=30, seed=7
-    ) as simulator:
-        registry = BookRegistry()
-        seen = Observed()
-        registry.on_status(seen.on_status)
-        registry.on_snapshot(seen.on_snapshot)
-        adapter = BinanceAdapter(
+    return rig_module.running_rig(
+        BinanceSimulator(futures=futures, updates_per_second=200, levels=30, seed=7),
+        lambda simulator: BinanceAdapter(
             SymbolMap("binance", SYMBOLS),
             futures=futures,
             ws_base=simulator.ws_url,
             rest_base=simulator.rest_url,
-        )
-        for name, value in adapter_settings.items():
-            setattr(adapter, name, value)
-        runner = FeedRunner(
-            adapter,
-            registry=registry,
-            capture_depth=10,
-            on_incident=seen.incidents.append,
-            backoff=Backoff(initial=0.01, maximum=0.05),
-        )
-        task = asyncio.create_task(runner.run())
-        try:
-            await eventually(
-                lambda: all(registry.is_live(name) for name in (BTC, ETH, SOL)), "all live"
-            )
-            yield Rig(simulator, runner, registry, seen)
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+        ),
+        (BTC, ETH, SOL),
+        **adapter_settings,
+    )
 
 
 @pytest.fixture
@@ -96,23 +47,8 @@ async def rig() -> AsyncIterator[Rig]:
         yield started
 
 
-async def books_equal_simulator(rig: Rig) -> None:
-    """Pause the market and wait until every book equals the venue's true book."""
-    rig.simulator.pause()
-
-    def matches() -> bool:
-        for instrument, native in SYMBOLS.items():
-            snap = rig.registry.get(f"binance:{instrument}")
-            truth = rig.simulator.book(native, 10)
-            if snap is None or (snap.bids, snap.asks) != (truth.bids, truth.asks):
-                return False
-        return True
-
-    await eventually(matches, "books equal the simulator's")
-
-
 async def test_books_sync_and_equal_the_venue(rig: Rig) -> None:
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, 10)
     assert rig.runner.counters.gaps == 0
     assert rig.seen.kinds() == [IncidentKind.CONNECT] + [IncidentKind.LIVE] * 3
 
@@ -133,13 +69,13 @@ async def test_a_gap_resyncs_only_that_instrument(rig: Rig) -> None:
     assert rig.runner.connections == 1
     kinds = IncidentKind
     assert rig.seen.kinds(BTC) == [kinds.LIVE, kinds.GAP, kinds.RESYNC, kinds.LIVE]
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, 10)
 
 
 async def test_a_malformed_frame_is_counted_and_harmless(rig: Rig) -> None:
     rig.simulator.send_malformed()
     await eventually(lambda: rig.runner.counters.malformed == 1, "malformed frame counted")
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, 10)
     assert rig.runner.connections == 1
     assert all(rig.seen.states[name] == [InstrumentState.LIVE] for name in (BTC, ETH, SOL))
 
@@ -174,7 +110,7 @@ async def test_connection_faults_reconnect_and_resync_every_book(rig: Rig, fault
     assert kinds.count(IncidentKind.CONNECT) == rig.runner.connections
     assert kinds.count(IncidentKind.DISCONNECT) == rig.runner.connections - 1
     assert rig.runner.connections == 2 or fault == "silence"
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, 10)
 
 
 async def test_connection_rotation_is_make_before_break() -> None:
@@ -185,7 +121,7 @@ async def test_connection_rotation_is_make_before_break() -> None:
             lambda: all(rig.seen.published[n] > before[n] + 3 for n in (BTC, ETH, SOL)),
             "updates continue after rotating",
         )
-        await books_equal_simulator(rig)
+        await books_equal_simulator(rig, BOOKS, 10)
         for name in (BTC, ETH, SOL):
             assert rig.seen.states[name] == [InstrumentState.LIVE]  # never stale
             seqs = rig.seen.seqs[name]
@@ -206,7 +142,7 @@ async def test_a_silent_instrument_is_resynced_alone() -> None:
             i for i in rig.seen.incidents if i.instrument == ETH and i.kind is IncidentKind.STALE
         ]
         assert stale and "no book message" in stale[0].detail
-        await books_equal_simulator(rig)
+        await books_equal_simulator(rig, BOOKS, 10)
 
 
 async def test_a_resync_that_never_completes_is_retried() -> None:
@@ -220,4 +156,4 @@ async def test_a_resync_that_never_completes_is_retried() -> None:
         )
         await eventually(lambda: rig.registry.is_live(BTC), "BTC live once it streams again")
         assert rig.seen.states[ETH] == [InstrumentState.LIVE]
-        await books_equal_simulator(rig)
+        await books_equal_simulator(rig, BOOKS, 10)

@@ -22,7 +22,7 @@ from feeds.runner import FeedRunner
 from feeds.simulator.bybit import BybitSimulator
 from feeds.simulator.faults import FaultCounters
 from feeds.symbols import SymbolMap
-from tests.feeds.test_runner import Observed
+from tests.feeds.rig import Observed
 from tests.waiting import eventually
 
 NATIVE = ("BTCUSDT", "ETHUSDT")

@@ -21,7 +21,7 @@ from feeds.incidents import FeedIncident, IncidentKind
 from feeds.runner import FeedRunner
 from feeds.simulator.coinbase import CoinbaseSimulator
 from feeds.symbols import SymbolMap
-from tests.feeds.test_runner import Observed
+from tests.feeds.rig import Observed
 from tests.waiting import eventually
 
 PRODUCTS = ("BTC-USD", "ETH-USD")

@@ -1,0 +1,176 @@
+"""The runner-vs-simulator rig every venue's runner tests share.
+
+A simulated venue on loopback, ``FeedRunner``s connected to it over real sockets, and a
+``BookRegistry`` whose listeners record what the runners published (``Observed``).
+``running_rig`` starts one runner for one adapter; ``observed_registry``, ``feed_runner``
+and ``running`` are its parts, for rigs of several runners on one registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import pytest
+
+from book.registry import BookRegistry
+from book.snapshot import BookSnapshot
+from book.status import InstrumentState, InstrumentStatus
+from feeds.backoff import Backoff
+from feeds.incidents import FeedIncident, IncidentKind, IncidentSink
+from feeds.runner import FeedRunner
+from feeds.simulator.venue import LoopbackVenue
+from feeds.venue import VenueAdapter
+from tests.waiting import eventually
+
+SimulatorT = TypeVar("SimulatorT", bound=LoopbackVenue[Any])
+AdapterT = TypeVar("AdapterT", bound=VenueAdapter)
+
+
+@dataclass
+class Observed:
+    """What the registry told its listeners, per instrument, and the runner's incidents."""
+
+    states: dict[str, list[InstrumentState]] = field(default_factory=lambda: defaultdict(list))
+    published: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    seqs: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    incidents: list[FeedIncident] = field(default_factory=list)
+    log: list[tuple[str, object]] = field(default_factory=list)
+    """(instrument, state or "book") in the order it happened."""
+
+    def on_status(self, status: InstrumentStatus) -> None:
+        self.states[status.instrument].append(status.state)
+        self.log.append((status.instrument, status.state))
+
+    def on_snapshot(self, snapshot: BookSnapshot, previous: BookSnapshot | None) -> None:
+        self.published[snapshot.instrument] += 1
+        self.seqs[snapshot.instrument].append(snapshot.seq)
+        self.log.append((snapshot.instrument, "book"))
+
+    def kinds(self, instrument: str | None = None) -> list[IncidentKind]:
+        return [i.kind for i in self.incidents if instrument is None or i.instrument == instrument]
+
+    def books_while_stale(self, stale: str, other: str) -> int:
+        """Books of ``other`` published between ``stale`` going stale and live again."""
+        during, count = False, 0
+        for instrument, what in self.log:
+            if instrument == stale and what in (InstrumentState.STALE, InstrumentState.LIVE):
+                during = what is InstrumentState.STALE
+            elif instrument == other and what == "book" and during:
+                count += 1
+        return count
+
+
+@dataclass
+class Rig(Generic[SimulatorT, AdapterT]):
+    simulator: SimulatorT
+    adapter: AdapterT
+    runner: FeedRunner
+    registry: BookRegistry
+    seen: Observed
+    instruments: tuple[str, ...]
+    """The instruments the rig waited to be live."""
+
+    def verified(self) -> dict[str, int]:
+        """Messages each book's sync verified (checksums) on the current connection."""
+        dispatcher = self.runner.dispatcher
+        assert dispatcher is not None
+        return {name: sync.verified for name, sync in dispatcher.syncs.items()}
+
+
+def observed_registry() -> tuple[BookRegistry, Observed]:
+    """A registry whose status and snapshot listeners record into the ``Observed``."""
+    registry = BookRegistry()
+    seen = Observed()
+    registry.on_status(seen.on_status)
+    registry.on_snapshot(seen.on_snapshot)
+    return registry, seen
+
+
+def feed_runner(
+    adapter: VenueAdapter,
+    registry: BookRegistry,
+    on_incident: IncidentSink,
+    *,
+    capture_depth: int,
+    instruments: Sequence[str] | None = None,
+) -> FeedRunner:
+    """A runner that reconnects within tens of milliseconds."""
+    return FeedRunner(
+        adapter,
+        registry=registry,
+        instruments=instruments,
+        capture_depth=capture_depth,
+        on_incident=on_incident,
+        backoff=Backoff(initial=0.01, maximum=0.05),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(
+    runners: Iterable[FeedRunner], registry: BookRegistry, live: Iterable[str]
+) -> AsyncIterator[None]:
+    """Run the ``runners`` until every ``live`` book is live; cancel them on exit."""
+    tasks = [asyncio.create_task(runner.run()) for runner in runners]
+    try:
+        await eventually(lambda: all(map(registry.is_live, live)), "all live")
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+
+@contextlib.asynccontextmanager
+async def running_rig(
+    simulator: SimulatorT,
+    adapter_factory: Callable[[SimulatorT], AdapterT],
+    instruments: Sequence[str],
+    capture_depth: int = 10,
+    /,
+    **adapter_settings: object,
+) -> AsyncIterator[Rig[SimulatorT, AdapterT]]:
+    """Start ``simulator``, connect one runner of ``adapter_factory(simulator)`` over
+    loopback (books of ``capture_depth`` levels) and wait until every one of
+    ``instruments`` is live. ``adapter_settings`` override the adapter's attributes
+    (timeouts, pings, connection age) before the start."""
+    async with simulator:
+        registry, seen = observed_registry()
+        adapter = adapter_factory(simulator)
+        for name, value in adapter_settings.items():
+            setattr(adapter, name, value)
+        runner = feed_runner(adapter, registry, seen.incidents.append, capture_depth=capture_depth)
+        async with running([runner], registry, instruments):
+            yield Rig(simulator, adapter, runner, registry, seen, tuple(instruments))
+
+
+class Books(Protocol):
+    @property
+    def simulator(self) -> LoopbackVenue[Any]: ...
+
+    @property
+    def registry(self) -> BookRegistry: ...
+
+
+async def books_equal_simulator(
+    rig: Books, venue_symbols: Mapping[str, str], depth: int | None
+) -> None:
+    """Pause the market and wait until the book of every instrument of ``venue_symbols``
+    (instrument id -> venue symbol) equals the venue's true top ``depth`` (None: whole)."""
+    rig.simulator.pause()
+
+    def matches() -> bool:
+        for instrument, symbol in venue_symbols.items():
+            snap = rig.registry.get(instrument)
+            truth = rig.simulator.book(symbol, depth)
+            if snap is None or (snap.bids, snap.asks) != (truth.bids, truth.asks):
+                return False
+        return True
+
+    await eventually(matches, "books equal the simulator's")
