@@ -7,108 +7,46 @@ the others keep streaming; connection faults reconnect and resync every book.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from book.registry import BookRegistry
-from book.snapshot import BookSnapshot
-from book.status import InstrumentState, InstrumentStatus
-from feeds.backoff import Backoff
-from feeds.incidents import FeedIncident, IncidentKind
+from book.status import InstrumentState
+from feeds.incidents import IncidentKind
 from feeds.okx.adapter import OkxAdapter, okx_symbols
-from feeds.runner import FeedRunner
 from feeds.simulator.okx import OkxSimulator
 from feeds.symbols import SymbolMap
+from tests.feeds import rig as rig_module
+from tests.feeds.rig import books_equal_simulator
 from tests.waiting import eventually
 
 SYMBOLS = okx_symbols(["BTC-USDT", "ETH-USDT", "BTC-USDT-PERP"])
 BTC, ETH, SWAP = (f"okx:{name}" for name in SYMBOLS)
 ALL = (BTC, ETH, SWAP)
 LIVE, STALE = InstrumentState.LIVE, InstrumentState.STALE
+BOOKS = {f"okx:{name}": inst_id for name, inst_id in SYMBOLS.items()}
+Rig = rig_module.Rig[OkxSimulator, OkxAdapter]
 
 
-@dataclass
-class Observed:
-    states: dict[str, list[InstrumentState]] = field(default_factory=lambda: defaultdict(list))
-    published: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    seqs: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
-    incidents: list[FeedIncident] = field(default_factory=list)
-    log: list[tuple[str, object]] = field(default_factory=list)
-    """(instrument, state or "book") in the order it happened."""
-
-    def on_status(self, status: InstrumentStatus) -> None:
-        self.states[status.instrument].append(status.state)
-        self.log.append((status.instrument, status.state))
-
-    def on_snapshot(self, snapshot: BookSnapshot, previous: BookSnapshot | None) -> None:
-        self.published[snapshot.instrument] += 1
-        self.seqs[snapshot.instrument].append(snapshot.seq)
-        self.log.append((snapshot.instrument, "book"))
-
-    def kinds(self, instrument: str | None = None) -> list[IncidentKind]:
-        return [i.kind for i in self.incidents if instrument is None or i.instrument == instrument]
-
-    def books_while_stale(self, stale: str, other: str) -> int:
-        """Books of ``other`` published between ``stale`` going stale and live again."""
-        during, count = False, 0
-        for instrument, what in self.log:
-            if instrument == stale and what in (STALE, LIVE):
-                during = what is STALE
-            elif instrument == other and what == "book" and during:
-                count += 1
-        return count
-
-
-@dataclass
-class Rig:
-    simulator: OkxSimulator
-    runner: FeedRunner
-    registry: BookRegistry
-    seen: Observed
-
-    def verified(self) -> dict[str, int]:
-        dispatcher = self.runner.dispatcher
-        assert dispatcher is not None
-        return {name: sync.verified for name, sync in dispatcher.syncs.items()}
-
-
-@contextlib.asynccontextmanager
-async def running_rig(
+def running_rig(
     simulator_options: dict[str, Any] | None = None, **adapter_settings: float
-) -> AsyncIterator[Rig]:
+) -> contextlib.AbstractAsyncContextManager[Rig]:
     """Simulator + runner over loopback, every book live; ``adapter_settings`` override
     the adapter's class attributes (timeouts, pings, connection age) before the start."""
-    async with OkxSimulator(
-        updates_per_second=200, levels=30, seed=7, push_interval=0.02, **(simulator_options or {})
-    ) as simulator:
-        registry = BookRegistry()
-        seen = Observed()
-        registry.on_status(seen.on_status)
-        registry.on_snapshot(seen.on_snapshot)
-        adapter = OkxAdapter(SymbolMap("okx", SYMBOLS), ws_base=simulator.ws_url)
-        for name, value in adapter_settings.items():
-            setattr(adapter, name, value)
-        runner = FeedRunner(
-            adapter,
-            registry=registry,
-            capture_depth=10,
-            on_incident=seen.incidents.append,
-            backoff=Backoff(initial=0.01, maximum=0.05),
-        )
-        task = asyncio.create_task(runner.run())
-        try:
-            await eventually(lambda: all(registry.is_live(name) for name in ALL), "all live")
-            yield Rig(simulator, runner, registry, seen)
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+    return rig_module.running_rig(
+        OkxSimulator(
+            updates_per_second=200,
+            levels=30,
+            seed=7,
+            push_interval=0.02,
+            **(simulator_options or {}),
+        ),
+        lambda simulator: OkxAdapter(SymbolMap("okx", SYMBOLS), ws_base=simulator.ws_url),
+        ALL,
+        **adapter_settings,
+    )
 
 
 @pytest.fixture
@@ -117,24 +55,9 @@ async def rig() -> AsyncIterator[Rig]:
         yield started
 
 
-async def books_equal_simulator(rig: Rig) -> None:
-    """Pause the market and wait until every book equals the venue's true book."""
-    rig.simulator.pause()
-
-    def matches() -> bool:
-        for instrument, inst_id in SYMBOLS.items():
-            snap = rig.registry.get(f"okx:{instrument}")
-            truth = rig.simulator.book(inst_id, 10)
-            if snap is None or (snap.bids, snap.asks) != (truth.bids, truth.asks):
-                return False
-        return True
-
-    await eventually(matches, "books equal the simulator's")
-
-
 async def test_books_sync_verify_checksums_and_equal_the_venue(rig: Rig) -> None:
     await eventually(lambda: min(rig.verified().values()) > 5, "checksums verified")
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, 10)
     counters = rig.runner.counters
     assert (counters.gaps, counters.checksum_failures, counters.resyncs) == (0, 0, 0)
     assert rig.seen.kinds() == [IncidentKind.CONNECT] + [IncidentKind.LIVE] * 3
@@ -178,7 +101,7 @@ async def test_a_bad_update_resubscribes_only_that_instrument(
     assert rig.runner.connections == 1
     btc_seqs = rig.seen.seqs[BTC]
     assert btc_seqs == sorted(set(btc_seqs))  # the book's version keeps growing
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, 10)
 
 
 async def test_a_sequence_reset_is_followed_without_a_resync(rig: Rig) -> None:
@@ -186,7 +109,7 @@ async def test_a_sequence_reset_is_followed_without_a_resync(rig: Rig) -> None:
     await eventually(lambda: rig.simulator.seq_id("ETH-USDT") < 1_000, "ETH seqIds restarted")
     published = rig.seen.published[ETH]
     await eventually(lambda: rig.seen.published[ETH] > published + 3, "ETH keeps streaming")
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, 10)
     assert rig.simulator.faults.restarts == 1
     assert rig.runner.counters.resyncs == 0
     assert all(rig.seen.states[name] == [LIVE] for name in ALL)
@@ -201,7 +124,7 @@ async def test_malformed_frames_and_error_events_are_counted_and_harmless(rig: R
     assert [(i.instrument, i.detail) for i in errors] == [
         (None, "OKX error 60012: Invalid request")
     ]
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, 10)
     assert rig.runner.connections == 1
     assert all(rig.seen.states[name] == [LIVE] for name in ALL)
 
@@ -228,14 +151,14 @@ async def test_connection_faults_reconnect_and_resync_every_book(rig: Rig, fault
     # A silent venue may stay silent past the first reconnect: one more cycle each time.
     assert rig.runner.connections == 2 or fault == "silence"
     assert rig.runner.counters.venue_errors == (1 if fault == "notice" else 0)
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, 10)
 
 
 async def test_checksum_zero_like_okx_in_2026_relies_on_the_seq_chain() -> None:
     async with running_rig({"checksums": False}) as rig:
         rig.simulator.drop_next("BTC-USDT-SWAP")
         await eventually(lambda: rig.seen.states[SWAP] == [LIVE, STALE, LIVE], "SWAP resynced")
-        await books_equal_simulator(rig)
+        await books_equal_simulator(rig, BOOKS, 10)
         assert rig.verified() == {BTC: 0, ETH: 0, SWAP: 0}
         assert rig.runner.counters.gaps == 1
         assert rig.seen.states[BTC] == rig.seen.states[ETH] == [LIVE]
@@ -244,14 +167,14 @@ async def test_checksum_zero_like_okx_in_2026_relies_on_the_seq_chain() -> None:
 async def test_padded_numbers_verify_against_the_exchange_strings() -> None:
     async with running_rig({"padded_numbers": True}) as rig:
         await eventually(lambda: min(rig.verified().values()) > 5, "checksums verified")
-        await books_equal_simulator(rig)
+        await books_equal_simulator(rig, BOOKS, 10)
         assert rig.runner.counters.checksum_failures == 0
 
 
 async def test_pings_are_answered_with_pongs() -> None:
     async with running_rig(app_ping_interval=0.05) as rig:
         await eventually(lambda: rig.simulator.pongs_sent >= 3, "pongs")
-        await books_equal_simulator(rig)
+        await books_equal_simulator(rig, BOOKS, 10)
         assert rig.runner.connections == 1
         assert rig.runner.counters.malformed == 0
 
@@ -259,7 +182,7 @@ async def test_pings_are_answered_with_pongs() -> None:
 async def test_an_old_connection_is_replaced_without_a_gap() -> None:
     async with running_rig(max_connection_age=0.3) as rig:
         await eventually(lambda: rig.runner.rotations >= 1, "rotated")
-        await books_equal_simulator(rig)
+        await books_equal_simulator(rig, BOOKS, 10)
         assert all(rig.seen.states[name] == [LIVE] for name in ALL)
         for name in ALL:
             assert rig.seen.seqs[name] == sorted(set(rig.seen.seqs[name]))
