@@ -2,94 +2,46 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
-from book.registry import BookRegistry
-from book.snapshot import BookSnapshot
-from book.status import InstrumentState, InstrumentStatus
-from feeds.backoff import Backoff
-from feeds.incidents import FeedIncident, IncidentKind
+from book.status import InstrumentState
+from feeds.incidents import IncidentKind
 from feeds.kraken.adapter import KrakenAdapter
 from feeds.kraken.checksum import Precision
-from feeds.runner import FeedRunner
 from feeds.simulator.kraken import DEFAULT_SYMBOLS, KrakenSimulator
 from feeds.simulator.market import SimSymbol
 from feeds.symbols import SymbolMap
+from tests.feeds import rig as rig_module
+from tests.feeds.rig import books_equal_simulator
 from tests.waiting import eventually
 
 SYMBOLS = {"BTC-USD": "BTC/USD", "ETH-USD": "ETH/USD", "SOL-USD": "SOL/USD"}
 BTC, ETH, SOL = (f"kraken:{name}" for name in SYMBOLS)
 ALL = (BTC, ETH, SOL)
 LIVE, STALE = InstrumentState.LIVE, InstrumentState.STALE
+BOOKS = {f"kraken:{name}": pair for name, pair in SYMBOLS.items()}
+Rig = rig_module.Rig[KrakenSimulator, KrakenAdapter]
 
 
-@dataclass
-class Observed:
-    states: dict[str, list[InstrumentState]] = field(default_factory=lambda: defaultdict(list))
-    published: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    incidents: list[FeedIncident] = field(default_factory=list)
-
-    def on_status(self, status: InstrumentStatus) -> None:
-        self.states[status.instrument].append(status.state)
-
-    def on_snapshot(self, snapshot: BookSnapshot, previous: BookSnapshot | None) -> None:
-        self.published[snapshot.instrument] += 1
-
-    def kinds(self, instrument: str | None = None) -> list[IncidentKind]:
-        return [i.kind for i in self.incidents if instrument is None or i.instrument == instrument]
-
-
-@dataclass
-class Rig:
-    simulator: KrakenSimulator
-    adapter: KrakenAdapter
-    runner: FeedRunner
-    registry: BookRegistry
-    seen: Observed
-
-
-@contextlib.asynccontextmanager
-async def running_rig(
+def running_rig(
     *,
     symbols: Mapping[str, str] = SYMBOLS,
     sim_symbols: Sequence[SimSymbol] = DEFAULT_SYMBOLS,
     live: Sequence[str] = ALL,
-    **adapter_settings: object,
-) -> AsyncIterator[Rig]:
+    **adapter_settings: Any,
+) -> contextlib.AbstractAsyncContextManager[Rig]:
     """Simulator + runner over loopback, the ``live`` books live."""
-    async with KrakenSimulator(
-        symbols=sim_symbols, updates_per_second=200, levels=30, seed=7
-    ) as simulator:
-        registry = BookRegistry()
-        seen = Observed()
-        registry.on_status(seen.on_status)
-        registry.on_snapshot(seen.on_snapshot)
-        adapter = KrakenAdapter(
-            SymbolMap("kraken", symbols),
-            ws_url=simulator.v2_url,
-            **adapter_settings,  # type: ignore[arg-type]
-        )
-        runner = FeedRunner(
-            adapter,
-            registry=registry,
-            capture_depth=10,
-            on_incident=seen.incidents.append,
-            backoff=Backoff(initial=0.01, maximum=0.05),
-        )
-        task = asyncio.create_task(runner.run())
-        try:
-            await eventually(lambda: all(registry.is_live(name) for name in live), "all live")
-            yield Rig(simulator, adapter, runner, registry, seen)
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+    return rig_module.running_rig(
+        KrakenSimulator(symbols=sim_symbols, updates_per_second=200, levels=30, seed=7),
+        lambda simulator: KrakenAdapter(
+            SymbolMap("kraken", symbols), ws_url=simulator.v2_url, **adapter_settings
+        ),
+        live,
+    )
 
 
 @pytest.fixture
@@ -98,35 +50,14 @@ async def rig() -> AsyncIterator[Rig]:
         yield started
 
 
-async def books_equal_simulator(rig: Rig, instruments: Sequence[str] = ALL) -> None:
-    """Pause the market and wait until every book equals the venue's true top 10."""
-    rig.simulator.pause()
-
-    def matches() -> bool:
-        for instrument in instruments:
-            snap = rig.registry.get(instrument)
-            truth = rig.simulator.book(rig.adapter.symbols.venue_symbol(instrument), 10)
-            if snap is None or (snap.bids, snap.asks) != (truth.bids, truth.asks):
-                return False
-        return True
-
-    await eventually(matches, "books equal the simulator's")
-
-
-def verified(rig: Rig, instrument: str) -> int:
-    dispatcher = rig.runner.dispatcher
-    assert dispatcher is not None
-    return dispatcher.syncs[instrument].verified
-
-
 async def test_books_sync_verify_every_checksum_and_equal_the_venue(rig: Rig) -> None:
-    await eventually(lambda: all(verified(rig, name) > 20 for name in ALL), "checksums verified")
-    await books_equal_simulator(rig)
+    await eventually(lambda: all(rig.verified()[name] > 20 for name in ALL), "checksums verified")
+    await books_equal_simulator(rig, BOOKS, 10)
     counters = rig.runner.counters
     assert (counters.checksum_failures, counters.malformed, counters.venue_errors) == (0, 0, 0)
     assert rig.seen.kinds() == [IncidentKind.CONNECT] + [IncidentKind.LIVE] * 3
     # Every published book was one verified message (snapshots included).
-    assert all(verified(rig, name) == rig.seen.published[name] for name in ALL)
+    assert all(rig.verified()[name] == rig.seen.published[name] for name in ALL)
     assert [rig.simulator.snapshots_sent(s) for s in SYMBOLS.values()] == [1, 1, 1]
 
 
@@ -169,13 +100,13 @@ async def test_a_bad_checksum_resyncs_only_that_instrument_while_the_others_stre
         assert (faults.dropped, faults.corrupted_checksums) == (0, 1)
     assert rig.runner.counters.checksum_failures == 1
     assert rig.runner.connections == 1
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, 10)
 
 
 async def test_a_malformed_frame_is_counted_and_harmless(rig: Rig) -> None:
     rig.simulator.send_malformed()
     await eventually(lambda: rig.runner.counters.malformed == 1, "malformed frame counted")
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, 10)
     assert rig.runner.connections == 1
     assert all(rig.seen.states[name] == [LIVE] for name in ALL)
 
@@ -188,7 +119,7 @@ async def test_an_exchange_error_is_reported_and_harmless(rig: Rig) -> None:
         None,
         "Kraken request failed: EGeneral:Internal error",
     )
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, 10)
     assert rig.runner.connections == 1
     assert all(rig.seen.states[name] == [LIVE] for name in ALL)
 
@@ -203,7 +134,7 @@ async def test_a_pair_the_venue_rejects_is_an_error_of_that_instrument_only() ->
             "Kraken subscribe failed: Currency pair not supported (XRP/USD)",
         )
         assert not rig.registry.is_live("kraken:XRP-USD")
-        await books_equal_simulator(rig)
+        await books_equal_simulator(rig, BOOKS, 10)
 
 
 async def test_a_disconnect_reconnects_and_resyncs_every_book(rig: Rig) -> None:
@@ -217,7 +148,7 @@ async def test_a_disconnect_reconnects_and_resyncs_every_book(rig: Rig) -> None:
     assert (kinds.count(IncidentKind.CONNECT), kinds.count(IncidentKind.DISCONNECT)) == (2, 1)
     assert rig.simulator.connections_accepted == 2
     assert rig.simulator.faults.disconnected == 1
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, 10)
 
 
 async def test_a_silent_venue_is_left_and_every_book_resyncs(rig: Rig) -> None:
@@ -237,7 +168,7 @@ async def test_a_silent_venue_is_left_and_every_book_resyncs(rig: Rig) -> None:
     kinds = rig.seen.kinds(None)
     assert kinds.count(IncidentKind.CONNECT) == rig.runner.connections
     assert kinds.count(IncidentKind.DISCONNECT) == rig.runner.connections - 1
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, 10)
 
 
 async def test_precision_comes_from_the_instrument_channel() -> None:
@@ -262,13 +193,15 @@ async def test_precision_comes_from_the_instrument_channel() -> None:
     ) as rig:
         assert rig.adapter.precisions.get("kraken:BTC-USD") == Precision(1, 8)
         assert rig.adapter.precisions.get("kraken:XRP-USD") == Precision(5, 8)
-        await books_equal_simulator(rig, live)
+        await books_equal_simulator(
+            rig, {f"kraken:{name}": pair for name, pair in symbols.items()}, 10
+        )
         assert rig.runner.counters.checksum_failures == 0
 
 
 async def test_without_the_instrument_channel_configured_precision_is_used() -> None:
     async with running_rig(learn_precision=False) as rig:
-        await books_equal_simulator(rig)
+        await books_equal_simulator(rig, BOOKS, 10)
         assert rig.runner.counters.checksum_failures == 0
         assert rig.adapter.precisions.get(ETH) == Precision(2, 8)
 
