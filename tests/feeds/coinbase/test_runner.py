@@ -7,7 +7,6 @@ product whose connection lost it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -15,17 +14,23 @@ import pytest
 
 from book.registry import BookRegistry
 from book.status import InstrumentState
-from feeds.backoff import Backoff
 from feeds.coinbase.adapter import CoinbaseAdapter
 from feeds.incidents import FeedIncident, IncidentKind
 from feeds.runner import FeedRunner
 from feeds.simulator.coinbase import CoinbaseSimulator
 from feeds.symbols import SymbolMap
-from tests.feeds.rig import Observed
+from tests.feeds.rig import (
+    Observed,
+    books_equal_simulator,
+    feed_runner,
+    observed_registry,
+    running,
+)
 from tests.waiting import eventually
 
 PRODUCTS = ("BTC-USD", "ETH-USD")
 BTC, ETH = (f"coinbase:{product}" for product in PRODUCTS)
+BOOKS = {BTC: PRODUCTS[0], ETH: PRODUCTS[1]}
 DEPTH = 30
 LIVE, STALE = InstrumentState.LIVE, InstrumentState.STALE
 
@@ -48,52 +53,25 @@ async def rig() -> AsyncIterator[Rig]:
     async with CoinbaseSimulator(
         updates_per_second=200, levels=DEPTH, seed=7, heartbeat_interval=0.05
     ) as simulator:
-        registry = BookRegistry()
-        seen = Observed()
-        registry.on_status(seen.on_status)
-        registry.on_snapshot(seen.on_snapshot)
+        registry, seen = observed_registry()
         symbols = SymbolMap("coinbase", {product: product for product in PRODUCTS})
         incidents: dict[str, list[FeedIncident]] = {name: [] for name in symbols.instruments()}
         runners = {
-            name: FeedRunner(
+            name: feed_runner(
                 CoinbaseAdapter(symbols, ws_url=simulator.ws_url),
-                registry=registry,
-                instruments=[name],
+                registry,
+                incidents[name].append,
                 capture_depth=DEPTH,
-                on_incident=incidents[name].append,
-                backoff=Backoff(initial=0.01, maximum=0.05),
+                instruments=[name],
             )
             for name in symbols.instruments()
         }
-        tasks = [asyncio.create_task(runner.run()) for runner in runners.values()]
-        try:
-            await eventually(lambda: all(map(registry.is_live, runners)), "all live")
+        async with running(runners.values(), registry, runners):
             yield Rig(simulator, runners, registry, seen, incidents)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-
-
-async def books_equal_simulator(rig: Rig) -> None:
-    """Pause the market and wait until every whole book equals the venue's true book."""
-    rig.simulator.pause()
-
-    def matches() -> bool:
-        for name, product in zip((BTC, ETH), PRODUCTS, strict=True):
-            snap = rig.registry.get(name)
-            truth = rig.simulator.book(product)
-            if snap is None or (snap.bids, snap.asks) != (truth.bids, truth.asks):
-                return False
-        return True
-
-    await eventually(matches, "books equal the simulator's")
 
 
 async def test_each_product_on_its_own_connection_equals_the_venue(rig: Rig) -> None:
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, None)
     assert rig.simulator.clients == 2
     assert [rig.simulator.subscribers(product) for product in PRODUCTS] == [1, 1]
     for name, runner in rig.runners.items():
@@ -116,7 +94,7 @@ async def test_a_lost_message_resyncs_only_the_product_of_that_connection(rig: R
     assert rig.kinds(BTC) == [kinds.CONNECT, kinds.LIVE, kinds.GAP, kinds.RESYNC, kinds.LIVE]
     assert rig.kinds(ETH) == [kinds.CONNECT, kinds.LIVE]
     assert rig.simulator.faults.dropped == 1
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, None)
 
 
 async def test_malformed_frames_and_venue_errors_are_counted_and_harmless(rig: Rig) -> None:
@@ -127,7 +105,7 @@ async def test_malformed_frames_and_venue_errors_are_counted_and_harmless(rig: R
         lambda: all(r.counters.malformed == 1 and r.counters.venue_errors == 1 for r in runners),
         "malformed frame and error counted on both connections",
     )
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, None)
     assert [r.connections for r in runners] == [1, 1]
     assert rig.seen.states[BTC] == rig.seen.states[ETH] == [LIVE]
     for name in rig.runners:
@@ -169,4 +147,4 @@ async def test_connection_faults_reconnect_and_resync_every_product(rig: Rig, fa
             assert states[0] == states[-1] == LIVE
             assert set(states[1:-1]) == {STALE}
             assert runner.counters.gaps <= runner.connections - 1
-    await books_equal_simulator(rig)
+    await books_equal_simulator(rig, BOOKS, None)
