@@ -22,8 +22,9 @@ from book.status import InstrumentState
 from feeds.incidents import IncidentKind
 from feeds.simulator.binance import USDM_DEPTH_STREAMS, USDM_SYMBOLS, BinanceSimulator
 from feeds.simulator.faults import Fault, FaultCounters
+from tests.feeds.rig import books_equal_simulator
 from tests.feeds.simulator.test_binance import BinanceClientBook, recv_json, ticker_top
-from tests.feeds.test_runner import BTC, ETH, SOL, books_equal_simulator, running_rig
+from tests.feeds.test_runner import BOOKS, BTC, ETH, SOL, running_rig
 from tests.waiting import eventually
 
 CLOCK_NS = 1_723_161_256_299_123_456
@@ -183,7 +184,7 @@ async def test_a_dropped_message_breaks_the_pu_chain_once(sim: BinanceSimulator)
 
 async def test_the_usdm_handler_keeps_books_equal_to_the_venue() -> None:
     async with running_rig(futures=True) as rig:
-        await books_equal_simulator(rig)
+        await books_equal_simulator(rig, BOOKS, 10)
         assert rig.runner.counters.gaps == 0
         assert rig.seen.kinds() == [IncidentKind.CONNECT] + [IncidentKind.LIVE] * 3
         assert rig.runner.adapter.snapshot_url(BTC).startswith(rig.simulator.rest_url)
@@ -205,4 +206,4 @@ async def test_a_usdm_gap_resyncs_only_that_instrument() -> None:
         assert rig.runner.connections == 1
         gaps = [i for i in rig.seen.incidents if i.kind is IncidentKind.GAP]
         assert [(i.instrument, i.detail.startswith("gap: pu=")) for i in gaps] == [(BTC, True)]
-        await books_equal_simulator(rig)
+        await books_equal_simulator(rig, BOOKS, 10)
