@@ -174,3 +174,13 @@ async def books_equal_simulator(
         return True
 
     await eventually(matches, "books equal the simulator's")
+
+
+async def silence_venue(rig: Rig[Any, Any], *, watchdog: float = 0.3, seconds: float = 1.0) -> None:
+    """Lower the runner's silence timeout to ``watchdog`` s, wait until a receive runs
+    with it (the one already waiting keeps the old timeout), then make the venue send
+    nothing for ``seconds``: the watchdog must drop the connection."""
+    rig.runner.adapter.silence_timeout = watchdog
+    frames = rig.runner.counters.frames
+    await eventually(lambda: rig.runner.counters.frames > frames + 1, "frames flow")
+    rig.simulator.go_silent(seconds)

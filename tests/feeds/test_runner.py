@@ -13,7 +13,7 @@ from feeds.incidents import IncidentKind
 from feeds.simulator.binance import BinanceSimulator
 from feeds.symbols import SymbolMap
 from tests.feeds import rig as rig_module
-from tests.feeds.rig import books_equal_simulator
+from tests.feeds.rig import books_equal_simulator, silence_venue
 from tests.waiting import eventually
 
 SYMBOLS = {"BTC-USDT": "BTCUSDT", "ETH-USDT": "ETHUSDT", "SOL-USDT": "SOLUSDT"}
@@ -87,10 +87,7 @@ async def test_connection_faults_reconnect_and_resync_every_book(rig: Rig, fault
     elif fault == "server_shutdown":
         rig.simulator.send_server_shutdown()
     else:
-        rig.runner.adapter.silence_timeout = 0.3
-        frames = rig.runner.counters.frames  # the next receive uses the new timeout
-        await eventually(lambda: rig.runner.counters.frames > frames + 1, "frames flow")
-        rig.simulator.go_silent(1.0)
+        await silence_venue(rig)
     await eventually(lambda: rig.runner.connections >= 2, "reconnected")
     await eventually(
         lambda: (

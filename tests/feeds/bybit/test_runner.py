@@ -18,7 +18,7 @@ from feeds.simulator.bybit import BybitSimulator
 from feeds.simulator.faults import FaultCounters
 from feeds.symbols import SymbolMap
 from tests.feeds import rig as rig_module
-from tests.feeds.rig import books_equal_simulator
+from tests.feeds.rig import books_equal_simulator, silence_venue
 from tests.waiting import eventually
 
 NATIVE = ("BTCUSDT", "ETHUSDT")
@@ -134,10 +134,7 @@ async def test_connection_faults_reconnect_and_resync_every_book(rig: Rig, fault
     if fault == "disconnect":
         rig.simulator.disconnect_all()
     else:
-        rig.runner.adapter.silence_timeout = 0.3
-        frames = rig.runner.counters.frames  # the next receive uses the new timeout
-        await eventually(lambda: rig.runner.counters.frames > frames + 1, "frames flow")
-        rig.simulator.go_silent(1.0)
+        await silence_venue(rig)
     await eventually(lambda: rig.runner.connections >= 2, "reconnected")
     rig.runner.adapter.silence_timeout = 30.0  # the paused market below sends nothing
     await eventually(

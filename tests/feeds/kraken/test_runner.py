@@ -16,7 +16,7 @@ from feeds.simulator.kraken import DEFAULT_SYMBOLS, KrakenSimulator
 from feeds.simulator.market import SimSymbol
 from feeds.symbols import SymbolMap
 from tests.feeds import rig as rig_module
-from tests.feeds.rig import books_equal_simulator
+from tests.feeds.rig import books_equal_simulator, silence_venue
 from tests.waiting import eventually
 
 SYMBOLS = {"BTC-USD": "BTC/USD", "ETH-USD": "ETH/USD", "SOL-USD": "SOL/USD"}
@@ -152,10 +152,7 @@ async def test_a_disconnect_reconnects_and_resyncs_every_book(rig: Rig) -> None:
 
 
 async def test_a_silent_venue_is_left_and_every_book_resyncs(rig: Rig) -> None:
-    rig.adapter.silence_timeout = 0.3
-    frames = rig.runner.counters.frames  # the next receive uses the new timeout
-    await eventually(lambda: rig.runner.counters.frames > frames + 1, "frames flow")
-    rig.simulator.go_silent(1.0)
+    await silence_venue(rig)
     await eventually(lambda: rig.runner.connections >= 2, "reconnected")
     # While it stays silent each new connection gets its snapshots, then nothing: it is
     # left again. After the silence every book must end up live again.

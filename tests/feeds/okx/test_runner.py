@@ -19,7 +19,7 @@ from feeds.okx.adapter import OkxAdapter, okx_symbols
 from feeds.simulator.okx import OkxSimulator
 from feeds.symbols import SymbolMap
 from tests.feeds import rig as rig_module
-from tests.feeds.rig import books_equal_simulator
+from tests.feeds.rig import books_equal_simulator, silence_venue
 from tests.waiting import eventually
 
 SYMBOLS = okx_symbols(["BTC-USDT", "ETH-USDT", "BTC-USDT-PERP"])
@@ -136,10 +136,7 @@ async def test_connection_faults_reconnect_and_resync_every_book(rig: Rig, fault
     elif fault == "notice":
         rig.simulator.send_notice()
     else:
-        rig.runner.adapter.silence_timeout = 0.3
-        frames = rig.runner.counters.frames  # the next receive uses the new timeout
-        await eventually(lambda: rig.runner.counters.frames > frames + 1, "frames flow")
-        rig.simulator.go_silent(1.0)
+        await silence_venue(rig)
     await eventually(lambda: rig.runner.connections >= 2, "reconnected")
     await eventually(
         lambda: all(rig.seen.states[n] == [LIVE, STALE, LIVE] for n in ALL),
