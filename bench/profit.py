@@ -134,6 +134,7 @@ def measure(
         workload.instruments,
         max_connections=workload.accounts + 100,
         accounts=workload.accounts,
+        catch_up=True,
     )
     with ServerProcess(spec) as server:
         progress.step(f"{workload.name}: {workload.accounts:,} account subscribers")

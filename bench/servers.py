@@ -47,6 +47,8 @@ from publish.storage.rows import PositionRow, PositionSide
 
 PERIOD = 0.001
 """Seconds between bursts of the publisher (the loop's timer resolution)."""
+CATCH_UP_SECONDS = 0.1
+"""A catching-up publisher's largest burst, in seconds of changes."""
 
 
 def instrument_names(count: int) -> list[str]:
@@ -56,27 +58,33 @@ def instrument_names(count: int) -> list[str]:
 class BboSource:
     """Synthetic BBO changes, round-robin over the instruments. O(1) per change.
 
-    A change's ``seq`` is its publish time in ns (kept growing: ``seq`` only has to
-    grow), so a ``profit`` frame, which carries the ``seq`` of the book it was marked
-    at, tells a subscriber when the change it reflects was published.
+    A change's ``seq`` is its stamp in ns (when it was published or due, see
+    ``Publisher``; kept growing: ``seq`` only has to grow), so a ``profit`` frame, which
+    carries the ``seq`` of the book it was marked at, tells a subscriber when the change
+    it reflects happened.
     """
 
     def __init__(self, instruments: list[str]) -> None:
         self._instruments = instruments
         self._seq = [0] * len(instruments)
+        self._steps = [0] * len(instruments)
+        """Each instrument's bid walks up a cent per change (of 1,000 distinct)."""
         self._next = 0
 
-    def changes(self, count: int, now: int) -> list[BookSnapshot]:
+    def changes(self, count: int, now: int, spacing: int = 0) -> list[BookSnapshot]:
+        """``count`` changes; change k is stamped ``now + k * spacing`` (ns)."""
         out = []
-        instruments, seqs = self._instruments, self._seq
-        for _ in range(count):
+        instruments, seqs, steps = self._instruments, self._seq, self._steps
+        for k in range(count):
+            at = now + k * spacing
             i = self._next
             self._next = (i + 1) % len(instruments)
-            seq = seqs[i] = max(seqs[i] + 1, now)
-            bid = (10_000 + seq % 1000) * SCALE // 100
+            seq = seqs[i] = max(seqs[i] + 1, at)
+            step = steps[i] = (steps[i] + 1) % 1000
+            bid = (10_000 + step) * SCALE // 100
             out.append(
                 BookSnapshot(
-                    instruments[i], seq, now, now, now, bid, SCALE, bid + SCALE // 100, 2 * SCALE
+                    instruments[i], seq, at, at, at, bid, SCALE, bid + SCALE // 100, 2 * SCALE
                 )
             )
         return out
@@ -237,17 +245,31 @@ class RawBroadcastServer:
 class Publisher:
     """Publishes ``rate`` changes per second from ``start`` to ``stop``.
 
-    When the loop falls behind, a burst is capped at ``burst_cap`` changes and the
-    missed ones are not made up later: ``offered`` counts what was really published.
+    Fan-out (``catch_up=False``): when the loop falls behind, a burst is capped at
+    ``burst_cap`` changes, the missed ones are not made up later (``offered`` counts what
+    was really published), and a change is stamped when it is published: latency is
+    publish-to-receive.
+
+    Profit (``catch_up=True``): every change is published, however late (bursts of up to
+    ``CATCH_UP_SECONDS`` of changes), and stamped with the moment it was due, as if it had
+    been waiting in the server's socket while the loop was busy: latency is from the
+    change to the frame, including any time the server took to get to it.
     """
 
     def __init__(
-        self, server: BenchServer, source: BboSource, *, rate: float, burst_cap: int
+        self,
+        server: BenchServer,
+        source: BboSource,
+        *,
+        rate: float,
+        burst_cap: int,
+        catch_up: bool = False,
     ) -> None:
         self._server = server
         self._source = source
         self._rate = rate
-        self._burst_cap = burst_cap
+        self._burst_cap = max(burst_cap, int(rate * CATCH_UP_SECONDS)) if catch_up else burst_cap
+        self._catch_up = catch_up
         self._task: asyncio.Task[None] | None = None
         self.offered = 0
 
@@ -263,14 +285,20 @@ class Publisher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        started, started_ns = loop.time(), time.time_ns()
+        spacing = int(1e9 / self._rate)
         due_total = 0
         while True:
             due = int((loop.time() - started) * self._rate) - due_total
             if due > 0:
                 due_total += due
                 count = min(due, self._burst_cap)
-                self._server.publish(self._source.changes(count, time.time_ns()))
+                if self._catch_up:  # the last ``count`` due, each at its own due time
+                    first_due = started_ns + (due_total - count + 1) * spacing
+                    changes = self._source.changes(count, first_due, spacing)
+                else:
+                    changes = self._source.changes(count, time.time_ns())
+                self._server.publish(changes)
                 self.offered += count
             await asyncio.sleep(PERIOD)
 
@@ -288,6 +316,8 @@ class ServerSpec:
     max_connections: int = 20_000
     accounts: int = 0
     """Profit: accounts with positions (marketcast only)."""
+    catch_up: bool = False
+    """Publish every due change, stamped when due (``Publisher``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +345,7 @@ class _ServerSide:
         self._source: BboSource | None = None
         self._publisher: Publisher | None = None
         self._burst_cap = 0
+        self._catch_up = False
         self._mark = (0.0, 0.0, 0, 0)
 
     def _conflated(self) -> int:
@@ -337,6 +368,7 @@ class _ServerSide:
                 )
                 await server.start()
                 self._server, self._source, self._burst_cap = server, BboSource(names), len(names)
+                self._catch_up = spec.catch_up
                 return (
                     "started",
                     server.url,
@@ -356,7 +388,11 @@ class _ServerSide:
             case ("drive", float(rate)):
                 assert self._server is not None and self._source is not None
                 self._publisher = Publisher(
-                    self._server, self._source, rate=rate, burst_cap=self._burst_cap
+                    self._server,
+                    self._source,
+                    rate=rate,
+                    burst_cap=self._burst_cap,
+                    catch_up=self._catch_up,
                 )
                 self._publisher.start()
                 return ("driving",)

@@ -24,7 +24,7 @@ closed with 4029.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Collection, Coroutine
+from collections.abc import AsyncIterable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -220,6 +220,17 @@ class ClientSession:
             self._counters.conflated += 1
         outbox[key] = message
         if not self._queued:
+            self._queued = True
+            self._fanout.flush_soon(self)
+
+    def offer_all(self, messages: Mapping[Topic, bytes]) -> None:
+        """``offer`` each of ``messages`` in order, in one dict update. O(len(messages))."""
+        outbox = self._outbox
+        queued = len(outbox) + len(messages)
+        outbox.update(messages)
+        if len(outbox) < queued:
+            self._counters.conflated += queued - len(outbox)
+        if messages and not self._queued:
             self._queued = True
             self._fanout.flush_soon(self)
 

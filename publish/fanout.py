@@ -80,6 +80,10 @@ class Subscriber(Protocol):
 
     def offer(self, key: Topic, message: bytes) -> None: ...
 
+    def offer_all(self, messages: Mapping[Topic, bytes]) -> None:
+        """``offer`` each message in order (one call for many: the profit engine's)."""
+        ...
+
     def flush(self) -> None: ...
 
 
@@ -138,6 +142,12 @@ class Crowd:
         if not outbox:
             self._fanout.flush_soon(self)
         outbox[key] = message
+
+    def offer_all(self, messages: Mapping[Topic, bytes]) -> None:
+        outbox = self._outbox
+        if not outbox and messages:
+            self._fanout.flush_soon(self)
+        outbox.update(messages)
 
     def flush(self) -> None:
         if not self._outbox:

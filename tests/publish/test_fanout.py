@@ -171,6 +171,23 @@ async def test_blocked_client_gets_latest_state_and_never_delays_the_other() -> 
     assert fanout.counters.conflated == 4
 
 
+async def test_offer_all_conflates_like_single_offers_in_one_update() -> None:
+    _, _, fanout = setup()
+    first, second, third = ((Channel.PROFIT, f"p-{n}") for n in range(3))
+    async with client(fanout) as behind:
+        behind.sink.gate.clear()  # the socket takes nothing: everything stays queued
+        behind.session.offer(first, b'{"n":1}')
+        behind.session.offer_all({second: b'{"n":2}', first: b'{"n":3}', third: b'{"n":4}'})
+        behind.session.offer_all({})
+        await settle()
+        assert behind.sink.frames == []
+        assert fanout.counters.conflated == 1
+        behind.sink.gate.set()
+        await settle()
+    # A replaced message keeps its place (as with ``offer``) and holds the newest value.
+    assert behind.sink.messages() == [{"n": 3}, {"n": 2}, {"n": 4}]
+
+
 async def test_subscribe_sends_live_state_once_even_when_a_change_is_pending() -> None:
     _, feed, fanout = setup()
     feed.status(BTC, InstrumentState.LIVE)
