@@ -47,8 +47,6 @@ from publish.storage.rows import PositionRow, PositionSide
 
 PERIOD = 0.001
 """Seconds between bursts of the publisher (the loop's timer resolution)."""
-CATCH_UP_SECONDS = 0.1
-"""A catching-up publisher's largest burst, in seconds of changes."""
 
 
 def instrument_names(count: int) -> list[str]:
@@ -250,10 +248,10 @@ class Publisher:
     was really published), and a change is stamped when it is published: latency is
     publish-to-receive.
 
-    Profit (``catch_up=True``): every change is published, however late (bursts of up to
-    ``CATCH_UP_SECONDS`` of changes), and stamped with the moment it was due, as if it had
-    been waiting in the server's socket while the loop was busy: latency is from the
-    change to the frame, including any time the server took to get to it.
+    Profit (``catch_up=True``): every change is published, however late (one burst of
+    all that fell due while the loop was busy), and stamped with the moment it was due,
+    as if it had been waiting in the server's socket: latency is from the change to the
+    frame, including any time the server took to get to it.
     """
 
     def __init__(
@@ -268,7 +266,7 @@ class Publisher:
         self._server = server
         self._source = source
         self._rate = rate
-        self._burst_cap = max(burst_cap, int(rate * CATCH_UP_SECONDS)) if catch_up else burst_cap
+        self._burst_cap = burst_cap
         self._catch_up = catch_up
         self._task: asyncio.Task[None] | None = None
         self.offered = 0
@@ -292,11 +290,12 @@ class Publisher:
             due = int((loop.time() - started) * self._rate) - due_total
             if due > 0:
                 due_total += due
-                count = min(due, self._burst_cap)
-                if self._catch_up:  # the last ``count`` due, each at its own due time
+                if self._catch_up:  # every change due, each stamped at its own due time
+                    count = due
                     first_due = started_ns + (due_total - count + 1) * spacing
                     changes = self._source.changes(count, first_due, spacing)
                 else:
+                    count = min(due, self._burst_cap)
                     changes = self._source.changes(count, time.time_ns())
                 self._server.publish(changes)
                 self.offered += count
