@@ -49,6 +49,12 @@ PERIOD = 0.001
 """Seconds between bursts of the publisher (the loop's timer resolution)."""
 
 
+def change_spacing_ns(rate: float) -> int:
+    """Nanoseconds between two due times of a publisher at ``rate`` changes/s; each
+    instrument changes every ``instruments x`` this (round-robin)."""
+    return int(1e9 / rate)
+
+
 def instrument_names(count: int) -> list[str]:
     return [f"bench:SYM{i:04d}-USD" for i in range(count)]
 
@@ -284,7 +290,7 @@ class Publisher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         started, started_ns = loop.time(), time.time_ns()
-        spacing = int(1e9 / self._rate)
+        spacing = change_spacing_ns(self._rate)
         due_total = 0
         while True:
             due = int((loop.time() - started) * self._rate) - due_total

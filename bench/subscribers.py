@@ -12,6 +12,14 @@ a sampled frame (every frame unless ``sample_every`` > 1) is decoded and each me
 in it gives ``arrival - ts_send`` (publish) and ``arrival - ts_recv`` (end to end) in
 nanoseconds; both servers stamp the same fields, the clock is the same machine's.
 
+Every change (profit): a conflating server sends only the newest state of a key, so
+``arrival - origin`` is the age of the newest change a message reflects, not the delay
+of every change (an older change of the key that the message also answers waited
+longer). With ``change_interval_ns`` (the publisher changes each key exactly that often,
+stamping ``origin`` with the change's due time), the first ``trackers`` clients decode
+every frame and, per key, record each change since the last one they saw as answered on
+this arrival: ``arrival - due`` for every due time in (last seen, newest].
+
 Parent side: ``SubscriberPool`` spawns the process (``bench.agent``) and drives it: connect
 N clients, start/stop a measurement window, collect counts and HDR histograms, close.
 """
@@ -54,6 +62,11 @@ class PoolSpec:
     origin: str = "ts_recv"
     """Field whose value (ns) is the moment a message's change was published; the
     end-to-end latency is arrival minus it (messages without it are not sampled)."""
+    change_interval_ns: int = 0
+    """Every key changes exactly this often (0: unknown, no per-change delays)."""
+    change_key: str = "instrument"
+    trackers: int = 0
+    """Clients that decode every frame for per-change delays (needs the interval)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +78,8 @@ class WindowReport:
     messages: int
     publish: HdrHistogram
     end_to_end: HdrHistogram
+    changes: HdrHistogram
+    """Delay of every change until the first message that reflects it (trackers only)."""
     cpu_seconds: float
     """CPU time the subscriber process used during the window (all its threads)."""
     closed: int
@@ -72,7 +87,7 @@ class WindowReport:
 
 
 class _Stats:
-    __slots__ = ("measuring", "frames", "messages", "publish", "end_to_end", "closed")
+    __slots__ = ("measuring", "frames", "messages", "publish", "end_to_end", "changes", "closed")
 
     def __init__(self) -> None:
         self.measuring = False
@@ -80,12 +95,14 @@ class _Stats:
         self.messages = 0
         self.publish = latency_histogram()
         self.end_to_end = latency_histogram()
+        self.changes = latency_histogram()
         self.closed = 0
 
     def start_window(self) -> None:
         self.frames = self.messages = 0
         self.publish.reset()
         self.end_to_end.reset()
+        self.changes.reset()
         self.measuring = True
 
 
@@ -105,7 +122,14 @@ class LeanSubscriber(asyncio.Protocol):
     """One websocket client that counts (and samples) the text frames it receives."""
 
     def __init__(
-        self, host: str, path: str, spec: PoolSpec, requests: tuple[bytes, ...], stats: _Stats
+        self,
+        host: str,
+        path: str,
+        spec: PoolSpec,
+        requests: tuple[bytes, ...],
+        stats: _Stats,
+        *,
+        tracker: bool = False,
     ) -> None:
         self._request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
@@ -116,6 +140,8 @@ class LeanSubscriber(asyncio.Protocol):
         self._requests = requests
         self._replies_due = len(requests)
         self._stats = stats
+        self._last_seen: dict[str, int] | None = {} if tracker else None
+        """A tracker's newest ``origin`` seen per key."""
         self._buffer = bytearray()
         self._open = False
         self._transport: asyncio.Transport | None = None
@@ -167,6 +193,12 @@ class LeanSubscriber(asyncio.Protocol):
                     self._transport.close()
         del buffer[:pos]
 
+    def start_window(self) -> None:
+        """Forget the keys seen before the window: the publisher may have paused between
+        windows, and a gap must not count as changes that never happened."""
+        if self._last_seen is not None:
+            self._last_seen.clear()
+
     def _handshake(self) -> bool:
         buffer = self._buffer
         end = buffer.find(b"\r\n\r\n")
@@ -198,20 +230,49 @@ class LeanSubscriber(asyncio.Protocol):
         spec = self._spec
         stats.frames += 1
         stats.messages += payload.count(spec.marker)
-        if stats.frames % spec.sample_every:  # one frame in sample_every, over all clients
+        sampled = not stats.frames % spec.sample_every  # one in sample_every, all clients
+        if not sampled and self._last_seen is None:
             return
         decoded = orjson.loads(payload)
+        messages = decoded if isinstance(decoded, list) else (decoded,)
+        if self._last_seen is not None:
+            self._track(messages, arrival)
+        if not sampled:
+            return
         # The messages of one publish burst share their timestamps: record each distinct
         # pair once with its count (hdrh's record_value is pure Python, ~2 µs a call).
         stamps: dict[tuple[int, int], int] = {}
         origin = spec.origin
-        for message in decoded if isinstance(decoded, list) else (decoded,):
+        for message in messages:
             if origin in message:
                 key = (message["ts_send"], message[origin])
                 stamps[key] = stamps.get(key, 0) + 1
         for (ts_send, published), count in stamps.items():
             stats.publish.record_value(max(1, arrival - ts_send), count)
             stats.end_to_end.record_value(max(1, arrival - published), count)
+
+    def _track(self, messages: list[dict[str, object]] | tuple[object, ...], arrival: int) -> None:
+        """Record the delay of every change this arrival answers first (module docstring)."""
+        spec, last_seen = self._spec, self._last_seen
+        assert last_seen is not None
+        newest: dict[str, int] = {}
+        for message in messages:
+            if isinstance(message, dict):
+                key, stamp = message.get(spec.change_key), message.get(spec.origin)
+                if isinstance(key, str) and isinstance(stamp, int):
+                    newest[key] = max(stamp, newest.get(key, stamp))
+        interval, changes = spec.change_interval_ns, self._stats.changes
+        for key, stamp in newest.items():
+            last = last_seen.get(key)
+            if last is not None and stamp <= last:
+                continue
+            last_seen[key] = stamp
+            if last is None:
+                continue  # the first message of a key: nothing to compare with
+            due = stamp
+            while due > last + interval // 2:
+                changes.record_value(max(1, arrival - due))
+                due -= interval
 
     def _send(self, frame: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -233,8 +294,9 @@ async def _connect_all(spec: PoolSpec, stats: _Stats) -> list[LeanSubscriber]:
 
     async def one(index: int) -> None:
         requests = spec.requests[index % len(spec.requests)] if spec.requests else ()
+        tracker = index < spec.trackers and spec.change_interval_ns > 0
         async with gate:
-            client = LeanSubscriber(f"{host}:{port}", path, spec, requests, stats)
+            client = LeanSubscriber(f"{host}:{port}", path, spec, requests, stats, tracker=tracker)
             await loop.create_connection(lambda: client, host, port)
             await client.ready
             clients.append(client)
@@ -262,6 +324,8 @@ class _Subscribers:
                 return ("ready", len(self._clients), rss_bytes())
             case ("start",):
                 self._stats.start_window()
+                for client in self._clients:
+                    client.start_window()
                 self._window_started = time.perf_counter()
                 self._cpu_started = time.process_time()
                 return ("started",)
@@ -275,6 +339,7 @@ class _Subscribers:
                     stats.messages,
                     stats.publish.encode(),
                     stats.end_to_end.encode(),
+                    stats.changes.encode(),
                     time.process_time() - self._cpu_started,
                     stats.closed,
                 )
@@ -307,13 +372,15 @@ class SubscriberPool:
         self._agent.ask("start")
 
     def stop(self) -> WindowReport:
-        _, seconds, frames, messages, publish, end_to_end, cpu, closed = self._agent.ask("stop")
+        reply = self._agent.ask("stop")
+        _, seconds, frames, messages, publish, end_to_end, changes, cpu, closed = reply
         return WindowReport(
             seconds=seconds,
             frames=frames,
             messages=messages,
             publish=_decoded(publish),
             end_to_end=_decoded(end_to_end),
+            changes=_decoded(changes),
             cpu_seconds=cpu,
             closed=closed,
         )

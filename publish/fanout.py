@@ -166,14 +166,16 @@ class ChannelSource(Protocol):
 
     The fan-out routes the channel's (un)subscriptions to it, keyed as requested, and
     calls ``publish`` in every tick, before batched clients are flushed; the source asks
-    for a tick with ``Fanout.request_tick`` when it has something to send.
+    for a tick with ``Fanout.request_tick`` when it has something to send, and returns
+    True from ``publish`` when it has more than one tick's work (another tick then runs
+    in the next loop iteration, after the loop has served its I/O).
     """
 
     def subscribe(self, subscriber: Subscriber, key: str) -> None: ...
 
     def unsubscribe(self, subscriber: Subscriber, key: str) -> None: ...
 
-    def publish(self, ts_send: int) -> None: ...
+    def publish(self, ts_send: int) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -465,14 +467,17 @@ class Fanout:
     # -- the publish tick ---------------------------------------------------------------
 
     def _tick(self) -> None:
+        more = False
         try:
-            self._run_tick()
+            more = self._run_tick()
         finally:
             self._tick_pending = False  # a tick that failed must not stop the ones after it
+        if more:
+            self._schedule_tick()
 
-    def _run_tick(self) -> None:
+    def _run_tick(self) -> bool:
         """Encode every dirty topic once, offer it to its subscribers, flush the batched
-        ones; never awaits."""
+        ones; never awaits. True when a channel source has more to publish."""
         self.counters.ticks += 1
         subscribers = self._subscribers
         if self._dirty_status:
@@ -505,11 +510,13 @@ class Fanout:
                 targets = subscribers.get(topic)
                 if targets:
                     self._deliver(targets, topic, encode_nbbo(nbbo, ts_send))
+        more = False
         for source in self._sources.values():
-            source.publish(ts_send)
+            more |= source.publish(ts_send)
         self._flush()
         if delivered and self.on_written is not None:
             self.on_written(delivered.values(), self.clock())
+        return more
 
     def _tick_book(self, instrument: str, snapshot: BookSnapshot, ts_send: int) -> bool:
         """Deliver the levels each depth group has not seen; True if any group got some."""

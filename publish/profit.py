@@ -10,13 +10,21 @@ there are none.
 
 A change of an instrument's best bid or ask price (quantities do not move PnL) marks the
 instrument dirty and asks the fan-out for a tick; the tick calls ``publish``, which marks
-every indexed position of each dirty instrument once, at the latest prices: long
+every indexed position of dirty instruments once, at their latest prices: long
 (``buy``) at the bid, ``pnl = qty * (bid - entry)``; short (``sell``) at the ask,
 ``pnl = qty * (entry - ask)``. Exact: integer products of fixed-point values (24
 decimals), never floats. A burst of price changes between two ticks costs one mark per
 position, and subscribers that are behind keep only the latest frame per position (the
 session outbox key is ``(profit, position_id)``): conflated, never stale. A position
 whose mark price did not change is not sent again.
+
+Work per tick is bounded: dirty instruments wait in the order they first changed (a
+later change of a waiting instrument keeps its place and only updates its prices), and
+a tick marks whole instruments from the front until ``marks_per_tick`` positions are
+done, then asks for another tick, which runs after the loop has served its I/O. So a
+price change waits for the instruments ahead of it, never for a whole pass over every
+position plus its own, and feeds and other channels are never held up for longer than
+one tick's marks.
 
 Messages, for every subscriber of the account::
 
@@ -37,6 +45,7 @@ position: it replaces any unsent ``profit`` frame of it, and nothing follows it.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,6 +60,8 @@ from publish.storage.rows import PositionRow, PositionSide
 
 TOTAL_KEY: Topic = (Channel.PROFIT, "")
 """Outbox key of the ``profit_total`` message (position ids are never empty)."""
+MARKS_PER_TICK = 2_000
+"""Default bound of the positions one tick marks: ~2-3 ms of the loop (dev box)."""
 
 _PNL_DIGITS = 2 * SCALE_DIGITS
 """A PnL is a product of two fixed-point values: 10**-24 units."""
@@ -147,9 +158,14 @@ class ProfitEngine:
     ``subscribe``/``unsubscribe`` may also be driven directly (benchmarks, tests).
     """
 
-    def __init__(self, registry: BookRegistry, fanout: Fanout) -> None:
+    def __init__(
+        self, registry: BookRegistry, fanout: Fanout, *, marks_per_tick: int = MARKS_PER_TICK
+    ) -> None:
         if fanout.registry is not registry:
             raise ValueError("the fanout must listen to the same registry")
+        if marks_per_tick < 1:
+            raise ValueError("marks_per_tick must be at least 1")
+        self._marks_per_tick = marks_per_tick
         self._registry = registry
         self._fanout = fanout
         self._clock: Callable[[], int] = fanout.clock
@@ -157,6 +173,9 @@ class ProfitEngine:
         self._watched: dict[str, tuple[_Group, _Group]] = {}
         """instrument -> its positions of watched accounts: (longs, shorts)."""
         self._dirty: dict[str, BookSnapshot] = {}
+        """instrument -> its latest snapshot, for instruments waiting to be marked."""
+        self._dirty_order: deque[str] = deque()
+        """The waiting instruments, oldest change first (stale entries are skipped)."""
         self._fresh: list[tuple[_Mark, _Account]] = []
         self._dirty_totals: set[_Account] = set()
         """Accounts whose total changed (and maybe with ``pending`` messages) this tick."""
@@ -239,10 +258,11 @@ class ProfitEngine:
         if not account.marks:
             del self._accounts[key]
 
-    def publish(self, ts_send: int) -> None:
-        """The tick: mark the positions of every dirty instrument and the new ones, then
-        offer each touched account's messages (one call per subscriber) and its total.
-        O(positions marked + accounts touched)."""
+    def publish(self, ts_send: int) -> bool:
+        """The tick: mark the new positions and those of the oldest dirty instruments (up
+        to ``marks_per_tick``), then offer each touched account's messages (one call per
+        subscriber) and its total. True when instruments are still waiting (the fan-out
+        then runs another tick). O(positions marked + accounts touched)."""
         dirty_totals = self._dirty_totals
         if self._fresh:
             fresh, self._fresh = self._fresh, []
@@ -251,15 +271,17 @@ class ProfitEngine:
                     continue  # closed or unwatched before this tick
                 account.pending[mark.key] = _encode_mark(mark, ts_send)
                 dirty_totals.add(account)
-        if self._dirty:
-            dirty, self._dirty = self._dirty, {}
-            for instrument, snapshot in dirty.items():
-                groups = self._watched.get(instrument)
-                if groups is not None:
-                    tail = b',"seq":%d,"ts_send":%d}' % (snapshot.seq, ts_send)
-                    longs, shorts = groups
-                    self._mark_group(longs, snapshot.bid, snapshot.seq, tail)
-                    self._mark_group(shorts, snapshot.ask, snapshot.seq, tail)
+        dirty, waiting = self._dirty, self._dirty_order
+        budget = self._marks_per_tick
+        while waiting and budget > 0:
+            instrument = waiting.popleft()
+            snapshot = dirty.pop(instrument, None)
+            groups = self._watched.get(instrument)
+            if snapshot is not None and groups is not None:
+                tail = b',"seq":%d,"ts_send":%d}' % (snapshot.seq, ts_send)
+                longs, shorts = groups
+                budget -= self._mark_group(longs, snapshot.bid, snapshot.seq, tail)
+                budget -= self._mark_group(shorts, snapshot.ask, snapshot.seq, tail)
         if dirty_totals:
             self._dirty_totals = set()
             encoded = 0
@@ -270,6 +292,7 @@ class ProfitEngine:
                 for subscriber in account.subscribers:
                     subscriber.offer_all(pending)
             self._count_encoded(encoded)
+        return bool(waiting)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -280,15 +303,17 @@ class ProfitEngine:
             return
         if previous is not None and previous.bid == snapshot.bid and previous.ask == snapshot.ask:
             return
+        if instrument not in self._dirty:
+            self._dirty_order.append(instrument)
         self._dirty[instrument] = snapshot
         self._fanout.request_tick()
 
-    def _mark_group(self, group: _Group, price: int | None, seq: int, tail: bytes) -> None:
+    def _mark_group(self, group: _Group, price: int | None, seq: int, tail: bytes) -> int:
         """The hot loop: every position of a group at its side's new price, into its
-        account's pending messages; nothing when that price did not move. ~1 µs per
-        position (dev box)."""
+        account's pending messages; nothing when that price did not move. Returns the
+        positions marked. ~1 µs per position (dev box)."""
         if group.priced and price == group.price:
-            return
+            return 0
         group.price, group.priced = price, True
         marks = group.marks
         quote = (price, seq)
@@ -313,6 +338,7 @@ class ProfitEngine:
                 mark.quote, mark.pnl = quote, pnl
                 account.pending[mark.key] = b"".join((mark.prefix, head, pnl_text(pnl), tail))
         self._dirty_totals.update(marks.values())
+        return len(marks)
 
     def _mark_live(self, mark: _Mark) -> None:
         """Mark a position at its book's latest live prices (unmarked if not live)."""

@@ -1,0 +1,122 @@
+"""The profit engine's bounded ticks, against a recording subscriber (no sockets): a tick
+marks at most ``marks_per_tick`` positions, oldest change first, and the rest follows in
+the next loop iterations without another price change."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import orjson
+import pytest
+
+from book.fixed import parse_fixed
+from book.status import InstrumentState
+from publish.fanout import Fanout, Topic
+from publish.profit import ProfitEngine
+from publish.storage.rows import PositionRow, PositionSide
+from tests.publish.support import BTC, ETH, KRAKEN_BTC, Feed, clock, new_registry
+
+ACCOUNT = "acct-1"
+
+
+class Recorder:
+    """A subscriber that keeps each tick's messages as one list (what ``offer_all`` got)."""
+
+    def __init__(self) -> None:
+        self.ticks: list[list[dict[str, object]]] = []
+
+    def offer(self, key: Topic, message: bytes) -> None:
+        self.ticks.append([orjson.loads(message)])
+
+    def offer_all(self, messages: Mapping[Topic, bytes]) -> None:
+        self.ticks.append([orjson.loads(message) for message in messages.values()])
+
+    def flush(self) -> None:
+        pass
+
+    def marks(self) -> list[list[tuple[object, object]]]:
+        """Per tick: (instrument, mark) of each profit message."""
+        return [
+            [(m["instrument"], m["mark"]) for m in tick if m["type"] == "profit"]
+            for tick in self.ticks
+        ]
+
+
+def position(number: int, instrument: str) -> PositionRow:
+    return PositionRow(
+        id=f"p-{number}",
+        account=ACCOUNT,
+        instrument=instrument,
+        side=PositionSide.BUY,
+        qty=parse_fixed("1"),
+        entry_px=parse_fixed("100"),
+        opened_ts=1,
+    )
+
+
+async def loop_turns(count: int = 5) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+def engine_with_positions(marks_per_tick: int) -> tuple[Feed, ProfitEngine, Recorder]:
+    registry = new_registry()
+    feed = Feed(registry)
+    fanout = Fanout(registry, clock=clock)
+    engine = ProfitEngine(registry, fanout, marks_per_tick=marks_per_tick)
+    for instrument in (BTC, ETH, KRAKEN_BTC):
+        feed.status(instrument, InstrumentState.LIVE)
+        feed.quote(instrument, ("100", "1"), ("101", "1"))
+    for number, instrument in enumerate((BTC, BTC, ETH, ETH, KRAKEN_BTC, KRAKEN_BTC)):
+        engine.position_opened(position(number, instrument))
+    recorder = Recorder()
+    engine.subscribe(recorder, ACCOUNT)
+    return feed, engine, recorder
+
+
+async def test_a_tick_marks_whole_instruments_up_to_its_bound_oldest_change_first() -> None:
+    feed, _, recorder = engine_with_positions(marks_per_tick=2)
+    await loop_turns()
+    recorder.ticks.clear()
+    # One loop iteration: ETH, then BTC, then KRAKEN_BTC change; ETH changes again while
+    # it waits, which keeps its place and only updates its price.
+    feed.quote(ETH, ("102", "1"), None)
+    feed.quote(BTC, ("103", "1"), None)
+    feed.quote(KRAKEN_BTC, ("104", "1"), None)
+    feed.quote(ETH, ("105", "1"), None)
+    await loop_turns()
+    assert recorder.marks() == [
+        [(ETH, "105"), (ETH, "105")],
+        [(BTC, "103"), (BTC, "103")],
+        [(KRAKEN_BTC, "104"), (KRAKEN_BTC, "104")],
+    ]
+    totals = [tick[-1] for tick in recorder.ticks]
+    assert [t["pnl"] for t in totals] == ["10", "16", "24"]  # the account's running total
+
+
+async def test_an_unbounded_tick_marks_every_dirty_instrument_at_once() -> None:
+    feed, _, recorder = engine_with_positions(marks_per_tick=1_000)
+    await loop_turns()
+    recorder.ticks.clear()
+    feed.quote(ETH, ("102", "1"), None)
+    feed.quote(BTC, ("103", "1"), None)
+    await loop_turns()
+    assert recorder.marks() == [[(ETH, "102"), (ETH, "102"), (BTC, "103"), (BTC, "103")]]
+
+
+async def test_waiting_instruments_of_an_unwatched_account_are_dropped() -> None:
+    feed, engine, recorder = engine_with_positions(marks_per_tick=2)
+    await loop_turns()
+    recorder.ticks.clear()
+    feed.quote(ETH, ("102", "1"), None)
+    feed.quote(BTC, ("103", "1"), None)
+    engine.unsubscribe(recorder, ACCOUNT)
+    await loop_turns()
+    assert recorder.ticks == []
+
+
+def test_the_bound_must_be_positive() -> None:
+    registry = new_registry()
+    with pytest.raises(ValueError, match="marks_per_tick"):
+        ProfitEngine(registry, Fanout(registry), marks_per_tick=0)
