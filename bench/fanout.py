@@ -70,7 +70,7 @@ class FanoutOptions:
     def full(cls) -> FanoutOptions:
         return cls(
             subscribers=(100, 1000, 5000),
-            deliveries=(100_000, 250_000, 500_000, 1_000_000, 2_000_000, 4_000_000),
+            deliveries=(25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_000_000, 4_000_000),
         )
 
 
