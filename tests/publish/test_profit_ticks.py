@@ -60,7 +60,8 @@ async def loop_turns(count: int = 5) -> None:
         await asyncio.sleep(0)
 
 
-def engine_with_positions(marks_per_tick: int) -> tuple[Feed, ProfitEngine, Recorder]:
+async def engine_with_positions(marks_per_tick: int) -> tuple[Feed, ProfitEngine, Recorder]:
+    """Six long positions (two per instrument) of a subscribed account, initial state sent."""
     registry = new_registry()
     feed = Feed(registry)
     fanout = Fanout(registry, clock=clock)
@@ -72,13 +73,13 @@ def engine_with_positions(marks_per_tick: int) -> tuple[Feed, ProfitEngine, Reco
         engine.position_opened(position(number, instrument))
     recorder = Recorder()
     engine.subscribe(recorder, ACCOUNT)
+    await loop_turns()
+    recorder.ticks.clear()
     return feed, engine, recorder
 
 
 async def test_a_tick_marks_whole_instruments_up_to_its_bound_oldest_change_first() -> None:
-    feed, _, recorder = engine_with_positions(marks_per_tick=2)
-    await loop_turns()
-    recorder.ticks.clear()
+    feed, _, recorder = await engine_with_positions(marks_per_tick=2)
     # One loop iteration: ETH, then BTC, then KRAKEN_BTC change; ETH changes again while
     # it waits, which keeps its place and only updates its price.
     feed.quote(ETH, ("102", "1"), None)
@@ -96,9 +97,7 @@ async def test_a_tick_marks_whole_instruments_up_to_its_bound_oldest_change_firs
 
 
 async def test_an_unbounded_tick_marks_every_dirty_instrument_at_once() -> None:
-    feed, _, recorder = engine_with_positions(marks_per_tick=1_000)
-    await loop_turns()
-    recorder.ticks.clear()
+    feed, _, recorder = await engine_with_positions(marks_per_tick=1_000)
     feed.quote(ETH, ("102", "1"), None)
     feed.quote(BTC, ("103", "1"), None)
     await loop_turns()
@@ -106,9 +105,7 @@ async def test_an_unbounded_tick_marks_every_dirty_instrument_at_once() -> None:
 
 
 async def test_waiting_instruments_of_an_unwatched_account_are_dropped() -> None:
-    feed, engine, recorder = engine_with_positions(marks_per_tick=2)
-    await loop_turns()
-    recorder.ticks.clear()
+    feed, engine, recorder = await engine_with_positions(marks_per_tick=2)
     feed.quote(ETH, ("102", "1"), None)
     feed.quote(BTC, ("103", "1"), None)
     engine.unsubscribe(recorder, ACCOUNT)
