@@ -108,7 +108,7 @@ async def serve(
         ack_timeout=settings.positions.ack_timeout_ms / 1000,
         max_positions_per_account=settings.positions.max_per_account,
     )
-    profit = ProfitEngine(registry, fanout)
+    profit = ProfitEngine(registry, fanout, marks_per_tick=settings.positions.profit_marks_per_tick)
     positions.add_listener(profit)
     try:
         # Profit resumes for every position acknowledged before the last stop.

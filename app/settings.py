@@ -14,6 +14,7 @@ from typing import Any
 from app.exceptions import ConfigError
 from app.venues import VENUE_KINDS, native_symbols
 from publish.client import ServerLimits
+from publish.profit import MARKS_PER_TICK
 
 STORAGE_BACKENDS = ("sqlite", "postgres")
 DEMO_VENUES: dict[str, tuple[str, ...]] = {
@@ -56,6 +57,9 @@ class PositionSettings:
     ``storage_unavailable`` (it stays queued and is stored when the database answers)."""
     max_per_account: int = 10_000
     """Open positions one account may hold."""
+    profit_marks_per_tick: int = MARKS_PER_TICK
+    """Positions the profit engine marks per publish tick at most (whole instruments,
+    oldest price change first; the rest in the next loop iteration)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +277,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[positions].ack_timeout_ms must be positive")
     if settings.positions.max_per_account < 1:
         raise ConfigError("[positions].max_per_account must be at least 1")
+    if settings.positions.profit_marks_per_tick < 1:
+        raise ConfigError("[positions].profit_marks_per_tick must be at least 1")
     if settings.storage.window_ms <= 0:
         raise ConfigError("[storage].window_ms must be positive")
     if settings.book.capture_depth < 0:

@@ -23,13 +23,19 @@ def test_postgres_is_selected_with_its_dsn_schema_and_timeout() -> None:
                 "schema": "trading",
                 "timeout_ms": 250,
             },
-            "positions": {"ack_timeout_ms": 1500, "max_per_account": 7},
+            "positions": {
+                "ack_timeout_ms": 1500,
+                "max_per_account": 7,
+                "profit_marks_per_tick": 500,
+            },
         }
     )
     assert settings.storage == StorageSettings(
         backend="postgres", dsn=PG_DSN, schema="trading", timeout_ms=250
     )
-    assert settings.positions == PositionSettings(ack_timeout_ms=1500, max_per_account=7)
+    assert settings.positions == PositionSettings(
+        ack_timeout_ms=1500, max_per_account=7, profit_marks_per_tick=500
+    )
     backend = storage_backend(settings.storage)
     assert isinstance(backend, PostgresBackend)
     assert (backend.name, backend.schema) == ("postgres", "trading")
@@ -51,6 +57,10 @@ def test_sqlite_stays_the_default(tmp_path: Path) -> None:
         ({"storage": {"dsn": 5}}, "[storage].dsn must be str"),
         ({"positions": {"ack_timeout_ms": 0}}, "[positions].ack_timeout_ms must be positive"),
         ({"positions": {"max_per_account": 0}}, "[positions].max_per_account must be at least"),
+        (
+            {"positions": {"profit_marks_per_tick": 0}},
+            "[positions].profit_marks_per_tick must be at least",
+        ),
         ({"positions": {"ack": 1}}, "[positions]: unknown key(s) ack"),
     ],
 )
