@@ -80,10 +80,6 @@ class Subscriber(Protocol):
 
     def offer(self, key: Topic, message: bytes) -> None: ...
 
-    def offer_all(self, messages: Mapping[Topic, bytes]) -> None:
-        """``offer`` each message in order (one call for many: the profit engine's)."""
-        ...
-
     def flush(self) -> None: ...
 
 
@@ -115,7 +111,16 @@ class TickMessages:
         return self._batch_frame
 
 
-class Member(Subscriber, Protocol):
+class SourceSubscriber(Subscriber, Protocol):
+    """What a ``ChannelSource`` is given: a session, which also takes many messages in
+    one call."""
+
+    def offer_all(self, messages: Mapping[Topic, bytes]) -> None:
+        """``offer`` each message in order (one call for many: the profit engine's)."""
+        ...
+
+
+class Member(SourceSubscriber, Protocol):
     """A session as the engine sees it: a subscriber that can also take a crowd's tick."""
 
     def take_tick(self, tick: TickMessages) -> None: ...
@@ -143,12 +148,6 @@ class Crowd:
             self._fanout.flush_soon(self)
         outbox[key] = message
 
-    def offer_all(self, messages: Mapping[Topic, bytes]) -> None:
-        outbox = self._outbox
-        if not outbox and messages:
-            self._fanout.flush_soon(self)
-        outbox.update(messages)
-
     def flush(self) -> None:
         if not self._outbox:
             return
@@ -171,9 +170,9 @@ class ChannelSource(Protocol):
     in the next loop iteration, after the loop has served its I/O).
     """
 
-    def subscribe(self, subscriber: Subscriber, key: str) -> None: ...
+    def subscribe(self, subscriber: SourceSubscriber, key: str) -> None: ...
 
-    def unsubscribe(self, subscriber: Subscriber, key: str) -> None: ...
+    def unsubscribe(self, subscriber: SourceSubscriber, key: str) -> None: ...
 
     def publish(self, ts_send: int) -> bool: ...
 

@@ -54,7 +54,7 @@ import orjson
 from book.fixed import SCALE_DIGITS, format_fixed
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
-from publish.fanout import Fanout, Subscriber, Topic
+from publish.fanout import Fanout, SourceSubscriber, Topic
 from publish.protocol import Channel
 from publish.storage.rows import PositionRow, PositionSide
 
@@ -139,7 +139,7 @@ class _Group:
 @dataclass(slots=True, eq=False)
 class _Account:
     name: str
-    subscribers: set[Subscriber] = field(default_factory=set)
+    subscribers: set[SourceSubscriber] = field(default_factory=set)
     marks: dict[str, _Mark] = field(default_factory=dict)
     """Every open position of the account, by id."""
     pending: dict[Topic, bytes] = field(default_factory=dict)
@@ -228,7 +228,7 @@ class ProfitEngine:
 
     # -- the fan-out's channel source -------------------------------------------------------
 
-    def subscribe(self, subscriber: Subscriber, key: str) -> None:
+    def subscribe(self, subscriber: SourceSubscriber, key: str) -> None:
         """Add a subscriber of account ``key`` (authorized by the session) and send it the
         current state. O(positions of the account)."""
         account = self._accounts.get(key)
@@ -243,7 +243,7 @@ class ProfitEngine:
         subscriber.offer(TOTAL_KEY, _encode_total(account, ts_send))
         self._count_encoded(len(account.marks) + 1)
 
-    def unsubscribe(self, subscriber: Subscriber, key: str) -> None:
+    def unsubscribe(self, subscriber: SourceSubscriber, key: str) -> None:
         """Remove a subscriber; the account stops being marked with its last one. O(1),
         or O(positions of the account) for the last."""
         account = self._accounts.get(key)
