@@ -19,9 +19,9 @@ from typing import Any
 from app.exceptions import ConfigError
 from app.settings import Settings, StorageSettings, VenueSettings
 from app.venues import build_adapter, simulator_endpoints, simulator_for
+from book.incidents import FeedIncident, IncidentSink, ignore_incident
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
-from feeds.incidents import FeedIncident, IncidentSink, ignore_incident
 from feeds.ratelimit import WeightLimiter
 from feeds.runner import FeedRunner, Recorder
 from feeds.simulator.venue import LoopbackVenue

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from book.consolidated import ConsolidatedBbo, consolidate
+from book.instruments import symbol_of
 from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
 
@@ -45,7 +46,7 @@ class BookRegistry:
         self._status[instrument] = InstrumentStatus(
             instrument, InstrumentState.SYNCING, "starting", ts
         )
-        self._by_symbol[instrument.partition(":")[2]].append(instrument)
+        self._by_symbol[symbol_of(instrument)].append(instrument)
 
     def on_snapshot(self, listener: SnapshotListener) -> None:
         self._snapshot_listeners.append(listener)
@@ -74,7 +75,7 @@ class BookRegistry:
         """Record a state change and tell listeners (only when state or reason changed)."""
         previous = self._status.get(status.instrument)
         if previous is None:
-            self._by_symbol[status.instrument.partition(":")[2]].append(status.instrument)
+            self._by_symbol[symbol_of(status.instrument)].append(status.instrument)
         elif previous.state == status.state and previous.reason == status.reason:
             return
         self._status[status.instrument] = status
@@ -83,7 +84,7 @@ class BookRegistry:
                 listener(status)
             except Exception:
                 self._listener_failed(listener)
-        self._update_nbbo(status.instrument.partition(":")[2])
+        self._update_nbbo(symbol_of(status.instrument))
 
     # -- readers ------------------------------------------------------------------------
 

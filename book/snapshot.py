@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from book.fixed import format_fixed
+from book.instruments import symbol_of, venue_of
 
 Level = tuple[int, int]
 """(price, quantity) in fixed point (see ``book.fixed``)."""
@@ -34,12 +35,12 @@ class BookSnapshot:
 
     @property
     def venue(self) -> str:
-        return self.instrument.partition(":")[0]
+        return venue_of(self.instrument)
 
     @property
     def symbol(self) -> str:
         """The canonical symbol without venue (``BTC-USDT``; ``-PERP`` kept)."""
-        return self.instrument.partition(":")[2]
+        return symbol_of(self.instrument)
 
     def same_top(self, other: BookSnapshot | None) -> bool:
         """True when best bid/ask and their quantities equal ``other``'s."""

@@ -25,6 +25,7 @@ import httpx
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException
 
+from book.incidents import FeedIncident, IncidentKind, IncidentSink, ignore_incident
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
@@ -32,7 +33,6 @@ from feeds.backoff import Backoff
 from feeds.dispatch import BookDispatcher, FeedCounters
 from feeds.events import ConnectionGapEvent, FeedEvent, MalformedEvent, VenueErrorEvent
 from feeds.exceptions import SilentConnectionError, SnapshotError, VenueClosingError
-from feeds.incidents import FeedIncident, IncidentKind, IncidentSink, ignore_incident
 from feeds.ratelimit import WeightLimiter
 from feeds.recordings import FrameKind, RecordedFrame
 from feeds.sync import ProblemKind, SyncProblem, SyncResult

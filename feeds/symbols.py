@@ -4,20 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
+from book.instruments import instrument_id
+
 KNOWN_QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "USD", "TRY")
-
-
-def instrument_id(venue: str, symbol: str) -> str:
-    """``instrument_id("binance", "BTC-USDT") == "binance:BTC-USDT"``."""
-    return f"{venue}:{symbol}"
-
-
-def split_instrument(instrument: str) -> tuple[str, str]:
-    """``"binance:BTC-USDT"`` -> ``("binance", "BTC-USDT")``; ValueError if malformed."""
-    venue, sep, symbol = instrument.partition(":")
-    if not sep or not venue or not symbol:
-        raise ValueError(f"instrument id must look like 'venue:BASE-QUOTE', got {instrument!r}")
-    return venue, symbol
 
 
 def split_concatenated(venue_symbol: str, quotes: Iterable[str] = KNOWN_QUOTES) -> str:

@@ -26,6 +26,7 @@ import orjson
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
+from book.instruments import venue_of
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
 from book.status import InstrumentState
@@ -125,7 +126,7 @@ class HttpRoutes:
         statuses = self._registry.statuses()
         venues: dict[str, Counter[str]] = {}
         for status in statuses:
-            venue = status.instrument.partition(":")[0]
+            venue = venue_of(status.instrument)
             venues.setdefault(venue, Counter())[status.state.value] += 1
         healthy = all(status.state is InstrumentState.LIVE for status in statuses)
         checks: dict[str, object] = {}

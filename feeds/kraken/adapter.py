@@ -24,11 +24,12 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 
+from book.instruments import instrument_id
 from feeds.events import FeedEvent
 from feeds.kraken.checksum import Precision, PrecisionTable
 from feeds.kraken.parser import KrakenParser
 from feeds.kraken.sync import DEPTHS, KrakenBookSync
-from feeds.symbols import SymbolMap, instrument_id
+from feeds.symbols import SymbolMap
 from feeds.sync import BookSync
 from feeds.venue import VenueAdapter
 

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from book.instruments import venue_of
 from book.registry import BookRegistry
 from book.status import InstrumentState
 from feeds.dispatch import FeedCounters
@@ -266,9 +267,7 @@ class Metrics:
                 venue[name] = venue.get(name, 0) + value
         states: dict[str, Counter[str]] = {}
         for status in self.registry.statuses():
-            states.setdefault(status.instrument.partition(":")[0], Counter())[
-                status.state.value
-            ] += 1
+            states.setdefault(venue_of(status.instrument), Counter())[status.state.value] += 1
         for name, counts in states.items():
             venue = venues.setdefault(name, {"connections": 0})
             venue["instruments"] = {state.value: counts[state.value] for state in InstrumentState}

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from book.incidents import FeedIncident, IncidentKind
 from book.snapshot import BookSnapshot
-from feeds.incidents import FeedIncident, IncidentKind
 
 
 @dataclass(frozen=True, slots=True)

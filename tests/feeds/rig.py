@@ -17,11 +17,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import pytest
 
+from book.incidents import FeedIncident, IncidentKind, IncidentSink
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
 from feeds.backoff import Backoff
-from feeds.incidents import FeedIncident, IncidentKind, IncidentSink
 from feeds.runner import FeedRunner
 from feeds.simulator.venue import LoopbackVenue
 from feeds.venue import VenueAdapter

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from book.incidents import IncidentKind
 from book.status import InstrumentState
 from feeds.binance.adapter import BinanceAdapter
-from feeds.incidents import IncidentKind
 from feeds.simulator.binance import BinanceSimulator
 from feeds.symbols import SymbolMap
 from tests.feeds import rig as rig_module

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from book.incidents import IncidentKind
 from book.status import InstrumentState
 from feeds.bybit.adapter import BybitAdapter, BybitCategory
-from feeds.incidents import IncidentKind
 from feeds.simulator.bybit import BybitSimulator
 from feeds.simulator.faults import FaultCounters
 from feeds.symbols import SymbolMap

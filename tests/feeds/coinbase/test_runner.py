@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from book.incidents import FeedIncident, IncidentKind
 from book.registry import BookRegistry
 from book.status import InstrumentState
 from feeds.coinbase.adapter import CoinbaseAdapter
-from feeds.incidents import FeedIncident, IncidentKind
 from feeds.runner import FeedRunner
 from feeds.simulator.coinbase import CoinbaseSimulator
 from feeds.symbols import SymbolMap

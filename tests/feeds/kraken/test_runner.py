@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from book.incidents import IncidentKind
 from book.status import InstrumentState
-from feeds.incidents import IncidentKind
 from feeds.kraken.adapter import KrakenAdapter
 from feeds.kraken.checksum import Precision
 from feeds.simulator.kraken import DEFAULT_SYMBOLS, KrakenSimulator

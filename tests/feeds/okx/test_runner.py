@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from book.incidents import IncidentKind
 from book.status import InstrumentState
-from feeds.incidents import IncidentKind
 from feeds.okx.adapter import OkxAdapter, okx_symbols
 from feeds.simulator.okx import OkxSimulator
 from feeds.symbols import SymbolMap

@@ -18,8 +18,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from book.fixed import format_fixed_places, parse_fixed
+from book.incidents import IncidentKind
 from book.status import InstrumentState
-from feeds.incidents import IncidentKind
 from feeds.simulator.binance import USDM_DEPTH_STREAMS, USDM_SYMBOLS, BinanceSimulator
 from feeds.simulator.faults import Fault, FaultCounters
 from tests.feeds.rig import books_equal_simulator

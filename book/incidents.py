@@ -1,6 +1,6 @@
 """Feed incidents: what happened to a venue connection or an instrument's book.
 
-The runner reports them through a callback; the app stores them as ``feed_events``.
+Ingest reports them to its ``FeedSink``; storage keeps them as ``feed_events``.
 """
 
 from __future__ import annotations
