@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from book.snapshot import BookSnapshot
+
+
+class Market(StrEnum):
+    """How the consolidated best bid stands to the best ask.
+
+    ``locked``: bid == ask; ``crossed``: bid > ask (a buyer on one venue pays more than
+    a seller on another asks); ``normal`` otherwise, also when a side is empty.
+    """
+
+    NORMAL = "normal"
+    LOCKED = "locked"
+    CROSSED = "crossed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +39,12 @@ class ConsolidatedBbo:
     ask: int | None
     ask_qty: int | None
     ask_venue: str | None
+
+    @property
+    def market(self) -> Market:
+        if self.bid is None or self.ask is None or self.bid < self.ask:
+            return Market.NORMAL
+        return Market.LOCKED if self.bid == self.ask else Market.CROSSED
 
     def same_quote(self, other: ConsolidatedBbo | None) -> bool:
         return other is not None and (

@@ -353,7 +353,8 @@ def encode_book(snapshot: BookSnapshot, depth: int, ts_send: int) -> bytes:
 
 def encode_nbbo(nbbo: ConsolidatedBbo, ts_send: int) -> bytes:
     """The ``nbbo`` message: the consolidated best bid/ask of a canonical symbol across
-    live venues, with the venue of each side (``null`` sides when no venue quotes)."""
+    live venues, with the venue of each side (``null`` sides when no venue quotes) and
+    whether the market is normal, locked or crossed."""
     return orjson.dumps(
         {
             "type": "nbbo",
@@ -365,6 +366,7 @@ def encode_nbbo(nbbo: ConsolidatedBbo, ts_send: int) -> bytes:
             "ask": _fixed_or_none(nbbo.ask),
             "ask_qty": _fixed_or_none(nbbo.ask_qty),
             "ask_venue": nbbo.ask_venue,
+            "market": nbbo.market.value,
             "ts_event": nbbo.ts_event,
             "ts_recv": nbbo.ts_recv,
             "ts_send": ts_send,

@@ -149,3 +149,16 @@ def test_nbbo_is_the_ranked_best_of_each_side_in_any_order(
     assert consolidate(SYMBOL, books, previous) == ConsolidatedBbo(
         SYMBOL, 2, 0, 0, *expected_bid, *expected_ask
     )
+
+
+@given(st.integers(1, 200), st.integers(1, 200))
+def test_market_compares_the_consolidated_bid_with_the_ask(bid: int, ask: int) -> None:
+    nbbo = consolidate(SYMBOL, [snap("binance", bid, 1, 300, 1), snap("okx", 0, 1, ask, 1)], None)
+    assert nbbo is not None
+    expected = "crossed" if bid > ask else "locked" if bid == ask else "normal"
+    assert nbbo.market == expected
+
+
+def test_market_is_normal_when_a_side_is_empty() -> None:
+    nbbo = consolidate(SYMBOL, [snap("binance", 100, 1, None, None)], None)
+    assert nbbo is not None and nbbo.market == "normal"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -152,6 +153,12 @@ async def test_book_of_a_syncing_instrument_starts_with_its_first_change() -> No
         assert await receive(ws) == book(ETH, 2, 2, BIDS, ASKS)
 
 
+def market(bid: str | None, ask: str | None) -> str:
+    if bid is None or ask is None or Decimal(bid) < Decimal(ask):
+        return "normal"
+    return "locked" if Decimal(bid) == Decimal(ask) else "crossed"
+
+
 def nbbo(
     seq: int,
     bid: tuple[str, str, str] | None,
@@ -170,6 +177,7 @@ def nbbo(
         "ask": ask and ask[0],
         "ask_qty": ask and ask[1],
         "ask_venue": ask and ask[2],
+        "market": market(bid and bid[0], ask and ask[0]),
         "ts_event": ts_seq * 1_000,
         "ts_recv": ts_seq * 1_000 + 7,
         "ts_send": TS_SEND,

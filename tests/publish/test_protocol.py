@@ -3,6 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from book.consolidated import ConsolidatedBbo
 from book.fixed import parse_fixed
 from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
@@ -18,6 +19,7 @@ from publish.protocol import (
     encode_batch,
     encode_bbo,
     encode_error,
+    encode_nbbo,
     encode_pong,
     encode_status,
     parse_request,
@@ -129,6 +131,33 @@ def test_encode_bbo_is_exact_text_and_null_for_an_empty_side() -> None:
         b'"bid":"43000.1","bid_qty":"0.00000001","ask":null,"ask_qty":null,'
         b'"ts_event":1700000000000000001,"ts_recv":1700000000000000002,'
         b'"ts_send":1700000000000000009}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("bid", "ask", "market"),
+    [("100", "100.5", "normal"), ("100.5", "100.5", "locked"), ("100.6", "100.5", "crossed")],
+)
+def test_encode_nbbo_says_whether_the_market_is_normal_locked_or_crossed(
+    bid: str, ask: str, market: str
+) -> None:
+    nbbo = ConsolidatedBbo(
+        "BTC-USDT",
+        7,
+        1,
+        2,
+        parse_fixed(bid),
+        parse_fixed("3"),
+        "kraken",
+        parse_fixed(ask),
+        parse_fixed("4"),
+        "okx",
+    )
+    assert encode_nbbo(nbbo, 9) == (
+        b'{"type":"nbbo","symbol":"BTC-USDT","seq":7,'
+        b'"bid":"%s","bid_qty":"3","bid_venue":"kraken",'
+        b'"ask":"%s","ask_qty":"4","ask_venue":"okx","market":"%s",'
+        b'"ts_event":1,"ts_recv":2,"ts_send":9}' % (bid.encode(), ask.encode(), market.encode())
     )
 
 
