@@ -40,6 +40,7 @@ from pathlib import Path
 
 from hdrh.histogram import HdrHistogram
 
+from bench import pgformats
 from bench.report import (
     Progress,
     ScenarioResult,
@@ -76,6 +77,8 @@ class StorageOptions:
     window_ms: float = 5.0
     pg_dsn: str | None = DEFAULT_PG_DSN
     """``None``: SQLite only."""
+    pg_formats: bool = True
+    """Also compare text/binary COPY into NUMERIC/BIGINT columns (``bench.pgformats``)."""
 
     @classmethod
     def quick(cls) -> StorageOptions:
@@ -437,6 +440,28 @@ async def _drop_schema(dsn: str, schema: str) -> None:
         await conn.close()
 
 
+async def measure_formats(
+    options: StorageOptions, progress: Progress, notes: list[str]
+) -> list[pgformats.VariantRun]:
+    """The PostgreSQL COPY format / amount column comparison at the first offered rate
+    (``bench.pgformats``); nothing when PostgreSQL is skipped or unreachable."""
+    if options.pg_dsn is None or not options.pg_formats:
+        return []
+    progress.step(f"postgres: {len(pgformats.VARIANTS)} COPY variants, interleaved")
+    try:
+        return await pgformats.measure(
+            options.pg_dsn,
+            RowMaker(sample_quotes()).rows,
+            rate=options.rates[0],
+            window_ms=options.window_ms,
+            seconds=options.seconds,
+            warmup=options.warmup,
+        )
+    except (OSError, ImportError) as exc:
+        notes.append(f"PostgreSQL COPY variants skipped: {str(exc)[:200]}")
+        return []
+
+
 def _summary(histogram: HdrHistogram) -> str:
     """p50 / p99 / max in ms."""
     if not histogram.get_total_count():
@@ -452,6 +477,8 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
     progress.scenario("storage")
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runs, notes = runner.run(measure_all(options, progress))
+        reached = any(backend.name == "postgres" for backend in runs)
+        formats = runner.run(measure_formats(options, progress, notes)) if reached else []
     progress.done()
     result = ScenarioResult(
         key="storage",
@@ -466,7 +493,12 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
             "with the row generator alone (baseline). Floors in the same run: bare "
             "executemany (SQLite) / COPY (PostgreSQL) of batches of the window's size (prices "
             "formatted once, fresh timestamps), one transaction each, as fast as they go; "
-            "µs per row = p50 batch time / rows in it, at the first step for marketcast."
+            "µs per row = p50 batch time / rows in it, at the first step for marketcast. "
+            "COPY variants (PostgreSQL): the same rows at the first offered rate in batches "
+            "of the window, bare on one connection (synchronous_commit=off, as the backend's "
+            "BBO batches), text or binary COPY into NUMERIC or fixed-point BIGINT columns, "
+            "interleaved in 0.5 s slices; build = rows -> COPY payload on the loop, write = "
+            "COPY + commit, flush = both (ms, p50 / p99 / max)."
         ),
         notes=notes,
     )
@@ -569,4 +601,9 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
             floors,
         )
     )
+    if formats:
+        result.tables.append(pgformats.table(formats, options.rates[0], options.window_ms))
+        for variant in formats:
+            key = f"postgres_{variant.variant.key}"
+            result.figures[f"{key}_flush_p99_ms"] = variant.flush.get_value_at_percentile(99) / 1e6
     return result

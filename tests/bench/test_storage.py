@@ -1,4 +1,5 @@
-"""Scenario 4 at a tiny size: the flusher and the bare floor on SQLite and PostgreSQL."""
+"""Scenario 4 at a tiny size: the flusher and the bare floor on SQLite and PostgreSQL, and
+the PostgreSQL COPY variants."""
 
 from __future__ import annotations
 
@@ -11,13 +12,26 @@ def test_storage_measures_both_backends_and_their_floors() -> None:
     options = StorageOptions(rates=(2000,), seconds=0.4, warmup=0.1, pg_dsn=PG_DSN)
     result = run(options, Progress())
 
-    steps, floors = result.tables
+    steps, floors, formats = result.tables
     assert [(row[0], row[1]) for row in steps.rows] == [("sqlite", "2,000"), ("postgres", "2,000")]
     assert [(row[0], row[1]) for row in floors.rows] == [("sqlite", "10"), ("postgres", "10")]
     assert sorted(result.figures) == sorted(
-        f"{backend}_{figure}"
-        for backend in ("sqlite", "postgres")
-        for figure in ("floor_rows_per_s", "rows_per_s_at_2000", "flush_p99_ms", "lag_p99_ms")
+        [
+            f"{backend}_{figure}"
+            for backend in ("sqlite", "postgres")
+            for figure in ("floor_rows_per_s", "rows_per_s_at_2000", "flush_p99_ms", "lag_p99_ms")
+        ]
+        + [
+            f"postgres_{variant}_flush_p99_ms"
+            for variant in ("text_numeric", "binary_numeric", "text_bigint", "binary_bigint")
+        ]
     )
     assert all(value > 0 for value in result.figures.values())
     assert result.notes == []
+    assert [row[:2] for row in formats.rows] == [
+        ("text COPY, NUMERIC (backend today)", "10"),
+        ("binary COPY, NUMERIC", "10"),
+        ("text COPY, BIGINT", "10"),
+        ("binary COPY, BIGINT", "10"),
+    ]
+    assert all(row[2] != "0" and row[5] != "-" for row in formats.rows)
