@@ -8,9 +8,11 @@
     marketcast subscribe profit acct-1 --token "$(marketcast token --account acct-1)"
     marketcast subscribe bbo binance:BTC-USDT --token "$(marketcast token --account a-1)"
 
-Prints one line per update (a small ladder per ``book`` update), times in UTC from the
-message's exchange event time (receive time for messages without one). Exits 1 on an
-error reply or a close by the server, 0 after ``--count`` updates or Ctrl-C.
+Built on the ``marketcast`` client: it reconnects by itself when the connection drops
+(saying so on stderr) and resubscribes. Prints one line per update (a small ladder per
+``book`` update), times in UTC from the message's exchange event time (its send time,
+or the receive time for messages without one). Exits 1 when the server refuses the
+subscription or cannot be reached at start, 0 after ``--count`` updates or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -18,16 +20,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from decimal import Decimal
+from typing import TextIO
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
+import marketcast
 from app.loop import run_until_signalled
-from publish.protocol import ACCOUNT_FIELD, KEY_FIELDS, Channel
+from publish.protocol import KEY_FIELDS, Channel
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 
@@ -87,117 +89,109 @@ async def subscribe(
     clock: Callable[[], int] = time.time_ns,
 ) -> int:
     """Subscribe and print updates to ``out`` until ``count`` (or forever); the exit
-    status: 0 done, 1 refused or closed by the server. ``clock`` (ns) times messages
-    that carry no time of their own (``status``)."""
-    request: dict[str, object] = {"op": "subscribe", "id": 2, "channel": channel.value}
+    status: 0 done, 1 refused or unreachable. ``clock`` (ns) times messages that carry
+    no time of their own (``status``)."""
     field = KEY_FIELDS.get(channel)
-    if field is not None:
-        request[field] = keys
-    elif channel is Channel.PROFIT:
-        request[ACCOUNT_FIELD] = keys[0]
-    if depth is not None:
-        request["depth"] = depth
     try:
-        async with connect(url) as ws:
-            if token is not None:
-                await ws.send(orjson.dumps({"op": "auth", "id": 1, "token": token}).decode())
-            await ws.send(orjson.dumps(request).decode())
-            status = await _print_updates(ws, count, out, err, clock)
-            if status is not None:
-                return status
-            close = ws.close_code, ws.close_reason
+        async with marketcast.connect(url, token=token) as client:
+            if client.account is not None:
+                print(f"marketcast: authenticated as {client.account}", file=err)
+            await client.subscribe(
+                channel.value,
+                instruments=keys if field == "instruments" else None,
+                symbols=keys if field == "symbols" else None,
+                account=keys[0] if channel is Channel.PROFIT else None,
+                depth=depth,
+            )
+            print(f"marketcast: {_subscribed_text(channel, keys, depth)}", file=err)
+            await _print_updates(client, count, out, err, clock)
+    except marketcast.ServerError as exc:
+        print(f"marketcast: {exc.code}: {exc.message}", file=err)
+        return 1
     except OSError as exc:
         print(f"marketcast: cannot connect to {url}: {exc.strerror or exc}", file=err)
         return 1
-    except ConnectionClosed as exc:
-        close = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd is not None else (None, None)
-    code, reason = close
-    why = "connection lost" if code is None else f"{code} {reason or ''}".strip()
-    print(f"marketcast: the server closed the connection: {why}", file=err)
-    return 1
+    return 0
 
 
 async def _print_updates(
-    ws: ClientConnection, count: int | None, out: TextIO, err: TextIO, clock: Callable[[], int]
-) -> int | None:
-    """Print until ``count`` (0), an error reply (1) or the end of the connection (None)."""
+    client: marketcast.Client,
+    count: int | None,
+    out: TextIO,
+    err: TextIO,
+    clock: Callable[[], int],
+) -> None:
+    """Print until ``count`` updates (forever without); connection news go to ``err``."""
     printed = 0
-    async for frame in ws:
-        decoded = orjson.loads(frame)
-        for message in decoded if isinstance(decoded, list) else (decoded,):
-            kind = message.get("type")
-            if kind == "error":
-                print(f"marketcast: {message['code']}: {message['message']}", file=err)
-                return 1
-            if kind == "ack":
-                print(f"marketcast: {_ack_text(message)}", file=err)
-                continue
-            print(render(message, clock()), file=out, flush=True)
-            printed += 1
-            if count is not None and printed >= count:
-                return 0
-    return None
+    async for message in client:
+        if isinstance(message, marketcast.Disconnected):
+            print(f"marketcast: disconnected ({message.reason}), reconnecting", file=err)
+            continue
+        if isinstance(message, marketcast.Reconnected):
+            print(f"marketcast: reconnected to {message.url}, resubscribed", file=err)
+            continue
+        print(render(message, clock()), file=out, flush=True)
+        printed += 1
+        if count is not None and printed >= count:
+            return
 
 
-def _ack_text(ack: Mapping[str, Any]) -> str:
-    if ack.get("op") == "auth":
-        return f"authenticated as {ack['account']}"
-    keys = ack.get("instruments") or ack.get("symbols") or []
-    depth = f" depth {ack['depth']}" if "depth" in ack else ""
-    return f"{ack['op']}d to {ack['channel']}{depth} {' '.join(keys)}".rstrip()
+def _subscribed_text(channel: Channel, keys: list[str], depth: int | None) -> str:
+    shown = f" depth {depth}" if depth is not None else ""
+    return f"subscribed to {channel.value}{shown} {' '.join(keys)}".rstrip()
 
 
-def render(message: Mapping[str, Any], received: int) -> str:
+def render(message: marketcast.Message, received: int) -> str:
     """One server message as terminal text (a few lines for a ``book``), timed by its
     exchange event time, else its send time, else ``received`` (ns)."""
-    kind = message.get("type")
-    when = _clock(message.get("ts_event") or message.get("ts_send") or received)
-    if kind == "bbo":
-        return (
-            f"{when}  {message['instrument']:<24} #{message['seq']:<8} "
-            f"{_side(message['bid'], message['bid_qty'])}  |  "
-            f"{_side(message['ask'], message['ask_qty'])}"
-        )
-    if kind == "nbbo":
-        return (
-            f"{when}  {message['symbol']:<24} #{message['seq']:<8} "
-            f"{_side(message['bid'], message['bid_qty'], message['bid_venue'])}  |  "
-            f"{_side(message['ask'], message['ask_qty'], message['ask_venue'])}"
-        )
-    if kind == "book":
-        return _ladder(when, message)
-    if kind == "status":
-        return f"{when}  {message['instrument']:<24} {message['state']} ({message['reason']})"
-    if kind == "profit":
-        return (
-            f"{when}  {message['account']} {message['position_id']:<12} "
-            f"{message['instrument']:<24} {message['side']} {message['qty']} @ "
-            f"{message['entry']}  mark {message['mark'] or '-'}  pnl {message['pnl'] or '-'}"
-        )
-    if kind == "profit_total":
-        return (
-            f"{when}  {message['account']} total pnl {message['pnl']} over "
-            f"{message['positions']} positions ({message['unmarked']} unmarked)"
-        )
-    if kind == "profit_closed":
-        return (
-            f"{when}  {message['account']} {message['position_id']:<12} "
-            f"{message['instrument']:<24} closed"
-        )
-    if kind == "metrics":
-        fields = (
-            f"{name}={_compact(value)}"
-            for name, value in message.items()
-            if name not in ("type", "ts_send")
-        )
-        return f"{when}  metrics  {' '.join(fields)}"
-    return f"{when}  {orjson.dumps(message).decode()}"
+    match message:
+        case marketcast.Bbo():
+            return (
+                f"{_clock(message.ts_event or message.ts_send)}  {message.instrument:<24} "
+                f"#{message.seq:<8} {_side(message.bid, message.bid_qty)}  |  "
+                f"{_side(message.ask, message.ask_qty)}"
+            )
+        case marketcast.Nbbo():
+            return (
+                f"{_clock(message.ts_event or message.ts_send)}  {message.symbol:<24} "
+                f"#{message.seq:<8} {_side(message.bid, message.bid_qty, message.bid_venue)}"
+                f"  |  {_side(message.ask, message.ask_qty, message.ask_venue)}"
+            )
+        case marketcast.Book():
+            return _ladder(_clock(message.ts_event or message.ts_send), message)
+        case marketcast.Status():
+            return (
+                f"{_clock(received)}  {message.instrument:<24} {message.state} ({message.reason})"
+            )
+        case marketcast.Profit():
+            return (
+                f"{_clock(message.ts_send)}  {message.account} {message.position_id:<12} "
+                f"{message.instrument:<24} {message.side} {_text(message.qty)} @ "
+                f"{_text(message.entry)}  mark {_text(message.mark)}  pnl {_text(message.pnl)}"
+            )
+        case marketcast.ProfitTotal():
+            return (
+                f"{_clock(message.ts_send)}  {message.account} total pnl {_text(message.pnl)} "
+                f"over {message.positions} positions ({message.unmarked} unmarked)"
+            )
+        case marketcast.ProfitClosed():
+            return (
+                f"{_clock(message.ts_send)}  {message.account} {message.position_id:<12} "
+                f"{message.instrument:<24} closed"
+            )
+        case marketcast.Metrics():
+            fields = (f"{name}={_compact(value)}" for name, value in message.values.items())
+            return f"{_clock(message.ts_send)}  metrics  {' '.join(fields)}"
+        case marketcast.UnknownMessage():
+            return f"{_clock(received)}  {orjson.dumps(dict(message.fields)).decode()}"
+    return f"{_clock(received)}  {message!r}"
 
 
-def _ladder(when: str, book: Mapping[str, Any]) -> str:
+def _ladder(when: str, book: marketcast.Book) -> str:
     """Bids left, asks right, best on top: ``qty  price | price  qty``."""
-    bids, asks = book["bids"], book["asks"]
-    rows = [f"{when}  {book['instrument']:<24} #{book['seq']:<8} book depth {book['depth']}"]
+    bids = [(_text(price), _text(qty)) for price, qty in book.bids]
+    asks = [(_text(price), _text(qty)) for price, qty in book.asks]
+    rows = [f"{when}  {book.instrument:<24} #{book.seq:<8} book depth {book.depth}"]
     width = max((len(price) for price, _ in bids), default=0)
     qty_width = max((len(qty) for _, qty in bids), default=0)
     for index in range(max(len(bids), len(asks))):
@@ -208,11 +202,16 @@ def _ladder(when: str, book: Mapping[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _side(price: str | None, qty: str | None, venue: str | None = None) -> str:
+def _text(value: Decimal | None) -> str:
+    """An amount as the server wrote it (``str`` would print ``1E-8``)."""
+    return "-" if value is None else format(value, "f")
+
+
+def _side(price: Decimal | None, qty: Decimal | None, venue: str | None = None) -> str:
     if price is None:
         return "-"
     where = f" ({venue})" if venue else ""
-    return f"{price} x {qty}{where}"
+    return f"{_text(price)} x {_text(qty)}{where}"
 
 
 def _clock(ns: int) -> str:

@@ -13,6 +13,7 @@ from app.commands.subscribe import render, subscribe
 from app.runtime import auth_policy
 from app.settings import load_settings
 from book.status import InstrumentState
+from marketcast import decode
 from publish.auth import AuthPolicy, TokenAuthority
 from publish.exceptions import TokenError
 from publish.protocol import Channel, ErrorCode
@@ -147,14 +148,19 @@ async def test_subscribe_with_a_token_and_every_way_it_fails() -> None:
     assert err.getvalue().startswith(f"marketcast: cannot connect to {url}: ")
 
 
-async def test_subscribe_reports_a_close_by_the_server() -> None:
+async def test_subscribe_reconnects_when_the_server_closes_the_connection() -> None:
     err = io.StringIO()
     async with running() as m:
-        task = asyncio.create_task(subscribe(m.server.url, Channel.STATUS, [], err=err))
+        url = m.server.url
+        task = asyncio.create_task(subscribe(url, Channel.STATUS, [], err=err))
         await eventually(lambda: m.fanout.subscriptions() > 0, "subscribed")
-    assert await task == 1
+    await eventually(lambda: "reconnecting" in err.getvalue(), "the loss reported")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     assert err.getvalue() == (
-        "marketcast: subscribed to status\nmarketcast: the server closed the connection: 1001\n"
+        "marketcast: subscribed to status\n"
+        "marketcast: disconnected (closed by the server: 1001), reconnecting\n"
     )
 
 
@@ -192,7 +198,7 @@ def test_profit_messages_render_one_line_each() -> None:
         {"type": "profit_closed", **common, "closed_ts": 5},
         {"type": "future", "x": [1]},
     ]
-    assert [render(message, STATUS_TIME) for message in messages] == [
+    assert [render(decode(message), STATUS_TIME) for message in messages] == [
         "00:00:00.000001  acct-1 p-1          binance:BTC-USDT         buy 0.5 @ 43000.1  "
         "mark 43010  pnl 4.95",
         "00:00:00.000001  acct-1 p-1          binance:BTC-USDT         sell 1 @ 2  mark -  pnl -",
