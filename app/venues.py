@@ -24,6 +24,7 @@ from feeds.simulator import bybit as bybit_sim
 from feeds.simulator import coinbase as coinbase_sim
 from feeds.simulator import kraken as kraken_sim
 from feeds.simulator import okx as okx_sim
+from feeds.simulator.catalog import generic_symbol, simulated_symbols
 from feeds.simulator.market import SimSymbol
 from feeds.simulator.venue import LoopbackVenue
 from feeds.symbols import DiscoveringSymbolMap, SymbolMap, split_concatenated
@@ -42,7 +43,7 @@ class SimulatorFactory(Protocol):
     def __call__(
         self,
         *,
-        symbols: Sequence[SimSymbol],
+        symbols: Sequence[SimSymbol] | None,
         updates_per_second: float,
         seed: int,
         host: str,
@@ -61,7 +62,6 @@ class VenueKind:
     adapter: Callable[[SymbolMap, str | None, str | None], VenueAdapter]
     simulator: SimulatorFactory | None
     sim_endpoints: Callable[[Any], Endpoints]
-    sim_symbols: Sequence[SimSymbol]
     replay_adapter: Callable[[SymbolMap], VenueAdapter] | None = None
 
 
@@ -88,7 +88,6 @@ VENUE_KINDS: dict[str, VenueKind] = {
         adapter=lambda s, ws, rest: BinanceAdapter(s, ws_base=ws, rest_base=rest),
         simulator=binance_sim.BinanceSimulator,
         sim_endpoints=_base_urls,
-        sim_symbols=binance_sim.DEFAULT_SYMBOLS,
     ),
     "binance-usdm": VenueKind(
         native=_concatenated,
@@ -96,7 +95,6 @@ VENUE_KINDS: dict[str, VenueKind] = {
         adapter=lambda s, ws, rest: BinanceAdapter(s, futures=True, ws_base=ws, rest_base=rest),
         simulator=partial(binance_sim.BinanceSimulator, futures=True),
         sim_endpoints=_base_urls,
-        sim_symbols=binance_sim.USDM_SYMBOLS,
     ),
     "coinbase": VenueKind(
         native=str,
@@ -104,7 +102,6 @@ VENUE_KINDS: dict[str, VenueKind] = {
         adapter=lambda s, ws, rest: CoinbaseAdapter(s, ws_url=ws),
         simulator=coinbase_sim.CoinbaseSimulator,
         sim_endpoints=_ws_base,
-        sim_symbols=coinbase_sim.DEFAULT_SYMBOLS,
     ),
     "kraken": VenueKind(
         native=native_symbol,
@@ -112,7 +109,6 @@ VENUE_KINDS: dict[str, VenueKind] = {
         adapter=lambda s, ws, rest: KrakenAdapter(s, ws_url=ws or KRAKEN_WS),
         simulator=kraken_sim.KrakenSimulator,
         sim_endpoints=lambda sim: (sim.v2_url, None),
-        sim_symbols=kraken_sim.DEFAULT_SYMBOLS,
         replay_adapter=lambda s: KrakenAdapter(s, learn_precision=False),
     ),
     "okx": VenueKind(
@@ -121,7 +117,6 @@ VENUE_KINDS: dict[str, VenueKind] = {
         adapter=lambda s, ws, rest: OkxAdapter(s, ws_base=ws),
         simulator=okx_sim.OkxSimulator,
         sim_endpoints=_ws_base,
-        sim_symbols=okx_sim.DEFAULT_SYMBOLS,
     ),
     "bybit": VenueKind(
         native=_concatenated,
@@ -129,7 +124,6 @@ VENUE_KINDS: dict[str, VenueKind] = {
         adapter=lambda s, ws, rest: BybitAdapter(s, category=BybitCategory.SPOT, ws_base=ws),
         simulator=partial(bybit_sim.BybitSimulator, category=BybitCategory.SPOT),
         sim_endpoints=_ws_base,
-        sim_symbols=bybit_sim.DEFAULT_SYMBOLS[BybitCategory.SPOT],
     ),
     "bybit-linear": VenueKind(
         native=_concatenated,
@@ -137,7 +131,6 @@ VENUE_KINDS: dict[str, VenueKind] = {
         adapter=lambda s, ws, rest: BybitAdapter(s, category=BybitCategory.LINEAR, ws_base=ws),
         simulator=partial(bybit_sim.BybitSimulator, category=BybitCategory.LINEAR),
         sim_endpoints=_ws_base,
-        sim_symbols=bybit_sim.DEFAULT_SYMBOLS[BybitCategory.LINEAR],
     ),
 }
 
@@ -208,11 +201,11 @@ def build_simulator(
     venue = venue_kind(kind)
     if venue.simulator is None:
         raise ConfigError(f"no built-in simulator for {kind}")
-    known = {spec.symbol: spec for spec in venue.sim_symbols}
+    listed = {spec.symbol: spec for spec in simulated_symbols(kind)}
     symbols = (
-        list(venue.sim_symbols)
+        None
         if natives is None
-        else [known.get(native) or _generic(native) for native in natives]
+        else [listed.get(native) or generic_symbol(native) for native in natives]
     )
     try:
         return venue.simulator(
@@ -241,7 +234,3 @@ def simulator_for(venue: VenueSettings, settings: SimulatorSettings) -> Loopback
 
 def simulator_endpoints(venue: VenueSettings, simulator: Any) -> Endpoints:
     return venue_kind(venue.adapter_kind).sim_endpoints(simulator)
-
-
-def _generic(native: str) -> SimSymbol:
-    return SimSymbol(native, price="100.00", tick="0.01", lot="0.001", mean_qty="10")

@@ -67,49 +67,6 @@ from feeds.simulator.faults import Fault
 from feeds.simulator.market import DiffWindow, SimSymbol
 from feeds.simulator.venue import LoopbackVenue
 
-DEFAULT_SYMBOLS: tuple[SimSymbol, ...] = (
-    SimSymbol(
-        "BTCUSDT", price="61800.00", tick="0.01", lot="0.00001", mean_qty="0.25", max_gap_ticks=40
-    ),
-    SimSymbol("ETHUSDT", price="2600.00", tick="0.01", lot="0.0001", mean_qty="3", max_gap_ticks=8),
-    SimSymbol("SOLUSDT", price="145.00", tick="0.01", lot="0.001", mean_qty="40", max_gap_ticks=2),
-)
-"""BTC/ETH/SOL against USDT with Binance spot's tick and lot sizes."""
-
-USDM_SYMBOLS: tuple[SimSymbol, ...] = (
-    SimSymbol(
-        "BTCUSDT",
-        price="61800.00",
-        tick="0.10",
-        lot="0.001",
-        mean_qty="2",
-        max_gap_ticks=5,
-        price_decimals=2,
-        qty_decimals=3,
-    ),
-    SimSymbol(
-        "ETHUSDT",
-        price="2600.00",
-        tick="0.01",
-        lot="0.001",
-        mean_qty="20",
-        max_gap_ticks=4,
-        price_decimals=2,
-        qty_decimals=3,
-    ),
-    SimSymbol(
-        "SOLUSDT",
-        price="145.0000",
-        tick="0.0100",
-        lot="1",
-        mean_qty="300",
-        max_gap_ticks=2,
-        price_decimals=4,
-        qty_decimals=0,
-    ),
-)
-"""The BTC/ETH/SOL USDT perpetuals with USD-M's tick sizes, lot sizes and decimals."""
-
 SPOT_DEPTH_STREAMS: Mapping[str, float] = {"depth": 1.0, "depth@100ms": 0.1}
 """Spot diff-depth stream suffix -> push interval in seconds."""
 USDM_DEPTH_STREAMS: Mapping[str, float] = {"depth": 0.25, "depth@500ms": 0.5, "depth@100ms": 0.1}
@@ -158,10 +115,10 @@ class BinanceSimulator(LoopbackVenue[_Client]):
 
     An async context manager. ``updates_per_second`` market steps per symbol (each one
     or more level changes) run on an owned task until exit; ``pause``/``resume`` stop
-    and restart the market. ``symbols`` default to ``DEFAULT_SYMBOLS`` (spot) or
-    ``USDM_SYMBOLS``; ``levels`` levels per side; ``port=0`` picks a free port (see
-    ``ws_url``, ``rest_url``). ``clock_ns`` stamps ``E``/``T`` (ms). Each push costs
-    one JSON encode per stream plus O(clients) buffer appends.
+    and restart the market. ``symbols`` default to what ``feeds.simulator.catalog``
+    lists for ``binance`` or ``binance-usdm``; ``levels`` levels per side; ``port=0``
+    picks a free port (see ``ws_url``, ``rest_url``). ``clock_ns`` stamps ``E``/``T``
+    (ms). Each push costs one JSON encode per stream plus O(clients) buffer appends.
     """
 
     supported_faults = frozenset(
@@ -182,13 +139,13 @@ class BinanceSimulator(LoopbackVenue[_Client]):
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         super().__init__(
-            symbols=(USDM_SYMBOLS if futures else DEFAULT_SYMBOLS) if symbols is None else symbols,
+            venue="binance-usdm" if futures else "binance",
+            symbols=symbols,
             updates_per_second=updates_per_second,
             seed=seed,
             levels=levels,
             host=host,
             port=port,
-            name="binance-usdm-simulator" if futures else "binance-simulator",
             clock_ns=clock_ns,
         )
         self.futures = futures

@@ -55,74 +55,6 @@ from feeds.simulator.faults import Fault
 from feeds.simulator.market import SimSymbol, SimulatedBook
 from feeds.simulator.venue import LoopbackVenue
 
-DEFAULT_SYMBOLS: Mapping[BybitCategory, tuple[SimSymbol, ...]] = {
-    BybitCategory.SPOT: (
-        SimSymbol(
-            "BTCUSDT",
-            price="61800.00",
-            tick="0.01",
-            lot="0.000001",
-            mean_qty="0.25",
-            max_gap_ticks=40,
-            price_decimals=2,
-            qty_decimals=6,
-        ),
-        SimSymbol(
-            "ETHUSDT",
-            price="2600.00",
-            tick="0.01",
-            lot="0.00001",
-            mean_qty="3",
-            max_gap_ticks=8,
-            price_decimals=2,
-            qty_decimals=5,
-        ),
-        SimSymbol(
-            "SOLUSDT",
-            price="145.00",
-            tick="0.01",
-            lot="0.001",
-            mean_qty="40",
-            max_gap_ticks=2,
-            price_decimals=2,
-            qty_decimals=3,
-        ),
-    ),
-    BybitCategory.LINEAR: (
-        SimSymbol(
-            "BTCUSDT",
-            price="61800.00",
-            tick="0.10",
-            lot="0.001",
-            mean_qty="2",
-            max_gap_ticks=5,
-            price_decimals=2,
-            qty_decimals=3,
-        ),
-        SimSymbol(
-            "ETHUSDT",
-            price="2600.00",
-            tick="0.01",
-            lot="0.01",
-            mean_qty="20",
-            max_gap_ticks=4,
-            price_decimals=2,
-            qty_decimals=2,
-        ),
-        SimSymbol(
-            "SOLUSDT",
-            price="145.000",
-            tick="0.010",
-            lot="0.1",
-            mean_qty="200",
-            max_gap_ticks=2,
-            price_decimals=3,
-            qty_decimals=1,
-        ),
-    ),
-}
-"""BTC/ETH/SOL against USDT with Bybit's tick and lot sizes, per category."""
-
 PUSH_INTERVALS: Mapping[BybitCategory, Mapping[int, float]] = {
     BybitCategory.SPOT: {1: 0.01, 50: 0.02, 200: 0.2, 1000: 0.2},
     BybitCategory.LINEAR: {1: 0.01, 50: 0.02, 200: 0.1, 1000: 0.2},
@@ -203,13 +135,13 @@ class BybitSimulator(LoopbackVenue[_Client]):
         if snapshot_every < 0:
             raise ValueError("snapshot_every must not be negative (0 = never)")
         super().__init__(
-            symbols=DEFAULT_SYMBOLS[category] if symbols is None else symbols,
+            venue="bybit" if category is BybitCategory.SPOT else f"bybit-{category}",
+            symbols=symbols,
             updates_per_second=updates_per_second,
             seed=seed,
             levels=levels,
             host=host,
             port=port,
-            name=f"bybit-{category}-simulator",
             clock_ns=clock_ns,
         )
         self.category = category

@@ -49,32 +49,6 @@ from feeds.simulator.faults import Fault
 from feeds.simulator.market import SimSymbol, SimulatedBook
 from feeds.simulator.venue import LoopbackVenue
 
-DEFAULT_SYMBOLS: tuple[SimSymbol, ...] = (
-    SimSymbol(
-        "BTC-USD",
-        price="61800.00",
-        tick="0.01",
-        lot="0.00000001",
-        mean_qty="0.25",
-        max_gap_ticks=40,
-        price_decimals=2,
-    ),
-    SimSymbol(
-        "ETH-USD", price="2600.00", tick="0.01", lot="0.00000001", mean_qty="3", price_decimals=2
-    ),
-    SimSymbol(
-        "SOL-USD",
-        price="145.00",
-        tick="0.01",
-        lot="0.001",
-        mean_qty="40",
-        max_gap_ticks=2,
-        price_decimals=2,
-        qty_decimals=3,
-    ),
-)
-"""BTC/ETH/SOL against USD with Coinbase's tick and lot sizes."""
-
 _LEVEL2 = "level2"
 _HEARTBEATS = "heartbeats"
 _SILENT_CHANNELS = frozenset(
@@ -127,7 +101,7 @@ class CoinbaseSimulator(LoopbackVenue[_Client]):
     def __init__(
         self,
         *,
-        symbols: Sequence[SimSymbol] = DEFAULT_SYMBOLS,
+        symbols: Sequence[SimSymbol] | None = None,
         updates_per_second: float = 100.0,
         seed: int = 0,
         levels: int = 100,
@@ -140,13 +114,13 @@ class CoinbaseSimulator(LoopbackVenue[_Client]):
         if subscribe_timeout <= 0 or heartbeat_interval <= 0:
             raise ValueError("subscribe_timeout and heartbeat_interval must be positive")
         super().__init__(
+            venue="coinbase",
             symbols=symbols,
             updates_per_second=updates_per_second,
             seed=seed,
             levels=levels,
             host=host,
             port=port,
-            name="coinbase-simulator",
             clock_ns=clock_ns,
         )
         self._subscribe_timeout = subscribe_timeout

@@ -54,6 +54,7 @@ from book.l2 import L2Book
 from book.snapshot import Level
 from feeds.kraken.checksum import CHECKSUM_LEVELS, Precision, book_checksum
 from feeds.kraken.sync import DEPTHS
+from feeds.simulator.catalog import simulated_symbols
 from feeds.simulator.faults import Fault
 from feeds.simulator.market import DepthSnapshot, SimSymbol, SimulatedBook
 from feeds.simulator.venue import LoopbackVenue
@@ -64,39 +65,8 @@ HEARTBEAT_INTERVAL = 1.0
 _API_VERSION = "2.0.10"
 _MALFORMED_FRAME = b'{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bi'
 
-DEFAULT_SYMBOLS: tuple[SimSymbol, ...] = (
-    SimSymbol(
-        "BTC/USD",
-        price="61800.0",
-        tick="0.1",
-        lot="0.00000001",
-        mean_qty="0.5",
-        max_gap_ticks=5,
-        price_decimals=1,
-        qty_decimals=8,
-    ),
-    SimSymbol(
-        "ETH/USD",
-        price="2600.00",
-        tick="0.01",
-        lot="0.00000001",
-        mean_qty="5",
-        max_gap_ticks=8,
-        price_decimals=2,
-        qty_decimals=8,
-    ),
-    SimSymbol(
-        "SOL/USD",
-        price="145.00",
-        tick="0.01",
-        lot="0.00000001",
-        mean_qty="40",
-        max_gap_ticks=3,
-        price_decimals=2,
-        qty_decimals=8,
-    ),
-)
-"""BTC/ETH/SOL against USD with Kraken's price and quantity precisions."""
+DEFAULT_SYMBOLS = simulated_symbols("kraken")
+"""What the simulator lists by default (``feeds.simulator.catalog``)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -151,7 +121,7 @@ class KrakenSimulator(LoopbackVenue[_Client]):
     def __init__(
         self,
         *,
-        symbols: Sequence[SimSymbol] = DEFAULT_SYMBOLS,
+        symbols: Sequence[SimSymbol] | None = None,
         updates_per_second: float = 100.0,
         seed: int = 0,
         levels: int = 100,
@@ -163,13 +133,13 @@ class KrakenSimulator(LoopbackVenue[_Client]):
         if heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be positive")
         super().__init__(
+            venue="kraken",
             symbols=symbols,
             updates_per_second=updates_per_second,
             seed=seed,
             levels=levels,
             host=host,
             port=port,
-            name="kraken-simulator",
             clock_ns=clock_ns,
         )
         self._heartbeat_interval = heartbeat_interval

@@ -17,6 +17,7 @@ exchange does.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 
@@ -24,6 +25,8 @@ from sortedcontainers import SortedDict
 
 from book.fixed import SCALE_DIGITS, parse_fixed
 from book.snapshot import Level
+from feeds.metadata import TradingStatus
+from feeds.symbols import split_concatenated
 
 _MAX_OPS_PER_STEP = 4
 _MODIFY_DEPTH_MEAN = 6.0
@@ -44,7 +47,9 @@ class SimSymbol:
     exact decimal text; ``price`` must lie on the tick grid. ``max_gap_ticks`` bounds
     the distance between neighbouring levels (sparse books use larger gaps).
     ``price_decimals``/``qty_decimals`` are the decimals the venue prints (Binance pads
-    to 8: ``"61737.63000000"``). Invalid values raise ``ValueError``.
+    to 8: ``"61737.63000000"``). ``base``/``quote`` are the assets the venue's metadata
+    names (read from ``symbol`` when empty: ``BTC-USDT``, ``BTC/USD``, ``BTCUSDT``), and
+    ``status`` whether it trades. Invalid values raise ``ValueError``.
     """
 
     symbol: str
@@ -55,8 +60,15 @@ class SimSymbol:
     max_gap_ticks: int = 3
     price_decimals: int = 8
     qty_decimals: int = 8
+    base: str = ""
+    quote: str = ""
+    status: TradingStatus = TradingStatus.TRADING
 
     def __post_init__(self) -> None:
+        if not (self.base and self.quote):
+            base, quote = _assets(self.symbol)
+            object.__setattr__(self, "base", self.base or base)
+            object.__setattr__(self, "quote", self.quote or quote)
         price, tick, lot, mean_qty = (
             parse_fixed(text) for text in (self.price, self.tick, self.lot, self.mean_qty)
         )
@@ -76,6 +88,19 @@ class SimSymbol:
         ):
             if not 0 <= decimals <= SCALE_DIGITS or step % 10 ** (SCALE_DIGITS - decimals):
                 raise ValueError(f"{self.symbol}: {name} does not fit {decimals} decimals")
+
+
+def _assets(symbol: str) -> tuple[str, str]:
+    """(base, quote) spelled in ``symbol``; ("", "") when it does not say."""
+    for separator in ("-", "/"):
+        if separator in symbol:
+            base, quote, *_ = symbol.split(separator)
+            return base, quote
+    try:
+        base, quote = split_concatenated(symbol).split("-")
+    except ValueError:
+        return "", ""
+    return base, quote
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +166,14 @@ class SimulatedBook:
     then trims or refills each side back to ``levels`` levels. Each level change
     consumes one update id, so a step covers ``U..u`` with ``U`` = previous ``u`` + 1.
     The random stream is seeded from ``(seed, symbol)``: equal inputs give equal
-    books whatever other symbols are simulated. ``step`` costs O(k log n) for k
-    changed levels; ``snapshot`` O(limit).
+    books whatever other symbols are simulated.
+
+    With a ``reference`` (a callable giving the price to quote around, see
+    ``feeds.simulator.reference``) each step ends by keeping the best bid at least
+    ``half_spread`` below it and the best ask at least ``half_spread`` above it (levels
+    beyond are traded away), and by moving a touch that fell far behind up to it, so
+    every venue quoting the same reference agrees on the market. ``step`` costs
+    O(k log n) for k changed levels; ``snapshot`` O(limit).
     """
 
     __slots__ = (
@@ -156,6 +187,9 @@ class SimulatedBook:
         "_asks",
         "_update_id",
         "_ops",
+        "_reference",
+        "_half_spread",
+        "_slack",
     )
 
     def __init__(
@@ -165,9 +199,13 @@ class SimulatedBook:
         levels: int = 100,
         seed: int | str = 0,
         first_update_id: int | None = None,
+        reference: Callable[[], int] | None = None,
+        half_spread: int = 0,
     ) -> None:
         if levels < 1:
             raise ValueError("levels must be at least 1")
+        if half_spread < 0:
+            raise ValueError("half_spread must not be negative")
         self.spec = spec
         self.levels = levels
         self._rng = random.Random(f"{seed}:{spec.symbol}")
@@ -180,6 +218,10 @@ class SimulatedBook:
             self._rng.randrange(10**9, 10**10) if first_update_id is None else first_update_id
         )
         self._ops = 0
+        self._reference = reference
+        self._half_spread = half_spread
+        self._slack = max(1, half_spread // self._tick // 2)
+        """How far (ticks) a touch may trail its bound before it moves up to it."""
         best_bid = parse_fixed(spec.price) // self._tick
         self._bids.levels[best_bid] = self._draw_lots()
         self._asks.levels[best_bid + self._rng.randint(1, 2)] = self._draw_lots()
@@ -211,6 +253,8 @@ class SimulatedBook:
                 self._cancel(side)
             else:
                 self._insert(side)
+        if self._reference is not None:
+            self._follow(self._reference())
         self._refill(self._bids)
         self._refill(self._asks)
         first = self._update_id + 1
@@ -296,6 +340,30 @@ class SimulatedBook:
             self._modify(side)
             return
         self._set(side, self._rng.randint(low + 1, high - 1), self._draw_lots())
+
+    def _follow(self, reference: int) -> None:
+        """Quote around ``reference``: best bid <= reference - half spread, best ask >=
+        reference + half spread, on the tick grid and never crossed."""
+        tick = self._tick
+        max_bid = max(1, (reference - self._half_spread) // tick)
+        min_ask = max(-(-(reference + self._half_spread) // tick), max_bid + 1)
+        self._hold_behind(self._bids, max_bid)
+        self._hold_behind(self._asks, min_ask)
+
+    def _hold_behind(self, side: _Side, bound: int) -> None:
+        """Trade away every level of ``side`` better than ``bound``; a touch trailing the
+        bound by more than the slack is joined by a new level near it."""
+
+        def better(index: int) -> bool:
+            return index > bound if side.is_bid else index < bound
+
+        while better(best := side.index_at(0)):
+            if len(side) == 1:
+                self._set(side, bound, self._draw_lots())
+            self._set(side, best, 0)
+        if abs(bound - side.index_at(0)) > self._slack:
+            index = side.away(bound, self._rng.randint(0, self._slack // 2))
+            self._set(side, index, self._draw_lots())
 
     def _refill(self, side: _Side) -> None:
         """Trim the far end, or extend it, back to ``levels`` levels (bids stop at tick 1)."""

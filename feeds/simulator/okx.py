@@ -59,40 +59,6 @@ SNAPSHOT_DEPTH = 400
 """Levels per side of a ``books`` snapshot (and so the most a simulated book may hold)."""
 _MALFORMED_FRAME = b'{"arg":{"channel":"books","instId":"BTC-USDT"},"action":"upd'
 
-DEFAULT_SYMBOLS: tuple[SimSymbol, ...] = (
-    SimSymbol(
-        "BTC-USDT",
-        price="61800.0",
-        tick="0.1",
-        lot="0.00000001",
-        mean_qty="0.25",
-        max_gap_ticks=5,
-        price_decimals=1,
-        qty_decimals=8,
-    ),
-    SimSymbol(
-        "ETH-USDT",
-        price="2600.00",
-        tick="0.01",
-        lot="0.000001",
-        mean_qty="3",
-        max_gap_ticks=8,
-        price_decimals=2,
-        qty_decimals=6,
-    ),
-    SimSymbol(
-        "BTC-USDT-SWAP",
-        price="61800.0",
-        tick="0.1",
-        lot="0.01",
-        mean_qty="40",
-        max_gap_ticks=3,
-        price_decimals=1,
-        qty_decimals=2,
-    ),
-)
-"""OKX spot BTC/ETH and the BTC perpetual swap (sizes in contracts), OKX tick and lot."""
-
 
 @dataclass(eq=False, slots=True)
 class _Client:
@@ -137,7 +103,7 @@ class OkxSimulator(LoopbackVenue[_Client]):
     def __init__(
         self,
         *,
-        symbols: Sequence[SimSymbol] = DEFAULT_SYMBOLS,
+        symbols: Sequence[SimSymbol] | None = None,
         updates_per_second: float = 100.0,
         seed: int = 0,
         levels: int = 100,
@@ -153,13 +119,13 @@ class OkxSimulator(LoopbackVenue[_Client]):
         if not 1 <= levels <= SNAPSHOT_DEPTH:
             raise ValueError(f"levels must be in [1, {SNAPSHOT_DEPTH}] (a books snapshot)")
         super().__init__(
+            venue="okx",
             symbols=symbols,
             updates_per_second=updates_per_second,
             seed=seed,
             levels=levels,
             host=host,
             port=port,
-            name="okx-simulator",
             clock_ns=clock_ns,
         )
         self._push_interval = push_interval

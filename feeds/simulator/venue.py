@@ -26,8 +26,11 @@ from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from book.fixed import parse_fixed
+from feeds.simulator.catalog import DEFAULT_HALF_SPREAD_BPS, HALF_SPREAD_BPS, simulated_symbols
 from feeds.simulator.faults import INSTRUMENT_FAULTS, Fault, FaultCounters
 from feeds.simulator.market import DepthSnapshot, SimSymbol, SimulatedBook
+from feeds.simulator.reference import VenueReference, basis_points
 
 MAX_UPDATES_PER_SECOND = 10_000.0
 MAX_STEPS_PER_WAKE = 100
@@ -47,9 +50,12 @@ ClientT = TypeVar("ClientT", bound=Connected)
 class LoopbackVenue(ABC, Generic[ClientT]):
     """One simulated venue on loopback (see the module docstring).
 
-    ``symbols`` are the venue's own spellings; each gets a ``SimulatedBook`` of
-    ``levels`` levels per side seeded from ``seed``. ``clock_ns`` stamps the venue's
-    event times. Invalid settings raise ``ValueError``.
+    ``venue`` is the venue id (``binance-usdm``). ``symbols`` are the venue's own
+    spellings (``None``: what the venue lists in ``feeds.simulator.catalog``); each gets
+    a ``SimulatedBook`` of ``levels`` levels per side seeded from ``seed``, quoting the
+    venue's half spread (``HALF_SPREAD_BPS``) around the shared reference price of its
+    base asset at ``clock_ns`` (``feeds.simulator.reference``). ``clock_ns`` also stamps
+    the venue's event times. Invalid settings raise ``ValueError``.
     """
 
     supported_faults: ClassVar[frozenset[Fault]]
@@ -60,27 +66,32 @@ class LoopbackVenue(ABC, Generic[ClientT]):
     def __init__(
         self,
         *,
-        symbols: Sequence[SimSymbol],
+        venue: str,
+        symbols: Sequence[SimSymbol] | None,
         updates_per_second: float,
         seed: int,
         levels: int,
         host: str,
         port: int,
-        name: str,
         clock_ns: Callable[[], int],
     ) -> None:
         if not 0 < updates_per_second <= MAX_UPDATES_PER_SECOND:
             raise ValueError(f"updates_per_second must be in (0, {MAX_UPDATES_PER_SECOND}]")
+        symbols = simulated_symbols(venue) if symbols is None else symbols
         if not symbols or len({spec.symbol for spec in symbols}) != len(symbols):
             raise ValueError("symbols must be non-empty and distinct")
+        self.venue = venue
+        self.listed: tuple[SimSymbol, ...] = tuple(symbols)
+        """Every instrument served, in order (the venue's metadata lists them)."""
         self._books = {
-            spec.symbol: SimulatedBook(spec, levels=levels, seed=seed) for spec in symbols
+            spec.symbol: _quoting_book(spec, venue, levels=levels, seed=seed, clock_ns=clock_ns)
+            for spec in symbols
         }
         self._period = 1.0 / updates_per_second
         self._clock_ns = clock_ns
         self._host = host
         self._requested_port = port
-        self._name = name
+        self._name = f"{venue}-simulator"
         self._clients: set[ClientT] = set()
         self._connections_accepted = 0
         self._faults = FaultCounters()
@@ -369,6 +380,23 @@ class LoopbackVenue(ABC, Generic[ClientT]):
                 burst += 1
             if next_at <= now:
                 next_at = now + period
+
+
+def _quoting_book(
+    spec: SimSymbol, venue: str, *, levels: int, seed: int, clock_ns: Callable[[], int]
+) -> SimulatedBook:
+    """The book of ``spec`` on ``venue``, quoting around its asset's shared reference."""
+    start = parse_fixed(spec.price)
+    reference = VenueReference(
+        seed=seed, asset=spec.base or spec.symbol, venue=venue, start=start, clock_ns=clock_ns
+    )
+    return SimulatedBook(
+        spec,
+        levels=levels,
+        seed=seed,
+        reference=reference,
+        half_spread=basis_points(start, HALF_SPREAD_BPS.get(venue, DEFAULT_HALF_SPREAD_BPS)),
+    )
 
 
 VenueT = TypeVar("VenueT", bound=LoopbackVenue[Any])

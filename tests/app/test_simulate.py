@@ -44,7 +44,7 @@ CONFIG_URLS = {
     "bybit-linear": 'ws_url = "{ws}"',
 }
 SYMBOLS = {
-    "binance": "BTCUSDT, ETHUSDT, SOLUSDT",
+    "binance": "BTCUSDT, ETHUSDT, SOLUSDT, ETHBRL, BTCAUD, LUNAUSDT",
     "binance-usdm": "BTCUSDT, ETHUSDT, SOLUSDT",
     "coinbase": "BTC-USD, ETH-USD, SOL-USD",
     "kraken": "BTC/USD, ETH/USD, SOL/USD",

@@ -20,7 +20,8 @@ from websockets.asyncio.client import connect
 from book.fixed import format_fixed_places, parse_fixed
 from book.incidents import IncidentKind
 from book.status import InstrumentState
-from feeds.simulator.binance import USDM_DEPTH_STREAMS, USDM_SYMBOLS, BinanceSimulator
+from feeds.simulator.binance import USDM_DEPTH_STREAMS, BinanceSimulator
+from feeds.simulator.catalog import simulated_symbols
 from feeds.simulator.faults import Fault, FaultCounters
 from tests.feeds.rig import books_equal_simulator
 from tests.feeds.simulator.test_binance import BinanceClientBook, recv_json, ticker_top
@@ -40,7 +41,7 @@ BTC_STREAMS = "/stream?streams=btcusdt@depth@100ms/btcusdt@bookTicker"
 async def sim() -> AsyncIterator[BinanceSimulator]:
     async with BinanceSimulator(
         futures=True,
-        symbols=USDM_SYMBOLS[:2],
+        symbols=simulated_symbols("binance-usdm")[:2],
         updates_per_second=1000,
         levels=30,
         seed=11,
