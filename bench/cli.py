@@ -35,6 +35,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--seconds", type=float, help="measured seconds per step (fanout, storage, profit)"
     )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        help="trials of every ramp step per contender, interleaved; the median decides "
+        "(fanout, orders; default 3)",
+    )
     group = parser.add_argument_group("ingest")
     group.add_argument("--frames", type=int, help="frames of each recording (default: all)")
     group.add_argument("--repeat", type=int, help="runs per contender, best counts")
@@ -87,6 +93,7 @@ def _fanout(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
         deliveries=args.deliveries or base.deliveries,
         instruments=args.instruments or base.instruments,
         seconds=args.seconds or base.seconds,
+        repeats=args.trials or base.repeats,
     )
     return fanout.run(options, progress)
 
