@@ -19,8 +19,9 @@ from typing import Any
 from app.exceptions import ConfigError
 from app.settings import Settings, StorageSettings, VenueSettings
 from app.venues import build_adapter, simulator_endpoints, simulator_for
-from book.incidents import FeedIncident, IncidentSink, ignore_incident
+from book.incidents import FeedIncident
 from book.registry import BookRegistry
+from book.sink import FeedSink
 from book.snapshot import BookSnapshot
 from feeds.ratelimit import WeightLimiter
 from feeds.runner import FeedRunner, Recorder
@@ -87,6 +88,7 @@ async def serve(
         flusher.add_feed_event(feed_event_row(incident))
 
     registry.on_snapshot(store_bbo)
+    registry.on_incident(store_incident)
     fanout = Fanout(
         registry,
         book_depth=settings.book.capture_depth,
@@ -128,9 +130,7 @@ async def serve(
                 endpoints = await stack.enter_async_context(
                     venue_endpoints(settings, venue, simulators)
                 )
-                runners += build_runners(
-                    settings, venue, endpoints, registry, on_incident=store_incident
-                )
+                runners += build_runners(settings, venue, endpoints, registry)
             server = await stack.enter_async_context(
                 MarketServer(
                     registry,
@@ -198,21 +198,20 @@ def build_runners(
     settings: Settings,
     venue: VenueSettings,
     endpoints: tuple[str | None, str | None],
-    registry: BookRegistry,
+    sink: FeedSink,
     *,
-    on_incident: IncidentSink = ignore_incident,
     recorder: Recorder | None = None,
 ) -> list[FeedRunner]:
-    """One runner per connection the venue needs, sharing the venue's REST budget."""
+    """One runner per connection the venue needs, sharing the venue's REST budget, all
+    writing to ``sink``."""
     first = build_adapter(venue, *endpoints)
     limiter = WeightLimiter(first.rest_weight_per_minute) if first.rest_weight_per_minute else None
     return [
         FeedRunner(
             build_adapter(venue, *endpoints),  # adapters hold per-connection state
-            registry=registry,
+            sink=sink,
             instruments=instruments,
             capture_depth=settings.book.capture_depth,
-            on_incident=on_incident,
             limiter=limiter,
             recorder=recorder,
         )

@@ -30,8 +30,5 @@ class FeedIncident:
     detail: str
 
 
-IncidentSink = Callable[[FeedIncident], None]
-
-
-def ignore_incident(incident: FeedIncident) -> None:
-    """The default sink when nobody stores incidents."""
+IncidentListener = Callable[[FeedIncident], None]
+"""Told of each incident a ``FeedSink`` received (``BookRegistry.on_incident``)."""

@@ -1,9 +1,11 @@
 """Where the latest immutable snapshot and status of every instrument live.
 
-Feeds ``publish`` snapshots; readers (fan-out, storage, HTTP, bus) either look up the
-latest value or register a listener that is called synchronously, in the event loop,
-right after each publish. Listeners must be quick and must not raise: a listener that
-raises is counted and logged, and the remaining listeners still run.
+The registry is the in-process ``FeedSink``: ingest declares instruments, publishes
+snapshots, sets states and reports incidents to it. Readers (fan-out, storage, HTTP,
+metrics, a bus publisher) either look up the latest value or register a listener that
+is called synchronously, in the event loop, right after each write. Listeners must be
+quick and must not raise: a listener that raises is counted and logged, and the
+remaining listeners still run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from book.consolidated import ConsolidatedBbo, consolidate
+from book.incidents import FeedIncident, IncidentListener
 from book.instruments import symbol_of
 from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
@@ -35,6 +38,7 @@ class BookRegistry:
         self._snapshot_listeners: list[SnapshotListener] = []
         self._status_listeners: list[StatusListener] = []
         self._nbbo_listeners: list[NbboListener] = []
+        self._incident_listeners: list[IncidentListener] = []
         self.listener_errors = 0
 
     # -- registration -------------------------------------------------------------
@@ -56,6 +60,9 @@ class BookRegistry:
 
     def on_nbbo(self, listener: NbboListener) -> None:
         self._nbbo_listeners.append(listener)
+
+    def on_incident(self, listener: IncidentListener) -> None:
+        self._incident_listeners.append(listener)
 
     # -- writers (the feed that owns the instrument) --------------------------------
 
@@ -85,6 +92,14 @@ class BookRegistry:
             except Exception:
                 self._listener_failed(listener)
         self._update_nbbo(symbol_of(status.instrument))
+
+    def incident(self, incident: FeedIncident) -> None:
+        """Tell incident listeners (storage keeps them as ``feed_events``)."""
+        for listener in self._incident_listeners:
+            try:
+                listener(incident)
+            except Exception:
+                self._listener_failed(listener)
 
     # -- readers ------------------------------------------------------------------------
 

@@ -32,3 +32,20 @@ class FeedSink(Protocol):
 
     def incident(self, incident: FeedIncident) -> None:
         """Report what happened to a connection or an instrument's book."""
+
+
+class DiscardingSink:
+    """Keeps nothing: the sink of a connection whose books nobody reads any more (a
+    connection that was replaced, in the moment before it is closed)."""
+
+    def add_instrument(self, instrument: str, ts: int) -> None:
+        pass
+
+    def publish(self, snapshot: BookSnapshot) -> None:
+        pass
+
+    def set_status(self, status: InstrumentStatus) -> None:
+        pass
+
+    def incident(self, incident: FeedIncident) -> None:
+        pass

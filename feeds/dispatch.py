@@ -1,9 +1,8 @@
-"""Route one venue's events to its per-instrument syncs; shared by the runner and replay."""
+"""Route one connection's events to its per-instrument syncs (the ``FeedSession``'s router)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from book.counters import FeedCounters
 from feeds.events import (
     BookDeltaEvent,
     BookSnapshotEvent,
@@ -11,38 +10,8 @@ from feeds.events import (
     MalformedEvent,
     TopOfBookEvent,
 )
-from feeds.sync import NOTHING, BookSync, ProblemKind, SyncProblem, SyncResult
+from feeds.sync import NOTHING, BookSync, SyncResult
 from feeds.venue import VenueAdapter
-
-
-@dataclass(slots=True)
-class FeedCounters:
-    """Plain counters of one venue's traffic (read by metrics)."""
-
-    frames: int = 0
-    book_messages: int = 0
-    malformed: int = 0
-    venue_errors: int = 0
-    gaps: int = 0
-    checksum_failures: int = 0
-    mismatches: int = 0
-    crossed: int = 0
-    resyncs: int = 0
-    top_of_book_checked: int = 0
-    internal_errors: int = 0
-    by_instrument: dict[str, int] = field(default_factory=dict)
-
-    def count_problem(self, problem: SyncProblem) -> None:
-        """Count a problem that makes an instrument resync."""
-        self.resyncs += 1
-        if problem.kind is ProblemKind.GAP:
-            self.gaps += 1
-        elif problem.kind is ProblemKind.CHECKSUM:
-            self.checksum_failures += 1
-        elif problem.kind is ProblemKind.MISMATCH:
-            self.mismatches += 1
-        elif problem.kind is ProblemKind.CROSSED:
-            self.crossed += 1
 
 
 class BookDispatcher:

@@ -1,9 +1,10 @@
 """Replay recorded venue traffic through the real handlers, with no network.
 
-The same ``BookDispatcher`` and syncs as the live runner see the recorded frames in
-order; REST snapshots come from the recording's HTTP frames. A problem (gap, checksum,
-mismatch) resyncs that instrument as live would: its book is reset and waits for the
-next snapshot in the recording.
+The same ``FeedSession`` as the live runner sees the recorded frames in order; REST
+snapshots come from the recording's HTTP frames. A problem (gap, checksum, mismatch)
+resyncs that instrument as live would: its book is reset and waits for the next
+snapshot in the recording (the session's requests for one are answered by the
+recording, or not at all).
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from book.incidents import FeedIncident
 from book.snapshot import BookSnapshot
-from feeds.dispatch import BookDispatcher
-from feeds.events import ConnectionGapEvent, FeedEvent
+from book.status import InstrumentStatus
+from feeds.events import FeedEvent
 from feeds.recordings import FrameKind, RecordedFrame
-from feeds.sync import ProblemKind, SyncProblem
+from feeds.session import FeedSession, RequestSnapshot
+from feeds.sync import SyncProblem
 from feeds.venue import VenueAdapter
 
 
@@ -27,26 +30,39 @@ class ReplayProblem:
 
 
 class Replay:
-    """Runs frames through one venue's handlers; ``snapshots`` yields each published book."""
+    """Runs frames through one venue's session; ``snapshots`` yields each published book.
+
+    The replay is its session's sink: it keeps each instrument's latest snapshot.
+    """
 
     def __init__(self, adapter: VenueAdapter, *, capture_depth: int = 10) -> None:
         self.adapter = adapter
-        self.capture_depth = capture_depth
-        self.dispatcher = BookDispatcher(
-            adapter, adapter.symbols.instruments(), capture_depth=capture_depth
+        self.session = FeedSession(
+            adapter, adapter.symbols.instruments(), sink=self, capture_depth=capture_depth
         )
         self.latest: dict[str, BookSnapshot] = {}
         self.problems: list[ReplayProblem] = []
-        self.refetches = 0
         self.frames = 0
         self.published = 0
+        self._published: list[BookSnapshot] = []
 
     def snapshots(self, frames: Iterable[RecordedFrame]) -> Iterator[BookSnapshot]:
         """Every book published while replaying ``frames``, in order."""
+        session = self.session
         for frame in frames:
             self.frames += 1
             for event in self._events(frame):
-                yield from self._handle(event, frame.ts)
+                instrument = getattr(event, "instrument", None)
+                if isinstance(instrument, str):
+                    session.add_instrument(instrument)
+                for action in session.receive_event(event, frame.ts):
+                    if isinstance(action, RequestSnapshot) and action.problem is not None:
+                        self.problems.append(
+                            ReplayProblem(frame.ts, action.instrument, action.problem)
+                        )
+                if self._published:
+                    yield from self._published
+                    self._published.clear()
 
     def _events(self, frame: RecordedFrame) -> list[FeedEvent]:
         if frame.kind is FrameKind.RECV:
@@ -58,40 +74,29 @@ class Replay:
             try:
                 return [self.adapter.parse_snapshot(instrument, frame.data)]
             except ValueError:
-                self.dispatcher.counters.malformed += 1
+                self.session.counters.malformed += 1
                 return []
         return []
 
-    def _handle(self, event: FeedEvent, ts: int) -> Iterator[BookSnapshot]:
-        instrument = getattr(event, "instrument", None)
-        syncs = self.dispatcher.syncs
-        if isinstance(instrument, str) and instrument not in syncs:
-            syncs[instrument] = self.adapter.new_sync(instrument, capture_depth=self.capture_depth)
-        if isinstance(event, ConnectionGapEvent):
-            for name in list(syncs):
-                self._problem(ts, name, SyncProblem(ProblemKind.GAP, event.detail))
-            return
-        handled, result = self.dispatcher.handle(event, ts)
-        if handled is None:
-            return
-        name = handled
-        if result.snapshot is not None:
-            self.latest[name] = result.snapshot
-            self.published += 1
-            yield result.snapshot
-        elif result.problem is not None:
-            self._problem(ts, name, result.problem)
-        elif result.refetch:
-            self.refetches += 1
+    # -- the session's sink ----------------------------------------------------------
 
-    def _problem(self, ts: int, instrument: str, problem: SyncProblem) -> None:
-        self.problems.append(ReplayProblem(ts, instrument, problem))
-        self.dispatcher.counters.count_problem(problem)
-        self.dispatcher.syncs[instrument].reset()
+    def add_instrument(self, instrument: str, ts: int) -> None:
+        pass
+
+    def publish(self, snapshot: BookSnapshot) -> None:
+        self.latest[snapshot.instrument] = snapshot
+        self.published += 1
+        self._published.append(snapshot)
+
+    def set_status(self, status: InstrumentStatus) -> None:
+        pass
+
+    def incident(self, incident: FeedIncident) -> None:
+        pass
 
     def summary(self) -> dict[str, object]:
-        counters = self.dispatcher.counters
-        syncs = self.dispatcher.syncs
+        counters = self.session.counters
+        syncs = self.session.syncs
         return {
             "type": "summary",
             "venue": self.adapter.venue,
@@ -104,7 +109,7 @@ class Replay:
             "mismatches": counters.mismatches,
             "crossed": counters.crossed,
             "resyncs": counters.resyncs,
-            "refetches": self.refetches,
+            "refetches": counters.refetches,
             "malformed": counters.malformed,
             "live": sorted(name for name, sync in syncs.items() if sync.live),
             "not_live": sorted(name for name, sync in syncs.items() if not sync.live),

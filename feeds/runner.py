@@ -1,13 +1,16 @@
-"""The I/O side of a venue: connections, subscriptions, resyncs, reconnects, rotation.
+"""The I/O side of a venue: connections, subscriptions, REST snapshots, reconnects,
+rotation.
 
-Everything protocol-specific is in the venue's ``VenueAdapter`` and ``BookSync``; this
-module moves frames and acts on what the syncs report. A ``FeedRunner`` keeps the books
-of its instruments live forever: one ``FeedConnection`` at a time publishes, a problem
-with one instrument resyncs that instrument only, and a lost connection is replaced
-with capped, jittered backoff. A connection older than the venue's lifetime limit is
-replaced make-before-break: a standby connection syncs its own books in the shadow,
-then takes over in one synchronous step, so subscribers see no gap and ``seq`` keeps
-growing.
+Everything protocol-specific is in the venue's ``VenueAdapter`` and ``BookSync``, and
+every decision about books in the ``FeedSession``; this module moves frames into the
+session and carries out the actions it returns. A ``FeedRunner`` keeps the books of its
+instruments live forever and writes only to its ``FeedSink``: one ``FeedConnection``
+at a time writes there, a problem with one instrument resyncs that instrument only, and
+a lost connection is replaced with capped, jittered backoff. A connection older than
+the venue's lifetime limit is replaced make-before-break: a standby connection syncs
+its own books into a ``ShadowSink``, then takes over in one synchronous step (its
+session's sink is swapped for the real one), so subscribers see no gap and ``seq``
+keeps growing.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -25,17 +28,18 @@ import httpx
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException
 
-from book.incidents import FeedIncident, IncidentKind, IncidentSink, ignore_incident
-from book.registry import BookRegistry
-from book.snapshot import BookSnapshot
+from book.counters import FeedCounters
+from book.incidents import FeedIncident, IncidentKind
+from book.sink import DiscardingSink, FeedSink
 from book.status import InstrumentState, InstrumentStatus
 from feeds.backoff import Backoff
-from feeds.dispatch import BookDispatcher, FeedCounters
-from feeds.events import ConnectionGapEvent, FeedEvent, MalformedEvent, VenueErrorEvent
+from feeds.dispatch import BookDispatcher
 from feeds.exceptions import SilentConnectionError, SnapshotError, VenueClosingError
 from feeds.ratelimit import WeightLimiter
 from feeds.recordings import FrameKind, RecordedFrame
-from feeds.sync import ProblemKind, SyncProblem, SyncResult
+from feeds.session import Actions, FeedSession, Reconnect, Refetch, RequestSnapshot
+from feeds.shadow import ShadowSink
+from feeds.sync import ProblemKind, SyncProblem
 from feeds.venue import VenueAdapter
 
 log = logging.getLogger(__name__)
@@ -81,18 +85,13 @@ _CONNECTION_IDS = itertools.count(1)
 _WATCH_PERIOD = 1.0
 """Longest time between passes of the per-instrument watchdog."""
 
-_PROBLEM_INCIDENT = {
-    ProblemKind.GAP: IncidentKind.GAP,
-    ProblemKind.CHECKSUM: IncidentKind.CHECKSUM,
-    ProblemKind.MISMATCH: IncidentKind.CHECKSUM,
-    ProblemKind.CROSSED: IncidentKind.CHECKSUM,
-}
-
 
 class FeedRunner:
     """Keeps the books of ``instruments`` on one venue live, forever, until cancelled.
 
-    ``limiter`` is the venue's REST weight budget, shared by all of its runners.
+    Everything downstream learns goes to ``sink`` (in one process, the
+    ``BookRegistry``); the runner never reads it back. ``limiter`` is the venue's REST
+    weight budget, shared by all of its runners.
     ``rotate_timeout`` bounds how long a standby connection may take to sync before the
     rotation is abandoned (and retried after another ``max_connection_age``).
     """
@@ -101,12 +100,11 @@ class FeedRunner:
         self,
         adapter: VenueAdapter,
         *,
-        registry: BookRegistry,
+        sink: FeedSink,
         instruments: Sequence[str] | None = None,
         capture_depth: int = 0,
         connect: Connect = websocket_connect,
         http: httpx.AsyncClient | None = None,
-        on_incident: IncidentSink = ignore_incident,
         backoff: Backoff | None = None,
         snapshot_concurrency: int = 2,
         limiter: WeightLimiter | None = None,
@@ -116,7 +114,7 @@ class FeedRunner:
     ) -> None:
         self.adapter = adapter
         self.venue = adapter.venue
-        self.registry = registry
+        self.sink = sink
         self.instruments = list(instruments or adapter.symbols.instruments())
         self.capture_depth = capture_depth
         self.counters = FeedCounters()
@@ -127,18 +125,19 @@ class FeedRunner:
         self.recorder = recorder
         self.snapshot_slots = asyncio.Semaphore(snapshot_concurrency)
         self.http = http
-        self._on_incident = on_incident
         self._backoff = backoff or Backoff()
         self._current: FeedConnection | None = None
+        self._seqs: dict[str, int] = {}
+        """Each book's version when the last publishing connection ended."""
         self.connections = 0
         self.rotations = 0
         for name in self.instruments:
-            registry.add_instrument(name, clock())
+            sink.add_instrument(name, clock())
 
     @property
     def dispatcher(self) -> BookDispatcher | None:
         """The books of the connection that currently publishes."""
-        return self._current.dispatcher if self._current is not None else None
+        return self._current.session.dispatcher if self._current is not None else None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -147,7 +146,7 @@ class FeedRunner:
         async with self._http_client():
             while True:
                 try:
-                    await self._serve(FeedConnection(self, publishing=True))
+                    await self._serve(FeedConnection(self, self.sink, self._seqs))
                 except CONNECTION_LOST as exc:
                     detail = f"{type(exc).__name__}: {exc}"
                 except Exception as exc:  # task boundary: a bug must not end the feed
@@ -156,9 +155,7 @@ class FeedRunner:
                     detail = f"internal error: {type(exc).__name__}: {exc}"
                 else:
                     detail = "closed by venue"
-                self._current = None
-                self.incident(None, IncidentKind.DISCONNECT, detail)
-                self._mark_all_stale(SyncProblem(ProblemKind.DISCONNECTED, detail))
+                self._connection_ended(detail)
                 delay = self._backoff.next_delay()
                 log.warning(
                     "%s: connection lost (%s); reconnecting in %.2fs", self.venue, detail, delay
@@ -189,9 +186,10 @@ class FeedRunner:
                 if done:
                     task.result()  # raises what ended the connection
                     return
-                standby = FeedConnection(self, publishing=False)
+                shadow = ShadowSink(self.instruments, self.sink)
+                standby = FeedConnection(self, shadow, connection.session.seqs())
                 standby_task = asyncio.create_task(standby.run(), name=f"{self.venue}:standby")
-                ready: asyncio.Task[Any] = asyncio.create_task(standby.ready.wait())
+                ready: asyncio.Task[Any] = asyncio.create_task(shadow.ready.wait())
                 waiting: set[asyncio.Task[Any]] = {task, standby_task, ready}
                 done, _ = await asyncio.wait(
                     waiting,
@@ -199,8 +197,12 @@ class FeedRunner:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 ready.cancel()
-                if ready in done and not task.done() and not standby_task.done():
-                    self._promote(connection, standby)
+                if (
+                    ready in done
+                    and not task.done()
+                    and not standby_task.done()
+                    and self._promote(connection, standby, shadow)
+                ):
                     old, task, connection, standby_task = task, standby_task, standby, None
                     await _cancelled(old)
                     continue
@@ -215,45 +217,47 @@ class FeedRunner:
                 if pending is not None:
                     await _cancelled(pending)
 
-    def _promote(self, old: FeedConnection, new: FeedConnection) -> None:
-        """Hand publishing from ``old`` to ``new`` in one synchronous step (no gap)."""
-        old.publishing = False
-        now = self.clock()
-        for name in self.instruments:
-            sync = new.dispatcher.syncs[name]
-            published = self.registry.get(name)
-            if published is not None:
-                sync.book.continue_from(published.seq)
-            shadow = new.shadow_latest.get(name)
-            ts_event, ts_recv = (shadow.ts_event, shadow.ts_recv) if shadow else (0, now)
-            self.registry.publish(sync.book.snapshot(ts_event, ts_recv, now))
-            if not self.registry.is_live(name):
-                self.set_state(name, InstrumentState.LIVE, "in sync")
-        new.publishing = True
+    def _promote(self, old: FeedConnection, new: FeedConnection, shadow: ShadowSink) -> bool:
+        """Hand the sink from ``old`` to ``new`` in one synchronous step (no gap). Only a
+        standby whose every book is live and uncrossed takes over; ``False`` if not."""
+        snapshots = new.session.takeover_snapshots(
+            old.session.seqs(), shadow.latest, self.clock()
+        )
+        if snapshots is None:
+            return False
+        sink = self.sink
+        old.session.sink = DiscardingSink()
+        new.session.sink = sink
+        for snapshot in snapshots:
+            sink.publish(snapshot)
+            if not old.session.is_live(snapshot.instrument):
+                self.set_state(snapshot.instrument, InstrumentState.LIVE, "in sync")
         self._current = new
         self.rotations += 1
         self.incident(None, IncidentKind.CONNECT, "rotated to a new connection (make-before-break)")
+        return True
+
+    def _connection_ended(self, detail: str) -> None:
+        """The publishing connection is gone: its live books are stale, and the next
+        connection's books continue from its versions."""
+        self.incident(None, IncidentKind.DISCONNECT, detail)
+        current, self._current = self._current, None
+        if current is None:
+            return
+        if current.session.ever_live:
+            self._backoff.reset()  # a book went live: this connection was good
+        current.session.connection_lost(
+            SyncProblem(ProblemKind.DISCONNECTED, detail), self.clock()
+        )
+        self._seqs = current.session.seqs()
 
     # -- what connections report -------------------------------------------------------
 
-    def went_live(self, instrument: str, snapshot: BookSnapshot) -> None:
-        self._backoff.reset()  # a book went live: this connection is good
-        self.set_state(instrument, InstrumentState.LIVE, "in sync")
-        self.incident(instrument, IncidentKind.LIVE, f"seq {snapshot.seq}")
-
-    def went_stale(self, instrument: str, problem: SyncProblem) -> None:
-        log.warning("%s: %s is stale (%s); resyncing it", self.venue, instrument, problem)
-        self.incident(
-            instrument, _PROBLEM_INCIDENT.get(problem.kind, IncidentKind.STALE), str(problem)
-        )
-        self.set_state(instrument, InstrumentState.STALE, str(problem))
-        self.incident(instrument, IncidentKind.RESYNC, "resync started")
-
     def set_state(self, instrument: str, state: InstrumentState, reason: str) -> None:
-        self.registry.set_status(InstrumentStatus(instrument, state, reason, self.clock()))
+        self.sink.set_status(InstrumentStatus(instrument, state, reason, self.clock()))
 
     def incident(self, instrument: str | None, kind: IncidentKind, detail: str) -> None:
-        self._on_incident(FeedIncident(self.clock(), self.venue, instrument, kind, detail))
+        self.sink.incident(FeedIncident(self.clock(), self.venue, instrument, kind, detail))
 
     def record(
         self, connection: FeedConnection, kind: FrameKind, data: str, url: str = "", ts: int = 0
@@ -263,39 +267,29 @@ class FeedRunner:
             frame = RecordedFrame(ts, kind, data, url=url, venue=self.venue, conn=connection.id)
             self.recorder(frame)
 
-    def _mark_all_stale(self, problem: SyncProblem) -> None:
-        for name in self.instruments:
-            if self.registry.is_live(name):
-                self.set_state(name, InstrumentState.STALE, str(problem))
-
 
 class FeedConnection:
-    """One websocket connection and the books synced over it.
+    """One websocket connection and its ``FeedSession`` (the books synced over it).
 
-    A ``publishing`` connection publishes snapshots and states; a standby one (make-
-    before-break) keeps its books in the shadow and sets ``ready`` once all are live.
+    The session writes to ``sink``: downstream for the connection that publishes, a
+    ``ShadowSink`` for a standby one (make-before-break). Its books continue from
+    ``seqs`` (the versions of the connection it follows or replaces).
     """
 
-    def __init__(self, runner: FeedRunner, *, publishing: bool) -> None:
+    def __init__(self, runner: FeedRunner, sink: FeedSink, seqs: Mapping[str, int]) -> None:
         self.runner = runner
         self.adapter = runner.adapter
-        self.publishing = publishing
         self.id = next(_CONNECTION_IDS)
         """Unique in the process: recordings keep connections apart by it."""
-        self.dispatcher = BookDispatcher(
+        self.session = FeedSession(
             runner.adapter,
             runner.instruments,
-            capture_depth=runner.capture_depth,
+            sink=sink,
             counters=runner.counters,
+            capture_depth=runner.capture_depth,
         )
-        for name, sync in self.dispatcher.syncs.items():
-            published = runner.registry.get(name)
-            if published is not None:
-                sync.book.continue_from(published.seq)
-        self.ready = asyncio.Event()
-        self.shadow_latest: dict[str, BookSnapshot] = {}
+        self.session.continue_from(seqs)
         self._fetches: dict[str, asyncio.Task[None]] = {}
-        self._sync_started: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._group: asyncio.TaskGroup | None = None
         self._ws: FeedSocket | None = None
@@ -306,17 +300,18 @@ class FeedConnection:
         async with runner.connect(url) as ws:
             runner.connections += 1
             self.adapter.connection_started()
-            runner.incident(
-                None, IncidentKind.CONNECT, url if self.publishing else f"standby {url}"
-            )
+            standby = isinstance(self.session.sink, ShadowSink)
+            runner.incident(None, IncidentKind.CONNECT, f"standby {url}" if standby else url)
             runner.record(self, FrameKind.CONNECT, "", url)
             await self._send_all(ws, self.adapter.subscribe_frames(runner.instruments))
             lost: Exception | None = None
             async with asyncio.TaskGroup() as group:
                 self._group, self._ws = group, ws
                 try:
-                    for name in runner.instruments:
-                        self._begin_sync(name)
+                    self.session.start(runner.clock())
+                    if self.adapter.rest_snapshots:
+                        for name in runner.instruments:
+                            self._start_fetch(name)
                     if self.adapter.app_ping_interval > 0:
                         self._spawn(self._ping_forever(ws), "ping")
                     self._spawn(self._watch_instruments(), "instrument-watch")
@@ -333,7 +328,7 @@ class FeedConnection:
 
     async def _receive_forever(self, ws: FeedSocket) -> None:
         adapter, runner = self.adapter, self.runner
-        parse, clock, counters = adapter.parse, runner.clock, runner.counters
+        receive, clock, perform = self.session.receive, runner.clock, self._perform
         while True:
             try:
                 async with asyncio.timeout(adapter.silence_timeout):
@@ -343,12 +338,12 @@ class FeedConnection:
                     f"nothing received for {adapter.silence_timeout:g}s"
                 ) from None
             ts_recv = clock()
-            counters.frames += 1
             if runner.recorder is not None:
                 text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
                 runner.record(self, FrameKind.RECV, text, ts=ts_recv)
-            for event in parse(frame):
-                self._on_event(event, ts_recv)
+            actions = receive(frame, ts_recv)
+            if actions:
+                perform(actions)
 
     async def _ping_forever(self, ws: FeedSocket) -> None:
         while True:
@@ -358,101 +353,32 @@ class FeedConnection:
                 await self._send_all(ws, [frame])
 
     async def _watch_instruments(self) -> None:
-        """Per-instrument watchdog, one pass per second, nothing on the hot path:
-
-        - a resync that has not brought the instrument back within the venue's
-          ``resync_timeout`` (a rejected resubscribe, a lost snapshot) starts again;
-        - a live instrument with no book message for ``instrument_silence_timeout``
-          (book messages counted between passes) is resynced.
-        """
-        adapter = self.adapter
-        counts = self.runner.counters.by_instrument
-        seen = dict(counts)
-        quiet_since: dict[str, float] = {}
-        loop = asyncio.get_running_loop()
+        """The session's per-instrument watchdog, one pass per second (more often when
+        the instrument silence timeout is short), nothing on the hot path."""
         while True:
-            silence = adapter.instrument_silence_timeout
+            silence = self.adapter.instrument_silence_timeout
             await asyncio.sleep(min(_WATCH_PERIOD, silence / 4) if silence > 0 else _WATCH_PERIOD)
-            now = loop.time()
-            for name, sync in self.dispatcher.syncs.items():
-                if not sync.live:
-                    started = self._sync_started.get(name, now)
-                    if now - started > adapter.resync_timeout:
-                        log.warning(
-                            "%s: %s not in sync after %.0fs; retrying",
-                            self.runner.venue,
-                            name,
-                            now - started,
-                        )
-                        self._restart_sync(name)
-                    continue
-                count = counts.get(name, 0)
-                if count != seen.get(name, 0):
-                    seen[name] = count
-                    quiet_since[name] = now
-                elif silence > 0 and now - quiet_since.setdefault(name, now) >= silence:
-                    problem = SyncProblem(ProblemKind.SILENT, f"no book message for {silence:g}s")
-                    quiet_since[name] = now
-                    self._resync(name, problem)
+            self._perform(self.session.tick(self.runner.clock()))
 
-    # -- events ----------------------------------------------------------------------
+    # -- actions -----------------------------------------------------------------------
 
-    def _on_event(self, event: FeedEvent, ts_recv: int) -> None:
-        instrument, result = self.dispatcher.handle(event, ts_recv)
-        if instrument is not None:
-            self._act(instrument, result)
-        elif isinstance(event, MalformedEvent):
-            log.warning(
-                "%s: malformed frame (%s): %.200s", self.runner.venue, event.reason, event.raw
-            )
-        elif isinstance(event, ConnectionGapEvent):
-            problem = SyncProblem(ProblemKind.GAP, event.detail)
-            for name in self.runner.instruments:
-                self._resync(name, problem)
-        elif isinstance(event, VenueErrorEvent):
-            self.runner.counters.venue_errors += 1
-            self.runner.incident(event.instrument, IncidentKind.ERROR, event.message)
-            if event.reconnect:
-                raise VenueClosingError(event.message)
+    def _perform(self, actions: Actions) -> None:
+        """Carry out what the session asked for."""
+        for action in actions:
+            if isinstance(action, RequestSnapshot):
+                self._request_snapshot(action.instrument)
+            elif isinstance(action, Refetch):
+                self._start_fetch(action.instrument)
+            elif isinstance(action, Reconnect):
+                raise VenueClosingError(action.reason)
 
-    def _act(self, instrument: str, result: SyncResult) -> None:
-        snapshot = result.snapshot
-        if snapshot is not None:
-            if not self.publishing:
-                self.shadow_latest[instrument] = snapshot
-                if len(self.shadow_latest) == len(self.dispatcher.syncs):
-                    self.ready.set()
-                return
-            registry = self.runner.registry
-            registry.publish(snapshot)
-            if not registry.is_live(instrument):
-                self.runner.went_live(instrument, snapshot)
-        elif result.problem is not None:
-            self._resync(instrument, result.problem)
-        elif result.refetch:
-            self._start_fetch(instrument)
-
-    def _resync(self, instrument: str, problem: SyncProblem) -> None:
-        """Mark one instrument stale and bring it back; the others are not touched."""
-        self.runner.counters.count_problem(problem)
-        if self.publishing:
-            self.runner.went_stale(instrument, problem)
-        else:
-            self.shadow_latest.pop(instrument, None)
-        self._restart_sync(instrument)
-
-    def _restart_sync(self, instrument: str) -> None:
-        """Reset the book and ask the venue for a fresh snapshot (REST or resubscribe)."""
-        self._begin_sync(instrument)
-        if not self.adapter.rest_snapshots and self._ws is not None:
-            frames = self.adapter.resubscribe_frames(instrument)
-            self._spawn(self._send_all(self._ws, frames), f"resubscribe:{instrument}")
-
-    def _begin_sync(self, instrument: str) -> None:
-        self.dispatcher.syncs[instrument].reset()
-        self._sync_started[instrument] = asyncio.get_running_loop().time()
+    def _request_snapshot(self, instrument: str) -> None:
+        """A REST fetch, or the frames that make the venue send a fresh snapshot."""
         if self.adapter.rest_snapshots:
             self._start_fetch(instrument)
+        elif self._ws is not None:
+            frames = self.adapter.resubscribe_frames(instrument)
+            self._spawn(self._send_all(self._ws, frames), f"resubscribe:{instrument}")
 
     # -- REST snapshots ------------------------------------------------------------
 
@@ -484,11 +410,11 @@ class FeedConnection:
                 )
                 await asyncio.sleep(delay)
                 continue
-            _, result = self.dispatcher.handle(event, self.runner.clock())
-            if result.refetch:
+            actions = self.session.receive_event(event, self.runner.clock())
+            if Refetch(instrument) in actions:  # older than the stream: this loop fetches again
                 await asyncio.sleep(backoff.next_delay())
                 continue
-            self._act(instrument, result)
+            self._perform(actions)
             return
 
     async def _get(self, url: str) -> bytes:

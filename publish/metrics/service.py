@@ -35,10 +35,10 @@ from typing import Any, Protocol
 
 import orjson
 
+from book.counters import FeedCounters
 from book.instruments import venue_of
 from book.registry import BookRegistry
 from book.status import InstrumentState
-from feeds.dispatch import FeedCounters
 from publish.fanout import Counters
 from publish.metrics.hdr import SECOND_NS
 from publish.metrics.recorder import LatencyRecorder

@@ -17,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import pytest
 
-from book.incidents import FeedIncident, IncidentKind, IncidentSink
+from book.incidents import FeedIncident, IncidentKind, IncidentListener
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
@@ -91,10 +91,21 @@ def observed_registry() -> tuple[BookRegistry, Observed]:
     return registry, seen
 
 
+class IncidentsApart:
+    """A sink that writes books and states to ``registry`` and hands incidents to
+    ``on_incident`` (one runner's incidents, apart from other runners')."""
+
+    def __init__(self, registry: BookRegistry, on_incident: IncidentListener) -> None:
+        self.add_instrument = registry.add_instrument
+        self.publish = registry.publish
+        self.set_status = registry.set_status
+        self.incident = on_incident
+
+
 def feed_runner(
     adapter: VenueAdapter,
     registry: BookRegistry,
-    on_incident: IncidentSink,
+    on_incident: IncidentListener,
     *,
     capture_depth: int,
     instruments: Sequence[str] | None = None,
@@ -102,10 +113,9 @@ def feed_runner(
     """A runner that reconnects within tens of milliseconds."""
     return FeedRunner(
         adapter,
-        registry=registry,
+        sink=IncidentsApart(registry, on_incident),
         instruments=instruments,
         capture_depth=capture_depth,
-        on_incident=on_incident,
         backoff=Backoff(initial=0.01, maximum=0.05),
     )
 

@@ -59,7 +59,7 @@ async def test_live_path_books_equal_replay_books(path: Path, venue: str) -> Non
         )
         adapter.silence_timeout = 3600.0  # the recording ends; the venue goes quiet
         adapter.app_ping_interval = 0.0
-        runner = FeedRunner(adapter, registry=registry, capture_depth=DEPTH)
+        runner = FeedRunner(adapter, sink=registry, capture_depth=DEPTH)
         task = asyncio.create_task(runner.run())
         try:
             await eventually(

@@ -39,7 +39,7 @@ def adapter() -> OkxAdapter:
 def replay(recorded: tuple[RecordedFrame, ...]) -> Replay:
     run = Replay(adapter(), capture_depth=3)
     for published in run.snapshots(recorded):
-        sync = run.dispatcher.syncs[published.instrument]
+        sync = run.session.syncs[published.instrument]
         assert isinstance(sync, OkxBookSync)
         sync._check()
     return run
@@ -83,7 +83,7 @@ def test_the_recording_holds_three_snapshots_and_287_checksummed_updates() -> No
 def test_every_checksum_matches_the_rebuilt_book() -> None:
     run = full_replay()
     assert run.problems == []
-    syncs = run.dispatcher.syncs
+    syncs = run.session.syncs
     assert {name: sync.verified for name, sync in syncs.items()} == {
         FUTURE: 99,
         SWAP: 93,
@@ -130,4 +130,4 @@ def test_a_removed_update_is_a_checksum_failure_of_that_instrument_only(instrume
     for name, snap in full.latest.items():
         if name != instrument:
             assert replace(run.latest[name], ts_book=0) == replace(snap, ts_book=0)
-    assert not run.dispatcher.syncs[instrument].live  # waits for a new snapshot
+    assert not run.session.syncs[instrument].live  # waits for a new snapshot
