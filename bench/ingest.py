@@ -12,9 +12,11 @@ bid/ask after every message:
   ``SortedDict`` per side; read ``peekitem`` of both sides. Updates received before
   the snapshot wait for it and those older than it are dropped; no other sequence
   checks, no events, no snapshots: the least work that keeps the same book.
-- marketcast: ``BinanceAdapter.parse`` -> ``BookDispatcher.handle`` ->
-  ``BinanceDepthSync`` (sequence checks, bookTicker cross-checks) -> ``L2Book`` ->
-  an immutable ``BookSnapshot`` per applied message, whose best bid/ask is read.
+- marketcast: ``FeedSession.receive`` (what the runner calls per frame):
+  ``BinanceAdapter.parse`` -> ``BookDispatcher.handle`` -> ``BinanceDepthSync``
+  (sequence checks, bookTicker cross-checks) -> ``L2Book`` -> an immutable
+  ``BookSnapshot`` per applied message, handed to the session's sink, which reads its
+  best bid/ask.
 - cryptofeed: ``Binance(...).message_handler`` (``BinanceFutures`` for USD-M) awaited per
   frame with ``L2_BOOK`` and ``TICKER`` callbacks reading the best bid/ask; its REST
   snapshot request is answered with the recorded snapshot, without network.
@@ -43,9 +45,12 @@ from sortedcontainers import SortedDict
 
 from bench.report import Progress, ScenarioResult, Table, Target, number, ratio
 from book.fixed import FixedMemo, from_decimal
+from book.incidents import FeedIncident
+from book.snapshot import BookSnapshot
+from book.status import InstrumentStatus
 from feeds.binance.adapter import BinanceAdapter
-from feeds.dispatch import BookDispatcher
 from feeds.recordings import FrameKind, read_recording
+from feeds.session import FeedSession, RequestSnapshot
 from feeds.symbols import SymbolMap
 from tests.recorded import BINANCE_SPOT_HFT, BINANCE_USDM_HFT
 
@@ -194,25 +199,44 @@ def bare_loop(frames: Sequence[Frame], futures: bool) -> Top:
     return top
 
 
+class _TopReader:
+    """The feed session's sink in the bench: reads the best bid/ask of each snapshot."""
+
+    __slots__ = ("top",)
+
+    def __init__(self) -> None:
+        self.top: Top = (None, None, None, None)
+
+    def add_instrument(self, instrument: str, ts: int) -> None:
+        pass
+
+    def publish(self, snapshot: BookSnapshot) -> None:
+        self.top = (snapshot.bid, snapshot.bid_qty, snapshot.ask, snapshot.ask_qty)
+
+    def set_status(self, status: InstrumentStatus) -> None:
+        pass
+
+    def incident(self, incident: FeedIncident) -> None:
+        pass
+
+
 def marketcast_path(frames: Sequence[Frame], futures: bool) -> Top:
     instrument = "BTC-USDT-PERP" if futures else "BTC-USDT"
     symbols = SymbolMap("binance-usdm" if futures else "binance", {instrument: "BTCUSDT"})
     adapter = BinanceAdapter(symbols, futures=futures)
     (name,) = symbols.instruments()
-    dispatcher = BookDispatcher(adapter, [name])
-    handle = dispatcher.handle
-    parse = adapter.parse
-    top: Top = (None, None, None, None)
+    reader = _TopReader()
+    session = FeedSession(adapter, [name], sink=reader)
+    receive = session.receive
     for frame in frames:
-        events = [adapter.parse_snapshot(name, frame.data)] if frame.snapshot else parse(frame.data)
-        for event in events:
-            _, result = handle(event, frame.ts)
-            snapshot = result.snapshot
-            if snapshot is not None:
-                top = (snapshot.bid, snapshot.bid_qty, snapshot.ask, snapshot.ask_qty)
-            elif result.problem is not None:
-                raise RuntimeError(f"marketcast found a problem in the recording: {result.problem}")
-    return top
+        if frame.snapshot:
+            actions = session.receive_event(adapter.parse_snapshot(name, frame.data), frame.ts)
+        else:
+            actions = receive(frame.data, frame.ts)
+        for action in actions:
+            if isinstance(action, RequestSnapshot) and action.problem is not None:
+                raise RuntimeError(f"marketcast found a problem in the recording: {action.problem}")
+    return reader.top
 
 
 def cryptofeed_path(frames: Sequence[Frame], futures: bool, *, read_top: bool = True) -> Top:
@@ -351,8 +375,9 @@ def run(options: IngestOptions, progress: Progress) -> ScenarioResult:
         how=(
             "Each recorded frame (already in memory as text) goes through the contender; "
             "the best bid/ask is read after every message. marketcast = "
-            "BinanceAdapter.parse + BookDispatcher + BinanceDepthSync + L2Book + immutable "
-            "BookSnapshot. Floors measured in the same run: orjson.loads alone, and a bare "
+            "FeedSession.receive: BinanceAdapter.parse + BookDispatcher + BinanceDepthSync + "
+            "L2Book + immutable BookSnapshot to the session's sink. Floors measured in the "
+            "same run: orjson.loads alone, and a bare "
             "orjson + SortedDict apply loop with the same exact fixed-point conversion "
             "(book.fixed.FixedMemo). Peer: cryptofeed's Binance handler "
             "(message_handler awaited per frame, snapshot served from the recording, "

@@ -1,0 +1,173 @@
+"""The feed session's decision table, with no I/O: events and ticks in, what it wrote
+to its sink and the actions it returned out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from book.fixed import parse_fixed
+from book.incidents import FeedIncident, IncidentKind
+from book.snapshot import BookSnapshot
+from book.status import InstrumentState, InstrumentStatus
+from feeds.coinbase.adapter import CoinbaseAdapter
+from feeds.events import (
+    BookDeltaEvent,
+    BookSnapshotEvent,
+    ConnectionGapEvent,
+    MalformedEvent,
+    VenueErrorEvent,
+)
+from feeds.session import SECOND_NS, FeedSession, Reconnect, RequestSnapshot
+from feeds.symbols import SymbolMap
+from feeds.sync import ProblemKind, SyncProblem
+
+BTC, ETH = "coinbase:BTC-USD", "coinbase:ETH-USD"
+ONE = parse_fixed("1")
+
+
+@dataclass
+class Written:
+    """A FeedSink that keeps every call, in order."""
+
+    calls: list[tuple[str, object]] = field(default_factory=list)
+
+    def add_instrument(self, instrument: str, ts: int) -> None:
+        self.calls.append(("add", instrument))
+
+    def publish(self, snapshot: BookSnapshot) -> None:
+        self.calls.append(("book", (snapshot.instrument, snapshot.seq, snapshot.bid)))
+
+    def set_status(self, status: InstrumentStatus) -> None:
+        self.calls.append(("status", (status.instrument, status.state, status.reason)))
+
+    def incident(self, incident: FeedIncident) -> None:
+        self.calls.append(("incident", (incident.instrument, incident.kind, incident.detail)))
+
+    def take(self) -> list[tuple[str, object]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+def book(name: str, bid: str, ask: str) -> BookSnapshotEvent:
+    return BookSnapshotEvent(name, ((parse_fixed(bid), ONE),), ((parse_fixed(ask), ONE),))
+
+
+def session(**adapter_settings: float) -> tuple[FeedSession, Written]:
+    adapter = CoinbaseAdapter(SymbolMap("coinbase", {"BTC-USD": "BTC-USD", "ETH-USD": "ETH-USD"}))
+    for name, value in adapter_settings.items():
+        setattr(adapter, name, value)
+    sink = Written()
+    feed = FeedSession(adapter, [BTC, ETH], sink=sink, capture_depth=5)
+    feed.start(0)
+    return feed, sink
+
+
+def live(feed: FeedSession, sink: Written) -> None:
+    for name in (BTC, ETH):
+        assert feed.receive_event(book(name, "100", "101"), 1) == ()
+    sink.take()
+
+
+def test_the_first_snapshot_sets_live_and_later_ones_only_publish() -> None:
+    feed, sink = session()
+    assert feed.receive_event(book(BTC, "100", "101"), 5) == ()
+    assert sink.take() == [
+        ("book", (BTC, 1, parse_fixed("100"))),
+        ("status", (BTC, InstrumentState.LIVE, "in sync")),
+        ("incident", (BTC, IncidentKind.LIVE, "seq 1")),
+    ]
+    delta = BookDeltaEvent(BTC, ((parse_fixed("100.5"), ONE),), ())
+    assert feed.receive_event(delta, 6) == ()
+    assert sink.take() == [("book", (BTC, 2, parse_fixed("100.5")))]
+    assert feed.is_live(BTC) and not feed.is_live(ETH)
+
+
+def test_a_problem_stales_resets_and_requests_a_snapshot_of_that_instrument_only() -> None:
+    feed, sink = session()
+    live(feed, sink)
+    crossing = BookDeltaEvent(BTC, ((parse_fixed("102"), ONE),), ())
+    actions = feed.receive_event(crossing, 7)
+    (action,) = actions
+    assert isinstance(action, RequestSnapshot) and action.instrument == BTC
+    assert action.problem is not None and action.problem.kind is ProblemKind.CROSSED
+    reason = str(action.problem)
+    assert sink.take() == [
+        ("incident", (BTC, IncidentKind.CHECKSUM, reason)),
+        ("status", (BTC, InstrumentState.STALE, reason)),
+        ("incident", (BTC, IncidentKind.RESYNC, "resync started")),
+    ]
+    assert (feed.counters.resyncs, feed.counters.crossed) == (1, 1)
+    assert not feed.syncs[BTC].live and feed.syncs[ETH].live
+    assert not feed.is_live(BTC) and feed.is_live(ETH)
+
+
+def test_a_lost_message_of_the_connection_resyncs_every_instrument() -> None:
+    feed, sink = session()
+    live(feed, sink)
+    actions = feed.receive_event(ConnectionGapEvent("sequence 4 after 2"), 8)
+    problem = SyncProblem(ProblemKind.GAP, "sequence 4 after 2")
+    assert list(actions) == [RequestSnapshot(BTC, problem), RequestSnapshot(ETH, problem)]
+    assert feed.counters.gaps == 2
+
+
+def test_venue_errors_are_reported_and_a_closing_one_asks_to_reconnect() -> None:
+    feed, sink = session()
+    assert feed.receive_event(VenueErrorEvent("rate limited", BTC), 9) == ()
+    assert feed.receive_event(VenueErrorEvent("going away", reconnect=True), 9) == [
+        Reconnect("going away")
+    ]
+    assert sink.take() == [
+        ("incident", (BTC, IncidentKind.ERROR, "rate limited")),
+        ("incident", (None, IncidentKind.ERROR, "going away")),
+    ]
+    assert feed.counters.venue_errors == 2
+
+
+def test_a_malformed_frame_is_counted_and_changes_nothing() -> None:
+    feed, sink = session()
+    live(feed, sink)
+    assert feed.receive_event(MalformedEvent("not json", "{"), 9) == ()
+    assert sink.take() == []
+    assert feed.counters.malformed == 1
+
+
+def test_a_tick_retries_a_resync_that_did_not_come_back() -> None:
+    feed, sink = session(resync_timeout=2.0)
+    feed.receive_event(book(ETH, "100", "101"), 1)
+    sink.take()
+    assert feed.tick(2 * SECOND_NS) == ()
+    assert list(feed.tick(3 * SECOND_NS)) == [RequestSnapshot(BTC, None)]
+    assert sink.take() == []  # a retry is not a new problem
+    assert feed.tick(4 * SECOND_NS) == ()  # the retry started the clock again
+
+
+def test_a_tick_resyncs_a_live_instrument_silent_for_too_long() -> None:
+    feed, sink = session(instrument_silence_timeout=5.0)
+    live(feed, sink)
+    assert feed.tick(1 * SECOND_NS) == ()
+    feed.receive_event(BookDeltaEvent(ETH, ((parse_fixed("99"), ONE),), ()), 2 * SECOND_NS)
+    assert feed.tick(3 * SECOND_NS) == ()
+    (action,) = feed.tick(6 * SECOND_NS)
+    assert action == RequestSnapshot(BTC, SyncProblem(ProblemKind.SILENT, "no book message for 5s"))
+    assert feed.is_live(ETH)
+
+
+def test_a_lost_connection_stales_only_the_live_instruments() -> None:
+    feed, sink = session()
+    feed.receive_event(book(BTC, "100", "101"), 1)
+    sink.take()
+    feed.connection_lost(SyncProblem(ProblemKind.DISCONNECTED, "closed by venue"), 2)
+    assert sink.take() == [
+        ("status", (BTC, InstrumentState.STALE, "disconnected: closed by venue")),
+    ]
+    assert not feed.is_live(BTC) and feed.ever_live
+
+
+def test_books_continue_from_the_versions_of_the_session_they_replace() -> None:
+    first, _ = session()
+    for _ in range(3):
+        first.receive_event(book(BTC, "100", "101"), 1)
+    second, sink = session()
+    second.continue_from(first.seqs())
+    second.receive_event(book(BTC, "100", "101"), 2)
+    assert sink.take()[0] == ("book", (BTC, 4, parse_fixed("100")))
