@@ -220,9 +220,7 @@ class FeedRunner:
     def _promote(self, old: FeedConnection, new: FeedConnection, shadow: ShadowSink) -> bool:
         """Hand the sink from ``old`` to ``new`` in one synchronous step (no gap). Only a
         standby whose every book is live and uncrossed takes over; ``False`` if not."""
-        snapshots = new.session.takeover_snapshots(
-            old.session.seqs(), shadow.latest, self.clock()
-        )
+        snapshots = new.session.takeover_snapshots(old.session.seqs(), shadow.latest, self.clock())
         if snapshots is None:
             return False
         sink = self.sink
@@ -246,9 +244,7 @@ class FeedRunner:
             return
         if current.session.ever_live:
             self._backoff.reset()  # a book went live: this connection was good
-        current.session.connection_lost(
-            SyncProblem(ProblemKind.DISCONNECTED, detail), self.clock()
-        )
+        current.session.connection_lost(SyncProblem(ProblemKind.DISCONNECTED, detail), self.clock())
         self._seqs = current.session.seqs()
 
     # -- what connections report -------------------------------------------------------
