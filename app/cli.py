@@ -4,25 +4,20 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from app.commands import record, replay, run, simulate, subscribe, token
 from app.exceptions import ConfigError
+from app.logs import LOG_FORMATS, configure_logging
+from publish.metrics.build import build
 
 COMMANDS = (run, simulate, replay, record, subscribe, token)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:  # one line per HTTP request or connection is noise at INFO
-        for chatty in ("websockets.server", "websockets.client", "httpx"):
-            logging.getLogger(chatty).setLevel(logging.WARNING)
+    configure_logging(verbose=args.verbose, log_format=args.log_format)
     try:
         return int(args.command(args))
     except ConfigError as exc:
@@ -33,6 +28,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marketcast", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text lines, or one JSON object per line (time, level, logger, message, fields)",
+    )
+    current = build()
+    parser.add_argument(
+        "--version", action="version", version=f"marketcast {current.version} ({current.commit})"
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(commands)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from app.exceptions import ConfigError
+from app.auth import auth_policy
 from app.settings import Settings, StorageSettings, VenueSettings
 from app.venues import build_adapter, simulator_endpoints, simulator_for
 from book.incidents import FeedIncident
@@ -27,13 +27,12 @@ from feeds.ratelimit import WeightLimiter
 from feeds.runner import FeedRunner, Recorder
 from feeds.simulator.venue import LoopbackVenue
 from feeds.venue import VenueAdapter
-from publish.auth import AuthPolicy, TokenAuthority, load_secret
 from publish.fanout import Fanout
 from publish.metrics import LatencyRecorder, Metrics
 from publish.metrics.pages import MetricsPages
 from publish.positions import PositionBook
 from publish.profit import ProfitEngine
-from publish.server import MarketServer
+from publish.server import MarketServer, reserved_fds
 from publish.storage import (
     SqliteBackend,
     StorageBackend,
@@ -140,6 +139,7 @@ async def serve(
                     limits=settings.server.limits,
                     auth=auth,
                     positions=positions,
+                    reserved_fds=reserved_fds(feed_connections=len(runners)),
                 )
             )
             MetricsPages(metrics).install(server.routes)
@@ -217,22 +217,6 @@ def build_runners(
         )
         for instruments in connection_groups(first)
     ]
-
-
-def auth_policy(settings: Settings) -> AuthPolicy:
-    """The token authority of ``[auth]`` (creating the secret file on first use)."""
-    path = settings.secret_path
-    try:
-        secret = load_secret(secret=settings.auth.secret, secret_file=path)
-    except OSError as exc:
-        raise ConfigError(f"token secret file {path}: {exc.strerror}") from exc
-    try:
-        tokens = TokenAuthority(secret)
-    except ValueError as exc:
-        raise ConfigError(f"[auth]: {exc}") from exc
-    return AuthPolicy(
-        tokens=tokens, market_data_requires_auth=settings.auth.market_data_requires_auth
-    )
 
 
 def connection_groups(adapter: VenueAdapter) -> list[list[str]]:

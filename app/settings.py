@@ -2,11 +2,21 @@
 
 A config file looks like ``config/live.example.toml``; every key has a default, so a
 file only says what differs. Unknown keys are errors, so a typo never goes unnoticed.
+
+Every setting of a section can also be given as an environment variable
+``MARKETCAST_<SECTION>__<KEY>`` (``MARKETCAST_SERVER__PORT=9000``,
+``MARKETCAST_SERVER__LIMITS__MAX_CONNECTIONS=5000``, ``MARKETCAST_AUTH__SECRET=...``),
+which wins over the file; the value is a TOML value (``true``, ``5.0``) or, for a text
+setting, the text as it is. ``[[venues]]`` are only read from the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import tomllib
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -78,7 +88,13 @@ class AuthSettings:
     """Where the secret is kept when ``secret`` is unset; created (0600, random) if missing.
     Unset: ``marketcast.secret`` in the directory of ``[storage].path``."""
     market_data_requires_auth: bool = False
-    """When true, market-data channels need an ``auth`` first; positions/profit always do."""
+    """When true, market-data channels need an ``auth`` first, and HTTP market data a
+    bearer token; positions/profit always do."""
+    operator_requires_auth: bool = False
+    """When true, /dashboard, /stats and /metrics need a token with the operator role
+    (``marketcast token --operator``); /health stays open for load balancers."""
+    allow_shared_secret_file: bool = False
+    """Accept (with a warning) a secret file that group or others may read; else refused."""
     token_ttl_seconds: float = 86_400.0
     """How long the tokens ``marketcast token`` issues are valid."""
 
@@ -145,6 +161,73 @@ class Settings:
         if self.auth.secret_file is not None:
             return Path(self.auth.secret_file)
         return Path(self.storage.path).parent / "marketcast.secret"
+
+
+ENV_PREFIX = "MARKETCAST_"
+ENV_SEPARATOR = "__"
+
+
+def read_settings(config: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """What a command runs with: the config file (none: the offline demo), then the
+    ``MARKETCAST_<SECTION>__<KEY>`` variables of ``environ`` (default: the process's)."""
+    settings = load_settings(config) if config else Settings.demo()
+    return with_environment(settings, os.environ if environ is None else environ)
+
+
+def with_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """``settings`` with every ``MARKETCAST_<SECTION>__<KEY>`` of ``environ`` applied and
+    validated like a file; an unknown section or key is a ``ConfigError`` naming it."""
+    overrides = {
+        name: value
+        for name, value in environ.items()
+        if name.startswith(ENV_PREFIX) and ENV_SEPARATOR in name
+    }
+    if not overrides:
+        return settings
+    document = settings_document(settings)
+    for name, raw in sorted(overrides.items()):
+        *path, key = name.removeprefix(ENV_PREFIX).lower().split(ENV_SEPARATOR)
+        if not path or not all(path):
+            raise ConfigError(f"{name}: a setting is MARKETCAST_<SECTION>__<KEY>")
+        table, section = document, Settings
+        for part in path:
+            section_type = _section_type(section, part)
+            if section_type is None or not isinstance(table.get(part), dict):
+                raise ConfigError(f"{name}: no settings section [{'.'.join(path)}]")
+            table, section = table[part], section_type
+        hints = typing.get_type_hints(section)
+        if key not in hints or _section_type(section, key) is not None:
+            raise ConfigError(f"{name}: [{'.'.join(path)}] has no setting {key!r}")
+        table[key] = _env_value(name, raw, hints[key])
+    try:
+        return settings_from_dict(document)
+    except ConfigError as exc:
+        raise ConfigError(f"environment: {exc}") from exc
+
+
+def settings_document(settings: Settings) -> dict[str, Any]:
+    """``settings`` as the TOML document that loads back into them."""
+    document = dataclasses.asdict(settings)
+    document["venues"] = [
+        {**venue, "symbols": dict(venue["symbols"])} for venue in document["venues"]
+    ]
+    return document
+
+
+def _section_type(parent: type[Any], name: str) -> type[Any] | None:
+    """The dataclass of ``parent``'s section ``name`` (``None``: not a section)."""
+    hint = typing.get_type_hints(parent).get(name)
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+
+
+def _env_value(name: str, raw: str, hint: Any) -> Any:
+    """Text settings take the text as it is; any other a TOML value."""
+    if hint is str or hint == (str | None):
+        return raw
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(f"{name}: {raw!r} is not a TOML value") from None
 
 
 def load_settings(path: str | Path) -> Settings:

@@ -76,7 +76,11 @@ class ServerLimits:
     max_subscriptions: int = 1000
     """Subscribed keys per connection (a channel-wide subscription counts one)."""
     max_connections: int = 20_000
-    """Open sessions; further websocket handshakes get HTTP 503 ``too_many_connections``."""
+    """Open sessions; further websocket handshakes get HTTP 503 ``too_many_connections``.
+    Lowered at start when the open-file limit cannot hold that many (``publish.server``)."""
+    max_connections_per_ip: int = 0
+    """Open connections one client address may hold (0: no limit); further requests from
+    it get HTTP 503 ``too_many_connections``."""
     max_pending_replies: int = 64
     """Replies (ack/error/pong) queued before the session stops reading requests."""
     ops_per_second: float = 100.0
@@ -111,6 +115,8 @@ class ServerLimits:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.max_connections_per_ip < 0:
+            raise ValueError("max_connections_per_ip must be 0 (no limit) or more")
         if self.send_buffer_bytes is not None and self.send_buffer_bytes < 1:
             raise ValueError("send_buffer_bytes must be at least 1")
         for name in ("ops_per_second", "errors_per_second", "slow_consumer_seconds"):

@@ -3,7 +3,9 @@
 PublishError
 ├── RequestError          a client request that cannot be served; becomes an ``error`` frame
 ├── TokenError            an auth token that is malformed, forged or expired
-└── ServerNotRunningError the server's address was asked for before ``start()`` / after ``stop()``
+├── SecretFileError       the token secret file is missing (where it must exist) or shared
+├── ServerNotRunningError the server's address was asked for before ``start()`` / after ``stop()``
+└── ServerStartError      the server cannot start as configured (e.g. no descriptors left)
 
 Nothing a client sends is allowed to raise past its own session: every ``RequestError``
 is turned into an ``error`` frame with a stable ``code`` and the connection stays open.
@@ -45,5 +47,14 @@ class TokenError(PublishError):
         self.message = message
 
 
+class SecretFileError(PublishError):
+    """The token secret file cannot be used: missing where it must not be created, or
+    readable by group or others."""
+
+
 class ServerNotRunningError(PublishError, RuntimeError):
     """The server has no listening socket (not started yet, or already stopped)."""
+
+
+class ServerStartError(PublishError):
+    """The server cannot start as configured; the message says what to change."""

@@ -38,7 +38,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from book.exceptions import PrecisionError
-from book.fixed import SCALE, parse_fixed
+from book.fixed import SCALE, parse_plain_decimal
 from book.registry import BookRegistry
 from publish.exceptions import RequestError
 from publish.protocol import ErrorCode
@@ -316,14 +316,16 @@ class PositionBook:
 
 def _amount(name: str, text: str) -> int:
     try:
-        value = parse_fixed(text)
+        value = parse_plain_decimal(text)
     except PrecisionError:
         raise RequestError(
             ErrorCode.INVALID_POSITION, f"{name} has more than 12 decimal places"
         ) from None
     except ValueError:
         raise RequestError(
-            ErrorCode.INVALID_POSITION, f"{name} must be a decimal number, not {text[:32]!r}"
+            ErrorCode.INVALID_POSITION,
+            f"{name} must be a decimal number (digits, optionally a point and digits), "
+            f"not {text[:32]!r}",
         ) from None
     if not 0 < value < MAX_AMOUNT:
         raise RequestError(ErrorCode.INVALID_POSITION, f"{name} must be positive and below 10^18")

@@ -111,6 +111,7 @@ class ErrorCode(StrEnum):
     POSITION_PENDING = "position_pending"
     TOO_MANY_POSITIONS = "too_many_positions"
     STORAGE_UNAVAILABLE = "storage_unavailable"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
 
 
 class CloseCode(IntEnum):

@@ -1,9 +1,19 @@
-"""The subscription server: websockets on ``/ws``, HTTP GET routes on the same port.
+"""The subscription server: websockets on ``/ws``, HTTP routes on the same port.
 
-``MarketServer`` is the only module that knows websockets' server API: it routes the
-opening request (``/ws`` upgrades, anything else is answered by ``publish.http``),
-creates one ``ClientSession`` per connection, and watches each connection's write
-buffer through ``WatchedConnection`` to close slow consumers.
+``MarketServer`` is the only module that knows websockets' server API. Each connection
+reads its request head first (``WatchedConnection.data_received``): ``GET /ws`` goes on
+to websockets' handshake, anything else is answered by ``publish.http`` and the
+connection closed — one answer per connection (``Connection: close``), so a pipelined
+request, a request body or a malformed head can never reach websockets' parser. It
+creates one ``ClientSession`` per websocket and watches each connection's write buffer
+to close slow consumers.
+
+Connections are capped so that file descriptors never run out (``ConnectionGate``):
+websocket sessions at ``min(max_connections, open-file limit - reserved_fds)`` (further
+handshakes get 503 ``too_many_connections``), TCP connections at that plus
+``HTTP_HEADROOM`` (further ones are closed at once), and optionally per client address
+(``max_connections_per_ip``: further requests get 503 ``too_many_connections``). The
+reserve keeps descriptors for storage, feeds, the bus and HTTP whatever clients do.
 
     async with MarketServer(registry, fanout, port=0, auth=policy) as server:
         print(server.url)            # ws://127.0.0.1:<port>/ws
@@ -13,8 +23,12 @@ buffer through ``WatchedConnection`` to close slow consumers.
 from __future__ import annotations
 
 import asyncio
+import logging
+import resource
 import socket
+from collections import Counter
 from collections.abc import Callable
+from enum import Enum
 from http import HTTPStatus
 from types import TracebackType
 from typing import Self
@@ -27,13 +41,98 @@ from websockets.protocol import State
 from book.registry import BookRegistry
 from publish.auth import AuthPolicy
 from publish.client import DEFAULT_LIMITS, ClientSession, ServerLimits
-from publish.exceptions import ServerNotRunningError
+from publish.exceptions import ServerNotRunningError, ServerStartError
 from publish.fanout import Fanout
-from publish.http import HttpRoutes, error_response
+from publish.http import (
+    MAX_HEAD_BYTES,
+    HttpRoutes,
+    RequestHead,
+    error_response,
+    head_end,
+    head_too_large,
+    method_not_allowed,
+    parse_head,
+)
+from publish.logthrottle import throttle_websockets_logs
 from publish.positions import PositionBook
 from publish.protocol import ErrorCode
 
+log = logging.getLogger(__name__)
+
 WS_PATH = "/ws"
+
+RESERVED_FDS_BASE = 128
+"""Descriptors kept for the process itself whatever clients do: the interpreter and its
+logs, storage (SQLite's database, WAL and shared-memory files per connection, or a
+PostgreSQL pool), the bus (NATS) and the listening sockets."""
+HTTP_HEADROOM = 64
+"""TCP connections allowed beyond the websocket cap, so /health, /metrics and refused
+handshakes are still answered when websocket sessions are at their cap."""
+FDS_PER_FEED_CONNECTION = 4
+"""A feed connection's websocket and REST sockets, and a local simulator's ends of both."""
+
+
+def reserved_fds(feed_connections: int = 0) -> int:
+    """Descriptors the connection caps leave unused, for a process with that many feed
+    connections (the reserve of ``MarketServer``)."""
+    return RESERVED_FDS_BASE + HTTP_HEADROOM + FDS_PER_FEED_CONNECTION * feed_connections
+
+
+def open_files_limit() -> int | None:
+    """The soft RLIMIT_NOFILE (``None`` when unlimited)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+class ConnectionGate:
+    """Counts open TCP connections in total and per client address, and says which to
+    refuse. O(1) per connection."""
+
+    def __init__(self, *, session_cap: int, max_per_ip: int) -> None:
+        self.session_cap = session_cap
+        self.tcp_cap = session_cap + HTTP_HEADROOM
+        self.max_per_ip = max_per_ip
+        self.total = 0
+        self.refused = 0
+        self._per_ip: Counter[str] = Counter()
+
+    def opened(self, address: str) -> bool:
+        """Count a new connection; False when it is past the TCP cap (close it now)."""
+        self.total += 1
+        self._per_ip[address] += 1
+        if self.total > self.tcp_cap:
+            self.refused += 1
+            return False
+        return True
+
+    def closed(self, address: str) -> None:
+        self.total -= 1
+        left = self._per_ip[address] - 1
+        if left > 0:
+            self._per_ip[address] = left
+        else:
+            del self._per_ip[address]
+
+    def over_ip_limit(self, address: str) -> bool:
+        """True when ``address`` holds more connections than ``max_per_ip`` (0: no limit)."""
+        return 0 < self.max_per_ip < self._per_ip[address]
+
+    def health(self, sessions: int) -> tuple[bool, dict[str, object]]:
+        return True, {
+            "websocket_sessions": sessions,
+            "tcp_open": self.total,
+            "session_cap": self.session_cap,
+            "tcp_cap": self.tcp_cap,
+            "max_per_ip": self.max_per_ip,
+            "refused_at_tcp_cap": self.refused,
+            "open_files_limit": open_files_limit(),
+        }
+
+
+class _Front(Enum):
+    READING_HEAD = 1
+    WEBSOCKET = 2
+    ANSWERED = 3
 
 
 class WatchedConnection(ServerConnection):
@@ -56,6 +155,61 @@ class WatchedConnection(ServerConnection):
     _on_stuck: Callable[[], None] | None = None
     _stuck_timer: asyncio.TimerHandle | None = None
     _abort_timer: asyncio.TimerHandle | None = None
+    # Set on the per-server subclass (MarketServer._connection_class).
+    http: HttpRoutes
+    gate: ConnectionGate
+    # The request head, read before websockets sees any byte.
+    _front = _Front.READING_HEAD
+    _head = b""
+    _address = ""
+    _counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self._address = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        self._counted = True
+        if not self.gate.opened(self._address):
+            self._front = _Front.ANSWERED
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        """Read the request head; hand ``GET /ws`` to websockets, answer anything else."""
+        if self._front is _Front.WEBSOCKET:
+            super().data_received(data)
+            return
+        if self._front is _Front.ANSWERED:
+            return  # what follows an answered request (a body, a pipelined request)
+        self._head += data
+        end = head_end(self._head)
+        if end < 0 and len(self._head) <= MAX_HEAD_BYTES:
+            return
+        head = head_too_large() if not 0 <= end <= MAX_HEAD_BYTES else parse_head(self._head[:end])
+        if isinstance(head, Response):
+            self._answer(head)
+        elif self.gate.over_ip_limit(self._address):
+            self._answer(
+                error_response(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    ErrorCode.TOO_MANY_CONNECTIONS,
+                    f"this address holds its limit of {self.gate.max_per_ip} connections",
+                )
+            )
+        elif urlsplit(head.target).path != WS_PATH:
+            self._answer(self.http.respond(head.target, head.headers, method=head.method))
+        elif (refusal := _websocket_refusal(head)) is not None:
+            self._answer(refusal)
+        else:
+            self._front = _Front.WEBSOCKET
+            buffered, self._head = self._head, b""
+            super().data_received(buffered)
+
+    def _answer(self, response: Response) -> None:
+        """Write ``response`` and close the connection (it says ``Connection: close``)."""
+        self._front = _Front.ANSWERED
+        self._head = b""
+        self.transport.write(response.serialize())
+        self.transport.close()
 
     def watch_write_buffer(
         self, stuck_after: float, on_stuck: Callable[[], None], *, send_buffer: int | None
@@ -105,6 +259,9 @@ class WatchedConnection(ServerConnection):
             self._stuck_timer = None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.gate.closed(self._address)
         super().connection_lost(exc)
         for timer in (self._stuck_timer, self._abort_timer):
             if timer is not None:
@@ -119,8 +276,22 @@ class WatchedConnection(ServerConnection):
             self._abort_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
 
 
+def _websocket_refusal(head: RequestHead) -> Response | None:
+    """Why a request for ``/ws`` cannot be a websocket handshake, if it cannot."""
+    if head.method != "GET":
+        return method_not_allowed(head.method)
+    if "Transfer-Encoding" in head.headers or head.headers.get("Content-Length", "0") != "0":
+        return error_response(
+            HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, "a handshake request has no body"
+        )
+    return None
+
+
 class MarketServer:
-    """Websocket + HTTP server over one ``Fanout``. Start/stop, or use ``async with``."""
+    """Websocket + HTTP server over one ``Fanout``. Start/stop, or use ``async with``.
+
+    ``reserved_fds`` (see ``reserved_fds()``) is what the connection caps leave of the
+    open-file limit, read at ``start``."""
 
     def __init__(
         self,
@@ -132,6 +303,7 @@ class MarketServer:
         limits: ServerLimits = DEFAULT_LIMITS,
         auth: AuthPolicy | None = None,
         positions: PositionBook | None = None,
+        reserved_fds: int = reserved_fds(),
     ) -> None:
         if fanout.registry is not registry:
             raise ValueError("the fanout must listen to the same registry")
@@ -141,7 +313,11 @@ class MarketServer:
         self._limits = limits
         self._auth = auth
         self._positions = positions
-        self._http = HttpRoutes(registry, clock=fanout.clock, max_depth=fanout.book_depth)
+        self._reserved_fds = reserved_fds
+        self._http = HttpRoutes(
+            registry, clock=fanout.clock, max_depth=fanout.book_depth, auth=auth
+        )
+        self._gate: ConnectionGate | None = None
         self._server: Server | None = None
 
     @property
@@ -165,14 +341,69 @@ class MarketServer:
     def http_url(self) -> str:
         return f"http://{self._host}:{self.port}"
 
+    @property
+    def session_cap(self) -> int:
+        """Websocket sessions this server accepts at most (set by ``start``)."""
+        if self._gate is None:
+            raise ServerNotRunningError("the server is not running")
+        return self._gate.session_cap
+
+    def _connection_cap(self) -> int:
+        limit = open_files_limit()
+        configured = self._limits.max_connections
+        if limit is None:
+            return configured
+        cap = min(configured, limit - self._reserved_fds)
+        if cap < 1:
+            raise ServerStartError(
+                f"the open-file limit {limit} leaves no descriptor for connections after "
+                f"the {self._reserved_fds} reserved for storage, feeds, bus and HTTP; "
+                "raise it (ulimit -n)"
+            )
+        if cap < configured:
+            log.warning(
+                "serving at most %d connections, not [server.limits].max_connections %d: "
+                "the open-file limit is %d and %d descriptors are reserved for storage, "
+                "feeds, bus and HTTP",
+                cap,
+                configured,
+                limit,
+                self._reserved_fds,
+            )
+        else:
+            log.info(
+                "serving at most %d connections (open-file limit %d, %d reserved)",
+                cap,
+                limit,
+                self._reserved_fds,
+            )
+        return cap
+
+    def _connection_class(self, gate: ConnectionGate) -> type[WatchedConnection]:
+        routes = self._http
+
+        class Connection(WatchedConnection):
+            http = routes
+
+        Connection.gate = gate
+        return Connection
+
     async def start(self) -> None:
         limits = self._limits
+        gate = ConnectionGate(
+            session_cap=self._connection_cap(), max_per_ip=limits.max_connections_per_ip
+        )
+        self._gate = gate
+        self._http.add_health_check(
+            "connections", lambda: gate.health(self._fanout.counters.clients)
+        )
+        throttle_websockets_logs()
         self._server = await serve(
             self._serve_connection,
             self._host,
             self._port,
             process_request=self._route,
-            create_connection=WatchedConnection,
+            create_connection=self._connection_class(gate),
             # Messages are encoded once for every client; per-connection deflate would
             # undo that and cost more CPU than the bytes it saves on market data. Without
             # it, frames are plain (WatchedConnection.write_frames relies on that).
@@ -202,14 +433,14 @@ class MarketServer:
         await self.stop()
 
     def _route(self, connection: ServerConnection, request: Request) -> Response | None:
-        """``/ws`` goes on to the websocket handshake (``None``); anything else is HTTP."""
-        if urlsplit(request.path).path != WS_PATH:
-            return self._http.respond(request.path)
-        if self._fanout.counters.clients >= self._limits.max_connections:
+        """A ``/ws`` handshake (the only request websockets sees) goes on (``None``) unless
+        the sessions are at their cap."""
+        cap = self.session_cap
+        if self._fanout.counters.clients >= cap:
             return error_response(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 ErrorCode.TOO_MANY_CONNECTIONS,
-                f"the server holds its limit of {self._limits.max_connections} connections",
+                f"the server holds its limit of {cap} connections",
             )
         return None
 

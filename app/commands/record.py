@@ -14,7 +14,7 @@ import logging
 
 from app.loop import run_until_signalled
 from app.runtime import build_runners, venue_endpoints
-from app.settings import Settings, load_settings
+from app.settings import Settings, read_settings
 from book.registry import BookRegistry
 from feeds.recordings import RecordingWriter
 
@@ -30,7 +30,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _record(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config) if args.config else Settings.demo()
+    settings = read_settings(args.config)
     return run_until_signalled(record(settings, args.out, seconds=args.seconds))
 
 

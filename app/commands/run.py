@@ -1,12 +1,21 @@
-"""``marketcast run [--config FILE]``: the server (no config: the offline demo)."""
+"""``marketcast run [--config FILE]``: the server (no config: the offline demo).
+
+Before anything starts, ``app.preflight`` checks the port, storage and secret file, and
+the open-file limit is raised (``app.fdlimit``): a problem is one line and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
+from app.fdlimit import raise_open_file_limit
 from app.loop import run_until_signalled
+from app.preflight import check_before_start
 from app.runtime import RunningServer, serve
-from app.settings import Settings, load_settings
+from app.settings import read_settings
+from publish.exceptions import ServerStartError
+from publish.storage.exceptions import StorageError
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,12 +27,27 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config) if args.config else Settings.demo()
+    settings = read_settings(args.config)
     if args.port is not None:
         settings = settings.with_port(args.port)
     if args.db is not None:
         settings = settings.with_storage_path(args.db)
-    return run_until_signalled(serve(settings, on_ready=_print_banner))
+    check_before_start(settings)
+    raise_open_file_limit()
+    started = False
+
+    def ready(server: RunningServer) -> None:
+        nonlocal started
+        started = True
+        _print_banner(server)
+
+    try:
+        return run_until_signalled(serve(settings, on_ready=ready))
+    except (OSError, StorageError, ServerStartError) as exc:
+        if started:
+            raise  # a failure while serving is a crash, with its traceback
+        print(f"marketcast: cannot start: {exc}", file=sys.stderr)
+        return 2
 
 
 def _print_banner(server: RunningServer) -> None:

@@ -1,5 +1,9 @@
 """The HTTP routes of metrics: ``/metrics`` (Prometheus text), ``/stats`` (JSON; ``?since=
-<ns>`` limits ``history`` to newer points) and ``/dashboard`` (the self-contained page)."""
+<ns>`` limits ``history`` to newer points) and ``/dashboard`` (the self-contained page).
+
+They are operator routes (``publish.http.Access.OPERATOR``): open unless ``[auth]``
+says otherwise; the dashboard also takes its token as ``?token=`` and sends it on to
+``/stats`` as a bearer token."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from importlib import resources
 
 from websockets.http11 import Response
 
-from publish.http import HttpRequest, HttpRoutes, http_response, json_response
+from publish.http import Access, HttpRequest, HttpRoutes, http_response, json_response
 from publish.metrics.prometheus import CONTENT_TYPE, PrometheusExporter
 from publish.metrics.service import Metrics
 
@@ -24,9 +28,9 @@ class MetricsPages:
         self._exporter = PrometheusExporter(metrics)
 
     def install(self, routes: HttpRoutes) -> None:
-        routes.add("/metrics", self.prometheus)
-        routes.add("/stats", self.stats)
-        routes.add("/dashboard", self.dashboard)
+        routes.add("/metrics", self.prometheus, access=Access.OPERATOR)
+        routes.add("/stats", self.stats, access=Access.OPERATOR)
+        routes.add("/dashboard", self.dashboard, access=Access.OPERATOR, token_in_query=True)
 
     def prometheus(self, request: HttpRequest) -> Response:
         return http_response(HTTPStatus.OK, self._exporter.render(), CONTENT_TYPE)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from app.auth import auth_policy
 from app.cli import main
 from app.commands.subscribe import render, subscribe
-from app.runtime import auth_policy
 from app.settings import load_settings
 from book.status import InstrumentState
 from marketcast import decode
@@ -37,14 +37,45 @@ def test_token_is_signed_with_the_servers_secret_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = config(tmp_path)
+    server = auth_policy(load_settings(path))  # the server creates the secret on its start
+    assert (tmp_path / "marketcast.secret").exists()
     assert main(["token", "--account", "acct-1", "--config", str(path), "--ttl", "60"]) == 0
     token = capsys.readouterr().out.strip()
-    assert (tmp_path / "marketcast.secret").exists()
-    server = auth_policy(load_settings(path))  # what the server with this config checks
     assert server.tokens.verify(token).account == "acct-1"
     with pytest.raises(TokenError) as refused:
         TokenAuthority(b"some-other-secret-key").verify(token)
     assert refused.value.code is ErrorCode.TOKEN_INVALID
+
+
+def test_token_never_creates_a_secret_the_server_does_not_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["token", "--account", "acct-1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "marketcast: no token secret at marketcast.secret: the server creates it on its first "
+        "start; run this with the server's --config (or in its directory), or set "
+        "[auth].secret (MARKETCAST_AUTH__SECRET)\n"
+    )
+    assert list(elsewhere.iterdir()) == []
+    monkeypatch.setenv("MARKETCAST_AUTH__SECRET", "a-secret-from-the-environment")
+    assert main(["token", "--account", "acct-1"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert TokenAuthority(b"a-secret-from-the-environment").verify(token).account == "acct-1"
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_token_roles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = config(tmp_path, '[auth]\nsecret = "a-configured-secret-16"\n')
+    tokens = TokenAuthority(b"a-configured-secret-16")
+    for flag, operator, admin in (("--operator", True, False), ("--admin", True, True)):
+        assert main(["token", "--account", "ops", "--config", str(path), flag]) == 0
+        claims = tokens.verify(capsys.readouterr().out.strip())
+        assert (claims.operator, claims.admin) == (operator, admin)
 
 
 def test_token_with_a_configured_secret_and_bad_arguments(
@@ -55,8 +86,12 @@ def test_token_with_a_configured_secret_and_bad_arguments(
     token = capsys.readouterr().out.strip()
     assert TokenAuthority(b"a-configured-secret-16").verify(token).account == "acct-2"
     assert not (tmp_path / "marketcast.secret").exists()
-    assert main(["token", "--account", "acct-2", "--config", str(path), "--ttl", "0"]) == 2
-    assert capsys.readouterr().err == "marketcast: ttl must be positive\n"
+    for ttl in ("0", "1e30", "inf", "nan"):
+        assert main(["token", "--account", "acct-2", "--config", str(path), "--ttl", ttl]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith("marketcast: ttl must be a number of seconds above 0")
+        assert captured.err.count("\n") == 1
 
 
 async def test_subscribe_prints_bbo_lines_then_exits_after_count() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 
@@ -19,6 +20,7 @@ from book.fixed import (
     format_fixed_places,
     from_decimal,
     parse_fixed,
+    parse_plain_decimal,
     to_decimal,
 )
 
@@ -339,3 +341,63 @@ def test_the_formatter_behind_the_memo_agrees_with_decimal(value: int) -> None:
 
     expected = "0" if not value else f"{to_decimal(value).normalize(EXACT):f}"
     assert fixed._format_fixed(value) == expected
+
+
+PLAIN = re.compile(r"^[0-9]+(\.[0-9]+)?$", re.ASCII)
+"""The documented grammar of client amounts, written independently of book.fixed's."""
+
+
+@given(
+    st.text(
+        alphabet=st.sampled_from(
+            list("0123456789.+-eE_ \t\n")
+            + ["\u0661", "\uff11", "\u0663", "\u00b2", "\u2007", "\u0966", "n", "a", "N", "I"]
+        ),
+        max_size=24,
+    )
+)
+def test_client_amounts_accept_exactly_the_plain_decimal_grammar(text: str) -> None:
+    if PLAIN.fullmatch(text) and not text.endswith("\n"):
+        whole, _, frac = text.partition(".")
+        if len(frac.rstrip("0")) > 12:
+            with pytest.raises(PrecisionError):
+                parse_plain_decimal(text)
+        else:
+            assert parse_plain_decimal(text) == exact_fixed(Decimal(text))
+    else:
+        with pytest.raises(ValueError):
+            parse_plain_decimal(text)
+
+
+@given(st.decimals(min_value=0, max_value=10**15, places=12, allow_nan=False))
+def test_every_plain_decimal_parses_exactly(value: Decimal) -> None:
+    text = f"{value:f}"
+    assert parse_plain_decimal(text) == exact_fixed(value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1_000",
+        "\u0661\u0662",
+        "\uff11",
+        "+1",
+        "-1",
+        " 1",
+        "1 ",
+        "1e3",
+        "1E3",
+        ".5",
+        "5.",
+        "",
+        "1.2.3",
+        "0x10",
+        "inf",
+        "NaN",
+        "1\n",
+        "\u00b2",
+    ],
+)
+def test_lax_spellings_are_not_client_amounts(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_plain_decimal(text)

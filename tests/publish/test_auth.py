@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from publish.auth import AuthPolicy, Claims, TokenAuthority, load_secret
 from publish.client import ClientSession
-from publish.exceptions import RequestError, TokenError
+from publish.exceptions import RequestError, SecretFileError, TokenError
 from publish.fanout import Fanout
 from publish.protocol import AuthRequest, ErrorCode
 from tests.publish.support import ack, error, new_registry, receive, running, send, split_frames
@@ -113,6 +113,61 @@ def test_an_expired_token_is_refused_and_a_session_stops_acting_for_it() -> None
     )
 
 
+def test_signatures_must_be_strict_canonical_base64url() -> None:
+    tokens = TokenAuthority(SECRET, clock=Clock())
+    token = tokens.issue("acct-1", ttl=60)
+    header, payload, signature = token.split(".")
+    raw = tokens._sign(f"{header}.{payload}")
+    standard = base64.b64encode(raw).decode()  # the same bytes with + and / (and =)
+    assert standard.rstrip("=") != signature, "the test needs a signature with + or /"
+    last = signature[-1]
+    # 32 bytes leave 2 unused bits in the last character: a different character that
+    # decodes to the same bytes is a second spelling of the same signature.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    twin = alphabet[alphabet.index(last) | 1]
+    assert base64.urlsafe_b64decode(signature[:-1] + twin + "=") == raw
+    for variant in (
+        signature + "=",
+        signature + "==",
+        standard,
+        standard.rstrip("="),
+        signature[:-1] + twin,
+        signature + "A",
+        " " + signature,
+    ):
+        with pytest.raises(TokenError) as refused:
+            tokens.verify(f"{header}.{payload}.{variant}")
+        assert refused.value.code is ErrorCode.TOKEN_INVALID, variant
+    assert tokens.verify(token).account == "acct-1"
+
+
+def test_roles_are_claims_and_admin_implies_operator() -> None:
+    tokens = TokenAuthority(SECRET, clock=Clock())
+    expires = int(NOW) + 60
+    assert tokens.verify(tokens.issue("ops", ttl=60, operator=True)) == Claims(
+        "ops", expires, operator=True
+    )
+    admin = tokens.issue("root", ttl=60, admin=True)
+    _, payload, _ = admin.split(".")
+    assert orjson.loads(base64.urlsafe_b64decode(payload + "==")) == {
+        "sub": "root",
+        "iat": int(NOW),
+        "exp": expires,
+        "operator": True,
+        "admin": True,
+    }
+    assert tokens.verify(admin) == Claims("root", expires, operator=True, admin=True)
+    assert tokens.verify(tokens.issue("a", ttl=60)) == Claims("a", expires)
+
+
+@pytest.mark.parametrize(
+    "ttl", [1e30, float("inf"), float("nan"), -1.0, 0.0, 10 * 366 * 86_400 + 1]
+)
+def test_issue_refuses_a_ttl_that_is_not_a_sane_number_of_seconds(ttl: float) -> None:
+    with pytest.raises(ValueError, match="ttl must be a number of seconds"):
+        TokenAuthority(SECRET).issue("a", ttl=ttl)
+
+
 def test_issue_checks_account_ttl_and_secret() -> None:
     tokens = TokenAuthority(SECRET)
     for account, ttl in (("", 60.0), ("x" * 129, 60.0), ("a", 0.0)):
@@ -129,6 +184,30 @@ def test_load_secret_creates_a_private_file_once_and_reads_it_back(tmp_path: Pat
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert load_secret(secret=None, secret_file=path) == first
     assert load_secret(secret="given-secret-of-16", secret_file=path) == b"given-secret-of-16"
+
+
+def test_a_secret_file_others_can_read_is_refused_unless_allowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "marketcast.secret"
+    path.write_text("a-shared-secret-of-more-than-16\n")
+    path.chmod(0o644)
+    for create in (True, False):
+        with pytest.raises(SecretFileError, match=r"readable by others \(mode 0644\)"):
+            load_secret(secret=None, secret_file=path, create=create)
+    with caplog.at_level("WARNING", logger="publish.auth"):
+        secret = load_secret(secret=None, secret_file=path, allow_shared_file=True)
+    assert secret == b"a-shared-secret-of-more-than-16"
+    assert "readable by others" in caplog.text
+    path.chmod(0o600)
+    assert load_secret(secret=None, secret_file=path) == secret
+
+
+def test_load_secret_without_create_never_creates_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "marketcast.secret"
+    with pytest.raises(SecretFileError, match="no token secret at"):
+        load_secret(secret=None, secret_file=path, create=False)
+    assert not path.exists()
 
 
 class Sink:

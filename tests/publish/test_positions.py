@@ -90,6 +90,10 @@ async def test_position_ops_and_profit_need_the_accounts_token(desk: Desk) -> No
     assert len(desk.book) == 0
 
 
+def not_decimal(name: str, text: str) -> str:
+    return f"{name} must be a decimal number (digits, optionally a point and digits), not {text!r}"
+
+
 @pytest.mark.parametrize(
     ("position", "code", "message"),
     [
@@ -100,11 +104,15 @@ async def test_position_ops_and_profit_need_the_accounts_token(desk: Desk) -> No
         ),
         ({"side": "long"}, "invalid_position", "side must be buy or sell, not 'long'"),
         ({"qty": "0"}, "invalid_position", "qty must be positive and below 10^18"),
-        ({"qty": "-0.5"}, "invalid_position", "qty must be positive and below 10^18"),
-        ({"price": "1e18"}, "invalid_position", "price must be positive and below 10^18"),
+        ({"qty": "-0.5"}, "invalid_position", not_decimal("qty", "-0.5")),
+        ({"price": "1e18"}, "invalid_position", not_decimal("price", "1e18")),
+        ({"price": "1" + "0" * 18}, "invalid_position", "price must be positive and below 10^18"),
         ({"qty": "0.0000000000001"}, "invalid_position", "qty has more than 12 decimal places"),
-        ({"price": "NaN"}, "invalid_position", "price must be a decimal number, not 'NaN'"),
-        ({"price": "4 3"}, "invalid_position", "price must be a decimal number, not '4 3'"),
+        ({"price": "NaN"}, "invalid_position", not_decimal("price", "NaN")),
+        ({"price": "4 3"}, "invalid_position", not_decimal("price", "4 3")),
+        ({"qty": "1_000"}, "invalid_position", not_decimal("qty", "1_000")),
+        ({"qty": "\uff11"}, "invalid_position", not_decimal("qty", "\uff11")),
+        ({"qty": "+1"}, "invalid_position", not_decimal("qty", "+1")),
         ({"id": ""}, "invalid_position", "position id must be 1 to 64 printable characters"),
         ({"id": "p" * 65}, "invalid_position", "position id must be 1 to 64 printable characters"),
         ({"id": "p\n1"}, "invalid_position", "position id must be 1 to 64 printable characters"),

@@ -111,6 +111,7 @@ def test_error_codes_are_the_documented_strings() -> None:
         "position_pending",
         "too_many_positions",
         "storage_unavailable",
+        "method_not_allowed",
     ]
 
 

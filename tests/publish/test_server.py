@@ -27,6 +27,7 @@ from publish.server import MarketServer
 from tests.publish.support import (
     BTC,
     ETH,
+    INSTRUMENTS,
     KRAKEN_BTC,
     STATUS_TS,
     ack,
@@ -280,8 +281,13 @@ async def test_http_health_and_bbo_routes() -> None:
         m.feed.quote(BTC, BID, None)
         health = await http.get("/health")
         assert (health.status_code, health.headers["content-type"]) == (200, "application/json")
-        assert health.json() == {
-            "status": "degraded",
+        body = health.json()
+        connections = body.pop("connections")
+        assert connections["websocket_sessions"] == 0 and connections["tcp_open"] == 1
+        assert body == {
+            "status": "partial",
+            "failing": [],
+            "live_instruments": 1,
             "venues": {
                 "binance": {"syncing": 1, "live": 1, "stale": 0},
                 "kraken": {"syncing": 0, "live": 0, "stale": 1},
@@ -307,6 +313,27 @@ async def test_http_health_and_bbo_routes() -> None:
         m.feed.status(ETH, InstrumentState.LIVE)
         m.feed.status(KRAKEN_BTC, InstrumentState.LIVE)
         assert (await http.get("/health")).json()["status"] == "ok"
+
+
+async def test_health_is_503_when_no_instrument_is_live_or_a_check_fails() -> None:
+    async with running() as m, httpx.AsyncClient(base_url=m.server.http_url) as http:
+        healthy = {"bus": True}
+        m.server.routes.add_health_check("bus", lambda: (healthy["bus"], {"up": healthy["bus"]}))
+
+        async def health() -> tuple[int, str, list[str], object]:
+            response = await http.get("/health")
+            body = response.json()
+            return response.status_code, body["status"], body["failing"], body["bus"]
+
+        assert await health() == (503, "degraded", ["no live instrument"], {"up": True})
+        for instrument in INSTRUMENTS:
+            m.feed.status(instrument, InstrumentState.LIVE)
+        assert await health() == (200, "ok", [], {"up": True})
+        healthy["bus"] = False
+        assert await health() == (503, "degraded", ["bus"], {"up": False})
+        head = await http.head("/health")
+        assert (head.status_code, head.content) == (503, b"")
+        assert int(head.headers["content-length"]) > 0
 
 
 async def test_lifecycle_port_url_and_stop_closes_clients_going_away() -> None:
