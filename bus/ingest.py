@@ -1,0 +1,256 @@
+"""The ingest side of the bus: a ``FeedSink`` that tees into the local one and onto NATS.
+
+The feeds' calls stay O(1) and never wait for NATS: ``publish`` and ``set_status``
+hand the value to the local sink (the registry), keep it as the instrument's pending
+value (latest wins: conflation, so the buffer is bounded by the number of instruments)
+and wake the publisher task. That task, once per event-loop iteration that had
+changes, encodes each pending value once and publishes it: books first, then states
+(the order the feeds use: a new book, then ``live``). While NATS is down or slow the
+pending values keep being replaced; a publish that fails is counted as dropped and the
+edges repair it from a state request (the instrument's ``bus_seq`` shows the gap).
+
+The task also sends a heartbeat 4 times a second (and at once when an edge says
+hello), a ``BYE`` when it stops, and answers state requests from edges with the latest
+book and state of the instruments asked for.
+
+Cost on the feed's path: one dict store, one integer add and an ``Event.set`` per call
+(~0.3 us); per published message in the task: one encode and one nats-py publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from book.incidents import FeedIncident
+from book.sink import FeedSink
+from book.snapshot import BookSnapshot
+from book.status import InstrumentState, InstrumentStatus
+from bus.codec import (
+    StateRequest,
+    decode,
+    encode_book,
+    encode_bye,
+    encode_heartbeat,
+    encode_state,
+    encode_status,
+)
+from bus.exceptions import DecodeError
+from bus.link import BusLink
+from bus.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 0.25
+"""Seconds between heartbeats: bounds how late an edge learns it lost a message's tail
+or that its ingest is silent."""
+
+
+@dataclass(slots=True)
+class PublisherCounters:
+    offered: int = 0
+    """Snapshots and states the feeds handed over."""
+    published: int = 0
+    """Messages handed to NATS (after conflation)."""
+    dropped: int = 0
+    """Messages NATS refused (down past its buffer, closed): edges repair them."""
+    heartbeats: int = 0
+    state_requests: int = 0
+    bad_requests: int = 0
+    last_publish_ns: int = 0
+    """Wall clock of the last message handed to NATS (0: none yet)."""
+
+
+class BusPublisher:
+    """The ingest's ``FeedSink``: ``local`` first, then the bus. Run ``run()`` in the
+    node's task group."""
+
+    def __init__(
+        self,
+        local: FeedSink,
+        link: BusLink,
+        subjects: Subjects,
+        *,
+        source: int | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.local = local
+        self.link = link
+        self.subjects = subjects
+        self.source = source if source is not None else secrets.randbits(63)
+        """This process's id on the bus: new at every start."""
+        self.heartbeat_interval = heartbeat_interval
+        self.clock = clock
+        self.counters = PublisherCounters()
+        self._books: dict[str, BookSnapshot] = {}
+        self._statuses: dict[str, InstrumentStatus] = {}
+        self._pending_books: dict[str, BookSnapshot] = {}
+        self._pending_statuses: dict[str, InstrumentStatus] = {}
+        self._bus_seq: dict[str, int] = {}
+        self._heartbeat_due = True
+        self._wake = asyncio.Event()
+        link.on_connect(self._subscribe)
+
+    # -- FeedSink ---------------------------------------------------------------------
+
+    def add_instrument(self, instrument: str, ts: int) -> None:
+        self.local.add_instrument(instrument, ts)
+        if instrument not in self._bus_seq:
+            self._bus_seq[instrument] = 0
+            self._statuses.setdefault(
+                instrument, InstrumentStatus(instrument, InstrumentState.SYNCING, "starting", ts)
+            )
+            self._heartbeat_due = True
+            self._wake.set()
+
+    def publish(self, snapshot: BookSnapshot) -> None:
+        """O(1): the local sink's publish, one dict store, a wake-up."""
+        self.local.publish(snapshot)
+        self._books[snapshot.instrument] = snapshot
+        self._pending_books[snapshot.instrument] = snapshot
+        self.counters.offered += 1
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def set_status(self, status: InstrumentStatus) -> None:
+        self.local.set_status(status)
+        if status.instrument not in self._bus_seq:
+            self._bus_seq[status.instrument] = 0
+            self._heartbeat_due = True
+        self._statuses[status.instrument] = status
+        self._pending_statuses[status.instrument] = status
+        self.counters.offered += 1
+        self._wake.set()
+
+    def incident(self, incident: FeedIncident) -> None:
+        self.local.incident(incident)
+
+    # -- the task -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Publish pending values and heartbeats until cancelled, then say ``BYE``."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._heartbeats(), name="bus:heartbeats")
+                while True:
+                    await self._wake.wait()
+                    self._wake.clear()
+                    client = await self.link.wait_connected()
+                    await self._flush(client)
+        finally:
+            await self._say_bye()
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            self._heartbeat_due = True
+            self._wake.set()
+
+    async def _flush(self, client: Client) -> None:
+        books, self._pending_books = self._pending_books, {}
+        statuses, self._pending_statuses = self._pending_statuses, {}
+        source = self.source
+        bus_seq = self._bus_seq
+        for instrument, snapshot in books.items():
+            seq = bus_seq[instrument] = bus_seq.get(instrument, 0) + 1
+            await self._send(
+                client,
+                self.subjects.book(instrument),
+                encode_book(snapshot, source=source, bus_seq=seq),
+            )
+        for instrument, status in statuses.items():
+            seq = bus_seq[instrument] = bus_seq.get(instrument, 0) + 1
+            await self._send(
+                client,
+                self.subjects.status(instrument),
+                encode_status(status, source=source, bus_seq=seq),
+            )
+        if books or statuses:
+            self.counters.last_publish_ns = self.clock()
+        if self._heartbeat_due:
+            self._heartbeat_due = False
+            self.counters.heartbeats += 1
+            await self._send(
+                client,
+                self.subjects.heartbeat,
+                encode_heartbeat(source, self.clock(), dict(bus_seq)),
+                count=False,
+            )
+
+    async def _send(
+        self, client: Client, subject: str, payload: bytes, *, count: bool = True
+    ) -> None:
+        try:
+            await client.publish(subject, payload)
+        except (nats.errors.Error, OSError) as exc:
+            self.counters.dropped += 1
+            if self.counters.dropped == 1 or self.counters.dropped % 10_000 == 0:
+                log.warning(
+                    "bus publish failed (%s); %d dropped so far", exc, self.counters.dropped
+                )
+            return
+        if count:
+            self.counters.published += 1
+
+    async def _say_bye(self) -> None:
+        client = self.link.client
+        if client is None or not client.is_connected:
+            return
+        try:
+            async with asyncio.timeout(1.0):
+                await client.publish(self.subjects.heartbeat, encode_bye(self.source))
+                await client.flush()
+        except (TimeoutError, nats.errors.Error, OSError):
+            log.info("could not say bye on the bus")
+
+    # -- requests from edges --------------------------------------------------------------
+
+    async def _subscribe(self, client: Client) -> None:
+        await client.subscribe(self.subjects.hello, cb=self._on_hello)
+        await client.subscribe(self.subjects.state(self.source), cb=self._on_state_request)
+        self._heartbeat_due = True
+        self._wake.set()
+
+    async def _on_hello(self, msg: Msg) -> None:
+        self._heartbeat_due = True
+        self._wake.set()
+
+    async def _on_state_request(self, msg: Msg) -> None:
+        self.counters.state_requests += 1
+        try:
+            request = decode(msg.data)
+            if not isinstance(request, StateRequest):
+                raise DecodeError(f"expected a state request, got {type(request).__name__}")
+        except DecodeError as exc:
+            self.counters.bad_requests += 1
+            log.warning("bad state request on the bus: %s", exc)
+            return
+        if not msg.reply:
+            return
+        await msg.respond(self.state_reply(request.instruments))
+
+    def state_reply(self, instruments: tuple[str, ...] = ()) -> bytes:
+        """The latest book and state of ``instruments`` (all when empty), each with the
+        instrument's current ``bus_seq``. O(instruments asked for)."""
+        names = instruments or tuple(self._bus_seq)
+        messages: list[bytes] = []
+        for name in names:
+            if name not in self._bus_seq:
+                continue
+            seq = self._bus_seq[name]
+            snapshot = self._books.get(name)
+            if snapshot is not None:
+                messages.append(encode_book(snapshot, source=self.source, bus_seq=seq))
+            status = self._statuses.get(name)
+            if status is not None:
+                messages.append(encode_status(status, source=self.source, bus_seq=seq))
+        return encode_state(self.source, messages)

@@ -1,0 +1,150 @@
+"""One NATS connection, kept up for the life of a node.
+
+``BusLink.run()`` connects (retrying with a capped backoff while NATS is not there yet,
+so a node may start before its bus), then leaves reconnects to nats-py (forever, every
+``reconnect_wait`` seconds) until cancelled, when it drains and closes the connection.
+Its ``LinkState`` is what /health and /metrics show of the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[Client], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class LinkState:
+    connected: bool = False
+    connects: int = 0
+    """Successful connections, the first one and every reconnect."""
+    disconnects: int = 0
+    errors: int = 0
+    server: str = ""
+    """The server last connected to (``nats://host:port``)."""
+
+
+class BusLink:
+    """Owns one nats-py ``Client``. ``on_connect`` hooks run after the first connection
+    (subscribe there: nats-py renews subscriptions on reconnect); ``on_reconnect`` hooks
+    after each later one (an edge asks for fresh state)."""
+
+    def __init__(
+        self,
+        servers: Sequence[str],
+        *,
+        name: str,
+        reconnect_wait: float = 0.25,
+        max_backoff: float = 2.0,
+    ) -> None:
+        self.servers = list(servers)
+        self.name = name
+        self.reconnect_wait = reconnect_wait
+        self.max_backoff = max_backoff
+        self.state = LinkState()
+        self.client: Client | None = None
+        self._connected = asyncio.Event()
+        self._on_connect: list[Hook] = []
+        self._on_reconnect: list[Hook] = []
+
+    def on_connect(self, hook: Hook) -> None:
+        self._on_connect.append(hook)
+
+    def on_reconnect(self, hook: Hook) -> None:
+        self._on_reconnect.append(hook)
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and self.client.is_connected
+
+    async def wait_connected(self) -> Client:
+        """The client, once connected (now or after the next (re)connect)."""
+        while not self.connected:
+            self._connected.clear()
+            await self._connected.wait()
+        assert self.client is not None
+        return self.client
+
+    async def run(self) -> None:
+        """Connect, keep connected until cancelled, then close. Never raises for NATS
+        being down: it waits and retries."""
+        client = await self._first_connection()
+        try:
+            for hook in self._on_connect:
+                await hook(client)
+            await asyncio.Event().wait()
+        finally:
+            self.state.connected = False
+            if not client.is_closed:
+                try:
+                    async with asyncio.timeout(2.0):
+                        await client.close()
+                except (TimeoutError, nats.errors.Error, OSError):
+                    log.warning("bus connection did not close cleanly")
+
+    async def _first_connection(self) -> Client:
+        delay = 0.05
+        failures = 0
+        while True:
+            try:
+                client = await nats.connect(
+                    servers=self.servers,
+                    name=self.name,
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=self.reconnect_wait,
+                    ping_interval=2,
+                    max_outstanding_pings=2,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                    error_cb=self._error,
+                )
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("bus %s not reachable (%s); retrying", self.servers, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            self.client = client
+            self._mark_connected(client)
+            log.info("bus connected to %s", self.state.server)
+            return client
+
+    def _mark_connected(self, client: Client) -> None:
+        self.state.connected = True
+        self.state.connects += 1
+        url = client.connected_url
+        self.state.server = url.geturl() if url is not None else ""
+        self._connected.set()
+
+    async def _disconnected(self) -> None:
+        if self.state.connected:
+            self.state.disconnects += 1
+            log.warning("bus disconnected; reconnecting")
+        self.state.connected = False
+
+    async def _reconnected(self) -> None:
+        client = self.client
+        if client is None:
+            return
+        self._mark_connected(client)
+        log.info("bus reconnected to %s", self.state.server)
+        for hook in self._on_reconnect:
+            try:
+                await hook(client)
+            except Exception:  # a hook's failure must not stop the link
+                log.exception("bus reconnect hook failed")
+
+    async def _error(self, exc: Exception) -> None:
+        self.state.errors += 1
+        log.debug("bus error: %s", exc)
