@@ -27,6 +27,7 @@ from feeds.ratelimit import WeightLimiter
 from feeds.runner import FeedRunner, Recorder
 from feeds.simulator.venue import LoopbackVenue
 from feeds.venue import VenueAdapter
+from publish.catalog import RegistryCatalog
 from publish.fanout import Fanout
 from publish.metrics import LatencyRecorder, Metrics
 from publish.metrics.pages import MetricsPages
@@ -34,6 +35,7 @@ from publish.positions import PositionBook
 from publish.profit import ProfitEngine
 from publish.server import MarketServer, reserved_fds
 from publish.storage import (
+    FlushedPositionStore,
     SqliteBackend,
     StorageBackend,
     StorageFlusher,
@@ -103,9 +105,8 @@ async def serve(
         on_report=fanout.publish_metrics,
     )
     positions = PositionBook(
-        registry,
-        flusher,
-        backend.find_position,
+        RegistryCatalog(registry),
+        FlushedPositionStore(flusher, backend),
         ack_timeout=settings.positions.ack_timeout_ms / 1000,
         max_positions_per_account=settings.positions.max_per_account,
     )
@@ -113,7 +114,7 @@ async def serve(
     positions.add_listener(profit)
     try:
         # Profit resumes for every position acknowledged before the last stop.
-        positions.restore(await backend.load_open_positions())
+        await positions.load()
     except BaseException:
         await backend.close()
         raise

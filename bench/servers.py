@@ -23,7 +23,7 @@ import contextlib
 import gc
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from multiprocessing.connection import Connection
 from typing import Protocol
@@ -40,10 +40,10 @@ from book.status import InstrumentState, InstrumentStatus
 from publish.auth import AuthPolicy, TokenAuthority
 from publish.client import ServerLimits
 from publish.fanout import Fanout
+from publish.position import Position, PositionSide
 from publish.profit import ProfitEngine
 from publish.protocol import encode_batch, encode_bbo
 from publish.server import MarketServer
-from publish.storage.rows import PositionRow, PositionSide
 
 PERIOD = 0.001
 """Seconds between bursts of the publisher (the loop's timer resolution)."""
@@ -125,7 +125,7 @@ class MarketcastServer:
         self._instruments = instruments
         self._batched = batched
         self._accounts = [f"acct-{i:05d}" for i in range(accounts)]
-        self._positions: list[PositionRow] = []
+        self._positions: list[Position] = []
         self.registry = BookRegistry()
         for name in instruments:
             self.registry.add_instrument(name)
@@ -149,15 +149,15 @@ class MarketcastServer:
         assert engine is not None, "a server without accounts has no positions"
         accounts, instruments, rows = self._accounts, self._instruments, self._positions
         while len(rows) > total:
-            engine.position_closed(replace(rows.pop(), closed_ts=time.time_ns()))
+            engine.position_closed(rows.pop().closed_at(time.time_ns()))
         for i in range(len(rows), total):
-            row = PositionRow(
+            row = Position(
                 id=f"p{i}",
                 account=accounts[i % len(accounts)],
                 instrument=instruments[i % len(instruments)],
                 side=PositionSide.BUY if (i // len(instruments)) % 2 else PositionSide.SELL,
                 qty=(1 + i % 7) * SCALE // 10,
-                entry_px=(10_000 + i % 1000) * SCALE // 100,
+                entry_price=(10_000 + i % 1000) * SCALE // 100,
                 opened_ts=time.time_ns(),
             )
             rows.append(row)

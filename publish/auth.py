@@ -152,6 +152,10 @@ class TokenAuthority:
         """True until ``claims`` expire."""
         return self._clock() < claims.expires
 
+    def seconds_left(self, claims: Claims) -> float:
+        """Seconds until ``claims`` expire (0 or less: expired)."""
+        return claims.expires - self._clock()
+
     def _sign(self, signing_input: str) -> bytes:
         data = signing_input.encode("utf-8", "surrogatepass")  # a forged token may hold anything
         return hmac.new(self._secret, data, hashlib.sha256).digest()

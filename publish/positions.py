@@ -1,10 +1,15 @@
 """The position book: every open position of every account, durable before acknowledged.
 
-A position is opened by ``open`` and closed by ``close``; both return only once the
-storage batch holding the change has committed (group commit: every position of one
-5 ms window shares one transaction), so an acknowledged position survives a crash of
-the process and is reloaded by ``restore`` on start. Listeners (the profit engine) hear
-of a position when its open commits and of its end when its close commits.
+A position (``publish.position.Position``) is opened by ``open`` and closed by ``close``;
+both return only once the store has made the change durable (the flusher's group commit:
+every position of one 5 ms window shares one transaction), so an acknowledged position
+survives a crash of the process and is reloaded by ``load`` on start. The book reaches
+storage through one ``PositionStore`` (write, find, load the open ones).
+
+When a change commits, the book first calls the ``acknowledge`` callbacks of the
+requests waiting for it (the sessions queue their acks there, synchronously), then tells
+its listeners (the profit engine, which then asks for a tick): so on the connection that
+opened a position, the ack is always written before the position's first profit frame.
 
 Validation, each refusal a ``RequestError`` with a stable code:
 
@@ -32,43 +37,34 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
 from book.exceptions import PrecisionError
 from book.fixed import SCALE, parse_plain_decimal
-from book.registry import BookRegistry
+from publish.catalog import InstrumentCatalog
 from publish.exceptions import RequestError
+from publish.position import Position, PositionSide
 from publish.protocol import ErrorCode
 from publish.storage.flusher import StorageHealth
-from publish.storage.rows import PositionRow, PositionSide
+from publish.storage.positions import PositionStore
 
 MAX_POSITION_ID_CHARS = 64
 MAX_AMOUNT = 10**18 * SCALE
 """Quantities and prices must be below 10^18 (exclusive), in fixed-point units."""
 
+Acknowledge = Callable[[Position], None]
+"""Called synchronously with the position as stored, the moment its change committed."""
+
 
 class PositionListener(Protocol):
     """Told of positions as their changes commit (the profit engine)."""
 
-    def position_opened(self, row: PositionRow) -> None: ...
+    def position_opened(self, position: Position) -> None: ...
 
-    def position_closed(self, row: PositionRow) -> None: ...
-
-
-class PositionWriter(Protocol):
-    """The storage side of the book: ``publish.storage.StorageFlusher`` is one."""
-
-    @property
-    def health(self) -> StorageHealth: ...
-
-    def add_position(self, row: PositionRow) -> asyncio.Future[None]: ...
-
-
-PositionLookup = Callable[[str, str], Awaitable[PositionRow | None]]
-"""``(account, position_id) -> stored position``: a backend's ``find_position``."""
+    def position_closed(self, position: Position) -> None: ...
 
 
 class PositionState(StrEnum):
@@ -79,12 +75,14 @@ class PositionState(StrEnum):
 
 @dataclass(slots=True)
 class _Entry:
-    row: PositionRow
-    """The open position as stored (``closed_ts`` is ``None``)."""
+    position: Position
+    """The open position as stored (the closed one once its close committed)."""
     state: PositionState
     settled: asyncio.Future[RequestError | None]
     """Resolves when the change in progress (open or close) is decided: ``None`` once
     committed, the refusal if it never will be. Shared by every request waiting on it."""
+    acks: list[Acknowledge] = field(default_factory=list)
+    """The waiting requests' callbacks, called when the change in progress commits."""
 
 
 class PositionBook:
@@ -92,14 +90,13 @@ class PositionBook:
 
     ``open``/``close`` cost O(1) plus their awaits (one indexed lookup in storage for a
     new id, then the commit of the flush window). ``clock`` stamps ``opened_ts`` and
-    ``closed_ts`` (ns since the epoch).
+    ``closed_ts`` (ns since the epoch). ``catalog`` says which instruments exist.
     """
 
     def __init__(
         self,
-        registry: BookRegistry,
-        writer: PositionWriter,
-        lookup: PositionLookup,
+        catalog: InstrumentCatalog,
+        store: PositionStore,
         *,
         ack_timeout: float = 5.0,
         max_positions_per_account: int = 10_000,
@@ -107,9 +104,8 @@ class PositionBook:
     ) -> None:
         if ack_timeout <= 0 or max_positions_per_account < 1:
             raise ValueError("ack_timeout must be positive and max_positions_per_account >= 1")
-        self._registry = registry
-        self._writer = writer
-        self._lookup = lookup
+        self._catalog = catalog
+        self._store = store
         self._ack_timeout = ack_timeout
         self._max_per_account = max_positions_per_account
         self._clock = clock
@@ -123,27 +119,19 @@ class PositionBook:
         self._listeners.append(listener)
         for entry in self._entries.values():
             if entry.state is not PositionState.OPENING:
-                listener.position_opened(entry.row)
+                listener.position_opened(entry.position)
 
-    def restore(self, rows: Iterable[PositionRow]) -> None:
-        """Take positions loaded from storage (``load_open_positions``) as open."""
-        loop = asyncio.get_running_loop()
-        for row in rows:
-            key = (row.account, row.id)
-            if key in self._entries:
-                raise ValueError(f"position {row.id!r} of {row.account!r} is already in the book")
-            settled: asyncio.Future[RequestError | None] = loop.create_future()
-            settled.set_result(None)
-            self._entries[key] = _Entry(row, PositionState.OPEN, settled)
-            self._per_account[row.account] = self._per_account.get(row.account, 0) + 1
-            for listener in self._listeners:
-                listener.position_opened(row)
+    async def load(self) -> int:
+        """Take the open positions kept by the store as open (on start); how many."""
+        positions = await self._store.load_open()
+        self._restore(positions)
+        return len(positions)
 
-    def positions(self, account: str) -> list[PositionRow]:
+    def positions(self, account: str) -> list[Position]:
         """The account's acknowledged open positions (closing ones included), oldest first.
         O(all positions): for tests and tools, not the hot path."""
         return [
-            entry.row
+            entry.position
             for (owner, _), entry in self._entries.items()
             if owner == account and entry.state is not PositionState.OPENING
         ]
@@ -160,16 +148,18 @@ class PositionBook:
         side: str,
         qty: str,
         price: str,
-    ) -> PositionRow:
-        """Validate, store and return the open position (as stored) once committed."""
-        row = self._validate(account, position_id, instrument, side, qty, price)
+        acknowledge: Acknowledge | None = None,
+    ) -> Position:
+        """Validate, store and return the open position (as stored) once committed;
+        ``acknowledge`` is called with it at the commit, before any listener hears."""
+        position = self._validate(account, position_id, instrument, side, qty, price)
         key = (account, position_id)
         entry = self._entries.get(key)
         if entry is not None:
-            if entry.state is PositionState.CLOSING or not _same_order(entry.row, row):
+            if entry.state is PositionState.CLOSING or not entry.position.same_order(position):
                 raise _duplicate(position_id)
-            await self._settle(entry, deadline=self._deadline())
-            return entry.row
+            await self._settle(entry, self._deadline(), acknowledge)
+            return entry.position
         self._refuse_if_degraded()
         if self._per_account.get(account, 0) >= self._max_per_account:
             raise RequestError(
@@ -178,11 +168,11 @@ class PositionBook:
             )
         deadline = self._deadline()
         settled: asyncio.Future[RequestError | None] = asyncio.get_running_loop().create_future()
-        entry = self._entries[key] = _Entry(row, PositionState.OPENING, settled)
+        entry = self._entries[key] = _Entry(position, PositionState.OPENING, settled)
         self._per_account[account] = self._per_account.get(account, 0) + 1
         try:
             async with asyncio.timeout_at(deadline):
-                stored = await self._lookup(account, position_id)
+                stored = await self._store.find(account, position_id)
         except BaseException as exc:
             refusal = _unavailable("could not check the id in storage")
             self._forget(entry, refusal)
@@ -198,15 +188,15 @@ class PositionBook:
         except RequestError as refusal:
             self._forget(entry, refusal)
             raise
-        self._writer.add_position(row).add_done_callback(
-            lambda written: self._opened(written, entry)
-        )
-        await self._settle(entry, deadline=deadline)
-        return row
+        self._store.write(position).add_done_callback(lambda written: self._opened(written, entry))
+        await self._settle(entry, deadline, acknowledge)
+        return position
 
-    async def close(self, account: str, position_id: str) -> PositionRow:
+    async def close(
+        self, account: str, position_id: str, *, acknowledge: Acknowledge | None = None
+    ) -> Position:
         """Close the account's open position ``position_id``; the closed position (as
-        stored) once committed."""
+        stored) once committed (``acknowledge``: as for ``open``)."""
         entry = self._entries.get((account, position_id))
         if entry is None:
             raise RequestError(ErrorCode.UNKNOWN_POSITION, f"no open position {position_id[:64]!r}")
@@ -217,20 +207,35 @@ class PositionBook:
             )
         if entry.state is PositionState.OPEN:
             self._refuse_if_degraded()
-            closed = replace(entry.row, closed_ts=self._clock())
+            closed = entry.position.closed_at(self._clock())
             entry.state = PositionState.CLOSING
             entry.settled = asyncio.get_running_loop().create_future()
-            self._writer.add_position(closed).add_done_callback(
+            self._store.write(closed).add_done_callback(
                 lambda written: self._closed(written, entry, closed)
             )
-        await self._settle(entry, deadline=self._deadline())
-        return entry.row  # the closed row, set when the close committed
+        await self._settle(entry, self._deadline(), acknowledge)
+        return entry.position  # the closed position, set when the close committed
 
     # -- internals ----------------------------------------------------------------------
 
+    def _restore(self, positions: Iterable[Position]) -> None:
+        loop = asyncio.get_running_loop()
+        for position in positions:
+            key = (position.account, position.id)
+            if key in self._entries:
+                raise ValueError(
+                    f"position {position.id!r} of {position.account!r} is already in the book"
+                )
+            settled: asyncio.Future[RequestError | None] = loop.create_future()
+            settled.set_result(None)
+            self._entries[key] = _Entry(position, PositionState.OPEN, settled)
+            self._per_account[position.account] = self._per_account.get(position.account, 0) + 1
+            for listener in self._listeners:
+                listener.position_opened(position)
+
     def _validate(
         self, account: str, position_id: str, instrument: str, side: str, qty: str, price: str
-    ) -> PositionRow:
+    ) -> Position:
         if (
             not position_id
             or len(position_id) > MAX_POSITION_ID_CHARS
@@ -240,7 +245,7 @@ class PositionBook:
                 ErrorCode.INVALID_POSITION,
                 f"position id must be 1 to {MAX_POSITION_ID_CHARS} printable characters",
             )
-        if self._registry.status(instrument) is None:
+        if self._catalog.unknown_instruments((instrument,)):
             raise RequestError(
                 ErrorCode.UNKNOWN_INSTRUMENT, f"unknown instrument {instrument[:64]!r}"
             )
@@ -250,13 +255,13 @@ class PositionBook:
             raise RequestError(
                 ErrorCode.INVALID_POSITION, f"side must be buy or sell, not {side[:16]!r}"
             ) from None
-        return PositionRow(
+        return Position(
             id=position_id,
             account=account,
             instrument=instrument,
             side=position_side,
             qty=_amount("qty", qty),
-            entry_px=_amount("price", price),
+            entry_price=_amount("price", price),
             opened_ts=self._clock(),
         )
 
@@ -264,46 +269,67 @@ class PositionBook:
         return asyncio.get_running_loop().time() + self._ack_timeout
 
     def _refuse_if_degraded(self) -> None:
-        if self._writer.health is StorageHealth.DEGRADED:
+        if self._store.health is StorageHealth.DEGRADED:
             raise _unavailable("the database is not accepting writes; nothing was changed")
 
-    async def _settle(self, entry: _Entry, *, deadline: float) -> None:
-        """Wait (until ``deadline``) for the change in progress on ``entry`` to commit."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                refusal = await asyncio.shield(entry.settled)
-        except TimeoutError:
-            raise _unavailable(
-                f"the database did not confirm within {self._ack_timeout:g}s; the change "
-                "is queued and will be stored when it answers: send the same request "
-                "again for its acknowledgement"
-            ) from None
+    async def _settle(
+        self, entry: _Entry, deadline: float, acknowledge: Acknowledge | None
+    ) -> None:
+        """Wait (until ``deadline``) for the change in progress on ``entry`` to commit;
+        ``acknowledge`` is called at the commit (at once if it already happened)."""
+        settled = entry.settled
+        if not settled.done():
+            if acknowledge is not None:
+                entry.acks.append(acknowledge)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(settled)
+            except TimeoutError:
+                raise _unavailable(
+                    f"the database did not confirm within {self._ack_timeout:g}s; the change "
+                    "is queued and will be stored when it answers: send the same request "
+                    "again for its acknowledgement"
+                ) from None
+            finally:
+                if acknowledge in entry.acks:  # not committed: this request gets no ack
+                    entry.acks.remove(acknowledge)
+        elif settled.result() is None and acknowledge is not None:
+            acknowledge(entry.position)
+        refusal = settled.result()
         if refusal is not None:
             raise RequestError(refusal.code, refusal.message)
+
+    def _committed(self, entry: _Entry) -> None:
+        """The change in progress on ``entry`` is durable: its waiters ack first."""
+        entry.settled.set_result(None)
+        acks, entry.acks = entry.acks, []
+        for acknowledge in acks:
+            acknowledge(entry.position)
 
     def _opened(self, written: asyncio.Future[None], entry: _Entry) -> None:
         if written.cancelled():  # the flusher went away: nothing was confirmed
             return
         entry.state = PositionState.OPEN
-        entry.settled.set_result(None)
+        self._committed(entry)
         for listener in self._listeners:
-            listener.position_opened(entry.row)
+            listener.position_opened(entry.position)
 
-    def _closed(self, written: asyncio.Future[None], entry: _Entry, closed: PositionRow) -> None:
+    def _closed(self, written: asyncio.Future[None], entry: _Entry, closed: Position) -> None:
         if written.cancelled():
             return
         del self._entries[closed.account, closed.id]
         self._count_down(closed.account)
-        entry.row = closed
-        entry.settled.set_result(None)
+        entry.position = closed
+        self._committed(entry)
         for listener in self._listeners:
             listener.position_closed(closed)
 
     def _forget(self, entry: _Entry, refusal: RequestError) -> None:
         """Release an id reserved by an open that will not be written."""
-        row = entry.row
-        del self._entries[row.account, row.id]
-        self._count_down(row.account)
+        position = entry.position
+        del self._entries[position.account, position.id]
+        self._count_down(position.account)
+        entry.acks.clear()
         entry.settled.set_result(refusal)
 
     def _count_down(self, account: str) -> None:
@@ -330,15 +356,6 @@ def _amount(name: str, text: str) -> int:
     if not 0 < value < MAX_AMOUNT:
         raise RequestError(ErrorCode.INVALID_POSITION, f"{name} must be positive and below 10^18")
     return value
-
-
-def _same_order(held: PositionRow, asked: PositionRow) -> bool:
-    return (held.instrument, held.side, held.qty, held.entry_px) == (
-        asked.instrument,
-        asked.side,
-        asked.qty,
-        asked.entry_px,
-    )
 
 
 def _duplicate(position_id: str) -> RequestError:

@@ -1,12 +1,13 @@
 """The profit engine: mark-to-market PnL of open positions, streamed on the ``profit`` channel.
 
-Positions come from the position book (``position_opened``/``position_closed``, called
-when those changes commit); subscriptions come through the fan-out
+The ``profit`` channel's source (``publish.channels.ChannelSource``). Positions come from
+the position book (``position_opened``/``position_closed``, called when those changes
+commit); subscriptions come through the fan-out
 (``{"op":"subscribe","channel":"profit","account":"acct-1"}``, allowed only for the
-connection's own account). Only accounts with at least one subscriber are marked: their
-positions are indexed by instrument and side, so a price change of an instrument costs
-O(its positions of subscribed accounts on the side that moved) and nothing at all when
-there are none.
+connection's own account), as crowds like every channel's. Only accounts with at least
+one subscriber are marked: their positions are indexed by instrument and side, so a
+price change of an instrument costs O(its positions of subscribed accounts on the side
+that moved) and nothing at all when there are none.
 
 A change of an instrument's best bid or ask price (quantities do not move PnL) marks the
 instrument dirty and asks the fan-out for a tick; the tick calls ``publish``, which marks
@@ -54,9 +55,10 @@ import orjson
 from book.fixed import SCALE_DIGITS, format_fixed
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
-from publish.fanout import Fanout, SourceSubscriber, Topic
-from publish.protocol import Channel
-from publish.storage.rows import PositionRow, PositionSide
+from publish.channels import Subscriber, Tick, Topic
+from publish.fanout import Fanout
+from publish.position import Position
+from publish.protocol import Channel, SubscriptionRequest
 
 TOTAL_KEY: Topic = (Channel.PROFIT, "")
 """Outbox key of the ``profit_total`` message (position ids are never empty)."""
@@ -99,7 +101,7 @@ def format_pnl(value: int) -> str:
 class _Mark:
     """One open position of an account, and its last mark (when the account is watched)."""
 
-    row: PositionRow
+    position: Position
     key: Topic
     prefix: bytes
     """The frame up to ``"mark":``, encoded once when the position opens."""
@@ -114,10 +116,11 @@ class _Mark:
     pnl: int | None = None
 
     @classmethod
-    def of(cls, row: PositionRow) -> _Mark:
-        long = row.side is PositionSide.BUY
-        slope = row.qty if long else -row.qty
-        return cls(row, (Channel.PROFIT, row.id), _prefix(row), long, slope, -slope * row.entry_px)
+    def of(cls, position: Position) -> _Mark:
+        long = position.is_long
+        slope = position.qty if long else -position.qty
+        key = (Channel.PROFIT, position.id)
+        return cls(position, key, _prefix(position), long, slope, -slope * position.entry_price)
 
     def at(self, bid: int | None, ask: int | None, seq: int) -> None:
         """Mark at these prices (the position's side's; ``None``: no mark)."""
@@ -139,7 +142,8 @@ class _Group:
 @dataclass(slots=True, eq=False)
 class _Account:
     name: str
-    subscribers: set[SourceSubscriber] = field(default_factory=set)
+    subscribers: set[Subscriber] = field(default_factory=set)
+    """The crowds holding the account's ``profit`` subscription."""
     marks: dict[str, _Mark] = field(default_factory=dict)
     """Every open position of the account, by id."""
     pending: dict[Topic, bytes] = field(default_factory=dict)
@@ -153,10 +157,14 @@ class _Account:
 class ProfitEngine:
     """Marks positions and publishes profit frames; see the module docstring.
 
-    Attach it with ``fanout.add_source(Channel.PROFIT, engine)`` (done here) and
-    ``book.add_listener(engine)``. ``position_opened``/``position_closed`` and
-    ``subscribe``/``unsubscribe`` may also be driven directly (benchmarks, tests).
+    It adds itself to the fan-out as the ``profit`` channel's source; attach it to the
+    position book with ``book.add_listener(engine)``. ``position_opened``/
+    ``position_closed`` and ``add``/``send_current``/``remove`` may also be driven directly
+    (benchmarks, tests).
     """
+
+    channel = Channel.PROFIT
+    keyed_messages = False
 
     def __init__(
         self, registry: BookRegistry, fanout: Fanout, *, marks_per_tick: int = MARKS_PER_TICK
@@ -180,7 +188,7 @@ class ProfitEngine:
         self._dirty_totals: set[_Account] = set()
         """Accounts whose total changed (and maybe with ``pending`` messages) this tick."""
         registry.on_snapshot(self._on_snapshot)
-        fanout.add_source(Channel.PROFIT, self)
+        fanout.add_source(self)
 
     @property
     def positions(self) -> int:
@@ -194,58 +202,65 @@ class ProfitEngine:
 
     # -- the position book's listener -----------------------------------------------------
 
-    def position_opened(self, row: PositionRow) -> None:
+    def position_opened(self, position: Position) -> None:
         """A position is open (committed): if its account is watched, mark it now and send
         it with the next tick. O(1)."""
-        account = self._accounts.get(row.account)
+        account = self._accounts.get(position.account)
         if account is None:
-            account = self._accounts[row.account] = _Account(row.account)
-        mark = _Mark.of(row)
-        account.marks[row.id] = mark
+            account = self._accounts[position.account] = _Account(position.account)
+        mark = _Mark.of(position)
+        account.marks[position.id] = mark
         if account.subscribers:
             self._mark_live(mark)
             self._index(mark, account)
             self._fresh.append((mark, account))
             self._fanout.request_tick()
 
-    def position_closed(self, row: PositionRow) -> None:
-        """A position is closed (committed): its last frame is ``profit_closed``. O(1) plus
-        one offer per subscriber of the account."""
-        account = self._accounts.get(row.account)
-        mark = None if account is None else account.marks.pop(row.id, None)
+    def position_closed(self, position: Position) -> None:
+        """A position is closed (committed): its last frame is ``profit_closed``, sent with
+        the next tick. O(1)."""
+        account = self._accounts.get(position.account)
+        mark = None if account is None else account.marks.pop(position.id, None)
         if account is None or mark is None:
             return
         if account.subscribers:
             self._unindex(mark, account)
-            message = _encode_closed(row, self._clock())
-            for subscriber in account.subscribers:
-                subscriber.offer(mark.key, message)
+            account.pending[mark.key] = _encode_closed(position, self._clock())
             self._count_encoded(1)
             self._dirty_totals.add(account)
             self._fanout.request_tick()
         elif not account.marks:
-            del self._accounts[row.account]
+            del self._accounts[position.account]
 
     # -- the fan-out's channel source -------------------------------------------------------
 
-    def subscribe(self, subscriber: SourceSubscriber, key: str) -> None:
-        """Add a subscriber of account ``key`` (authorized by the session) and send it the
-        current state. O(positions of the account)."""
+    def granted(self, request: SubscriptionRequest) -> SubscriptionRequest:
+        return request
+
+    def add(self, subscriber: Subscriber, key: str, parameter: int = 0) -> None:
+        """A crowd subscribes to account ``key`` (authorized by the session); the account
+        is marked from its first subscriber on. O(1), or O(positions of the account)
+        for the first."""
         account = self._accounts.get(key)
         if account is None:
             account = self._accounts[key] = _Account(key)
         if not account.subscribers:
             self._watch(account)
         account.subscribers.add(subscriber)
+
+    def send_current(self, subscriber: Subscriber, key: str, parameter: int = 0) -> None:
+        """Every position of the account at its current mark, and the total. O(positions
+        of the account)."""
+        account = self._accounts[key]
         ts_send = self._clock()
         for mark in account.marks.values():
             subscriber.offer(mark.key, _encode_mark(mark, ts_send))
         subscriber.offer(TOTAL_KEY, _encode_total(account, ts_send))
         self._count_encoded(len(account.marks) + 1)
 
-    def unsubscribe(self, subscriber: SourceSubscriber, key: str) -> None:
-        """Remove a subscriber; the account stops being marked with its last one. O(1),
-        or O(positions of the account) for the last."""
+    def remove(self, subscriber: Subscriber, key: str, parameter: int = 0) -> None:
+        """A crowd leaves; the account stops being marked with its last one. O(1), or
+        O(positions of the account) for the last."""
         account = self._accounts.get(key)
         if account is None or subscriber not in account.subscribers:
             return
@@ -255,19 +270,21 @@ class ProfitEngine:
         for mark in account.marks.values():
             self._unindex(mark, account)
         self._dirty_totals.discard(account)
+        account.pending.clear()
         if not account.marks:
             del self._accounts[key]
 
-    def publish(self, ts_send: int) -> bool:
+    def publish(self, tick: Tick) -> bool:
         """The tick: mark the new positions and those of the oldest dirty instruments (up
         to ``marks_per_tick``), then offer each touched account's messages (one call per
         subscriber) and its total. True when instruments are still waiting (the fan-out
         then runs another tick). O(positions marked + accounts touched)."""
+        ts_send = tick.ts_send
         dirty_totals = self._dirty_totals
         if self._fresh:
             fresh, self._fresh = self._fresh, []
             for mark, account in fresh:
-                if account.marks.get(mark.row.id) is not mark or not account.subscribers:
+                if account.marks.get(mark.position.id) is not mark or not account.subscribers:
                     continue  # closed or unwatched before this tick
                 account.pending[mark.key] = _encode_mark(mark, ts_send)
                 dirty_totals.add(account)
@@ -342,7 +359,7 @@ class ProfitEngine:
 
     def _mark_live(self, mark: _Mark) -> None:
         """Mark a position at its book's latest live prices (unmarked if not live)."""
-        snapshot = self._registry.live_snapshot(mark.row.instrument)
+        snapshot = self._registry.live_snapshot(mark.position.instrument)
         if snapshot is None:
             mark.at(None, None, 0)
         else:
@@ -357,7 +374,7 @@ class ProfitEngine:
 
     def _index(self, mark: _Mark, account: _Account) -> None:
         """Add a marked position to its group and its PnL to the account's total."""
-        instrument = mark.row.instrument
+        instrument = mark.position.instrument
         groups = self._watched.get(instrument)
         if groups is None:
             groups = self._watched[instrument] = (_Group(), _Group())
@@ -374,7 +391,7 @@ class ProfitEngine:
 
     def _unindex(self, mark: _Mark, account: _Account) -> None:
         """Take a position out of its group and its PnL out of the account's total."""
-        instrument = mark.row.instrument
+        instrument = mark.position.instrument
         longs, shorts = groups = self._watched[instrument]
         del groups[0 if mark.long else 1].marks[mark]
         if not longs.marks and not shorts.marks:
@@ -389,16 +406,16 @@ class ProfitEngine:
         self._fanout.counters.messages_encoded += messages
 
 
-def _prefix(row: PositionRow) -> bytes:
+def _prefix(position: Position) -> bytes:
     head = orjson.dumps(
         {
             "type": "profit",
-            "account": row.account,
-            "position_id": row.id,
-            "instrument": row.instrument,
-            "side": row.side.value,
-            "qty": format_fixed(row.qty),
-            "entry": format_fixed(row.entry_px),
+            "account": position.account,
+            "position_id": position.id,
+            "instrument": position.instrument,
+            "side": position.side.value,
+            "qty": format_fixed(position.qty),
+            "entry": format_fixed(position.entry_price),
         }
     )
     return head[:-1] + b',"mark":'
@@ -435,14 +452,14 @@ def _encode_total(account: _Account, ts_send: int) -> bytes:
     )
 
 
-def _encode_closed(row: PositionRow, ts_send: int) -> bytes:
+def _encode_closed(position: Position, ts_send: int) -> bytes:
     return orjson.dumps(
         {
             "type": "profit_closed",
-            "account": row.account,
-            "position_id": row.id,
-            "instrument": row.instrument,
-            "closed_ts": row.closed_ts,
+            "account": position.account,
+            "position_id": position.id,
+            "instrument": position.instrument,
+            "closed_ts": position.closed_ts,
             "ts_send": ts_send,
         }
     )

@@ -21,7 +21,7 @@ Requests (``id`` is optional, an integer or a string, echoed in the reply)::
     {"op":"position.close","id":11,"position_id":"p-1"}
 
 Each op has one parser in ``PARSERS`` (the op table; a new op adds a parser there and a
-case in ``publish.client.ClientSession.serve``). Unknown fields are ignored (forward
+case in ``publish.requests.RequestHandler.serve``). Unknown fields are ignored (forward
 compatibility); fields of the wrong type are not.
 """
 
@@ -39,7 +39,7 @@ from book.fixed import format_fixed
 from book.snapshot import BookSnapshot, Level
 from book.status import InstrumentStatus
 from publish.exceptions import RequestError
-from publish.storage.rows import PositionRow
+from publish.position import Position
 
 RequestId = int | str | None
 """A request's ``id`` as sent by the client (``None`` when absent)."""
@@ -66,20 +66,39 @@ class Channel(StrEnum):
     PROFIT = "profit"
 
 
+class KeyField(StrEnum):
+    """The request/ack field that names a channel's keys, and so what its keys are."""
+
+    INSTRUMENTS = "instruments"
+    SYMBOLS = "symbols"
+    ACCOUNT = "account"
+    """One account (a string, not a list): the channel needs auth as that account."""
+
+
 KEY_FIELDS: dict[Channel, str] = {
-    Channel.BBO: "instruments",
-    Channel.BOOK: "instruments",
-    Channel.NBBO: "symbols",
+    Channel.BBO: KeyField.INSTRUMENTS.value,
+    Channel.BOOK: KeyField.INSTRUMENTS.value,
+    Channel.NBBO: KeyField.SYMBOLS.value,
 }
-"""The request/ack field that lists a keyed channel's keys; channels absent are channel-wide."""
+"""The field that lists a keyed channel's keys; channels absent are channel-wide (or keyed
+by account: ``ACCOUNT_CHANNELS``)."""
 
-ACCOUNT_FIELD = "account"
-"""The request/ack field naming the one account of a ``profit`` subscription (its key)."""
+ACCOUNT_FIELD = KeyField.ACCOUNT.value
+"""The request/ack field naming the one account of an account channel (its key)."""
 
-MARKET_DATA: frozenset[Channel] = frozenset(
-    {Channel.BBO, Channel.BOOK, Channel.NBBO, Channel.STATUS, Channel.METRICS}
-)
+ACCOUNT_CHANNELS: frozenset[Channel] = frozenset({Channel.PROFIT})
+"""Channels keyed by one account, which always need auth as that account."""
+
+MARKET_DATA: frozenset[Channel] = frozenset(Channel) - ACCOUNT_CHANNELS
 """Channels that need an authenticated connection only when the server says so (config)."""
+
+
+def key_field(channel: Channel) -> KeyField | None:
+    """How ``channel``'s keys are named (``None``: channel-wide)."""
+    if channel in ACCOUNT_CHANNELS:
+        return KeyField.ACCOUNT
+    field = KEY_FIELDS.get(channel)
+    return None if field is None else KeyField(field)
 
 
 class ErrorCode(StrEnum):
@@ -268,7 +287,7 @@ def _parse_subscription(op: Op, request_id: RequestId, obj: dict[str, Any]) -> S
         depth = obj.get("depth")
         if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool)):
             raise RequestError(ErrorCode.BAD_REQUEST, "depth must be an integer", request_id)
-    if known is Channel.PROFIT:
+    if known in ACCOUNT_CHANNELS:
         account = obj.get(ACCOUNT_FIELD)
         if not isinstance(account, str) or not account:
             raise RequestError(
@@ -405,12 +424,12 @@ def encode_ack(request: SubscriptionRequest) -> bytes:
         message[field] = list(request.keys)
     if request.depth is not None:
         message["depth"] = request.depth
-    if request.channel is Channel.PROFIT:
+    if request.channel in ACCOUNT_CHANNELS:
         message[ACCOUNT_FIELD] = request.keys[0]
     return orjson.dumps(message)
 
 
-def encode_position_ack(request_id: RequestId, op: Op, position: PositionRow) -> bytes:
+def encode_position_ack(request_id: RequestId, op: Op, position: Position) -> bytes:
     """The ``ack`` of ``position.open``/``position.close``: the position as stored."""
     return orjson.dumps(
         {
@@ -423,7 +442,7 @@ def encode_position_ack(request_id: RequestId, op: Op, position: PositionRow) ->
                 "instrument": position.instrument,
                 "side": position.side.value,
                 "qty": format_fixed(position.qty),
-                "price": format_fixed(position.entry_px),
+                "price": format_fixed(position.entry_price),
                 "opened_ts": position.opened_ts,
                 "closed_ts": position.closed_ts,
             },

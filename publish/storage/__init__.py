@@ -3,15 +3,16 @@ through a ``StorageBackend`` (``SqliteBackend``; PostgreSQL later)."""
 
 from __future__ import annotations
 
+from publish.position import PositionSide
 from publish.storage.backend import Batch, StorageBackend
 from publish.storage.exceptions import BackendClosedError, SchemaVersionError, StorageError
 from publish.storage.flusher import FlusherStats, StorageFlusher, StorageHealth
+from publish.storage.positions import FlushedPositionStore, PositionStore
 from publish.storage.rows import (
     BboRow,
     FeedEventKind,
     FeedEventRow,
     PositionRow,
-    PositionSide,
     bbo_row_from_snapshot,
 )
 from publish.storage.sqlite import SqliteBackend, SqliteSync
@@ -22,9 +23,11 @@ __all__ = [
     "BboRow",
     "FeedEventKind",
     "FeedEventRow",
+    "FlushedPositionStore",
     "FlusherStats",
     "PositionRow",
     "PositionSide",
+    "PositionStore",
     "SchemaVersionError",
     "SqliteBackend",
     "SqliteSync",

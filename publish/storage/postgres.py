@@ -43,9 +43,10 @@ from typing import Any
 import asyncpg
 
 from book.fixed import format_fixed, from_decimal
+from publish.position import PositionSide
 from publish.storage.backend import Batch
 from publish.storage.exceptions import BackendClosedError, SchemaVersionError, StorageError
-from publish.storage.rows import BboRow, FeedEventRow, PositionRow, PositionSide
+from publish.storage.rows import BboRow, FeedEventRow, PositionRow
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ database values (SQLite: decimal text, PostgreSQL: NUMERIC), never binary floats
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 from book.incidents import FeedIncident, IncidentKind
 from book.snapshot import BookSnapshot
+from publish.position import PositionSide
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +43,11 @@ def bbo_row_from_snapshot(snapshot: BookSnapshot) -> BboRow:
     )
 
 
-class PositionSide(StrEnum):
-    """Long positions are ``buy`` (marked at the bid), short ones ``sell`` (at the ask)."""
-
-    BUY = "buy"
-    SELL = "sell"
-
-
 @dataclass(frozen=True, slots=True)
 class PositionRow:
-    """The whole current state of one position; writing it again replaces the stored one.
+    """The whole current state of one position as stored (derived from a
+    ``publish.position.Position`` by ``publish.storage.positions``); writing it again
+    replaces the stored one.
 
     ``id`` is chosen by the client, so it is unique per ``account`` only. ``closed_ts`` is
     ``None`` while the position is open.

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from book.fixed import format_fixed, parse_fixed
+from publish.position import PositionSide
 from publish.storage.backend import Batch
 from publish.storage.exceptions import BackendClosedError, SchemaVersionError, StorageError
-from publish.storage.rows import BboRow, FeedEventRow, PositionRow, PositionSide
+from publish.storage.rows import BboRow, FeedEventRow, PositionRow
 
 _T = TypeVar("_T")
 

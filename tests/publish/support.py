@@ -18,8 +18,10 @@ from book.registry import BookRegistry
 from book.snapshot import BookSnapshot, Level
 from book.status import InstrumentState, InstrumentStatus
 from publish.auth import AuthPolicy
+from publish.channels import BookChannel
 from publish.client import ServerLimits
 from publish.fanout import Fanout, MetricsProvider
+from publish.protocol import Channel
 from publish.server import MarketServer
 
 BTC = "binance:BTC-USDT"
@@ -175,3 +177,10 @@ async def wait_until(
             return
         await asyncio.sleep(pause)
     raise AssertionError(f"never happened: {what}")
+
+
+def book_depths(fanout: Fanout, instrument: str) -> list[int]:
+    """The distinct depths subscribed to ``instrument``'s book."""
+    source = fanout.source(Channel.BOOK)
+    assert isinstance(source, BookChannel)
+    return source.depths(instrument)

@@ -239,13 +239,13 @@ async def test_require_account_refuses_none_expired_and_other_accounts() -> None
 
     def refusal(account: str) -> tuple[ErrorCode, object]:
         with pytest.raises(RequestError) as refused:
-            session.require_account(account, 7)
+            session.credentials.require(account, 7)
         return refused.value.code, refused.value.request_id
 
-    assert session.account is None
+    assert session.credentials.account is None
     assert refusal("acct-1") == (ErrorCode.AUTH_REQUIRED, 7)
-    session.serve(AuthRequest(1, tokens.issue("acct-1", ttl=30)))
-    session.flush()
+    session.requests.serve(AuthRequest(1, tokens.issue("acct-1", ttl=30)))
+    session.outbox.flush()
     assert sink.frames == [
         {
             "type": "ack",
@@ -255,24 +255,24 @@ async def test_require_account_refuses_none_expired_and_other_accounts() -> None
             "expires": (int(NOW) + 30) * 1_000_000_000,
         }
     ]
-    assert session.account == "acct-1"
-    session.require_account("acct-1", 8)
+    assert session.credentials.account == "acct-1"
+    session.credentials.require("acct-1", 8)
     assert refusal("acct-2") == (ErrorCode.FORBIDDEN, 7)
     # A token for another account never rebinds the connection.
     with pytest.raises(RequestError) as rebind:
-        session.serve(AuthRequest(2, tokens.issue("acct-2", ttl=30)))
+        session.requests.serve(AuthRequest(2, tokens.issue("acct-2", ttl=30)))
     assert (rebind.value.code, rebind.value.message) == (
         ErrorCode.FORBIDDEN,
         "this connection already acts for another account",
     )
-    assert session.account == "acct-1"
+    assert session.credentials.account == "acct-1"
     # A fresh token for the same account extends it; past its expiry the session is anonymous.
     clock.now += 20
-    session.serve(AuthRequest(3, tokens.issue("acct-1", ttl=30)))
+    session.requests.serve(AuthRequest(3, tokens.issue("acct-1", ttl=30)))
     clock.now += 20
-    assert session.account == "acct-1"
+    assert session.credentials.account == "acct-1"
     clock.now += 10
-    assert session.account is None
+    assert session.credentials.account is None
     assert refusal("acct-1") == (ErrorCode.AUTH_REQUIRED, 7)
 
 

@@ -23,6 +23,7 @@ from tests.publish.support import (
     TS_SEND,
     ack,
     bbo,
+    book_depths,
     error,
     receive,
     running,
@@ -102,7 +103,7 @@ async def test_book_sends_top_n_on_subscribe_and_only_when_those_levels_change()
         m.feed.levels(BTC, fourth, asks)
         assert await receive(shallow) == book(BTC, 4, 2, fourth, asks)
         assert await receive(deep) == book(BTC, 4, 3, fourth, asks)
-        assert m.fanout.book_depths(BTC) == [2, 3]
+        assert book_depths(m.fanout, BTC) == [2, 3]
 
 
 async def test_book_depth_defaults_is_bounded_and_a_resubscribe_moves_it() -> None:
@@ -132,7 +133,7 @@ async def test_book_depth_defaults_is_bounded_and_a_resubscribe_moves_it() -> No
             book_ack(8, 1, BTC),
             book(BTC, 1, 1, BIDS, ASKS),
         ]
-        assert m.fanout.book_depths(BTC) == [1]
+        assert book_depths(m.fanout, BTC) == [1]
         m.feed.levels(BTC, BIDS[:1], ASKS[:1])  # deeper levels vanish: not a depth-1 change
         m.feed.levels(BTC, BIDS, [("100.9", "1")])
         assert await receive(ws) == book(BTC, 3, 1, BIDS, [("100.9", "1")])
@@ -140,7 +141,7 @@ async def test_book_depth_defaults_is_bounded_and_a_resubscribe_moves_it() -> No
         assert await receive(ws) == ack(9, "book", BTC, op="unsubscribe")
         m.feed.levels(BTC, ASKS, BIDS[:0])
         assert await pong_after(ws, 10) == []
-        assert m.fanout.book_depths(BTC) == []
+        assert book_depths(m.fanout, BTC) == []
         assert m.fanout.subscriber_count((Channel.BOOK, BTC)) == 0
 
 

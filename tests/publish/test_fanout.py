@@ -176,9 +176,9 @@ async def test_offer_all_conflates_like_single_offers_in_one_update() -> None:
     first, second, third = ((Channel.PROFIT, f"p-{n}") for n in range(3))
     async with client(fanout) as behind:
         behind.sink.gate.clear()  # the socket takes nothing: everything stays queued
-        behind.session.offer(first, b'{"n":1}')
-        behind.session.offer_all({second: b'{"n":2}', first: b'{"n":3}', third: b'{"n":4}'})
-        behind.session.offer_all({})
+        behind.session.outbox.offer(first, b'{"n":1}')
+        behind.session.outbox.offer_all({second: b'{"n":2}', first: b'{"n":3}', third: b'{"n":4}'})
+        behind.session.outbox.offer_all({})
         await settle()
         assert behind.sink.frames == []
         assert fanout.counters.conflated == 1
@@ -345,7 +345,7 @@ async def test_a_subscriber_that_fails_to_write_never_stops_the_others_or_later_
 ) -> None:
     _, feed, fanout = setup()
     broken = ClientSession(BrokenSink(), fanout)
-    fanout.subscribe(broken, [(Channel.BBO, BTC)])
+    fanout.subscribe(broken.outbox, [(Channel.BBO, BTC, 0)])
     async with client(fanout) as good:
         good.send(op="subscribe", id=1, channel="bbo", instruments=[BTC])
         await settle()

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from book.status import InstrumentState
 from publish.client import ServerLimits
 from publish.protocol import Channel, ErrorCode, Op
-from tests.publish.support import INSTRUMENTS, receive, running, send, wait_until
+from tests.publish.support import INSTRUMENTS, book_depths, receive, running, send, wait_until
 
 MAX_REQUEST = 512
 LIMITS = ServerLimits(
@@ -106,7 +106,7 @@ async def exchange(sent: list[str | bytes]) -> None:
             assert (await replies_until_barrier(ws, "end"))[-1]["id"] == "last"
         await wait_until(lambda: m.fanout.counters.clients == 0, what="session ended")
         assert m.fanout.subscriptions() == 0
-        assert all(m.fanout.book_depths(instrument) == [] for instrument in INSTRUMENTS)
+        assert all(book_depths(m.fanout, instrument) == [] for instrument in INSTRUMENTS)
         assert m.fanout.registry.listener_errors == 0
 
 

@@ -12,14 +12,10 @@ from websockets.asyncio.client import connect
 
 from book.fixed import parse_fixed
 from publish.exceptions import RequestError
+from publish.position import Position, PositionSide
 from publish.protocol import ErrorCode
-from publish.storage import (
-    PositionRow,
-    PositionSide,
-    SqliteBackend,
-    StorageBackend,
-    StorageHealth,
-)
+from publish.storage import SqliteBackend, StorageBackend, StorageHealth
+from publish.storage.positions import position_row
 from publish.storage.postgres import PostgresBackend
 from tests.postgres import PG_DSN, fresh_schema
 from tests.publish.storage.support import RecordingBackend, query
@@ -36,17 +32,17 @@ async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
         yield desk
 
 
-def row(position_id: str, account: str, opened_ts: int, **changes: Any) -> PositionRow:
+def position(position_id: str, account: str, opened_ts: int, **changes: Any) -> Position:
     values: dict[str, Any] = {
         "id": position_id,
         "account": account,
         "instrument": "binance:BTC-USDT",
         "side": PositionSide.BUY,
         "qty": parse_fixed("0.5"),
-        "entry_px": parse_fixed("43000.1"),
+        "entry_price": parse_fixed("43000.1"),
         "opened_ts": opened_ts,
     }
-    return PositionRow(**{**values, **changes})
+    return Position(**{**values, **changes})
 
 
 async def test_open_is_acked_after_commit_with_the_position_as_stored(
@@ -159,7 +155,7 @@ async def test_ids_are_per_account_and_the_same_open_again_is_a_retry(desk: Desk
         4, "duplicate_position", "position id 'p-1' is already used by this account"
     )
     assert other_account["position"] == stored("p-1", "acct-2", OPENED_TS + 4, side="sell")
-    assert desk.book.positions("acct-1") == [row("p-1", "acct-1", OPENED_TS)]
+    assert desk.book.positions("acct-1") == [position("p-1", "acct-1", OPENED_TS)]
 
 
 async def test_only_the_owner_closes_and_a_closed_id_stays_used(desk: Desk, tmp_path: Path) -> None:
@@ -252,8 +248,8 @@ async def test_a_stalled_database_refuses_acks_keeps_the_change_and_acks_the_ret
             qty="0.5",
             price="43000.1",
         )
-    assert retried == row("p-1", "acct-1", OPENED_TS)
-    assert [batch.positions for batch in recording.committed] == [[retried]]
+    assert retried == position("p-1", "acct-1", OPENED_TS)
+    assert [batch.positions for batch in recording.committed] == [[position_row(retried)]]
 
 
 async def test_a_degraded_database_refuses_at_once_and_queues_nothing(tmp_path: Path) -> None:
@@ -292,7 +288,9 @@ async def test_a_degraded_database_refuses_at_once_and_queues_nothing(tmp_path: 
         "op": "position.open",
         "position": stored("p-1", "acct-1", OPENED_TS),
     }
-    assert [batch.positions for batch in recording.committed] == [[row("p-1", "acct-1", OPENED_TS)]]
+    assert [batch.positions for batch in recording.committed] == [
+        [position_row(position("p-1", "acct-1", OPENED_TS))]
+    ]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -331,10 +329,10 @@ async def test_open_positions_are_reloaded_on_start(
             await send(ws, **open_request(2, "p-2"))
             reused = await receive(ws)
     short = {"instrument": "binance:ETH-USDT", "side": PositionSide.SELL}
-    amounts = {"qty": parse_fixed("1.000000000001"), "entry_px": parse_fixed("2500.5")}
+    amounts = {"qty": parse_fixed("1.000000000001"), "entry_price": parse_fixed("2500.5")}
     assert reloaded == [
-        row("p-1", "acct-1", OPENED_TS, **short, **amounts),
-        row("p-3", "acct-1", OPENED_TS + 2, **short, **amounts),
+        position("p-1", "acct-1", OPENED_TS, **short, **amounts),
+        position("p-3", "acct-1", OPENED_TS + 2, **short, **amounts),
     ]
     assert closed == {
         "type": "ack",

@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from book.status import InstrumentState
 from publish.profit import format_pnl
 from tests.publish.support import BTC, ETH, TS_SEND, receive, send
-from tests.publish.trading import OPENED_TS, Desk, login, open_request, trading
+from tests.publish.trading import OPENED_TS, Desk, login, open_request, stored, trading
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -227,10 +227,15 @@ async def test_close_ends_a_positions_frames_and_unsubscribe_ends_all(desk: Desk
         unsubscribed = await receive(ws)
         desk.feed.quote(BTC, ("43060", "1"), ("43061", "1"))
         await nothing_more(ws)
-    # The close's ack and its profit_closed frame come in either order, then the total.
-    ack = next(frame for frame in closing if frame["type"] == "ack")
-    assert sorted(closing, key=lambda frame: frame["type"]) == [
-        ack,
+    # The close's ack comes first, then its profit_closed frame, then the total.
+    ack = closing[0]
+    assert closing == [
+        {
+            "type": "ack",
+            "id": 4,
+            "op": "position.close",
+            "position": stored("p-1", "acct-1", OPENED_TS, closed_ts=OPENED_TS + 2),
+        },
         {
             "type": "profit_closed",
             "account": "acct-1",
@@ -262,7 +267,9 @@ async def test_a_position_opened_while_subscribed_starts_at_the_current_mark(des
         assert await one_tick(ws) == [total("0", 0)]
         await send(ws, **open_request(2, "p-1", side="sell", qty="3", price="2510", instrument=ETH))
         frames = await until(ws, "ack", "profit_total")
-    assert sorted(frames, key=lambda frame: frame["type"]) == [
+    # The ack comes before the position's first profit frame: a client never sees profit
+    # on a position it does not know to be durable.
+    assert frames == [
         {
             "type": "ack",
             "id": 2,

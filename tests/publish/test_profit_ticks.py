@@ -13,8 +13,8 @@ import pytest
 from book.fixed import parse_fixed
 from book.status import InstrumentState
 from publish.fanout import Fanout, Topic
+from publish.position import Position, PositionSide
 from publish.profit import ProfitEngine
-from publish.storage.rows import PositionRow, PositionSide
 from tests.publish.support import BTC, ETH, KRAKEN_BTC, Feed, clock, new_registry
 
 ACCOUNT = "acct-1"
@@ -32,9 +32,6 @@ class Recorder:
     def offer_all(self, messages: Mapping[Topic, bytes]) -> None:
         self.ticks.append([orjson.loads(message) for message in messages.values()])
 
-    def flush(self) -> None:
-        pass
-
     def marks(self) -> list[list[tuple[object, object]]]:
         """Per tick: (instrument, mark) of each profit message."""
         return [
@@ -43,14 +40,14 @@ class Recorder:
         ]
 
 
-def position(number: int, instrument: str) -> PositionRow:
-    return PositionRow(
+def position(number: int, instrument: str) -> Position:
+    return Position(
         id=f"p-{number}",
         account=ACCOUNT,
         instrument=instrument,
         side=PositionSide.BUY,
         qty=parse_fixed("1"),
-        entry_px=parse_fixed("100"),
+        entry_price=parse_fixed("100"),
         opened_ts=1,
     )
 
@@ -72,7 +69,8 @@ async def engine_with_positions(marks_per_tick: int) -> tuple[Feed, ProfitEngine
     for number, instrument in enumerate((BTC, BTC, ETH, ETH, KRAKEN_BTC, KRAKEN_BTC)):
         engine.position_opened(position(number, instrument))
     recorder = Recorder()
-    engine.subscribe(recorder, ACCOUNT)
+    engine.add(recorder, ACCOUNT)
+    engine.send_current(recorder, ACCOUNT)
     await loop_turns()
     recorder.ticks.clear()
     return feed, engine, recorder
@@ -108,7 +106,7 @@ async def test_waiting_instruments_of_an_unwatched_account_are_dropped() -> None
     feed, engine, recorder = await engine_with_positions(marks_per_tick=2)
     feed.quote(ETH, ("102", "1"), None)
     feed.quote(BTC, ("103", "1"), None)
-    engine.unsubscribe(recorder, ACCOUNT)
+    engine.remove(recorder, ACCOUNT)
     await loop_turns()
     assert recorder.ticks == []
 

@@ -14,11 +14,12 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 
 from publish.auth import AuthPolicy, TokenAuthority
+from publish.catalog import RegistryCatalog
 from publish.fanout import Fanout
 from publish.positions import PositionBook
 from publish.profit import ProfitEngine
 from publish.server import MarketServer
-from publish.storage import SqliteBackend, StorageBackend, StorageFlusher
+from publish.storage import FlushedPositionStore, SqliteBackend, StorageBackend, StorageFlusher
 from tests.publish.storage.support import running as flusher_running
 from tests.publish.support import (
     CAPTURE_DEPTH,
@@ -54,17 +55,19 @@ async def trading(
     ack_timeout: float = 5.0,
     max_positions_per_account: int = 10_000,
     restore: bool = True,
+    tokens: TokenAuthority | None = None,
+    market_data_requires_auth: bool = False,
 ) -> AsyncIterator[Desk]:
-    """The stack over ``backend`` (default: SQLite at ``db``), open positions reloaded."""
+    """The stack over ``backend`` (default: SQLite at ``db``), open positions reloaded;
+    ``tokens`` default to an authority with ``SECRET`` and the real clock."""
     registry = new_registry()
     fanout = Fanout(registry, clock=clock, book_depth=CAPTURE_DEPTH)
     storage = backend if backend is not None else SqliteBackend(db)
     await storage.open()
     flusher = StorageFlusher(storage, window_ms=5, retry_initial_ms=5, retry_max_ms=50)
     book = PositionBook(
-        registry,
-        flusher,
-        storage.find_position,
+        RegistryCatalog(registry),
+        FlushedPositionStore(flusher, storage),
         ack_timeout=ack_timeout,
         max_positions_per_account=max_positions_per_account,
         clock=itertools.count(OPENED_TS).__next__,
@@ -72,14 +75,13 @@ async def trading(
     engine = ProfitEngine(registry, fanout)
     book.add_listener(engine)
     if restore:
-        book.restore(await storage.load_open_positions())
-    tokens = TokenAuthority(SECRET)
+        await book.load()
+    tokens = tokens if tokens is not None else TokenAuthority(SECRET)
+    policy = AuthPolicy(tokens=tokens, market_data_requires_auth=market_data_requires_auth)
     try:
         async with (
             flusher_running(flusher),
-            MarketServer(
-                registry, fanout, auth=AuthPolicy(tokens=tokens), positions=book
-            ) as server,
+            MarketServer(registry, fanout, auth=policy, positions=book) as server,
         ):
             yield Desk(Feed(registry), fanout, server, storage, flusher, book, engine, tokens)
         await flusher.drain()

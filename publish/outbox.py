@@ -1,0 +1,198 @@
+"""One connection's way out: a conflating outbox, its replies, and the writer behind them.
+
+Market data reaches a connection from its crowd (``publish.fanout.Crowd``): at the end
+of a publish tick ``take_tick`` writes the crowd's frames, built once for all members,
+in one transport write (one frame per message, or with ``?batch=1`` one JSON-array
+frame), with no await and no task switch. Whatever cannot go out that way (the socket
+is behind, or replies or the state sent on subscribe are queued first) is ``offer``ed:
+kept as the latest of its key (a dict), replacing an unsent older one (conflation: seq
+jumps, nothing stale is ever written), and written by ``flush`` at the end of the tick.
+When the socket is behind (its transport buffer above its high-water mark), nothing is
+written: the outbox keeps conflating, and a writer task, started only then, waits for
+the socket to drain and writes it. Memory per connection is therefore bounded by
+construction: one pending message per key, plus the replies the request reader lets
+pile up (``replies_pending``; it stops reading past its limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Iterable, Mapping
+from typing import Protocol
+
+from publish.channels import Topic
+from publish.counters import Counters
+from publish.fanout import Fanout, TickMessages
+from publish.protocol import encode_batch, text_frames
+
+
+class Sink(Protocol):
+    """Where an outbox writes (``publish.server.WatchedConnection`` in the server)."""
+
+    @property
+    def writable(self) -> bool:
+        """Open, and its write buffer is below the high-water mark."""
+        ...
+
+    def write_frames(self, frames: bytes) -> None:
+        """Send websocket frames (``publish.protocol.text_frames``) now, without waiting;
+        call only while ``writable``."""
+        ...
+
+    async def wait_writable(self) -> bool:
+        """Wait until ``writable`` (True) or the connection is closing or closed (False)."""
+        ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+class Outbox:
+    """The queue of one connection; see the module docstring. The fan-out's ``Member``.
+
+    ``attach`` gives it the task group its writer runs in (none: nothing is written past
+    a full socket); ``stop`` ends writing for good (the connection is closing).
+    """
+
+    def __init__(self, sink: Sink, fanout: Fanout, *, batch: bool = False) -> None:
+        self._sink = sink
+        self._fanout = fanout
+        self._counters: Counters = fanout.counters
+        self._batch = batch
+        self._pending: dict[Topic, bytes] = {}
+        self._replies: list[bytes] = []
+        self._queued = False
+        self._tasks: asyncio.TaskGroup | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.replies_taken = asyncio.Event()
+        """Set whenever queued replies were written (or never will be)."""
+
+    @property
+    def replies_pending(self) -> int:
+        return len(self._replies)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def attach(self, tasks: asyncio.TaskGroup | None) -> None:
+        """Run the writer in ``tasks`` from now on; ``None`` cancels a running one."""
+        self._tasks = tasks
+        if tasks is None and self._writer is not None:
+            self._writer.cancel()
+
+    def stop(self) -> None:
+        """Write nothing more: the connection is closing. Wakes a waiting reader."""
+        self._stopped = True
+        self.replies_taken.set()
+
+    # -- called by the engine -----------------------------------------------------------
+
+    def offer(self, key: Topic, message: bytes) -> None:
+        """Queue ``message`` as the latest of ``key``, replacing an unsent one; it is
+        written when the tick ends (or, if the socket is behind, when it drains). O(1),
+        never waits."""
+        pending = self._pending
+        if key in pending:
+            self._counters.conflated += 1
+        pending[key] = message
+        if not self._queued:
+            self._queued = True
+            self._fanout.flush_soon(self)
+
+    def offer_all(self, messages: Mapping[Topic, bytes]) -> None:
+        """``offer`` each of ``messages`` in order, in one dict update. O(len(messages))."""
+        pending = self._pending
+        queued = len(pending) + len(messages)
+        pending.update(messages)
+        if len(pending) < queued:
+            self._counters.conflated += queued - len(pending)
+        if messages and not self._queued:
+            self._queued = True
+            self._fanout.flush_soon(self)
+
+    def take_tick(self, tick: TickMessages) -> None:
+        """Write the frames of the crowd's tick as they are (one write), or, when this
+        connection is behind or has its own messages queued, take the messages in so
+        that they conflate and keep their order. O(1) or O(messages)."""
+        if self._queued or not self._sink.writable:
+            self.offer_all(tick.messages)
+            return
+        count = len(tick.messages)
+        counters = self._counters
+        if self._batch:
+            self._sink.write_frames(tick.batch_frame)
+            counters.frames_sent += 1
+        else:
+            self._sink.write_frames(tick.frames)
+            counters.frames_sent += count
+        counters.messages_sent += count
+
+    def flush(self) -> None:
+        """Write everything queued (replies first) if the socket takes it now; else leave
+        it to the writer task. O(pending); one write."""
+        if not self._queued:
+            return
+        sink = self._sink
+        if not sink.writable:
+            self._start_writer()
+            return
+        self._queued = False
+        pending = self._pending
+        messages: Collection[bytes]
+        if self._replies:
+            messages, self._replies = self._replies, []
+            messages.extend(pending.values())
+            self.replies_taken.set()
+        else:
+            messages = pending.values()  # written before the outbox is cleared below
+        count = len(messages)
+        counters = self._counters
+        if self._batch:
+            sink.write_frames(text_frames((encode_batch(messages),)))
+            counters.frames_sent += 1
+        else:
+            sink.write_frames(text_frames(messages))
+            counters.frames_sent += count
+        counters.messages_sent += count
+        pending.clear()
+
+    # -- called by the connection ---------------------------------------------------------
+
+    def reply(self, message: bytes) -> None:
+        """Queue a reply (ack, error, pong): it is written ahead of queued market data,
+        after the request that caused it or at the end of the tick. O(1)."""
+        self._replies.append(message)
+        if not self._queued:
+            self._queued = True
+            self._fanout.flush_soon(self)
+
+    def drop(self, keys: Iterable[Topic], *, channels: Iterable[object] = ()) -> None:
+        """Forget what is queued under ``keys`` and every message of ``channels``."""
+        pending = self._pending
+        for key in keys:
+            pending.pop(key, None)
+        whole = set(channels)
+        if whole:
+            for key in [key for key in pending if key[0] in whole]:
+                del pending[key]
+
+    def clear(self) -> None:
+        self._pending.clear()
+
+    # -- the writer -------------------------------------------------------------------------
+
+    def _start_writer(self) -> None:
+        if self._writer is None and self._tasks is not None and not self._stopped:
+            self._writer = self._tasks.create_task(self._write_when_drained())
+
+    async def _write_when_drained(self) -> None:
+        """The writer: while something is queued, wait for the socket, then flush."""
+        try:
+            while self._queued:
+                if not await self._sink.wait_writable():
+                    self.stop()  # nothing more can be written
+                    return
+                self.flush()
+        finally:
+            self._writer = None

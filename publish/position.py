@@ -1,0 +1,57 @@
+"""A position: what an account holds of one instrument, as the server reasons about it.
+
+The position book creates and closes them, the profit engine marks them, the wire
+protocol acknowledges them and storage derives its rows from them
+(``publish.storage.positions``). Amounts are fixed-point ints (``book.fixed``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+
+class PositionSide(StrEnum):
+    """Long positions are ``buy`` (marked at the bid), short ones ``sell`` (at the ask)."""
+
+    BUY = "buy"
+    SELL = "sell"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Position:
+    """One position, open (``closed_ts`` ``None``) or closed.
+
+    ``id`` is chosen by the client, so it is unique per ``account`` only; ``opened_ts``
+    and ``closed_ts`` are ns since the epoch.
+    """
+
+    id: str
+    account: str
+    instrument: str
+    side: PositionSide
+    qty: int
+    entry_price: int
+    opened_ts: int
+    closed_ts: int | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_ts is None
+
+    @property
+    def is_long(self) -> bool:
+        return self.side is PositionSide.BUY
+
+    def closed_at(self, ts: int) -> Position:
+        """This position closed at ``ts``."""
+        return replace(self, closed_ts=ts)
+
+    def same_order(self, other: Position) -> bool:
+        """The same instrument, side, quantity and price (a retried open)."""
+        return (self.instrument, self.side, self.qty, self.entry_price) == (
+            other.instrument,
+            other.side,
+            other.qty,
+            other.entry_price,
+        )

@@ -1,0 +1,88 @@
+"""The position book's way to storage: one ``PositionStore`` interface, rows derived here.
+
+``FlushedPositionStore`` writes through the group-commit flusher (a write is durable when
+its future resolves) and reads through the backend; positions become ``PositionRow``s
+only at this boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from publish.position import Position
+from publish.storage.backend import StorageBackend
+from publish.storage.flusher import StorageFlusher, StorageHealth
+from publish.storage.rows import PositionRow
+
+
+class PositionStore(Protocol):
+    """Where positions are kept durably."""
+
+    @property
+    def health(self) -> StorageHealth:
+        """``degraded`` while writes fail: new changes are refused at once."""
+        ...
+
+    def write(self, position: Position) -> asyncio.Future[None]:
+        """Store ``position`` (replacing its earlier state); the future resolves once it
+        is durable. Cancelling the future only stops the wait."""
+        ...
+
+    async def find(self, account: str, position_id: str) -> Position | None:
+        """The stored position ``position_id`` of ``account``, open or closed, if any."""
+        ...
+
+    async def load_open(self) -> list[Position]:
+        """Every open position, oldest first."""
+        ...
+
+
+class FlushedPositionStore:
+    """A ``PositionStore`` over a flusher (writes) and its backend (reads)."""
+
+    def __init__(self, flusher: StorageFlusher, backend: StorageBackend) -> None:
+        self._flusher = flusher
+        self._backend = backend
+
+    @property
+    def health(self) -> StorageHealth:
+        return self._flusher.health
+
+    def write(self, position: Position) -> asyncio.Future[None]:
+        return self._flusher.add_position(position_row(position))
+
+    async def find(self, account: str, position_id: str) -> Position | None:
+        row = await self._backend.find_position(account, position_id)
+        return None if row is None else position_of(row)
+
+    async def load_open(self) -> list[Position]:
+        return [position_of(row) for row in await self._backend.load_open_positions()]
+
+
+def position_row(position: Position) -> PositionRow:
+    """The ``positions`` row of ``position``."""
+    return PositionRow(
+        id=position.id,
+        account=position.account,
+        instrument=position.instrument,
+        side=position.side,
+        qty=position.qty,
+        entry_px=position.entry_price,
+        opened_ts=position.opened_ts,
+        closed_ts=position.closed_ts,
+    )
+
+
+def position_of(row: PositionRow) -> Position:
+    """The position a stored row holds."""
+    return Position(
+        id=row.id,
+        account=row.account,
+        instrument=row.instrument,
+        side=row.side,
+        qty=row.qty,
+        entry_price=row.entry_px,
+        opened_ts=row.opened_ts,
+        closed_ts=row.closed_ts,
+    )
