@@ -31,6 +31,7 @@ from publish.catalog import RegistryCatalog
 from publish.fanout import Fanout
 from publish.metrics import LatencyRecorder, Metrics
 from publish.metrics.pages import MetricsPages
+from publish.metrics.prometheus import ExtraGauge
 from publish.positions import PositionBook
 from publish.profit import ProfitEngine
 from publish.server import MarketServer, reserved_fds
@@ -143,7 +144,7 @@ async def serve(
                     reserved_fds=reserved_fds(feed_connections=len(runners)),
                 )
             )
-            MetricsPages(metrics).install(server.routes)
+            MetricsPages(metrics, gauges=storage_gauges(backend)).install(server.routes)
             server.routes.add_health_check("storage", partial(storage_health, backend, flusher))
             metrics.add_feeds(runners)
             async with asyncio.TaskGroup() as group:
@@ -179,6 +180,13 @@ def storage_backend(storage: StorageSettings) -> StorageBackend:
 
         return PostgresBackend(storage.dsn, schema=storage.schema, timeout_ms=storage.timeout_ms)
     return SqliteBackend(storage.path)
+
+
+def storage_gauges(backend: StorageBackend) -> list[ExtraGauge]:
+    """The storage gauges of /metrics: SQLite's WAL size."""
+    if isinstance(backend, SqliteBackend):
+        return [ExtraGauge("db_wal_bytes", "Size of SQLite's WAL file (bytes)", backend.wal_bytes)]
+    return []
 
 
 def storage_health(

@@ -135,7 +135,17 @@ def summarize(sparse: SparseCounts) -> Summary:
 class Histogram:
     """One stage's samples: the current interval, a sliding window, running totals."""
 
-    __slots__ = ("highest", "count", "total", "last", "window", "_counts", "_window", "_recent")
+    __slots__ = (
+        "highest",
+        "count",
+        "total",
+        "last",
+        "window",
+        "since_start",
+        "_counts",
+        "_window",
+        "_recent",
+    )
 
     def __init__(self, *, highest: int = DEFAULT_HIGHEST, window_intervals: int = 60) -> None:
         if highest < 1 or window_intervals < 1:
@@ -149,6 +159,9 @@ class Histogram:
         """The summary of the last closed interval."""
         self.window = EMPTY
         """The summary of the last ``window_intervals`` closed intervals."""
+        self.since_start: dict[int, int] = {}
+        """Counts index -> samples in every closed interval since creation (what cumulative
+        Prometheus histogram buckets are computed from)."""
         self._counts = [0] * counts_length(highest)
         self._window: dict[int, int] = {}
         self._recent: deque[SparseCounts] = deque(maxlen=window_intervals)
@@ -181,8 +194,10 @@ class Histogram:
                 else:
                     del window[index]
         recent.append(sparse)
+        since_start = self.since_start
         for index, n in sparse:
             window[index] = window.get(index, 0) + n
+            since_start[index] = since_start.get(index, 0) + n
         self.last = summarize(sparse)
         self.window = summarize(sorted(window.items()))
         self.count += self.last.count

@@ -7,13 +7,14 @@ says otherwise; the dashboard also takes its token as ``?token=`` and sends it o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from http import HTTPStatus
 from importlib import resources
 
 from websockets.http11 import Response
 
 from publish.http import Access, HttpRequest, HttpRoutes, http_response, json_response
-from publish.metrics.prometheus import CONTENT_TYPE, PrometheusExporter
+from publish.metrics.prometheus import CONTENT_TYPE, ExtraGauge, PrometheusExporter
 from publish.metrics.service import Metrics
 
 DASHBOARD_HTML = resources.files(__package__).joinpath("dashboard.html").read_bytes()
@@ -23,9 +24,11 @@ DASHBOARD_HTML = resources.files(__package__).joinpath("dashboard.html").read_by
 class MetricsPages:
     """Serves ``metrics`` over HTTP; ``install`` adds its routes to a route table."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(
+        self, metrics: Metrics, *, role: str = "all", gauges: Sequence[ExtraGauge] = ()
+    ) -> None:
         self._metrics = metrics
-        self._exporter = PrometheusExporter(metrics)
+        self._exporter = PrometheusExporter(metrics, role=role, gauges=gauges)
 
     def install(self, routes: HttpRoutes) -> None:
         routes.add("/metrics", self.prometheus, access=Access.OPERATOR)

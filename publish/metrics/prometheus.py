@@ -3,31 +3,45 @@
 A custom collector turns the values of the last tick into metric families at scrape
 time; prometheus_client renders them. Stage histograms become summaries in seconds
 (``db_batch_rows`` in rows) whose quantiles 0.5/0.9/0.99/0.999 cover the last
-``window`` (60 intervals: one minute) and whose ``_count``/``_sum`` run since start:
+``window`` (60 intervals: one minute) and whose ``_count``/``_sum`` run since start, and
+also Prometheus histograms (``..._histogram_seconds``) with fixed cumulative buckets
+since start, which unlike quantiles can be added up across servers
+(``histogram_quantile(0.99, sum by (le) (rate(..._bucket[1m])))``):
 
     marketcast_ingest_seconds{quantile="0.99"} 4.1e-05
     marketcast_ingest_seconds_count 81234
+    marketcast_ingest_histogram_seconds_bucket{le="5e-05"} 80990
     marketcast_feed_latency_seconds{venue="binance",quantile="0.5"} 0.0012
     marketcast_feed_gaps_total{venue="binance"} 0
     marketcast_instrument_activity{instrument="binance:BTC-USDT",activity="hot"} 1
+    marketcast_build_info{version="0.1.0",commit="3f2a...",role="all"} 1
 
-Cost per scrape: O(stages + venues + instruments), all precomputed by the tick.
+plus prometheus_client's ``process_*`` (CPU, memory, open files) and ``python_info``.
+A sample is put in the bucket of its HDR bucket's highest equivalent value (within 0.1%
+of the sample). Cost per scrape: O(stages + venues + instruments + non-empty HDR
+buckets), the quantiles precomputed by the tick.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from book.status import InstrumentState
-from publish.metrics.hdr import QUANTILES, SECOND_NS, Histogram
+from publish.metrics.build import build
+from publish.metrics.hdr import QUANTILES, SECOND_NS, Histogram, highest_equivalent
 from publish.metrics.recorder import Stage
 from publish.metrics.service import Activity, Metrics, int_fields
 from publish.storage.flusher import StorageHealth
@@ -45,6 +59,23 @@ STAGE_HELP = {
     Stage.EVENT_LOOP_LAG: "How late an event-loop timer fires",
 }
 
+LATENCY_BUCKETS_NS = tuple(
+    int(mantissa * 10**exponent) for exponent in range(3, 10) for mantissa in (1, 2.5, 5)
+) + (10 * SECOND_NS, 30 * SECOND_NS)
+"""Histogram bucket bounds of latencies: 1 µs to 30 s, 1-2.5-5 per decade."""
+ROW_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000)
+"""Histogram bucket bounds of ``db_batch_rows``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExtraGauge:
+    """One more gauge read at scrape time (``marketcast_<name>``), e.g. the WAL size."""
+
+    name: str
+    help: str
+    read: Callable[[], float]
+
+
 FANOUT_GAUGES = frozenset({"clients"})
 """Fan-out ``Counters`` fields that are gauges; every other field is a counter."""
 
@@ -56,14 +87,46 @@ def summary_name(stage: Stage) -> str:
     return f"{PREFIX}_{stage.value}_seconds"
 
 
-class MetricsCollector(Collector):
-    """Yields every family of ``metrics`` (see the module docstring)."""
+def histogram_name(stage: Stage) -> str:
+    """The histogram of a stage: ``marketcast_<stage>_histogram_seconds`` (or ``_rows``)."""
+    if stage is Stage.DB_BATCH_ROWS:
+        return f"{PREFIX}_{stage.value}_histogram"
+    return f"{PREFIX}_{stage.value}_histogram_seconds"
 
-    def __init__(self, metrics: Metrics) -> None:
+
+def cumulative_buckets(histogram: Histogram, bounds: Sequence[int]) -> list[int]:
+    """Samples since start at or below each bound, then the total (``+Inf``).
+    O(non-empty HDR buckets x log(bounds))."""
+    counts = [0] * (len(bounds) + 1)
+    for index, n in histogram.since_start.items():
+        counts[bisect_left(bounds, highest_equivalent(index))] += n
+    for position in range(1, len(counts)):
+        counts[position] += counts[position - 1]
+    return counts
+
+
+class MetricsCollector(Collector):
+    """Yields every family of ``metrics`` (see the module docstring); ``role`` labels
+    ``marketcast_build_info``."""
+
+    def __init__(
+        self, metrics: Metrics, *, role: str = "all", gauges: Sequence[ExtraGauge] = ()
+    ) -> None:
         self._metrics = metrics
+        self._role = role
+        self._gauges = tuple(gauges)
 
     def collect(self) -> Iterator[Metric]:
+        current = build()
+        info = GaugeMetricFamily(
+            f"{PREFIX}_build_info",
+            "The running build (always 1): version, commit and role",
+            labels=["version", "commit", "role"],
+        )
+        info.add_metric([current.version, current.commit, self._role], 1)
+        yield info
         yield from self._summaries()
+        yield from self._histograms()
         yield from self._fanout()
         yield from self._feeds()
         yield from self._instruments()
@@ -78,6 +141,26 @@ class MetricsCollector(Collector):
         )
         errors.add_metric([], self._metrics.tick_errors)
         yield errors
+        for gauge in self._gauges:
+            family = GaugeMetricFamily(f"{PREFIX}_{gauge.name}", gauge.help)
+            family.add_metric([], gauge.read())
+            yield family
+
+    def _histograms(self) -> Iterator[Metric]:
+        recorder = self._metrics.recorder
+        feed = HistogramMetricFamily(
+            histogram_name(Stage.FEED_LATENCY), STAGE_HELP[Stage.FEED_LATENCY], labels=["venue"]
+        )
+        for venue, histogram in sorted(recorder.feed_latency.items()):
+            _add_histogram(feed, histogram, [venue], LATENCY_BUCKETS_NS, SECOND_NS)
+        yield feed
+        for stage, histogram in recorder.stages.items():
+            family = HistogramMetricFamily(histogram_name(stage), STAGE_HELP[stage])
+            if stage is Stage.DB_BATCH_ROWS:
+                _add_histogram(family, histogram, [], ROW_BUCKETS, 1)
+            else:
+                _add_histogram(family, histogram, [], LATENCY_BUCKETS_NS, SECOND_NS)
+            yield family
 
     def _summaries(self) -> Iterator[Metric]:
         recorder = self._metrics.recorder
@@ -202,14 +285,32 @@ def _add_summary(family: Metric, histogram: Histogram, labels: dict[str, str], s
     family.add_sample(f"{family.name}_sum", labels, histogram.total / scale)
 
 
+def _add_histogram(
+    family: HistogramMetricFamily,
+    histogram: Histogram,
+    labels: list[str],
+    bounds: Sequence[int],
+    scale: int,
+) -> None:
+    counts = cumulative_buckets(histogram, bounds)
+    buckets = [(repr(bound / scale), count) for bound, count in zip(bounds, counts, strict=False)]
+    buckets.append(("+Inf", counts[-1]))
+    family.add_metric(labels, buckets, histogram.total / scale)
+
+
 class PrometheusExporter:
-    """Renders ``metrics`` in the text exposition format (version 0.0.4)."""
+    """Renders ``metrics`` in the text exposition format (version 0.0.4), with the
+    process's ``process_*`` and ``python_info`` metrics."""
 
     content_type = CONTENT_TYPE
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(
+        self, metrics: Metrics, *, role: str = "all", gauges: Sequence[ExtraGauge] = ()
+    ) -> None:
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(MetricsCollector(metrics))
+        self._registry.register(MetricsCollector(metrics, role=role, gauges=gauges))
+        ProcessCollector(registry=self._registry)
+        PlatformCollector(registry=self._registry)
 
     def render(self) -> bytes:
         return generate_latest(self._registry)

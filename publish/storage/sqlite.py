@@ -12,11 +12,21 @@ never waits on and never blocks the writer) to a second thread with a connection
 own. Copying the WAL back into the database file and its fsync then overlap the next
 writes instead of stretching the commit that crossed the auto-checkpoint threshold,
 which was the source of the rare 20-700 ms writes.
+
+A reader holding a snapshot (a long history query, a backup, ``sqlite3`` in a shell)
+stops checkpoints from going past its snapshot, so the WAL grows meanwhile. Once
+readers allow it again, the WAL never stays large: when a ``PASSIVE`` checkpoint has
+copied every frame and the file is over ``journal_size_limit``, the checkpoint thread
+runs ``TRUNCATE`` without waiting (busy timeout 0: it gives up at once if a reader or
+the writer is in the way, and the next commit tries again), and SQLite itself cuts the
+file back to ``journal_size_limit`` whenever it restarts the WAL. ``wal_bytes()`` is the
+file's size now (exported as ``marketcast_db_wal_bytes``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -132,13 +142,19 @@ _SELECT_POSITION = (
 )
 
 
+JOURNAL_SIZE_LIMIT = 64 << 20
+"""The WAL size (bytes) a checkpoint brings the file back under once readers allow."""
+
+
 class SqliteBackend:
     """``StorageBackend`` on one SQLite file in WAL mode.
 
     ``write_batch`` costs one ``BEGIN IMMEDIATE``/``COMMIT`` plus one ``executemany`` per
     table, O(rows) in the writer thread (decimal formatting included); the event loop only
     pays for handing the batch over. ``busy_timeout_ms`` is how long a write waits for
-    another connection's lock before failing (the flusher then retries).
+    another connection's lock before failing (the flusher then retries);
+    ``journal_size_limit`` is the WAL size, in bytes, it is brought back under once
+    readers allow (see the module docstring).
     """
 
     def __init__(
@@ -147,10 +163,14 @@ class SqliteBackend:
         *,
         synchronous: SqliteSync = SqliteSync.NORMAL,
         busy_timeout_ms: int = 5000,
+        journal_size_limit: int = JOURNAL_SIZE_LIMIT,
     ) -> None:
+        if journal_size_limit < 0:
+            raise ValueError("journal_size_limit must be 0 or more")
         self._path = str(path)
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
+        self._journal_size_limit = journal_size_limit
         self._executor: ThreadPoolExecutor | None = None
         self._checkpointer: ThreadPoolExecutor | None = None
         # Only ever touched in the writer thread.
@@ -162,6 +182,13 @@ class SqliteBackend:
     @property
     def name(self) -> str:
         return "sqlite"
+
+    def wal_bytes(self) -> int:
+        """The size of the WAL file now (0 when there is none). One ``stat``; any thread."""
+        try:
+            return os.stat(self._path + "-wal").st_size
+        except OSError:
+            return 0
 
     async def open(self) -> None:
         if self._executor is not None:
@@ -218,6 +245,7 @@ class SqliteBackend:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous.value}")
             conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={self._journal_size_limit}")
             _migrate(conn)
         except BaseException:
             conn.close()
@@ -248,9 +276,15 @@ class SqliteBackend:
                 self._path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
             )
             conn.execute(f"PRAGMA synchronous={self._synchronous.value}")
+            conn.execute(f"PRAGMA journal_size_limit={self._journal_size_limit}")
+            conn.execute("PRAGMA busy_timeout=0")  # TRUNCATE below never waits
             self._checkpoint_conn = conn
         # Only fails on a busy database (another checkpoint): the next commit tries again.
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if frames == copied and self.wal_bytes() > self._journal_size_limit:
+            # Every frame is in the database file: if no reader still uses the WAL, empty
+            # it. Busy (a reader, or the writer) returns at once; the next commit retries.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _close_checkpoint_sync(self) -> None:
         if self._checkpoint_conn is not None:

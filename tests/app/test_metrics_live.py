@@ -142,6 +142,14 @@ async def test_metrics_stats_channel_and_grafana_agree(demo: RunningServer) -> N
     assert queried >= {f"{name}_count" for name in ("marketcast_end_to_end_seconds",)}
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+    # Every query is scoped to the dashboard's instance variable; latencies come from the
+    # histograms, which add up across instances (quantiles do not).
+    variables = {variable["name"] for variable in dashboard["templating"]["list"]}
+    assert variables == {"datasource", "instance"}
+    for expr in exprs:
+        for selector in re.findall(r"\b(?:marketcast|process)_\w+(\{[^}]*\})?", expr):
+            assert selector.startswith('{instance=~"$instance"'), expr
+    assert not [expr for expr in exprs if 'quantile="' in expr or "quantile=~" in expr]
 
 
 PAGE_STATE = """JSON.stringify({
@@ -149,7 +157,7 @@ PAGE_STATE = """JSON.stringify({
     (tr) => [tr.dataset.instrument, tr.querySelector('td.state').textContent]),
   venues: [...document.querySelectorAll('#venues tbody tr')].map((tr) => tr.dataset.venue),
   charts: Object.fromEntries([...document.querySelectorAll('svg.chart')].map(
-    (svg) => [svg.dataset.chart, Object.fromEntries([...svg.querySelectorAll('polyline')].map(
+    (svg) => [svg.dataset.chart, Object.fromEntries([...svg.querySelectorAll('path')].map(
       (line) => [line.dataset.series, Number(line.dataset.points)]))])),
   status: document.getElementById('status').className,
 })"""
@@ -202,6 +210,22 @@ async def test_the_dashboard_page_shows_live_data(demo: RunningServer, tmp_path:
             state,
             lambda now: now["charts"]["ingest"]["p50"] > shown["charts"]["ingest"]["p50"],
         )
+        # A line never crosses an interval without samples or a gap in time.
+        runs = orjson.loads(
+            await page.evaluate(
+                "JSON.stringify(["
+                "segments([1, 2, null, 3, 4], [0, 1e9, 2e9, 3e9, 4e9], [1e9, 1e9, 1e9, 1e9, 1e9]),"
+                "segments([1, 2, 3, 4], [0, 1e9, 9e9, 10e9], [1e9, 1e9, 1e9, 1e9]),"
+                "segments([null, 5], [0, 1e9], [1e9, 1e9]),"
+                "])"
+            )
+        )
+        assert runs == [[[0, 1], [3, 4]], [[0, 1], [2, 3]], [[1]]]
+        segments = await page.evaluate(
+            "JSON.stringify([...document.querySelectorAll('svg.chart path')]"
+            ".map((p) => [Number(p.dataset.segments), p.getAttribute('d').split('M').length - 1]))"
+        )
+        assert all(count == moves for count, moves in orjson.loads(segments))
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "dashboard.png").write_bytes(await page.screenshot())
         requested = page.requested_urls()

@@ -9,7 +9,10 @@ from pathlib import Path
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from publish.metrics.prometheus import PrometheusExporter
+from publish.metrics.build import build
+from publish.metrics.hdr import SECOND_NS
+from publish.metrics.prometheus import ExtraGauge, PrometheusExporter
+from publish.metrics.recorder import Stage
 from tests.publish.metrics.support import new_setup, quote
 from tests.publish.support import BTC, ETH, KRAKEN_BTC
 
@@ -101,3 +104,72 @@ def test_the_exposition_holds_every_family_with_exact_values(tmp_path: Path) -> 
     assert samples(parsed["marketcast_start_time_seconds"]) == [
         ("marketcast_start_time_seconds", {}, 1_700_000_000.0)
     ]
+
+
+def test_latencies_are_also_histograms_with_cumulative_buckets(tmp_path: Path) -> None:
+    setup = new_setup(tmp_path)
+    ingest = setup.metrics.recorder.stages[Stage.INGEST]
+    for value in (500, 3_000, 3_000, 2_000_000, 40 * SECOND_NS):
+        ingest.record(value)
+    setup.at(1.0)
+    ingest.record(900)
+    setup.at(2.0)
+    parsed = families(PrometheusExporter(setup.metrics).render().decode())
+    histograms = {name for name, family in parsed.items() if family.type == "histogram"}
+    assert histograms == {
+        "marketcast_feed_latency_histogram_seconds",
+        "marketcast_ingest_histogram_seconds",
+        "marketcast_publish_histogram_seconds",
+        "marketcast_end_to_end_histogram_seconds",
+        "marketcast_db_flush_histogram_seconds",
+        "marketcast_db_batch_rows_histogram",
+        "marketcast_event_loop_lag_histogram_seconds",
+    }
+    buckets = {
+        sample.labels["le"]: sample.value
+        for sample in parsed["marketcast_ingest_histogram_seconds"].samples
+        if sample.name.endswith("_bucket")
+    }
+    expected_at = {
+        "1e-06": 2.0,  # 500 ns, 900 ns
+        "2.5e-06": 2.0,
+        "5e-06": 4.0,  # and the two 3 µs
+        "0.001": 4.0,
+        "0.0025": 5.0,  # and 2 ms
+        "30.0": 5.0,
+        "+Inf": 6.0,  # and 40 s
+    }
+    assert {le: buckets[le] for le in expected_at} == expected_at
+    assert list(buckets.values()) == sorted(buckets.values()), "cumulative"
+    counts = {
+        sample.name: sample.value
+        for sample in parsed["marketcast_ingest_histogram_seconds"].samples
+        if not sample.name.endswith("_bucket")
+    }
+    summary_count = next(
+        sample.value
+        for sample in parsed["marketcast_ingest_seconds"].samples
+        if sample.name == "marketcast_ingest_seconds_count"
+    )
+    assert counts["marketcast_ingest_histogram_seconds_count"] == summary_count == 6.0
+
+
+def test_build_info_process_metrics_and_extra_gauges(tmp_path: Path) -> None:
+    setup = new_setup(tmp_path)
+    setup.at(1.0)
+    exporter = PrometheusExporter(
+        setup.metrics, role="edge", gauges=[ExtraGauge("db_wal_bytes", "WAL size", lambda: 4096)]
+    )
+    parsed = families(exporter.render().decode())
+    current = build()
+    assert samples(parsed["marketcast_build_info"]) == [
+        (
+            "marketcast_build_info",
+            {"version": current.version, "commit": current.commit, "role": "edge"},
+            1.0,
+        )
+    ]
+    assert samples(parsed["marketcast_db_wal_bytes"]) == [("marketcast_db_wal_bytes", {}, 4096.0)]
+    process = {name for name in parsed if name.startswith("process_")}
+    assert {"process_resident_memory_bytes", "process_open_fds", "process_cpu_seconds"} <= process
+    assert "python_info" in parsed

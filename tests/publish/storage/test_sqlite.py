@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
@@ -241,3 +242,36 @@ async def test_use_outside_open_and_close_is_an_error(db_path: Path) -> None:
     await backend.close()
     with pytest.raises(BackendClosedError):
         await backend.load_open_positions()
+
+
+async def test_the_wal_shrinks_once_a_long_reader_ends(db_path: Path) -> None:
+    limit = 64 << 10
+    backend = SqliteBackend(db_path, journal_size_limit=limit)
+    await backend.open()
+    try:
+        await backend.write_batch(Batch(bbo=[bbo(0)]))
+        with closing(sqlite3.connect(db_path, isolation_level=None)) as reader:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM bbo").fetchone()  # holds its snapshot
+            for start in range(1, 20_001, 500):
+                await backend.write_batch(
+                    Batch(bbo=[bbo(seq) for seq in range(start, start + 500)])
+                )
+            grown = backend.wal_bytes()
+            assert grown > 1 << 20, "a reader's snapshot keeps the WAL from being reused"
+            reader.execute("COMMIT")
+        written = 20_001
+        while written < 21_001 and backend.wal_bytes() > limit:
+            await backend.write_batch(Batch(bbo=[bbo(written)]))
+            written += 1
+            await asyncio.sleep(0.005)  # lets the checkpoint thread catch up
+        assert backend.wal_bytes() <= limit, f"the WAL stayed at {backend.wal_bytes()} bytes"
+        assert query(db_path, "SELECT count(*) FROM bbo") == [(written,)]
+    finally:
+        await backend.close()
+
+
+async def test_wal_bytes_is_the_wal_files_size(db_path: Path, backend: SqliteBackend) -> None:
+    await backend.write_batch(Batch(bbo=[bbo(1)]))
+    assert backend.wal_bytes() == (db_path.parent / (db_path.name + "-wal")).stat().st_size
+    assert SqliteBackend(db_path.parent / "none.db").wal_bytes() == 0
