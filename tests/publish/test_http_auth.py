@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from http import HTTPStatus
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from publish.auth import AuthPolicy, TokenAuthority
 from publish.http import HttpRequest, http_response
 from publish.metrics import LatencyRecorder, Metrics
 from publish.metrics.pages import MetricsPages
+from tests.app.chromium import CHROMIUM, Page, browser, open_page
 from tests.publish.support import BTC, Market, bbo, error, running
 
 SECRET = b"0123456789abcdef-http-secret"
@@ -111,3 +114,22 @@ async def test_without_auth_settings_everything_is_open() -> None:
         prepare(m)
         everything = MARKET + OPERATOR + ("/health",)
         assert await statuses(m, everything) == dict.fromkeys(everything, 200)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+async def test_the_dashboard_page_passes_its_query_token_on_to_stats(tmp_path: Path) -> None:
+    policy = AuthPolicy(tokens=TOKENS, market_data_requires_auth=True)
+    async with running(auth=policy) as m, browser(tmp_path / "chromium") as tools:
+        prepare(m)
+        token = TOKENS.issue("wall-screen", ttl=600)
+        without = await open_page(tools, f"{m.server.http_url}/dashboard")
+        with_token = await open_page(tools, f"{m.server.http_url}/dashboard?token={token}")
+
+        async def status(page: Page) -> str:
+            return str(await page.evaluate("document.getElementById('status')?.className || ''"))
+
+        async with asyncio.timeout(30):
+            while await status(with_token) != "ok":  # noqa: ASYNC110 (state in the browser)
+                await asyncio.sleep(0.1)
+        # The page itself needs the token: without one, the server answers 401 JSON.
+        assert "auth_required" in str(await without.evaluate("document.body.innerText"))
