@@ -37,6 +37,7 @@ from publish.positions import PositionBook
 from publish.protocol import CloseCode, ErrorCode, encode_error
 from publish.requests import RequestHandler
 from publish.subscriptions import Subscriptions
+from publish.wire import PLAIN, WireFormat
 
 __all__ = ["DEFAULT_BOOK_DEPTH", "DEFAULT_LIMITS", "ClientSession", "ServerLimits", "Sink"]
 
@@ -112,7 +113,8 @@ DEFAULT_LIMITS = ServerLimits()
 class ClientSession:
     """The state of one connection. Create it, then ``await run(incoming)`` until it ends.
 
-    ``auth`` is how tokens are checked; ``None`` accepts no token (every ``auth`` fails
+    ``wire`` is how its frames look (timestamps, batching, compression). ``auth`` is how
+    tokens are checked; ``None`` accepts no token (every ``auth`` fails
     ``token_invalid``) and lets market data through. ``catalog`` (default: the fan-out's
     registry) says which instruments and symbols exist.
     """
@@ -123,7 +125,7 @@ class ClientSession:
         fanout: Fanout,
         *,
         limits: ServerLimits = DEFAULT_LIMITS,
-        batch: bool = False,
+        wire: WireFormat = PLAIN,
         auth: AuthPolicy | None = None,
         positions: PositionBook | None = None,
         catalog: InstrumentCatalog | None = None,
@@ -134,7 +136,7 @@ class ClientSession:
         self._max_pending_replies = limits.max_pending_replies
         self._tasks: asyncio.TaskGroup | None = None
         self._closing = False
-        self.outbox = Outbox(sink, fanout, batch=batch)
+        self.outbox = Outbox(sink, fanout, wire=wire)
         self.credentials = Credentials(auth, counters, on_expired=self._token_expired)
         self.subscriptions = Subscriptions(
             self.outbox,

@@ -44,7 +44,8 @@ from publish.channels import (
     market_data,
 )
 from publish.counters import Counters
-from publish.protocol import Channel, encode_batch, text_frames
+from publish.protocol import Channel
+from publish.wire import Framing, WireFormat
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +70,25 @@ socket took them (publish and end-to-end latency; conflated ones are written lat
 
 class TickMessages:
     """One crowd's messages of one tick, framed once for all its members, lazily: only
-    the forms some member writes (one frame per message, or one batch frame)."""
+    in the wire formats some member writes (``publish.wire``: one frame per message or
+    one batch frame, a time format, compressed or not)."""
 
-    __slots__ = ("_batch_frame", "_frames", "messages")
+    __slots__ = ("_formed", "_framing", "messages")
 
-    def __init__(self, messages: dict[Topic, bytes]) -> None:
+    def __init__(self, messages: dict[Topic, bytes], framing: Framing) -> None:
         self.messages = messages
-        self._frames: bytes | None = None
-        self._batch_frame: bytes | None = None
+        self._framing = framing
+        self._formed: list[tuple[WireFormat, bytes]] = []
 
-    @property
-    def frames(self) -> bytes:
-        if self._frames is None:
-            self._frames = text_frames(self.messages.values())
-        return self._frames
-
-    @property
-    def batch_frame(self) -> bytes:
-        if self._batch_frame is None:
-            self._batch_frame = text_frames((encode_batch(self.messages.values()),))
-        return self._batch_frame
+    def frames(self, wire: WireFormat) -> bytes:
+        """The messages as ``wire``'s frames, built on the first call for that format.
+        O(1) after it: one identity check per format in use (usually one)."""
+        for formed, frames in self._formed:
+            if formed is wire:
+                return frames
+        frames = self._framing.frames(wire, self.messages.values())
+        self._formed.append((wire, frames))
+        return frames
 
 
 class Member(Subscriber, Protocol):
@@ -135,7 +135,7 @@ class Crowd:
     def flush(self) -> None:
         if not self._outbox:
             return
-        tick = TickMessages(self._outbox)
+        tick = TickMessages(self._outbox, self._fanout.framing)
         self._outbox = {}
         for member in self.members:
             try:
@@ -169,6 +169,8 @@ class Fanout:
         self.clock = clock
         self.book_depth = book_depth
         self.counters = Counters()
+        self.framing = Framing()
+        """Frames messages in each connection's wire format, memoized per tick."""
         self.on_written = on_written
         self._crowds: dict[frozenset[Spec], Crowd] = {}
         self._crowd_of: dict[Member, Crowd] = {}
@@ -334,6 +336,7 @@ class Fanout:
         for source in self._sources.values():
             more |= source.publish(tick)
         self.flush_now()
+        self.framing.end_tick()
         if tick.delivered and self.on_written is not None:
             self.on_written(tick.delivered.values(), self.clock())
         return more

@@ -1,9 +1,9 @@
 """One connection's way out: a conflating outbox, its replies, and the writer behind them.
 
 Market data reaches a connection from its crowd (``publish.fanout.Crowd``): at the end
-of a publish tick ``take_tick`` writes the crowd's frames, built once for all members,
-in one transport write (one frame per message, or with ``?batch=1`` one JSON-array
-frame), with no await and no task switch. Whatever cannot go out that way (the socket
+of a publish tick ``take_tick`` writes the crowd's frames, built once for all members
+of the same wire format (``publish.wire``: ``?batch=1``, ``?ts=``, ``?compress=1``), in
+one transport write, with no await and no task switch. Whatever cannot go out that way (the socket
 is behind, or replies or the state sent on subscribe are queued first) is ``offer``ed:
 kept as the latest of its key (a dict), replacing an unsent older one (conflation: seq
 jumps, nothing stale is ever written), and written by ``flush`` at the end of the tick.
@@ -23,7 +23,7 @@ from typing import Protocol
 from publish.channels import Topic
 from publish.counters import Counters
 from publish.fanout import Fanout, TickMessages
-from publish.protocol import encode_batch, text_frames
+from publish.wire import PLAIN, WireFormat
 
 
 class Sink(Protocol):
@@ -53,11 +53,11 @@ class Outbox:
     a full socket); ``stop`` ends writing for good (the connection is closing).
     """
 
-    def __init__(self, sink: Sink, fanout: Fanout, *, batch: bool = False) -> None:
+    def __init__(self, sink: Sink, fanout: Fanout, *, wire: WireFormat = PLAIN) -> None:
         self._sink = sink
         self._fanout = fanout
         self._counters: Counters = fanout.counters
-        self._batch = batch
+        self._wire = wire
         self._pending: dict[Topic, bytes] = {}
         self._replies: list[bytes] = []
         self._queued = False
@@ -120,12 +120,8 @@ class Outbox:
             return
         count = len(tick.messages)
         counters = self._counters
-        if self._batch:
-            self._sink.write_frames(tick.batch_frame)
-            counters.frames_sent += 1
-        else:
-            self._sink.write_frames(tick.frames)
-            counters.frames_sent += count
+        self._sink.write_frames(tick.frames(self._wire))
+        counters.frames_sent += 1 if self._wire.batch else count
         counters.messages_sent += count
 
     def flush(self) -> None:
@@ -148,12 +144,9 @@ class Outbox:
             messages = pending.values()  # written before the outbox is cleared below
         count = len(messages)
         counters = self._counters
-        if self._batch:
-            sink.write_frames(text_frames((encode_batch(messages),)))
-            counters.frames_sent += 1
-        else:
-            sink.write_frames(text_frames(messages))
-            counters.frames_sent += count
+        wire = self._wire
+        sink.write_frames(self._fanout.framing.frames(wire, messages))
+        counters.frames_sent += 1 if wire.batch else count
         counters.messages_sent += count
         pending.clear()
 

@@ -32,7 +32,7 @@ from enum import Enum
 from http import HTTPStatus
 from types import TracebackType
 from typing import Self
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -56,6 +56,7 @@ from publish.http import (
 from publish.logthrottle import throttle_websockets_logs
 from publish.positions import PositionBook
 from publish.protocol import ErrorCode
+from publish.wire import WireRequest, deflate_offer
 
 log = logging.getLogger(__name__)
 
@@ -231,10 +232,11 @@ class WatchedConnection(ServerConnection):
         )
 
     def write_frames(self, frames: bytes) -> None:
-        """Write websocket frames built by ``publish.protocol.text_frames``; never awaits.
+        """Write websocket frames built by ``publish.wire.Framing``; never awaits.
 
-        Server frames are unmasked and the server negotiates no extension (compression
-        is off), so frames built once serve every connection as they are.
+        Server frames are unmasked, and compressed ones (``?compress=1``) carry no
+        context from one message to the next, so frames built once serve every
+        connection of the same wire format as they are.
         """
         self.transport.write(frames)
 
@@ -405,8 +407,8 @@ class MarketServer:
             process_request=self._route,
             create_connection=self._connection_class(gate),
             # Messages are encoded once for every client; per-connection deflate would
-            # undo that and cost more CPU than the bytes it saves on market data. Without
-            # it, frames are plain (WatchedConnection.write_frames relies on that).
+            # undo that. Only a ?compress=1 handshake offers deflate, without context
+            # takeover, so that each frame is compressed once for all (publish.wire).
             compression=None,
             max_size=limits.max_frame_bytes,
             write_limit=limits.write_limit,
@@ -442,16 +444,22 @@ class MarketServer:
                 ErrorCode.TOO_MANY_CONNECTIONS,
                 f"the server holds its limit of {cap} connections",
             )
+        try:
+            wire = WireRequest.from_query(urlsplit(request.path).query)
+        except ValueError as exc:
+            return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, str(exc))
+        if wire.compress:
+            connection.protocol.available_extensions = deflate_offer()
         return None
 
     async def _serve_connection(self, connection: ServerConnection) -> None:
         assert isinstance(connection, WatchedConnection) and connection.request is not None
-        query = parse_qs(urlsplit(connection.request.path).query)
+        wire = WireRequest.from_query(urlsplit(connection.request.path).query)
         session = ClientSession(
             connection,
             self._fanout,
             limits=self._limits,
-            batch=query.get("batch", ["0"])[-1] in ("1", "true"),
+            wire=wire.format(connection.protocol.extensions),
             auth=self._auth,
             positions=self._positions,
         )

@@ -18,6 +18,7 @@ from book.status import InstrumentState
 from publish.client import ClientSession, ServerLimits
 from publish.fanout import Counters, Fanout
 from publish.protocol import Channel
+from publish.wire import BATCHED, PLAIN
 from tests.publish.support import (
     BTC,
     ETH,
@@ -87,7 +88,9 @@ async def client(
     fanout: Fanout, *, limits: ServerLimits | None = None, batch: bool = False
 ) -> AsyncIterator[Client]:
     sink = RecordingSink()
-    session = ClientSession(sink, fanout, limits=limits or ServerLimits(), batch=batch)
+    session = ClientSession(
+        sink, fanout, limits=limits or ServerLimits(), wire=BATCHED if batch else PLAIN
+    )
     running = Client(session, sink)
     task = asyncio.create_task(session.run(running.incoming()))
     try:
