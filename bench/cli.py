@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from bench import connections, fanout, ingest, profit, storage
+from bench import compression, connections, fanout, ingest, profit, storage
 from bench.report import Machine, Progress, ScenarioResult
 
 
@@ -119,6 +119,21 @@ def _storage(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
     return storage.run(options, progress)
 
 
+def _compression(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
+    base = (
+        compression.CompressionOptions.quick()
+        if args.quick
+        else compression.CompressionOptions.full()
+    )
+    options = replace(
+        base,
+        subscribers=(args.subscribers or (base.subscribers,))[0],
+        instruments=args.instruments or base.instruments,
+        seconds=args.seconds or base.seconds,
+    )
+    return compression.run(options, progress)
+
+
 def _connections(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
     base = (
         connections.ConnectionsOptions.quick()
@@ -135,6 +150,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, Progress], ScenarioResult]] = {
     "profit": _profit,
     "storage": _storage,
     "connections": _connections,
+    "compression": _compression,
 }
 SCENARIOS = tuple(RUNNERS)
 

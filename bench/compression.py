@@ -1,0 +1,297 @@
+"""Compression: bytes on the wire and server CPU per delivery, compressed or not.
+
+Four servers, each in a fresh process of its own, publish the same synthetic BBO
+changes (``bench.servers.BboSource`` at ``rate`` changes/s, round-robin over the
+instruments) to the same subscribers, every one following every instrument:
+
+- marketcast, plain frames (``/ws``);
+- marketcast with ``?compress=1``: permessage-deflate without context takeover, each
+  frame compressed once per publish tick and the same bytes written to every
+  subscriber (``publish.wire``);
+- a bare ``websockets`` server broadcasting each change (``websockets.broadcast``),
+  uncompressed;
+- the same server with websockets' own compression (``compression="deflate"``: one
+  compressor per connection, with context takeover), which compresses every message
+  once per subscriber.
+
+The subscribers run in the bench's process, each a ``websockets`` client that offers
+permessage-deflate (as browsers do) and counts the raw bytes its socket receives. After
+a warm-up, one window of ``seconds``: deliveries = messages received by all
+subscribers, bytes per delivery = socket bytes received / deliveries (frame headers
+included), CPU per delivery = the server process's CPU time in the window / deliveries
+(publisher included: the same for all four).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from multiprocessing.connection import Connection
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+
+from bench.agent import Agent, Command, serve_commands
+from bench.report import Progress, ScenarioResult, Table, number, ratio
+from bench.servers import BboSource, BenchServer, MarketcastServer, Publisher, instrument_names
+from book.snapshot import BookSnapshot
+from publish.protocol import encode_bbo
+
+WARM_UP_SECONDS = 0.5
+
+
+class Contender(StrEnum):
+    MARKETCAST = "marketcast"
+    MARKETCAST_COMPRESSED = "marketcast ?compress=1"
+    WEBSOCKETS = "websockets broadcast"
+    WEBSOCKETS_DEFLATE = "websockets broadcast, per-connection deflate"
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionOptions:
+    subscribers: int
+    instruments: int
+    rate: float
+    """BBO changes published per second (each goes to every subscriber)."""
+    seconds: float
+
+    @classmethod
+    def quick(cls) -> CompressionOptions:
+        return cls(subscribers=20, instruments=5, rate=500.0, seconds=1.0)
+
+    @classmethod
+    def full(cls) -> CompressionOptions:
+        return cls(subscribers=200, instruments=20, rate=1_000.0, seconds=5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    contender: Contender
+    seconds: float
+    deliveries: int
+    wire_bytes: int
+    cpu_seconds: float
+
+    @property
+    def bytes_per_delivery(self) -> float:
+        return self.wire_bytes / self.deliveries if self.deliveries else 0.0
+
+    @property
+    def cpu_ns_per_delivery(self) -> float:
+        return self.cpu_seconds * 1e9 / self.deliveries if self.deliveries else 0.0
+
+
+class BroadcastServer:
+    """A bare websockets server that broadcasts every change to every connection, with
+    websockets' own per-connection compression or none."""
+
+    name = "websockets broadcast"
+
+    def __init__(self, *, deflate: bool) -> None:
+        self._compression = "deflate" if deflate else None
+        self._connections: set[ServerConnection] = set()
+        self._server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{port}/ws"
+
+    def subscribe_frame(self, instruments: list[str] | None = None) -> None:
+        return None
+
+    def publish(self, changes: list[BookSnapshot]) -> None:
+        ts_send = time.time_ns()
+        for snapshot in changes:
+            broadcast(self._connections, encode_bbo(snapshot, ts_send), text=True)
+
+    async def _hold(self, connection: ServerConnection) -> None:
+        self._connections.add(connection)
+        try:
+            await connection.wait_closed()
+        finally:
+            self._connections.discard(connection)
+
+    async def start(self) -> None:
+        self._server = await serve(self._hold, "127.0.0.1", 0, compression=self._compression)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+
+class _ServerSide:
+    """The child: one server under test and its publisher."""
+
+    def __init__(self) -> None:
+        self._server: BenchServer | None = None
+        self._names: list[str] = []
+        self._publisher: Publisher | None = None
+        self._cpu = 0.0
+
+    async def handle(self, command: Command) -> Command:
+        match command:
+            case ("start", Contender() as contender, int(instruments)):
+                names = instrument_names(instruments)
+                server: BenchServer
+                if contender in (Contender.MARKETCAST, Contender.MARKETCAST_COMPRESSED):
+                    server = MarketcastServer(names, batched=False, max_connections=20_000)
+                else:
+                    server = BroadcastServer(deflate=contender is Contender.WEBSOCKETS_DEFLATE)
+                await server.start()
+                self._server, self._names = server, names
+                url = server.url
+                if contender is Contender.MARKETCAST_COMPRESSED:
+                    url += "?compress=1"
+                return ("started", url, server.subscribe_frame())
+            case ("drive", float(rate)):
+                assert self._server is not None
+                names = self._names
+                self._publisher = Publisher(
+                    self._server, BboSource(names), rate=rate, burst_cap=len(names)
+                )
+                self._publisher.start()
+                return ("driving",)
+            case ("window",):
+                self._cpu = time.process_time()
+                return ("window",)
+            case ("measure",):
+                return ("measured", time.process_time() - self._cpu)
+            case ("exit",):
+                if self._publisher is not None:
+                    await self._publisher.stop()
+                if self._server is not None:
+                    await self._server.stop()
+                return ("stopped",)
+        raise ValueError(f"unknown command {command!r}")
+
+
+def _server_main(pipe: Connection) -> None:
+    serve_commands(pipe, _ServerSide().handle)
+
+
+class CountingConnection(ClientConnection):
+    """A client connection that counts the bytes its socket received."""
+
+    received_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.received_bytes += len(data)
+        super().data_received(data)
+
+
+async def _read(ws: ClientConnection, counts: list[int], index: int) -> None:
+    with contextlib.suppress(Exception):
+        async for _ in ws:
+            counts[index] += 1
+
+
+async def _measure(
+    agent: Agent, contender: Contender, options: CompressionOptions, progress: Progress
+) -> Measured:
+    _, url, subscribe = await asyncio.to_thread(agent.ask, "start", contender, options.instruments)
+    async with contextlib.AsyncExitStack() as stack:
+        clients: list[CountingConnection] = []
+        for _ in range(options.subscribers):
+            ws = await stack.enter_async_context(
+                connect(url, create_connection=CountingConnection, max_queue=None)
+            )
+            assert isinstance(ws, CountingConnection)
+            clients.append(ws)
+        counts = [0] * len(clients)
+        if subscribe is not None:
+            for ws in clients:
+                await ws.send(subscribe.decode())
+            for ws in clients:
+                reply = orjson.loads(await ws.recv())
+                assert reply["type"] == "ack", reply
+        readers = [
+            asyncio.create_task(_read(ws, counts, index)) for index, ws in enumerate(clients)
+        ]
+        progress.step(f"{contender.value}: {options.subscribers} subscribers")
+        await asyncio.to_thread(agent.ask, "drive", options.rate)
+        await asyncio.sleep(WARM_UP_SECONDS)
+        await asyncio.to_thread(agent.ask, "window")
+        started = time.perf_counter()
+        bytes_before = sum(ws.received_bytes for ws in clients)
+        count_before = sum(counts)
+        await asyncio.sleep(options.seconds)
+        _, cpu_seconds = await asyncio.to_thread(agent.ask, "measure")
+        seconds = time.perf_counter() - started
+        wire_bytes = sum(ws.received_bytes for ws in clients) - bytes_before
+        deliveries = sum(counts) - count_before
+        for reader in readers:
+            reader.cancel()
+    return Measured(contender, seconds, deliveries, wire_bytes, cpu_seconds)
+
+
+def measure_all(options: CompressionOptions, progress: Progress) -> list[Measured]:
+    results = []
+    for contender in Contender:
+        with Agent(_server_main) as agent:
+            results.append(asyncio.run(_measure(agent, contender, options, progress)))
+    return results
+
+
+def run(options: CompressionOptions, progress: Progress) -> ScenarioResult:
+    progress.scenario("compression")
+    measured = measure_all(options, progress)
+    progress.done()
+    result = ScenarioResult(
+        key="compression",
+        title="Compression: bytes on the wire and server CPU per delivery",
+        how=(
+            f"{options.subscribers} subscribers on loopback (websockets clients offering "
+            f"permessage-deflate), each following {options.instruments} instruments; "
+            f"{number(options.rate)} BBO changes/s published, so each change is one "
+            f"delivery per subscriber; one {options.seconds:g} s window after "
+            f"{WARM_UP_SECONDS:g} s of warm-up, each server in a fresh process. Bytes = "
+            "what the subscribers' sockets received (frame headers included) / deliveries; "
+            "CPU = the server process's CPU time in the window (publisher included) / "
+            "deliveries."
+        ),
+    )
+    plain = {m.contender: m for m in measured}
+    rows = []
+    for m in measured:
+        base = plain[
+            Contender.MARKETCAST
+            if m.contender in (Contender.MARKETCAST, Contender.MARKETCAST_COMPRESSED)
+            else Contender.WEBSOCKETS
+        ]
+        rows.append(
+            (
+                m.contender.value,
+                number(m.deliveries / m.seconds if m.seconds else 0.0),
+                f"{m.bytes_per_delivery:.1f}",
+                "-" if m is base else ratio(m.bytes_per_delivery, base.bytes_per_delivery),
+                f"{m.cpu_ns_per_delivery / 1000:.2f}",
+                "-" if m is base else ratio(m.cpu_ns_per_delivery, base.cpu_ns_per_delivery),
+            )
+        )
+        key = m.contender.name.lower()
+        result.figures[f"{key}_bytes_per_delivery"] = m.bytes_per_delivery
+        result.figures[f"{key}_cpu_ns_per_delivery"] = m.cpu_ns_per_delivery
+        result.figures[f"{key}_deliveries"] = m.deliveries
+    result.tables.append(
+        Table(
+            "per delivery",
+            (
+                "server",
+                "deliveries/s",
+                "bytes",
+                "bytes vs uncompressed",
+                "server CPU µs",
+                "CPU vs uncompressed",
+            ),
+            rows,
+        )
+    )
+    return result
