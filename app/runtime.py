@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from app.auth import auth_policy
+from app.instruments import declare_halted, learn_instruments
 from app.settings import Settings, StorageSettings, VenueSettings
 from app.venues import build_adapter, simulator_endpoints, simulator_for
 from book.incidents import FeedIncident
@@ -131,7 +133,9 @@ async def serve(
                 endpoints = await stack.enter_async_context(
                     venue_endpoints(settings, venue, simulators)
                 )
-                runners += build_runners(settings, venue, endpoints, registry)
+                resolved = await learn_instruments(venue, endpoints)
+                declare_halted(registry, resolved, time.time_ns())
+                runners += build_runners(settings, resolved.venue, endpoints, registry)
             server = await stack.enter_async_context(
                 MarketServer(
                     registry,

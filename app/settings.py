@@ -111,8 +111,11 @@ class VenueSettings:
     """One venue connection.
 
     ``symbols`` maps canonical symbols to the venue's own (``{"BTC-USDT": "BTCUSDT"}``);
-    a list of canonical symbols uses the venue's usual spelling. ``simulate`` runs the
-    built-in simulator of this venue on loopback and connects to it instead.
+    a list of canonical symbols uses the venue's usual spelling, and its entries with
+    ``*``/``?`` (``"*-USDT"`` or ``"binance:*-USDT"``) are ``patterns``: every trading
+    instrument of the venue's metadata that matches, at most ``max_instruments`` in all.
+    ``simulate`` runs the built-in simulator of this venue on loopback and connects to
+    it instead.
     """
 
     id: str
@@ -123,6 +126,15 @@ class VenueSettings:
     rest_url: str | None = None
     instrument_silence_seconds: float = 0.0
     """Resync a live instrument that sent no book message this long (0 = off)."""
+    max_instruments: int = 500
+    """Most instruments the venue may carry (what patterns select counts)."""
+    channel: str = ""
+    """The venue's book channel when it has several (OKX: ``books``, ``books5``,
+    ``books-l2-tbt``, ``books50-l2-tbt``, ``bbo-tbt``); empty: the venue's default."""
+    credentials_env: str = ""
+    """Prefix of the environment variables holding the venue's API key for a logged-in
+    connection (OKX: ``<PREFIX>_API_KEY``, ``_API_SECRET``, ``_API_PASSPHRASE``)."""
+    patterns: tuple[str, ...] = ()
 
     @property
     def adapter_kind(self) -> str:
@@ -273,7 +285,7 @@ def _venue(index: int, raw: Any) -> VenueSettings:
     where = f"venues[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table")
-    _only_keys(where, raw, {f.name for f in fields(VenueSettings)})
+    _only_keys(where, raw, {f.name for f in fields(VenueSettings)} - {"patterns"})
     if "id" not in raw or not isinstance(raw["id"], str):
         raise ConfigError(f"{where}.id is required (a venue id such as 'binance')")
     kind = raw.get("kind", "") or raw["id"]
@@ -281,8 +293,12 @@ def _venue(index: int, raw: Any) -> VenueSettings:
         known = ", ".join(VENUE_KINDS)
         raise ConfigError(f"{where}: unknown venue kind {kind!r}; known: {known}")
     symbols = raw.get("symbols")
+    patterns: tuple[str, ...] = ()
     if isinstance(symbols, list) and all(isinstance(s, str) for s in symbols) and symbols:
-        mapping = native_symbols(kind, symbols)
+        patterns = tuple(
+            symbol.removeprefix(f"{raw['id']}:") for symbol in symbols if _is_pattern(symbol)
+        )
+        mapping = native_symbols(kind, [s for s in symbols if not _is_pattern(s)])
     elif (
         isinstance(symbols, dict)
         and symbols
@@ -295,7 +311,13 @@ def _venue(index: int, raw: Any) -> VenueSettings:
             "or a table of canonical = venue symbol"
         )
     venue: VenueSettings = _build(VenueSettings, where, {**raw, "symbols": mapping})
-    return venue
+    if venue.max_instruments < 1:
+        raise ConfigError(f"{where}.max_instruments must be at least 1")
+    return replace(venue, patterns=patterns)
+
+
+def _is_pattern(symbol: str) -> bool:
+    return "*" in symbol or "?" in symbol
 
 
 def _section(cls: type[Any], name: str, raw: Any) -> Any:

@@ -13,11 +13,17 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.exceptions import ConfigError
-from feeds.binance.adapter import BinanceAdapter
+from feeds.binance import metadata as binance_meta
+from feeds.binance.adapter import SPOT_REST, USDM_REST, BinanceAdapter
+from feeds.bybit import metadata as bybit_meta
 from feeds.bybit.adapter import BybitAdapter, BybitCategory
+from feeds.coinbase import metadata as coinbase_meta
 from feeds.coinbase.adapter import CoinbaseAdapter
+from feeds.kraken import metadata as kraken_meta
 from feeds.kraken.adapter import WS_V2 as KRAKEN_WS
 from feeds.kraken.adapter import KrakenAdapter, canonical_symbol, native_symbol
+from feeds.metadata import MetadataPage, MetadataRequest
+from feeds.okx import metadata as okx_meta
 from feeds.okx.adapter import OkxAdapter, okx_canonical, okx_inst_id
 from feeds.simulator import binance as binance_sim
 from feeds.simulator import bybit as bybit_sim
@@ -52,6 +58,22 @@ class SimulatorFactory(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class VenueMetadata:
+    """Where a venue publishes its instrument metadata and how to read it.
+
+    REST venues: ``requests`` below ``rest_base`` (or the configured ``rest_url``), each
+    response parsed by ``parse`` (which may ask for a next page). Websocket venues
+    (Kraken): ``ws_frame`` sent on a connection to ``rest_base`` (or the configured
+    ``ws_url``), frames parsed until ``parse`` returns the snapshot.
+    """
+
+    rest_base: str
+    parse: Callable[[bytes | str], MetadataPage | None]
+    requests: tuple[MetadataRequest, ...] = ()
+    ws_frame: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class VenueKind:
     """How to speak one venue. ``adapter(symbols, ws_url, rest_url)`` builds a feed adapter
     (one per connection); ``simulator(symbols=.., updates_per_second=.., seed=.., host=..,
@@ -62,6 +84,7 @@ class VenueKind:
     adapter: Callable[[SymbolMap, str | None, str | None], VenueAdapter]
     simulator: SimulatorFactory | None
     sim_endpoints: Callable[[Any], Endpoints]
+    metadata: VenueMetadata
     replay_adapter: Callable[[SymbolMap], VenueAdapter] | None = None
 
 
@@ -78,7 +101,7 @@ def _base_urls(simulator: Any) -> Endpoints:
 
 
 def _ws_base(simulator: Any) -> Endpoints:
-    return simulator.ws_url, None
+    return simulator.ws_url, simulator.rest_url
 
 
 VENUE_KINDS: dict[str, VenueKind] = {
@@ -88,6 +111,9 @@ VENUE_KINDS: dict[str, VenueKind] = {
         adapter=lambda s, ws, rest: BinanceAdapter(s, ws_base=ws, rest_base=rest),
         simulator=binance_sim.BinanceSimulator,
         sim_endpoints=_base_urls,
+        metadata=VenueMetadata(
+            SPOT_REST, binance_meta.parse_exchange_info, (binance_meta.SPOT_REQUEST,)
+        ),
     ),
     "binance-usdm": VenueKind(
         native=_concatenated,
@@ -95,6 +121,9 @@ VENUE_KINDS: dict[str, VenueKind] = {
         adapter=lambda s, ws, rest: BinanceAdapter(s, futures=True, ws_base=ws, rest_base=rest),
         simulator=partial(binance_sim.BinanceSimulator, futures=True),
         sim_endpoints=_base_urls,
+        metadata=VenueMetadata(
+            USDM_REST, binance_meta.parse_exchange_info, (binance_meta.USDM_REQUEST,)
+        ),
     ),
     "coinbase": VenueKind(
         native=str,
@@ -102,6 +131,9 @@ VENUE_KINDS: dict[str, VenueKind] = {
         adapter=lambda s, ws, rest: CoinbaseAdapter(s, ws_url=ws),
         simulator=coinbase_sim.CoinbaseSimulator,
         sim_endpoints=_ws_base,
+        metadata=VenueMetadata(
+            coinbase_meta.REST_BASE, coinbase_meta.parse_products, (coinbase_meta.REQUEST,)
+        ),
     ),
     "kraken": VenueKind(
         native=native_symbol,
@@ -109,6 +141,9 @@ VENUE_KINDS: dict[str, VenueKind] = {
         adapter=lambda s, ws, rest: KrakenAdapter(s, ws_url=ws or KRAKEN_WS),
         simulator=kraken_sim.KrakenSimulator,
         sim_endpoints=lambda sim: (sim.v2_url, None),
+        metadata=VenueMetadata(
+            KRAKEN_WS, kraken_meta.parse_instrument_frame, ws_frame=kraken_meta.SUBSCRIBE_FRAME
+        ),
         replay_adapter=lambda s: KrakenAdapter(s, learn_precision=False),
     ),
     "okx": VenueKind(
@@ -117,6 +152,7 @@ VENUE_KINDS: dict[str, VenueKind] = {
         adapter=lambda s, ws, rest: OkxAdapter(s, ws_base=ws),
         simulator=okx_sim.OkxSimulator,
         sim_endpoints=_ws_base,
+        metadata=VenueMetadata(okx_meta.REST_BASE, okx_meta.parse_instruments, okx_meta.REQUESTS),
     ),
     "bybit": VenueKind(
         native=_concatenated,
@@ -124,6 +160,11 @@ VENUE_KINDS: dict[str, VenueKind] = {
         adapter=lambda s, ws, rest: BybitAdapter(s, category=BybitCategory.SPOT, ws_base=ws),
         simulator=partial(bybit_sim.BybitSimulator, category=BybitCategory.SPOT),
         sim_endpoints=_ws_base,
+        metadata=VenueMetadata(
+            bybit_meta.REST_BASE,
+            bybit_meta.parse_instruments_info,
+            (bybit_meta.first_request("spot"),),
+        ),
     ),
     "bybit-linear": VenueKind(
         native=_concatenated,
@@ -131,6 +172,11 @@ VENUE_KINDS: dict[str, VenueKind] = {
         adapter=lambda s, ws, rest: BybitAdapter(s, category=BybitCategory.LINEAR, ws_base=ws),
         simulator=partial(bybit_sim.BybitSimulator, category=BybitCategory.LINEAR),
         sim_endpoints=_ws_base,
+        metadata=VenueMetadata(
+            bybit_meta.REST_BASE,
+            bybit_meta.parse_instruments_info,
+            (bybit_meta.first_request("linear"),),
+        ),
     ),
 }
 

@@ -8,11 +8,14 @@ from enum import StrEnum
 
 class InstrumentState(StrEnum):
     """``syncing`` until the first bridged snapshot, ``live`` while every check passes,
-    ``stale`` after a gap, checksum failure, crossed book or silence (until resynced)."""
+    ``stale`` after a gap, checksum failure, crossed book or silence (until resynced);
+    ``halted`` when the venue's metadata says the instrument does not trade (halted or
+    delisted: not subscribed, the reason says which)."""
 
     SYNCING = "syncing"
     LIVE = "live"
     STALE = "stale"
+    HALTED = "halted"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 FeedError
 ├── SilentConnectionError  nothing arrived within the venue's silence timeout
 ├── VenueClosingError      the venue announced it will close the connection
-└── SnapshotError          a REST snapshot could not be fetched or parsed
+├── SnapshotError          a REST snapshot could not be fetched or parsed
+└── MetadataError          instrument metadata could not be fetched or parsed
 """
 
 from __future__ import annotations
@@ -23,3 +24,7 @@ class VenueClosingError(FeedError):
 
 class SnapshotError(FeedError):
     """A REST snapshot request failed."""
+
+
+class MetadataError(FeedError):
+    """A venue's instrument metadata could not be fetched or was not understood."""

@@ -10,9 +10,15 @@ patterns against them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from feeds.exceptions import MetadataError
 
 
 class TradingStatus(StrEnum):
@@ -52,6 +58,44 @@ class MetadataRequest:
 
     path: str
     weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataPage:
+    """What one metadata response said, and the request of the next page (if any)."""
+
+    instruments: tuple[InstrumentInfo, ...]
+    next: MetadataRequest | None = None
+
+
+MetadataParser = Callable[[bytes | str], MetadataPage]
+"""A venue's parser of one metadata response (sans-I/O)."""
+
+
+def load_json(body: bytes | str, venue: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MetadataError(f"{venue} metadata is not JSON: {exc}") from exc
+
+
+def item(mapping: Any, key: str, venue: str) -> Any:
+    """``mapping[key]``, or ``MetadataError`` naming what is missing."""
+    if not isinstance(mapping, Mapping) or key not in mapping:
+        raise MetadataError(f"{venue} metadata: missing {key!r}")
+    return mapping[key]
+
+
+def exact(value: Any, what: str, venue: str) -> Decimal:
+    """An exact positive decimal from text (or a JSON number, by its shortest repr)."""
+    try:
+        number = Decimal(value if isinstance(value, str) else repr(value))
+    except (InvalidOperation, TypeError):
+        number = Decimal(0)
+    if not number.is_finite() or number <= 0:
+        raise MetadataError(f"{venue} metadata: {what} {value!r} is not a positive number")
+    number = number.normalize()
+    return number.quantize(Decimal(1)) if number.as_tuple().exponent > 0 else number  # type: ignore[operator]
 
 
 def perpetual(canonical: str) -> str:

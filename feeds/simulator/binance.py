@@ -59,20 +59,19 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from websockets.asyncio.server import ServerConnection
-from websockets.http11 import Request, Response
 
-from book.fixed import format_fixed_places
+from book.fixed import format_fixed_places, parse_fixed
 from book.snapshot import Level
+from feeds.metadata import TradingStatus
 from feeds.simulator.faults import Fault
 from feeds.simulator.market import DiffWindow, SimSymbol
-from feeds.simulator.venue import LoopbackVenue
+from feeds.simulator.venue import LoopbackVenue, Query, RestRoute
 
 SPOT_DEPTH_STREAMS: Mapping[str, float] = {"depth": 1.0, "depth@100ms": 0.1}
 """Spot diff-depth stream suffix -> push interval in seconds."""
 USDM_DEPTH_STREAMS: Mapping[str, float] = {"depth": 0.25, "depth@500ms": 0.5, "depth@100ms": 0.1}
 """USD-M diff-depth stream suffix -> push interval in seconds."""
 
-_JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
 _MALFORMED_FRAME = b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":17'
 
 
@@ -84,10 +83,12 @@ class _Market:
     rest_path: str
     rest_default_limit: int
     rest_max_limit: int
+    info_path: str
+    weight_per_minute: int
 
 
-_SPOT = _Market(SPOT_DEPTH_STREAMS, "/api/v3/depth", 100, 5000)
-_USDM = _Market(USDM_DEPTH_STREAMS, "/fapi/v1/depth", 500, 1000)
+_SPOT = _Market(SPOT_DEPTH_STREAMS, "/api/v3/depth", 100, 5000, "/api/v3/exchangeInfo", 6000)
+_USDM = _Market(USDM_DEPTH_STREAMS, "/fapi/v1/depth", 500, 1000, "/fapi/v1/exchangeInfo", 2400)
 
 
 @dataclass(eq=False, slots=True)
@@ -164,16 +165,12 @@ class BinanceSimulator(LoopbackVenue[_Client]):
     # -- public view -----------------------------------------------------------------
 
     @property
-    def rest_url(self) -> str:
-        """Base REST URL; append ``/api/v3/depth?symbol=..`` (USD-M: ``/fapi/v1/depth``)."""
-        return f"http://{self._host}:{self.port}"
-
-    @property
     def endpoints(self) -> Mapping[str, str]:
         first = self._feeds[self.symbols[0]].prefix
         return {
             "websocket": f"{self.ws_url}/stream?streams={first}@depth@100ms/{first}@bookTicker",
             "REST depth": f"{self.rest_url}{self._market.rest_path}?symbol={self.symbols[0]}",
+            "instrument metadata": f"{self.rest_url}{self._market.info_path}",
         }
 
     def snapshot_requests(self, symbol: str) -> int:
@@ -382,23 +379,111 @@ class BinanceSimulator(LoopbackVenue[_Client]):
 
     # -- REST ------------------------------------------------------------------------
 
-    async def _process_request(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | None:
-        """Websocket paths go on to the handshake; REST paths are answered here (a held
-        symbol's snapshot once it is released)."""
-        url = urlsplit(request.path)
-        if url.path in ("/ws", "/stream") or url.path.startswith("/ws/"):
-            return None
-        if url.path != self._market.rest_path:
-            return connection.respond(404, "Not Found\n")
-        query = parse_qs(url.query)
+    def _is_websocket_path(self, path: str) -> bool:
+        return path in ("/ws", "/stream") or path.startswith("/ws/")
+
+    def _rest_routes(self) -> Mapping[str, RestRoute]:
+        return {
+            self._market.rest_path: self._rest_snapshot,
+            self._market.info_path: self._exchange_info,
+        }
+
+    async def _rest_snapshot(self, query: Query) -> tuple[int, bytes]:
+        """A REST depth snapshot (a held symbol's once it is released)."""
         await self._released(query.get("symbol", [""])[0])
-        status, body = self._rest_depth(query)
-        response = connection.respond(status, body.decode())
-        del response.headers["Content-Type"]
-        response.headers["Content-Type"] = _JSON_CONTENT_TYPE
-        return response
+        return self._rest_depth(query)
+
+    async def _exchange_info(self, query: Query) -> tuple[int, bytes]:
+        """``exchangeInfo``: every listed symbol with its status, assets and filters."""
+        return 200, orjson.dumps(
+            {
+                "timezone": "UTC",
+                "serverTime": self._clock_ns() // 1_000_000,
+                "rateLimits": [
+                    {
+                        "rateLimitType": "REQUEST_WEIGHT",
+                        "interval": "MINUTE",
+                        "intervalNum": 1,
+                        "limit": self._market.weight_per_minute,
+                    }
+                ],
+                "exchangeFilters": [],
+                **({"assets": []} if self.futures else {}),
+                "symbols": [self._symbol_info(spec) for spec in self.listed],
+            }
+        )
+
+    def _symbol_info(self, spec: SimSymbol) -> dict[str, object]:
+        price, qty = spec.price_decimals, spec.qty_decimals
+        tick, lot = (
+            format_fixed_places(parse_fixed(spec.tick), price),
+            format_fixed_places(parse_fixed(spec.lot), qty),
+        )
+        filters = [
+            {
+                "filterType": "PRICE_FILTER",
+                "minPrice": tick,
+                "maxPrice": format_fixed_places(parse_fixed("1000000"), price),
+                "tickSize": tick,
+            },
+            {
+                "filterType": "LOT_SIZE",
+                "minQty": lot,
+                "maxQty": format_fixed_places(parse_fixed("9000000"), qty),
+                "stepSize": lot,
+            },
+        ]
+        trading = spec.status is TradingStatus.TRADING
+        if self.futures:
+            return {
+                "symbol": spec.symbol,
+                "pair": spec.symbol,
+                "contractType": "PERPETUAL",
+                "deliveryDate": 4133404800000,
+                "onboardDate": 1569398400000,
+                "status": "TRADING" if trading else "SETTLING",
+                "maintMarginPercent": "2.5000",
+                "requiredMarginPercent": "5.0000",
+                "baseAsset": spec.base,
+                "quoteAsset": spec.quote,
+                "marginAsset": spec.quote,
+                "pricePrecision": price,
+                "quantityPrecision": qty,
+                "baseAssetPrecision": 8,
+                "quotePrecision": 8,
+                "underlyingType": "COIN",
+                "underlyingSubType": [],
+                "triggerProtect": "0.0500",
+                "liquidationFee": "0.012500",
+                "marketTakeBound": "0.05",
+                "filters": filters,
+                "orderTypes": ["LIMIT", "MARKET"],
+                "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
+            }
+        return {
+            "symbol": spec.symbol,
+            "status": "TRADING" if trading else "BREAK",
+            "baseAsset": spec.base,
+            "baseAssetPrecision": 8,
+            "quoteAsset": spec.quote,
+            "quotePrecision": 8,
+            "quoteAssetPrecision": 8,
+            "baseCommissionPrecision": 8,
+            "quoteCommissionPrecision": 8,
+            "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET"],
+            "icebergAllowed": True,
+            "ocoAllowed": True,
+            "quoteOrderQtyMarketAllowed": True,
+            "allowTrailingStop": True,
+            "cancelReplaceAllowed": True,
+            "isSpotTradingAllowed": trading,
+            "isMarginTradingAllowed": False,
+            "filters": filters,
+            "permissions": [],
+            "permissionSets": [["SPOT"]],
+            "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+            "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+        }
 
     def _rest_depth(self, query: dict[str, list[str]]) -> tuple[int, bytes]:
         symbol = query.get("symbol", [""])[0]

@@ -47,13 +47,13 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.server import ServerConnection
-from websockets.http11 import Request, Response
 
 from book.fixed import format_fixed_places
 from feeds.bybit.adapter import BybitCategory
+from feeds.metadata import TradingStatus
 from feeds.simulator.faults import Fault
 from feeds.simulator.market import SimSymbol, SimulatedBook
-from feeds.simulator.venue import LoopbackVenue
+from feeds.simulator.venue import LoopbackVenue, Query, RestRoute
 
 PUSH_INTERVALS: Mapping[BybitCategory, Mapping[int, float]] = {
     BybitCategory.SPOT: {1: 0.01, 50: 0.02, 200: 0.2, 1000: 0.2},
@@ -163,7 +163,12 @@ class BybitSimulator(LoopbackVenue[_Client]):
 
     @property
     def endpoints(self) -> Mapping[str, str]:
-        return {"websocket": self.stream_url}
+        return {
+            "websocket": self.stream_url,
+            "instrument metadata": (
+                f"{self.rest_url}/v5/market/instruments-info?category={self.category}"
+            ),
+        }
 
     def subscribers(self, topic: str) -> int:
         """Connections subscribed to ``topic`` now."""
@@ -329,10 +334,94 @@ class BybitSimulator(LoopbackVenue[_Client]):
 
     # -- websocket clients -----------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path != self.path:
-            return connection.respond(404, "Not Found\n")
-        return None
+    def _is_websocket_path(self, path: str) -> bool:
+        return path == self.path
+
+    def _rest_routes(self) -> Mapping[str, RestRoute]:
+        return {"/v5/market/instruments-info": self._instruments_info}
+
+    async def _instruments_info(self, query: Query) -> tuple[int, bytes]:
+        """``instruments-info`` of this venue's category (another category lists
+        nothing), in pages of ``limit`` with a ``cursor`` as Bybit pages them."""
+        category = query.get("category", [""])[0]
+        limit_text = query.get("limit", ["500"])[0]
+        start_text = query.get("cursor", ["0"])[0]
+        if not (limit_text.isdigit() and start_text.isdigit()):
+            return 200, self._rest_reply(10001, "params error", {})
+        listed = list(self.listed) if category == self.category else []
+        start, limit = int(start_text), min(max(int(limit_text), 1), 1000)
+        page = listed[start : start + limit]
+        following = str(start + limit) if start + limit < len(listed) else ""
+        result = {
+            "category": category,
+            "list": [self._instrument(spec) for spec in page],
+            "nextPageCursor": following,
+        }
+        return 200, self._rest_reply(0, "OK", result)
+
+    def _rest_reply(self, code: int, message: str, result: dict[str, Any]) -> bytes:
+        return orjson.dumps(
+            {
+                "retCode": code,
+                "retMsg": message,
+                "result": result,
+                "retExtInfo": {},
+                "time": self._clock_ns() // 1_000_000,
+            }
+        )
+
+    def _instrument(self, spec: SimSymbol) -> dict[str, Any]:
+        """One ``instruments-info`` entry: a spot pair or a linear perpetual."""
+        status = "Trading" if spec.status is TradingStatus.TRADING else "PreLaunch"
+        if self.category is BybitCategory.SPOT:
+            return {
+                "symbol": spec.symbol,
+                "baseCoin": spec.base,
+                "quoteCoin": spec.quote,
+                "innovation": "0",
+                "status": status,
+                "marginTrading": "none",
+                "stTag": "0",
+                "lotSizeFilter": {
+                    "basePrecision": spec.lot,
+                    "quotePrecision": "0.00000001",
+                    "minOrderQty": spec.lot,
+                    "maxOrderQty": "9000000",
+                    "minOrderAmt": "1",
+                    "maxOrderAmt": "4000000",
+                },
+                "priceFilter": {"tickSize": spec.tick},
+                "riskParameters": {"priceLimitRatioX": "0.01", "priceLimitRatioY": "0.02"},
+            }
+        return {
+            "symbol": spec.symbol,
+            "contractType": "LinearPerpetual",
+            "status": status,
+            "baseCoin": spec.base,
+            "quoteCoin": spec.quote,
+            "launchTime": "1585526400000",
+            "deliveryTime": "0",
+            "deliveryFeeRate": "",
+            "priceScale": str(spec.price_decimals),
+            "leverageFilter": {"minLeverage": "1", "maxLeverage": "100.00", "leverageStep": "0.01"},
+            "priceFilter": {"minPrice": spec.tick, "maxPrice": "1999999.80", "tickSize": spec.tick},
+            "lotSizeFilter": {
+                "maxOrderQty": "1190.000",
+                "minOrderQty": spec.lot,
+                "qtyStep": spec.lot,
+                "postOnlyMaxOrderQty": "1190.000",
+                "maxMktOrderQty": "500.000",
+                "minNotionalValue": "5",
+            },
+            "unifiedMarginTrade": True,
+            "fundingInterval": 480,
+            "settleCoin": spec.quote,
+            "copyTrading": "both",
+            "upperFundingRate": "0.005",
+            "lowerFundingRate": "-0.005",
+            "isPreListing": False,
+            "preListingInfo": None,
+        }
 
     def _accept(self, connection: ServerConnection) -> _Client:
         return _Client(connection, str(uuid.uuid4()))

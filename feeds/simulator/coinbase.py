@@ -45,9 +45,10 @@ from websockets.asyncio.server import ServerConnection
 
 from book.fixed import format_fixed_places
 from book.snapshot import Level
+from feeds.metadata import TradingStatus
 from feeds.simulator.faults import Fault
 from feeds.simulator.market import SimSymbol, SimulatedBook
-from feeds.simulator.venue import LoopbackVenue
+from feeds.simulator.venue import LoopbackVenue, Query, RestRoute
 
 _LEVEL2 = "level2"
 _HEARTBEATS = "heartbeats"
@@ -131,7 +132,10 @@ class CoinbaseSimulator(LoopbackVenue[_Client]):
 
     @property
     def endpoints(self) -> Mapping[str, str]:
-        return {"websocket": self.ws_url}
+        return {
+            "websocket": self.ws_url,
+            "instrument metadata": f"{self.rest_url}/api/v3/brokerage/market/products",
+        }
 
     def subscribers(self, product: str) -> int:
         """Connections subscribed to ``product``'s level2 now."""
@@ -230,6 +234,14 @@ class CoinbaseSimulator(LoopbackVenue[_Client]):
         self._send([client], frame)
 
     # -- websocket clients -----------------------------------------------------------
+
+    def _rest_routes(self) -> Mapping[str, RestRoute]:
+        return {"/api/v3/brokerage/market/products": self._products}
+
+    async def _products(self, query: Query) -> tuple[int, bytes]:
+        """``market/products``: every listed product."""
+        products = [_product(spec) for spec in self.listed]
+        return 200, orjson.dumps({"products": products, "num_products": len(products)})
 
     def _accept(self, connection: ServerConnection) -> _Client:
         return _Client(connection)
@@ -331,6 +343,49 @@ class CoinbaseSimulator(LoopbackVenue[_Client]):
                     self._feeds[product].subscribers.discard(client)
                     self._feeds[product].waiting.discard(client)
         return added if channel == _LEVEL2 else []
+
+
+def _product(spec: SimSymbol) -> dict[str, Any]:
+    """One entry of ``market/products``, as Coinbase lists a spot product."""
+    trading = spec.status is TradingStatus.TRADING
+    return {
+        "product_id": spec.symbol,
+        "price": "",
+        "price_percentage_change_24h": "",
+        "volume_24h": "",
+        "volume_percentage_change_24h": "",
+        "base_increment": spec.lot,
+        "quote_increment": spec.tick,
+        "quote_min_size": "1",
+        "quote_max_size": "150000000",
+        "base_min_size": spec.lot,
+        "base_max_size": "3400",
+        "base_name": spec.base,
+        "quote_name": spec.quote,
+        "watched": False,
+        "is_disabled": False,
+        "new": False,
+        "status": "online",
+        "cancel_only": False,
+        "limit_only": False,
+        "post_only": False,
+        "trading_disabled": not trading,
+        "auction_mode": False,
+        "product_type": "SPOT",
+        "quote_currency_id": spec.quote,
+        "base_currency_id": spec.base,
+        "fcm_trading_session_details": None,
+        "mid_market_price": "",
+        "alias": "",
+        "alias_to": [],
+        "base_display_symbol": spec.base,
+        "quote_display_symbol": spec.quote,
+        "view_only": False,
+        "price_increment": spec.tick,
+        "display_name": spec.symbol,
+        "product_venue": "CBE",
+        "approximate_quote_24h_volume": "",
+    }
 
 
 def _error(message: str) -> bytes:

@@ -47,7 +47,6 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.server import ServerConnection
-from websockets.http11 import Request, Response
 
 from book.fixed import format_fixed_places
 from book.l2 import L2Book
@@ -356,10 +355,8 @@ class KrakenSimulator(LoopbackVenue[_Client]):
 
     # -- websocket clients -----------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path == V2_PATH:
-            return None
-        return connection.respond(404, "Not Found\n")
+    def _is_websocket_path(self, path: str) -> bool:
+        return path == V2_PATH
 
     def _accept(self, connection: ServerConnection) -> _Client:
         """A new client, greeted with the ``status`` message."""

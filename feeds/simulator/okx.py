@@ -42,16 +42,16 @@ from typing import Any, Literal, TypeGuard
 
 import orjson
 from websockets.asyncio.server import ServerConnection
-from websockets.http11 import Request, Response
 
 from book.fixed import format_fixed, format_fixed_places, parse_fixed
 from book.snapshot import Level
+from feeds.metadata import TradingStatus
 from feeds.okx.adapter import PUBLIC_PATH
 from feeds.okx.checksum import CHECKSUM_DEPTH, okx_checksum
 from feeds.okx.parser import BOOK_CHANNEL, SERVICE_UPGRADE_NOTICE
 from feeds.simulator.faults import Fault
 from feeds.simulator.market import DiffWindow, SimSymbol, SimulatedBook
-from feeds.simulator.venue import LoopbackVenue
+from feeds.simulator.venue import LoopbackVenue, Query, RestRoute
 
 PUSH_INTERVAL = 0.1
 """OKX pushes ``books`` changes every 100 ms."""
@@ -141,7 +141,10 @@ class OkxSimulator(LoopbackVenue[_Client]):
 
     @property
     def endpoints(self) -> Mapping[str, str]:
-        return {"websocket": self.ws_url + PUBLIC_PATH}
+        return {
+            "websocket": self.ws_url + PUBLIC_PATH,
+            "instrument metadata": f"{self.rest_url}/api/v5/public/instruments?instType=SPOT",
+        }
 
     @property
     def pongs_sent(self) -> int:
@@ -314,10 +317,20 @@ class OkxSimulator(LoopbackVenue[_Client]):
 
     # -- websocket clients -----------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path == PUBLIC_PATH:
-            return None
-        return connection.respond(404, "Not Found\n")
+    def _is_websocket_path(self, path: str) -> bool:
+        return path == PUBLIC_PATH
+
+    def _rest_routes(self) -> Mapping[str, RestRoute]:
+        return {"/api/v5/public/instruments": self._instruments}
+
+    async def _instruments(self, query: Query) -> tuple[int, bytes]:
+        """``public/instruments`` of one ``instType`` (``SPOT`` or ``SWAP``)."""
+        kind = query.get("instType", [""])[0]
+        if kind not in ("SPOT", "SWAP", "FUTURES", "OPTION", "MARGIN"):
+            reply = {"code": "51000", "msg": "Parameter instType error", "data": []}
+            return 200, orjson.dumps(reply)
+        listed = [spec for spec in self.listed if _instrument_type(spec.symbol) == kind]
+        return 200, orjson.dumps({"code": "0", "msg": "", "data": [_instrument(s) for s in listed]})
 
     def _accept(self, connection: ServerConnection) -> _Client:
         return _Client(connection, f"{self._connections_accepted:08x}")
@@ -370,6 +383,51 @@ class OkxSimulator(LoopbackVenue[_Client]):
                 feed.waiting.add(client)
             else:
                 feed.waiting.discard(client)
+
+
+def _instrument_type(inst_id: str) -> str:
+    return "SWAP" if inst_id.endswith("-SWAP") else "SPOT"
+
+
+def _instrument(spec: SimSymbol) -> dict[str, str]:
+    """One entry of ``public/instruments``, as OKX lists a spot pair or a linear swap."""
+    swap = _instrument_type(spec.symbol) == "SWAP"
+    family = f"{spec.base}-{spec.quote}"
+    state = "live" if spec.status is TradingStatus.TRADING else "suspend"
+    return {
+        "alias": "",
+        "auctionEndTime": "",
+        "baseCcy": "" if swap else spec.base,
+        "category": "1",
+        "ctMult": "1" if swap else "",
+        "ctType": "linear" if swap else "",
+        "ctVal": "0.01" if swap else "",
+        "ctValCcy": spec.base if swap else "",
+        "expTime": "",
+        "instFamily": family if swap else "",
+        "instId": spec.symbol,
+        "instType": "SWAP" if swap else "SPOT",
+        "lever": "100" if swap else "10",
+        "listTime": "1606468572000",
+        "lotSz": spec.lot,
+        "maxIcebergSz": "9999999999",
+        "maxLmtAmt": "20000000",
+        "maxLmtSz": "9999999999",
+        "maxMktAmt": "1000000",
+        "maxMktSz": "10000",
+        "maxStopSz": "10000",
+        "maxTriggerSz": "9999999999",
+        "maxTwapSz": "9999999999",
+        "minSz": spec.lot,
+        "optType": "",
+        "quoteCcy": "" if swap else spec.quote,
+        "ruleType": "normal",
+        "settleCcy": spec.quote if swap else "",
+        "state": state,
+        "stk": "",
+        "tickSz": spec.tick,
+        "uly": family if swap else "",
+    }
 
 
 def _valid_args(args: object) -> TypeGuard[list[dict[str, str]]]:

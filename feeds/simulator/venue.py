@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping,
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
@@ -45,6 +46,9 @@ class Connected(Protocol):
 
 
 ClientT = TypeVar("ClientT", bound=Connected)
+Query = dict[str, list[str]]
+RestRoute = Callable[[Query], Awaitable[tuple[int, bytes]]]
+"""A REST handler: the parsed query string -> (HTTP status, JSON body)."""
 
 
 class LoopbackVenue(ABC, Generic[ClientT]):
@@ -151,6 +155,12 @@ class LoopbackVenue(ABC, Generic[ClientT]):
     def ws_url(self) -> str:
         """Base websocket URL (``ws://host:port``)."""
         return f"ws://{self._host}:{self.port}"
+
+    @property
+    def rest_url(self) -> str:
+        """Base REST URL (``http://host:port``): metadata and snapshots are served on the
+        websocket port."""
+        return f"http://{self._host}:{self.port}"
 
     @property
     @abstractmethod
@@ -338,11 +348,32 @@ class LoopbackVenue(ABC, Generic[ClientT]):
     def _forget(self, client: ClientT) -> None:
         """Remove a leaving client from every subscription."""
 
-    def _process_request(
+    async def _process_request(
         self, connection: ServerConnection, request: Request
-    ) -> Response | None | Awaitable[Response | None]:
-        """HTTP before the websocket handshake: ``None`` lets the handshake go on."""
-        return None
+    ) -> Response | None:
+        """HTTP before the websocket handshake: the venue's REST routes are answered
+        here (JSON), its websocket paths go on to the handshake (``None``), anything
+        else gets 404."""
+        url = urlsplit(request.path)
+        route = self._rest_routes().get(url.path)
+        if route is not None:
+            status, body = await route(parse_qs(url.query))
+            response = connection.respond(status, body.decode())
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = "application/json;charset=UTF-8"
+            return response
+        if self._is_websocket_path(url.path):
+            return None
+        return connection.respond(404, "Not Found\n")
+
+    def _rest_routes(self) -> Mapping[str, RestRoute]:
+        """The venue's public REST paths served on the websocket port (its instrument
+        metadata, REST snapshots): path -> handler of the parsed query string."""
+        return {}
+
+    def _is_websocket_path(self, path: str) -> bool:
+        """Whether a websocket client may connect on ``path`` (any path by default)."""
+        return True
 
     # -- market ----------------------------------------------------------------------
 

@@ -116,7 +116,12 @@ async def test_metrics_stats_channel_and_grafana_agree(demo: RunningServer) -> N
         INSTRUMENTS, "live"
     )
     assert stats["venues"]["binance"]["connections"] == 1
-    assert stats["venues"]["binance"]["instruments"] == {"syncing": 0, "live": 3, "stale": 0}
+    assert stats["venues"]["binance"]["instruments"] == {
+        "syncing": 0,
+        "live": 3,
+        "stale": 0,
+        "halted": 0,
+    }
 
     families = {f.name: f for f in text_string_to_metric_families(metrics_response.text)}
     assert {name for name, f in families.items() if f.type == "summary"} >= SUMMARIES

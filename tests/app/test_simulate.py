@@ -22,26 +22,40 @@ ENDPOINTS = {
     "binance": {
         "websocket": "{ws}/stream?streams=btcusdt@depth@100ms/btcusdt@bookTicker",
         "REST depth": "{http}/api/v3/depth?symbol=BTCUSDT",
+        "instrument metadata": "{http}/api/v3/exchangeInfo",
     },
     "binance-usdm": {
         "websocket": "{ws}/stream?streams=btcusdt@depth@100ms/btcusdt@bookTicker",
         "REST depth": "{http}/fapi/v1/depth?symbol=BTCUSDT",
+        "instrument metadata": "{http}/fapi/v1/exchangeInfo",
     },
-    "coinbase": {"websocket": "{ws}"},
+    "coinbase": {
+        "websocket": "{ws}",
+        "instrument metadata": "{http}/api/v3/brokerage/market/products",
+    },
     "kraken": {"websocket": "{ws}/v2"},
-    "okx": {"websocket": "{ws}/ws/v5/public"},
-    "bybit": {"websocket": "{ws}/v5/public/spot"},
-    "bybit-linear": {"websocket": "{ws}/v5/public/linear"},
+    "okx": {
+        "websocket": "{ws}/ws/v5/public",
+        "instrument metadata": "{http}/api/v5/public/instruments?instType=SPOT",
+    },
+    "bybit": {
+        "websocket": "{ws}/v5/public/spot",
+        "instrument metadata": "{http}/v5/market/instruments-info?category=spot",
+    },
+    "bybit-linear": {
+        "websocket": "{ws}/v5/public/linear",
+        "instrument metadata": "{http}/v5/market/instruments-info?category=linear",
+    },
 }
 """What each venue's banner lists ({ws}/{http}: the simulator's base URLs)."""
 CONFIG_URLS = {
     "binance": 'ws_url = "{ws}", rest_url = "{http}"',
     "binance-usdm": 'ws_url = "{ws}", rest_url = "{http}"',
-    "coinbase": 'ws_url = "{ws}"',
+    "coinbase": 'ws_url = "{ws}", rest_url = "{http}"',
     "kraken": 'ws_url = "{ws}/v2"',
-    "okx": 'ws_url = "{ws}"',
-    "bybit": 'ws_url = "{ws}"',
-    "bybit-linear": 'ws_url = "{ws}"',
+    "okx": 'ws_url = "{ws}", rest_url = "{http}"',
+    "bybit": 'ws_url = "{ws}", rest_url = "{http}"',
+    "bybit-linear": 'ws_url = "{ws}", rest_url = "{http}"',
 }
 SYMBOLS = {
     "binance": "BTCUSDT, ETHUSDT, SOLUSDT, ETHBRL, BTCAUD, LUNAUSDT",

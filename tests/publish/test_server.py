@@ -289,8 +289,8 @@ async def test_http_health_and_bbo_routes() -> None:
             "failing": [],
             "live_instruments": 1,
             "venues": {
-                "binance": {"syncing": 1, "live": 1, "stale": 0},
-                "kraken": {"syncing": 0, "live": 0, "stale": 1},
+                "binance": {"syncing": 1, "live": 1, "stale": 0, "halted": 0},
+                "kraken": {"syncing": 0, "live": 0, "stale": 1, "halted": 0},
             },
             "instruments": {
                 BTC: {"state": "live", "reason": "synced", "ts": STATUS_TS},

@@ -98,8 +98,8 @@ def test_the_exposition_holds_every_family_with_exact_values(tmp_path: Path) -> 
     ]
     assert samples(parsed["marketcast_venue_instruments"]) == [
         ("marketcast_venue_instruments", {"venue": venue, "state": state}, count)
-        for venue, counts in (("binance", (0.0, 2.0, 0.0)), ("kraken", (1.0, 0.0, 0.0)))
-        for state, count in zip(("syncing", "live", "stale"), counts, strict=True)
+        for venue, counts in (("binance", (0.0, 2.0, 0.0, 0.0)), ("kraken", (1.0, 0.0, 0.0, 0.0)))
+        for state, count in zip(("syncing", "live", "stale", "halted"), counts, strict=True)
     ]
     assert samples(parsed["marketcast_start_time_seconds"]) == [
         ("marketcast_start_time_seconds", {}, 1_700_000_000.0)

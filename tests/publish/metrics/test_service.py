@@ -69,8 +69,14 @@ async def test_a_tick_reports_every_stage_rates_venues_and_instruments(setup: Se
         "clients": 0,
         "db_pending_rows": 0,
         "venues": {
-            "binance": {"connections": 0, "instruments": {"syncing": 0, "live": 2, "stale": 0}},
-            "kraken": {"connections": 0, "instruments": {"syncing": 1, "live": 0, "stale": 0}},
+            "binance": {
+                "connections": 0,
+                "instruments": {"syncing": 0, "live": 2, "stale": 0, "halted": 0},
+            },
+            "kraken": {
+                "connections": 0,
+                "instruments": {"syncing": 1, "live": 0, "stale": 0, "halted": 0},
+            },
         },
         "instruments": {
             BTC: row("live", "synced", 20, 20, 10.0, 10.0, "hot"),
