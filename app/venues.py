@@ -268,9 +268,13 @@ def build_simulator(
 def simulator_for(venue: VenueSettings, settings: SimulatorSettings) -> LoopbackVenue[Any]:
     """The loopback simulator standing in for ``venue`` (its symbols, the demo's rate)."""
     try:
+        natives = list(venue.symbols.values())
+        if venue.patterns:  # patterns choose among everything the simulator lists
+            listed = [spec.symbol for spec in simulated_symbols(venue.adapter_kind)]
+            natives = list(dict.fromkeys([*listed, *natives]))
         return build_simulator(
             venue.adapter_kind,
-            natives=list(venue.symbols.values()),
+            natives=natives,
             updates_per_second=settings.updates_per_second,
             seed=settings.seed or 0,
         )

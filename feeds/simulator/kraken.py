@@ -53,6 +53,7 @@ from book.l2 import L2Book
 from book.snapshot import Level
 from feeds.kraken.checksum import CHECKSUM_LEVELS, Precision, book_checksum
 from feeds.kraken.sync import DEPTHS
+from feeds.metadata import TradingStatus
 from feeds.simulator.catalog import simulated_symbols
 from feeds.simulator.faults import Fault
 from feeds.simulator.market import DepthSnapshot, SimSymbol, SimulatedBook
@@ -326,7 +327,7 @@ class KrakenSimulator(LoopbackVenue[_Client]):
                     "symbol": symbol,
                     "base": base,
                     "quote": quote,
-                    "status": "online",
+                    "status": "online" if spec.status is TradingStatus.TRADING else "maintenance",
                     "price_precision": feed.precision.price,
                     "price_increment": orjson.Fragment(spec.tick.encode()),
                     "qty_precision": feed.precision.qty,
