@@ -135,6 +135,7 @@ class VenueSettings:
     """Prefix of the environment variables holding the venue's API key for a logged-in
     connection (OKX: ``<PREFIX>_API_KEY``, ``_API_SECRET``, ``_API_PASSPHRASE``)."""
     patterns: tuple[str, ...] = ()
+    """Patterns given in ``symbols`` (or as ``patterns = [..]``), without the venue id."""
 
     @property
     def adapter_kind(self) -> str:
@@ -285,7 +286,7 @@ def _venue(index: int, raw: Any) -> VenueSettings:
     where = f"venues[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table")
-    _only_keys(where, raw, {f.name for f in fields(VenueSettings)} - {"patterns"})
+    _only_keys(where, raw, {f.name for f in fields(VenueSettings)})
     if "id" not in raw or not isinstance(raw["id"], str):
         raise ConfigError(f"{where}.id is required (a venue id such as 'binance')")
     kind = raw.get("kind", "") or raw["id"]
@@ -293,27 +294,30 @@ def _venue(index: int, raw: Any) -> VenueSettings:
         known = ", ".join(VENUE_KINDS)
         raise ConfigError(f"{where}: unknown venue kind {kind!r}; known: {known}")
     symbols = raw.get("symbols")
-    patterns: tuple[str, ...] = ()
+    patterns = raw.get("patterns", [])
+    if not (isinstance(patterns, list | tuple) and all(isinstance(p, str) for p in patterns)):
+        raise ConfigError(f"{where}.patterns must be a list of patterns such as '*-USDT'")
     if isinstance(symbols, list) and all(isinstance(s, str) for s in symbols) and symbols:
-        patterns = tuple(
-            symbol.removeprefix(f"{raw['id']}:") for symbol in symbols if _is_pattern(symbol)
-        )
+        patterns = [*patterns, *(symbol for symbol in symbols if _is_pattern(symbol))]
         mapping = native_symbols(kind, [s for s in symbols if not _is_pattern(s)])
     elif (
         isinstance(symbols, dict)
-        and symbols
+        and (symbols or patterns)
         and all(isinstance(k, str) and isinstance(v, str) for k, v in symbols.items())
     ):
         mapping = dict(symbols)
     else:
         raise ConfigError(
-            f"{where}.symbols must be a non-empty list of canonical symbols "
+            f"{where}.symbols must be a non-empty list of canonical symbols or patterns "
             "or a table of canonical = venue symbol"
         )
-    venue: VenueSettings = _build(VenueSettings, where, {**raw, "symbols": mapping})
+    selected = tuple(pattern.removeprefix(f"{raw['id']}:") for pattern in patterns)
+    venue: VenueSettings = _build(
+        VenueSettings, where, {**raw, "symbols": mapping, "patterns": selected}
+    )
     if venue.max_instruments < 1:
         raise ConfigError(f"{where}.max_instruments must be at least 1")
-    return replace(venue, patterns=patterns)
+    return venue
 
 
 def _is_pattern(symbol: str) -> bool:
