@@ -124,7 +124,9 @@ async def test_subscription_snapshot_and_updates_verify_and_equal_the_truth(
 async def test_updates_rely_on_the_client_truncating_to_its_depth() -> None:
     """Like Kraken, the venue never deletes a level that fell out of the subscribed
     depth: a client that keeps a deeper book fails a checksum, one that truncates never."""
-    async with KrakenSimulator(updates_per_second=1000, levels=40, seed=3) as simulator:
+    # A still clock keeps the reference price still: the market is a fixed sequence.
+    still = KrakenSimulator(updates_per_second=1000, levels=40, seed=3, clock_ns=lambda: 0)
+    async with still as simulator:
         simulator.pause()  # the market starts with the subscription: a fixed sequence
         async with connect(simulator.v2_url) as ws:
             await receive(ws)
