@@ -33,13 +33,17 @@ from multiprocessing.connection import Connection
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 
 from bench.agent import Agent, Command, serve_commands
 from bench.report import Progress, ScenarioResult, Table, number, ratio
-from bench.servers import BboSource, BenchServer, MarketcastServer, Publisher, instrument_names
-from book.snapshot import BookSnapshot
-from publish.protocol import encode_bbo
+from bench.servers import (
+    BboSource,
+    BenchServer,
+    MarketcastServer,
+    Publisher,
+    RawBroadcastServer,
+    instrument_names,
+)
 
 WARM_UP_SECONDS = 0.5
 
@@ -85,48 +89,6 @@ class Measured:
         return self.cpu_seconds * 1e9 / self.deliveries if self.deliveries else 0.0
 
 
-class BroadcastServer:
-    """A bare websockets server that broadcasts every change to every connection, with
-    websockets' own per-connection compression or none."""
-
-    name = "websockets broadcast"
-
-    def __init__(self, *, deflate: bool) -> None:
-        self._compression = "deflate" if deflate else None
-        self._connections: set[ServerConnection] = set()
-        self._server: Server | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"ws://127.0.0.1:{port}/ws"
-
-    def subscribe_frame(self, instruments: list[str] | None = None) -> None:
-        return None
-
-    def publish(self, changes: list[BookSnapshot]) -> None:
-        ts_send = time.time_ns()
-        for snapshot in changes:
-            broadcast(self._connections, encode_bbo(snapshot, ts_send), text=True)
-
-    async def _hold(self, connection: ServerConnection) -> None:
-        self._connections.add(connection)
-        try:
-            await connection.wait_closed()
-        finally:
-            self._connections.discard(connection)
-
-    async def start(self) -> None:
-        self._server = await serve(self._hold, "127.0.0.1", 0, compression=self._compression)
-
-    async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-            await server.wait_closed()
-
-
 class _ServerSide:
     """The child: one server under test and its publisher."""
 
@@ -144,7 +106,8 @@ class _ServerSide:
                 if contender in (Contender.MARKETCAST, Contender.MARKETCAST_COMPRESSED):
                     server = MarketcastServer(names, batched=False, max_connections=20_000)
                 else:
-                    server = BroadcastServer(deflate=contender is Contender.WEBSOCKETS_DEFLATE)
+                    deflate = contender is Contender.WEBSOCKETS_DEFLATE
+                    server = RawBroadcastServer(batched=False, deflate=deflate)
                 await server.start()
                 self._server, self._names = server, names
                 url = server.url

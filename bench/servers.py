@@ -197,8 +197,10 @@ class MarketcastServer:
 class RawBroadcastServer:
     name = "raw websockets broadcast"
 
-    def __init__(self, *, batched: bool) -> None:
+    def __init__(self, *, batched: bool, deflate: bool = False) -> None:
         self._batched = batched
+        self._compression = "deflate" if deflate else None
+        """``deflate``: websockets' own per-connection compression (``bench.compression``)."""
         self._connections: set[ServerConnection] = set()
         self._server: Server | None = None
 
@@ -234,7 +236,7 @@ class RawBroadcastServer:
             self._hold,
             "127.0.0.1",
             0,
-            compression=None,
+            compression=self._compression,
             max_size=limits.max_frame_bytes,
             write_limit=limits.write_limit,
         )

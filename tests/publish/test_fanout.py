@@ -7,7 +7,7 @@ loop turns) reaches the same state every run.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 
 import orjson
@@ -396,3 +396,42 @@ async def test_sessions_with_the_same_subscriptions_share_one_write_per_tick() -
     assert stalled.sink.messages() == [ack(1, "bbo", BTC, ETH), *ticks[1]]  # conflated
     assert other.sink.messages() == [ack(1, "bbo", BTC), ticks[0][0], ticks[1][0]]
     assert (fanout.crowds(), fanout.subscriptions()) == (0, 0)
+
+
+class OnlyBtc:
+    """A catalog that carries BTC alone, whatever the registry holds."""
+
+    def unknown_instruments(self, instruments: Iterable[str]) -> list[str]:
+        return [instrument for instrument in instruments if instrument != BTC]
+
+    def unknown_symbols(self, symbols: Iterable[str]) -> list[str]:
+        return list(symbols)
+
+
+async def test_requests_are_checked_against_the_injected_catalog() -> None:
+    _, _, fanout = setup()
+    sink = RecordingSink()
+    session = ClientSession(sink, fanout, catalog=OnlyBtc())
+    running = Client(session, sink)
+    task = asyncio.create_task(session.run(running.incoming()))
+    running.send(op="subscribe", id=1, channel="bbo", instruments=[ETH])
+    running.send(op="subscribe", id=2, channel="nbbo", symbols=["BTC-USDT"])
+    running.send(op="subscribe", id=3, channel="bbo", instruments=[BTC])
+    await settle()
+    running.requests.put_nowait(None)
+    await task
+    assert sink.messages() == [
+        {
+            "type": "error",
+            "id": 1,
+            "code": "unknown_instrument",
+            "message": f"unknown instrument(s): {ETH}",
+        },
+        {
+            "type": "error",
+            "id": 2,
+            "code": "unknown_symbol",
+            "message": "unknown symbol(s): BTC-USDT",
+        },
+        ack(3, "bbo", BTC),
+    ]
