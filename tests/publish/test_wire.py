@@ -47,6 +47,7 @@ from tests.publish.support import (
     send,
     wait_until,
 )
+from tests.publish.trading import OPENED_TS, open_request, stored, trading
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -351,3 +352,30 @@ async def test_javascript_json_parse_keeps_us_ms_and_iso_timestamps_exact(
         (ms_compressed, TimeFormat.MS, True),
     ):
         assert got == {"mode": fmt.value, "compressed": compressed, **exact[fmt]}
+
+
+async def test_every_timestamp_of_every_message_follows_ts(tmp_path: Path) -> None:
+    async with trading(tmp_path / "ts.db") as desk:
+        desk.feed.status(BTC, InstrumentState.LIVE)
+        desk.feed.quote(BTC, ("43000.1", "1"), ("43000.2", "1"))
+        async with connect(f"{desk.server.url}?ts=ms") as ws:
+            token = desk.tokens.issue("acct-1", ttl=3600)
+            await send(ws, op="auth", id=1, token=token)
+            auth_ack = await receive(ws)
+            await send(ws, **open_request(2, "p-1"))
+            open_ack = await receive(ws)
+            await send(ws, op="subscribe", id=3, channel="profit", account="acct-1")
+            await send(ws, op="subscribe", id=4, channel="bbo", instruments=[BTC])
+            frames = [await receive(ws) for _ in range(5)]
+            await send(ws, op="position.close", id=5, position_id="p-1")
+            closing = [await receive(ws) for _ in range(3)]
+    expires = desk.tokens.verify(token).expires_ns
+    assert auth_ack["expires"] == expires // 1_000_000
+    assert open_ack["position"] == stored("p-1", "acct-1", OPENED_TS // 1_000_000)
+    assert [frame["type"] for frame in frames] == ["ack", "profit", "profit_total", "ack", "bbo"]
+    ms_send = TS_SEND // 1_000_000
+    assert [frame["ts_send"] for frame in frames if "ts_send" in frame] == [ms_send] * 3
+    assert (frames[-1]["ts_event"], frames[-1]["ts_recv"]) == (0, 0)  # 1000 and 1007 ns
+    assert closing[0]["position"]["closed_ts"] == (OPENED_TS + 2) // 1_000_000
+    assert closing[1]["closed_ts"] == (OPENED_TS + 2) // 1_000_000
+    assert closing[1]["ts_send"] == ms_send
