@@ -94,7 +94,10 @@ async def test_record_then_replay_gives_the_live_books(tmp_path: Path) -> None:
     status, lines = run_replay(out, quiet=True)
     assert status == 0
     books = {line["instrument"]: line for line in lines if line["type"] == "book"}
-    assert set(books) == set(live.instruments())
+    # On a loaded machine a book may not be live within the recording's 1.5 s: the
+    # replay must give exactly the books the live handlers published.
+    published = {name for name in live.instruments() if live.get(name) is not None}
+    assert published and set(books) == published
     for name, book in books.items():
         snapshot = live.get(name)
         assert snapshot is not None
