@@ -9,6 +9,7 @@ transaction per batch.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -65,4 +66,50 @@ class StorageBackend(Protocol):
 
     async def close(self) -> None:
         """Finish the work already submitted and release the connection."""
+        ...
+
+
+class BboHistoryReader(Protocol):
+    """A backend that serves stored BBO changes back (``GET /v1/history/bbo/...``)."""
+
+    def bbo_history(
+        self, venue: str, symbol: str, *, start_ns: int, end_ns: int, limit: int | None
+    ) -> AsyncIterator[list[BboRow]]:
+        """The instrument's rows with ``start_ns <= ts_recv < end_ns``, oldest first (the
+        order they were stored in for equal ``ts_recv``), at most ``limit``, in pages:
+        never more than one page in memory, and no read holds the database for longer
+        than one page. Runs beside the writes, never in front of them."""
+        ...
+
+
+class PrunableBackend(Protocol):
+    """A backend that deletes old market data in small steps (``[storage].retain_bbo_hours``)."""
+
+    async def prune(self, before_ns: int, max_rows: int) -> int:
+        """Delete up to ``max_rows`` BBO rows and up to ``max_rows`` feed events received
+        before ``before_ns``, oldest first, in one short transaction; the number deleted.
+        Fewer than ``max_rows`` of either means nothing older is left to delete (for now).
+        Positions are never pruned."""
+        ...
+
+
+class ArchivableBackend(Protocol):
+    """What ``marketcast archive`` reads and then deletes."""
+
+    def bbo_before(self, before_ns: int) -> AsyncIterator[list[BboRow]]:
+        """Every BBO row received before ``before_ns``, in pages, ordered by venue,
+        symbol, ``ts_recv`` (and storage order within equal ``ts_recv``)."""
+        ...
+
+    async def delete_bbo(self, venue: str, symbol: str, first_ns: int, last_ns: int) -> int:
+        """Delete the instrument's rows with ``first_ns <= ts_recv <= last_ns``."""
+        ...
+
+    def closed_positions_before(self, before_ns: int) -> AsyncIterator[list[PositionRow]]:
+        """Every position closed before ``before_ns``, in pages, ordered by ``closed_ts``,
+        account, id."""
+        ...
+
+    async def delete_positions(self, keys: Sequence[tuple[str, str]]) -> int:
+        """Delete the positions ``(account, id)`` of ``keys``."""
         ...

@@ -24,6 +24,12 @@ buffer overflows); a database crash can lose their last fraction of a second, ne
 half batch, and a commit no longer waits for an fsync that a busy disk can stretch to
 tens of milliseconds.
 
+Market data is read back (``bbo_history``, and what ``marketcast archive`` reads) through
+a server-side cursor on a connection of its own per read, in pages, so a long read
+neither holds a page of the loop's memory for long nor waits behind (or holds up) the
+flusher's writes. Pruning and the archive's deletes use a third connection: PostgreSQL
+deletes old rows while the flusher inserts new ones, so neither waits for the other.
+
 Two connections, each used by one operation at a time: one for the flusher's writes,
 one for position id lookups. Any failure of an operation, a timeout included, closes
 its connection rather than trying to roll back over a link that may be dead; the server
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from decimal import Decimal
 from functools import partial
@@ -110,6 +117,8 @@ _NULL = "\\N"
 """NULL in a text ``COPY`` line."""
 _COPY_CHUNK_ROWS = 128
 """BBO lines formatted per step of the event loop (~0.15 ms on the dev box)."""
+PAGE_ROWS = 2_000
+"""Rows per page of a read (the cursor's prefetch)."""
 # Key of the advisory lock held while migrating, so two servers starting on one new
 # database cannot both run migration 1 (hashed with the schema name).
 _MIGRATION_LOCK = "marketcast.schema."
@@ -161,11 +170,51 @@ class PostgresBackend:
         self._select_one = (
             f"SELECT {_POSITION_COLUMNS} FROM {s}.positions WHERE account = $1 AND id = $2"
         )
+        bbo_columns = "ts_event, ts_recv, venue, symbol, seq, bid_px, bid_qty, ask_px, ask_qty"
+        self._history = (
+            f"SELECT {bbo_columns} FROM {s}.bbo WHERE venue = $1 AND symbol = $2"
+            " AND ts_recv >= $3 AND ts_recv < $4 ORDER BY ts_recv, seq LIMIT $5"
+        )
+        self._old_bbo = (
+            f"SELECT {bbo_columns} FROM {s}.bbo WHERE ts_recv < $1"
+            " ORDER BY venue, symbol, ts_recv, seq"
+        )
+        # Every (venue, symbol) of bbo in O(pairs * log rows): one index probe per pair.
+        self._instruments = (
+            "WITH RECURSIVE pairs AS ("
+            f" (SELECT venue, symbol FROM {s}.bbo ORDER BY venue, symbol LIMIT 1)"
+            " UNION ALL SELECT next.venue, next.symbol FROM pairs, LATERAL"
+            f" (SELECT venue, symbol FROM {s}.bbo WHERE (venue, symbol) > (pairs.venue,"
+            " pairs.symbol) ORDER BY venue, symbol LIMIT 1) AS next)"
+            " SELECT venue, symbol FROM pairs"
+        )
+        self._prune_bbo = (
+            f"DELETE FROM {s}.bbo WHERE ctid = ANY(ARRAY(SELECT ctid FROM {s}.bbo"
+            " WHERE venue = $1 AND symbol = $2 AND ts_recv < $3 LIMIT $4))"
+        )
+        self._prune_feed_events = (
+            f"DELETE FROM {s}.feed_events WHERE ctid = ANY(ARRAY(SELECT ctid FROM"
+            f" {s}.feed_events WHERE ts < $1 LIMIT $2))"
+        )
+        self._delete_bbo = (
+            f"DELETE FROM {s}.bbo WHERE venue = $1 AND symbol = $2 AND ts_recv BETWEEN $3 AND $4"
+        )
+        self._closed_positions = (
+            f"SELECT {_POSITION_COLUMNS} FROM {s}.positions WHERE closed_ts < $1"
+            " AND (closed_ts, account, id) > ($2, $3, $4) ORDER BY closed_ts, account, id"
+            " LIMIT $5"
+        )
+        self._delete_position = (
+            f"DELETE FROM {s}.positions WHERE account = $1 AND id = $2 AND closed_ts IS NOT NULL"
+        )
+        # Instruments the current pruning pass has not finished yet.
+        self._prune_pass: deque[tuple[str, str]] = deque()
         self._open = False
         # Lookups get a connection of their own, so a burst of them never queues in
         # front of a batch write (whose commit the position acks wait for) or behind it.
         self._writer = _Link(partial(self._connect_one, synchronous_commit="off"), self._timeout)
         self._reader = _Link(self._connect_one, self._timeout)
+        self._maintenance = _Link(self._connect_one, self._timeout)
         # Text COPY escapes of the few distinct venue/symbol strings (see _escape).
         self._escaped: dict[str, str] = {}
 
@@ -206,12 +255,115 @@ class PostgresBackend:
         )
         return None if record is None else _position(record)
 
+    async def bbo_history(
+        self,
+        venue: str,
+        symbol: str,
+        *,
+        start_ns: int,
+        end_ns: int,
+        limit: int | None,
+        page_rows: int = PAGE_ROWS,
+    ) -> AsyncIterator[list[BboRow]]:
+        """See ``BboHistoryReader``: a cursor on the (venue, symbol, ts_recv) index."""
+        query = (self._history, venue, symbol, start_ns, end_ns, limit)
+        async for page in self._cursor_pages(query, page_rows):
+            yield page
+
+    async def bbo_before(
+        self, before_ns: int, *, page_rows: int = PAGE_ROWS
+    ) -> AsyncIterator[list[BboRow]]:
+        async for page in self._cursor_pages((self._old_bbo, before_ns), page_rows):
+            yield page
+
+    async def prune(self, before_ns: int, max_rows: int) -> int:
+        """See ``PrunableBackend``: BBO rows one instrument after another (an index range
+        each), feed events oldest first; the larger of the two counts deleted."""
+        return int(
+            await self._run(self._maintenance, lambda conn: self._prune(conn, before_ns, max_rows))
+        )
+
+    async def delete_bbo(self, venue: str, symbol: str, first_ns: int, last_ns: int) -> int:
+        status = await self._run(
+            self._maintenance,
+            lambda conn: conn.execute(self._delete_bbo, venue, symbol, first_ns, last_ns),
+        )
+        return _deleted(status)
+
+    async def closed_positions_before(
+        self, before_ns: int, *, page_rows: int = PAGE_ROWS
+    ) -> AsyncIterator[list[PositionRow]]:
+        after: tuple[int, str, str] = (-1, "", "")
+        while True:
+            query = (self._closed_positions, before_ns, *after, page_rows)
+            records = await self._run(self._maintenance, partial(_fetch, query))
+            page = [_position(record) for record in records]
+            if page:
+                yield page
+                last = page[-1]
+                after = (last.closed_ts or 0, last.account, last.id)
+            if len(page) < page_rows:
+                return
+
+    async def delete_positions(self, keys: Sequence[tuple[str, str]]) -> int:
+        async def delete(conn: Any) -> int:
+            async with conn.transaction():
+                deleted = 0
+                for account, position_id in keys:
+                    deleted += _deleted(
+                        await conn.execute(self._delete_position, account, position_id)
+                    )
+                return deleted
+
+        return int(await self._run(self._maintenance, delete))
+
     async def close(self) -> None:
         """Wait for the operations in progress, then close the connections."""
         if not self._open:
             return
         self._open = False
-        await asyncio.gather(self._writer.close(), self._reader.close())
+        await asyncio.gather(self._writer.close(), self._reader.close(), self._maintenance.close())
+
+    async def _cursor_pages(
+        self, query: tuple[Any, ...], page_rows: int
+    ) -> AsyncIterator[list[BboRow]]:
+        """The rows of ``query`` (SQL, then its arguments) through a cursor on a connection
+        of its own, ``page_rows`` at a time."""
+        if not self._open:
+            raise BackendClosedError(f"postgres schema {self._schema!r} is not open")
+        async with asyncio.timeout(self._timeout):
+            conn = await self._connect_one()
+        try:
+            async with conn.transaction(readonly=True, isolation="repeatable_read"):
+                page: list[BboRow] = []
+                async for record in conn.cursor(*query, prefetch=page_rows):
+                    page.append(_bbo(record))
+                    if len(page) == page_rows:
+                        yield page
+                        page = []
+                if page:
+                    yield page
+        finally:
+            conn.terminate()  # nothing to finish: a read-only transaction
+
+    async def _prune(self, conn: Any, before_ns: int, max_rows: int) -> int:
+        if not self._prune_pass:
+            self._prune_pass.extend(
+                (r["venue"], r["symbol"]) for r in await conn.fetch(self._instruments)
+            )
+        async with conn.transaction():
+            bbo = 0
+            while self._prune_pass and bbo < max_rows:
+                venue, symbol = self._prune_pass[0]
+                wanted = max_rows - bbo
+                deleted = _deleted(
+                    await conn.execute(self._prune_bbo, venue, symbol, before_ns, wanted)
+                )
+                if deleted < wanted:
+                    self._prune_pass.popleft()  # this instrument is done for this pass
+                bbo += deleted
+            feed_events = _deleted(await conn.execute(self._prune_feed_events, before_ns, max_rows))
+        return max(bbo, feed_events)
 
     async def _run(self, link: _Link, operation: Callable[[Any], Awaitable[Any]]) -> Any:
         if not self._open:
@@ -375,6 +527,33 @@ def _position_params(row: PositionRow) -> tuple[object, ...]:
 
 def _feed_event_record(row: FeedEventRow) -> tuple[object, ...]:
     return (row.ts, row.venue, row.instrument, row.kind.value, row.detail)
+
+
+async def _fetch(query: tuple[Any, ...], conn: Any) -> Any:
+    return await conn.fetch(*query)
+
+
+def _deleted(status: str) -> int:
+    """The row count of a ``DELETE n`` command status."""
+    return int(status.rpartition(" ")[2])
+
+
+def _amount(value: Decimal | None) -> int | None:
+    return None if value is None else from_decimal(value)
+
+
+def _bbo(record: Any) -> BboRow:
+    return BboRow(
+        ts_event=record["ts_event"],
+        ts_recv=record["ts_recv"],
+        venue=record["venue"],
+        symbol=record["symbol"],
+        seq=record["seq"],
+        bid_px=_amount(record["bid_px"]),
+        bid_qty=_amount(record["bid_qty"]),
+        ask_px=_amount(record["ask_px"]),
+        ask_qty=_amount(record["ask_qty"]),
+    )
 
 
 def _position(record: Any) -> PositionRow:

@@ -21,6 +21,13 @@ runs ``TRUNCATE`` without waiting (busy timeout 0: it gives up at once if a read
 the writer is in the way, and the next commit tries again), and SQLite itself cuts the
 file back to ``journal_size_limit`` whenever it restarts the WAL. ``wal_bytes()`` is the
 file's size now (exported as ``marketcast_db_wal_bytes``).
+
+Reads of market data (``bbo_history``, and what ``marketcast archive`` reads) run in a
+third thread with a read-only connection of its own, one page per statement: in WAL
+mode a reader never blocks the writer, and each statement is its own short read
+transaction, so a long history read never holds back a checkpoint either. Pruning
+(``prune``) and the archive's deletes are writes: they run in the writer thread between
+batches, each one short transaction.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from enum import StrEnum
@@ -136,6 +143,36 @@ _SELECT_OPEN_POSITIONS = (
     "SELECT id, account, instrument, side, qty, entry_px, opened_ts, closed_ts FROM positions"
     " WHERE closed_ts IS NULL ORDER BY opened_ts, account, id"
 )
+_POSITION_COLUMNS = "id, account, instrument, side, qty, entry_px, opened_ts, closed_ts"
+_HISTORY_PAGE = (
+    "SELECT ts_event, ts_recv, seq, bid_px, bid_qty, ask_px, ask_qty, rowid FROM bbo"
+    " WHERE venue = ? AND symbol = ? AND (ts_recv, rowid) > (?, ?) AND ts_recv < ?"
+    " ORDER BY ts_recv, rowid LIMIT ?"
+)
+_OLD_BBO_PAGE = (
+    "SELECT venue, symbol, ts_event, ts_recv, seq, bid_px, bid_qty, ask_px, ask_qty, rowid"
+    " FROM bbo WHERE (venue, symbol, ts_recv, rowid) > (?, ?, ?, ?) AND ts_recv < ?"
+    " ORDER BY venue, symbol, ts_recv, rowid LIMIT ?"
+)
+_CLOSED_POSITIONS_PAGE = (
+    f"SELECT {_POSITION_COLUMNS} FROM positions"
+    " WHERE closed_ts < ? AND (closed_ts, account, id) > (?, ?, ?)"
+    " ORDER BY closed_ts, account, id LIMIT ?"
+)
+# Pruning looks at the oldest rows by storage order only (rowid: O(max_rows), no index
+# on ts_recv to maintain on every write); rows are stored about in ts_recv order.
+_PRUNE_BBO = (
+    "DELETE FROM bbo WHERE rowid IN (SELECT rowid FROM bbo ORDER BY rowid LIMIT ?) AND ts_recv < ?"
+)
+_PRUNE_FEED_EVENTS = (
+    "DELETE FROM feed_events WHERE rowid IN"
+    " (SELECT rowid FROM feed_events ORDER BY rowid LIMIT ?) AND ts < ?"
+)
+_DELETE_BBO = "DELETE FROM bbo WHERE venue = ? AND symbol = ? AND ts_recv BETWEEN ? AND ?"
+_DELETE_POSITION = "DELETE FROM positions WHERE account = ? AND id = ? AND closed_ts IS NOT NULL"
+PAGE_ROWS = 2_000
+"""Rows per read statement: ~2-4 ms of the reader thread, ~0.5 MB of rows in memory."""
+
 _SELECT_POSITION = (
     "SELECT id, account, instrument, side, qty, entry_px, opened_ts, closed_ts FROM positions"
     " WHERE account = ? AND id = ?"
@@ -173,6 +210,9 @@ class SqliteBackend:
         self._journal_size_limit = journal_size_limit
         self._executor: ThreadPoolExecutor | None = None
         self._checkpointer: ThreadPoolExecutor | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        # Only ever touched in the reader thread.
+        self._reader_conn: sqlite3.Connection | None = None
         # Only ever touched in the writer thread.
         self._conn: sqlite3.Connection | None = None
         self._checkpoint: Future[None] | None = None
@@ -197,6 +237,7 @@ class SqliteBackend:
         self._checkpointer = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="sqlite-checkpoint"
         )
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
         try:
             await self._call(self._open_sync)
         except BaseException:
@@ -212,12 +253,80 @@ class SqliteBackend:
     async def find_position(self, account: str, position_id: str) -> PositionRow | None:
         return await self._call(partial(self._find_position_sync, account, position_id))
 
+    async def bbo_history(
+        self,
+        venue: str,
+        symbol: str,
+        *,
+        start_ns: int,
+        end_ns: int,
+        limit: int | None,
+        page_rows: int = PAGE_ROWS,
+    ) -> AsyncIterator[list[BboRow]]:
+        """See ``BboHistoryReader``: keyset pages on the (venue, symbol, ts_recv) index,
+        O(page) per statement, in the reader thread."""
+        after = (start_ns, 0)  # (ts_recv, rowid); rowids start at 1
+        left = limit
+        while left is None or left > 0:
+            size = page_rows if left is None else min(page_rows, left)
+            job = partial(self._history_page_sync, venue, symbol, after, end_ns, size)
+            page, after = await self._read(job)
+            if page:
+                yield page
+            if len(page) < size:
+                return
+            if left is not None:
+                left -= len(page)
+
+    async def prune(self, before_ns: int, max_rows: int) -> int:
+        """See ``PrunableBackend``; the larger of the two counts deleted."""
+        return await self._call(partial(self._prune_sync, before_ns, max_rows))
+
+    async def bbo_before(
+        self, before_ns: int, *, page_rows: int = PAGE_ROWS
+    ) -> AsyncIterator[list[BboRow]]:
+        after: tuple[str, str, int, int] = ("", "", 0, 0)
+        while True:
+            page, after = await self._read(
+                partial(self._old_bbo_page_sync, after, before_ns, page_rows)
+            )
+            if page:
+                yield page
+            if len(page) < page_rows:
+                return
+
+    async def delete_bbo(self, venue: str, symbol: str, first_ns: int, last_ns: int) -> int:
+        return await self._call(partial(self._delete_bbo_sync, venue, symbol, first_ns, last_ns))
+
+    async def closed_positions_before(
+        self, before_ns: int, *, page_rows: int = PAGE_ROWS
+    ) -> AsyncIterator[list[PositionRow]]:
+        after: tuple[int, str, str] = (-1, "", "")
+        while True:
+            page = await self._read(
+                partial(self._closed_positions_page_sync, after, before_ns, page_rows)
+            )
+            if page:
+                yield page
+                last = page[-1]
+                after = (last.closed_ts or 0, last.account, last.id)
+            if len(page) < page_rows:
+                return
+
+    async def delete_positions(self, keys: Sequence[tuple[str, str]]) -> int:
+        return await self._call(partial(self._delete_positions_sync, list(keys)))
+
     async def close(self) -> None:
         executor, self._executor = self._executor, None
         checkpointer, self._checkpointer = self._checkpointer, None
-        if executor is None or checkpointer is None:
+        reader, self._reader = self._reader, None
+        if executor is None or checkpointer is None or reader is None:
             return
         loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(reader, self._close_reader_sync)
+        finally:
+            reader.shutdown(wait=False)
         try:
             await loop.run_in_executor(executor, self._close_sync)
         finally:
@@ -234,6 +343,58 @@ class SqliteBackend:
         if self._executor is None:
             raise BackendClosedError(f"{self._path} is not open")
         return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    async def _read(self, job: Callable[[], _T]) -> _T:
+        if self._reader is None:
+            raise BackendClosedError(f"{self._path} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._reader, job)
+
+    # The reader thread.
+
+    def _reading(self) -> sqlite3.Connection:
+        conn = self._reader_conn
+        if conn is None:
+            conn = sqlite3.connect(
+                self._path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
+            )
+            conn.execute("PRAGMA query_only = ON")
+            self._reader_conn = conn
+        return conn
+
+    def _history_page_sync(
+        self, venue: str, symbol: str, after: tuple[int, int], end_ns: int, size: int
+    ) -> tuple[list[BboRow], tuple[int, int]]:
+        query = (venue, symbol, *after, end_ns, size)
+        rows = self._reading().execute(_HISTORY_PAGE, query).fetchall()
+        page = [
+            BboRow(ts_event, ts_recv, venue, symbol, seq, *_amounts(amounts))
+            for ts_event, ts_recv, seq, *amounts, _ in rows
+        ]
+        return page, (rows[-1][1], rows[-1][-1]) if rows else after
+
+    def _old_bbo_page_sync(
+        self, after: tuple[str, str, int, int], before_ns: int, size: int
+    ) -> tuple[list[BboRow], tuple[str, str, int, int]]:
+        rows = self._reading().execute(_OLD_BBO_PAGE, (*after, before_ns, size)).fetchall()
+        page = [
+            BboRow(ts_event, ts_recv, venue, symbol, seq, *_amounts(amounts))
+            for venue, symbol, ts_event, ts_recv, seq, *amounts, _ in rows
+        ]
+        if not rows:
+            return page, after
+        venue, symbol, _, ts_recv, *_, rowid = rows[-1]
+        return page, (venue, symbol, ts_recv, rowid)
+
+    def _closed_positions_page_sync(
+        self, after: tuple[int, str, str], before_ns: int, size: int
+    ) -> list[PositionRow]:
+        rows = self._reading().execute(_CLOSED_POSITIONS_PAGE, (before_ns, *after, size))
+        return [_position(row) for row in rows.fetchall()]
+
+    def _close_reader_sync(self) -> None:
+        if self._reader_conn is not None:
+            self._reader_conn.close()
+            self._reader_conn = None
 
     # Everything below runs in the writer thread.
 
@@ -301,6 +462,28 @@ class SqliteBackend:
     def _find_position_sync(self, account: str, position_id: str) -> PositionRow | None:
         row = self._connection().execute(_SELECT_POSITION, (account, position_id)).fetchone()
         return None if row is None else _position(row)
+
+    def _prune_sync(self, before_ns: int, max_rows: int) -> int:
+        conn = self._connection()
+        with _transaction(conn):
+            bbo = conn.execute(_PRUNE_BBO, (max_rows, before_ns)).rowcount
+            feed_events = conn.execute(_PRUNE_FEED_EVENTS, (max_rows, before_ns)).rowcount
+        self._request_checkpoint()
+        return max(bbo, feed_events)
+
+    def _delete_bbo_sync(self, venue: str, symbol: str, first_ns: int, last_ns: int) -> int:
+        conn = self._connection()
+        with _transaction(conn):
+            deleted: int = conn.execute(_DELETE_BBO, (venue, symbol, first_ns, last_ns)).rowcount
+        self._request_checkpoint()
+        return deleted
+
+    def _delete_positions_sync(self, keys: list[tuple[str, str]]) -> int:
+        conn = self._connection()
+        with _transaction(conn):
+            deleted: int = conn.executemany(_DELETE_POSITION, keys).rowcount
+        self._request_checkpoint()
+        return deleted
 
     def _close_sync(self) -> None:
         if self._conn is not None:
@@ -371,6 +554,10 @@ def _insert_bbo_rows(conn: sqlite3.Connection, rows: list[BboRow]) -> None:
     )
     if rest := len(rows) - full * _BBO_ROWS_PER_INSERT:
         conn.execute(_insert_bbo(rest), params[full * width :])
+
+
+def _amounts(texts: list[str | None]) -> tuple[int | None, ...]:
+    return tuple(None if text is None else parse_fixed(text) for text in texts)
 
 
 def _position(row: tuple[Any, ...]) -> PositionRow:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, closing, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,15 @@ async def running(flusher: StorageFlusher) -> AsyncIterator[asyncio.Task[None]]:
         task.cancel()
         with suppress(asyncio.CancelledError):
             await task
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """How to open a backend on one database again, and read its tables back raw."""
+
+    kind: str
+    schema: str
+    """The PostgreSQL schema; empty for SQLite."""
+    make: Callable[[], StorageBackend]
+    read: Callable[[str], Awaitable[list[tuple[Any, ...]]]]
+    """``SELECT`` on the database through a connection of its own."""

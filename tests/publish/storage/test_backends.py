@@ -4,10 +4,7 @@ temporary file and the machine's PostgreSQL in a fresh schema per test."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,18 +17,16 @@ from publish.storage import (
     FeedEventRow,
     PositionRow,
     PositionSide,
-    SqliteBackend,
     StorageBackend,
     StorageFlusher,
 )
-from publish.storage.postgres import PostgresBackend
-from tests.postgres import PG_DSN, fresh_schema, pg_query
+from tests.postgres import pg_query
 from tests.publish.storage.support import (
     RecordingBackend,
+    Store,
     bbo,
     feed_event,
     position,
-    query,
     running,
 )
 
@@ -40,51 +35,11 @@ pytestmark = pytest.mark.timeout(30)
 LARGE = "123456789012345678901234567890.123456789012"
 
 
-@dataclass(frozen=True, slots=True)
-class Store:
-    """How to open a backend on one database again, and read its tables back raw."""
-
-    kind: str
-    schema: str
-    """The PostgreSQL schema; empty for SQLite."""
-    make: Callable[[], StorageBackend]
-    read: Callable[[str], Awaitable[list[tuple[Any, ...]]]]
-    """``SELECT`` on the database through a connection of its own."""
-
-
 def _parse(value: Any) -> int | None:
     """A stored price or quantity (SQLite: decimal text, PostgreSQL: ``Decimal``) -> fixed."""
     if value is None:
         return None
     return from_decimal(value) if isinstance(value, Decimal) else parse_fixed(value)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        path = tmp_path / "marketcast.db"
-
-        async def read_sqlite(sql: str) -> list[tuple[Any, ...]]:
-            return [tuple(row) for row in query(path, sql.replace("{s}.", ""))]
-
-        yield Store("sqlite", "", lambda: SqliteBackend(path), read_sqlite)
-        return
-    async with fresh_schema() as schema:
-
-        async def read_postgres(sql: str) -> list[tuple[Any, ...]]:
-            return await pg_query(sql.replace("{s}", f'"{schema}"'))
-
-        yield Store(
-            "postgres", schema, lambda: PostgresBackend(PG_DSN, schema=schema), read_postgres
-        )
-
-
-@pytest.fixture
-async def backend(store: Store) -> AsyncIterator[StorageBackend]:
-    backend = store.make()
-    await backend.open()
-    yield backend
-    await backend.close()
 
 
 async def stored_bbo(store: Store) -> list[BboRow]:
