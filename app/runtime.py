@@ -45,6 +45,8 @@ from publish.storage import (
     StorageHealth,
     bbo_row_from_snapshot,
 )
+from publish.storage.backend import PrunableBackend
+from publish.storage.retention import Retention
 from publish.storage.rows import feed_event_row
 
 log = logging.getLogger(__name__)
@@ -153,6 +155,11 @@ async def serve(
             metrics.add_feeds(runners)
             async with asyncio.TaskGroup() as group:
                 group.create_task(flusher.run(), name="storage-flusher")
+                if settings.storage.retain_bbo_hours > 0 and isinstance(backend, PrunableBackend):
+                    retention = Retention(
+                        flusher, backend, retain_hours=settings.storage.retain_bbo_hours
+                    )
+                    group.create_task(retention.run(), name="storage-retention")
                 group.create_task(metrics.run(), name="metrics")
                 for runner in runners:
                     group.create_task(runner.run(), name=f"feed:{runner.venue}")

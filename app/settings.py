@@ -58,6 +58,9 @@ class StorageSettings:
     """The PostgreSQL schema holding the tables (created with them when missing)."""
     timeout_ms: float = 5_000.0
     """A PostgreSQL operation taking longer fails (the flusher retries it)."""
+    retain_bbo_hours: float = 168.0
+    """BBO rows and feed events older than this are deleted, in small steps between
+    flushes (fractions allowed; 0 keeps everything). Positions are always kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +385,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[storage].schema must not be empty")
     if storage.timeout_ms <= 0:
         raise ConfigError("[storage].timeout_ms must be positive")
+    if storage.retain_bbo_hours < 0:
+        raise ConfigError("[storage].retain_bbo_hours must be 0 (keep everything) or more")
     if settings.positions.ack_timeout_ms <= 0:
         raise ConfigError("[positions].ack_timeout_ms must be positive")
     if settings.positions.max_per_account < 1:

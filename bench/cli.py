@@ -65,6 +65,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="PostgreSQL to write to (default: %(default)s, or $MARKETCAST_BENCH_PG_DSN)",
     )
     group.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    group.add_argument(
+        "--prune-rows",
+        type=int,
+        default=0,
+        help="old BBO rows to prune during each step (flush times with retention running)",
+    )
     group = parser.add_argument_group("connections")
     group.add_argument("--connections", type=int, help="idle connections to hold (10000)")
     return parser
@@ -115,6 +121,7 @@ def _storage(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
         rates=args.rows or base.rates,
         seconds=args.seconds or base.seconds,
         pg_dsn=None if args.no_postgres else args.pg_dsn,
+        prune_rows=args.prune_rows,
     )
     return storage.run(options, progress)
 

@@ -35,7 +35,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hdrh.histogram import HdrHistogram
@@ -52,8 +52,9 @@ from bench.report import (
     ratio,
 )
 from book.fixed import format_fixed, parse_fixed
-from publish.storage.backend import StorageBackend
+from publish.storage.backend import Batch, PrunableBackend, StorageBackend
 from publish.storage.flusher import StorageFlusher
+from publish.storage.retention import HOUR_NS, Retention
 from publish.storage.rows import BboRow
 from publish.storage.sqlite import SqliteBackend
 
@@ -79,6 +80,10 @@ class StorageOptions:
     """``None``: SQLite only."""
     pg_formats: bool = True
     """Also compare text/binary COPY into NUMERIC/BIGINT columns (``bench.pgformats``)."""
+    prune_rows: int = 0
+    """When positive: before each step, store this many BBO rows older than the retention,
+    and prune them during the step (``Retention`` beside the flusher, as the server runs
+    it), so the step's flush times are those with pruning running."""
 
     @classmethod
     def quick(cls) -> StorageOptions:
@@ -177,6 +182,8 @@ class Step:
     flush: HdrHistogram
     batch_rows: HdrHistogram
     lag: HdrHistogram
+    pruned: float | None = None
+    """Old rows pruned per second during the step (``None``: pruning off)."""
 
     @property
     def sustained(self) -> bool:
@@ -252,20 +259,30 @@ async def flusher_step(
             batch_rows.record_value(max(1, count))
 
     flusher = StorageFlusher(backend, window_ms=options.window_ms, on_flush=on_flush)
+    retention = None
+    if options.prune_rows > 0:
+        await store_old_rows(backend, maker, options.prune_rows)
+        assert isinstance(backend, PrunableBackend), f"{backend.name} cannot prune"
+        retention = Retention(flusher, backend, retain_hours=RETAIN_HOURS)
     probe = LagProbe()
     async with asyncio.TaskGroup() as tasks:
         flushing = tasks.create_task(flusher.run())
         probe_task = tasks.create_task(probe.run())
         generator = tasks.create_task(offer_rows(flusher.add_bbo, maker, rate))
+        pruning = tasks.create_task(retention.run()) if retention is not None else None
         await asyncio.sleep(options.warmup)
         before = flusher.stats()
+        pruned_before = retention.deleted if retention is not None else 0
         measuring = True
         seconds = await _window(options.seconds, 0.0, probe)
         measuring = False
         after = flusher.stats()
+        pruned = retention.deleted - pruned_before if retention is not None else None
         generator.cancel()
         probe_task.cancel()
         flushing.cancel()
+        if pruning is not None:
+            pruning.cancel()
     await flusher.drain()
     return Step(
         offered=rate,
@@ -276,7 +293,23 @@ async def flusher_step(
         flush=flush,
         batch_rows=batch_rows,
         lag=probe.histogram,
+        pruned=None if pruned is None else pruned / seconds,
     )
+
+
+RETAIN_HOURS = 1.0
+"""The retention of ``--prune-rows`` steps; the old rows are twice as old."""
+
+
+async def store_old_rows(backend: StorageBackend, maker: RowMaker, count: int) -> None:
+    """``count`` BBO rows received ``2 * RETAIN_HOURS`` ago, for a step to prune."""
+    shift = 2 * int(RETAIN_HOURS * HOUR_NS)
+    for start in range(0, count, 10_000):
+        rows = maker.rows(min(10_000, count - start))
+        old = [
+            replace(row, ts_event=row.ts_event - shift, ts_recv=row.ts_recv - shift) for row in rows
+        ]
+        await backend.write_batch(Batch(bbo=old))
 
 
 def _quote_texts(quotes: list[Quote]) -> list[tuple[str, str, str, str]]:
@@ -502,6 +535,13 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
         ),
         notes=notes,
     )
+    if options.prune_rows > 0:
+        result.how += (
+            f" Pruning on: before each step {options.prune_rows:,} BBO rows older than the "
+            f"retention ({RETAIN_HOURS:g} h) are stored, and Retention deletes them during the "
+            "step in steps of 500 rows between flushes, as the server does; flush times are "
+            "those with pruning running."
+        )
     rows: list[tuple[str, ...]] = []
     floors: list[tuple[str, ...]] = []
     for backend in runs:
@@ -518,6 +558,7 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
                     _summary(step.lag),
                     _summary(backend.baseline_lag),
                     "yes" if step.sustained else "no",
+                    "-" if step.pruned is None else number(step.pruned),
                 )
             )
         best = backend.best
@@ -545,6 +586,8 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
             lag_p99 = first.lag.get_value_at_percentile(99) / 1e6
             result.figures[f"{backend.name}_flush_p99_ms"] = flush_p99
             result.figures[f"{backend.name}_lag_p99_ms"] = lag_p99
+            if first.pruned is not None:
+                result.figures[f"{backend.name}_pruned_rows_per_s"] = first.pruned
             result.targets += [
                 Target(
                     f"{backend.name}: rows/s sustained (committed {number(first.written)}/s)",
@@ -581,6 +624,7 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
                 "loop lag ms",
                 "baseline lag ms",
                 "sustained",
+                "pruned rows/s",
             ),
             rows,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from publish.storage.rows import BboRow, FeedEventRow, PositionRow
 
@@ -69,6 +69,7 @@ class StorageBackend(Protocol):
         ...
 
 
+@runtime_checkable
 class BboHistoryReader(Protocol):
     """A backend that serves stored BBO changes back (``GET /v1/history/bbo/...``)."""
 
@@ -82,6 +83,7 @@ class BboHistoryReader(Protocol):
         ...
 
 
+@runtime_checkable
 class PrunableBackend(Protocol):
     """A backend that deletes old market data in small steps (``[storage].retain_bbo_hours``)."""
 

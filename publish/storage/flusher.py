@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
@@ -40,6 +40,7 @@ from publish.storage.rows import BboRow, FeedEventRow, PositionRow
 logger = logging.getLogger(__name__)
 
 _Row = TypeVar("_Row", BboRow, FeedEventRow)
+_T = TypeVar("_T")
 
 
 class StorageHealth(StrEnum):
@@ -189,6 +190,25 @@ class StorageFlusher:
         """
         while self._inflight is not None or self._buffered_rows():
             await self._flush_retrying()
+
+    async def between_flushes(self, job: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``job`` (maintenance on the same database: pruning) where it delays no
+        write: never beside one, and only while the next window is at least half a window
+        away (or no row is waiting), holding the write lock until it is done. So a short
+        ``job`` never pushes a flush past its window; under back-to-back batches it waits
+        for a gap."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._has_room(loop.time()):
+                async with self._lock:
+                    if self._inflight is None and self._has_room(loop.time()):
+                        return await job()
+            await asyncio.sleep(self._window / 4)
+
+    def _has_room(self, now: float) -> bool:
+        if not self._rows_waiting.is_set():
+            return True
+        return self._window_opened + self._window - now >= self._window / 2
 
     async def _flush_retrying(self) -> None:
         delay = self._retry_initial

@@ -468,7 +468,8 @@ class SqliteBackend:
         with _transaction(conn):
             bbo = conn.execute(_PRUNE_BBO, (max_rows, before_ns)).rowcount
             feed_events = conn.execute(_PRUNE_FEED_EVENTS, (max_rows, before_ns)).rowcount
-        self._request_checkpoint()
+        if bbo or feed_events:
+            self._request_checkpoint()
         return max(bbo, feed_events)
 
     def _delete_bbo_sync(self, venue: str, symbol: str, first_ns: int, last_ns: int) -> int:

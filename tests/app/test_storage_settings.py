@@ -44,6 +44,10 @@ def test_postgres_is_selected_with_its_dsn_schema_and_timeout() -> None:
 def test_sqlite_stays_the_default(tmp_path: Path) -> None:
     settings = settings_from_dict({"storage": {"path": str(tmp_path / "x.db")}})
     assert settings.storage.backend == "sqlite"
+    assert settings.storage.retain_bbo_hours == 168
+    assert (
+        settings_from_dict({"storage": {"retain_bbo_hours": 0.5}}).storage.retain_bbo_hours == 0.5
+    )
     assert isinstance(storage_backend(settings.storage), SqliteBackend)
 
 
@@ -55,6 +59,7 @@ def test_sqlite_stays_the_default(tmp_path: Path) -> None:
         ({"storage": {"schema": ""}}, "[storage].schema must not be empty"),
         ({"storage": {"timeout_ms": 0}}, "[storage].timeout_ms must be positive"),
         ({"storage": {"dsn": 5}}, "[storage].dsn must be str"),
+        ({"storage": {"retain_bbo_hours": -1}}, "[storage].retain_bbo_hours must be 0"),
         ({"positions": {"ack_timeout_ms": 0}}, "[positions].ack_timeout_ms must be positive"),
         ({"positions": {"max_per_account": 0}}, "[positions].max_per_account must be at least"),
         (

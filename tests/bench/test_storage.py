@@ -35,3 +35,18 @@ def test_storage_measures_both_backends_and_their_floors() -> None:
         ("binary COPY, BIGINT", "10"),
     ]
     assert all(row[2] != "0" and row[5] != "-" for row in formats.rows)
+
+
+def test_storage_with_pruning_reports_rows_pruned_beside_flush_times() -> None:
+    options = StorageOptions(
+        rates=(2000,), seconds=0.4, warmup=0.1, pg_dsn=PG_DSN, pg_formats=False, prune_rows=100_000
+    )
+    result = run(options, Progress())
+
+    steps = result.tables[0]
+    assert [(row[0], row[1]) for row in steps.rows] == [("sqlite", "2,000"), ("postgres", "2,000")]
+    assert steps.columns[-1] == "pruned rows/s"
+    assert all(row[-1] not in ("-", "0") for row in steps.rows)
+    assert result.figures["sqlite_pruned_rows_per_s"] > 0
+    assert result.figures["postgres_pruned_rows_per_s"] > 0
+    assert "Pruning on" in result.how
