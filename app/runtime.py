@@ -31,6 +31,7 @@ from feeds.simulator.venue import LoopbackVenue
 from feeds.venue import VenueAdapter
 from publish.catalog import RegistryCatalog
 from publish.fanout import Fanout
+from publish.history import HistoryRoute
 from publish.metrics import LatencyRecorder, Metrics
 from publish.metrics.pages import MetricsPages
 from publish.metrics.prometheus import ExtraGauge
@@ -45,7 +46,7 @@ from publish.storage import (
     StorageHealth,
     bbo_row_from_snapshot,
 )
-from publish.storage.backend import PrunableBackend
+from publish.storage.backend import BboHistoryReader, PrunableBackend
 from publish.storage.retention import Retention
 from publish.storage.rows import feed_event_row
 
@@ -151,6 +152,8 @@ async def serve(
                 )
             )
             MetricsPages(metrics, gauges=storage_gauges(backend)).install(server.routes)
+            if isinstance(backend, BboHistoryReader):
+                HistoryRoute(registry, backend, clock=fanout.clock).install(server.routes)
             server.routes.add_health_check("storage", partial(storage_health, backend, flusher))
             metrics.add_feeds(runners)
             async with asyncio.TaskGroup() as group:

@@ -5,10 +5,14 @@
                                   added check's details (``add_health_check``: storage)
 ``/v1/bbo/<instrument>``          the instrument's ``bbo`` message (the same object as on /ws)
 ``/v1/book/<instrument>?depth=N`` its ``book`` message, top N levels per side (default 10)
+``/v1/history/bbo/<instrument>``  stored BBO changes as NDJSON (``publish.history``, added
+                                  by the runtime: it needs storage)
 
 Routes live in a table: ``HttpRoutes.add(path, handler)`` for an exact path,
 ``add(prefix, handler, prefix=True)`` for a path family (the handler gets the rest of the
-path in ``HttpRequest.tail``). GET and HEAD are served (HEAD: the same headers, no body);
+path in ``HttpRequest.tail``). A handler returns a whole ``Response``, or a
+``StreamedResponse`` whose body the server writes as it is produced
+(``write_streamed``). GET and HEAD are served (HEAD: the same headers, no body);
 any other method is 405 with ``Allow: GET, HEAD``. Errors are JSON
 ``{"type":"error","code":...,"message":...}`` with the stable codes of
 ``publish.protocol.ErrorCode``: 404 ``not_found`` / ``unknown_instrument``, 400
@@ -27,9 +31,10 @@ takes ``?token=``, since a browser cannot set that header when opening a page.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from http import HTTPStatus
@@ -47,6 +52,8 @@ from publish.auth import AuthPolicy, Claims
 from publish.client import DEFAULT_BOOK_DEPTH
 from publish.exceptions import TokenError
 from publish.protocol import ErrorCode, encode_bbo, encode_book, encode_error
+
+log = logging.getLogger(__name__)
 
 BBO_PREFIX = "/v1/bbo/"
 BOOK_PREFIX = "/v1/book/"
@@ -74,7 +81,80 @@ class HttpRequest:
     method: str = "GET"
 
 
-Handler = Callable[[HttpRequest], Response]
+@dataclass(frozen=True, slots=True)
+class StreamedResponse:
+    """A response written as its body is produced: the head, then each chunk of ``body``
+    as one HTTP/1.1 chunk (``Transfer-Encoding: chunked``), then the last chunk. A body
+    that fails part way is cut short without the last chunk, so the client can tell."""
+
+    status: HTTPStatus
+    content_type: str
+    body: AsyncGenerator[bytes, None]
+
+    def headers(self) -> Headers:
+        return Headers(
+            [
+                ("Content-Type", self.content_type),
+                ("Transfer-Encoding", "chunked"),
+                ("Cache-Control", "no-store"),
+                ("Connection", "close"),
+            ]
+        )
+
+    def head(self) -> bytes:
+        """The status line and headers, as written before the body."""
+        return Response(self.status.value, self.status.phrase, self.headers()).serialize()
+
+
+def http_chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked body (empty ``data``: the last chunk)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def write_streamed(
+    response: StreamedResponse,
+    write: Callable[[bytes], None],
+    drain: Callable[[], Awaitable[None]],
+    closing: Callable[[], bool],
+) -> bool:
+    """Write ``response`` through ``write`` as its body comes, awaiting ``drain`` (the
+    socket's flow control) between chunks and stopping if ``closing()`` (the client
+    left). The first chunk is produced before anything is written, so a body that fails
+    at once is answered 503 ``storage_unavailable`` instead. False when the body failed
+    part way: the caller must then abort the connection (no last chunk is written)."""
+    body = response.body
+    try:
+        try:
+            first = await anext(body)
+        except StopAsyncIteration:
+            first = b""
+        except Exception:
+            log.warning("http: a streamed response failed before its first byte", exc_info=True)
+            refusal = error_response(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                ErrorCode.STORAGE_UNAVAILABLE,
+                "storage could not be read; try again",
+            )
+            write(refusal.serialize())
+            return True
+        write(response.head())
+        if first:
+            write(http_chunk(first))
+        async for chunk in body:
+            if closing():
+                return True  # the client went away
+            await drain()
+            write(http_chunk(chunk))
+        write(http_chunk(b""))
+        return True
+    except Exception:
+        log.warning("http: a streamed response was cut short", exc_info=True)
+        return False
+    finally:
+        await body.aclose()
+
+
+Handler = Callable[[HttpRequest], Response | StreamedResponse]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,15 +299,19 @@ class HttpRoutes:
 
     def respond(
         self, target: str, headers: Headers | None = None, *, method: str = "GET"
-    ) -> Response:
+    ) -> Response | StreamedResponse:
         """The response to ``method target`` (path and optional query). O(routes) to find
         the route; /health is O(instruments), the others O(1) or O(depth)."""
         if method not in SERVED_METHODS:
             return method_not_allowed(method)
         response = self._serve(target, Headers() if headers is None else headers, method)
-        return without_body(response) if method == "HEAD" else response
+        if method != "HEAD":
+            return response
+        if isinstance(response, StreamedResponse):  # its body is never started
+            return Response(response.status.value, response.status.phrase, response.headers())
+        return without_body(response)
 
-    def _serve(self, target: str, headers: Headers, method: str) -> Response:
+    def _serve(self, target: str, headers: Headers, method: str) -> Response | StreamedResponse:
         parts = urlsplit(target)
         path = unquote(parts.path)
         query = parse_qs(parts.query)

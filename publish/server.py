@@ -47,11 +47,13 @@ from publish.http import (
     MAX_HEAD_BYTES,
     HttpRoutes,
     RequestHead,
+    StreamedResponse,
     error_response,
     head_end,
     head_too_large,
     method_not_allowed,
     parse_head,
+    write_streamed,
 )
 from publish.logthrottle import throttle_websockets_logs
 from publish.positions import PositionBook
@@ -62,6 +64,8 @@ log = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
 
+HEAD_TIMEOUT = 10.0
+"""Seconds a new connection has to send its whole request head (websockets' default)."""
 RESERVED_FDS_BASE = 128
 """Descriptors kept for the process itself whatever clients do: the interpreter and its
 logs, storage (SQLite's database, WAL and shared-memory files per connection, or a
@@ -159,11 +163,14 @@ class WatchedConnection(ServerConnection):
     # Set on the per-server subclass (MarketServer._connection_class).
     http: HttpRoutes
     gate: ConnectionGate
+    streams: set[asyncio.Task[None]]
+    """Streamed HTTP answers being written (``MarketServer.stop`` cancels them)."""
     # The request head, read before websockets sees any byte.
     _front = _Front.READING_HEAD
     _head = b""
     _address = ""
     _counted = False
+    _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -171,6 +178,16 @@ class WatchedConnection(ServerConnection):
         self._address = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
         self._counted = True
         if not self.gate.opened(self._address):
+            self._front = _Front.ANSWERED
+            self.transport.abort()
+            return
+        # websockets' own open_timeout is off (it would also cut a streamed answer), so
+        # the head has its deadline here.
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_too_slow)
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._front is _Front.READING_HEAD:
             self._front = _Front.ANSWERED
             self.transport.abort()
 
@@ -186,6 +203,9 @@ class WatchedConnection(ServerConnection):
         if end < 0 and len(self._head) <= MAX_HEAD_BYTES:
             return
         head = head_too_large() if not 0 <= end <= MAX_HEAD_BYTES else parse_head(self._head[:end])
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         if isinstance(head, Response):
             self._answer(head)
         elif self.gate.over_ip_limit(self._address):
@@ -205,12 +225,32 @@ class WatchedConnection(ServerConnection):
             buffered, self._head = self._head, b""
             super().data_received(buffered)
 
-    def _answer(self, response: Response) -> None:
-        """Write ``response`` and close the connection (it says ``Connection: close``)."""
+    def _answer(self, response: Response | StreamedResponse) -> None:
+        """Write ``response`` and close the connection (it says ``Connection: close``); a
+        streamed one is written by a task of its own, then the connection closed."""
         self._front = _Front.ANSWERED
         self._head = b""
+        if isinstance(response, StreamedResponse):
+            task = self.loop.create_task(self._stream(response))
+            self.streams.add(task)
+            task.add_done_callback(self.streams.discard)
+            return
         self.transport.write(response.serialize())
         self.transport.close()
+
+    async def _stream(self, response: StreamedResponse) -> None:
+        transport = self.transport
+        try:
+            complete = await write_streamed(
+                response, transport.write, self.drain, transport.is_closing
+            )
+        except BaseException:
+            transport.abort()
+            raise
+        if complete:
+            transport.close()
+        else:
+            transport.abort()  # no last chunk: the client sees an incomplete response
 
     def watch_write_buffer(
         self, stuck_after: float, on_stuck: Callable[[], None], *, send_buffer: int | None
@@ -261,6 +301,9 @@ class WatchedConnection(ServerConnection):
             self._stuck_timer = None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         if self._counted:
             self._counted = False
             self.gate.closed(self._address)
@@ -321,6 +364,7 @@ class MarketServer:
         )
         self._gate: ConnectionGate | None = None
         self._server: Server | None = None
+        self._streams: set[asyncio.Task[None]] = set()
 
     @property
     def routes(self) -> HttpRoutes:
@@ -388,6 +432,7 @@ class MarketServer:
             http = routes
 
         Connection.gate = gate
+        Connection.streams = self._streams
         return Connection
 
     async def start(self) -> None:
@@ -410,6 +455,9 @@ class MarketServer:
             # undo that. Only a ?compress=1 handshake offers deflate, without context
             # takeover, so that each frame is compressed once for all (publish.wire).
             compression=None,
+            # The connection reads the request head under its own deadline (HEAD_TIMEOUT);
+            # websockets' would also end streamed HTTP answers (history) after it.
+            open_timeout=None,
             max_size=limits.max_frame_bytes,
             write_limit=limits.write_limit,
             close_timeout=limits.close_timeout,
@@ -420,6 +468,8 @@ class MarketServer:
         server, self._server = self._server, None
         if server is not None:
             server.close()
+            for stream in list(self._streams):
+                stream.cancel()
             await server.wait_closed()
 
     async def __aenter__(self) -> Self:

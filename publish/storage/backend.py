@@ -9,7 +9,7 @@ transaction per batch.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -75,7 +75,7 @@ class BboHistoryReader(Protocol):
 
     def bbo_history(
         self, venue: str, symbol: str, *, start_ns: int, end_ns: int, limit: int | None
-    ) -> AsyncIterator[list[BboRow]]:
+    ) -> AsyncGenerator[list[BboRow], None]:
         """The instrument's rows with ``start_ns <= ts_recv < end_ns``, oldest first (the
         order they were stored in for equal ``ts_recv``), at most ``limit``, in pages:
         never more than one page in memory, and no read holds the database for longer
@@ -98,7 +98,7 @@ class PrunableBackend(Protocol):
 class ArchivableBackend(Protocol):
     """What ``marketcast archive`` reads and then deletes."""
 
-    def bbo_before(self, before_ns: int) -> AsyncIterator[list[BboRow]]:
+    def bbo_before(self, before_ns: int) -> AsyncGenerator[list[BboRow], None]:
         """Every BBO row received before ``before_ns``, in pages, ordered by venue,
         symbol, ``ts_recv`` (and storage order within equal ``ts_recv``)."""
         ...
@@ -107,7 +107,7 @@ class ArchivableBackend(Protocol):
         """Delete the instrument's rows with ``first_ns <= ts_recv <= last_ns``."""
         ...
 
-    def closed_positions_before(self, before_ns: int) -> AsyncIterator[list[PositionRow]]:
+    def closed_positions_before(self, before_ns: int) -> AsyncGenerator[list[PositionRow], None]:
         """Every position closed before ``before_ns``, in pages, ordered by ``closed_ts``,
         account, id."""
         ...

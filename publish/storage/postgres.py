@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -264,7 +264,7 @@ class PostgresBackend:
         end_ns: int,
         limit: int | None,
         page_rows: int = PAGE_ROWS,
-    ) -> AsyncIterator[list[BboRow]]:
+    ) -> AsyncGenerator[list[BboRow], None]:
         """See ``BboHistoryReader``: a cursor on the (venue, symbol, ts_recv) index."""
         query = (self._history, venue, symbol, start_ns, end_ns, limit)
         async for page in self._cursor_pages(query, page_rows):
@@ -272,7 +272,7 @@ class PostgresBackend:
 
     async def bbo_before(
         self, before_ns: int, *, page_rows: int = PAGE_ROWS
-    ) -> AsyncIterator[list[BboRow]]:
+    ) -> AsyncGenerator[list[BboRow], None]:
         async for page in self._cursor_pages((self._old_bbo, before_ns), page_rows):
             yield page
 
@@ -292,7 +292,7 @@ class PostgresBackend:
 
     async def closed_positions_before(
         self, before_ns: int, *, page_rows: int = PAGE_ROWS
-    ) -> AsyncIterator[list[PositionRow]]:
+    ) -> AsyncGenerator[list[PositionRow], None]:
         after: tuple[int, str, str] = (-1, "", "")
         while True:
             query = (self._closed_positions, before_ns, *after, page_rows)
@@ -326,7 +326,7 @@ class PostgresBackend:
 
     async def _cursor_pages(
         self, query: tuple[Any, ...], page_rows: int
-    ) -> AsyncIterator[list[BboRow]]:
+    ) -> AsyncGenerator[list[BboRow], None]:
         """The rows of ``query`` (SQL, then its arguments) through a cursor on a connection
         of its own, ``page_rows`` at a time."""
         if not self._open:

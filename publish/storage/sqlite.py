@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from enum import StrEnum
@@ -262,7 +262,7 @@ class SqliteBackend:
         end_ns: int,
         limit: int | None,
         page_rows: int = PAGE_ROWS,
-    ) -> AsyncIterator[list[BboRow]]:
+    ) -> AsyncGenerator[list[BboRow], None]:
         """See ``BboHistoryReader``: keyset pages on the (venue, symbol, ts_recv) index,
         O(page) per statement, in the reader thread."""
         after = (start_ns, 0)  # (ts_recv, rowid); rowids start at 1
@@ -284,7 +284,7 @@ class SqliteBackend:
 
     async def bbo_before(
         self, before_ns: int, *, page_rows: int = PAGE_ROWS
-    ) -> AsyncIterator[list[BboRow]]:
+    ) -> AsyncGenerator[list[BboRow], None]:
         after: tuple[str, str, int, int] = ("", "", 0, 0)
         while True:
             page, after = await self._read(
@@ -300,7 +300,7 @@ class SqliteBackend:
 
     async def closed_positions_before(
         self, before_ns: int, *, page_rows: int = PAGE_ROWS
-    ) -> AsyncIterator[list[PositionRow]]:
+    ) -> AsyncGenerator[list[PositionRow], None]:
         after: tuple[int, str, str] = (-1, "", "")
         while True:
             page = await self._read(
