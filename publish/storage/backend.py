@@ -95,6 +95,7 @@ class PrunableBackend(Protocol):
         ...
 
 
+@runtime_checkable
 class ArchivableBackend(Protocol):
     """What ``marketcast archive`` reads and then deletes."""
 
