@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import count
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -63,6 +63,7 @@ def connect(
     *,
     token: str | None = None,
     batch: bool = True,
+    compress: bool = False,
     backoff: Backoff | None = None,
     open_timeout: float = 10.0,
     clock: Callable[[], int] = time.time_ns,
@@ -70,11 +71,14 @@ def connect(
     """A client of the marketcast server at ``url`` (``ws://host:port/ws``); use it as
     ``async with marketcast.connect(url) as client:``. ``token`` (``marketcast token
     --account A``) authenticates every connection; ``batch`` asks for one frame per
-    publish tick (``?batch=1``: fewer frames, the same messages)."""
+    publish tick (``?batch=1``: fewer frames, the same messages); ``compress`` for
+    compressed frames (``?compress=1``: fewer bytes over a slow or distant link).
+    Timestamps are always integer nanoseconds: a ``ts`` option on ``url`` is dropped."""
     return Client(
         url,
         token=token,
         batch=batch,
+        compress=compress,
         backoff=backoff or Backoff(),
         open_timeout=open_timeout,
         clock=clock,
@@ -137,12 +141,14 @@ class Client:
         *,
         token: str | None,
         batch: bool,
+        compress: bool,
         backoff: Backoff,
         open_timeout: float,
         clock: Callable[[], int],
     ) -> None:
         self._url = url
-        self._connect_url = _with_query(url, batch=batch)
+        self._connect_url = _with_query(url, batch=batch, compress=compress)
+        self._compression: Literal["deflate"] | None = "deflate" if compress else None
         self._token = token
         self._backoff = backoff
         self._open_timeout = open_timeout
@@ -372,7 +378,10 @@ class Client:
         """Open a connection, authenticate and restore every subscription. The current
         state sent meanwhile is yielded after ``Reconnected`` (unless ``first``)."""
         ws = await ws_connect(
-            self._connect_url, open_timeout=self._open_timeout, compression=None, max_size=None
+            self._connect_url,
+            open_timeout=self._open_timeout,
+            compression=self._compression,
+            max_size=None,
         )
         meanwhile: list[Message] = []
         restoring: list[tuple[int, _Request]] = []
@@ -520,9 +529,13 @@ def _field(reply: dict[str, Any], name: str) -> Any:
     return value
 
 
-def _with_query(url: str, *, batch: bool) -> str:
+def _with_query(url: str, *, batch: bool, compress: bool) -> str:
+    """``url`` with this client's options: its own ``batch`` and ``compress``, and no
+    ``ts`` (the client reads integer nanoseconds only)."""
     parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "batch"]
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("batch", "compress", "ts")]
     if batch:
         query.append(("batch", "1"))
+    if compress:
+        query.append(("compress", "1"))
     return urlunsplit(parts._replace(query=urlencode(query)))

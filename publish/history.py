@@ -4,7 +4,8 @@
 offset means UTC); the window is ``from <= ts_recv < to`` (when marketcast received the
 change: always set, and the order rows are stored in), ``from`` defaulting to the
 beginning and ``to`` to no end, at most ``limit`` rows. Each line is the same object as
-the ``bbo`` wire message (``encode_bbo``), ``ts_send`` being when the line was written.
+the ``bbo`` wire message (``encode_bbo``), ``ts_send`` being when the line was written,
+with its timestamps written as ``?ts=ns|us|ms|iso`` asks (as on the websocket).
 
 The body streams (``StreamedResponse``, chunked): rows come from the backend one page at
 a time (``BboHistoryReader``: SQLite's reader thread, a PostgreSQL cursor), each page is
@@ -13,7 +14,7 @@ never sits in memory and a slow reader slows only its own read. A storage failur
 the first row is 503 ``storage_unavailable``; after it, the body is cut short (no final
 chunk), which HTTP clients report as an incomplete response.
 
-Errors: 400 ``bad_request`` (a bad ``from``/``to``/``limit``), 404
+Errors: 400 ``bad_request`` (a bad ``from``/``to``/``limit``/``ts``), 404
 ``unknown_instrument`` (not an instrument this server carries).
 """
 
@@ -34,6 +35,7 @@ from publish.http import HttpRequest, HttpRoutes, StreamedResponse, error_respon
 from publish.protocol import ErrorCode, encode_bbo
 from publish.storage.backend import BboHistoryReader
 from publish.storage.rows import BboRow
+from publish.wire import TimeFormat, restamp
 
 HISTORY_PREFIX = "/v1/history/bbo/"
 NDJSON = "application/x-ndjson"
@@ -71,21 +73,28 @@ class HistoryRoute:
             start = parse_time(_last(request, "from"), default=0)
             end = parse_time(_last(request, "to"), default=END_OF_TIME)
             limit = _limit(_last(request, "limit"))
+            time_format = _time_format(_last(request, "ts"))
         except ValueError as exc:
             return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, str(exc))
         venue, symbol = split_instrument(instrument)
         pages = self._backend.bbo_history(venue, symbol, start_ns=start, end_ns=end, limit=limit)
-        return StreamedResponse(HTTPStatus.OK, NDJSON, self._lines(instrument, pages))
+        lines = self._lines(instrument, pages, time_format)
+        return StreamedResponse(HTTPStatus.OK, NDJSON, lines)
 
     async def _lines(
-        self, instrument: str, pages: AsyncGenerator[list[BboRow], None]
+        self,
+        instrument: str,
+        pages: AsyncGenerator[list[BboRow], None],
+        time_format: TimeFormat,
     ) -> AsyncGenerator[bytes, None]:
-        """One chunk of NDJSON lines per page. O(page) per chunk, ~6 µs per row."""
+        """One chunk of NDJSON lines per page. O(page) per chunk: ~6 µs per row, ~3 µs
+        more for a time format other than ``ns``."""
         async with aclosing(pages):  # a client that leaves ends the read (and its cursor)
             async for page in pages:
                 ts_send = self._clock()
                 yield b"".join(
-                    encode_bbo(_snapshot(instrument, row), ts_send) + b"\n" for row in page
+                    restamp(encode_bbo(_snapshot(instrument, row), ts_send), time_format) + b"\n"
+                    for row in page
                 )
 
 
@@ -110,6 +119,16 @@ def parse_time(text: str | None, *, default: int) -> int:
 def _last(request: HttpRequest, name: str) -> str | None:
     values = request.query.get(name)
     return values[-1] if values else None
+
+
+def _time_format(text: str | None) -> TimeFormat:
+    if text is None:
+        return TimeFormat.NS
+    try:
+        return TimeFormat(text)
+    except ValueError:
+        known = ", ".join(TimeFormat)
+        raise ValueError(f"ts must be one of {known}, got {text[:16]!r}") from None
 
 
 def _limit(text: str | None) -> int | None:

@@ -30,6 +30,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sub.add_argument("--from", dest="start", help="from this time (ns or ISO 8601), inclusive")
     sub.add_argument("--to", dest="end", help="to this time (ns or ISO 8601), exclusive")
     sub.add_argument("--limit", type=int, help="at most this many changes")
+    sub.add_argument(
+        "--ts", choices=("ns", "us", "ms", "iso"), help="how timestamps are written (ns)"
+    )
     sub.add_argument("--url", default=DEFAULT_URL, help=f"the server's HTTP URL ({DEFAULT_URL})")
     sub.add_argument("--token", help="auth token, if the server requires one for market data")
     sub.set_defaults(command=_history)
@@ -47,6 +50,7 @@ def _history(args: argparse.Namespace) -> int:
             end=args.end,
             limit=args.limit,
             token=args.token,
+            ts=args.ts,
         )
 
     run_until_signalled(client())
@@ -61,6 +65,7 @@ async def history(
     end: str | None = None,
     limit: int | None = None,
     token: str | None = None,
+    ts: str | None = None,
     out: BinaryIO | None = None,
     err: TextIO = sys.stderr,
 ) -> int:
@@ -68,7 +73,7 @@ async def history(
     sink = out if out is not None else sys.stdout.buffer
     params = {
         name: str(value)
-        for name, value in (("from", start), ("to", end), ("limit", limit))
+        for name, value in (("from", start), ("to", end), ("limit", limit), ("ts", ts))
         if value is not None
     }
     headers = {"Authorization": f"Bearer {token}"} if token else {}

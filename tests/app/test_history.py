@@ -19,6 +19,7 @@ from app.commands.history import history
 from app.runtime import RunningServer, serve
 from app.settings import Settings, SimulatorSettings
 from publish.history import parse_time
+from publish.wire import TimeFormat, format_timestamp
 from tests.postgres import PG_DSN, fresh_schema
 from tests.waiting import eventually
 
@@ -125,6 +126,8 @@ async def test_history_over_http_streams_ndjson_and_names_bad_requests(
         unknown = await http.get(base + "binance:NOPE-USDT")
         bad_from = await http.get(base + BTC, params={"from": "yesterday"})
         bad_limit = await http.get(base + BTC, params={"limit": "0"})
+        bad_ts = await http.get(base + BTC, params={"ts": "fortnights"})
+        as_iso = await http.get(base + BTC, params={"limit": "5", "ts": "iso"})
         # A client that leaves after the first line does not disturb the server.
         async with http.stream("GET", base + BTC) as partial:
             async for _ in partial.aiter_lines():
@@ -151,6 +154,13 @@ async def test_history_over_http_streams_ndjson_and_names_bad_requests(
     assert (bad_from.status_code, bad_from.json()["code"]) == (400, "bad_request")
     assert "'yesterday' is neither nanoseconds" in bad_from.json()["message"]
     assert (bad_limit.status_code, bad_limit.json()["code"]) == (400, "bad_request")
+    assert (bad_ts.status_code, bad_ts.json()["code"]) == (400, "bad_request")
+    # ?ts= writes the same rows' timestamps as the websocket would.
+    iso_lines = [orjson.loads(line) for line in as_iso.content.splitlines()]
+    assert [line["seq"] for line in iso_lines] == [line["seq"] for line in lines]
+    assert [line["ts_recv"] for line in iso_lines] == [
+        format_timestamp(line["ts_recv"], TimeFormat.ISO) for line in lines
+    ]
     assert after.status_code == 200 and len(after.content.splitlines()) == 1
     err = io.StringIO()
     assert await history(server.http_url, "binance:NOPE-USDT", out=io.BytesIO(), err=err) == 1

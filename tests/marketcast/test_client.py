@@ -189,3 +189,17 @@ async def test_a_consumer_that_falls_behind_gets_the_latest_per_key() -> None:
 
 def received_seq(client: marketcast.Client, instrument: str) -> int | None:
     return client._inbox._last_seq.get(("bbo", instrument))
+
+
+async def test_compressed_frames_and_a_ts_option_on_the_url_still_give_ns_integers() -> None:
+    async with running() as m:
+        m.feed.status(BTC, InstrumentState.LIVE)
+        m.feed.quote(BTC, ("100", "1"), ("101", "1.5"))
+        url = m.server.url + "?ts=iso&batch=0"
+        async with marketcast.connect(url, compress=True) as client:
+            await client.subscribe("bbo", instruments=[BTC])
+            first = await next_message(client)
+            assert client._ws is not None
+            extensions = [extension.name for extension in client._ws.protocol.extensions]
+    assert first == bbo(1, ("100", "1"), ("101", "1.5"))
+    assert extensions == ["permessage-deflate"]
