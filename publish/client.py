@@ -33,7 +33,7 @@ from publish.credentials import Credentials
 from publish.fanout import Fanout
 from publish.outbox import Outbox, Sink
 from publish.position_requests import PositionRequests
-from publish.positions import PositionBook
+from publish.position_service import PositionService
 from publish.protocol import CloseCode, ErrorCode, encode_error
 from publish.requests import RequestHandler
 from publish.subscriptions import Subscriptions
@@ -127,7 +127,7 @@ class ClientSession:
         limits: ServerLimits = DEFAULT_LIMITS,
         wire: WireFormat = PLAIN,
         auth: AuthPolicy | None = None,
-        positions: PositionBook | None = None,
+        positions: PositionService | None = None,
         catalog: InstrumentCatalog | None = None,
     ) -> None:
         counters = fanout.counters

@@ -1,8 +1,10 @@
 """One connection's position ops (``position.open``/``position.close``).
 
-The caller must act for an account (``Credentials``); the op then runs in a task of the
-connection, because its reply waits for storage. The ack is queued by the position book
-the moment the change commits (``acknowledge``), before the profit engine hears of it,
+They go to a ``publish.position_service.PositionService``: the position book in one
+process, the owning positions shard (over the bus) on an edge of a cluster. The caller
+must act for an account (``Credentials``); the op then runs in a task of the
+connection, because its reply waits for storage. The ack is queued by the service the
+moment the change commits (``acknowledge``), before the profit engine hears of it,
 so the ack always precedes the position's first profit frame on this connection.
 """
 
@@ -18,7 +20,7 @@ from publish.credentials import Credentials
 from publish.exceptions import RequestError
 from publish.outbox import Outbox
 from publish.position import Position
-from publish.positions import PositionBook
+from publish.position_service import PositionService
 from publish.protocol import (
     ErrorCode,
     Op,
@@ -43,7 +45,7 @@ class PositionRequests:
 
     def __init__(
         self,
-        positions: PositionBook | None,
+        positions: PositionService | None,
         credentials: Credentials,
         outbox: Outbox,
         counters: Counters,
@@ -78,7 +80,7 @@ class PositionRequests:
 
     async def _run(
         self,
-        positions: PositionBook,
+        positions: PositionService,
         account: str,
         request: PositionOpenRequest | PositionCloseRequest,
     ) -> None:

@@ -65,6 +65,9 @@ TOTAL_KEY: Topic = (Channel.PROFIT, "")
 MARKS_PER_TICK = 2_000
 """Default bound of the positions one tick marks: ~2-3 ms of the loop (dev box)."""
 
+CLOSED_PREFIX = b'{"type":"profit_closed",'
+"""How every ``profit_closed`` frame starts (a relay tells a position's last frame by it)."""
+
 _PNL_DIGITS = 2 * SCALE_DIGITS
 """A PnL is a product of two fixed-point values: 10**-24 units."""
 _PNL_SCALE = 10**_PNL_DIGITS
@@ -450,6 +453,11 @@ def _encode_total(account: _Account, ts_send: int) -> bytes:
             "ts_send": ts_send,
         }
     )
+
+
+def is_closed_frame(frame: bytes) -> bool:
+    """True for a ``profit_closed`` frame (the last of its position)."""
+    return frame.startswith(CLOSED_PREFIX)
 
 
 def _encode_closed(position: Position, ts_send: int) -> bytes:

@@ -56,7 +56,7 @@ from publish.http import (
     write_streamed,
 )
 from publish.logthrottle import throttle_websockets_logs
-from publish.positions import PositionBook
+from publish.position_service import PositionService
 from publish.protocol import ErrorCode
 from publish.wire import WireRequest, deflate_offer
 
@@ -347,7 +347,7 @@ class MarketServer:
         port: int = 0,
         limits: ServerLimits = DEFAULT_LIMITS,
         auth: AuthPolicy | None = None,
-        positions: PositionBook | None = None,
+        positions: PositionService | None = None,
         reserved_fds: int = reserved_fds(),
     ) -> None:
         if fanout.registry is not registry:

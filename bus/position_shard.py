@@ -1,0 +1,326 @@
+"""A positions shard on the bus: serves the position ops edges send it and publishes the
+profit of the accounts edges watch.
+
+``PositionShard`` answers ``<prefix>-positions.ops.<k>`` with the answer of its
+``PositionBook`` (the same book as one process: validation, idempotent retries, the
+commit before the answer) and ``<prefix>-positions.watch.<k>`` by marking the account
+(a ``ShardSubscriber`` joins the ``ProfitEngine`` as the account's subscriber) for
+``WATCH_LEASE`` seconds from the last watch. Every edge with subscribers of the account
+renews the watch every ``bus.position_client.RENEW_EVERY`` seconds; so a watch outlives
+no edge by more than the lease, and a restarted shard learns every watch within one
+renewal.
+
+Everything the shard sends (answers, profit batches) goes through one queue drained by
+one task, in the order it was made: an op's answer is queued at its commit, before the
+profit engine hears of the position, so an edge gets the answer before the position's
+first profit frame. The shard trusts the account names edges send (edges authenticate
+clients); it only checks that the account is its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from bus.exceptions import DecodeError
+from bus.link import BusLink
+from bus.positions import (
+    CloseOp,
+    PositionSubjects,
+    decode_op,
+    decode_watch,
+    encode_batch,
+    encode_position,
+    encode_refusal,
+    shard_of,
+)
+from publish.channels import Topic
+from publish.exceptions import RequestError
+from publish.fanout import Fanout
+from publish.position import Position
+from publish.positions import PositionBook
+from publish.profit import ProfitEngine
+from publish.protocol import ErrorCode
+from publish.storage.flusher import StorageHealth
+from publish.storage.positions import PositionStore
+
+log = logging.getLogger(__name__)
+
+WATCH_LEASE = 5.0
+"""Seconds a watch lasts without renewal."""
+LEASE_CHECK = 1.0
+
+
+class ShardSubscriber:
+    """The profit engine's subscriber for one watched account: what a tick offers is
+    published as one batch when the tick ends."""
+
+    __slots__ = ("account", "_fanout", "_publish", "_pending")
+
+    def __init__(self, account: str, fanout: Fanout, publish: Callable[[str, bytes], None]) -> None:
+        self.account = account
+        self._fanout = fanout
+        self._publish = publish
+        self._pending: dict[Topic, bytes] = {}
+
+    def offer(self, key: Topic, message: bytes) -> None:
+        if not self._pending:
+            self._fanout.flush_soon(self)
+        self._pending[key] = message
+
+    def offer_all(self, messages: Mapping[Topic, bytes]) -> None:
+        if messages and not self._pending:
+            self._fanout.flush_soon(self)
+        self._pending.update(messages)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        if pending:
+            frames = ((key[1], frame) for key, frame in pending.items())
+            self._publish(self.account, encode_batch(self.account, frames, whole=False))
+
+
+class _Collector:
+    """Collects what ``send_current`` offers: an account's whole state."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self) -> None:
+        self.frames: dict[Topic, bytes] = {}
+
+    def offer(self, key: Topic, message: bytes) -> None:
+        self.frames[key] = message
+
+    def offer_all(self, messages: Mapping[Topic, bytes]) -> None:
+        self.frames.update(messages)
+
+
+@dataclass(slots=True)
+class _Watch:
+    subscriber: ShardSubscriber
+    expires: float
+
+
+@dataclass(slots=True)
+class ShardCounters:
+    ops: int = 0
+    acks: int = 0
+    refusals: int = 0
+    bad_requests: int = 0
+    wrong_shard: int = 0
+    watches: int = 0
+    batches: int = 0
+
+
+class PositionShard:
+    """Shard ``shard`` of ``shards``; run ``run()`` in the node's task group beside
+    ``link.run()``."""
+
+    def __init__(
+        self,
+        book: PositionBook,
+        profit: ProfitEngine,
+        fanout: Fanout,
+        link: BusLink,
+        subjects: PositionSubjects,
+        *,
+        shard: int,
+        shards: int,
+        lease: float = WATCH_LEASE,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 <= shard < shards:
+            raise ValueError(f"shard must be in 0..{shards - 1}, got {shard}")
+        self.book = book
+        self.profit = profit
+        self.fanout = fanout
+        self.link = link
+        self.subjects = subjects
+        self.shard = shard
+        self.shards = shards
+        self.lease = lease
+        self.monotonic = monotonic
+        self.counters = ShardCounters()
+        self._watches: dict[str, _Watch] = {}
+        self._outgoing: deque[tuple[str, bytes]] = deque()
+        self._wake = asyncio.Event()
+        self._group: asyncio.TaskGroup | None = None
+        self._ready = asyncio.Event()
+        link.on_connect(self._subscribe)
+
+    @property
+    def watched(self) -> list[str]:
+        return list(self._watches)
+
+    async def wait_ready(self) -> None:
+        """Until the shard listens for ops."""
+        await self._ready.wait()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            group.create_task(self._send_loop(), name="shard:send")
+            try:
+                while True:
+                    await asyncio.sleep(LEASE_CHECK)
+                    self._expire(self.monotonic())
+            finally:
+                self._group = None
+
+    # -- subscriptions ------------------------------------------------------------------
+
+    async def _subscribe(self, client: Client) -> None:
+        await client.subscribe(self.subjects.ops(self.shard), cb=self._on_op)
+        await client.subscribe(self.subjects.watch(self.shard), cb=self._on_watch)
+        await client.flush()
+        self._ready.set()
+        log.info("positions shard %d of %d serving", self.shard, self.shards)
+
+    async def _on_op(self, msg: Msg) -> None:
+        group = self._group
+        if group is None or not msg.reply:
+            return
+        group.create_task(self._serve(msg.reply, msg.data), name="shard:op")
+
+    async def _on_watch(self, msg: Msg) -> None:
+        try:
+            account, whole = decode_watch(msg.data)
+        except DecodeError as exc:
+            self.counters.bad_requests += 1
+            log.warning("bad watch request: %s", exc)
+            return
+        if shard_of(account, self.shards) != self.shard:
+            self.counters.wrong_shard += 1
+            return
+        self.counters.watches += 1
+        watch = self._watches.get(account)
+        expires = self.monotonic() + self.lease
+        if watch is None:
+            subscriber = ShardSubscriber(account, self.fanout, self._publish_profit)
+            self.profit.add(subscriber, account)
+            self._watches[account] = _Watch(subscriber, expires)
+            whole = True  # the edge may have missed frames while the shard did not mark it
+        else:
+            watch.expires = expires
+        if msg.reply:
+            frames: dict[Topic, bytes] = {}
+            if whole:
+                collector = _Collector()
+                self.profit.send_current(collector, account)
+                frames = collector.frames
+            items = ((key[1], frame) for key, frame in frames.items())
+            self._send(msg.reply, encode_batch(account, items, whole=whole))
+
+    # -- ops ----------------------------------------------------------------------------
+
+    async def _serve(self, reply: str, payload: bytes) -> None:
+        self.counters.ops += 1
+        try:
+            op = decode_op(payload)
+        except DecodeError as exc:
+            self.counters.bad_requests += 1
+            self._refuse(reply, RequestError(ErrorCode.BAD_REQUEST, str(exc)))
+            return
+        owner = shard_of(op.account, self.shards)
+        if owner != self.shard:
+            self.counters.wrong_shard += 1
+            self._refuse(
+                reply,
+                RequestError(
+                    ErrorCode.STORAGE_UNAVAILABLE,
+                    f"storage unavailable: the account belongs to shard {owner}, not "
+                    f"{self.shard}: [bus].shards differs between nodes",
+                ),
+            )
+            return
+
+        def acknowledge(position: Position) -> None:
+            self.counters.acks += 1
+            self._send(reply, encode_position(position))
+
+        try:
+            if isinstance(op, CloseOp):
+                await self.book.close(op.account, op.position_id, acknowledge=acknowledge)
+            else:
+                await self.book.open(
+                    op.account,
+                    position_id=op.position_id,
+                    instrument=op.instrument,
+                    side=op.side,
+                    qty=op.qty,
+                    price=op.price,
+                    acknowledge=acknowledge,
+                )
+        except RequestError as refusal:
+            self._refuse(reply, refusal)
+
+    def _refuse(self, reply: str, refusal: RequestError) -> None:
+        self.counters.refusals += 1
+        self._send(reply, encode_refusal(refusal))
+
+    # -- profit -------------------------------------------------------------------------
+
+    def _publish_profit(self, account: str, payload: bytes) -> None:
+        self.counters.batches += 1
+        self._send(self.subjects.profit(account), payload)
+
+    def _expire(self, now: float) -> None:
+        for account, watch in list(self._watches.items()):
+            if watch.expires <= now:
+                del self._watches[account]
+                self.profit.remove(watch.subscriber, account)
+
+    # -- the one ordered way out --------------------------------------------------------
+
+    def _send(self, subject: str, payload: bytes) -> None:
+        self._outgoing.append((subject, payload))
+        self._wake.set()
+
+    async def _send_loop(self) -> None:
+        outgoing = self._outgoing
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            client = self.link.client
+            while outgoing:
+                subject, payload = outgoing.popleft()
+                if client is None:
+                    continue  # not connected yet: nobody can be waiting for it
+                try:
+                    await client.publish(subject, payload)
+                except Exception as exc:  # noqa: BLE001 - a lost answer is a timeout at the edge
+                    log.debug("bus publish failed: %s", exc)
+
+
+class ShardStore:
+    """A ``PositionStore`` that loads only the open positions of the shard's accounts
+    (PostgreSQL is shared by every shard; a SQLite file holds one shard's anyway)."""
+
+    def __init__(self, store: PositionStore, *, shard: int, shards: int) -> None:
+        self._store = store
+        self._shard = shard
+        self._shards = shards
+
+    @property
+    def health(self) -> StorageHealth:
+        return self._store.health
+
+    def write(self, position: Position) -> asyncio.Future[None]:
+        return self._store.write(position)
+
+    async def find(self, account: str, position_id: str) -> Position | None:
+        return await self._store.find(account, position_id)
+
+    async def load_open(self) -> list[Position]:
+        return [
+            position
+            for position in await self._store.load_open()
+            if shard_of(position.account, self._shards) == self._shard
+        ]

@@ -1,0 +1,293 @@
+"""What positions shards and edges say to each other: who owns an account, the
+subjects, and the payloads.
+
+**Ownership.** Shard ``shard_of(account, shards)`` owns an account: the first 8 bytes of
+the BLAKE2b digest (``digest_size=8``) of the account name's UTF-8 bytes, read as a
+big-endian unsigned integer, modulo ``[bus].shards``. The same in every process, machine
+and Python version (never Python's ``hash()``, which is salted per process). Changing
+``shards`` moves accounts: every node of a cluster must use the same value.
+
+**Subjects**, under ``<prefix>-positions`` — beside, not under, ``<prefix>.``, which
+every edge and shard reads in full for market data, so that position ops and an
+account's profit reach only the nodes that asked for them::
+
+    <prefix>-positions.ops.<k>           request/reply: a position op for shard k
+    <prefix>-positions.watch.<k>         request/reply: an edge watches an account's profit
+    <prefix>-positions.profit.<account>  the account's profit frames (``token(account)``;
+                                         the payload names the exact account)
+
+**Payloads.** Ops and their answers are JSON (orjson); amounts in fixed-point integer
+units, as decimal strings (exact, beyond 64 bits)::
+
+    {"v":1,"op":"open","account":A,"position_id":P,"instrument":I,"side":S,"qty":Q,"price":X}
+    {"v":1,"op":"close","account":A,"position_id":P}
+    {"v":1,"ok":{position as stored}}  |  {"v":1,"error":CODE,"message":TEXT}
+    watch: {"v":1,"account":A,"whole":true|false}
+
+Profit frames travel as one binary batch per account and shard tick (the answer to a
+watch is a batch too)::
+
+    b"MP" | version u8 (1) | whole u8 | account (u16 length + UTF-8) | count u32 |
+    count x (key (u16 length + UTF-8: the position id, "" for the total) |
+             frame (u32 length + the client's JSON frame, byte for byte))
+
+``whole`` says the batch is the account's whole current state. Decoding never raises
+anything but ``DecodeError``. Nothing here carries a credential: an edge has checked the
+client's token and sends only the account it acts for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from bus.exceptions import DecodeError
+from bus.subjects import Subjects, token
+from publish.exceptions import RequestError
+from publish.position import Position, PositionSide
+from publish.protocol import ErrorCode
+
+VERSION = 1
+BATCH_MAGIC = b"MP"
+_BATCH_HEAD = struct.Struct("<2sBB")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+
+
+def shard_of(account: str, shards: int) -> int:
+    """The shard that owns ``account`` among ``shards``; see the module docstring."""
+    if shards < 1:
+        raise ValueError("shards must be at least 1")
+    digest = hashlib.blake2b(account.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+class PositionSubjects:
+    """The position subjects of one bus prefix."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, prefix: str) -> None:
+        Subjects(prefix)  # the same rules as market data subjects
+        self.root = f"{prefix}-positions"
+
+    def ops(self, shard: int) -> str:
+        return f"{self.root}.ops.{shard}"
+
+    def watch(self, shard: int) -> str:
+        return f"{self.root}.watch.{shard}"
+
+    def profit(self, account: str) -> str:
+        return f"{self.root}.profit.{token(account)}"
+
+
+# -- ops ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenOp:
+    account: str
+    position_id: str
+    instrument: str
+    side: str
+    qty: str
+    price: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseOp:
+    account: str
+    position_id: str
+
+
+PositionOp = OpenOp | CloseOp
+
+
+def encode_op(op: PositionOp) -> bytes:
+    if isinstance(op, OpenOp):
+        return orjson.dumps(
+            {
+                "v": VERSION,
+                "op": "open",
+                "account": op.account,
+                "position_id": op.position_id,
+                "instrument": op.instrument,
+                "side": op.side,
+                "qty": op.qty,
+                "price": op.price,
+            }
+        )
+    return orjson.dumps(
+        {"v": VERSION, "op": "close", "account": op.account, "position_id": op.position_id}
+    )
+
+
+def decode_op(payload: bytes) -> PositionOp:
+    body = _json(payload)
+    try:
+        if body["op"] == "open":
+            return OpenOp(
+                account=_str(body, "account"),
+                position_id=_str(body, "position_id"),
+                instrument=_str(body, "instrument"),
+                side=_str(body, "side"),
+                qty=_str(body, "qty"),
+                price=_str(body, "price"),
+            )
+        if body["op"] == "close":
+            return CloseOp(account=_str(body, "account"), position_id=_str(body, "position_id"))
+    except KeyError as exc:
+        raise DecodeError(f"position op without {exc}") from None
+    raise DecodeError(f"unknown position op {str(body.get('op'))[:16]!r}")
+
+
+def encode_position(position: Position) -> bytes:
+    """The answer to an op that committed: the position as stored."""
+    return orjson.dumps(
+        {
+            "v": VERSION,
+            "ok": {
+                "id": position.id,
+                "account": position.account,
+                "instrument": position.instrument,
+                "side": position.side.value,
+                "qty": str(position.qty),
+                "entry_price": str(position.entry_price),
+                "opened_ts": position.opened_ts,
+                "closed_ts": position.closed_ts,
+            },
+        }
+    )
+
+
+def encode_refusal(refusal: RequestError) -> bytes:
+    return orjson.dumps({"v": VERSION, "error": refusal.code.value, "message": refusal.message})
+
+
+def decode_answer(payload: bytes) -> Position | RequestError:
+    """A shard's answer: the position as stored, or its refusal (a ``RequestError``)."""
+    body = _json(payload)
+    try:
+        if "error" in body:
+            return RequestError(ErrorCode(body["error"]), _str(body, "message"))
+        row = body["ok"]
+        closed = row["closed_ts"]
+        return Position(
+            id=_str(row, "id"),
+            account=_str(row, "account"),
+            instrument=_str(row, "instrument"),
+            side=PositionSide(row["side"]),
+            qty=int(_str(row, "qty")),
+            entry_price=int(_str(row, "entry_price")),
+            opened_ts=_int(row, "opened_ts"),
+            closed_ts=None if closed is None else _int(row, "closed_ts"),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise DecodeError(f"bad position answer: {exc}") from None
+
+
+def encode_watch(account: str, *, whole: bool) -> bytes:
+    return orjson.dumps({"v": VERSION, "account": account, "whole": whole})
+
+
+def decode_watch(payload: bytes) -> tuple[str, bool]:
+    """``(account, whole)``: watch the account; answer with its whole state if asked."""
+    body = _json(payload)
+    whole = body.get("whole")
+    if not isinstance(whole, bool):
+        raise DecodeError("a watch says whether it wants the whole state")
+    return _str(body, "account"), whole
+
+
+# -- profit batches -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProfitBatch:
+    account: str
+    frames: tuple[tuple[str, bytes], ...]
+    whole: bool
+
+
+def encode_batch(account: str, frames: Iterable[tuple[str, bytes]], *, whole: bool) -> bytes:
+    parts = [_BATCH_HEAD.pack(BATCH_MAGIC, VERSION, int(whole)), _text16(account), b""]
+    count = 0
+    for key, frame in frames:
+        parts.append(_text16(key))
+        parts.append(_U32.pack(len(frame)))
+        parts.append(frame)
+        count += 1
+    parts[2] = _U32.pack(count)
+    return b"".join(parts)
+
+
+def decode_batch(payload: bytes) -> ProfitBatch:
+    try:
+        magic, version, whole = _BATCH_HEAD.unpack_from(payload, 0)
+        if magic != BATCH_MAGIC or version != VERSION or whole not in (0, 1):
+            raise DecodeError("not a profit batch of this version")
+        offset = _BATCH_HEAD.size
+        account, offset = _read_text16(payload, offset)
+        (count,) = _U32.unpack_from(payload, offset)
+        offset += _U32.size
+        frames = []
+        for _ in range(count):
+            key, offset = _read_text16(payload, offset)
+            (size,) = _U32.unpack_from(payload, offset)
+            offset += _U32.size
+            frame = payload[offset : offset + size]
+            if len(frame) != size:
+                raise DecodeError("truncated profit frame")
+            offset += size
+            frames.append((key, frame))
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise DecodeError(f"bad profit batch: {exc}") from None
+    if offset != len(payload):
+        raise DecodeError("trailing bytes after a profit batch")
+    return ProfitBatch(account, tuple(frames), bool(whole))
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _text16(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return _U16.pack(len(raw)) + raw
+
+
+def _read_text16(payload: bytes, offset: int) -> tuple[str, int]:
+    (size,) = _U16.unpack_from(payload, offset)
+    offset += _U16.size
+    raw = payload[offset : offset + size]
+    if len(raw) != size:
+        raise DecodeError("truncated text")
+    return raw.decode("utf-8"), offset + size
+
+
+def _json(payload: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+    if not isinstance(body, dict) or body.get("v") != VERSION:
+        raise DecodeError("not a position message of this version")
+    return body
+
+
+def _str(body: dict[str, Any], name: str) -> str:
+    value = body[name]
+    if not isinstance(value, str):
+        raise DecodeError(f"{name} must be a string")
+    return value
+
+
+def _int(body: dict[str, Any], name: str) -> int:
+    value = body[name]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DecodeError(f"{name} must be an integer")
+    return value
