@@ -26,10 +26,10 @@ from feeds.events import (
     ControlEvent,
     FeedEvent,
     IgnoredEvent,
-    MalformedEvent,
     TopOfBookEvent,
     VenueErrorEvent,
 )
+from feeds.frames import frame_text, parse_object
 from feeds.symbols import SymbolMap
 
 _MS = 1_000_000
@@ -66,17 +66,11 @@ class BinanceParser:
         return tuple(levels)
 
     def parse(self, frame: str | bytes) -> list[FeedEvent]:
-        try:
-            message = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            return [MalformedEvent(f"invalid JSON: {exc}", _text(frame))]
-        if not isinstance(message, dict):
-            return [MalformedEvent("frame is not a JSON object", _text(frame))]
+        return parse_object(frame, "Binance", self._message)
+
+    def _message(self, message: dict[str, Any]) -> list[FeedEvent]:
         data = message.get("data", message) if "stream" in message else message
-        try:
-            return [self._event(data)]
-        except (LookupError, TypeError, ValueError, AttributeError) as exc:
-            return [MalformedEvent(f"unexpected Binance message: {exc!r}", _text(frame))]
+        return [self._event(data)]
 
     def _event(self, data: dict[str, Any]) -> FeedEvent:
         kind = data.get("e")
@@ -129,8 +123,4 @@ class BinanceParser:
                 update_id=int(data["lastUpdateId"]),
             )
         except (orjson.JSONDecodeError, LookupError, TypeError) as exc:
-            raise ValueError(f"not a Binance depth snapshot: {_text(body)[:200]!r}") from exc
-
-
-def _text(frame: str | bytes) -> str:
-    return frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+            raise ValueError(f"not a Binance depth snapshot: {frame_text(body)[:200]!r}") from exc

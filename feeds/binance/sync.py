@@ -15,7 +15,15 @@ from collections import deque
 
 from book.fixed import format_fixed
 from feeds.events import BookDeltaEvent, BookSnapshotEvent, TopOfBookEvent
-from feeds.sync import NOTHING, REFETCH, BookSync, ProblemKind, SyncProblem, SyncResult
+from feeds.sync import (
+    NOTHING,
+    REFETCH,
+    BookSync,
+    ProblemKind,
+    SyncProblem,
+    SyncResult,
+    Verdict,
+)
 
 _MAX_TICKERS_AHEAD = 64
 
@@ -34,21 +42,15 @@ class BinanceDepthSync(BookSync):
         super().__init__(instrument, capture_depth=capture_depth)
         self.futures = futures
         self._buffer: deque[BookDeltaEvent] = deque(maxlen=max_buffered)
-        self._last_id: int | None = None
         self._bridging = False
         self._waiting_snapshot: BookSnapshotEvent | None = None
         # bookTickers run ahead of the 100 ms depth stream: hold them until the book
         # reaches their update id, then compare.
         self._tickers_ahead: dict[int, TopOfBookEvent] = {}
 
-    @property
-    def last_update_id(self) -> int | None:
-        return self._last_id
-
     def reset(self) -> None:
         super().reset()
         self._buffer.clear()
-        self._last_id = None
         self._bridging = False
         self._waiting_snapshot = None
         self._tickers_ahead.clear()
@@ -75,16 +77,16 @@ class BinanceDepthSync(BookSync):
                 return NOTHING
             self._waiting_snapshot = None
             return self._start(waiting, [event], ts_recv)
-        last_id = event.last_id
-        if last_id is None or self._last_id is None:
+        last_id, book_id = event.last_id, self.last_update_id
+        if last_id is None or book_id is None:
             return SyncResult(problem=SyncProblem(ProblemKind.GAP, "depth update without ids"))
-        if last_id < self._last_id or (last_id == self._last_id and not self.futures):
+        if last_id < book_id or (last_id == book_id and not self.futures):
             return NOTHING  # already contained in the book
         problem = self._check_sequence(event)
         if problem is not None:
             return SyncResult(problem=problem)
         self._apply(event)
-        return self._verified_publish(event.ts_event, ts_recv)
+        return self._verified_publish(event, ts_recv)
 
     def _before(self, event: BookDeltaEvent, snapshot_id: int) -> bool:
         """Spot drops events with ``u <= lastUpdateId``, USD-M only ``u < lastUpdateId``."""
@@ -100,7 +102,7 @@ class BinanceDepthSync(BookSync):
             self._buffer.extend(pending)
             return REFETCH  # the snapshot is older than the stream: fetch another
         self.book.load(snapshot.bids, snapshot.asks)
-        self._last_id = snapshot.update_id
+        self.last_update_id = snapshot.update_id
         self._bridging = True
         self.live = True
         for delta in pending:
@@ -108,47 +110,47 @@ class BinanceDepthSync(BookSync):
             if problem is not None:
                 return SyncResult(problem=problem)
             self._apply(delta)
-        return self._verified_publish(pending[-1].ts_event, ts_recv)
+        return self._verified_publish(pending[-1], ts_recv)
 
     def on_top_of_book(self, event: TopOfBookEvent) -> SyncResult:
         """bookTicker ``u`` names a book state: when the book is at that state, the tops
         must be equal. A ticker ahead of the book waits (bounded) for the book."""
-        if not self.live or event.update_id is None or self._last_id is None:
+        book_id = self.last_update_id
+        if not self.live or event.update_id is None or book_id is None:
             return NOTHING
-        if event.update_id > self._last_id:
+        if event.update_id > book_id:
             if len(self._tickers_ahead) >= _MAX_TICKERS_AHEAD:
                 self._tickers_ahead.pop(next(iter(self._tickers_ahead)))
             self._tickers_ahead[event.update_id] = event
             return NOTHING
-        if event.update_id < self._last_id or self._bridging:
+        if event.update_id < book_id or self._bridging:
             return NOTHING
-        problem = self._compare(event)
-        return NOTHING if problem is None else SyncResult(problem=problem)
+        held = self._held(self._compare(event))
+        return NOTHING if held is None else held
 
-    def _verified_publish(self, ts_event: int, ts_recv: int) -> SyncResult:
-        """Publish, after checking a bookTicker that was waiting for this book state."""
-        if self._tickers_ahead:
-            ticker = self._tickers_ahead.pop(self._last_id, None)  # type: ignore[arg-type]
-            if ticker is not None:
-                problem = self._compare(ticker)
-                if problem is not None:
-                    return SyncResult(problem=problem)
-            last = self._last_id
+    def _verify(self, event: BookSnapshotEvent | BookDeltaEvent) -> Verdict | SyncProblem:
+        """The bookTicker that was waiting for this book state, if one was."""
+        verdict: Verdict | SyncProblem = Verdict.UNCHECKED
+        tickers = self._tickers_ahead
+        if tickers:
+            last = self.last_update_id
             assert last is not None
-            if len(self._tickers_ahead) > _MAX_TICKERS_AHEAD // 2:
-                self._tickers_ahead = {u: t for u, t in self._tickers_ahead.items() if u > last}
-        return self._publish(ts_event, ts_recv)
+            ticker = tickers.pop(last, None)
+            if ticker is not None:
+                verdict = self._compare(ticker)
+            if len(tickers) > _MAX_TICKERS_AHEAD // 2:
+                self._tickers_ahead = {u: t for u, t in tickers.items() if u > last}
+        return verdict
 
-    def _compare(self, event: TopOfBookEvent) -> SyncProblem | None:
+    def _compare(self, event: TopOfBookEvent) -> Verdict | SyncProblem:
         book = self.book
         ours = (book.best_bid(), book.best_ask())
         theirs = ((event.bid, event.bid_qty), (event.ask, event.ask_qty))
         if ours == theirs:
-            self.verified += 1
-            return None
+            return Verdict.AGREES
         return SyncProblem(
             ProblemKind.MISMATCH,
-            f"book at u={self._last_id} has {_fmt(ours)}, bookTicker says {_fmt(theirs)}",
+            f"book at u={self.last_update_id} has {_fmt(ours)}, bookTicker says {_fmt(theirs)}",
         )
 
     def _bridges(self, first: BookDeltaEvent, snapshot_id: int) -> bool:
@@ -157,7 +159,7 @@ class BinanceDepthSync(BookSync):
         return first.first_id <= target <= first.last_id
 
     def _check_sequence(self, event: BookDeltaEvent) -> SyncProblem | None:
-        last = self._last_id
+        last = self.last_update_id
         assert last is not None and event.first_id is not None and event.last_id is not None
         if self._bridging:
             if self._bridges(event, last):
@@ -176,7 +178,7 @@ class BinanceDepthSync(BookSync):
 
     def _apply(self, event: BookDeltaEvent) -> None:
         self.book.apply(event.bids, event.asks)
-        self._last_id = event.last_id
+        self.last_update_id = event.last_id
         self._bridging = False
 
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from book.fixed import parse_fixed
 from book.snapshot import Level
 from feeds.events import (
@@ -34,9 +32,9 @@ from feeds.events import (
     FeedEvent,
     HeartbeatEvent,
     IgnoredEvent,
-    MalformedEvent,
     VenueErrorEvent,
 )
+from feeds.frames import parse_object
 from feeds.symbols import SymbolMap
 
 _MS = 1_000_000
@@ -60,16 +58,10 @@ class BybitParser:
         self.symbols = symbols
 
     def parse(self, frame: str | bytes) -> list[FeedEvent]:
-        try:
-            message = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            return [MalformedEvent(f"invalid JSON: {exc}", _text(frame))]
-        if not isinstance(message, dict):
-            return [MalformedEvent("frame is not a JSON object", _text(frame))]
-        try:
-            return [self._event(message)]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            return [MalformedEvent(f"unexpected Bybit message: {exc!r}", _text(frame))]
+        return parse_object(frame, "Bybit", self._message)
+
+    def _message(self, message: dict[str, Any]) -> list[FeedEvent]:
+        return [self._event(message)]
 
     def _event(self, message: dict[str, Any]) -> FeedEvent:
         topic = message.get("topic")
@@ -104,7 +96,3 @@ class BybitParser:
         return BookDeltaEvent(
             instrument, bids, asks, first_id=update_id, last_id=update_id, ts_event=ts_event
         )
-
-
-def _text(frame: str | bytes) -> str:
-    return frame if isinstance(frame, str) else frame.decode("utf-8", "replace")

@@ -14,31 +14,19 @@ from feeds.sync import NOTHING, BookSync, ProblemKind, SyncProblem, SyncResult
 
 
 class BybitBookSync(BookSync):
-    """One topic's book. ``on_snapshot`` is O(n log n), ``on_delta`` O(k log n)."""
-
-    def __init__(self, instrument: str, *, capture_depth: int = 0) -> None:
-        super().__init__(instrument, capture_depth=capture_depth)
-        self._last_id: int | None = None
-
-    @property
-    def last_update_id(self) -> int | None:
-        """``u`` of the last applied message (``None`` while waiting for a snapshot)."""
-        return self._last_id
-
-    def reset(self) -> None:
-        super().reset()
-        self._last_id = None
+    """One topic's book (``last_update_id``: ``u`` of the last applied message).
+    ``on_snapshot`` is O(n log n), ``on_delta`` O(k log n)."""
 
     def on_snapshot(self, event: BookSnapshotEvent, ts_recv: int) -> SyncResult:
         if event.update_id is None:
             raise ValueError("a Bybit snapshot needs u")
         self.book.load(event.bids, event.asks)
-        self._last_id = event.update_id
+        self.last_update_id = event.update_id
         self.live = True
         return self._publish(event.ts_event, ts_recv)
 
     def on_delta(self, event: BookDeltaEvent, ts_recv: int) -> SyncResult:
-        last = self._last_id
+        last = self.last_update_id
         if not self.live or last is None:
             return NOTHING
         if event.last_id != last + 1:
@@ -46,5 +34,5 @@ class BybitBookSync(BookSync):
                 problem=SyncProblem(ProblemKind.GAP, f"u={event.last_id} but previous u={last}")
             )
         self.book.apply(event.bids, event.asks)
-        self._last_id = event.last_id
+        self.last_update_id = event.last_id
         return self._publish(event.ts_event, ts_recv)

@@ -43,6 +43,7 @@ from feeds.events import (
     MalformedEvent,
     VenueErrorEvent,
 )
+from feeds.frames import MESSAGE_ERRORS, decode_object, unexpected_message
 from feeds.symbols import SymbolMap
 
 _IGNORED = IgnoredEvent()
@@ -101,12 +102,9 @@ class CoinbaseParser:
         self._expected = 0
 
     def parse(self, frame: str | bytes) -> list[FeedEvent]:
-        try:
-            message = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            return [MalformedEvent(f"invalid JSON: {exc}", _text(frame))]
-        if not isinstance(message, dict):
-            return [MalformedEvent("frame is not a JSON object", _text(frame))]
+        message = decode_object(frame)
+        if isinstance(message, MalformedEvent):
+            return [message]
         events: list[FeedEvent] = []
         sequence = message.get("sequence_num")
         if isinstance(sequence, int) and not isinstance(sequence, bool):
@@ -115,8 +113,8 @@ class CoinbaseParser:
                 events.append(ConnectionGapEvent(f"sequence_num {sequence}, expected {expected}"))
         try:
             events += self._events(message)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            events.append(MalformedEvent(f"unexpected Coinbase message: {exc!r}", _text(frame)))
+        except MESSAGE_ERRORS as exc:
+            events.append(unexpected_message("Coinbase", exc, frame))
             if message.get("channel") == "l2_data" and not isinstance(
                 events[0], ConnectionGapEvent
             ):
@@ -153,7 +151,3 @@ class CoinbaseParser:
         if kind == "snapshot":
             return BookSnapshotEvent(instrument, bids, asks, ts_event=ts_event)
         return BookDeltaEvent(instrument, bids, asks, ts_event=ts_event)
-
-
-def _text(frame: str | bytes) -> str:
-    return frame if isinstance(frame, str) else frame.decode("utf-8", "replace")

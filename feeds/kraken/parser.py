@@ -43,8 +43,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-
 from book.fixed import fixed_from_number, parse_fixed
 from book.snapshot import Level
 from feeds.events import (
@@ -57,6 +55,7 @@ from feeds.events import (
     MalformedEvent,
     VenueErrorEvent,
 )
+from feeds.frames import MESSAGE_ERRORS, decode_frame, frame_text, unexpected_message
 from feeds.kraken.checksum import Precision, PrecisionTable, decimals
 from feeds.symbols import SymbolMap
 
@@ -85,18 +84,17 @@ class KrakenParser:
         self._v1_names: dict[str, str | None] = {}
 
     def parse(self, frame: str | bytes) -> list[FeedEvent]:
-        try:
-            message = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            return [MalformedEvent(f"invalid JSON: {exc}", _text(frame))]
+        message = decode_frame(frame)
+        if isinstance(message, MalformedEvent):
+            return [message]
         try:
             if isinstance(message, dict):
                 return self._object(message)
             if isinstance(message, list):
                 return [self._v1_array(message)]
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            return [MalformedEvent(f"unexpected Kraken message: {exc!r}", _text(frame))]
-        return [MalformedEvent("frame is neither a JSON object nor an array", _text(frame))]
+        except MESSAGE_ERRORS as exc:
+            return [unexpected_message("Kraken", exc, frame)]
+        return [MalformedEvent("frame is neither a JSON object nor an array", frame_text(frame))]
 
     # -- v2 ----------------------------------------------------------------------------
 
@@ -255,7 +253,3 @@ def rfc3339_ns(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // _MICROSECOND * 1_000
-
-
-def _text(frame: str | bytes) -> str:
-    return frame if isinstance(frame, str) else frame.decode("utf-8", "replace")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from feeds.events import BookDeltaEvent, BookSnapshotEvent
 from feeds.kraken.checksum import CHECKSUM_LEVELS, PrecisionTable, book_checksum
-from feeds.sync import NOTHING, BookSync, ProblemKind, SyncProblem, SyncResult
+from feeds.sync import NOTHING, BookSync, ProblemKind, SyncProblem, SyncResult, Verdict
 
 DEPTHS = (10, 25, 100, 500, 1000)
 """Book depths Kraken accepts in a subscription."""
@@ -55,7 +55,7 @@ class KrakenBookSync(BookSync):
         book.load(event.bids, event.asks)
         book.truncate(self.depth)
         self._loaded = True
-        return self._verified_publish(event.checksum, event.ts_event, ts_recv)
+        return self._live_if_published(self._verified_publish(event, ts_recv))
 
     def on_delta(self, event: BookDeltaEvent, ts_recv: int) -> SyncResult:
         if not self._loaded:
@@ -63,27 +63,29 @@ class KrakenBookSync(BookSync):
         book = self.book
         book.apply(event.bids, event.asks)
         book.truncate(self.depth)
-        return self._verified_publish(event.checksum, event.ts_event, ts_recv)
+        return self._live_if_published(self._verified_publish(event, ts_recv))
 
-    def _verified_publish(self, checksum: int | None, ts_event: int, ts_recv: int) -> SyncResult:
-        if checksum is not None:
-            precision = self.precisions.get(self.instrument)
-            if precision is None:
-                return NOTHING  # cannot verify yet; the next message will be
-            book = self.book
-            ours = book_checksum(
-                book.top_asks(CHECKSUM_LEVELS), book.top_bids(CHECKSUM_LEVELS), precision
-            )
-            if ours != checksum:
-                return SyncResult(
-                    problem=SyncProblem(
-                        ProblemKind.CHECKSUM,
-                        f"Kraken checksum {checksum}, book gives {ours} "
-                        f"(precision {precision.price}/{precision.qty})",
-                    )
-                )
-            self.verified += 1
-        result = self._publish(ts_event, ts_recv)
+    def _live_if_published(self, result: SyncResult) -> SyncResult:
+        """A Kraken book is live from its first verified, published state."""
         if result.snapshot is not None:
             self.live = True
         return result
+
+    def _verify(self, event: BookSnapshotEvent | BookDeltaEvent) -> Verdict | SyncProblem:
+        checksum = event.checksum
+        if checksum is None:
+            return Verdict.UNCHECKED  # v1 snapshots carry none
+        precision = self.precisions.get(self.instrument)
+        if precision is None:
+            return Verdict.CANNOT_TELL
+        book = self.book
+        ours = book_checksum(
+            book.top_asks(CHECKSUM_LEVELS), book.top_bids(CHECKSUM_LEVELS), precision
+        )
+        if ours == checksum:
+            return Verdict.AGREES
+        return SyncProblem(
+            ProblemKind.CHECKSUM,
+            f"Kraken checksum {checksum}, book gives {ours} "
+            f"(precision {precision.price}/{precision.qty})",
+        )

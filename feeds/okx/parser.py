@@ -27,8 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from book.fixed import parse_fixed
 from book.snapshot import Level
 from feeds.events import (
@@ -38,9 +36,9 @@ from feeds.events import (
     FeedEvent,
     HeartbeatEvent,
     IgnoredEvent,
-    MalformedEvent,
     VenueErrorEvent,
 )
+from feeds.frames import parse_object
 from feeds.okx.checksum import TextLevel
 from feeds.symbols import SymbolMap
 
@@ -100,16 +98,7 @@ class OkxParser:
     def parse(self, frame: str | bytes) -> list[FeedEvent]:
         if frame in _PONG:
             return [_HEARTBEAT]
-        try:
-            message = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            return [MalformedEvent(f"invalid JSON: {exc}", _text(frame))]
-        if not isinstance(message, dict):
-            return [MalformedEvent("frame is not a JSON object", _text(frame))]
-        try:
-            return self._events(message)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            return [MalformedEvent(f"unexpected OKX message: {exc!r}", _text(frame))]
+        return parse_object(frame, "OKX", self._events)
 
     def _events(self, message: dict[str, Any]) -> list[FeedEvent]:
         event = message.get("event")
@@ -181,7 +170,3 @@ class OkxParser:
                 reconnect=code == SERVICE_UPGRADE_NOTICE,
             )
         return ControlEvent(f"{event}{target}")  # login, channel-conn-count
-
-
-def _text(frame: str | bytes) -> str:
-    return frame if isinstance(frame, str) else frame.decode("utf-8", "replace")

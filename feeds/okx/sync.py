@@ -20,7 +20,7 @@ from book.snapshot import Level
 from feeds.events import BookDeltaEvent, BookSnapshotEvent
 from feeds.okx.checksum import CHECKSUM_DEPTH, TextLevel, okx_checksum
 from feeds.okx.parser import OkxDeltaEvent, OkxSnapshotEvent
-from feeds.sync import NOTHING, BookSync, ProblemKind, SyncProblem, SyncResult
+from feeds.sync import NOTHING, BookSync, ProblemKind, SyncProblem, SyncResult, Verdict
 
 
 class OkxBookSync(BookSync):
@@ -29,18 +29,12 @@ class OkxBookSync(BookSync):
 
     def __init__(self, instrument: str, *, capture_depth: int = 0) -> None:
         super().__init__(instrument, capture_depth=capture_depth)
-        self._last_seq: int | None = None
         # price -> (price text, size text) as OKX last sent them, for checksums
         self._bid_text: dict[int, TextLevel] = {}
         self._ask_text: dict[int, TextLevel] = {}
 
-    @property
-    def last_seq_id(self) -> int | None:
-        return self._last_seq
-
     def reset(self) -> None:
         super().reset()
-        self._last_seq = None
         self._bid_text.clear()
         self._ask_text.clear()
 
@@ -50,16 +44,16 @@ class OkxBookSync(BookSync):
         self.book.load(event.bids, event.asks)
         self._bid_text = _texts(event.bids, event.bid_text)
         self._ask_text = _texts(event.asks, event.ask_text)
-        self._last_seq = event.update_id
+        self.last_update_id = event.update_id
         self.live = True
-        return self._checked_publish(event.checksum, event.ts_event, ts_recv)
+        return self._verified_publish(event, ts_recv)
 
     def on_delta(self, event: BookDeltaEvent, ts_recv: int) -> SyncResult:
         if not isinstance(event, OkxDeltaEvent):
             raise TypeError("OKX books need OkxDeltaEvent (level strings for checksums)")
         if not self.live:
             return NOTHING  # the old subscription's updates, before the new snapshot
-        seq, prev, last = event.last_id, event.prev_id, self._last_seq
+        seq, prev, last = event.last_id, event.prev_id, self.last_update_id
         if last is not None:
             if seq is None or prev is None:
                 return _gap(f"update without seqId/prevSeqId after seqId {last}")
@@ -67,33 +61,27 @@ class OkxBookSync(BookSync):
                 if seq == last and prev < last:
                     return NOTHING  # repeats the last state: a no-op heartbeat
                 return _gap(f"prevSeqId={prev} seqId={seq} but the last seqId was {last}")
-        self._last_seq = seq
+        self.last_update_id = seq
         if not event.bids and not event.asks:
             # OKX's keepalive for a quiet book: nothing changed, nothing to publish.
-            problem = self._verify(event.checksum)
-            return NOTHING if problem is None else SyncResult(problem=problem)
+            held = self._held(self._verify(event))
+            return NOTHING if held is None else held
         self.book.apply(event.bids, event.asks)
         _update(self._bid_text, event.bids, event.bid_text)
         _update(self._ask_text, event.asks, event.ask_text)
-        return self._checked_publish(event.checksum, event.ts_event, ts_recv)
+        return self._verified_publish(event, ts_recv)
 
-    def _checked_publish(self, checksum: int | None, ts_event: int, ts_recv: int) -> SyncResult:
-        problem = self._verify(checksum)
-        if problem is not None:
-            return SyncResult(problem=problem)
-        return self._publish(ts_event, ts_recv)
-
-    def _verify(self, checksum: int | None) -> SyncProblem | None:
+    def _verify(self, event: BookSnapshotEvent | BookDeltaEvent) -> Verdict | SyncProblem:
         """Compare OKX's checksum with the book's; 0 or absent means OKX sent none."""
+        checksum = event.checksum
         if not checksum:
-            return None
+            return Verdict.UNCHECKED
         ours = self.book_checksum()
         if ours == checksum:
-            self.verified += 1
-            return None
+            return Verdict.AGREES
         return SyncProblem(
             ProblemKind.CHECKSUM,
-            f"book checksum {ours} but OKX sent {checksum} (seqId {self._last_seq})",
+            f"book checksum {ours} but OKX sent {checksum} (seqId {self.last_update_id})",
         )
 
     def book_checksum(self) -> int:

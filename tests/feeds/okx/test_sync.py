@@ -106,7 +106,7 @@ def test_documented_chain_normal_no_update_reset_normal() -> None:
     assert top(result) == (F("8476.5"), F("3"), F("8477"), F("7"))
     assert result.snapshot is not None
     assert result.snapshot.bids == ((F("8476.5"), F("3")), (F("8475.55"), F("101")))
-    assert sync.last_seq_id == 5
+    assert sync.last_update_id == 5
     assert sync.live
 
 
@@ -138,7 +138,7 @@ def test_updates_wait_for_a_snapshot_after_a_reset() -> None:
     assert feed(sync, early) == NOTHING
     sync = live_sync(10)
     sync.reset()
-    assert (sync.live, sync.last_seq_id, len(sync.book)) == (False, None, 0)
+    assert (sync.live, sync.last_update_id, len(sync.book)) == (False, None, 0)
     assert feed(sync, frame("update", bids=[["8476", "1", "0", "1"]], prev=10, seq=11)) == NOTHING
     assert len(sync.book) == 0
     assert top(feed(sync, frame("snapshot", **SNAPSHOT_ROWS, seq=40, prev=-1)))
