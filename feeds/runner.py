@@ -460,7 +460,9 @@ class _RetryAfter(SnapshotError):
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it, whatever it ends with."""
+    """Cancel ``task`` and wait for it, whatever it ends with. A cancellation of the
+    caller while it waits is not swallowed (a runner stopped mid-rotation must stop)."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: it ended as it ended, while being cancelled

@@ -2,8 +2,9 @@
 
 A simulated venue on loopback, ``FeedRunner``s connected to it over real sockets, and a
 ``BookRegistry`` whose listeners record what the runners published (``Observed``).
-``running_rig`` starts one runner for one adapter; ``observed_registry``, ``feed_runner``
-and ``running`` are its parts, for rigs of several runners on one registry.
+``running_rig`` connects a venue's instruments as the runtime does (one runner per
+connection, as many instruments on each as the venue allows); ``observed_registry``,
+``feed_runner`` and ``running`` are its parts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import pytest
 
+from app.runtime import connection_groups
 from book.incidents import FeedIncident, IncidentKind, IncidentListener
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
@@ -68,18 +70,39 @@ class Observed:
 @dataclass
 class Rig(Generic[SimulatorT, AdapterT]):
     simulator: SimulatorT
-    adapter: AdapterT
-    runner: FeedRunner
+    adapters: list[AdapterT]
+    runners: list[FeedRunner]
+    """One runner (one connection) per group of instruments, ``adapters[i]`` its adapter."""
     registry: BookRegistry
     seen: Observed
     instruments: tuple[str, ...]
     """The instruments the rig waited to be live."""
+    incidents: list[list[FeedIncident]]
+    """Each runner's own incidents (connection ones have no instrument)."""
+
+    @property
+    def runner(self) -> FeedRunner:
+        """The runner of a venue connected over one connection."""
+        (runner,) = self.runners
+        return runner
+
+    @property
+    def adapter(self) -> AdapterT:
+        (adapter,) = self.adapters
+        return adapter
+
+    def kinds(self, runner: int) -> list[IncidentKind]:
+        """The kinds of runner ``runner``'s incidents, in order."""
+        return [incident.kind for incident in self.incidents[runner]]
 
     def verified(self) -> dict[str, int]:
-        """Messages each book's sync verified (checksums) on the current connection."""
-        dispatcher = self.runner.dispatcher
-        assert dispatcher is not None
-        return {name: sync.verified for name, sync in dispatcher.syncs.items()}
+        """Messages each book's sync verified (checksums) on the current connections."""
+        verified: dict[str, int] = {}
+        for runner in self.runners:
+            dispatcher = runner.dispatcher
+            assert dispatcher is not None
+            verified |= {name: sync.verified for name, sync in dispatcher.syncs.items()}
+        return verified
 
 
 def observed_registry() -> tuple[BookRegistry, Observed]:
@@ -141,23 +164,37 @@ async def running(
 async def running_rig(
     simulator: SimulatorT,
     adapter_factory: Callable[[SimulatorT], AdapterT],
-    instruments: Sequence[str],
+    instruments: Sequence[str] | None = None,
     capture_depth: int = 10,
     /,
     **adapter_settings: object,
 ) -> AsyncIterator[Rig[SimulatorT, AdapterT]]:
-    """Start ``simulator``, connect one runner of ``adapter_factory(simulator)`` over
-    loopback (books of ``capture_depth`` levels) and wait until every one of
-    ``instruments`` is live. ``adapter_settings`` override the adapter's attributes
-    (timeouts, pings, connection age) before the start."""
+    """Start ``simulator``, connect every instrument of ``adapter_factory(simulator)``
+    over loopback as the runtime does (a runner and adapter per connection; books of
+    ``capture_depth`` levels) and wait until every one of ``instruments`` (default: all)
+    is live. ``adapter_settings`` override the adapters' attributes (timeouts, pings,
+    connection age) before the start."""
     async with simulator:
         registry, seen = observed_registry()
-        adapter = adapter_factory(simulator)
-        for name, value in adapter_settings.items():
-            setattr(adapter, name, value)
-        runner = feed_runner(adapter, registry, seen.incidents.append, capture_depth=capture_depth)
-        async with running([runner], registry, instruments):
-            yield Rig(simulator, adapter, runner, registry, seen, tuple(instruments))
+        groups = connection_groups(adapter_factory(simulator))
+        adapters = [adapter_factory(simulator) for _ in groups]
+        incidents: list[list[FeedIncident]] = [[] for _ in groups]
+        runners: list[FeedRunner] = []
+        for adapter, group, own in zip(adapters, groups, incidents, strict=True):
+            for name, value in adapter_settings.items():
+                setattr(adapter, name, value)
+
+            def on_incident(incident: FeedIncident, own: list[FeedIncident] = own) -> None:
+                own.append(incident)
+                seen.incidents.append(incident)
+
+            runner = feed_runner(
+                adapter, registry, on_incident, capture_depth=capture_depth, instruments=group
+            )
+            runners.append(runner)
+        live = tuple(adapters[0].symbols.instruments() if instruments is None else instruments)
+        async with running(runners, registry, live):
+            yield Rig(simulator, adapters, runners, registry, seen, live, incidents)
 
 
 class Books(Protocol):
@@ -187,10 +224,17 @@ async def books_equal_simulator(
 
 
 async def silence_venue(rig: Rig[Any, Any], *, watchdog: float = 0.3, seconds: float = 1.0) -> None:
-    """Lower the runner's silence timeout to ``watchdog`` s, wait until a receive runs
-    with it (the one already waiting keeps the old timeout), then make the venue send
-    nothing for ``seconds``: the watchdog must drop the connection."""
-    rig.runner.adapter.silence_timeout = watchdog
-    frames = rig.runner.counters.frames
-    await eventually(lambda: rig.runner.counters.frames > frames + 1, "frames flow")
+    """Lower the runners' silence timeout to ``watchdog`` s, wait until a receive of each
+    runs with it (the one already waiting keeps the old timeout), then make the venue
+    send nothing for ``seconds``: the watchdogs must drop the connections."""
+    for runner in rig.runners:
+        runner.adapter.silence_timeout = watchdog
+    frames = [runner.counters.frames for runner in rig.runners]
+    await eventually(
+        lambda: all(
+            runner.counters.frames > before + 1
+            for runner, before in zip(rig.runners, frames, strict=True)
+        ),
+        "frames flow on every connection",
+    )
     rig.simulator.go_silent(seconds)
