@@ -11,6 +11,7 @@ import pytest
 
 from book.fixed import from_decimal, parse_fixed
 from publish.storage import (
+    BackendClosedError,
     Batch,
     BboRow,
     FeedEventKind,
@@ -18,6 +19,7 @@ from publish.storage import (
     PositionRow,
     PositionSide,
     StorageBackend,
+    StorageError,
     StorageFlusher,
 )
 from tests.postgres import pg_query
@@ -149,6 +151,15 @@ async def test_prices_and_quantities_round_trip_exactly(
             "SELECT bid_px = 61737.63, bid_qty = 0.00000001, ask_px::text FROM {s}.bbo"
             " WHERE seq = 1"
         ) == [(True, True, LARGE)]
+    else:
+        # Exact decimal text, never a REAL.
+        assert await store.read(
+            "SELECT bid_px, bid_qty, ask_px, ask_qty, typeof(bid_px), typeof(ask_px)"
+            " FROM {s}.bbo ORDER BY seq"
+        ) == [
+            ("61737.63", "0.00000001", LARGE, "0.000000000001", "text", "text"),
+            (None, None, "-0.5", "1", "null", "text"),
+        ]
 
 
 async def test_positions_upsert_and_reload_only_open_ones(
@@ -177,6 +188,16 @@ async def test_positions_upsert_and_reload_only_open_ones(
     finally:
         await again.close()
     assert await store.read("SELECT version FROM {s}.schema_version") == [(1,)]
+
+
+async def test_a_position_opened_and_closed_in_one_batch_ends_closed(
+    backend: StorageBackend,
+) -> None:
+    await backend.write_batch(
+        Batch(positions=[position("p-1"), position("p-1", closed_ts=5), position("p-2")])
+    )
+    assert await backend.load_open_positions() == [position("p-2")]
+    assert await backend.find_position("acct-1", "p-1") == position("p-1", closed_ts=5)
 
 
 async def test_feed_events_are_stored(store: Store, backend: StorageBackend) -> None:
@@ -227,3 +248,16 @@ async def test_rows_of_one_window_are_one_batch_and_acks_follow_the_commit(
         Batch(feed_events=[feed_event(7)]),
     ]
     assert await stored_bbo(store) == burst
+
+
+async def test_use_outside_open_and_close_is_an_error(store: Store) -> None:
+    backend = store.make()
+    with pytest.raises(BackendClosedError):
+        await backend.write_batch(Batch(bbo=[bbo(1)]))
+    await backend.open()
+    with pytest.raises(StorageError, match="already open"):
+        await backend.open()
+    await backend.close()
+    await backend.close()
+    with pytest.raises(BackendClosedError):
+        await backend.load_open_positions()

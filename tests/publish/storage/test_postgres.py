@@ -16,7 +16,6 @@ from publish.storage import (
     BackendClosedError,
     Batch,
     SchemaVersionError,
-    StorageError,
     StorageFlusher,
     StorageHealth,
 )
@@ -182,19 +181,6 @@ async def test_a_write_that_hangs_times_out_and_is_retried(schema: str) -> None:
     assert recording.failed == [Batch(positions=[position()])] * len(recording.failed)
     assert recording.committed == [Batch(positions=[position()])]
     assert await pg_query(f'SELECT id, account FROM "{schema}".positions') == [("p-1", "acct-1")]
-
-
-async def test_use_outside_open_and_close_is_an_error(schema: str) -> None:
-    backend = PostgresBackend(PG_DSN, schema=schema)
-    with pytest.raises(BackendClosedError):
-        await backend.write_batch(Batch(bbo=[bbo(1)]))
-    await backend.open()
-    with pytest.raises(StorageError, match="already open"):
-        await backend.open()
-    await backend.close()
-    await backend.close()
-    with pytest.raises(BackendClosedError):
-        await backend.load_open_positions()
 
 
 async def test_an_unreachable_database_fails_open_within_the_timeout(schema: str) -> None:
