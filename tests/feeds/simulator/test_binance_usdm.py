@@ -1,5 +1,5 @@
-"""The simulated Binance USD-M venue over real loopback websockets and HTTP, and the real
-Binance handler (``BinanceAdapter(futures=True)`` + ``FeedRunner``) against it.
+"""The simulated Binance USD-M venue over real loopback websockets and HTTP (the real
+handler against it is in ``tests/feeds/test_conformance.py``).
 
 Shapes and key order are those of recorded USD-M traffic (tests/fixtures/recorded:
 ``BINANCE_FUTURES.ws.1.0``, ``hftbacktest/usdm``); the book a client rebuilds with
@@ -18,15 +18,10 @@ import pytest
 from websockets.asyncio.client import connect
 
 from book.fixed import format_fixed_places, parse_fixed
-from book.incidents import IncidentKind
-from book.status import InstrumentState
 from feeds.simulator.binance import USDM_DEPTH_STREAMS, BinanceSimulator
 from feeds.simulator.catalog import simulated_symbols
 from feeds.simulator.faults import Fault, FaultCounters
-from tests.feeds.rig import books_equal_simulator
 from tests.feeds.simulator.test_binance import BinanceClientBook, recv_json, ticker_top
-from tests.feeds.test_runner import BOOKS, BTC, ETH, SOL, running_rig
-from tests.waiting import eventually
 
 CLOCK_NS = 1_723_161_256_299_123_456
 CLOCK_MS = 1_723_161_256_299
@@ -181,30 +176,3 @@ async def test_a_dropped_message_breaks_the_pu_chain_once(sim: BinanceSimulator)
     last_seen, previous_of_next = breaks[0]
     assert previous_of_next > last_seen
     assert sim.faults == FaultCounters(dropped=1)
-
-
-async def test_the_usdm_handler_keeps_books_equal_to_the_venue() -> None:
-    async with running_rig(futures=True) as rig:
-        await books_equal_simulator(rig, BOOKS, 10)
-        assert rig.runner.counters.gaps == 0
-        assert rig.seen.kinds() == [IncidentKind.CONNECT] + [IncidentKind.LIVE] * 3
-        assert rig.runner.adapter.snapshot_url(BTC).startswith(rig.simulator.rest_url)
-
-
-async def test_a_usdm_gap_resyncs_only_that_instrument() -> None:
-    live, stale = InstrumentState.LIVE, InstrumentState.STALE
-    async with running_rig(futures=True) as rig:
-        eth_snapshots = rig.simulator.snapshot_requests("ETHUSDT")
-        rig.simulator.drop_next("BTCUSDT")
-        await eventually(lambda: stale in rig.seen.states[BTC], "BTC stale")
-        eth_before = rig.seen.published[ETH]
-        await eventually(lambda: rig.registry.is_live(BTC), "BTC live again")
-        await eventually(lambda: rig.seen.published[ETH] > eth_before + 3, "ETH keeps streaming")
-        assert rig.seen.states[BTC] == [live, stale, live]
-        assert rig.seen.states[ETH] == rig.seen.states[SOL] == [live]
-        assert rig.simulator.snapshot_requests("ETHUSDT") == eth_snapshots
-        assert rig.runner.counters.gaps == 1
-        assert rig.runner.connections == 1
-        gaps = [i for i in rig.seen.incidents if i.kind is IncidentKind.GAP]
-        assert [(i.instrument, i.detail.startswith("gap: pu=")) for i in gaps] == [(BTC, True)]
-        await books_equal_simulator(rig, BOOKS, 10)
