@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -223,10 +224,13 @@ async def books_equal_simulator(
     await eventually(matches, "books equal the simulator's")
 
 
-async def silence_venue(rig: Rig[Any, Any], *, watchdog: float = 0.3, seconds: float = 1.0) -> None:
+async def silence_venue(
+    rig: Rig[Any, Any], *, watchdog: float = 0.3, seconds: float = 1.0
+) -> float:
     """Lower the runners' silence timeout to ``watchdog`` s, wait until a receive of each
     runs with it (the one already waiting keeps the old timeout), then make the venue
-    send nothing for ``seconds``: the watchdogs must drop the connections."""
+    send nothing for ``seconds``: the watchdogs must drop the connections. Returns the
+    ``time.monotonic()`` by which the venue is sending again."""
     for runner in rig.runners:
         runner.adapter.silence_timeout = watchdog
     frames = [runner.counters.frames for runner in rig.runners]
@@ -238,3 +242,4 @@ async def silence_venue(rig: Rig[Any, Any], *, watchdog: float = 0.3, seconds: f
         "frames flow on every connection",
     )
     rig.simulator.go_silent(seconds)
+    return time.monotonic() + seconds

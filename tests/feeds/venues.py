@@ -16,6 +16,8 @@ from typing import Any
 
 from app.venues import VENUE_KINDS
 from book.incidents import IncidentKind
+from feeds.metadata import TradingStatus
+from feeds.simulator.catalog import LISTINGS, SPELLING, simulated_symbols
 from feeds.simulator.venue import LoopbackVenue
 from feeds.symbols import SymbolMap
 from feeds.venue import VenueAdapter
@@ -99,7 +101,7 @@ def build_simulator(venue: str, **options: object) -> LoopbackVenue[Any]:
     expected = EXPECTED[venue]
     factory: Callable[..., LoopbackVenue[Any]] = kind.simulator  # type: ignore[assignment]
     return factory(
-        symbols=kind.sim_symbols,
+        symbols=simulated_symbols(venue),
         updates_per_second=200,
         seed=7,
         levels=expected.levels,
@@ -110,9 +112,12 @@ def build_simulator(venue: str, **options: object) -> LoopbackVenue[Any]:
 
 
 def build_adapter(venue: str, simulator: LoopbackVenue[Any]) -> VenueAdapter:
-    """An adapter of ``venue`` for every symbol ``simulator`` serves, at its URLs."""
+    """An adapter of ``venue`` for every trading instrument its simulator lists (the
+    catalog's), at the simulator's URLs."""
     kind = VENUE_KINDS[venue]
-    symbols = SymbolMap(venue, {kind.canonical(native): native for native in simulator.symbols})
+    spell = SPELLING[venue]
+    trading = [row.canonical for row in LISTINGS[venue] if row.status is TradingStatus.TRADING]
+    symbols = SymbolMap(venue, {canonical: spell(canonical) for canonical in trading})
     return kind.adapter(symbols, *kind.sim_endpoints(simulator))
 
 
