@@ -1,11 +1,9 @@
 """Subscribers in another process: many lean websocket clients on one asyncio loop.
 
 The fan-out and connection scenarios measure the server, so the clients must cost as
-little as possible: each is an ``asyncio.Protocol`` speaking just enough RFC 6455 (the
-opening handshake, unmasked server frames, masked client frames, ping -> pong, close)
-to subscribe and count what arrives, about 1-2 µs of client CPU per frame where the
-websockets client costs tens. The process reports its own CPU time so a report can
-show which side was the bottleneck.
+little as possible: each is a ``bench.leanws.LeanWebsocket`` that subscribes and counts
+what arrives. The process reports its own CPU time so a report can show which side was
+the bottleneck.
 
 Latency: each chunk read from a socket is stamped with ``time.time_ns()`` on arrival;
 a sampled frame (every frame unless ``sample_every`` > 1) is decoded and each message
@@ -27,24 +25,17 @@ N clients, start/stop a measurement window, collect counts and HDR histograms, c
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import cast
 from urllib.parse import urlsplit
 
 import orjson
 from hdrh.histogram import HdrHistogram
 
 from bench.agent import Agent, Command, serve_commands
+from bench.leanws import LeanWebsocket, open_connections
 from bench.report import latency_histogram, rss_bytes
-
-_KEY = base64.b64encode(os.urandom(16))
-_OP_TEXT, _OP_CLOSE, _OP_PING, _OP_PONG = 0x1, 0x8, 0x9, 0xA
-CONNECTS_IN_FLIGHT = 64
-"""Handshakes in progress at once (the server's accept backlog is 100)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,19 +97,7 @@ class _Stats:
         self.measuring = True
 
 
-def _masked_frame(opcode: int, payload: bytes) -> bytes:
-    """A client frame (clients must mask). Only small control/request payloads."""
-    mask = os.urandom(4)
-    length = len(payload)
-    if length < 126:
-        header = bytes((0x80 | opcode, 0x80 | length))
-    else:
-        header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
-    body = bytes(byte ^ mask[i & 3] for i, byte in enumerate(payload))
-    return header + mask + body
-
-
-class LeanSubscriber(asyncio.Protocol):
+class LeanSubscriber(LeanWebsocket):
     """One websocket client that counts (and samples) the text frames it receives."""
 
     def __init__(
@@ -131,67 +110,25 @@ class LeanSubscriber(asyncio.Protocol):
         *,
         tracker: bool = False,
     ) -> None:
-        self._request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {_KEY.decode()}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
+        super().__init__(host, path)
         self._spec = spec
         self._requests = requests
         self._replies_due = len(requests)
         self._stats = stats
         self._last_seen: dict[str, int] | None = {} if tracker else None
         """A tracker's newest ``origin`` seen per key."""
-        self._buffer = bytearray()
-        self._open = False
-        self._transport: asyncio.Transport | None = None
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self._transport.write(self._request)
+    def on_open(self) -> None:
+        if not self._requests:
+            self.set_ready()
+        for request in self._requests:
+            self.send_text(request)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def on_text(self, payload: bytes, arrival: int) -> None:
+        self._text(payload, arrival)
+
+    def on_closed(self) -> None:
         self._stats.closed += 1
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"closed before ready: {exc}"))
-
-    def data_received(self, data: bytes) -> None:
-        arrival = time.time_ns()
-        buffer = self._buffer
-        buffer += data
-        if not self._open and not self._handshake():
-            return
-        pos = 0
-        size = len(buffer)
-        while size - pos >= 2:
-            length = buffer[pos + 1] & 0x7F
-            header = 2
-            if length == 126:
-                if size - pos < 4:
-                    break
-                length = int.from_bytes(buffer[pos + 2 : pos + 4], "big")
-                header = 4
-            elif length == 127:
-                if size - pos < 10:
-                    break
-                length = int.from_bytes(buffer[pos + 2 : pos + 10], "big")
-                header = 10
-            end = pos + header + length
-            if end > size:
-                break
-            opcode = buffer[pos] & 0x0F
-            payload = bytes(buffer[pos + header : end])
-            pos = end
-            if opcode == _OP_TEXT:
-                self._text(payload, arrival)
-            elif opcode == _OP_PING:
-                self._send(_masked_frame(_OP_PONG, payload))
-            elif opcode == _OP_CLOSE:
-                self._send(_masked_frame(_OP_CLOSE, payload[:2]))
-                if self._transport is not None:
-                    self._transport.close()
-        del buffer[:pos]
 
     def start_window(self) -> None:
         """Forget the keys seen before the window: the publisher may have paused between
@@ -199,30 +136,11 @@ class LeanSubscriber(asyncio.Protocol):
         if self._last_seen is not None:
             self._last_seen.clear()
 
-    def _handshake(self) -> bool:
-        buffer = self._buffer
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return False
-        status = bytes(buffer[:end]).split(b"\r\n", 1)[0]
-        del buffer[: end + 4]
-        if b" 101 " not in status:
-            self.ready.set_exception(ConnectionError(f"handshake refused: {status!r}"))
-            if self._transport is not None:
-                self._transport.close()
-            return False
-        self._open = True
-        if not self._requests:
-            self.ready.set_result(None)
-        for request in self._requests:
-            self._send(_masked_frame(_OP_TEXT, request))
-        return True
-
     def _text(self, payload: bytes, arrival: int) -> None:
         if self._replies_due:
             self._replies_due -= 1
             if not self._replies_due:
-                self.ready.set_result(None)
+                self.set_ready()
             return
         stats = self._stats
         if not stats.measuring:
@@ -274,37 +192,18 @@ class LeanSubscriber(asyncio.Protocol):
                 changes.record_value(max(1, arrival - due))
                 due -= interval
 
-    def _send(self, frame: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(frame)
-
-    def close(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._send(_masked_frame(_OP_CLOSE, (1000).to_bytes(2, "big")))
-            self._transport.close()
-
 
 async def _connect_all(spec: PoolSpec, stats: _Stats) -> list[LeanSubscriber]:
-    loop = asyncio.get_running_loop()
     parts = urlsplit(spec.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    gate = asyncio.Semaphore(CONNECTS_IN_FLIGHT)
-    clients: list[LeanSubscriber] = []
 
-    async def one(index: int) -> None:
+    def make(index: int) -> LeanSubscriber:
         requests = spec.requests[index % len(spec.requests)] if spec.requests else ()
         tracker = index < spec.trackers and spec.change_interval_ns > 0
-        async with gate:
-            client = LeanSubscriber(f"{host}:{port}", path, spec, requests, stats, tracker=tracker)
-            await loop.create_connection(lambda: client, host, port)
-            await client.ready
-            clients.append(client)
+        return LeanSubscriber(f"{host}:{port}", path, spec, requests, stats, tracker=tracker)
 
-    async with asyncio.TaskGroup() as tasks:
-        for index in range(spec.count):
-            tasks.create_task(one(index))
-    return clients
+    return await open_connections(host, port, spec.count, make)
 
 
 class _Subscribers:
