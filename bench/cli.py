@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from bench import compression, connections, fanout, ingest, profit, storage
+from bench import compression, connections, fanout, ingest, orders, profit, storage
 from bench.report import Machine, Progress, ScenarioResult
 
 
@@ -33,7 +33,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument(
-        "--seconds", type=float, help="measured seconds per step (fanout, storage, profit)"
+        "--seconds",
+        type=float,
+        help="measured seconds per step or trial (fanout, storage, profit, orders)",
     )
     parser.add_argument(
         "--trials",
@@ -64,12 +66,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=storage.DEFAULT_PG_DSN,
         help="PostgreSQL to write to (default: %(default)s, or $MARKETCAST_BENCH_PG_DSN)",
     )
-    group.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    group.add_argument("--no-postgres", action="store_true", help="SQLite only (storage, orders)")
     group.add_argument(
         "--prune-rows",
         type=int,
         default=0,
         help="old BBO rows to prune during each step (flush times with retention running)",
+    )
+    group = parser.add_argument_group("orders")
+    group.add_argument("--opens", type=_counts, help="the ramp of offered position.open requests/s")
+    group.add_argument(
+        "--order-connections", type=int, help="websocket connections sending opens (200)"
     )
     group = parser.add_argument_group("connections")
     group.add_argument("--connections", type=int, help="idle connections to hold (10000)")
@@ -151,12 +158,26 @@ def _connections(args: argparse.Namespace, progress: Progress) -> ScenarioResult
     return connections.run(options, progress)
 
 
+def _orders(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
+    base = orders.OrdersOptions.quick() if args.quick else orders.OrdersOptions.full()
+    options = replace(
+        base,
+        rates=args.opens or base.rates,
+        connections=args.order_connections or base.connections,
+        seconds=args.seconds or base.seconds,
+        repeats=args.trials or base.repeats,
+        pg_dsn=None if args.no_postgres else args.pg_dsn,
+    )
+    return orders.run(options, progress)
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace, Progress], ScenarioResult]] = {
     "ingest": _ingest,
     "fanout": _fanout,
     "profit": _profit,
     "storage": _storage,
     "connections": _connections,
+    "orders": _orders,
     "compression": _compression,
 }
 SCENARIOS = tuple(RUNNERS)

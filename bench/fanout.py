@@ -30,14 +30,23 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
-from bench.ramp import Criteria, RepeatedStep, climb, highest_sustained, median
+from bench.ramp import (
+    Criteria,
+    RepeatedStep,
+    climb,
+    highest_sustained,
+    latencies,
+    median,
+    median_percentile,
+    p99_range,
+    value_range,
+)
 from bench.report import (
     Progress,
     ScenarioResult,
     Table,
     Target,
     megabytes,
-    ms,
     number,
     ratio,
 )
@@ -179,36 +188,12 @@ def _p(histogram: HdrHistogram, percentile: float) -> float:
     return float(histogram.get_value_at_percentile(percentile))
 
 
-Latency = Callable[[WindowReport], HdrHistogram]
+def _end_to_end(step: Step) -> HdrHistogram:
+    return step.clients.end_to_end
 
 
-def _end_to_end(clients: WindowReport) -> HdrHistogram:
-    return clients.end_to_end
-
-
-def _publish(clients: WindowReport) -> HdrHistogram:
-    return clients.publish
-
-
-def _median_latency(step: Repeated, histogram: Latency, percentile: float) -> float:
-    """Median over the trials that measured anything of their ``percentile``, ns."""
-    values = [
-        _p(histogram(trial.clients), percentile)
-        for trial in step.trials
-        if histogram(trial.clients).get_total_count()
-    ]
-    return median(values) if values else math.nan
-
-
-def _latencies(step: Repeated, histogram: Latency) -> str:
-    """Median over the trials of p50 / p99 / p99.9, ms."""
-    values = [_median_latency(step, histogram, p) for p in (50, 99, 99.9)]
-    return "-" if math.isnan(values[0]) else " / ".join(ms(value) for value in values)
-
-
-def _range(low_high: tuple[float, float], render: Callable[[float], str] = number) -> str:
-    low, high = low_high
-    return f"{render(low)}-{render(high)}"
+def _publish(step: Step) -> HdrHistogram:
+    return step.clients.publish
 
 
 def measure_pair(
@@ -344,14 +329,11 @@ def report(runs: list[Run], options: FanoutOptions) -> ScenarioResult:
                     run.server,
                     number(step.rate),
                     number(step.delivered),
-                    _range(step.spread(lambda trial: trial.delivered)),
+                    value_range(step.spread(lambda trial: trial.delivered)),
                     number(_median_of(step, lambda t: t.frames)),
-                    _latencies(step, _publish),
-                    _latencies(step, _end_to_end),
-                    _range(
-                        step.spread(lambda trial: trial.p99_ns),
-                        lambda ns: "-" if math.isinf(ns) else ms(ns),
-                    ),
+                    latencies(step, _publish),
+                    latencies(step, _end_to_end),
+                    p99_range(step),
                     f"{_median_of(step, lambda t: t.server_cpu):.0%}",
                     number(_median_of(step, lambda t: t.frames_per_core)),
                     f"{_median_of(step, lambda t: t.client_cpu):.0%}",
@@ -399,8 +381,8 @@ def report(runs: list[Run], options: FanoutOptions) -> ScenarioResult:
                 number(ours_rate) if best else "none",
                 number(raw_rate) if raw_best else "none",
                 ratio(ours_rate, raw_rate) if best and raw_best else "-",
-                _latencies(best, _end_to_end) if best else "-",
-                _latencies(raw_best, _end_to_end) if raw_best else "-",
+                latencies(best, _end_to_end) if best else "-",
+                latencies(raw_best, _end_to_end) if raw_best else "-",
                 ratio(run.peak_frames_per_core, raw.peak_frames_per_core) if raw else "-",
                 megabytes(run.rss_end),
                 f"{per_connection / 1024:.1f}",
@@ -429,7 +411,7 @@ def report(runs: list[Run], options: FanoutOptions) -> ScenarioResult:
             fast = [
                 step.delivered
                 for step in run.steps
-                if _median_latency(step, _end_to_end, 99) < BATCH_TARGET_P99_MS * 1e6
+                if median_percentile(step, _end_to_end, 99) < BATCH_TARGET_P99_MS * 1e6
             ]
             result.targets.append(
                 Target(

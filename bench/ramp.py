@@ -5,11 +5,12 @@ A contender (a server under test, or its floor) is offered a rate for one measur
 window: a *trial*. ``climb`` runs every step of a ramp ``repeats`` times, interleaving
 the contenders still climbing (A B, then B A, ...: neither always goes first), and
 keeps the trials of each step together as a ``RepeatedStep``. A step is **sustained**
-when, by the median of its trials, at least ``share`` of the offered load was delivered,
-the p99 latency was within the step's limit, and nothing failed (clients closed,
-errors). A contender stops climbing after its first step not sustained; the ramp stops
-when no contender climbs. The headline is each contender's highest sustained step,
-side by side; ``spread`` tells how far the trials of a step were apart.
+when, by the median of its trials, the driver really offered at least ``share`` of the
+step's rate, at least ``share`` of what it offered was delivered, the p99 latency was
+within the step's limit, and nothing failed (clients closed, errors). A contender stops
+climbing after its first step not sustained; the ramp stops when no contender climbs.
+The headline is each contender's highest sustained step, side by side; ``spread`` tells
+how far the trials of a step were apart.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import statistics
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
+
+from hdrh.histogram import HdrHistogram
+
+from bench.report import ms, number
 
 
 class Trial(Protocol):
@@ -104,6 +109,7 @@ class RepeatedStep(Generic[T]):
         return (
             bool(self.trials)
             and self.failures == 0
+            and self.offered >= criteria.share * self.rate
             and self.delivered_share >= criteria.share
             and self.p99_ns <= criteria.p99_limit_ms * 1e6
         )
@@ -146,3 +152,34 @@ def climb(
             steps[contender].append(current[contender])
         climbing = [contender for contender in climbing if current[contender].sustained(criteria)]
     return steps
+
+
+def median_percentile(
+    step: RepeatedStep[T], histogram: Callable[[T], HdrHistogram], percentile: float
+) -> float:
+    """Median over the trials that measured anything of their ``percentile``, ns."""
+    values = [
+        float(histogram(trial).get_value_at_percentile(percentile))
+        for trial in step.trials
+        if histogram(trial).get_total_count()
+    ]
+    return median(values) if values else math.nan
+
+
+def latencies(step: RepeatedStep[T], histogram: Callable[[T], HdrHistogram]) -> str:
+    """Medians over the trials of p50 / p99 / p99.9, in ms (``-``: nothing measured)."""
+    values = [median_percentile(step, histogram, p) for p in (50, 99, 99.9)]
+    return "-" if math.isnan(values[0]) else " / ".join(ms(value) for value in values)
+
+
+def value_range(low_high: tuple[float, float], render: Callable[[float], str] = number) -> str:
+    """A ``spread`` as ``low-high``."""
+    low, high = low_high
+    return f"{render(low)}-{render(high)}"
+
+
+def p99_range(step: RepeatedStep[T]) -> str:
+    """The spread of the trials' p99 latency, in ms."""
+    return value_range(
+        step.spread(lambda trial: trial.p99_ns), lambda ns: "-" if math.isinf(ns) else ms(ns)
+    )

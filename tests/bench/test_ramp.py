@@ -47,6 +47,11 @@ def test_the_limits_are_inclusive() -> None:
     assert not step(Made(1000, 950, p99_ns=20e6 + 1)).sustained(CRITERIA)
 
 
+def test_a_rate_the_driver_could_not_offer_is_not_sustained() -> None:
+    assert step(Made(950, 950)).sustained(CRITERIA)
+    assert not step(Made(940, 940)).sustained(CRITERIA)
+
+
 def test_nothing_measured_is_not_sustained() -> None:
     assert not step().sustained(CRITERIA)
     assert not step(Made(1000, 1000, p99_ns=math.inf)).sustained(CRITERIA)

@@ -1,0 +1,477 @@
+"""Scenario 6, order entry: many websocket connections sending ``position.open``; acks/s
+sustained and ack latency on SQLite and on PostgreSQL, against floors in the same run.
+
+Contenders, each in processes of its own, all up the same ramp of offered opens per
+second together (``bench.ramp.climb``: every step ``repeats`` times, interleaved,
+judged by the median of its trials):
+
+- **marketcast on SQLite / on PostgreSQL**: the single-process server as ``marketcast
+  run`` wires it (``bench.orderservers``), ``connections`` clients in another process
+  (``bench.orderclients``), each authenticated as an account of its own, sending opens
+  open-loop at the offered rate; an ack comes back once the position's group commit is
+  done. (Through an edge to a positions shard is the cluster's variant: a kind of
+  ``bench.orderservers.OrderServerKind`` and a contender here, once that role exists.)
+- **websocket request/reply floor**: the same clients and frames against a bare
+  ``websockets`` server that answers each with an ack-shaped frame, no storage.
+- **bare storage floors**: the same position rows written in 5 ms group commits with
+  ``executemany`` (SQLite) or ``COPY`` (PostgreSQL), no server (``bench.positionfloor``);
+  their "acks" are committed rows and their latency is row added -> commit done.
+
+A step is sustained when, by the median of its trials, the clients really offered >= 95%
+of the rate, >= 95% of what they sent was acked in the window, the p99 ack latency was
+<= ``ACK_P99_MS`` and no request was refused (nor a connection closed). The headline per
+backend is marketcast's highest sustained rate beside its floors: the binding floor is
+the lower of the websocket floor and that backend's storage floor (marketcast needs
+both); a floor that sustained the whole ramp is only known to be at least its top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import orjson
+from hdrh.histogram import HdrHistogram
+
+from bench.orderclients import OrderClientPool, OrderPoolSpec, OrderWindow
+from bench.orderservers import OrderServerKind, OrderServerProcess, OrderServerSpec
+from bench.positionfloor import FloorSpec, StorageFloorProcess, StorageTrial
+from bench.ramp import (
+    Criteria,
+    RepeatedStep,
+    climb,
+    highest_sustained,
+    latencies,
+    median,
+    p99_range,
+    value_range,
+)
+from bench.report import Progress, ScenarioResult, Table, Target, number, ratio
+from bench.servers import instrument_names
+from bench.storage import DEFAULT_PG_DSN
+from publish.auth import TokenAuthority
+
+SUSTAINED_SHARE = 0.95
+ACK_P99_MS = 10.0
+CRITERIA = Criteria(SUSTAINED_SHARE, ACK_P99_MS)
+ACKS_TARGET = {"sqlite": 20_000, "postgres": 15_000}
+"""Acks/s sustained (with p99 <= ``ACK_P99_MS``) by the single process (issue 12)."""
+FLOOR_SHARE_TARGET = 0.60
+DRAIN_SECONDS = 0.2
+"""Pause after a trial so that the acks still in flight do not land in the next one."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrdersOptions:
+    rates: tuple[int, ...]
+    """The ramp: offered ``position.open`` requests per second."""
+    connections: int = 200
+    instruments: int = 10
+    warmup: float = 0.5
+    seconds: float = 1.0
+    repeats: int = 3
+    window_ms: float = 5.0
+    """Group commit window of the storage floors (marketcast's default)."""
+    pg_dsn: str | None = DEFAULT_PG_DSN
+    """``None``: SQLite only."""
+
+    @classmethod
+    def quick(cls) -> OrdersOptions:
+        return cls(rates=(2_000,), connections=20, warmup=0.2, seconds=0.3)
+
+    @classmethod
+    def full(cls) -> OrdersOptions:
+        return cls(
+            rates=(2_500, 5_000, 10_000, 15_000, 20_000, 30_000, 40_000, 60_000, 80_000),
+        )
+
+
+class Contender(StrEnum):
+    MARKETCAST_SQLITE = "marketcast on SQLite"
+    MARKETCAST_POSTGRES = "marketcast on PostgreSQL"
+    WEBSOCKET_FLOOR = "websocket request/reply, no storage"
+    SQLITE_FLOOR = "bare SQLite executemany, group commit"
+    POSTGRES_FLOOR = "bare PostgreSQL COPY, group commit"
+
+
+BACKENDS = {
+    "sqlite": (Contender.MARKETCAST_SQLITE, Contender.SQLITE_FLOOR),
+    "postgres": (Contender.MARKETCAST_POSTGRES, Contender.POSTGRES_FLOOR),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OrderTrial:
+    """One measured window of one contender (a ``bench.ramp.Trial``)."""
+
+    offered: float
+    delivered: float
+    """Acks (or committed rows) per second."""
+    latency: HdrHistogram
+    errors: dict[str, int]
+    closed: int
+    server_cpu: float
+    """Share of one core used by the server (or the storage floor's) process."""
+    client_cpu: float
+    """Share of one core used by the client process (``nan``: none)."""
+
+    @property
+    def p99_ns(self) -> float:
+        if not self.latency.get_total_count():
+            return math.inf
+        return float(self.latency.get_value_at_percentile(99))
+
+    @property
+    def failures(self) -> int:
+        return sum(self.errors.values()) + self.closed
+
+    @classmethod
+    def from_clients(cls, window: OrderWindow, server_cpu_seconds: float) -> OrderTrial:
+        return cls(
+            offered=window.sent / window.seconds,
+            delivered=window.acked / window.seconds,
+            latency=window.latency,
+            errors=window.errors,
+            closed=window.closed,
+            server_cpu=server_cpu_seconds / window.seconds,
+            client_cpu=window.cpu_seconds / window.seconds,
+        )
+
+    @classmethod
+    def from_storage(cls, trial: StorageTrial) -> OrderTrial:
+        return cls(
+            offered=trial.offered,
+            delivered=trial.delivered,
+            latency=trial.latency,
+            errors={},
+            closed=0,
+            server_cpu=trial.cpu_seconds / trial.seconds,
+            client_cpu=math.nan,
+        )
+
+
+Steps = dict[Contender, list[RepeatedStep[OrderTrial]]]
+
+
+@dataclass(slots=True)
+class OrdersRun:
+    steps: Steps
+    notes: list[str] = field(default_factory=list)
+
+
+def _websocket_trial(
+    server: OrderServerProcess, pool: OrderClientPool, options: OrdersOptions, rate: float
+) -> OrderTrial:
+    pool.drive(rate)
+    try:
+        time.sleep(options.warmup)
+        server.window()
+        pool.window()
+        time.sleep(options.seconds)
+        window = pool.measure()
+        cpu = server.measure()
+    finally:
+        pool.halt()
+    time.sleep(DRAIN_SECONDS)
+    return OrderTrial.from_clients(window, cpu)
+
+
+def _storage_trial(floor: StorageFloorProcess, options: OrdersOptions, rate: float) -> OrderTrial:
+    return OrderTrial.from_storage(floor.trial(rate, options.warmup, options.seconds))
+
+
+def _postgres_reachable(dsn: str) -> str | None:
+    """``None`` when ``dsn`` answers, else why not."""
+    try:
+        import asyncpg
+    except ImportError:
+        return "asyncpg is not installed (pip install '.[postgres]')"
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(dsn, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (TimeoutError, OSError) as exc:
+        return f"cannot reach {dsn}: {str(exc)[:200]}"
+    return None
+
+
+async def _drop_schemas(dsn: str, schemas: list[str]) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        for schema in schemas:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def measure_all(options: OrdersOptions, progress: Progress) -> OrdersRun:
+    secret = os.urandom(24).hex()
+    tokens = TokenAuthority(secret.encode())
+    accounts = [f"acct-{i:05d}" for i in range(options.connections)]
+    auth = tuple(
+        orjson.dumps({"op": "auth", "id": 0, "token": tokens.issue(account, ttl=86_400)})
+        for account in accounts
+    )
+    instruments = tuple(instrument_names(options.instruments))
+    notes: list[str] = []
+    backends = ["sqlite"]
+    schemas: list[str] = []
+    dsn = options.pg_dsn
+    if dsn is None:
+        notes.append("PostgreSQL skipped (--no-postgres)")
+    elif (why := _postgres_reachable(dsn)) is not None:
+        notes.append(f"PostgreSQL skipped: {why}")
+    else:
+        backends.append("postgres")
+    trials: dict[Contender, Callable[[float], OrderTrial]] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+
+            def websocket(contender: Contender, spec: OrderServerSpec) -> None:
+                progress.step(f"{contender}: starting, {options.connections:,} connections")
+                server = stack.enter_context(OrderServerProcess(spec))
+                pool = stack.enter_context(OrderClientPool())
+                pool.connect(OrderPoolSpec(server.url, auth, instruments))
+                trials[contender] = lambda rate: _websocket_trial(server, pool, options, rate)
+
+            def storage(contender: Contender, spec: FloorSpec) -> None:
+                progress.step(f"{contender}: starting")
+                floor = stack.enter_context(StorageFloorProcess(spec))
+                trials[contender] = lambda rate: _storage_trial(floor, options, rate)
+
+            for backend in backends:
+                marketcast, floor = BACKENDS[backend]
+                schema = f"marketcast_bench_orders_{os.getpid()}_{backend}"
+                floor_schema = f"{schema}_floor"
+                if backend == "postgres":
+                    schemas += [schema, floor_schema]
+                websocket(
+                    marketcast,
+                    OrderServerSpec(
+                        OrderServerKind.MARKETCAST,
+                        backend=backend,
+                        instruments=instruments,
+                        connections=options.connections,
+                        secret=secret,
+                        pg_dsn=dsn or "",
+                        pg_schema=schema,
+                    ),
+                )
+                storage(
+                    floor,
+                    FloorSpec(
+                        backend,
+                        options.connections,
+                        instruments,
+                        window_ms=options.window_ms,
+                        path=str(directory / "floor.db"),
+                        dsn=dsn or "",
+                        schema=floor_schema,
+                    ),
+                )
+            websocket(
+                Contender.WEBSOCKET_FLOOR,
+                OrderServerSpec(OrderServerKind.WEBSOCKET_FLOOR, connections=options.connections),
+            )
+
+            def trial(contender: Contender, rate: float) -> OrderTrial:
+                progress.step(f"{contender}: offering {number(rate)} opens/s")
+                return trials[contender](rate)
+
+            ordered = [contender for contender in Contender if contender in trials]
+            steps = climb(options.rates, ordered, trial, repeats=options.repeats, criteria=CRITERIA)
+    finally:
+        if dsn is not None and schemas:
+            with contextlib.suppress(OSError):
+                asyncio.run(_drop_schemas(dsn, schemas))
+    return OrdersRun(steps, notes)
+
+
+def run(options: OrdersOptions, progress: Progress) -> ScenarioResult:
+    progress.scenario("orders")
+    measured = measure_all(options, progress)
+    progress.done()
+    return report(measured, options)
+
+
+def _latency(trial: OrderTrial) -> HdrHistogram:
+    return trial.latency
+
+
+def _share(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.0%}"
+
+
+def _sustained_text(steps: list[RepeatedStep[OrderTrial]], options: OrdersOptions) -> str:
+    best = highest_sustained(steps, CRITERIA)
+    if best is None:
+        return "none"
+    top = best.rate == options.rates[-1]
+    return f"{'>= ' if top else ''}{number(best.rate)}"
+
+
+def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
+    result = ScenarioResult(
+        key="orders",
+        title="6. Order entry: position.open over websocket, acks after commit",
+        how=(
+            f"{options.connections:,} websocket connections in another process, each "
+            f"authenticated as its own account, send position.open ({options.instruments} "
+            "instruments, a new id each) open-loop at the offered rate, round-robin; ack "
+            "latency = ack arrival - request written. marketcast = the single process as "
+            "`marketcast run` wires it (storage flusher with 5 ms group commits, position "
+            "book, profit engine, token auth), SQLite file or PostgreSQL schema. Floors in "
+            "the same run: the same clients and frames against a bare websockets server "
+            "answering an ack-shaped frame (no storage), and the same rows written bare in "
+            f"{options.window_ms:g} ms group commits (SQLite executemany / PostgreSQL COPY, "
+            "latency = row added -> commit done). Every contender climbs the same ramp, "
+            f"every step {options.repeats} times interleaved, {options.warmup:g} s warm-up "
+            f"+ {options.seconds:g} s measured each, judged by the median of its trials: "
+            f"sustained = >= {SUSTAINED_SHARE:.0%} of the rate offered and of what was sent "
+            f"acked, p99 ack <= {ACK_P99_MS:g} ms, nothing refused. Latencies in ms as p50 / "
+            "p99 / p99.9 (medians over the trials). CPU = share of one core of the server's "
+            "process (PostgreSQL's own processes are not counted) and of the clients'."
+        ),
+        notes=list(measured.notes),
+    )
+    rows: list[tuple[str, ...]] = []
+    refusals: dict[Contender, Counter[str]] = {}
+    for contender, ladder in measured.steps.items():
+        for step in ladder:
+            for trial in step.trials:
+                refusals.setdefault(contender, Counter()).update(trial.errors)
+            rows.append(
+                (
+                    str(contender),
+                    number(step.rate),
+                    number(step.offered),
+                    number(step.delivered),
+                    value_range(step.spread(lambda trial: trial.delivered)),
+                    latencies(step, _latency),
+                    p99_range(step),
+                    number(step.failures),
+                    _share(median([trial.server_cpu for trial in step.trials])),
+                    _share(median([trial.client_cpu for trial in step.trials])),
+                    f"{'yes' if step.sustained(CRITERIA) else 'no'} "
+                    f"({step.trials_sustained(CRITERIA)} of {len(step.trials)})",
+                )
+            )
+    result.tables.append(
+        Table(
+            "every step (medians over the trials)",
+            (
+                "contender",
+                "rate",
+                "offered/s",
+                "acks/s",
+                "acks/s range",
+                "ack ms",
+                "p99 range ms",
+                "refused",
+                "server CPU",
+                "client CPU",
+                "sustained (trials alone)",
+            ),
+            rows,
+        )
+    )
+    steps = measured.steps
+    websocket_steps = steps.get(Contender.WEBSOCKET_FLOOR, [])
+    websocket_best = highest_sustained(websocket_steps, CRITERIA)
+    headline: list[tuple[str, ...]] = []
+    for backend, (marketcast, storage) in BACKENDS.items():
+        if marketcast not in steps:
+            continue
+        best = highest_sustained(steps[marketcast], CRITERIA)
+        storage_best = highest_sustained(steps.get(storage, []), CRITERIA)
+        ours = best.rate if best else 0.0
+        floors = [step.rate if step else 0.0 for step in (websocket_best, storage_best)]
+        binding = min(floors)
+        headline.append(
+            (
+                backend,
+                _sustained_text(steps[marketcast], options),
+                latencies(best, _latency) if best else "-",
+                _sustained_text(websocket_steps, options),
+                _sustained_text(steps.get(storage, []), options),
+                ratio(ours, binding) if binding else "-",
+                f">= {number(ACKS_TARGET[backend])}/s, p99 <= {ACK_P99_MS:g} ms; "
+                f">= {FLOOR_SHARE_TARGET:.0%} of floor",
+            )
+        )
+        result.figures[f"{backend}_sustained_acks_per_s"] = ours
+        if best is not None:
+            for name, percentile in (("p50", 50), ("p99", 99), ("p999", 99.9)):
+                values = [
+                    float(t.latency.get_value_at_percentile(percentile)) / 1e6
+                    for t in best.trials
+                    if t.latency.get_total_count()
+                ]
+                result.figures[f"{backend}_ack_{name}_ms"] = median(values)
+        result.figures[f"{backend}_storage_floor_rows_per_s"] = floors[1]
+        result.targets.append(
+            Target(
+                f"{backend}: position.open acks/s sustained (p99 ack <= {ACK_P99_MS:g} ms, "
+                f"median of {options.repeats})",
+                ours,
+                ACKS_TARGET[backend],
+                "/s",
+            )
+        )
+        if binding:
+            result.targets.append(
+                Target(
+                    f"{backend}: acks/s sustained vs the binding floor (lower of websocket "
+                    f"request/reply {number(floors[0])}/s and bare {backend} "
+                    f"{number(floors[1])}/s)",
+                    100 * ours / binding,
+                    100 * FLOOR_SHARE_TARGET,
+                    "%",
+                )
+            )
+        else:
+            result.notes.append(
+                f"{backend}: a floor sustained not even the ramp's first step, so the share "
+                "of the floor is not judged (start the ramp lower: --opens)"
+            )
+    if websocket_steps:
+        result.figures["websocket_floor_per_s"] = websocket_best.rate if websocket_best else 0.0
+    result.tables.append(
+        Table(
+            "headline: highest offered opens/s sustained, by the median of repeated steps",
+            (
+                "backend",
+                "marketcast acks/s",
+                "ack ms there",
+                "websocket floor",
+                "storage floor",
+                "vs the lower floor",
+                "target",
+            ),
+            headline,
+        )
+    )
+    for contender, codes in refusals.items():
+        if codes:
+            seen = ", ".join(f"{code} x {count:,}" for code, count in codes.most_common())
+            result.notes.append(f"{contender}: refusals in measured windows: {seen}")
+    result.notes.append(
+        "'>= N': sustained the whole ramp, so only known to be at least its top; the ratio "
+        "against such a floor is then an upper bound"
+    )
+    return result

@@ -1,0 +1,233 @@
+"""The servers an order-entry run measures, each in a fresh process of its own.
+
+- ``marketcast``: the whole single-process server as ``marketcast run`` wires it
+  (``app.runtime.serve``: storage and its flusher, the position book, the profit
+  engine, token auth, the subscription server, metrics), on SQLite (a file in a
+  temporary directory) or PostgreSQL (a schema of its own), with no venues: the
+  instruments the orders name are added to its registry once it is up. Limits are
+  raised for the bench (``order_settings``): a connection may send as many requests as
+  the driver offers and an account may hold every position a run opens.
+- ``websocket floor``: a bare ``websockets`` server that answers every request on its
+  connection with an ack-shaped frame: for ``position.open`` the same ack marketcast
+  sends (``encode_position_ack`` of the position as received, amounts parsed and
+  formatted back), for anything else (``auth``) a small ack. No validation, no
+  storage, no auth: the floor of websocket request/reply of the same frames.
+
+A cluster contender (an edge routing ``position.open`` to a positions shard over NATS,
+issue 12) adds a kind here whose ``start`` launches those roles and returns the edge's
+URL; the clients, the ramp and the report need nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from app.runtime import RunningServer
+from app.runtime import serve as run_server
+from app.settings import AuthSettings, PositionSettings, ServerSettings, Settings, StorageSettings
+from bench.agent import Agent, Command, serve_commands
+from book.fixed import parse_fixed
+from book.status import InstrumentState, InstrumentStatus
+from publish.client import ServerLimits
+from publish.protocol import Op, encode_position_ack
+from publish.storage.rows import PositionRow, PositionSide
+
+BENCH_LIMIT = 1_000_000_000
+"""Requests per second and positions per account a bench server allows: never reached."""
+FLOOR_ACCOUNT = "acct-00000"
+"""The account the websocket floor puts in its acks (as long as the real ones)."""
+
+
+class OrderServerKind(StrEnum):
+    MARKETCAST = "marketcast"
+    WEBSOCKET_FLOOR = "websocket floor"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderServerSpec:
+    kind: OrderServerKind
+    backend: str = "sqlite"
+    """``sqlite`` or ``postgres`` (marketcast only)."""
+    instruments: tuple[str, ...] = ()
+    connections: int = 100
+    secret: str = ""
+    """The token secret of marketcast's ``[auth]`` (the parent issues the tokens)."""
+    pg_dsn: str = ""
+    pg_schema: str = ""
+    max_per_account: int = BENCH_LIMIT
+    """``[positions].max_per_account`` of marketcast."""
+
+
+def order_settings(spec: OrderServerSpec, directory: Path) -> Settings:
+    """The settings of a marketcast order server (``directory`` holds its SQLite file)."""
+    limits = ServerLimits(
+        max_connections=spec.connections + 100,
+        ops_per_second=BENCH_LIMIT,
+        ops_burst=BENCH_LIMIT,
+    )
+    storage = (
+        StorageSettings(backend="postgres", dsn=spec.pg_dsn, schema=spec.pg_schema)
+        if spec.backend == "postgres"
+        else StorageSettings(backend="sqlite", path=str(directory / "orders.db"))
+    )
+    return Settings(
+        server=ServerSettings(host="127.0.0.1", port=0, limits=limits),
+        storage=storage,
+        auth=AuthSettings(secret=spec.secret),
+        positions=PositionSettings(max_per_account=spec.max_per_account),
+    )
+
+
+class _MarketcastOrders:
+    def __init__(self, spec: OrderServerSpec) -> None:
+        self._spec = spec
+        self._directory = tempfile.TemporaryDirectory(prefix="marketcast-bench-orders-")
+        self._task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        settings = order_settings(self._spec, Path(self._directory.name))
+        ready: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.get_running_loop().create_task(
+            run_server(settings, on_ready=ready.set_result)
+        )
+        task = self._task
+        await asyncio.wait((ready, task), return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            task.result()  # raises what stopped it
+            raise RuntimeError("the marketcast server stopped before it was ready")
+        running = ready.result()
+        for name in self._spec.instruments:
+            running.registry.add_instrument(name)
+            running.registry.set_status(InstrumentStatus(name, InstrumentState.LIVE, "bench", 0))
+        self.url = running.url
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._directory.cleanup()
+
+
+class _WebsocketFloor:
+    def __init__(self, spec: OrderServerSpec) -> None:
+        self._limits = ServerLimits(max_connections=spec.connections + 100)
+        self._server: Server | None = None
+        self.url = ""
+
+    async def _answer(self, connection: ServerConnection) -> None:
+        async for message in connection:
+            request = orjson.loads(message)
+            if request.get("op") == Op.POSITION_OPEN:
+                position = request["position"]
+                row = PositionRow(
+                    id=position["id"],
+                    account=FLOOR_ACCOUNT,
+                    instrument=position["instrument"],
+                    side=PositionSide(position["side"]),
+                    qty=parse_fixed(position["qty"]),
+                    entry_px=parse_fixed(position["price"]),
+                    opened_ts=time.time_ns(),
+                )
+                await connection.send(
+                    encode_position_ack(request.get("id"), Op.POSITION_OPEN, row), text=True
+                )
+            else:
+                reply = {"type": "ack", "id": request.get("id"), "op": request.get("op")}
+                await connection.send(orjson.dumps(reply), text=True)
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._answer,
+            "127.0.0.1",
+            0,
+            compression=None,
+            max_size=self._limits.max_frame_bytes,
+            write_limit=self._limits.write_limit,
+        )
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}/ws"
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+
+class _OrderServerSide:
+    """The child side: one server under test; its CPU time on request."""
+
+    def __init__(self) -> None:
+        self._server: _MarketcastOrders | _WebsocketFloor | None = None
+        self._cpu = 0.0
+
+    async def handle(self, command: Command) -> Command:
+        match command:
+            case ("start", OrderServerSpec() as spec):
+                server = (
+                    _MarketcastOrders(spec)
+                    if spec.kind is OrderServerKind.MARKETCAST
+                    else _WebsocketFloor(spec)
+                )
+                self._server = server
+                await server.start()
+                return ("started", server.url, os.getpid())
+            case ("window",):
+                self._cpu = time.process_time()
+                return ("window",)
+            case ("measure",):
+                return ("measured", time.process_time() - self._cpu)
+            case ("exit",):
+                if self._server is not None:
+                    await self._server.stop()
+                    self._server = None
+                return ("stopped",)
+        raise ValueError(f"unknown command {command!r}")
+
+
+def _server_main(pipe: Connection) -> None:
+    serve_commands(pipe, _OrderServerSide().handle)
+
+
+class OrderServerProcess:
+    """A fresh process running one order server (blocking calls)."""
+
+    def __init__(self, spec: OrderServerSpec) -> None:
+        self.spec = spec
+        self._agent = Agent(_server_main)
+        try:
+            _, self.url, self.pid = self._agent.ask("start", spec)
+        except BaseException:
+            self._agent.exit()
+            raise
+
+    def window(self) -> None:
+        """Start a CPU measurement window."""
+        self._agent.ask("window")
+
+    def measure(self) -> float:
+        """CPU seconds the server process used since ``window``."""
+        return float(self._agent.ask("measure")[1])
+
+    def exit(self) -> None:
+        self._agent.exit()
+
+    def __enter__(self) -> OrderServerProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.exit()

@@ -1,0 +1,134 @@
+"""Scenario 6 at a tiny size: marketcast on SQLite and PostgreSQL, the websocket floor and
+the bare storage floors, all up the same ramp; and the parts one by one (real servers,
+real clients, real databases), down to a refusal being counted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import orjson
+import pytest
+
+from bench.agent import AgentError
+from bench.orderclients import OrderClientPool, OrderPoolSpec, OrderWindow
+from bench.orders import Contender, OrdersOptions, run
+from bench.orderservers import OrderServerKind, OrderServerProcess, OrderServerSpec
+from bench.positionfloor import FloorSpec, StorageFloorProcess
+from bench.report import Progress
+from publish.auth import TokenAuthority
+from tests.postgres import PG_DSN, pg_query
+
+INSTRUMENTS = ("bench:SYM0000-USD", "bench:SYM0001-USD")
+
+
+def auth_requests(secret: str, accounts: int) -> tuple[bytes, ...]:
+    tokens = TokenAuthority(secret.encode())
+    return tuple(
+        orjson.dumps({"op": "auth", "id": 0, "token": tokens.issue(f"acct-{i:05d}", ttl=600)})
+        for i in range(accounts)
+    )
+
+
+def one_window(
+    server: OrderServerProcess, pool: OrderClientPool, rate: float
+) -> tuple[OrderWindow, float]:
+    pool.drive(rate)
+    try:
+        server.window()
+        pool.window()
+        asyncio.run(asyncio.sleep(0.4))
+        window = pool.measure()
+        cpu = server.measure()
+    finally:
+        pool.halt()
+    return window, cpu
+
+
+@pytest.mark.parametrize("kind", list(OrderServerKind))
+def test_clients_get_an_ack_for_every_open_they_send(kind: OrderServerKind) -> None:
+    secret = os.urandom(16).hex()
+    spec = OrderServerSpec(kind, instruments=INSTRUMENTS, connections=3, secret=secret)
+    with OrderServerProcess(spec) as server, OrderClientPool() as pool:
+        assert pool.connect(OrderPoolSpec(server.url, auth_requests(secret, 3), INSTRUMENTS)) == 3
+        window, cpu = one_window(server, pool, 100.0)
+    assert window.sent > 0 and window.acked > 0
+    assert window.errors == {} and window.closed == 0
+    assert window.latency.get_total_count() == window.acked
+    assert cpu > 0
+
+
+def test_a_refused_open_is_counted_by_its_code() -> None:
+    secret = os.urandom(16).hex()
+    spec = OrderServerSpec(
+        OrderServerKind.MARKETCAST,
+        instruments=INSTRUMENTS,
+        connections=1,
+        secret=secret,
+        max_per_account=1,
+    )
+    with OrderServerProcess(spec) as server, OrderClientPool() as pool:
+        pool.connect(OrderPoolSpec(server.url, auth_requests(secret, 1), INSTRUMENTS))
+        pool.drive(50.0)
+        asyncio.run(asyncio.sleep(0.2))  # the account's one position is taken by now
+        pool.halt()
+        window, _ = one_window(server, pool, 50.0)
+    assert window.acked == 0
+    assert window.errors.get("too_many_positions", 0) > 0
+
+
+def test_a_bad_token_stops_the_clients_from_connecting() -> None:
+    spec = OrderServerSpec(
+        OrderServerKind.MARKETCAST, instruments=INSTRUMENTS, connections=1, secret="s" * 32
+    )
+    with (
+        OrderServerProcess(spec) as server,
+        OrderClientPool() as pool,
+        pytest.raises(AgentError, match="auth refused"),
+    ):
+        pool.connect(OrderPoolSpec(server.url, auth_requests("t" * 32, 1), INSTRUMENTS))
+
+
+def test_the_postgres_storage_floor_commits_position_rows() -> None:
+    schema = f"marketcast_test_orders_{os.getpid()}"
+    spec = FloorSpec("postgres", 3, INSTRUMENTS, dsn=PG_DSN, schema=schema)
+    try:
+        with StorageFloorProcess(spec) as floor:
+            trial = floor.trial(500.0, 0.1, 0.3)
+        assert trial.added > 0 and trial.committed > 0
+        assert trial.latency.get_total_count() == trial.committed
+        (count,) = asyncio.run(pg_query(f'SELECT count(*) FROM "{schema}".positions'))
+        assert count[0] >= trial.committed
+    finally:
+        asyncio.run(pg_query(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+def test_order_entry_runs_every_contender_up_the_ramp() -> None:
+    options = OrdersOptions(
+        rates=(100,),
+        connections=4,
+        instruments=2,
+        warmup=0.1,
+        seconds=0.3,
+        repeats=2,
+        pg_dsn=PG_DSN,
+    )
+    result = run(options, Progress())
+
+    steps, headline = result.tables
+    climbed: dict[str, list[str]] = {}
+    for row in steps.rows:
+        climbed.setdefault(row[0], []).append(row[1])
+        assert row[3] != "0"  # acks (or committed rows) came back
+    assert list(climbed) == [str(contender) for contender in Contender]
+    assert all(rates == ["100"] for rates in climbed.values())
+    assert [row[0] for row in headline.rows] == ["sqlite", "postgres"]
+    assert [target.what.split(":")[0] for target in result.targets][:1] == ["sqlite"]
+    assert {"sqlite_sustained_acks_per_s", "postgres_sustained_acks_per_s"} <= set(result.figures)
+    leftovers = asyncio.run(
+        pg_query(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+            f"marketcast_bench_orders_{os.getpid()}_%",
+        )
+    )
+    assert leftovers == []
