@@ -181,5 +181,6 @@ def value_range(low_high: tuple[float, float], render: Callable[[float], str] = 
 def p99_range(step: RepeatedStep[T]) -> str:
     """The spread of the trials' p99 latency, in ms."""
     return value_range(
-        step.spread(lambda trial: trial.p99_ns), lambda ns: "-" if math.isinf(ns) else ms(ns)
+        step.spread(lambda trial: trial.p99_ns),
+        lambda ns: "none" if math.isinf(ns) else ms(ns),
     )

@@ -217,8 +217,10 @@ def ratio(ours: float, floor: float) -> str:
 
 
 def ms(ns: float) -> str:
-    """Nanoseconds as milliseconds with three significant digits."""
-    return f"{ns / 1e6:.3g}"
+    """Nanoseconds as milliseconds with three significant digits (``1,234`` from 1 s up,
+    never an exponent)."""
+    value = ns / 1e6
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def megabytes(n_bytes: float) -> str:

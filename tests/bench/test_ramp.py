@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bench.ramp import Criteria, RepeatedStep, climb, highest_sustained
+from bench.ramp import Criteria, RepeatedStep, climb, highest_sustained, p99_range
 
 CRITERIA = Criteria(share=0.95, p99_limit_ms=20.0)
 
@@ -104,3 +104,11 @@ def test_a_contender_that_sustains_nothing_has_no_headline() -> None:
 def test_repeats_must_be_positive() -> None:
     with pytest.raises(ValueError, match="repeats"):
         climb([1000], ["x"], lambda _, rate: Made(rate, rate), repeats=0, criteria=CRITERIA)
+
+
+def test_the_p99_range_renders_without_exponents() -> None:
+    repeated = step(Made(1000, 1000, p99_ns=12_345e6), Made(1000, 1000, p99_ns=math.inf))
+    assert p99_range(repeated) == "12,345-none"
+    assert p99_range(step(Made(1000, 1000, p99_ns=1.5e6), Made(1000, 1000, p99_ns=2e6))) == (
+        "1.5-2"
+    )
