@@ -40,8 +40,8 @@ from bench.agent import Agent, Command, serve_commands
 from book.fixed import parse_fixed
 from book.status import InstrumentState, InstrumentStatus
 from publish.client import ServerLimits
+from publish.position import Position, PositionSide
 from publish.protocol import Op, encode_position_ack
-from publish.storage.rows import PositionRow, PositionSide
 
 BENCH_LIMIT = 1_000_000_000
 """Requests per second and positions per account a bench server allows: never reached."""
@@ -133,13 +133,13 @@ class _WebsocketFloor:
             request = orjson.loads(message)
             if request.get("op") == Op.POSITION_OPEN:
                 position = request["position"]
-                row = PositionRow(
+                row = Position(
                     id=position["id"],
                     account=FLOOR_ACCOUNT,
                     instrument=position["instrument"],
                     side=PositionSide(position["side"]),
                     qty=parse_fixed(position["qty"]),
-                    entry_px=parse_fixed(position["price"]),
+                    entry_price=parse_fixed(position["price"]),
                     opened_ts=time.time_ns(),
                 )
                 await connection.send(
