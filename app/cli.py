@@ -7,12 +7,22 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from app.commands import archive, history, record, replay, run, simulate, subscribe, token
+from app.commands import (
+    archive,
+    cluster,
+    history,
+    record,
+    replay,
+    run,
+    simulate,
+    subscribe,
+    token,
+)
 from app.exceptions import ConfigError
 from app.logs import LOG_FORMATS, configure_logging
 from publish.metrics.build import build
 
-COMMANDS = (run, simulate, replay, record, subscribe, history, archive, token)
+COMMANDS = (run, cluster, simulate, replay, record, subscribe, history, archive, token)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,8 +25,9 @@ def check_before_start(settings: Settings) -> None:
     check_secret_file(settings)
 
 
-def check_port_free(host: str, port: int) -> None:
-    """The address can be listened on (port 0 always can: the OS picks one)."""
+def check_port_free(host: str, port: int, *, reuse_port: bool = False) -> None:
+    """The address can be listened on (port 0 always can: the OS picks one); with
+    ``reuse_port``, by one more process sharing it (edges, SO_REUSEPORT)."""
     if port == 0:
         return
     try:
@@ -37,6 +38,8 @@ def check_port_free(host: str, port: int) -> None:
         with socket.socket(family, kind, proto) as probe:
             # The same option asyncio's server sets, so a port in TIME_WAIT counts as free.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 probe.bind(address)
             except OSError as exc:

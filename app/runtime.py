@@ -4,6 +4,10 @@ Start order: storage (open, then its flusher), the position book with the open
 positions reloaded from storage (profit resumes for them), simulated venues if
 configured, the subscription server, then the feeds. Shutdown is cancellation of the task group,
 then a drain of the storage flusher, so every row already taken is written.
+
+Roles (``app.roles``): ``all`` is this whole process; ``ingest`` is the same with the
+feeds writing through the bus publisher and no positions; ``edge`` is ``serve_edge``.
+Every book's ``seq`` starts at ``seq_base()``, so seqs keep growing across restarts.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from app.auth import auth_policy
 from app.instruments import declare_halted, learn_instruments
+from app.roles import IngestBus, NodeState
 from app.settings import Settings, StorageSettings, VenueSettings
 from app.venues import build_adapter, simulator_endpoints, simulator_for
 from book.incidents import FeedIncident
@@ -69,6 +74,16 @@ class RunningServer:
     profit: ProfitEngine
     simulators: Mapping[str, LoopbackVenue[Any]] = field(default_factory=dict)
     """Venue id -> the simulator standing in for it (tests inject faults through it)."""
+    role: str = "all"
+    bus: IngestBus | None = None
+    """An ingest's bus publisher and connection."""
+
+
+def seq_base(clock: Callable[[], int] = time.time_ns) -> int:
+    """Where a server's book seqs start: microseconds since the epoch. A restarted
+    server's seqs are above its previous run's unless one book applied more than a
+    million messages a second on average; they stay below 2**53 (exact in JavaScript)."""
+    return clock() // 1000
 
 
 async def serve(
@@ -110,6 +125,10 @@ async def serve(
         flusher=flusher,
         on_report=fanout.publish_metrics,
     )
+    role = settings.node.role
+    bus = IngestBus.start(settings, registry) if role == "ingest" else None
+    sink: FeedSink = bus.publisher if bus is not None else registry
+    node = bus.node if bus is not None else NodeState(role)
     positions = PositionBook(
         RegistryCatalog(registry),
         FlushedPositionStore(flusher, backend),
@@ -118,13 +137,14 @@ async def serve(
     )
     profit = ProfitEngine(registry, fanout, marks_per_tick=settings.positions.profit_marks_per_tick)
     positions.add_listener(profit)
-    try:
-        # Profit resumes for every position acknowledged before the last stop.
-        await positions.load()
-    except BaseException:
-        await backend.close()
-        raise
-    log.info("%d open positions loaded from %s", len(positions), backend.name)
+    if role == "all":  # an ingest keeps no positions: they are the positions role's
+        try:
+            # Profit resumes for every position acknowledged before the last stop.
+            await positions.load()
+        except BaseException:
+            await backend.close()
+            raise
+        log.info("%d open positions loaded from %s", len(positions), backend.name)
     auth = auth_policy(settings)
     try:
         # Shutdown order: the task group (feeds, flusher, metrics) is cancelled first,
@@ -137,8 +157,10 @@ async def serve(
                     venue_endpoints(settings, venue, simulators)
                 )
                 resolved = await learn_instruments(venue, endpoints)
-                declare_halted(registry, resolved, time.time_ns())
-                runners += build_runners(settings, resolved.venue, endpoints, registry)
+                declare_halted(sink, resolved, time.time_ns())
+                runners += build_runners(
+                    settings, resolved.venue, endpoints, sink, seq_base=seq_base()
+                )
             server = await stack.enter_async_context(
                 MarketServer(
                     registry,
@@ -147,11 +169,14 @@ async def serve(
                     port=settings.server.port,
                     limits=settings.server.limits,
                     auth=auth,
-                    positions=positions,
+                    positions=positions if role == "all" else None,
                     reserved_fds=reserved_fds(feed_connections=len(runners)),
                 )
             )
-            MetricsPages(metrics, gauges=storage_gauges(backend)).install(server.routes)
+            MetricsPages(
+                metrics, role=role, gauges=storage_gauges(backend), collectors=node.collectors()
+            ).install(server.routes)
+            server.routes.add_health_check("node", node.health)
             if isinstance(backend, BboHistoryReader):
                 HistoryRoute(registry, backend, clock=fanout.clock).install(server.routes)
             server.routes.add_health_check("storage", partial(storage_health, backend, flusher))
@@ -164,6 +189,9 @@ async def serve(
                     )
                     group.create_task(retention.run(), name="storage-retention")
                 group.create_task(metrics.run(), name="metrics")
+                if bus is not None:
+                    group.create_task(bus.link.run(), name="bus:link")
+                    group.create_task(bus.publisher.run(), name="bus:publisher")
                 for runner in runners:
                     group.create_task(runner.run(), name=f"feed:{runner.venue}")
                 if on_ready is not None:
@@ -178,6 +206,8 @@ async def serve(
                             positions,
                             profit,
                             simulators,
+                            role,
+                            bus,
                         )
                     )
                 await asyncio.Event().wait()  # until cancelled
@@ -224,6 +254,7 @@ def build_runners(
     sink: FeedSink,
     *,
     recorder: Recorder | None = None,
+    seq_base: int = 0,
 ) -> list[FeedRunner]:
     """One runner per connection the venue needs, sharing the venue's REST budget, all
     writing to ``sink``."""
@@ -237,6 +268,7 @@ def build_runners(
             capture_depth=settings.book.capture_depth,
             limiter=limiter,
             recorder=recorder,
+            seq_base=seq_base,
         )
         for instruments in connection_groups(first)
     ]

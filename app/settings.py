@@ -23,10 +23,17 @@ from typing import Any
 
 from app.exceptions import ConfigError
 from app.venues import VENUE_KINDS, native_symbols
+from bus.exceptions import SubjectError
+from bus.subjects import Subjects
 from publish.client import ServerLimits
 from publish.profit import MARKS_PER_TICK
 
 STORAGE_BACKENDS = ("sqlite", "postgres")
+ROLES = ("all", "ingest", "edge", "positions")
+"""``[node].role``: ``all`` (one process, the default), ``ingest`` (feeds -> bus),
+``edge`` (bus -> clients), ``positions`` (position ops and profit; not served yet)."""
+BUS_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
+DEFAULT_BUS_URL = "nats://127.0.0.1:4222"
 DEMO_VENUES: dict[str, tuple[str, ...]] = {
     "binance": ("BTC-USDT", "ETH-USDT", "SOL-USDT"),
     "okx": ("BTC-USDT", "ETH-USDT"),
@@ -110,6 +117,35 @@ class SimulatorSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeSettings:
+    role: str = "all"
+    """One of ``ROLES``; ``marketcast run --role`` overrides it."""
+
+
+@dataclass(frozen=True, slots=True)
+class BusSettings:
+    """The NATS bus between ingest and edges (roles other than ``all``)."""
+
+    url: str | list[str] = ""
+    """A NATS server, or a list of the servers of one NATS cluster; ``--bus`` overrides.
+    Unset: ``DEFAULT_BUS_URL``, and ``marketcast cluster`` starts a nats-server of its own."""
+    prefix: str = "marketcast"
+    """First token of every subject: clusters sharing a NATS keep apart by it."""
+    stale_after_ms: float = 2000.0
+    """Edge: no bus data from an instrument's ingest this long -> the instrument is stale."""
+    shards: int = 1
+    """Positions shards in the cluster."""
+    shard: int = 0
+    """``role = "positions"``: which shard this node is (0 .. shards - 1)."""
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        if isinstance(self.url, str):
+            return (self.url or DEFAULT_BUS_URL,)
+        return tuple(self.url)
+
+
+@dataclass(frozen=True, slots=True)
 class VenueSettings:
     """One venue connection.
 
@@ -154,6 +190,8 @@ class Settings:
     venues: tuple[VenueSettings, ...] = ()
     auth: AuthSettings = field(default_factory=AuthSettings)
     positions: PositionSettings = field(default_factory=PositionSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
+    bus: BusSettings = field(default_factory=BusSettings)
 
     @classmethod
     def demo(cls) -> Settings:
@@ -167,6 +205,24 @@ class Settings:
 
     def with_port(self, port: int) -> Settings:
         return replace(self, server=replace(self.server, port=port))
+
+    def with_role(self, role: str) -> Settings:
+        """``--role``: an edge drops ``[[venues]]`` (one config file serves every role)."""
+        if role not in ROLES:
+            raise ConfigError(f"--role must be one of {', '.join(ROLES)}, got {role!r}")
+        venues = () if role == "edge" else self.venues
+        settings = replace(self, node=NodeSettings(role=role), venues=venues)
+        _validate_node(settings)
+        return settings
+
+    def with_bus(self, url: str) -> Settings:
+        """``--bus``: one URL, or several separated by commas (one NATS cluster)."""
+        servers = [part.strip() for part in url.split(",") if part.strip()]
+        settings = replace(
+            self, bus=replace(self.bus, url=servers[0] if len(servers) == 1 else servers)
+        )
+        _validate_bus(settings.bus, "--bus")
+        return settings
 
     def with_storage_path(self, path: str) -> Settings:
         return replace(self, storage=replace(self.storage, path=path))
@@ -243,6 +299,8 @@ def _env_value(name: str, raw: str, hint: Any) -> Any:
     try:
         return tomllib.loads(f"value = {raw}")["value"]
     except tomllib.TOMLDecodeError:
+        if str in typing.get_args(hint):  # [bus].url: a URL as it is, or a TOML list
+            return raw
         raise ConfigError(f"{name}: {raw!r} is not a TOML value") from None
 
 
@@ -265,7 +323,7 @@ def settings_from_dict(document: dict[str, Any]) -> Settings:
     _only_keys(
         "top level",
         document,
-        {"server", "storage", "book", "simulator", "venues", "auth", "positions"},
+        {"server", "storage", "book", "simulator", "venues", "auth", "positions", "node", "bus"},
     )
     venues_raw = document.get("venues", [])
     if not isinstance(venues_raw, list):
@@ -280,6 +338,8 @@ def settings_from_dict(document: dict[str, Any]) -> Settings:
         venues=tuple(_venue(index, raw) for index, raw in enumerate(venues_raw)),
         auth=_section(AuthSettings, "auth", document.get("auth", {})),
         positions=_section(PositionSettings, "positions", document.get("positions", {})),
+        node=_section(NodeSettings, "node", document.get("node", {})),
+        bus=_section(BusSettings, "bus", document.get("bus", {})),
     )
     _validate(settings)
     return settings
@@ -355,6 +415,7 @@ def _type_matches(value: Any, expected: str) -> bool:
         "float": (int, float),
         "bool": (bool,),
         "dict[str, str]": (dict,),
+        "list[str]": (list,),
     }
     options = [part.strip() for part in expected.split("|")]
     if value is None:
@@ -403,6 +464,42 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("[auth].secret must be at least 16 bytes")
     if settings.auth.token_ttl_seconds <= 0:
         raise ConfigError("[auth].token_ttl_seconds must be positive")
+    _validate_node(settings)
     ids = [venue.id for venue in settings.venues]
     if len(ids) != len(set(ids)):
         raise ConfigError(f"venue ids must be unique, got {ids}")
+
+
+def _validate_node(settings: Settings) -> None:
+    role = settings.node.role
+    if role not in ROLES:
+        raise ConfigError(f"[node].role must be one of {', '.join(ROLES)}, got {role!r}")
+    _validate_bus(settings.bus, "[bus].url")
+    if role == "edge" and settings.venues:
+        raise ConfigError(
+            "[[venues]] is set but [node].role = 'edge' has no feeds (an edge learns its "
+            "instruments from the bus): remove [[venues]] or use role 'ingest' or 'all'"
+        )
+    if role == "ingest" and not settings.venues:
+        raise ConfigError("[node].role = 'ingest' needs at least one [[venues]]")
+
+
+def _validate_bus(bus: BusSettings, where: str) -> None:
+    servers = bus.servers
+    if not servers or not all(isinstance(url, str) and url for url in servers):
+        raise ConfigError(f"{where} must be a NATS URL or a non-empty list of them")
+    for url in servers:
+        if not url.startswith(BUS_SCHEMES):
+            raise ConfigError(f"{where} must look like nats://host:port, got {url!r}")
+    try:
+        Subjects(bus.prefix)
+    except SubjectError as exc:
+        raise ConfigError(f"[bus].prefix: {exc}") from exc
+    if bus.stale_after_ms <= 0:
+        raise ConfigError("[bus].stale_after_ms must be positive")
+    if bus.shards < 1:
+        raise ConfigError("[bus].shards must be at least 1")
+    if not 0 <= bus.shard < bus.shards:
+        raise ConfigError(
+            f"[bus].shard must be 0..{bus.shards - 1} ([bus].shards - 1), got {bus.shard}"
+        )

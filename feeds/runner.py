@@ -111,6 +111,7 @@ class FeedRunner:
         rotate_timeout: float = 60.0,
         clock: Callable[[], int] = time.time_ns,
         recorder: Recorder | None = None,
+        seq_base: int = 0,
     ) -> None:
         self.adapter = adapter
         self.venue = adapter.venue
@@ -127,8 +128,9 @@ class FeedRunner:
         self.http = http
         self._backoff = backoff or Backoff()
         self._current: FeedConnection | None = None
-        self._seqs: dict[str, int] = {}
-        """Each book's version when the last publishing connection ended."""
+        self._seqs: dict[str, int] = dict.fromkeys(self.instruments, seq_base)
+        """Each book's version when the last publishing connection ended; at first
+        ``seq_base``, so a server's seqs continue above those of its previous run."""
         self.connections = 0
         self.rotations = 0
         for name in self.instruments:

@@ -349,7 +349,10 @@ class MarketServer:
         auth: AuthPolicy | None = None,
         positions: PositionService | None = None,
         reserved_fds: int = reserved_fds(),
+        reuse_port: bool = False,
     ) -> None:
+        """``reuse_port``: bind with SO_REUSEPORT, so several edge processes share the
+        port and the kernel spreads connections over them."""
         if fanout.registry is not registry:
             raise ValueError("the fanout must listen to the same registry")
         self._fanout = fanout
@@ -359,6 +362,7 @@ class MarketServer:
         self._auth = auth
         self._positions = positions
         self._reserved_fds = reserved_fds
+        self._reuse_port = reuse_port
         self._http = HttpRoutes(
             registry, clock=fanout.clock, max_depth=fanout.book_depth, auth=auth
         )
@@ -461,6 +465,7 @@ class MarketServer:
             max_size=limits.max_frame_bytes,
             write_limit=limits.write_limit,
             close_timeout=limits.close_timeout,
+            reuse_port=self._reuse_port or None,
         )
 
     async def stop(self) -> None:

@@ -7,10 +7,11 @@ says otherwise; the dashboard also takes its token as ``?token=`` and sends it o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 from importlib import resources
 
+from prometheus_client.registry import Collector
 from websockets.http11 import Response
 
 from publish.http import Access, HttpRequest, HttpRoutes, http_response, json_response
@@ -25,10 +26,17 @@ class MetricsPages:
     """Serves ``metrics`` over HTTP; ``install`` adds its routes to a route table."""
 
     def __init__(
-        self, metrics: Metrics, *, role: str = "all", gauges: Sequence[ExtraGauge] = ()
+        self,
+        metrics: Metrics,
+        *,
+        role: str = "all",
+        gauges: Sequence[ExtraGauge] = (),
+        collectors: Iterable[Collector] = (),
     ) -> None:
         self._metrics = metrics
-        self._exporter = PrometheusExporter(metrics, role=role, gauges=gauges)
+        self._exporter = PrometheusExporter(
+            metrics, role=role, gauges=gauges, collectors=collectors
+        )
 
     def install(self, routes: HttpRoutes) -> None:
         routes.add("/metrics", self.prometheus, access=Access.OPERATOR)

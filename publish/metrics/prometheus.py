@@ -25,7 +25,7 @@ buckets), the quantiles precomputed by the tick.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -57,6 +57,7 @@ STAGE_HELP = {
     Stage.DB_FLUSH: "Duration of one storage batch write (one transaction)",
     Stage.DB_BATCH_ROWS: "Rows in one storage batch",
     Stage.EVENT_LOOP_LAG: "How late an event-loop timer fires",
+    Stage.BUS_HOP: "Edge: the ingest's book snapshot to the edge applying it (the bus hop)",
 }
 
 LATENCY_BUCKETS_NS = tuple(
@@ -305,12 +306,20 @@ class PrometheusExporter:
     content_type = CONTENT_TYPE
 
     def __init__(
-        self, metrics: Metrics, *, role: str = "all", gauges: Sequence[ExtraGauge] = ()
+        self,
+        metrics: Metrics,
+        *,
+        role: str = "all",
+        gauges: Sequence[ExtraGauge] = (),
+        collectors: Iterable[Collector] = (),
     ) -> None:
+        """``collectors`` add families of other parts (a node's bus state)."""
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(MetricsCollector(metrics, role=role, gauges=gauges))
         ProcessCollector(registry=self._registry)
         PlatformCollector(registry=self._registry)
+        for collector in collectors:
+            self._registry.register(collector)
 
     def render(self) -> bytes:
         return generate_latest(self._registry)

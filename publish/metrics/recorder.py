@@ -12,6 +12,8 @@ bumps plain integers; nothing is computed until the once-a-second report
 ``db_flush``       one storage batch's write (one transaction)
 ``db_batch_rows``  rows in that batch
 ``event_loop_lag`` how late a timer of the event loop fires
+``bus_hop``        an edge: the ingest's snapshot -> the edge applied it (tick, NATS, decode;
+                   the two machines' clocks differ, so it includes their offset)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Stage(StrEnum):
     DB_FLUSH = "db_flush"
     DB_BATCH_ROWS = "db_batch_rows"
     EVENT_LOOP_LAG = "event_loop_lag"
+    BUS_HOP = "bus_hop"
 
 
 class InstrumentTally:
@@ -71,6 +74,7 @@ class LatencyRecorder:
         self._db_flush = self.stages[Stage.DB_FLUSH]
         self._db_batch_rows = self.stages[Stage.DB_BATCH_ROWS]
         self._loop_lag = self.stages[Stage.EVENT_LOOP_LAG]
+        self._bus_hop = self.stages[Stage.BUS_HOP]
 
     def histograms(self) -> list[Histogram]:
         return [*self.stages.values(), *self.feed_latency.values()]
@@ -98,6 +102,10 @@ class LatencyRecorder:
         for snapshot in snapshots:
             publish(ts_written - snapshot.ts_book)
             end_to_end(ts_written - snapshot.ts_recv)
+
+    def on_bus_hop(self, duration_ns: int) -> None:
+        """``bus.follower.Follower`` hook on an edge, per applied book."""
+        self._bus_hop.record(duration_ns)
 
     def on_flush(self, duration_ns: int, rows: int) -> None:
         """``StorageFlusher`` hook, once per committed batch."""
