@@ -105,6 +105,8 @@ class Track:
     """The last seq written to the sink."""
     status: InstrumentStatus | None = None
     """``source``'s last state of the instrument."""
+    status_seq: int = -1
+    """The bus_seq that state came with (a reply never replaces a newer state)."""
     bus_stale: bool = False
     """Marked stale by the edge (its source fell silent)."""
     missing: set[int] = field(default_factory=set)
@@ -189,12 +191,15 @@ class Follower:
             if track.source != reply.source:
                 continue
             replied[name] = message.bus_seq
-            if track.bus_seq is None or message.bus_seq >= track.bus_seq:
+            # A reply may be older than stream messages already taken (it travels on
+            # another subscription): a book older than the one served is skipped by
+            # its seq, a state older than the one applied by its bus_seq.
+            if isinstance(message, BookMessage):
+                self._apply_book(track, message.snapshot)
+            elif message.bus_seq >= track.status_seq:
+                self._apply_status(track, message.status, message.bus_seq)
+            if track.bus_seq is None or message.bus_seq > track.bus_seq:
                 track.bus_seq = message.bus_seq
-                if isinstance(message, BookMessage):
-                    self._apply_book(track, message.snapshot)
-                else:
-                    self._apply_status(track, message.status)
         for name, bus_seq in replied.items():
             track = self.tracks[name]
             if track.repair_needed and (
@@ -293,7 +298,7 @@ class Follower:
             self._adopt(track, message.source, request=True)
         if track.source != message.source or not self._in_sequence(track, message.bus_seq):
             return
-        self._apply_status(track, status)
+        self._apply_status(track, status, message.bus_seq)
 
     def _heartbeat(self, heartbeat: Heartbeat, now: float) -> None:
         source = self._heard(heartbeat.source, now)
@@ -345,8 +350,9 @@ class Follower:
         self.sink.publish(snapshot)
         return True
 
-    def _apply_status(self, track: Track, status: InstrumentStatus) -> None:
+    def _apply_status(self, track: Track, status: InstrumentStatus, bus_seq: int) -> None:
         track.status = status
+        track.status_seq = bus_seq
         track.bus_stale = False
         self.sink.set_status(status)
 
@@ -381,6 +387,7 @@ class Follower:
         track.bus_seq = None
         track.offset = None
         track.status = None
+        track.status_seq = -1
         track.missing.clear()
         if request:
             self._need_repair(track, None)

@@ -99,6 +99,7 @@ class BusPublisher:
         self._heartbeat_due = True
         self._wake = asyncio.Event()
         link.on_connect(self._subscribe)
+        link.on_close(self._say_bye)
 
     # -- FeedSink ---------------------------------------------------------------------
 
@@ -137,17 +138,15 @@ class BusPublisher:
     # -- the task -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Publish pending values and heartbeats until cancelled, then say ``BYE``."""
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._heartbeats(), name="bus:heartbeats")
-                while True:
-                    await self._wake.wait()
-                    self._wake.clear()
-                    client = await self.link.wait_connected()
-                    await self._flush(client)
-        finally:
-            await self._say_bye()
+        """Publish pending values and heartbeats until cancelled (the link says ``BYE``
+        before it closes)."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._heartbeats(), name="bus:heartbeats")
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                client = await self.link.wait_connected()
+                await self._flush(client)
 
     async def _heartbeats(self) -> None:
         while True:
@@ -201,10 +200,7 @@ class BusPublisher:
         if count:
             self.counters.published += 1
 
-    async def _say_bye(self) -> None:
-        client = self.link.client
-        if client is None or not client.is_connected:
-            return
+    async def _say_bye(self, client: Client) -> None:
         try:
             async with asyncio.timeout(1.0):
                 await client.publish(self.subjects.heartbeat, encode_bye(self.source))

@@ -2,7 +2,8 @@
 
 ``BusLink.run()`` connects (retrying with a capped backoff while NATS is not there yet,
 so a node may start before its bus), then leaves reconnects to nats-py (forever, every
-``reconnect_wait`` seconds) until cancelled, when it drains and closes the connection.
+``reconnect_wait`` seconds) until cancelled, when it runs its ``on_close`` hooks (an
+ingest's goodbye) and closes the connection.
 Its ``LinkState`` is what /health and /metrics show of the connection.
 """
 
@@ -54,12 +55,17 @@ class BusLink:
         self._connected = asyncio.Event()
         self._on_connect: list[Hook] = []
         self._on_reconnect: list[Hook] = []
+        self._on_close: list[Hook] = []
 
     def on_connect(self, hook: Hook) -> None:
         self._on_connect.append(hook)
 
     def on_reconnect(self, hook: Hook) -> None:
         self._on_reconnect.append(hook)
+
+    def on_close(self, hook: Hook) -> None:
+        """Run ``hook`` while still connected, when the link is stopping (a goodbye)."""
+        self._on_close.append(hook)
 
     @property
     def connected(self) -> bool:
@@ -82,33 +88,39 @@ class BusLink:
                 await hook(client)
             await asyncio.Event().wait()
         finally:
+            if client.is_connected:
+                for hook in self._on_close:
+                    try:
+                        await hook(client)
+                    except Exception:  # stopping anyway
+                        log.exception("bus close hook failed")
             self.state.connected = False
-            if not client.is_closed:
-                try:
-                    async with asyncio.timeout(2.0):
-                        await client.close()
-                except (TimeoutError, nats.errors.Error, OSError):
-                    log.warning("bus connection did not close cleanly")
+            await _close_quietly(client)
 
     async def _first_connection(self) -> Client:
         delay = 0.05
         failures = 0
         while True:
+            client = Client()
             try:
-                client = await nats.connect(
+                await client.connect(
                     servers=self.servers,
                     name=self.name,
                     connect_timeout=2,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=self.reconnect_wait,
+                    reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
                     ping_interval=2,
                     max_outstanding_pings=2,
                     disconnected_cb=self._disconnected,
                     reconnected_cb=self._reconnected,
                     error_cb=self._error,
                 )
+            except asyncio.CancelledError:
+                await _close_quietly(client)  # no half-open socket left behind
+                raise
             except (nats.errors.Error, OSError, TimeoutError) as exc:
+                await _close_quietly(client)
                 failures += 1
                 if failures == 1:
                     log.warning("bus %s not reachable (%s); retrying", self.servers, exc)
@@ -148,3 +160,13 @@ class BusLink:
     async def _error(self, exc: Exception) -> None:
         self.state.errors += 1
         log.debug("bus error: %s", exc)
+
+
+async def _close_quietly(client: Client) -> None:
+    if client.is_closed:
+        return
+    try:
+        async with asyncio.timeout(2.0):
+            await client.close()
+    except (TimeoutError, nats.errors.Error, OSError):
+        log.warning("bus connection did not close cleanly")

@@ -243,3 +243,15 @@ def test_bad_payloads_are_counted_not_raised() -> None:
     edge = Edge()
     edge.receive(b"junk", b"MB\x01")
     assert edge.follower.counters.bad_messages == 2
+
+
+def test_a_reply_older_than_the_stream_still_brings_the_state() -> None:
+    ingest, edge = Ingest(A), Edge()
+    ingest.status(live())  # sent before the edge subscribed
+    edge.receive(ingest.book(book(2)))
+    assert edge.follower.take_requests(edge.now) == {A: [BTC]}
+    reply = ingest.reply([BTC])  # built now, handled after a newer stream message
+    edge.receive(ingest.book(book(3, bid=103)))
+    edge.follower.state_reply(reply, edge.now)
+    assert edge.state() == (3, 103, InstrumentState.LIVE)
+    assert edge.seqs == [2, 3]

@@ -1,0 +1,165 @@
+"""Ingest and edges over a real nats-server, in the test's event loop: an edge's clients
+get what the single process's clients get; joins, restarts and failover never move a
+seq back; every node says its role and bus state."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from book.registry import BookRegistry
+from book.snapshot import BookSnapshot
+from bus.natsserver import NatsServer
+from publish.metrics.recorder import Stage
+from tests.app.test_end_to_end import wire_bbo
+from tests.bus.nodes import edge_node, edge_settings, ingest_node, ingest_settings
+from tests.waiting import eventually
+
+Key = tuple[str, int]
+
+
+def all_live(registry: BookRegistry, instruments: list[str]) -> bool:
+    return bool(instruments) and all(registry.is_live(name) for name in instruments)
+
+
+def same_books(edge: BookRegistry, ingest: BookRegistry) -> bool:
+    names = ingest.instruments()
+    return edge.instruments() == names and all(edge.get(n) == ingest.get(n) for n in names)
+
+
+@contextlib.asynccontextmanager
+async def bbo_client(url: str, instruments: list[str]) -> AsyncIterator[ClientConnection]:
+    async with connect(url) as ws:
+        request = {"op": "subscribe", "id": 1, "channel": "bbo", "instruments": instruments}
+        await ws.send(orjson.dumps(request).decode())
+        yield ws
+
+
+async def collect_bbo(ws: ClientConnection, count: int) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    while len(messages) < count:
+        message = orjson.loads(await ws.recv())
+        if message["type"] == "bbo":
+            messages.append(message)
+    return messages
+
+
+def quote(message: dict[str, Any]) -> tuple[Any, ...]:
+    fields = ("instrument", "seq", "bid", "bid_qty", "ask", "ask_qty", "ts_event", "ts_recv")
+    return tuple(message[name] for name in fields)
+
+
+def seqs_grow(messages: list[dict[str, Any]]) -> bool:
+    last: dict[str, int] = {}
+    for message in messages:
+        if message["seq"] <= last.get(message["instrument"], -1):
+            return False
+        last[message["instrument"]] = message["seq"]
+    return True
+
+
+async def test_an_edge_client_sees_what_a_single_process_client_sees(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    published: dict[Key, BookSnapshot] = {}
+    async with (
+        ingest_node(ingest_settings(tmp_path / "i.db", nats_server.url)) as ingest,
+        edge_node(edge_settings(nats_server.url)) as edge,
+    ):
+        ingest.registry.on_snapshot(lambda s, _: published.__setitem__((s.instrument, s.seq), s))
+        names = ingest.registry.instruments()
+        await eventually(lambda: all_live(edge.registry, names), "the edge serves every instrument")
+        async with bbo_client(ingest.url, names) as direct, bbo_client(edge.url, names) as via_bus:
+            edge_messages = await collect_bbo(via_bus, 300)
+            direct_messages = await collect_bbo(direct, 300)
+        await eventually(lambda: same_books(edge.registry, ingest.registry), "equal books")
+    assert seqs_grow(edge_messages) and seqs_grow(direct_messages)
+    # Same seq, prices and timestamps as the single process published, for either client.
+    for message in edge_messages + direct_messages:
+        key = (message["instrument"], message["seq"])
+        if key in published:  # (the state sent at subscribe may predate the listener)
+            assert quote(message) == quote(wire_bbo(published[key]))
+    assert sum((m["instrument"], m["seq"]) in published for m in edge_messages) > 250
+
+
+async def test_a_late_edge_serves_every_live_instrument(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with ingest_node(ingest_settings(tmp_path / "i.db", nats_server.url)) as ingest:
+        names = ingest.registry.instruments()
+        await eventually(lambda: all_live(ingest.registry, names), "the ingest is live")
+        async with edge_node(edge_settings(nats_server.url)) as edge:
+            await eventually(lambda: all_live(edge.registry, names), "the late edge is live")
+            counters = edge.edge.follower.counters
+            assert counters.repairs >= len(names)  # it asked for the state at once
+
+
+async def test_ingest_restart_keeps_seq_growing_on_the_edge(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    settings = ingest_settings(tmp_path / "i.db", nats_server.url)
+    async with edge_node(edge_settings(nats_server.url)) as edge:
+        async with ingest_node(settings) as first:
+            names = first.registry.instruments()
+            await eventually(lambda: all_live(edge.registry, names), "live from the first ingest")
+            async with bbo_client(edge.url, names) as ws:
+                before = await collect_bbo(ws, 50)
+        # The first ingest stopped (it said bye): the edge's books go stale at once.
+        await eventually(lambda: not any(edge.registry.is_live(n) for n in names), "stale")
+        status = edge.registry.status(names[0])
+        assert status is not None and status.reason == "bus: its ingest stopped"
+        async with bbo_client(edge.url, names) as ws, ingest_node(settings):
+            after = await collect_bbo(ws, 50)
+            await eventually(lambda: all_live(edge.registry, names), "live again")
+    last_before = {m["instrument"]: m["seq"] for m in before}
+    for message in after:
+        assert message["seq"] > last_before.get(message["instrument"], -1)
+
+
+async def test_every_node_says_its_role_and_bus_state(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with (
+        ingest_node(ingest_settings(tmp_path / "i.db", nats_server.url)) as ingest,
+        edge_node(edge_settings(nats_server.url)) as edge,
+    ):
+        names = ingest.registry.instruments()
+        await eventually(lambda: all_live(edge.registry, names), "live")
+        bus_hop = edge.metrics.recorder.stages[Stage.BUS_HOP]
+        await eventually(lambda: bus_hop.count > 0, "a metrics report with bus hops")
+        async with httpx.AsyncClient() as http:
+            edge_health = (await http.get(f"{edge.http_url}/health")).json()
+            ingest_health = (await http.get(f"{ingest.http_url}/health")).json()
+            edge_metrics = (await http.get(f"{edge.http_url}/metrics")).text
+            ingest_metrics = (await http.get(f"{ingest.http_url}/metrics")).text
+            stats = (await http.get(f"{edge.http_url}/stats")).json()
+    assert edge_health["node"]["role"] == "edge"
+    assert edge_health["node"]["bus"]["connected"] is True
+    assert edge_health["node"]["bus"]["sources"] == 1
+    assert edge_health["node"]["bus"]["last_message_age_ms"] is not None
+    assert ingest_health["node"]["role"] == "ingest"
+    assert ingest_health["node"]["bus"]["connected"] is True
+    assert ingest_health["node"]["bus"]["dropped"] == 0
+    assert 'marketcast_node_info{role="edge"} 1.0' in edge_metrics
+    assert "marketcast_bus_repairs_total" in edge_metrics
+    assert "marketcast_bus_hop_seconds_count" in edge_metrics
+    assert 'marketcast_node_info{role="ingest"} 1.0' in ingest_metrics
+    assert "marketcast_bus_published_total" in ingest_metrics
+    assert stats["totals"]["stages"]["bus_hop"]["count"] > 0
+
+
+async def test_position_ops_on_an_edge_are_unknown_op(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with edge_node(edge_settings(nats_server.url)) as edge, connect(edge.url) as ws:
+        request = {"op": "position.close", "id": 5, "position_id": "p-1"}
+        await ws.send(orjson.dumps(request).decode())
+        reply = orjson.loads(await ws.recv())
+    assert reply["type"] == "error" and reply["id"] == 5
+    assert reply["code"] in ("unknown_op", "auth_required")
