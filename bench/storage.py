@@ -184,6 +184,8 @@ class Step:
     lag: HdrHistogram
     pruned: float | None = None
     """Old rows pruned per second during the step (``None``: pruning off)."""
+    prune_steps: HdrHistogram | None = None
+    """How long each pruning step held the writer (and so any flush due meanwhile)."""
 
     @property
     def sustained(self) -> bool:
@@ -260,10 +262,13 @@ async def flusher_step(
 
     flusher = StorageFlusher(backend, window_ms=options.window_ms, on_flush=on_flush)
     retention = None
+    prune_steps = None
     if options.prune_rows > 0:
         await store_old_rows(backend, maker, options.prune_rows)
         assert isinstance(backend, PrunableBackend), f"{backend.name} cannot prune"
-        retention = Retention(flusher, backend, retain_hours=RETAIN_HOURS)
+        prune_steps = latency_histogram()
+        timed = TimedPrune(backend, prune_steps, lambda: measuring)
+        retention = Retention(flusher, timed, retain_hours=RETAIN_HOURS)
     probe = LagProbe()
     async with asyncio.TaskGroup() as tasks:
         flushing = tasks.create_task(flusher.run())
@@ -294,7 +299,26 @@ async def flusher_step(
         batch_rows=batch_rows,
         lag=probe.histogram,
         pruned=None if pruned is None else pruned / seconds,
+        prune_steps=prune_steps,
     )
+
+
+class TimedPrune:
+    """``backend.prune`` with each call's duration recorded while ``recording()``."""
+
+    def __init__(
+        self, backend: PrunableBackend, steps: HdrHistogram, recording: Callable[[], bool]
+    ) -> None:
+        self._backend = backend
+        self._steps = steps
+        self._recording = recording
+
+    async def prune(self, before_ns: int, max_rows: int) -> int:
+        started = time.perf_counter_ns()
+        deleted = await self._backend.prune(before_ns, max_rows)
+        if self._recording():
+            self._steps.record_value(max(1, time.perf_counter_ns() - started))
+        return deleted
 
 
 RETAIN_HOURS = 1.0
@@ -540,7 +564,9 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
             f" Pruning on: before each step {options.prune_rows:,} BBO rows older than the "
             f"retention ({RETAIN_HOURS:g} h) are stored, and Retention deletes them during the "
             "step in steps of 500 rows between flushes, as the server does; flush times are "
-            "those with pruning running."
+            "those with pruning running. Prune step = how long one step held the writer "
+            "(ms, p50 / p99 / max): a flush falling due meanwhile waits at most that long, "
+            "and a step only starts with at least half a window before the next flush."
         )
     rows: list[tuple[str, ...]] = []
     floors: list[tuple[str, ...]] = []
@@ -559,6 +585,7 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
                     _summary(backend.baseline_lag),
                     "yes" if step.sustained else "no",
                     "-" if step.pruned is None else number(step.pruned),
+                    "-" if step.prune_steps is None else _summary(step.prune_steps),
                 )
             )
         best = backend.best
@@ -588,6 +615,10 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
             result.figures[f"{backend.name}_lag_p99_ms"] = lag_p99
             if first.pruned is not None:
                 result.figures[f"{backend.name}_pruned_rows_per_s"] = first.pruned
+            if first.prune_steps is not None:
+                result.figures[f"{backend.name}_prune_step_p99_ms"] = (
+                    first.prune_steps.get_value_at_percentile(99) / 1e6
+                )
             result.targets += [
                 Target(
                     f"{backend.name}: rows/s sustained (committed {number(first.written)}/s)",
@@ -625,6 +656,7 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
                 "baseline lag ms",
                 "sustained",
                 "pruned rows/s",
+                "prune step ms",
             ),
             rows,
         )

@@ -349,7 +349,7 @@ class Client:
         """Make ``ws`` the connection and send it every request waiting for one."""
         self._ws = ws
         for pending in list(self._requests.values()):
-            if pending.sent_on is not ws:
+            if pending.sent_on is not ws and not pending.reply.done():
                 await self._send(ws, pending)
 
     async def _read(self, ws: ClientConnection) -> str:
@@ -437,10 +437,11 @@ class Client:
 
     def _answer(self, reply: dict[str, Any]) -> None:
         request_id = reply.get("id")
-        if request_id is None and reply.get("type") == "error" and self._requests:
+        if request_id is None and reply.get("type") == "error":
             # Only a request the server did not read (rate_limited) has a null id; it
-            # reads in order, so it is the oldest one waiting.
-            request_id = next(iter(self._requests))
+            # reads in order, so it is the oldest one still waiting for its reply.
+            waiting = (key for key, pending in self._requests.items() if not pending.reply.done())
+            request_id = next(waiting, None)
         pending = self._requests.get(request_id) if isinstance(request_id, int) else None
         if pending is None or pending.reply.done():
             log.warning("marketcast: a reply to no request of this client: %r", reply)

@@ -45,8 +45,9 @@ def test_storage_with_pruning_reports_rows_pruned_beside_flush_times() -> None:
 
     steps = result.tables[0]
     assert [(row[0], row[1]) for row in steps.rows] == [("sqlite", "2,000"), ("postgres", "2,000")]
-    assert steps.columns[-1] == "pruned rows/s"
-    assert all(row[-1] not in ("-", "0") for row in steps.rows)
-    assert result.figures["sqlite_pruned_rows_per_s"] > 0
-    assert result.figures["postgres_pruned_rows_per_s"] > 0
+    assert steps.columns[-2:] == ("pruned rows/s", "prune step ms")
+    assert all(row[-2] not in ("-", "0") and row[-1] != "-" for row in steps.rows)
+    for backend in ("sqlite", "postgres"):
+        assert result.figures[f"{backend}_pruned_rows_per_s"] > 0
+        assert result.figures[f"{backend}_prune_step_p99_ms"] > 0
     assert "Pruning on" in result.how

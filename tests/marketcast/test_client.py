@@ -13,6 +13,7 @@ import pytest
 import marketcast
 from book.status import InstrumentState
 from publish.auth import AuthPolicy, TokenAuthority
+from publish.client import ServerLimits
 from tests.publish.support import BTC, ETH, TS_SEND, running
 from tests.publish.trading import OPENED_TS, trading
 from tests.waiting import eventually
@@ -203,3 +204,17 @@ async def test_compressed_frames_and_a_ts_option_on_the_url_still_give_ns_intege
             extensions = [extension.name for extension in client._ws.protocol.extensions]
     assert first == bbo(1, ("100", "1"), ("101", "1.5"))
     assert extensions == ["permessage-deflate"]
+
+
+async def test_requests_refused_by_the_rate_limit_never_hang() -> None:
+    # The server does not read a rate-limited request, so its error has no id: the
+    # client answers its oldest waiting request with it.
+    async with (
+        running(ServerLimits(ops_per_second=0.01, ops_burst=3)) as m,
+        marketcast.connect(m.server.url) as client,
+        asyncio.timeout(10),
+    ):
+        results = await asyncio.gather(*(client.ping() for _ in range(8)), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, marketcast.ServerError)]
+    assert results.count(None) == 3
+    assert [error.code for error in refused] == ["rate_limited"] * 5
