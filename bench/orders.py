@@ -325,6 +325,30 @@ def _sustained_text(steps: list[RepeatedStep[OrderTrial]], options: OrdersOption
     return f"{'>= ' if top else ''}{number(best.rate)}"
 
 
+BUSY_SHARE = 0.9
+"""A process at this share of one core or more is taken to be the limit."""
+
+
+def limit_reason(step: RepeatedStep[OrderTrial]) -> str:
+    """What most likely stopped a contender at ``step`` (by the medians)."""
+    server = median([trial.server_cpu for trial in step.trials])
+    client = median([trial.client_cpu for trial in step.trials])
+    if step.failures:
+        return "requests refused or connections closed (see the refusals below)"
+    if step.offered < CRITERIA.share * step.rate:
+        driver = server if math.isnan(client) else client
+        return f"the driver could not offer the rate (its process at {driver:.0%} of a core)"
+    if server >= BUSY_SHARE:
+        return f"the server process is CPU-bound ({server:.0%} of a core)"
+    if client >= BUSY_SHARE:
+        return f"the client process is CPU-bound ({client:.0%} of a core)"
+    return (
+        f"latency (p99 {step.p99_ns / 1e6:.3g} ms, {step.delivered_share:.0%} acked) with the "
+        f"server process at {server:.0%} of a core: it waits (storage, lookups) rather than "
+        "computes"
+    )
+
+
 def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
     result = ScenarioResult(
         key="orders",
@@ -466,6 +490,12 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
             headline,
         )
     )
+    for contender, ladder in measured.steps.items():
+        if ladder and not ladder[-1].sustained(CRITERIA):
+            result.notes.append(
+                f"{contender}: first step not sustained, {number(ladder[-1].rate)}/s: "
+                + limit_reason(ladder[-1])
+            )
     for contender, codes in refusals.items():
         if codes:
             seen = ", ".join(f"{code} x {count:,}" for code, count in codes.most_common())

@@ -5,6 +5,7 @@ real clients, real databases), down to a refusal being counted."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 
 import orjson
@@ -12,10 +13,11 @@ import pytest
 
 from bench.agent import AgentError
 from bench.orderclients import OrderClientPool, OrderPoolSpec, OrderWindow
-from bench.orders import Contender, OrdersOptions, run
+from bench.orders import Contender, OrdersOptions, OrderTrial, limit_reason, run
 from bench.orderservers import OrderServerKind, OrderServerProcess, OrderServerSpec
 from bench.positionfloor import FloorSpec, StorageFloorProcess
-from bench.report import Progress
+from bench.ramp import RepeatedStep
+from bench.report import Progress, latency_histogram
 from publish.auth import TokenAuthority
 from tests.postgres import PG_DSN, pg_query
 
@@ -132,3 +134,32 @@ def test_order_entry_runs_every_contender_up_the_ramp() -> None:
         )
     )
     assert leftovers == []
+
+
+def made(
+    offered: float,
+    delivered: float,
+    *,
+    p99_ms: float = 1.0,
+    server: float = 0.5,
+    client: float = 0.5,
+    errors: dict[str, int] | None = None,
+) -> OrderTrial:
+    latency = latency_histogram()
+    latency.record_value(int(p99_ms * 1e6))
+    return OrderTrial(offered, delivered, latency, errors or {}, 0, server, client)
+
+
+@pytest.mark.parametrize(
+    ("trial", "reason"),
+    [
+        (made(1000, 1000, errors={"storage_unavailable": 3}), "requests refused"),
+        (made(800, 800, client=0.99), "could not offer the rate (its process at 99%"),
+        (made(800, 800, client=math.nan, server=0.7), "its process at 70%"),
+        (made(1000, 700, server=0.97), "server process is CPU-bound (97%"),
+        (made(1000, 700, client=0.95), "client process is CPU-bound (95%"),
+        (made(1000, 1000, p99_ms=30, server=0.4), "latency (p99 30 ms, 100% acked)"),
+    ],
+)
+def test_what_limits_a_step_is_named(trial: OrderTrial, reason: str) -> None:
+    assert reason in limit_reason(RepeatedStep(1000, [trial]))
