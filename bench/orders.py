@@ -86,7 +86,7 @@ class OrdersOptions:
 
     @classmethod
     def quick(cls) -> OrdersOptions:
-        return cls(rates=(2_000,), connections=20, warmup=0.2, seconds=0.3)
+        return cls(rates=(2_000,), connections=10, warmup=0.15, seconds=0.25)
 
     @classmethod
     def full(cls) -> OrdersOptions:

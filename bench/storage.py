@@ -80,6 +80,8 @@ class StorageOptions:
     """``None``: SQLite only."""
     pg_formats: bool = True
     """Also compare text/binary COPY into NUMERIC/BIGINT columns (``bench.pgformats``)."""
+    pg_formats_seconds: float | None = None
+    """Measured seconds of each COPY variant (``None``: ``seconds``)."""
     prune_rows: int = 0
     """When positive: before each step, store this many BBO rows older than the retention,
     and prune them during the step (``Retention`` beside the flusher, as the server runs
@@ -87,7 +89,7 @@ class StorageOptions:
 
     @classmethod
     def quick(cls) -> StorageOptions:
-        return cls(rates=(100_000,), seconds=1.0, warmup=0.3)
+        return cls(rates=(100_000,), seconds=1.0, warmup=0.3, pg_formats_seconds=0.5)
 
     @classmethod
     def full(cls) -> StorageOptions:
@@ -511,7 +513,7 @@ async def measure_formats(
             RowMaker(sample_quotes()).rows,
             rate=options.rates[0],
             window_ms=options.window_ms,
-            seconds=options.seconds,
+            seconds=options.pg_formats_seconds or options.seconds,
             warmup=options.warmup,
         )
     except (OSError, ImportError) as exc:
