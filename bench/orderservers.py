@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -185,7 +184,7 @@ class _OrderServerSide:
                 )
                 self._server = server
                 await server.start()
-                return ("started", server.url, os.getpid())
+                return ("started", server.url)
             case ("window",):
                 self._cpu = time.process_time()
                 return ("window",)
@@ -210,7 +209,7 @@ class OrderServerProcess:
         self.spec = spec
         self._agent = Agent(_server_main)
         try:
-            _, self.url, self.pid = self._agent.ask("start", spec)
+            _, self.url = self._agent.ask("start", spec)
         except BaseException:
             self._agent.exit()
             raise
