@@ -1,7 +1,9 @@
 """Replay recorded venue traffic through the real handlers, with no network.
 
 The same ``FeedSession`` as the live runner sees the recorded frames in order; REST
-snapshots come from the recording's HTTP frames. A problem (gap, checksum, mismatch)
+snapshots come from the recording's HTTP frames. The summary counts book messages per
+instrument and lists every venue symbol that could not be named (its messages were
+not replayed). A problem (gap, checksum, mismatch)
 resyncs that instrument as live would: its book is reset and waits for the next
 snapshot in the recording (the session's requests for one are answered by the
 recording, or not at all).
@@ -18,6 +20,7 @@ from book.status import InstrumentStatus
 from feeds.events import FeedEvent
 from feeds.recordings import FrameKind, RecordedFrame
 from feeds.session import FeedSession, RequestSnapshot
+from feeds.symbols import DiscoveringSymbolMap
 from feeds.sync import SyncProblem
 from feeds.venue import VenueAdapter
 
@@ -113,4 +116,12 @@ class Replay:
             "malformed": counters.malformed,
             "live": sorted(name for name, sync in syncs.items() if sync.live),
             "not_live": sorted(name for name, sync in syncs.items() if not sync.live),
+            "messages": dict(sorted(counters.by_instrument.items())),
+            "unresolved": dict(sorted(self.unresolved().items())),
         }
+
+    def unresolved(self) -> dict[str, int]:
+        """Venue symbols of the recording that could not be named (none when the
+        instruments were configured), with the number of messages naming each."""
+        symbols = self.adapter.symbols
+        return dict(symbols.unresolved) if isinstance(symbols, DiscoveringSymbolMap) else {}

@@ -1,8 +1,9 @@
 """``marketcast replay FILE [--venue V] [--depth N]``: recorded traffic through the real
 handlers, no network. Prints JSON lines: the ``bbo`` message after every applied
 message, then the final top-N ``book`` of every instrument, any ``problem`` found, and a
-``summary`` per venue (gaps, checksum and bookTicker results, resyncs). Exits 1 when the
-replay found a problem.
+``summary`` per venue (gaps, checksum and bookTicker results, resyncs, book messages per
+instrument, and every venue symbol that could not be named: ``unresolved``, with its
+message count). Exits 1 when the replay found a problem or a symbol it could not name.
 
 A marketcast recording may hold several venues and connections: each connection is
 replayed through its own handlers, as it was live (per-connection sequence numbers).
@@ -76,10 +77,12 @@ def replay_file(
             "detail": problem.problem.detail,
         }
         write(orjson.dumps(line) + b"\n")
-    for summary in _venue_summaries(replays):
+    summaries = _venue_summaries(replays)
+    for summary in summaries:
         write(orjson.dumps(summary) + b"\n")
     stream.flush()
-    return 1 if problems else 0
+    unresolved = any(summary["unresolved"] for summary in summaries)
+    return 1 if problems or unresolved else 0
 
 
 def _one(frame: RecordedFrame) -> list[RecordedFrame]:
@@ -121,6 +124,12 @@ def _venue_summaries(replays: dict[tuple[str, int], Replay]) -> list[dict[str, A
             for key, value in part.items():
                 if isinstance(value, int):
                     summary[key] = summary.get(key, 0) + value
+        for key in ("messages", "unresolved"):  # per symbol, added up over connections
+            counts: dict[str, int] = defaultdict(int)
+            for part in parts:
+                for symbol, count in part[key].items():  # type: ignore[attr-defined]
+                    counts[symbol] += count
+            summary[key] = dict(sorted(counts.items()))
         live = {i for part in parts for i in part["live"]}  # type: ignore[attr-defined]
         seen = {i for part in parts for i in (*part["live"], *part["not_live"])}  # type: ignore[misc]
         summary["live"] = sorted(live)

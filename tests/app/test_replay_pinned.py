@@ -2,9 +2,10 @@
 
 The feed session (the event -> action decision table shared by the runner and replay)
 must not change what replay prints: each case's output is compared with the SHA-256
-of the output it had before the session was introduced. The damaged variants (one
-book message removed) pin the resync path too. If the output changes on purpose,
-explain it in the commit and update the digests.
+of the output it had before the session was introduced (since then, only the summary
+line has changed: it gained book messages per instrument and the unresolved symbols).
+The damaged variants (one book message removed) pin the resync path too. If the output
+changes on purpose, explain it in the commit and update the digests.
 """
 
 from __future__ import annotations
@@ -42,33 +43,33 @@ def replay_digest(path: Path, depth: int, *, quiet: bool = False) -> tuple[int, 
         (
             BINANCE_SPOT_CRYPTOFEED,
             5,
-            "00f4b004e6b3cb490a8ff65db33f4f7d6ebc8ade835f3a93b59605e61e3e37c8",
+            "709f99bde50bd1d9b64c1c94a5c260c54203d18338eb566f9ad798fe8567c5b7",
         ),
         (
             BINANCE_SPOT_CRYPTOFEED,
             10,
-            "81dd51b03f78d171813b105024f9b3e2e5188aa5ebcdb4e2e7159f6051b09d13",
+            "fa2db3241499a92a798704284cc03007bd862feb51996aacb904551b13772056",
         ),
         (
             BINANCE_USDM_CRYPTOFEED,
             5,
-            "ac780b108ccc9834a0c17219514df86b6285f9eef6c8fe113904d9d426d89985",
+            "79521efc1e43efe3c853f49b3c4bac75ea82f4c32bfdf62c3d2ee9c3e6cf3777",
         ),
         (
             BINANCE_USDM_CRYPTOFEED,
             10,
-            "d892d67c8b712ad2ebf25978e0310e7ffdc8cd7d3525def99d478767f2148fb4",
+            "779e4e7fd64bcacb086bb404833dd779afe0be7dd1e47d97ce9a3e7eaddb1859",
         ),
-        (BINANCE_SPOT_HFT, 5, "a7d9a2799861bdcf85b8991ddfb28b4063840347f35d0798d262b8819c2f5676"),
-        (BINANCE_SPOT_HFT, 10, "0457a81c142f7e68d583d1b3738b7160ea79c8adea1d265eb23ce42381c9c3af"),
-        (BINANCE_USDM_HFT, 5, "2ee55c79ba8bdab7572c60d26f387dc706c2c62bdea3e97901e61ec07ac3cb16"),
-        (BINANCE_USDM_HFT, 10, "ce1d1c11abc82316d45b4d52b073e791c5a148173f8451d529f74685e055a522"),
-        (KRAKEN_V1, 5, "92ae14152225abfe8420109c598f665301a8c57e90aa763ffee69b32b1fd4a4a"),
-        (KRAKEN_V1, 10, "861e3576b29b337b87fa6d4179db4cad1d4fbe6ec79b68a0919c8dafdf6fa2c8"),
-        (KRAKEN_V2, 5, "f9e91dda9f3cdc6ee70bec176eeb76f32a3d2289056c3c5e900a7d4d6dbd461b"),
-        (KRAKEN_V2, 10, "7c9c7164912cfbee649dc5e8169ebb8c370f13ba54f3593cff0d42872aabc69d"),
-        (OKX_CRYPTOFEED, 5, "23e29ca37ffada223245db01e1548573824428bb2c88f98a5df2ff9db9d39f74"),
-        (OKX_CRYPTOFEED, 10, "2afb4075078bbe6a2af7bfbf546e42150c76988f97d39b7fcd4a7199e6fe72d2"),
+        (BINANCE_SPOT_HFT, 5, "984bc5a6747a33badb501255545c1142aa66cab2fa0f6e23c844a3e7536b3d58"),
+        (BINANCE_SPOT_HFT, 10, "d1a0a4664ba7049ddd077c83338428f6903a7f2a2125acc95c137299f5d6ab74"),
+        (BINANCE_USDM_HFT, 5, "e1bd6688dee7446417ddc772eaf9c9cac7d90044e23bec43bce0f19d15dfc63d"),
+        (BINANCE_USDM_HFT, 10, "691704965fc8e08e5477e75e6b426b3a102e2d38f22dbe8a92955e7d2c8120fa"),
+        (KRAKEN_V1, 5, "0651ca963ce2bfe8044a114307a9d7a7ee35ff9f364d6925ec66b916ee6bba39"),
+        (KRAKEN_V1, 10, "e042956b0313607400ef4c115cb23d3bd14eec711432b79252735b233bde9278"),
+        (KRAKEN_V2, 5, "873fc96ed2db48a58ab0057614ffb08809086f6050ad706c3a72b6fdb4786cb5"),
+        (KRAKEN_V2, 10, "b29b477265f31f31c0c627c8362bc7bfa2a731a2ae7ee38e4d1e535c1761e553"),
+        (OKX_CRYPTOFEED, 5, "29ca10c83618c191df755358dacf97f905225026dac60930d90218e846fae44e"),
+        (OKX_CRYPTOFEED, 10, "a2d45443c51b43ca38b5b1b9fc5ed2d5f7962eb776a1a28ad3d6c8f070f636bc"),
     ],
 )
 def test_replay_output_is_unchanged(path: Path, depth: int, digest: str) -> None:
@@ -80,15 +81,15 @@ def test_replay_output_is_unchanged(path: Path, depth: int, digest: str) -> None
     [
         (
             BINANCE_SPOT_CRYPTOFEED,
-            "e484879635248062426f1dd1ab7c90d019c4cf68f9b7beb0b2ae5e9dac7662b0",
+            "f6d4c4e594101db8a163593b97511a60db00d858620e23c9c9987cf09b0e1eff",
         ),
         (
             BINANCE_USDM_CRYPTOFEED,
-            "f20784c84b89869e056168c1f2220088102fffc81ae1a9300a43f618110c1aeb",
+            "8c260f4816da9218beec6a089d82192ae72c0b33902789784ee63b0de3544ec7",
         ),
-        (KRAKEN_V1, "d189da90e7cbf55904b6dcb241eb9ad381ad3153d6eb1f31bb31c3062da03803"),
-        (KRAKEN_V2, "7c15d8f272eb129ad323b813621e9bcdb6559a770c39ffbf5bbcb49bc0bc003b"),
-        (OKX_CRYPTOFEED, "b00f856cc2e8114d6fd60f4a52d1356ec357bca17d596ec0b5930007293fa996"),
+        (KRAKEN_V1, "be2774e0f60c9dd4525787d43a0e72f2ea1fa4dfb58b017460fcb27006038568"),
+        (KRAKEN_V2, "1c0c132a9f764c4d275dc11a5a8f53293cd248509ee435948cc260ba881140b3"),
+        (OKX_CRYPTOFEED, "adcb166923d77b01cd93e9b6c0733cb825597c689410f7c63e43866eaaa93673"),
     ],
 )
 def test_replay_output_with_a_lost_message_is_unchanged(
