@@ -29,6 +29,7 @@ from app.exceptions import ConfigError
 from app.preflight import check_port_free, check_secret_file
 from app.settings import Settings
 from book.registry import BookRegistry
+from book.versions import seq_base
 from bus.edge import BusEdge
 from bus.ingest import BusPublisher
 from bus.link import BusLink
@@ -113,7 +114,7 @@ async def serve_edge(
     settings: Settings, *, on_ready: Callable[[EdgeServer], None] | None = None
 ) -> None:
     """Run an edge until cancelled: the bus in, websocket and HTTP clients out."""
-    registry = BookRegistry()
+    registry = BookRegistry(nbbo_seq_base=seq_base())  # an edge consolidates on its own
     recorder = LatencyRecorder()
     registry.on_snapshot(recorder.on_snapshot)
     fanout = Fanout(

@@ -7,7 +7,8 @@ then a drain of the storage flusher, so every row already taken is written.
 
 Roles (``app.roles``): ``all`` is this whole process; ``ingest`` is the same with the
 feeds writing through the bus publisher and no positions; ``edge`` is ``serve_edge``.
-Every book's ``seq`` starts at ``seq_base()``, so seqs keep growing across restarts.
+Every book's and consolidated quote's ``seq`` starts at ``book.versions.seq_base()``, so
+seqs keep growing across restarts.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from book.incidents import FeedIncident
 from book.registry import BookRegistry
 from book.sink import FeedSink
 from book.snapshot import BookSnapshot
+from book.versions import seq_base
 from feeds.ratelimit import WeightLimiter
 from feeds.runner import FeedRunner, Recorder
 from feeds.simulator.venue import LoopbackVenue
@@ -79,18 +81,12 @@ class RunningServer:
     """An ingest's bus publisher and connection."""
 
 
-def seq_base(clock: Callable[[], int] = time.time_ns) -> int:
-    """Where a server's book seqs start: microseconds since the epoch. A restarted
-    server's seqs are above its previous run's unless one book applied more than a
-    million messages a second on average; they stay below 2**53 (exact in JavaScript)."""
-    return clock() // 1000
-
-
 async def serve(
     settings: Settings, *, on_ready: Callable[[RunningServer], None] | None = None
 ) -> None:
     """Run the whole server until cancelled; on cancellation, drain storage and return."""
-    registry = BookRegistry()
+    start = seq_base()
+    registry = BookRegistry(nbbo_seq_base=start)
     recorder = LatencyRecorder()
     registry.on_snapshot(recorder.on_snapshot)
     backend = storage_backend(settings.storage)
@@ -158,9 +154,7 @@ async def serve(
                 )
                 resolved = await learn_instruments(venue, endpoints)
                 declare_halted(sink, resolved, time.time_ns())
-                runners += build_runners(
-                    settings, resolved.venue, endpoints, sink, seq_base=seq_base()
-                )
+                runners += build_runners(settings, resolved.venue, endpoints, sink, seq_base=start)
             server = await stack.enter_async_context(
                 MarketServer(
                     registry,

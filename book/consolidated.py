@@ -70,9 +70,14 @@ def _ask_rank(quote: _Quote) -> tuple[int, int, str]:
 
 
 def consolidate(
-    symbol: str, books: list[BookSnapshot], previous: ConsolidatedBbo | None
+    symbol: str,
+    books: list[BookSnapshot],
+    previous: ConsolidatedBbo | None,
+    *,
+    seq_base: int = 0,
 ) -> ConsolidatedBbo | None:
-    """NBBO of ``books`` (live snapshots of one symbol); ``None`` if unchanged. O(venues)."""
+    """NBBO of ``books`` (live snapshots of one symbol); ``None`` if unchanged. O(venues).
+    The first quote of a symbol has ``seq_base + 1``."""
     best_bid: _Quote | None = None
     best_ask: _Quote | None = None
     ts_event = ts_recv = 0
@@ -92,7 +97,7 @@ def consolidate(
         return None  # no quote before and none now: nothing changed
     candidate = ConsolidatedBbo(
         symbol,
-        (previous.seq if previous else 0) + 1,
+        (previous.seq if previous else seq_base) + 1,
         ts_event,
         ts_recv,
         *(best_bid if best_bid else (None, None, None)),

@@ -30,7 +30,9 @@ NbboListener = Callable[[ConsolidatedBbo], None]
 class BookRegistry:
     """Latest snapshot, status and consolidated BBO per instrument / canonical symbol."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, nbbo_seq_base: int = 0) -> None:
+        """``nbbo_seq_base``: where consolidated quotes' ``seq`` start (``book.versions``)."""
+        self._nbbo_seq_base = nbbo_seq_base
         self._books: dict[str, BookSnapshot] = {}
         self._status: dict[str, InstrumentStatus] = {}
         self._nbbo: dict[str, ConsolidatedBbo] = {}
@@ -137,7 +139,7 @@ class BookRegistry:
             for name in self._by_symbol.get(symbol, ())
             if (snap := self.live_snapshot(name)) is not None
         ]
-        changed = consolidate(symbol, live, self._nbbo.get(symbol))
+        changed = consolidate(symbol, live, self._nbbo.get(symbol), seq_base=self._nbbo_seq_base)
         if changed is None:
             return
         self._nbbo[symbol] = changed

@@ -163,3 +163,19 @@ async def test_position_ops_on_an_edge_are_unknown_op(
         reply = orjson.loads(await ws.recv())
     assert reply["type"] == "error" and reply["id"] == 5
     assert reply["code"] in ("unknown_op", "auth_required")
+
+
+async def test_the_single_process_keeps_seq_growing_across_restarts(tmp_path: Path) -> None:
+    settings = ingest_settings(tmp_path / "one.db", "nats://unused:4222").with_role("all")
+    last: dict[str, int] = {}
+    for run in range(2):
+        async with ingest_node(settings) as server:
+            names = server.registry.instruments()
+            await eventually(lambda s=server, n=names: all_live(s.registry, n), f"run {run} up")
+            for name in names:
+                snapshot = server.registry.get(name)
+                assert snapshot is not None and snapshot.seq > last.get(name, -1)
+                last[name] = snapshot.seq
+            nbbo = server.registry.nbbo("BTC-USDT")
+            assert nbbo is not None and nbbo.seq > last.get("nbbo", -1)
+            last["nbbo"] = nbbo.seq
