@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from app.admin import FeedAdmin
 from app.auth import auth_policy
 from app.instruments import declare_halted, learn_instruments
 from app.roles import IngestBus, NodeState
@@ -165,6 +166,7 @@ async def serve(
                     auth=auth,
                     positions=positions if role == "all" else None,
                     reserved_fds=reserved_fds(feed_connections=len(runners)),
+                    admin=FeedAdmin(runners),
                 )
             )
             MetricsPages(

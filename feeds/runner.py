@@ -249,6 +249,24 @@ class FeedRunner:
         current.session.connection_lost(SyncProblem(ProblemKind.DISCONNECTED, detail), self.clock())
         self._seqs = current.session.seqs()
 
+    # -- operator requests (admin ops) ---------------------------------------------------
+
+    def resync(self, instrument: str, reason: str) -> bool:
+        """Resync ``instrument`` on the publishing connection; False if this runner does
+        not carry it or has no connection right now."""
+        current = self._current
+        if current is None or instrument not in self.instruments:
+            return False
+        problem = SyncProblem(ProblemKind.REQUESTED, reason)
+        current._perform(current.session.resync(instrument, problem, self.clock()))
+        return True
+
+    def reconnect(self, reason: str) -> bool:
+        """Close the publishing connection (its books go stale) and connect again, as
+        after any lost connection; False if there is no connection right now."""
+        current = self._current
+        return current is not None and current.close(reason)
+
     # -- what connections report -------------------------------------------------------
 
     def set_state(self, instrument: str, state: InstrumentState, reason: str) -> None:
@@ -359,6 +377,13 @@ class FeedConnection:
             self._perform(self.session.tick(self.runner.clock()))
 
     # -- actions -----------------------------------------------------------------------
+
+    def close(self, reason: str) -> bool:
+        """Close the websocket (``run`` then ends as for a lost connection)."""
+        ws = self._ws
+        if ws is None:
+            return False
+        return self._spawn(ws.close(1000, reason[:100]), "close") is not None
 
     def _perform(self, actions: Actions) -> None:
         """Carry out what the session asked for."""

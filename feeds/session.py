@@ -211,6 +211,11 @@ class FeedSession:
                 self._resync(name, SyncProblem(ProblemKind.SILENT, detail), ts)
         return self._take_actions()
 
+    def resync(self, instrument: str, problem: SyncProblem, ts: int) -> Actions:
+        """Resync one instrument now (an operator's request): stale, reset, refetched."""
+        self._resync(instrument, problem, ts)
+        return self._take_actions()
+
     def connection_lost(self, problem: SyncProblem, ts: int) -> None:
         """The connection ended: every instrument it had live is ``stale``."""
         for name in sorted(self._live):

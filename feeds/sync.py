@@ -27,6 +27,8 @@ class ProblemKind(StrEnum):
     MISMATCH = "mismatch"
     SILENT = "silent"
     DISCONNECTED = "disconnected"
+    REQUESTED = "requested"
+    """An operator asked for a resync (``admin.resync``)."""
 
 
 @dataclass(frozen=True, slots=True)

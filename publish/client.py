@@ -26,6 +26,7 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
+from publish.admin import AdminControl, AdminRequests
 from publish.auth import AuthPolicy
 from publish.catalog import InstrumentCatalog, RegistryCatalog
 from publish.channels import DEFAULT_BOOK_DEPTH, Topic
@@ -116,7 +117,8 @@ class ClientSession:
     ``wire`` is how its frames look (timestamps, batching, compression). ``auth`` is how
     tokens are checked; ``None`` accepts no token (every ``auth`` fails
     ``token_invalid``) and lets market data through. ``catalog`` (default: the fan-out's
-    registry) says which instruments and symbols exist.
+    registry) says which instruments and symbols exist. ``admin`` carries out the admin
+    ops of connections with an admin token (``None``: the server has none).
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class ClientSession:
         auth: AuthPolicy | None = None,
         positions: PositionService | None = None,
         catalog: InstrumentCatalog | None = None,
+        admin: AdminControl | None = None,
     ) -> None:
         counters = fanout.counters
         self._sink = sink
@@ -158,6 +161,7 @@ class ClientSession:
             credentials=self.credentials,
             subscriptions=self.subscriptions,
             positions=self.position_requests,
+            admin=AdminRequests(admin, self.credentials, self.outbox, counters),
             counters=counters,
             close=self._close,
             max_request_bytes=limits.max_request_bytes,

@@ -29,5 +29,11 @@ class Counters:
     auth_failures: int = 0
     tokens_expired: int = 0
     """Tokens that expired on an open connection (its token-bound streams stopped)."""
+    admin_resyncs: int = 0
+    """``admin.resync`` ops carried out."""
+    admin_reconnects: int = 0
+    """``admin.reconnect`` ops carried out."""
+    admin_refused: int = 0
+    """Admin ops refused for want of the admin role."""
     flush_errors: int = 0
     """Writes to a subscriber that raised (a bug or a dead transport; logged once)."""

@@ -53,6 +53,13 @@ class Credentials:
         return claims.account
 
     @property
+    def admin_account(self) -> str | None:
+        """The account, when its token has the ``admin`` role (and is current)."""
+        account = self.account
+        claims = self._claims
+        return account if account is not None and claims is not None and claims.admin else None
+
+    @property
     def market_data_allowed(self) -> bool:
         """Market data is public, or this connection acts for an account."""
         policy = self._policy

@@ -52,6 +52,8 @@ class Op(StrEnum):
     PING = "ping"
     POSITION_OPEN = "position.open"
     POSITION_CLOSE = "position.close"
+    ADMIN_RESYNC = "admin.resync"
+    ADMIN_RECONNECT = "admin.reconnect"
 
 
 class Channel(StrEnum):
@@ -131,6 +133,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_POSITIONS = "too_many_positions"
     STORAGE_UNAVAILABLE = "storage_unavailable"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNKNOWN_VENUE = "unknown_venue"
 
 
 class CloseCode(IntEnum):
@@ -193,8 +196,26 @@ class PositionCloseRequest:
     position_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class AdminRequest:
+    """``admin.resync`` (``target`` is an instrument) or ``admin.reconnect`` (a venue)."""
+
+    id: RequestId
+    op: Op
+    target: str
+
+    @property
+    def target_field(self) -> str:
+        return "instrument" if self.op is Op.ADMIN_RESYNC else "venue"
+
+
 Request = (
-    SubscriptionRequest | AuthRequest | PingRequest | PositionOpenRequest | PositionCloseRequest
+    SubscriptionRequest
+    | AuthRequest
+    | PingRequest
+    | PositionOpenRequest
+    | PositionCloseRequest
+    | AdminRequest
 )
 
 RequestParser = Callable[[RequestId, dict[str, Any]], Request]
@@ -257,6 +278,21 @@ def _parse_position_open(request_id: RequestId, obj: dict[str, Any]) -> Position
     )
 
 
+def _parse_admin_resync(request_id: RequestId, obj: dict[str, Any]) -> AdminRequest:
+    return AdminRequest(request_id, Op.ADMIN_RESYNC, _admin_target(request_id, obj, "instrument"))
+
+
+def _parse_admin_reconnect(request_id: RequestId, obj: dict[str, Any]) -> AdminRequest:
+    return AdminRequest(request_id, Op.ADMIN_RECONNECT, _admin_target(request_id, obj, "venue"))
+
+
+def _admin_target(request_id: RequestId, obj: dict[str, Any], field: str) -> str:
+    value = obj.get(field)
+    if not isinstance(value, str) or not value:
+        raise RequestError(ErrorCode.BAD_REQUEST, f"{field} must be a non-empty string", request_id)
+    return value
+
+
 def _parse_position_close(request_id: RequestId, obj: dict[str, Any]) -> PositionCloseRequest:
     position_id = obj.get("position_id")
     if not isinstance(position_id, str):
@@ -316,6 +352,8 @@ PARSERS: dict[str, RequestParser] = {
     Op.PING: _parse_ping,
     Op.POSITION_OPEN: _parse_position_open,
     Op.POSITION_CLOSE: _parse_position_close,
+    Op.ADMIN_RESYNC: _parse_admin_resync,
+    Op.ADMIN_RECONNECT: _parse_admin_reconnect,
 }
 """The op table: op name -> parser of its request."""
 
@@ -427,6 +465,18 @@ def encode_ack(request: SubscriptionRequest) -> bytes:
     if request.channel in ACCOUNT_CHANNELS:
         message[ACCOUNT_FIELD] = request.keys[0]
     return orjson.dumps(message)
+
+
+def encode_admin_ack(request: AdminRequest) -> bytes:
+    """The ``ack`` of an admin op: the op and its target, once the action has started."""
+    return orjson.dumps(
+        {
+            "type": "ack",
+            "id": request.id,
+            "op": request.op.value,
+            request.target_field: request.target,
+        }
+    )
 
 
 def encode_position_ack(request_id: RequestId, op: Op, position: Position) -> bytes:

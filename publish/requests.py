@@ -4,19 +4,22 @@
 oversize request, parses it and ``serve``s it; every refusal is an ``error`` reply with
 a stable code and spends the error budget, and a connection past that budget is closed
 with 4029. Each op is served by the piece whose job it is: ``Credentials`` (auth),
-``Subscriptions`` ((un)subscribe), ``PositionRequests`` (position ops).
+``Subscriptions`` ((un)subscribe), ``PositionRequests`` (position ops), ``AdminRequests``
+(admin ops).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from publish.admin import AdminRequests
 from publish.counters import Counters
 from publish.credentials import Credentials
 from publish.exceptions import RequestError
 from publish.outbox import Outbox
 from publish.position_requests import PositionRequests
 from publish.protocol import (
+    AdminRequest,
     AuthRequest,
     CloseCode,
     ErrorCode,
@@ -47,6 +50,7 @@ class RequestHandler:
         credentials: Credentials,
         subscriptions: Subscriptions,
         positions: PositionRequests,
+        admin: AdminRequests,
         counters: Counters,
         close: Close,
         max_request_bytes: int,
@@ -59,6 +63,7 @@ class RequestHandler:
         self._credentials = credentials
         self._subscriptions = subscriptions
         self._positions = positions
+        self._admin = admin
         self._counters = counters
         self._close = close
         self._max_request_bytes = max_request_bytes
@@ -99,6 +104,8 @@ class RequestHandler:
                 self._subscriptions.serve(request)
             case PositionOpenRequest() | PositionCloseRequest():
                 self._positions.serve(request)
+            case AdminRequest():
+                self._admin.serve(request)
 
     def refuse(self, exc: RequestError) -> None:
         """Answer ``exc`` with an error frame, or close the connection (4029) once it has

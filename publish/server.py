@@ -39,6 +39,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from book.registry import BookRegistry
+from publish.admin import AdminControl
 from publish.auth import AuthPolicy
 from publish.client import DEFAULT_LIMITS, ClientSession, ServerLimits
 from publish.exceptions import ServerNotRunningError, ServerStartError
@@ -350,6 +351,7 @@ class MarketServer:
         positions: PositionService | None = None,
         reserved_fds: int = reserved_fds(),
         reuse_port: bool = False,
+        admin: AdminControl | None = None,
     ) -> None:
         """``reuse_port``: bind with SO_REUSEPORT, so several edge processes share the
         port and the kernel spreads connections over them."""
@@ -361,6 +363,7 @@ class MarketServer:
         self._limits = limits
         self._auth = auth
         self._positions = positions
+        self._admin = admin
         self._reserved_fds = reserved_fds
         self._reuse_port = reuse_port
         self._http = HttpRoutes(
@@ -517,6 +520,7 @@ class MarketServer:
             wire=wire.format(connection.protocol.extensions),
             auth=self._auth,
             positions=self._positions,
+            admin=self._admin,
         )
         connection.watch_write_buffer(
             self._limits.slow_consumer_seconds,

@@ -112,6 +112,7 @@ def test_error_codes_are_the_documented_strings() -> None:
         "too_many_positions",
         "storage_unavailable",
         "method_not_allowed",
+        "unknown_venue",
     ]
 
 
