@@ -160,7 +160,11 @@ class FeedRunner:
                 self._connection_ended(detail)
                 delay = self._backoff.next_delay()
                 log.warning(
-                    "%s: connection lost (%s); reconnecting in %.2fs", self.venue, detail, delay
+                    "%s: connection lost (%s); reconnecting in %.2fs",
+                    self.venue,
+                    detail,
+                    delay,
+                    extra={"venue": self.venue},
                 )
                 await asyncio.sleep(delay)
 

@@ -285,7 +285,13 @@ class FeedSession:
         counter = _PROBLEM_COUNTER.get(problem.kind)
         if counter is not None:
             setattr(counters, counter, getattr(counters, counter) + 1)
-        log.warning("%s: %s is stale (%s); resyncing it", self.venue, instrument, problem)
+        log.warning(
+            "%s: %s is stale (%s); resyncing it",
+            self.venue,
+            instrument,
+            problem,
+            extra={"venue": self.venue, "instrument": instrument, "problem": problem.kind.value},
+        )
         self._live.discard(instrument)
         kind = _PROBLEM_INCIDENT.get(problem.kind, IncidentKind.STALE)
         self._incident(instrument, kind, str(problem), ts)

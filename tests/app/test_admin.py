@@ -15,6 +15,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from app.logs import JsonFormatter
 from app.runtime import RunningServer, serve
 from app.settings import AuthSettings
 from publish.auth import TokenAuthority
@@ -112,6 +113,14 @@ async def test_an_admin_resyncs_one_instrument_and_reconnects_one_venue(
         assert (BTC, "stale", "requested: admin.resync by ops") in seen
         assert runner.connections == connections
         assert "admin.resync binance:BTC-USDT (asked by account ops)" in caplog.text
+        # --log-format json carries the venue and instrument of feed records as fields.
+        stale = next(r for r in caplog.records if getattr(r, "instrument", None) == BTC)
+        entry = orjson.loads(JsonFormatter().format(stale))
+        assert (entry["venue"], entry["instrument"], entry["problem"]) == (
+            "binance",
+            BTC,
+            "requested",
+        )
 
         with caplog.at_level(logging.WARNING):
             assert await request(ws, op="admin.reconnect", id=4, venue="binance") == {
