@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from bench import compression, connections, fanout, ingest, orders, profit, storage
+from bench import cluster, compression, connections, fanout, ingest, orders, profit, storage
 from bench.report import Machine, Progress, ScenarioResult
 
 
@@ -171,6 +171,14 @@ def _orders(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
     return orders.run(options, progress)
 
 
+def _cluster(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
+    base = cluster.ClusterOptions.quick() if args.quick else cluster.ClusterOptions.full()
+    options = replace(
+        base, seconds=args.seconds or base.seconds, repeats=args.trials or base.repeats
+    )
+    return cluster.run(options, progress)
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace, Progress], ScenarioResult]] = {
     "ingest": _ingest,
     "fanout": _fanout,
@@ -178,6 +186,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, Progress], ScenarioResult]] = {
     "storage": _storage,
     "connections": _connections,
     "orders": _orders,
+    "cluster": _cluster,
     "compression": _compression,
 }
 SCENARIOS = tuple(RUNNERS)

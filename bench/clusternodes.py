@@ -1,0 +1,213 @@
+"""The nodes of a cluster run, each in a fresh process of its own: an ingest that
+publishes the bench's synthetic BBO changes through the bus, and edges that serve them.
+
+- ingest: ``app.runtime.serve`` with ``[node].role = "ingest"`` (as ``marketcast run
+  --role ingest`` wires it: storage, the bus publisher, its HTTP routes), no venues;
+  the bench's ``Publisher`` writes the changes into the node's feed sink (the bus
+  publisher, which also keeps the local registry), as a feed would.
+- edge: ``app.roles.serve_edge`` (``marketcast run --role edge``): the bus in, the same
+  subscription server out.
+
+Each process answers ``window`` / ``measure`` with its own CPU time, so a report can
+give the CPU of an edge per delivered message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from app.roles import EdgeServer, serve_edge
+from app.runtime import RunningServer
+from app.runtime import serve as run_server
+from app.settings import (
+    AuthSettings,
+    BusSettings,
+    NodeSettings,
+    ServerSettings,
+    Settings,
+    StorageSettings,
+)
+from bench.agent import Agent, Command, serve_commands
+from bench.servers import PERIOD, BboSource, Publisher, instrument_names
+from book.sink import FeedSink
+from book.snapshot import BookSnapshot
+from book.status import InstrumentState, InstrumentStatus
+from publish.client import ServerLimits
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    role: str
+    """``ingest`` or ``edge``."""
+    bus_url: str
+    prefix: str
+    """Subject prefix shared by the ingest and its edges (one cluster per prefix)."""
+    instruments: int = 100
+    max_connections: int = 20_000
+
+
+class SinkServer:
+    """The ``bench.servers.BenchServer`` side the ``Publisher`` needs, over a feed sink."""
+
+    def __init__(self, sink: FeedSink, url: str) -> None:
+        self._sink = sink
+        self.url = url
+
+    def publish(self, changes: list[BookSnapshot]) -> None:
+        publish = self._sink.publish
+        for snapshot in changes:
+            publish(snapshot)
+
+
+def node_settings(spec: NodeSpec, directory: Path) -> Settings:
+    return Settings(
+        server=ServerSettings(
+            host="127.0.0.1",
+            port=0,
+            limits=ServerLimits(max_connections=spec.max_connections),
+        ),
+        storage=StorageSettings(backend="sqlite", path=str(directory / "ingest.db")),
+        auth=AuthSettings(secret=os.urandom(16).hex()),
+        node=NodeSettings(role=spec.role),
+        bus=BusSettings(url=spec.bus_url, prefix=spec.prefix),
+    )
+
+
+class _NodeSide:
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self._directory = tempfile.TemporaryDirectory(prefix="marketcast-bench-node-")
+        self._server: SinkServer | None = None
+        self._source: BboSource | None = None
+        self._publisher: Publisher | None = None
+        self._cpu = (0.0, 0.0, 0)
+
+    async def handle(self, command: Command) -> Command:
+        match command:
+            case ("start", NodeSpec() as spec):
+                return ("started", await self._start(spec))
+            case ("drive", float(rate)):
+                assert self._server is not None and self._source is not None
+                self._publisher = Publisher(
+                    self._server,  # type: ignore[arg-type]
+                    self._source,
+                    rate=rate,
+                    burst_cap=max(1, int(rate * PERIOD * 10)),
+                )
+                self._publisher.start()
+                return ("driving",)
+            case ("halt",):
+                if self._publisher is not None:
+                    await self._publisher.stop()
+                    self._publisher = None
+                return ("halted",)
+            case ("window",):
+                offered = self._publisher.offered if self._publisher else 0
+                self._cpu = (time.perf_counter(), time.process_time(), offered)
+                return ("window",)
+            case ("measure",):
+                started, cpu, offered = self._cpu
+                now_offered = self._publisher.offered if self._publisher else 0
+                return (
+                    "measured",
+                    time.perf_counter() - started,
+                    time.process_time() - cpu,
+                    now_offered - offered,
+                )
+            case ("exit",):
+                if self._publisher is not None:
+                    await self._publisher.stop()
+                task, self._task = self._task, None
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                self._directory.cleanup()
+                return ("stopped",)
+        raise ValueError(f"unknown command {command!r}")
+
+    async def _start(self, spec: NodeSpec) -> str:
+        settings = node_settings(spec, Path(self._directory.name))
+        loop = asyncio.get_running_loop()
+        if spec.role == "edge":
+            edge_ready: asyncio.Future[EdgeServer] = loop.create_future()
+            self._task = loop.create_task(serve_edge(settings, on_ready=edge_ready.set_result))
+            await _ready(edge_ready, self._task)
+            return edge_ready.result().url
+        ingest_ready: asyncio.Future[RunningServer] = loop.create_future()
+        self._task = loop.create_task(run_server(settings, on_ready=ingest_ready.set_result))
+        await _ready(ingest_ready, self._task)
+        running = ingest_ready.result()
+        assert running.bus is not None
+        sink: FeedSink = running.bus.publisher
+        names = instrument_names(spec.instruments)
+        now = time.time_ns()
+        for name in names:
+            sink.add_instrument(name, now)
+            sink.set_status(InstrumentStatus(name, InstrumentState.LIVE, "bench", now))
+        self._server = SinkServer(sink, running.url)
+        self._source = BboSource(names)
+        return running.url
+
+
+async def _ready(ready: asyncio.Future[Any], task: asyncio.Task[None]) -> None:
+    await asyncio.wait((ready, task), return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        task.result()  # raises what stopped it
+        raise RuntimeError("the node stopped before it was ready")
+
+
+def _node_main(pipe: Connection) -> None:
+    serve_commands(pipe, _NodeSide().handle)
+
+
+class NodeProcess:
+    """A fresh process running one cluster node (blocking calls)."""
+
+    def __init__(self, spec: NodeSpec) -> None:
+        self.spec = spec
+        self._agent = Agent(_node_main)
+        try:
+            self.url: str = self._agent.ask("start", spec)[1]
+        except BaseException:
+            self._agent.exit()
+            raise
+
+    @property
+    def subscribe_all(self) -> bytes:
+        names = instrument_names(self.spec.instruments)
+        return orjson.dumps({"op": "subscribe", "id": 1, "channel": "bbo", "instruments": names})
+
+    def drive(self, rate: float) -> None:
+        """Ingest: publish ``rate`` changes per second."""
+        self._agent.ask("drive", float(rate))
+
+    def halt(self) -> None:
+        self._agent.ask("halt")
+
+    def window(self) -> None:
+        self._agent.ask("window")
+
+    def measure(self) -> tuple[float, float, int]:
+        """Seconds, CPU seconds and changes published since ``window``."""
+        _, seconds, cpu, offered = self._agent.ask("measure")
+        return float(seconds), float(cpu), int(offered)
+
+    def exit(self) -> None:
+        self._agent.exit()
+
+    def __enter__(self) -> NodeProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.exit()

@@ -1,0 +1,36 @@
+"""Scenario 7 at a tiny size: the single process, ingest -> NATS -> 1 and 2 edges (real
+nats-server, real role processes), subscribers in other processes."""
+
+from __future__ import annotations
+
+from bench.cluster import ClusterOptions, run
+from bench.report import Progress
+
+
+def test_cluster_measures_the_single_process_and_the_edges_side_by_side() -> None:
+    options = ClusterOptions(
+        subscribers=(4,), rate=100.0, instruments=3, warmup=0.3, seconds=0.4, repeats=1
+    )
+    result = run(options, Progress())
+
+    (table,) = result.tables
+    assert [(row[0], row[1]) for row in table.rows] == [
+        ("4", "single process"),
+        ("4", "ingest -> NATS -> 1 edge"),
+        ("4", "ingest -> NATS -> 2 edges"),
+    ]
+    for row in table.rows:
+        assert row[3] != "0"  # deliveries arrived, through the bus too
+        assert row[4] != "-"  # with end-to-end latencies
+    assert [row[7] for row in table.rows][0] == "-"  # the single process has no ingest
+    assert sorted(result.figures) == sorted(
+        f"n4_edges{edges}_{figure}"
+        for edges in (1, 2)
+        for figure in ("hop_p50_ms", "hop_p99_ms", "cpu_per_delivery_vs_single")
+    )
+    assert [target.what.split(":")[0] for target in result.targets] == [
+        "bus hop, 4 subscribers, 100 changes/s",
+        "bus hop, 4 subscribers",
+        "ingest -> NATS -> 1 edge, 4 subscribers",
+        "ingest -> NATS -> 2 edges, 4 subscribers",
+    ]
