@@ -68,7 +68,7 @@ class ClusterOptions:
 
     @classmethod
     def quick(cls) -> ClusterOptions:
-        return cls(subscribers=(20,), rate=200.0, warmup=0.3, seconds=0.5)
+        return cls(subscribers=(20,), rate=200.0, edges=(1,), warmup=0.3, seconds=0.5)
 
     @classmethod
     def full(cls) -> ClusterOptions:
