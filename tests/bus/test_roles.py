@@ -4,6 +4,7 @@ seq back; every node says its role and bus state."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from app.roles import EdgeServer
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
 from bus.natsserver import NatsServer
@@ -42,11 +44,16 @@ async def bbo_client(url: str, instruments: list[str]) -> AsyncIterator[ClientCo
 
 
 async def collect_bbo(ws: ClientConnection, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` bbo messages (a bound on a hang, not a timed assertion)."""
     messages: list[dict[str, Any]] = []
-    while len(messages) < count:
-        message = orjson.loads(await ws.recv())
-        if message["type"] == "bbo":
-            messages.append(message)
+    try:
+        async with asyncio.timeout(60):
+            while len(messages) < count:
+                message = orjson.loads(await ws.recv())
+                if message["type"] == "bbo":
+                    messages.append(message)
+    except TimeoutError:
+        raise AssertionError(f"{len(messages)} of {count} bbo messages came") from None
     return messages
 
 
@@ -179,3 +186,39 @@ async def test_the_single_process_keeps_seq_growing_across_restarts(tmp_path: Pa
             nbbo = server.registry.nbbo("BTC-USDT")
             assert nbbo is not None and nbbo.seq > last.get("nbbo", -1)
             last["nbbo"] = nbbo.seq
+
+
+async def test_an_edge_fails_over_between_two_ingests_without_seq_going_back(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        edge = await stack.enter_async_context(edge_node(edge_settings(nats_server.url)))
+        primary_stack = await stack.enter_async_context(contextlib.AsyncExitStack())
+        primary = await primary_stack.enter_async_context(
+            ingest_node(ingest_settings(tmp_path / "primary.db", nats_server.url))
+        )
+        names = primary.registry.instruments()
+        await eventually(lambda: all_live(edge.registry, names), "live from the primary")
+        tracks = edge.edge.follower.tracks
+        assert primary.bus is not None and followed_sources(edge, names) == {
+            primary.bus.publisher.source
+        }
+        standby = await stack.enter_async_context(
+            ingest_node(ingest_settings(tmp_path / "standby.db", nats_server.url))
+        )
+        await eventually(lambda: all_live(standby.registry, names), "the standby is live")
+        ws = await stack.enter_async_context(bbo_client(edge.url, names))
+        before = await collect_bbo(ws, 30)
+        await primary_stack.aclose()  # the primary stops: the edge follows the standby
+        after = await collect_bbo(ws, 60)
+        assert standby.bus is not None
+        assert followed_sources(edge, names) == {standby.bus.publisher.source}
+        await eventually(lambda: all_live(edge.registry, names), "live from the standby")
+        assert edge.edge.follower.counters.failovers == len(names)
+        assert all(tracks[name].served_seq >= 0 for name in names)
+    assert seqs_grow(before + after)
+
+
+def followed_sources(edge: EdgeServer, names: list[str]) -> set[int | None]:
+    """The sources the edge follows for ``names``."""
+    return {edge.edge.follower.tracks[name].source for name in names}
