@@ -164,7 +164,8 @@ class VenueSettings:
     ws_url: str | None = None
     rest_url: str | None = None
     instrument_silence_seconds: float = 0.0
-    """Resync a live instrument that sent no book message this long (0 = off)."""
+    """Longest a live instrument may send no book message before it is resynced (0: no
+    bound; thresholds learned from each instrument's update rate apply either way)."""
     max_instruments: int = 500
     """Most instruments the venue may carry (what patterns select counts)."""
     channel: str = ""

@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -39,8 +39,9 @@ from feeds.ratelimit import WeightLimiter
 from feeds.recordings import FrameKind, RecordedFrame
 from feeds.session import Actions, FeedSession, Reconnect, Refetch, RequestSnapshot
 from feeds.shadow import ShadowSink
+from feeds.silence import SECOND_NS
 from feeds.sync import ProblemKind, SyncProblem
-from feeds.venue import VenueAdapter
+from feeds.venue import IdleProbe, VenueAdapter
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class FeedSocket(Protocol):
     async def send(self, message: str) -> None: ...
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    async def ping(self) -> Awaitable[float]: ...
 
 
 Connect = Callable[[str], AbstractAsyncContextManager[FeedSocket]]
@@ -140,6 +143,12 @@ class FeedRunner:
     def dispatcher(self) -> BookDispatcher | None:
         """The books of the connection that currently publishes."""
         return self._current.session.dispatcher if self._current is not None else None
+
+    def silence_threshold(self, instrument: str) -> float | None:
+        """The current connection's silence threshold of ``instrument`` in seconds
+        (``None``: no connection, or none learned and no upper bound)."""
+        current = self._current
+        return current.session.silence_threshold(instrument) if current is not None else None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -313,6 +322,8 @@ class FeedConnection:
         self._tasks: set[asyncio.Task[None]] = set()
         self._group: asyncio.TaskGroup | None = None
         self._ws: FeedSocket | None = None
+        self.heard = 0
+        """When anything (a frame, a pong) was last heard on this connection."""
 
     async def run(self) -> None:
         runner = self.runner
@@ -334,10 +345,15 @@ class FeedConnection:
                             self._start_fetch(name)
                     if self.adapter.app_ping_interval > 0:
                         self._spawn(self._ping_forever(ws), "ping")
+                    if self.adapter.idle_probe is not IdleProbe.NONE:
+                        self._spawn(self._probe_when_idle(ws), "idle-probe")
                     self._spawn(self._watch_instruments(), "instrument-watch")
                     await self._receive_forever(ws)
                 except Exception as exc:  # re-raised below, not wrapped in an ExceptionGroup
                     lost = exc
+                    # Stale now, not after the closing handshake with a dead venue.
+                    problem = SyncProblem(ProblemKind.DISCONNECTED, f"{type(exc).__name__}: {exc}")
+                    self.session.connection_lost(problem, runner.clock())
                 finally:
                     # Nothing of this connection may outlive it.
                     self._group = self._ws = None
@@ -347,23 +363,65 @@ class FeedConnection:
                 raise lost
 
     async def _receive_forever(self, ws: FeedSocket) -> None:
+        """Hand every frame to the session until nothing at all (no frame, no pong) was
+        heard for the venue's ``silence_timeout``. The deadline is not moved per frame:
+        when it expires, it is armed again from the last thing heard."""
         adapter, runner = self.adapter, self.runner
         receive, clock, perform = self.session.receive, runner.clock, self._perform
+        self.heard = clock()
         while True:
+            silence = adapter.silence_timeout
+            remaining = silence - (clock() - self.heard) / SECOND_NS
+            if remaining <= 0:
+                raise SilentConnectionError(f"nothing heard for {silence:g}s")
+            # At most a second at a time: a changed ``silence_timeout`` applies soon.
+            deadline = asyncio.timeout(min(remaining, _WATCH_PERIOD))
             try:
-                async with asyncio.timeout(adapter.silence_timeout):
-                    frame = await ws.recv()
+                async with deadline:
+                    while True:
+                        frame = await ws.recv()
+                        self.heard = ts_recv = clock()
+                        if runner.recorder is not None:
+                            text = (
+                                frame
+                                if isinstance(frame, str)
+                                else frame.decode("utf-8", "replace")
+                            )
+                            runner.record(self, FrameKind.RECV, text, ts=ts_recv)
+                        actions = receive(frame, ts_recv)
+                        if actions:
+                            perform(actions)
             except TimeoutError:
-                raise SilentConnectionError(
-                    f"nothing received for {adapter.silence_timeout:g}s"
-                ) from None
-            ts_recv = clock()
-            if runner.recorder is not None:
-                text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
-                runner.record(self, FrameKind.RECV, text, ts=ts_recv)
-            actions = receive(frame, ts_recv)
-            if actions:
-                perform(actions)
+                if not deadline.expired():
+                    raise
+                # Re-armed from the last thing heard (a frame, or a pong to a probe).
+
+    async def _probe_when_idle(self, ws: FeedSocket) -> None:
+        """Make a quiet connection say something before it counts as silent: after half
+        the silence timeout with nothing heard, a websocket ping (its pong is heard) or
+        the venue's application ping (answered with a frame)."""
+        adapter, clock = self.adapter, self.runner.clock
+        while True:
+            idle_after = adapter.silence_timeout / 2
+            idle = (clock() - self.heard) / SECOND_NS
+            if idle < idle_after:
+                await asyncio.sleep(idle_after - idle)
+                continue
+            if adapter.idle_probe is IdleProbe.NONE:
+                await asyncio.sleep(idle_after)
+                continue
+            try:
+                if adapter.idle_probe is IdleProbe.WEBSOCKET:
+                    pong = await ws.ping()
+                    await pong
+                    self.heard = clock()
+                    continue
+                frame = adapter.app_ping_frame()  # fresh each time: venues number them
+                if frame is not None:
+                    await self._send_all(ws, [frame])
+            except WebSocketException:
+                return  # the connection is closing: the receive loop says why
+            await asyncio.sleep(idle_after)
 
     async def _ping_forever(self, ws: FeedSocket) -> None:
         while True:
@@ -373,11 +431,13 @@ class FeedConnection:
                 await self._send_all(ws, [frame])
 
     async def _watch_instruments(self) -> None:
-        """The session's per-instrument watchdog, one pass per second (more often when
-        the instrument silence timeout is short), nothing on the hot path."""
+        """The session's per-instrument watchdog: a pass every second, or every quarter
+        of the shortest instrument silence threshold; nothing on the hot path."""
+        adapter = self.adapter
         while True:
-            silence = self.adapter.instrument_silence_timeout
-            await asyncio.sleep(min(_WATCH_PERIOD, silence / 4) if silence > 0 else _WATCH_PERIOD)
+            bounds = (adapter.instrument_silence_floor, adapter.instrument_silence_timeout)
+            period = min(_WATCH_PERIOD, *(bound / 4 for bound in bounds if bound > 0))
+            await asyncio.sleep(period)
             self._perform(self.session.tick(self.runner.clock()))
 
     # -- actions -----------------------------------------------------------------------

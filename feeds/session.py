@@ -20,8 +20,8 @@ a venue error                         count, incident; ``Reconnect`` if it close
 a malformed frame                     count (the router), log
 a tick: a book not back in sync       reset it again, ``RequestSnapshot`` (no
 within ``resync_timeout``             problem)
-a tick: a live book with no message   as a problem (silent)
-for ``instrument_silence_timeout``
+a tick: a live book silent past its   as a problem (silent)
+threshold (``feeds.silence``)
 ====================================  ============================================
 
 The session keeps its own knowledge of which instruments it has set ``live``: it never
@@ -41,12 +41,11 @@ from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
 from feeds.dispatch import BookDispatcher
 from feeds.events import ConnectionGapEvent, FeedEvent, MalformedEvent, VenueErrorEvent
+from feeds.silence import SECOND_NS, InstrumentSilence
 from feeds.sync import BookSync, ProblemKind, SyncProblem, SyncResult
 from feeds.venue import VenueAdapter
 
 log = logging.getLogger(__name__)
-
-SECOND_NS = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +126,12 @@ class FeedSession:
         """Instruments this session has set ``live`` (and not ``stale`` since)."""
         self._actions: list[FeedAction] = []
         self._sync_started: dict[str, int] = {}
-        self._seen: dict[str, int] = {}
-        self._quiet_since: dict[str, int] = {}
+        self._silence = InstrumentSilence(
+            floor=adapter.instrument_silence_floor,
+            ceiling=adapter.instrument_silence_timeout,
+            learn=adapter.learn_instrument_silence,
+        )
+        self._last_tick = 0
 
     # -- instruments ------------------------------------------------------------------
 
@@ -142,6 +145,12 @@ class FeedSession:
     def is_live(self, instrument: str) -> bool:
         """Whether this session has set ``instrument`` live (its own knowledge)."""
         return instrument in self._live
+
+    def silence_threshold(self, instrument: str) -> float | None:
+        """Seconds of silence after which ``instrument`` (live) is stale; ``None``: none
+        (its usual rate is not learned yet, and the venue sets no upper bound)."""
+        threshold = self._silence.threshold(instrument)
+        return None if threshold is None else threshold / SECOND_NS
 
     def seqs(self) -> dict[str, int]:
         """Each book's version: a session replacing this one continues from it."""
@@ -181,14 +190,18 @@ class FeedSession:
 
         - a resync that has not brought its book back within the venue's
           ``resync_timeout`` (a rejected resubscribe, a lost snapshot) starts again;
-        - a live book with no message for ``instrument_silence_timeout`` (messages
-          counted between passes) is resynced.
+        - a live book silent past its threshold (``feeds.silence``: learned from its own
+          update rate, within the venue's floor and ceiling) is resynced.
+
+        A pass that comes late (the process was stalled, frames may be waiting unread)
+        judges no silence.
         """
         adapter = self.adapter
         resync_timeout = adapter.resync_timeout * SECOND_NS
-        silence = adapter.instrument_silence_timeout * SECOND_NS
         counts = self.counters.by_instrument
-        seen, quiet_since = self._seen, self._quiet_since
+        silence = self._silence
+        late = ts - self._last_tick > silence.floor // 2 if self._last_tick else False
+        self._last_tick = ts
         for name, sync in self.syncs.items():
             if not sync.live:
                 started = self._sync_started.setdefault(name, ts)
@@ -201,13 +214,10 @@ class FeedSession:
                     )
                     self._restart(name, None, ts)
                 continue
-            count = counts.get(name, 0)
-            if count != seen.get(name, 0):
-                seen[name] = count
-                quiet_since[name] = ts
-            elif silence > 0 and ts - quiet_since.setdefault(name, ts) >= silence:
-                quiet_since[name] = ts
-                detail = f"no book message for {adapter.instrument_silence_timeout:g}s"
+            if silence.silent(name, counts.get(name, 0), ts) and not late:
+                threshold = silence.threshold(name) or 0
+                detail = f"no book message for {threshold / SECOND_NS:g}s"
+                silence.resynced(name, ts)
                 self._resync(name, SyncProblem(ProblemKind.SILENT, detail), ts)
         return self._take_actions()
 

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from enum import StrEnum
 
 from feeds.events import BookSnapshotEvent, FeedEvent
 from feeds.symbols import SymbolMap
 from feeds.sync import BookSync
+
+
+class IdleProbe(StrEnum):
+    """How the runner makes a quiet but healthy connection say something."""
+
+    WEBSOCKET = "websocket"
+    """A websocket ping; its pong counts as hearing from the venue."""
+    APP = "app"
+    """The venue's application ping (``app_ping_frame``); it answers with a frame."""
+    NONE = "none"
+    """Nothing: the venue's own heartbeats keep a healthy connection talking."""
 
 
 class VenueAdapter(ABC):
@@ -23,12 +35,19 @@ class VenueAdapter(ABC):
     rest_snapshots: bool = False
     #: Seconds between application-level pings (0 = rely on websocket ping frames).
     app_ping_interval: float = 0.0
-    #: Longest a healthy connection stays quiet before the watchdog reconnects it.
-    silence_timeout: float = 30.0
+    #: Nothing at all heard (no frame, no pong) for this long: the connection is dead,
+    #: its instruments go stale at once and it is replaced. A connection quiet for half
+    #: of it is probed first (``idle_probe``), so only a dead one stays silent.
+    silence_timeout: float = 4.0
+    idle_probe: IdleProbe = IdleProbe.WEBSOCKET
     #: A connection older than this is replaced (make-before-break); 0 = never.
     max_connection_age: float = 0.0
-    #: A live instrument with no book message for this long is resynced (0 = off: on most
-    #: venues a quiet instrument sends nothing, so this is a per-deployment choice).
+    #: A live instrument silent for much longer than its own update rate makes usual is
+    #: stale and resynced (``feeds.silence``): never sooner than ``instrument_silence_floor``
+    #: and never later than ``instrument_silence_timeout`` (0 = no upper bound: a quiet
+    #: instrument is not a dead one).
+    learn_instrument_silence: bool = True
+    instrument_silence_floor: float = 3.0
     instrument_silence_timeout: float = 0.0
     #: An instrument not back in sync this long after a resync began is resynced again.
     resync_timeout: float = 30.0

@@ -22,7 +22,6 @@ class BinanceAdapter(VenueAdapter):
     """``futures=False``: spot (``/api/v3/depth``); ``True``: USD-M (``/fapi/v1/depth``)."""
 
     rest_snapshots = True
-    silence_timeout = 30.0
     max_connection_age = 23.5 * 3600  # Binance closes connections after 24 h
     max_instruments_per_connection = 512  # two streams each; Binance allows 1024
 

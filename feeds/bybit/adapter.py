@@ -21,7 +21,7 @@ from feeds.bybit.sync import BybitBookSync
 from feeds.events import FeedEvent
 from feeds.symbols import SymbolMap
 from feeds.sync import BookSync
-from feeds.venue import VenueAdapter
+from feeds.venue import IdleProbe, VenueAdapter
 
 BYBIT_WS = "wss://stream.bybit.com"
 DEPTHS = (1, 50, 200, 1000)
@@ -41,7 +41,7 @@ class BybitAdapter(VenueAdapter):
     """``category`` SPOT for venue ``bybit``, LINEAR for ``bybit-linear``; ``depth`` levels."""
 
     app_ping_interval = 20.0  # Bybit asks for a ping every 20 s
-    silence_timeout = 30.0  # a pong answers each ping, so a healthy link is never quieter
+    idle_probe = IdleProbe.APP  # {"op":"ping"} is answered with a pong frame
 
     def __init__(
         self,

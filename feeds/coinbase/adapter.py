@@ -22,7 +22,7 @@ from feeds.coinbase.sync import CoinbaseBookSync
 from feeds.events import FeedEvent
 from feeds.symbols import SymbolMap
 from feeds.sync import BookSync
-from feeds.venue import VenueAdapter
+from feeds.venue import IdleProbe, VenueAdapter
 
 COINBASE_WS = "wss://advanced-trade-ws.coinbase.com"
 
@@ -30,7 +30,8 @@ COINBASE_WS = "wss://advanced-trade-ws.coinbase.com"
 class CoinbaseAdapter(VenueAdapter):
     """One connection's protocol state: make one adapter per connection (parser state)."""
 
-    silence_timeout = 10.0  # heartbeats arrive every second
+    silence_timeout = 3.0  # heartbeats arrive every second
+    idle_probe = IdleProbe.NONE
     max_instruments_per_connection = 1
 
     def __init__(self, symbols: SymbolMap, *, ws_url: str | None = None) -> None:

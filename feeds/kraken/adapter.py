@@ -31,7 +31,7 @@ from feeds.kraken.parser import KrakenParser
 from feeds.kraken.sync import DEPTHS, KrakenBookSync
 from feeds.symbols import SymbolMap
 from feeds.sync import BookSync
-from feeds.venue import VenueAdapter
+from feeds.venue import IdleProbe, VenueAdapter
 
 WS_V2 = "wss://ws.kraken.com/v2"
 
@@ -49,11 +49,12 @@ class KrakenAdapter(VenueAdapter):
 
     ``precisions`` maps canonical symbols (``"BTC-USD"``) to checksum precisions.
     Kraken sends a heartbeat about once a second when a connection has nothing else to
-    send, so five quiet seconds mean the connection is dead; an application ping every
+    send, so three quiet seconds mean the connection is dead; an application ping every
     ``ping_interval`` seconds keeps intermediaries from idling it out.
     """
 
-    silence_timeout = 5.0
+    silence_timeout = 3.0
+    idle_probe = IdleProbe.NONE  # heartbeats
 
     def __init__(
         self,

@@ -25,7 +25,7 @@ from feeds.okx.parser import BOOK_CHANNEL, OkxParser
 from feeds.okx.sync import OkxBookSync
 from feeds.symbols import SymbolMap
 from feeds.sync import BookSync
-from feeds.venue import VenueAdapter
+from feeds.venue import IdleProbe, VenueAdapter
 
 PUBLIC_WS = "wss://ws.okx.com:8443"
 PUBLIC_PATH = "/ws/v5/public"
@@ -53,7 +53,7 @@ class OkxAdapter(VenueAdapter):
     """OKX public order books; a resync resubscribes that one instrument."""
 
     app_ping_interval = 20.0  # OKX: send "ping" within 30 s of the last message
-    silence_timeout = 30.0  # pongs answer the pings, so a healthy connection never idles this long
+    idle_probe = IdleProbe.APP  # "ping" is answered with "pong"
     max_instruments_per_connection = 29  # OKX: fewer than 30 400-level channels per connection
     # OKX sends an empty update for a book quiet for ~60 s: two minutes of nothing means the
     # subscription is stuck, and it is resubscribed.

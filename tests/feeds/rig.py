@@ -27,7 +27,7 @@ from book.status import InstrumentState, InstrumentStatus
 from feeds.backoff import Backoff
 from feeds.runner import FeedRunner
 from feeds.simulator.venue import LoopbackVenue
-from feeds.venue import VenueAdapter
+from feeds.venue import IdleProbe, VenueAdapter
 from tests.waiting import eventually
 
 SimulatorT = TypeVar("SimulatorT", bound=LoopbackVenue[Any])
@@ -227,12 +227,14 @@ async def books_equal_simulator(
 async def silence_venue(
     rig: Rig[Any, Any], *, watchdog: float = 0.3, seconds: float = 1.0
 ) -> float:
-    """Lower the runners' silence timeout to ``watchdog`` s, wait until a receive of each
-    runs with it (the one already waiting keeps the old timeout), then make the venue
-    send nothing for ``seconds``: the watchdogs must drop the connections. Returns the
+    """Lower the runners' silence timeout to ``watchdog`` s and stop their idle probes (a
+    silent simulator still answers pings: without probes its silence is that of a dead
+    connection), wait until frames flow on each, then make the venue send nothing for
+    ``seconds``: the watchdogs must drop the connections. Returns the
     ``time.monotonic()`` by which the venue is sending again."""
     for runner in rig.runners:
         runner.adapter.silence_timeout = watchdog
+        runner.adapter.idle_probe = IdleProbe.NONE
     frames = [runner.counters.frames for runner in rig.runners]
     await eventually(
         lambda: all(

@@ -17,7 +17,8 @@ from feeds.events import (
     MalformedEvent,
     VenueErrorEvent,
 )
-from feeds.session import SECOND_NS, FeedSession, Reconnect, RequestSnapshot
+from feeds.session import FeedSession, Reconnect, RequestSnapshot
+from feeds.silence import SECOND_NS
 from feeds.symbols import SymbolMap
 from feeds.sync import ProblemKind, SyncProblem
 
@@ -141,15 +142,67 @@ def test_a_tick_retries_a_resync_that_did_not_come_back() -> None:
     assert feed.tick(4 * SECOND_NS) == ()  # the retry started the clock again
 
 
-def test_a_tick_resyncs_a_live_instrument_silent_for_too_long() -> None:
-    feed, sink = session(instrument_silence_timeout=5.0)
+def delta(name: str, bid: str) -> BookDeltaEvent:
+    return BookDeltaEvent(name, ((parse_fixed(bid), ONE),), ())
+
+
+def ticks(feed: FeedSession, start: float, end: float, every: float = 0.5) -> list[object]:
+    """Watchdog passes every ``every`` s from ``start`` to ``end`` (seconds); their actions."""
+    actions: list[object] = []
+    at = start
+    while at <= end + 1e-9:
+        actions += feed.tick(int(at * SECOND_NS))
+        at += every
+    return actions
+
+
+def test_a_fixed_instrument_silence_timeout_resyncs_a_silent_live_instrument() -> None:
+    feed, sink = session(instrument_silence_timeout=5.0, learn_instrument_silence=False)
     live(feed, sink)
-    assert feed.tick(1 * SECOND_NS) == ()
-    feed.receive_event(BookDeltaEvent(ETH, ((parse_fixed("99"), ONE),), ()), 2 * SECOND_NS)
-    assert feed.tick(3 * SECOND_NS) == ()
-    (action,) = feed.tick(6 * SECOND_NS)
+    assert ticks(feed, 0.5, 2.0) == []
+    feed.receive_event(delta(ETH, "99"), 2 * SECOND_NS)
+    assert ticks(feed, 2.5, 5.0) == []
+    (action,) = ticks(feed, 5.5, 5.5)
     assert action == RequestSnapshot(BTC, SyncProblem(ProblemKind.SILENT, "no book message for 5s"))
     assert feed.is_live(ETH)
+
+
+def test_a_busy_instrument_that_goes_silent_is_stale_after_the_floor() -> None:
+    feed, sink = session()  # learned thresholds, floor 3 s, no ceiling
+    live(feed, sink)
+    for step in range(1, 21):  # BTC: 10 messages a second for 2 s; ETH: one message
+        at = step * SECOND_NS // 10
+        feed.receive_event(delta(BTC, "100.5" if step % 2 else "100.25"), at)
+        if step % 5 == 0:
+            assert feed.tick(at) == ()
+    feed.receive_event(delta(ETH, "99"), 2 * SECOND_NS)
+    assert ticks(feed, 2.5, 4.5) == []
+    (action,) = ticks(feed, 5.0, 5.0)  # BTC silent for its threshold: the 3 s floor
+    assert isinstance(action, RequestSnapshot) and action.instrument == BTC
+    assert action.problem is not None and action.problem.kind is ProblemKind.SILENT
+    assert feed.is_live(ETH)  # quiet, with no usual rate that its silence breaks
+
+
+def test_an_instrument_whose_silence_was_harmless_gets_longer_next_time() -> None:
+    feed, sink = session()
+    live(feed, sink)
+    for step in range(1, 21):
+        at = step * SECOND_NS // 10
+        feed.receive_event(delta(BTC, "100.5" if step % 2 else "100.25"), at)
+        if step % 5 == 0:
+            feed.tick(at)
+    assert len(ticks(feed, 2.5, 5.0)) == 1  # stale after the floor, resynced
+    feed.receive_event(book(BTC, "100", "101"), int(5.2 * SECOND_NS))  # alive, and quiet
+    assert ticks(feed, 5.5, 8.5) == []  # not again after the floor
+
+
+def test_a_late_watchdog_pass_judges_no_silence() -> None:
+    feed, sink = session(instrument_silence_timeout=1.0)
+    live(feed, sink)
+    assert feed.tick(1 * SECOND_NS) == ()
+    assert feed.tick(5 * SECOND_NS) == ()  # the process was stalled for 4 s
+    actions = feed.tick(int(5.5 * SECOND_NS))
+    assert {a.instrument for a in actions if isinstance(a, RequestSnapshot)} == {BTC, ETH}
 
 
 def test_a_lost_connection_stales_only_the_live_instruments() -> None:

@@ -26,6 +26,7 @@ from feeds.events import (
 )
 from feeds.symbols import SymbolMap
 from feeds.sync import NOTHING, ProblemKind, SyncProblem, SyncResult
+from feeds.venue import IdleProbe
 
 SPOT = SymbolMap("bybit", {"BTC-USDT": "BTCUSDT", "ETH-USDT": "ETHUSDT"})
 LINEAR = SymbolMap("bybit-linear", {"BTC-USDT-PERP": "BTCUSDT"})
@@ -257,7 +258,8 @@ def test_adapter_frames_and_urls() -> None:
         {"op": "subscribe", "args": ["orderbook.200.BTCUSDT"]},
     ]
     assert orjson.loads(linear.app_ping_frame()) == {"op": "ping"}
-    assert linear.app_ping_interval == 20.0 < linear.silence_timeout
+    assert linear.app_ping_interval == 20.0
+    assert linear.idle_probe is IdleProbe.APP  # a quiet link is pinged before it is silent
     assert isinstance(linear.new_sync(name, capture_depth=5), BybitBookSync)
     with pytest.raises(ValueError, match="depth must be one of"):
         BybitAdapter(SPOT, depth=25)

@@ -72,7 +72,7 @@ def test_resubscribe_is_unsubscribe_then_subscribe_of_that_pair_only() -> None:
 def test_app_pings_number_their_requests() -> None:
     adapter = KrakenAdapter(SYMBOLS, ping_interval=7.5)
     assert adapter.app_ping_interval == 7.5
-    assert adapter.silence_timeout == 5.0
+    assert adapter.silence_timeout == 3.0  # heartbeats every second
     assert decoded([adapter.app_ping_frame() or "", adapter.app_ping_frame() or ""]) == [
         {"method": "ping", "req_id": 1},
         {"method": "ping", "req_id": 2},
