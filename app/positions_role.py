@@ -47,7 +47,8 @@ DRAIN_TIMEOUT_SECONDS = 10.0
 class BusPlace:
     """Where a node sits on the bus (``[bus]``)."""
 
-    url: str
+    servers: tuple[str, ...]
+    """NATS server URLs (one, or the servers of one NATS cluster)."""
     prefix: str = "marketcast"
     shards: int = 1
     shard: int = 0
@@ -81,7 +82,7 @@ async def serve_shard(
 ) -> None:
     """Run positions shard ``place.shard`` until cancelled; then drain its storage."""
     registry = BookRegistry()
-    link = BusLink([place.url], name=f"positions-{place.shard}")
+    link = BusLink(place.servers, name=f"marketcast-positions-{place.shard}")
     market = BusEdge(
         registry, link, Subjects(place.prefix), stale_after=place.stale_after_ms / 1000
     )

@@ -37,7 +37,7 @@ TOKENS = TokenAuthority(SECRET)
 
 
 def place(url: str, *, shards: int, shard: int = 0) -> BusPlace:
-    return BusPlace(url=url, prefix=PREFIX, shards=shards, shard=shard, stale_after_ms=2_000)
+    return BusPlace(servers=(url,), prefix=PREFIX, shards=shards, shard=shard, stale_after_ms=2_000)
 
 
 def settings_for(storage: StorageSettings, *, ack_timeout_ms: float = 2_000) -> Settings:
@@ -127,7 +127,7 @@ class Edge:
 @contextlib.asynccontextmanager
 async def edge(bus: BusPlace, *, ack_timeout: float = 2.0) -> AsyncIterator[Edge]:
     registry = BookRegistry()
-    link = BusLink([bus.url], name="edge")
+    link = BusLink(bus.servers, name="edge")
     market = BusEdge(registry, link, Subjects(bus.prefix), stale_after=bus.stale_after_ms / 1000)
     fanout = Fanout(registry, metrics_interval=None)
     positions = edge_positions(fanout, link, bus, ack_timeout=ack_timeout)

@@ -184,3 +184,34 @@ async def test_profit_is_relayed_to_the_accounts_subscribers_only(
         finally:
             for shard in shards:
                 await shard.stop()
+
+
+async def test_profit_resumes_by_itself_after_the_shard_restarts(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    (a,) = accounts_of_shards(1)[0]
+    settings = settings_for(sqlite(tmp_path / "pos.db"))
+    bus = place(nats_server.url, shards=1)
+    async with ingest(nats_server.url, BTC) as market:
+        shard = await start_shard(settings, bus)
+        try:
+            await eventually(lambda: shard.running.registry.status(BTC) is not None, "BTC")
+            async with edge(bus) as node, connect(node.url) as ws:
+                await login(ws, a)
+                await send(ws, **open_request(1, "p-1"))
+                assert (await receive(ws))["type"] == "ack"
+                await send(ws, op="subscribe", id=2, channel="profit", account=a)
+                assert (await receive(ws))["type"] == "ack"
+                await shard.stop()
+                shard = await start_shard(settings, bus)
+                await eventually(lambda: shard.running.registry.status(BTC) is not None, "BTC")
+                # The edge's next watch tells the new shard; it marks the reloaded position.
+                await eventually(lambda: shard.running.shard.watched == [a], "watched again")
+                market.quote(BTC, 130, 131)
+                while (message := await receive(ws))["type"] != "profit" or message[
+                    "mark"
+                ] != "130":
+                    assert message["type"].startswith("profit"), message
+                assert message["pnl"] == "80"
+        finally:
+            await shard.stop()
