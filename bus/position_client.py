@@ -16,12 +16,19 @@ account (its answer is the account's whole state), renews the watch every
 again), and unsubscribes when the last subscriber leaves. A batch whose account is not
 the one subscribed is dropped: subjects map some characters to ``_``, the payload names
 the exact account.
+
+Ack before profit, as in one process: the shard sends an op's answer before the
+position's first profit frame, but the edge reads answers and profit on different
+subscriptions. So while an op of a position is waiting for its answer, the account's
+batches that carry that position (and every later batch of the account, to keep their
+order) are held, and handed on right after the answer was acknowledged (or refused).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +103,9 @@ class ShardClient:
         self._subscriptions: dict[str, Subscription] = {}
         self._changed = asyncio.Event()
         self._renewals: set[asyncio.Task[None]] = set()
+        self._answering: dict[str, dict[str, int]] = {}
+        """account -> position id -> ops of it waiting for their answer."""
+        self._held: dict[str, deque[ProfitBatch]] = {}
 
     def deliver_to(self, sink: ProfitSink) -> None:
         self._sink = sink
@@ -129,6 +139,21 @@ class ShardClient:
         return await self._send(CloseOp(account=account, position_id=position_id), acknowledge)
 
     async def _send(self, op: PositionOp, acknowledge: Acknowledge | None) -> Position:
+        waiting = self._answering.setdefault(op.account, {})
+        waiting[op.position_id] = waiting.get(op.position_id, 0) + 1
+        try:
+            return await self._ask(op, acknowledge)
+        finally:
+            left = waiting[op.position_id] - 1
+            if left:
+                waiting[op.position_id] = left
+            else:
+                del waiting[op.position_id]
+                if not waiting:
+                    del self._answering[op.account]
+            self._release(op.account)
+
+    async def _ask(self, op: PositionOp, acknowledge: Acknowledge | None) -> Position:
         self.counters.ops += 1
         shard = shard_of(op.account, self.shards)
         client = self.link.client
@@ -197,6 +222,7 @@ class ShardClient:
         for account in list(self._subscriptions):
             if account not in self._wanted:
                 subscription = self._subscriptions.pop(account)
+                self._held.pop(account, None)
                 try:
                     await subscription.unsubscribe()
                 except nats.errors.Error as exc:
@@ -244,5 +270,29 @@ class ShardClient:
         if batch.account != account or account not in self._subscriptions or self._sink is None:
             self.counters.dropped_batches += 1
             return
+        held = self._held.get(account)
+        if held is not None or self._waits(account, batch):
+            if held is None:
+                held = self._held[account] = deque()
+            held.append(batch)
+            return
         self.counters.batches += 1
         self._sink(account, batch)
+
+    def _waits(self, account: str, batch: ProfitBatch) -> bool:
+        """The batch carries a position whose op is waiting for its answer."""
+        waiting = self._answering.get(account)
+        return waiting is not None and any(key in waiting for key, _ in batch.frames)
+
+    def _release(self, account: str) -> None:
+        """Hand on the account's held batches, up to one that must still wait."""
+        held = self._held.get(account)
+        if held is None:
+            return
+        while held and not self._waits(account, held[0]):
+            batch = held.popleft()
+            if account in self._subscriptions and self._sink is not None:
+                self.counters.batches += 1
+                self._sink(account, batch)
+        if not held:
+            del self._held[account]

@@ -164,6 +164,13 @@ async def test_profit_is_relayed_to_the_accounts_subscribers_only(
                 assert second.positions.service.watching == []
                 owner = shards[0] if a in shards[0].running.shard.watched else shards[1]
                 assert owner.running.shard.watched == [a]
+                # While subscribed, a new position's ack comes before its first frame.
+                await send(ws, **open_request(5, "p-2"))
+                while (message := await receive(ws))["type"] != "ack":
+                    assert message.get("position_id") != "p-2", "profit before the ack"
+                assert message["position"]["id"] == "p-2"
+                while (message := await receive(ws)).get("position_id") != "p-2":
+                    assert message["type"].startswith("profit"), message
                 await send(ws, op="unsubscribe", id=4, channel="profit", account=a)
                 while (message := await receive(ws))["type"] != "ack":
                     assert message["type"].startswith("profit"), message
@@ -180,7 +187,7 @@ async def test_profit_is_relayed_to_the_accounts_subscribers_only(
                     await send(ws_b, **forged)
                     answer = await receive(ws_b)
                     assert answer["type"] == "ack" and answer["position"]["account"] == b, answer
-                assert [p.id for p in owner.running.book.positions(a)] == ["p-1"]
+                assert [p.id for p in owner.running.book.positions(a)] == ["p-1", "p-2"]
         finally:
             for shard in shards:
                 await shard.stop()
