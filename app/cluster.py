@@ -1,11 +1,13 @@
 """``marketcast cluster``: many cores on one machine, one supervisor and its children.
 
 The supervisor starts a nats-server on a free loopback port (unless ``[bus].url`` is
-set), one ingest (its HTTP on a port of its own) and N edges sharing ``[server].port``
-(SO_REUSEPORT), each a ``marketcast run --role ...`` process whose output lines it
-forwards prefixed with the child's name. A child that dies is restarted after a capped
-backoff (logged); on SIGINT/SIGTERM the edges, then the ingest (which drains storage),
-then NATS get SIGTERM, and SIGKILL past a grace period.
+set), one ingest (its HTTP on a port of its own), K positions shards (shard k gets
+``MARKETCAST_BUS__SHARD=k``; every child ``MARKETCAST_BUS__SHARDS=K``) and N edges
+sharing ``[server].port`` (SO_REUSEPORT), each a ``marketcast run --role ...`` process
+whose output lines it forwards prefixed with the child's name. A child that dies is
+restarted after a capped backoff (logged); on SIGINT/SIGTERM the edges, then the shards
+and the ingest (which drain storage), then NATS get SIGTERM, and SIGKILL past a grace
+period.
 
 No child outlives the supervisor, even one that is SIGKILLed: every child is started
 with ``PR_SET_PDEATHSIG`` = SIGTERM (Linux; the kernel signals it when the supervisor
@@ -87,6 +89,8 @@ class Child:
     command: list[str]
     python: bool = True
     """A marketcast child: it gets the parent pipe."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Set in its environment (``MARKETCAST_BUS__SHARD`` of a positions shard)."""
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -110,6 +114,8 @@ class ClusterPlan:
     """Arguments every ``marketcast run`` child gets (``--config FILE`` ...)."""
     cli_args: tuple[str, ...] = ()
     """Arguments before ``run`` (``--log-format json``)."""
+    shards: int = 1
+    """Positions shards (``marketcast run --role positions``, shard k of them)."""
 
     def children(self) -> list[Child]:
         marketcast = [sys.executable, "-m", "app.cli", *self.cli_args]
@@ -121,10 +127,21 @@ class ClusterPlan:
         children.append(
             Child("ingest", [*run, "--role", "ingest", "--port", str(self.ingest_port)])
         )
+        for shard in range(self.shards):
+            children.append(
+                Child(
+                    f"positions-{shard}",
+                    [*run, "--role", "positions"],
+                    env={"MARKETCAST_BUS__SHARD": str(shard)},
+                )
+            )
         for index in range(1, self.edges + 1):
             children.append(
                 Child(f"edge-{index}", [*run, "--role", "edge", "--port", str(self.port)])
             )
+        for child in children:
+            if child.python:  # every node must agree on the shard count
+                child.env["MARKETCAST_BUS__SHARDS"] = str(self.shards)
         return children
 
 
@@ -136,6 +153,7 @@ def plan_cluster(
     bus_url: str | None,
     run_args: Sequence[str],
     cli_args: Sequence[str] = (),
+    shards: int = 1,
 ) -> ClusterPlan:
     nats_port = free_port()
     return ClusterPlan(
@@ -148,6 +166,7 @@ def plan_cluster(
         edges=edges,
         run_args=tuple(run_args),
         cli_args=tuple(cli_args),
+        shards=shards,
     )
 
 
@@ -189,7 +208,7 @@ class Supervisor:
             os.close(self._read_fd)
 
     async def _start(self, child: Child) -> None:
-        env = dict(os.environ)
+        env = dict(os.environ) | child.env
         pass_fds: tuple[int, ...] = ()
         if child.python:
             env[PARENT_FD_ENV] = str(self._read_fd)
@@ -248,9 +267,10 @@ class Supervisor:
 
     async def _stop_all(self) -> None:
         edges = [child for child in self.children if child.name.startswith("edge")]
+        shards = [child for child in self.children if child.name.startswith("positions")]
         ingest = [child for child in self.children if child.name == "ingest"]
         nats = [child for child in self.children if child.name == "nats"]
-        for group in (edges, ingest, nats):
+        for group in (edges, shards, ingest, nats):
             await asyncio.gather(*(self._stop(child) for child in group))
 
     async def _stop(self, child: Child) -> None:

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from app.runtime import storage_backend
 from app.settings import Settings, StorageSettings
 from book.registry import BookRegistry
 from bus.edge import BusEdge
@@ -54,6 +53,12 @@ class BusPlace:
     shard: int = 0
     stale_after_ms: float = 2_000.0
 
+    @classmethod
+    def of(cls, settings: Settings) -> BusPlace:
+        """The node's place as ``[bus]`` says."""
+        bus = settings.bus
+        return cls(bus.servers, bus.prefix, bus.shards, bus.shard, bus.stale_after_ms)
+
 
 @dataclass(frozen=True, slots=True)
 class RunningShard:
@@ -63,6 +68,8 @@ class RunningShard:
     book: PositionBook
     registry: BookRegistry
     flusher: StorageFlusher
+    storage: str
+    """Where its positions are kept (the SQLite file, or ``postgres``)."""
 
 
 def shard_storage(storage: StorageSettings, shard: int) -> StorageSettings:
@@ -76,17 +83,22 @@ def shard_storage(storage: StorageSettings, shard: int) -> StorageSettings:
 
 async def serve_shard(
     settings: Settings,
-    place: BusPlace,
+    place: BusPlace | None = None,
     *,
     on_ready: Callable[[RunningShard], None] | None = None,
 ) -> None:
-    """Run positions shard ``place.shard`` until cancelled; then drain its storage."""
+    """Run positions shard ``place.shard`` (default: ``[bus]``'s) until cancelled; then
+    drain its storage."""
+    if place is None:
+        place = BusPlace.of(settings)
     registry = BookRegistry()
     link = BusLink(place.servers, name=f"marketcast-positions-{place.shard}")
     market = BusEdge(
         registry, link, Subjects(place.prefix), stale_after=place.stale_after_ms / 1000
     )
     fanout = Fanout(registry, metrics_interval=None)
+    from app.runtime import storage_backend  # app.runtime imports this module's importers
+
     storage = shard_storage(settings.storage, place.shard)
     backend = storage_backend(storage)
     await backend.open()
@@ -126,7 +138,8 @@ async def serve_shard(
             group.create_task(shard.run(), name="positions-shard")
             await shard.wait_ready()
             if on_ready is not None:
-                on_ready(RunningShard(shard, book, registry, flusher))
+                where = storage.path if storage.backend == "sqlite" else storage.backend
+                on_ready(RunningShard(shard, book, registry, flusher, where))
             await asyncio.Event().wait()  # until cancelled
     finally:
         with contextlib.suppress(TimeoutError):

@@ -6,9 +6,11 @@
                keeps no positions (position ops are the positions role's).
 ``edge``       ``serve_edge``: no feeds, no storage; ``bus.edge.BusEdge`` fills the
                registry that the same subscription server, HTTP routes and metrics
-               read; bound with SO_REUSEPORT so edges share a port; position ops are
-               answered ``unknown_op`` until the positions role serves them.
-``positions``  not served by this version: a clear error at start.
+               read; bound with SO_REUSEPORT so edges share a port; position ops go
+               to the owning positions shard and ``profit`` is relayed from it
+               (``app.positions_role.edge_positions``).
+``positions``  ``app.positions_role.serve_shard``: shard ``[bus].shard`` of
+               ``[bus].shards``, its accounts' positions, storage and profit.
 
 Every node's /health and /metrics say its role and its bus state.
 """
@@ -25,7 +27,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from app.auth import auth_policy
-from app.exceptions import ConfigError
+from app.positions_role import BusPlace, edge_positions
 from app.preflight import check_port_free, check_secret_file
 from app.settings import Settings
 from book.registry import BookRegistry
@@ -60,15 +62,6 @@ BUS_HELP = {
     "state_requests": "State requests answered",
 }
 NodeCheck = Callable[[], tuple[bool, dict[str, object]]]
-
-
-def check_role(settings: Settings) -> None:
-    """Refuse what this version cannot serve, before anything starts."""
-    if settings.node.role == "positions":
-        raise ConfigError(
-            "[node].role = 'positions' is not served by this version yet "
-            "(edges answer position ops with unknown_op); use 'all', 'ingest' or 'edge'"
-        )
 
 
 def check_edge_before_start(settings: Settings) -> None:
@@ -136,6 +129,9 @@ async def serve_edge(
         on_hop=recorder.on_bus_hop,
     )
     node = NodeState("edge", link, edge_state(edge))
+    positions = edge_positions(
+        fanout, link, BusPlace.of(settings), ack_timeout=settings.positions.ack_timeout_ms / 1000
+    )
     async with MarketServer(
         registry,
         fanout,
@@ -144,12 +140,14 @@ async def serve_edge(
         limits=settings.server.limits,
         auth=auth_policy(settings),
         reuse_port=True,
+        positions=positions.service,
     ) as server:
         MetricsPages(metrics, role="edge", collectors=node.collectors()).install(server.routes)
         server.routes.add_health_check("node", node.health)
         async with asyncio.TaskGroup() as group:
             group.create_task(link.run(), name="bus:link")
             group.create_task(edge.run(), name="bus:edge")
+            group.create_task(positions.service.run(), name="bus:positions")
             group.create_task(metrics.run(), name="metrics")
             if on_ready is not None:
                 bus = ", ".join(settings.bus.servers)

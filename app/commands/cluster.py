@@ -1,5 +1,5 @@
-"""``marketcast cluster [--config FILE] [--edges N] [--shards K]``: one ingest and N edges
-on this machine over a nats-server of their own (see ``app.cluster``)."""
+"""``marketcast cluster [--config FILE] [--edges N] [--shards K]``: one ingest, K positions
+shards and N edges on this machine over a nats-server of their own (see ``app.cluster``)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cluster.add_argument(
         "--shards",
         type=int,
-        default=0,
-        help="positions shards (not served by this version: 0)",
+        default=1,
+        help="positions shards (default: 1; every node gets [bus].shards = K)",
     )
     cluster.add_argument("--port", type=int, help="override [server].port")
     cluster.set_defaults(command=_cluster)
@@ -40,11 +40,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _cluster(args: argparse.Namespace) -> int:
     if args.edges < 1:
         raise ConfigError("--edges must be at least 1")
-    if args.shards:
-        raise ConfigError(
-            "--shards: positions shards are not served by this version yet "
-            "(edges answer position ops with unknown_op)"
-        )
+    if args.shards < 1:
+        raise ConfigError("--shards must be at least 1")
     settings = read_settings(args.config)
     if args.port is not None:
         settings = settings.with_port(args.port)
@@ -59,6 +56,7 @@ def _cluster(args: argparse.Namespace) -> int:
         bus_url=",".join(settings.bus.servers) if settings.bus.url else None,
         run_args=["--config", args.config] if args.config else [],
         cli_args=["--log-format", args.log_format, *(["-v"] if args.verbose else [])],
+        shards=args.shards,
     )
     supervisor = Supervisor(
         plan, on_ready=lambda ready: print(_banner(settings, ready), flush=True)
@@ -72,7 +70,8 @@ def _banner(settings: Settings, plan: ClusterPlan) -> str:
     ]
     host = plan.host
     title = (
-        f"marketcast cluster ({plan.edges} edge{'s' if plan.edges > 1 else ''}, 1 ingest) "
+        f"marketcast cluster ({plan.edges} edge{'s' if plan.edges > 1 else ''}, 1 ingest, "
+        f"{plan.shards} positions shard{'s' if plan.shards > 1 else ''}) "
         f"is serving {', '.join(instruments)}"
     )
     return banner(

@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 from app.cluster import exit_with_parent, supervised
 from app.fdlimit import raise_open_file_limit
 from app.loop import run_until_signalled
+from app.positions_role import RunningShard, serve_shard
 from app.preflight import check_before_start
-from app.roles import EdgeServer, check_edge_before_start, check_role, serve_edge
+from app.roles import EdgeServer, check_edge_before_start, serve_edge
 from app.runtime import RunningServer, serve
 from app.settings import ROLES, Settings, read_settings
 from publish.exceptions import ServerStartError
@@ -51,7 +52,6 @@ def node_settings(args: argparse.Namespace) -> Settings:
 
 def _run(args: argparse.Namespace) -> int:
     settings = node_settings(args)
-    check_role(settings)
     started = False
 
     def ready(banner_text: str) -> None:
@@ -64,6 +64,8 @@ def _run(args: argparse.Namespace) -> int:
     if settings.node.role == "edge":
         check_edge_before_start(settings)
         server = serve_edge(settings, on_ready=_announce(ready, _edge_banner))
+    elif settings.node.role == "positions":
+        server = serve_shard(settings, on_ready=_announce(ready, _shard_banner))
     else:
         check_before_start(settings)
         server = serve(settings, on_ready=_announce(ready, _banner))
@@ -108,3 +110,15 @@ def _banner(server: RunningServer) -> str:
 def _edge_banner(server: EdgeServer) -> str:
     title = "marketcast (edge) is serving every instrument of the bus"
     return banner(title, server.url, server.http_url, "<instrument>", f"  bus:       {server.bus}")
+
+
+def _shard_banner(server: RunningShard) -> str:
+    shard = server.shard
+    return "\n".join(
+        (
+            f"marketcast (positions shard {shard.shard} of {shard.shards}) is serving "
+            f"{len(server.book)} open positions",
+            f"  storage:   {server.storage}",
+            f"  bus:       {', '.join(shard.link.servers)}",
+        )
+    )

@@ -18,9 +18,10 @@ from app.roles import EdgeServer
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
 from bus.natsserver import NatsServer
+from publish.auth import TokenAuthority
 from publish.metrics.recorder import Stage
 from tests.app.test_end_to_end import wire_bbo
-from tests.bus.nodes import edge_node, edge_settings, ingest_node, ingest_settings
+from tests.bus.nodes import SECRET, edge_node, edge_settings, ingest_node, ingest_settings
 from tests.waiting import eventually
 
 Key = tuple[str, int]
@@ -161,15 +162,20 @@ async def test_every_node_says_its_role_and_bus_state(
     assert stats["totals"]["stages"]["bus_hop"]["count"] > 0
 
 
-async def test_position_ops_on_an_edge_are_unknown_op(
+async def test_position_ops_on_an_edge_without_a_shard_are_storage_unavailable(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
     async with edge_node(edge_settings(nats_server.url)) as edge, connect(edge.url) as ws:
         request = {"op": "position.close", "id": 5, "position_id": "p-1"}
         await ws.send(orjson.dumps(request).decode())
-        reply = orjson.loads(await ws.recv())
-    assert reply["type"] == "error" and reply["id"] == 5
-    assert reply["code"] in ("unknown_op", "auth_required")
+        unauthenticated = orjson.loads(await ws.recv())
+        token = TokenAuthority(SECRET.encode()).issue("acct-1", ttl=60)
+        await ws.send(orjson.dumps({"op": "auth", "id": 6, "token": token}).decode())
+        assert orjson.loads(await ws.recv())["type"] == "ack"
+        await ws.send(orjson.dumps(request).decode())
+        no_shard = orjson.loads(await ws.recv())
+    assert (unauthenticated["code"], unauthenticated["id"]) == ("auth_required", 5)
+    assert (no_shard["code"], no_shard["id"]) == ("storage_unavailable", 5)
 
 
 async def test_the_single_process_keeps_seq_growing_across_restarts(tmp_path: Path) -> None:
