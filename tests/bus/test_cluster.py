@@ -94,7 +94,9 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     running = Cluster(process, port)
     try:
         await eventually(
-            lambda: bool(running.printed(r"marketcast cluster \(2 edges, 1 ingest\)")),
+            lambda: bool(
+                running.printed(r"marketcast cluster \(2 edges, 1 ingest, 1 positions shard\)")
+            ),
             "the cluster's banner",
             limit=90,
         )
@@ -200,7 +202,7 @@ async def test_children_killed_are_restarted_and_clients_heal(tmp_path: Path) ->
 async def test_a_killed_supervisor_leaves_no_process(tmp_path: Path) -> None:
     async with cluster(tmp_path) as running:
         children = running.pids()
-        assert len(children) == 4  # nats, ingest, two edges
+        assert len(children) == 5  # nats, ingest, a positions shard, two edges
         running.process.kill()
         await running.process.wait()
         await eventually(
