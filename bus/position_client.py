@@ -156,13 +156,12 @@ class ShardClient:
     async def _ask(self, op: PositionOp, acknowledge: Acknowledge | None) -> Position:
         self.counters.ops += 1
         shard = shard_of(op.account, self.shards)
-        client = self.link.client
         try:
-            if client is None or not client.is_connected:
-                raise nats.errors.ConnectionClosedError
-            msg = await client.request(
-                self.subjects.ops(shard), encode_op(op), timeout=self.ack_timeout
-            )
+            async with asyncio.timeout(self.ack_timeout):
+                client = await self.link.wait_connected()  # a bus outage counts in the wait
+                msg = await client.request(
+                    self.subjects.ops(shard), encode_op(op), timeout=self.ack_timeout
+                )
             answer = decode_answer(msg.data)
         except (nats.errors.Error, OSError, TimeoutError, DecodeError) as exc:
             self.counters.unavailable += 1
