@@ -139,7 +139,7 @@ async def learn_instruments(
     configured instruments go on unchecked (logged); patterns cannot, so they are a
     ``ConfigError`` then.
     """
-    budget = venue_kind(venue.adapter_kind).adapter(SymbolMap(venue.id, {}), None, None)
+    budget = venue_kind(venue.adapter_kind).adapter(SymbolMap(venue.id, {}), None, None, None)
     limiter = (
         WeightLimiter(budget.rest_weight_per_minute) if budget.rest_weight_per_minute else None
     )

@@ -381,6 +381,10 @@ def _venue(index: int, raw: Any) -> VenueSettings:
     )
     if venue.max_instruments < 1:
         raise ConfigError(f"{where}.max_instruments must be at least 1")
+    channels = VENUE_KINDS[kind].channels
+    if venue.channel and venue.channel not in channels:
+        choices = ", ".join(channels) or f"none: {kind} has one book channel"
+        raise ConfigError(f"{where}.channel {venue.channel!r} is not one of {choices}")
     return venue
 
 

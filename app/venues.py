@@ -7,7 +7,8 @@ stands in for it in the offline demo.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,6 +26,7 @@ from feeds.kraken.adapter import KrakenAdapter, canonical_symbol, native_symbol
 from feeds.metadata import MetadataPage, MetadataRequest
 from feeds.okx import metadata as okx_meta
 from feeds.okx.adapter import OkxAdapter, okx_canonical, okx_inst_id
+from feeds.okx.channels import OkxChannel, OkxCredentials
 from feeds.simulator import binance as binance_sim
 from feeds.simulator import bybit as bybit_sim
 from feeds.simulator import coinbase as coinbase_sim
@@ -81,10 +83,12 @@ class VenueKind:
 
     native: Callable[[str], str]
     canonical: Callable[[str], str]
-    adapter: Callable[[SymbolMap, str | None, str | None], VenueAdapter]
+    adapter: Callable[[SymbolMap, str | None, str | None, VenueSettings | None], VenueAdapter]
     simulator: SimulatorFactory | None
     sim_endpoints: Callable[[Any], Endpoints]
     metadata: VenueMetadata
+    channels: tuple[str, ...] = ()
+    """Book channels ``[[venues]].channel`` may choose (the first is the default)."""
     replay_adapter: Callable[[SymbolMap], VenueAdapter] | None = None
 
 
@@ -108,7 +112,7 @@ VENUE_KINDS: dict[str, VenueKind] = {
     "binance": VenueKind(
         native=_concatenated,
         canonical=split_concatenated,
-        adapter=lambda s, ws, rest: BinanceAdapter(s, ws_base=ws, rest_base=rest),
+        adapter=lambda s, ws, rest, _: BinanceAdapter(s, ws_base=ws, rest_base=rest),
         simulator=binance_sim.BinanceSimulator,
         sim_endpoints=_base_urls,
         metadata=VenueMetadata(
@@ -118,7 +122,7 @@ VENUE_KINDS: dict[str, VenueKind] = {
     "binance-usdm": VenueKind(
         native=_concatenated,
         canonical=_perp(split_concatenated),
-        adapter=lambda s, ws, rest: BinanceAdapter(s, futures=True, ws_base=ws, rest_base=rest),
+        adapter=lambda s, ws, rest, _: BinanceAdapter(s, futures=True, ws_base=ws, rest_base=rest),
         simulator=partial(binance_sim.BinanceSimulator, futures=True),
         sim_endpoints=_base_urls,
         metadata=VenueMetadata(
@@ -128,7 +132,7 @@ VENUE_KINDS: dict[str, VenueKind] = {
     "coinbase": VenueKind(
         native=str,
         canonical=str,
-        adapter=lambda s, ws, rest: CoinbaseAdapter(s, ws_url=ws),
+        adapter=lambda s, ws, rest, _: CoinbaseAdapter(s, ws_url=ws),
         simulator=coinbase_sim.CoinbaseSimulator,
         sim_endpoints=_ws_base,
         metadata=VenueMetadata(
@@ -138,7 +142,7 @@ VENUE_KINDS: dict[str, VenueKind] = {
     "kraken": VenueKind(
         native=native_symbol,
         canonical=canonical_symbol,
-        adapter=lambda s, ws, rest: KrakenAdapter(s, ws_url=ws or KRAKEN_WS),
+        adapter=lambda s, ws, rest, _: KrakenAdapter(s, ws_url=ws or KRAKEN_WS),
         simulator=kraken_sim.KrakenSimulator,
         sim_endpoints=lambda sim: (sim.v2_url, None),
         metadata=VenueMetadata(
@@ -149,7 +153,8 @@ VENUE_KINDS: dict[str, VenueKind] = {
     "okx": VenueKind(
         native=okx_inst_id,
         canonical=okx_canonical,
-        adapter=lambda s, ws, rest: OkxAdapter(s, ws_base=ws),
+        adapter=lambda s, ws, rest, venue: _okx_adapter(s, ws, venue),
+        channels=tuple(OkxChannel),
         simulator=okx_sim.OkxSimulator,
         sim_endpoints=_ws_base,
         metadata=VenueMetadata(okx_meta.REST_BASE, okx_meta.parse_instruments, okx_meta.REQUESTS),
@@ -157,7 +162,7 @@ VENUE_KINDS: dict[str, VenueKind] = {
     "bybit": VenueKind(
         native=_concatenated,
         canonical=split_concatenated,
-        adapter=lambda s, ws, rest: BybitAdapter(s, category=BybitCategory.SPOT, ws_base=ws),
+        adapter=lambda s, ws, rest, _: BybitAdapter(s, category=BybitCategory.SPOT, ws_base=ws),
         simulator=partial(bybit_sim.BybitSimulator, category=BybitCategory.SPOT),
         sim_endpoints=_ws_base,
         metadata=VenueMetadata(
@@ -169,7 +174,7 @@ VENUE_KINDS: dict[str, VenueKind] = {
     "bybit-linear": VenueKind(
         native=_concatenated,
         canonical=_perp(split_concatenated),
-        adapter=lambda s, ws, rest: BybitAdapter(s, category=BybitCategory.LINEAR, ws_base=ws),
+        adapter=lambda s, ws, rest, _: BybitAdapter(s, category=BybitCategory.LINEAR, ws_base=ws),
         simulator=partial(bybit_sim.BybitSimulator, category=BybitCategory.LINEAR),
         sim_endpoints=_ws_base,
         metadata=VenueMetadata(
@@ -201,7 +206,7 @@ def native_symbols(kind: str, canonical: Sequence[str]) -> dict[str, str]:
 def build_adapter(venue: VenueSettings, ws_url: str | None, rest_url: str | None) -> VenueAdapter:
     """A new adapter for one connection of ``venue`` (adapters hold per-connection state)."""
     adapter = venue_kind(venue.adapter_kind).adapter(
-        SymbolMap(venue.id, venue.symbols), ws_url, rest_url
+        SymbolMap(venue.id, venue.symbols), ws_url, rest_url, venue
     )
     if venue.instrument_silence_seconds:
         adapter.instrument_silence_timeout = venue.instrument_silence_seconds
@@ -214,7 +219,36 @@ def replay_adapter(venue: str) -> VenueAdapter:
     symbols = DiscoveringSymbolMap(venue, kind.canonical)
     if kind.replay_adapter is not None:
         return kind.replay_adapter(symbols)
-    return kind.adapter(symbols, None, None)
+    return kind.adapter(symbols, None, None, None)
+
+
+def _okx_adapter(symbols: SymbolMap, ws_url: str | None, venue: VenueSettings | None) -> OkxAdapter:
+    """OKX on the venue's ``channel``, logged in when it names ``credentials_env``."""
+    if venue is None:
+        return OkxAdapter(symbols, ws_base=ws_url)
+    credentials = None
+    if venue.credentials_env:
+        credentials = okx_credentials(venue.credentials_env, os.environ)
+    try:
+        return OkxAdapter(
+            symbols,
+            ws_base=ws_url,
+            channel=OkxChannel(venue.channel or OkxChannel.BOOKS),
+            credentials=credentials,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"venue {venue.id!r}: {exc}") from exc
+
+
+def okx_credentials(prefix: str, environ: Mapping[str, str]) -> OkxCredentials:
+    """The OKX API key in ``<prefix>_API_KEY``, ``_API_SECRET``, ``_API_PASSPHRASE``;
+    ``ConfigError`` naming the variables that are not set (never their values)."""
+    names = [f"{prefix}_API_KEY", f"{prefix}_API_SECRET", f"{prefix}_API_PASSPHRASE"]
+    missing = [name for name in names if not environ.get(name)]
+    if missing:
+        raise ConfigError(f"OKX credentials: environment variable(s) {', '.join(missing)} not set")
+    key, secret, passphrase = (environ[name] for name in names)
+    return OkxCredentials(key, secret, passphrase)
 
 
 def guess_venue(path: str) -> str | None:

@@ -1,7 +1,11 @@
-"""OKX v5 public websocket: the ``books`` channel (400 levels, 100 ms updates).
+"""OKX v5 public websocket: one order-book channel per venue (``books`` by default,
+400 levels, 100 ms updates; ``books5``, ``bbo-tbt`` and, logged in, ``books-l2-tbt`` and
+``books50-l2-tbt``: ``feeds.okx.channels``).
 
 What the runner sends::
 
+    {"op":"login","args":[{"apiKey":..,"passphrase":..,"timestamp":..,"sign":..}]}
+                                           (first, when the venue has credentials)
     {"op":"subscribe","args":[{"channel":"books","instId":"BTC-USDT"},
                               {"channel":"books","instId":"BTC-USDT-SWAP"}]}
     {"op":"unsubscribe","args":[{"channel":"books","instId":"BTC-USDT"}]}   (resync, then
@@ -15,13 +19,15 @@ perpetual swap ``BTC-USDT-SWAP``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 import orjson
 
 from feeds.events import FeedEvent
-from feeds.okx.parser import BOOK_CHANNEL, OkxParser
+from feeds.okx.channels import RULES, OkxChannel, OkxCredentials, login_frame
+from feeds.okx.parser import OkxParser
 from feeds.okx.sync import OkxBookSync
 from feeds.symbols import SymbolMap
 from feeds.sync import BookSync
@@ -59,9 +65,29 @@ class OkxAdapter(VenueAdapter):
     # subscription is stuck, and it is resubscribed.
     instrument_silence_timeout = 120.0
 
-    def __init__(self, symbols: SymbolMap, *, ws_base: str | None = None) -> None:
+    def __init__(
+        self,
+        symbols: SymbolMap,
+        *,
+        ws_base: str | None = None,
+        channel: OkxChannel = OkxChannel.BOOKS,
+        credentials: OkxCredentials | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         """``ws_base``: a host (``/ws/v5/public`` is appended) or a whole URL with its path
-        (``wss://wspap.okx.com:8443/ws/v5/public?brokerId=9999``, OKX's demo trading)."""
+        (``wss://wspap.okx.com:8443/ws/v5/public?brokerId=9999``, OKX's demo trading).
+        ``channel`` is the book channel subscribed; ``credentials`` log the connection in
+        first (needed by the tick-by-tick books); ``clock`` stamps the login (seconds)."""
+        rules = RULES[channel]
+        if rules.needs_login and credentials is None:
+            raise ValueError(
+                f"OKX channel {channel} needs API credentials (a logged-in connection)"
+            )
+        self.channel = channel
+        self.credentials = credentials
+        self._clock = clock
+        if rules.depth < 50:  # OKX limits the 400/50-level channels per connection
+            self.max_instruments_per_connection = 200
         self.venue = symbols.venue
         self.symbols = symbols
         base = ws_base or PUBLIC_WS
@@ -73,7 +99,10 @@ class OkxAdapter(VenueAdapter):
         return self.ws_url
 
     def subscribe_frames(self, instruments: Sequence[str]) -> list[str]:
-        return [self._request("subscribe", instruments)]
+        login = []
+        if self.credentials is not None:
+            login = [login_frame(self.credentials, str(int(self._clock())))]
+        return [*login, self._request("subscribe", instruments)]
 
     def resubscribe_frames(self, instrument: str) -> list[str]:
         return [
@@ -92,7 +121,7 @@ class OkxAdapter(VenueAdapter):
 
     def _request(self, op: str, instruments: Sequence[str]) -> str:
         args = [
-            {"channel": BOOK_CHANNEL, "instId": self.symbols.venue_symbol(name)}
+            {"channel": self.channel.value, "instId": self.symbols.venue_symbol(name)}
             for name in instruments
         ]
         return orjson.dumps({"op": op, "args": args}).decode()

@@ -16,6 +16,14 @@ Raw frames this parser understands (``wss://ws.okx.com:8443/ws/v5/public``)::
       service upgrade. Please reconnect.","connId":"a4d3ae55"}
     pong
 
+The tick-by-tick channels ``books-l2-tbt`` and ``books50-l2-tbt`` look like ``books``;
+``books5`` and ``bbo-tbt`` send the whole top of the book each time, without
+``action``, ``prevSeqId`` or ``checksum`` (``feeds.okx.channels``)::
+
+    {"arg":{"channel":"bbo-tbt","instId":"BTC-USDT"},"data":[{
+      "asks":[["8476.98","415","0","13"]],"bids":[["8476.97","256","0","12"]],
+      "ts":"1597026383085","seqId":123457}]}
+
 Level rows are ``[price, size, "0" (deprecated), number of orders]``; size ``"0"``
 deletes the level. Recordings from before 2022-06 have no ``seqId``/``prevSeqId``;
 since 2026 ``checksum`` is always 0. Book events keep the exchange's own price and size
@@ -39,6 +47,7 @@ from feeds.events import (
     VenueErrorEvent,
 )
 from feeds.frames import parse_object
+from feeds.okx.channels import BOOK_CHANNELS, RULES, OkxChannel
 from feeds.okx.checksum import TextLevel
 from feeds.symbols import SymbolMap
 
@@ -108,11 +117,15 @@ class OkxParser:
         data = message["data"]
         if not isinstance(data, list):
             raise TypeError("data is not a list")
-        if arg["channel"] != BOOK_CHANNEL:
+        channel = arg["channel"]
+        if channel not in BOOK_CHANNELS:
             return [_IGNORED]  # trades, tickers: other channels of the same connection
         instrument = self.symbols.instrument(arg["instId"])
         if instrument is None:
             return [_IGNORED]
+        if not RULES[OkxChannel(channel)].incremental:
+            # books5, bbo-tbt: every message is the whole (top of the) book
+            return [self._snapshot(instrument, entry) for entry in data]
         action = message["action"]
         if action == "snapshot":
             return [self._snapshot(instrument, entry) for entry in data]

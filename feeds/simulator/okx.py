@@ -36,8 +36,9 @@ instrument waiting for their snapshot until released.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, TypeGuard
 
 import orjson
@@ -47,10 +48,18 @@ from book.fixed import format_fixed, format_fixed_places, parse_fixed
 from book.snapshot import Level
 from feeds.metadata import TradingStatus
 from feeds.okx.adapter import PUBLIC_PATH
+from feeds.okx.channels import (
+    BOOK_CHANNELS,
+    RULES,
+    ChannelRules,
+    OkxChannel,
+    OkxCredentials,
+    login_sign,
+)
 from feeds.okx.checksum import CHECKSUM_DEPTH, okx_checksum
-from feeds.okx.parser import BOOK_CHANNEL, SERVICE_UPGRADE_NOTICE
+from feeds.okx.parser import SERVICE_UPGRADE_NOTICE
 from feeds.simulator.faults import Fault
-from feeds.simulator.market import DiffWindow, SimSymbol, SimulatedBook
+from feeds.simulator.market import SimSymbol, SimulatedBook
 from feeds.simulator.venue import LoopbackVenue, Query, RestRoute
 
 PUSH_INTERVAL = 0.1
@@ -64,15 +73,21 @@ _MALFORMED_FRAME = b'{"arg":{"channel":"books","instId":"BTC-USDT"},"action":"up
 class _Client:
     connection: ServerConnection
     conn_id: str
+    logged_in: bool = False
 
 
 @dataclass(eq=False, slots=True)
-class _InstrumentFeed:
+class _ChannelFeed:
+    """One book channel of one instrument and the state its subscribers hold."""
+
+    channel: OkxChannel
     book: SimulatedBook
     lot: int
-    window: DiffWindow = field(default_factory=DiffWindow)
+    bids: dict[int, int] = field(default_factory=dict)
+    asks: dict[int, int] = field(default_factory=dict)
+    """The top levels the subscribers hold (as of the last message)."""
     subscribers: set[_Client] = field(default_factory=set)
-    """Clients that had their snapshot and get every update."""
+    """Clients that had their snapshot and get every message."""
     waiting: set[_Client] = field(default_factory=set)
     """Subscribed clients whose snapshot goes out with the next push (not silent, not
     held by ``hold_snapshots``)."""
@@ -84,6 +99,10 @@ class _InstrumentFeed:
     corruptions_pending: int = 0
     resets_pending: int = 0
     snapshots_sent: int = 0
+
+    @property
+    def rules(self) -> ChannelRules:
+        return RULES[self.channel]
 
 
 class OkxSimulator(LoopbackVenue[_Client]):
@@ -110,6 +129,7 @@ class OkxSimulator(LoopbackVenue[_Client]):
         checksums: bool = True,
         padded_numbers: bool = False,
         push_interval: float = PUSH_INTERVAL,
+        credentials: OkxCredentials | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         clock_ns: Callable[[], int] = time.time_ns,
@@ -132,9 +152,13 @@ class OkxSimulator(LoopbackVenue[_Client]):
         self._checksums = checksums
         self._padded = padded_numbers
         self._feeds = {
-            symbol: _InstrumentFeed(book, parse_fixed(book.spec.lot), last_seq=book.update_id)
+            (channel, symbol): _ChannelFeed(
+                channel, book, parse_fixed(book.spec.lot), last_seq=book.update_id
+            )
             for symbol, book in self._books.items()
+            for channel in OkxChannel
         }
+        self._credentials = credentials
         self._pongs_sent = 0
 
     # -- public view -----------------------------------------------------------------
@@ -151,13 +175,13 @@ class OkxSimulator(LoopbackVenue[_Client]):
         """``pong`` replies to ``ping`` since start."""
         return self._pongs_sent
 
-    def snapshots_sent(self, inst_id: str) -> int:
-        """``books`` snapshots sent for ``inst_id`` (one per (re)subscription)."""
-        return self._feeds[inst_id].snapshots_sent
+    def snapshots_sent(self, inst_id: str, channel: OkxChannel = OkxChannel.BOOKS) -> int:
+        """Snapshots sent for ``inst_id`` on ``channel`` (one per (re)subscription)."""
+        return self._feeds[channel, inst_id].snapshots_sent
 
-    def seq_id(self, inst_id: str) -> int:
-        """The seqId of the last message generated for ``inst_id``."""
-        return self._feeds[inst_id].last_seq
+    def seq_id(self, inst_id: str, channel: OkxChannel = OkxChannel.BOOKS) -> int:
+        """The seqId of the last message generated for ``inst_id`` on ``channel``."""
+        return self._feeds[channel, inst_id].last_seq
 
     def pause(self) -> None:
         """Stop the market and push every pending change (and snapshot) now.
@@ -172,16 +196,24 @@ class OkxSimulator(LoopbackVenue[_Client]):
 
     def drop_next(self, inst_id: str) -> None:
         """Withhold the next update of ``inst_id``: its subscribers see a seqId gap."""
-        self._feeds[inst_id].drops_pending += 1
+        for feed in self._instrument_feeds(inst_id):
+            feed.drops_pending += 1
 
     def corrupt_next_checksum(self, inst_id: str) -> None:
         """Send the next update of ``inst_id`` with a wrong (non-zero) checksum."""
-        self._feeds[inst_id].corruptions_pending += 1
+        for feed in self._instrument_feeds(inst_id):
+            feed.corruptions_pending += 1
 
     def reset_sequence(self, inst_id: str) -> None:
         """Restart ``inst_id``'s seqIds near 0 from the next update on, as OKX may after
         maintenance: ``seqId`` < ``prevSeqId`` once, then the chain goes on."""
-        self._feeds[inst_id].resets_pending += 1
+        for feed in self._instrument_feeds(inst_id):
+            feed.resets_pending += 1
+
+    def _instrument_feeds(self, inst_id: str) -> list[_ChannelFeed]:
+        if inst_id not in self._books:
+            raise KeyError(inst_id)
+        return [self._feeds[channel, inst_id] for channel in OkxChannel]
 
     def send_error(self, code: str = "60012", msg: str = "Invalid request") -> None:
         """Send an unsolicited ``{"event":"error",..}`` to every client."""
@@ -223,43 +255,63 @@ class OkxSimulator(LoopbackVenue[_Client]):
     # -- market data -----------------------------------------------------------------
 
     def _loops(self) -> list[Coroutine[Any, Any, None]]:
-        return [self._periodic(self._push_interval, self._push_all, 1)]
+        intervals: dict[float, list[OkxChannel]] = {}
+        for channel, rules in RULES.items():
+            interval = self._push_interval if channel is OkxChannel.BOOKS else rules.push_interval
+            intervals.setdefault(interval, []).append(channel)
+        return [
+            self._periodic(interval, partial(self._push_channels, channels), 1)
+            for interval, channels in intervals.items()
+        ]
 
     def _step_market(self) -> None:
-        for feed in self._feeds.values():
-            feed.window.add(feed.book.step())
+        for book in self._books.values():
+            book.step()
 
     def _push_all(self) -> None:
-        for inst_id, feed in self._feeds.items():
-            self._push(inst_id, feed)
+        self._push_channels(list(OkxChannel))
 
-    def _push(self, inst_id: str, feed: _InstrumentFeed) -> None:
-        """The interval's update to the subscribers, then snapshots to new subscriptions.
+    def _push_channels(self, channels: Sequence[OkxChannel]) -> None:
+        for feed in self._feeds.values():
+            if feed.channel in channels and (feed.subscribers or feed.waiting):
+                self._push(feed)
 
-        After the window is taken the book is at ``last_seq``, so the snapshots continue
-        the same chain as the update.
-        """
+    def _push(self, feed: _ChannelFeed) -> None:
+        """The message of what changed in the channel's view since the last one, to the
+        subscribers; then snapshots to new subscriptions, continuing the same chain.
+        O(depth) to compare the view."""
         silent = self._is_silent()
-        diff = feed.window.take()
-        if diff is not None:
+        inst_id = feed.book.spec.symbol
+        rules = feed.rules
+        top = feed.book.snapshot(rules.depth)
+        bids, asks = dict(top.bids), dict(top.asks)
+        changed_bids, changed_asks = _changes(feed.bids, bids), _changes(feed.asks, asks)
+        if feed.subscribers and (changed_bids or changed_asks):
             prev_seq = feed.last_seq
             if feed.resets_pending:
                 feed.resets_pending -= 1
-                feed.seq_offset = diff.first_update_id - 1
+                feed.seq_offset = top.update_id - 1
                 self._count(restarts=1)
-            feed.last_seq = diff.last_update_id - feed.seq_offset
-            if feed.subscribers and not silent:
-                if feed.drops_pending:
-                    feed.drops_pending -= 1
-                    self._count(dropped=1)
-                else:
-                    frame = self._book_frame(
-                        inst_id, feed, "update", diff.bids, diff.asks, prev_seq
-                    )
-                    self._send(feed.subscribers, frame)
+            feed.last_seq = top.update_id - feed.seq_offset
+            feed.bids, feed.asks = bids, asks
+            if silent:
+                pass  # the message is lost: the next one shows the seqId gap
+            elif feed.drops_pending:
+                feed.drops_pending -= 1
+                self._count(dropped=1)
+            elif rules.incremental:
+                frame = self._book_frame(feed, "update", changed_bids, changed_asks, prev_seq)
+                self._send(feed.subscribers, frame)
+            else:
+                self._send(feed.subscribers, self._whole_frame(feed, top.bids, top.asks))
         if feed.waiting and not silent and not self._is_held(inst_id):
-            top = feed.book.snapshot(SNAPSHOT_DEPTH)
-            frame = self._book_frame(inst_id, feed, "snapshot", top.bids, top.asks, -1)
+            if not feed.subscribers:  # nobody holds a view: the snapshot starts one
+                feed.last_seq = top.update_id - feed.seq_offset
+            feed.bids, feed.asks = bids, asks
+            if rules.incremental:
+                frame = self._book_frame(feed, "snapshot", top.bids, top.asks, -1)
+            else:
+                frame = self._whole_frame(feed, top.bids, top.asks)
             self._send(feed.waiting, frame)
             feed.snapshots_sent += len(feed.waiting)
             feed.subscribers |= feed.waiting
@@ -267,13 +319,13 @@ class OkxSimulator(LoopbackVenue[_Client]):
 
     def _book_frame(
         self,
-        inst_id: str,
-        feed: _InstrumentFeed,
+        feed: _ChannelFeed,
         action: Literal["snapshot", "update"],
-        bids: tuple[Level, ...],
-        asks: tuple[Level, ...],
+        bids: Iterable[Level],
+        asks: Iterable[Level],
         prev_seq: int,
     ) -> bytes:
+        """A ``books``-format message (snapshot or update, checksummed)."""
         spec = feed.book.spec
         checksum = self._checksum(feed) if self._checksums else 0
         if action == "update" and feed.corruptions_pending:
@@ -281,23 +333,39 @@ class OkxSimulator(LoopbackVenue[_Client]):
             self._count(corrupted_checksums=1)
             checksum = (self._checksum(feed) ^ 0x10) or 0x20
         data = {
-            "asks": [self._row(spec, feed.lot, px, qty) for px, qty in asks],
-            "bids": [self._row(spec, feed.lot, px, qty) for px, qty in bids],
+            "asks": [self._row(spec, feed.lot, px, qty) for px, qty in sorted(asks)],
+            "bids": [self._row(spec, feed.lot, px, qty) for px, qty in sorted(bids, reverse=True)],
             "ts": str(self._clock_ns() // 1_000_000),
             "checksum": checksum,
             "prevSeqId": prev_seq,
             "seqId": feed.last_seq,
         }
-        message = {"arg": {"channel": BOOK_CHANNEL, "instId": inst_id}, "action": action}
+        message = {"arg": {"channel": feed.channel.value, "instId": spec.symbol}, "action": action}
         return orjson.dumps({**message, "data": [data]})
 
-    def _checksum(self, feed: _InstrumentFeed) -> int:
-        """OKX's checksum of the true book, over the strings this venue prints. O(25)."""
+    def _whole_frame(
+        self, feed: _ChannelFeed, bids: tuple[Level, ...], asks: tuple[Level, ...]
+    ) -> bytes:
+        """A ``books5``/``bbo-tbt`` message: the whole top of the book, no action."""
         spec = feed.book.spec
-        top = feed.book.snapshot(CHECKSUM_DEPTH)
+        data: dict[str, Any] = {
+            "asks": [self._row(spec, feed.lot, px, qty) for px, qty in asks],
+            "bids": [self._row(spec, feed.lot, px, qty) for px, qty in bids],
+        }
+        if feed.channel is OkxChannel.BOOKS5:
+            data["instId"] = spec.symbol
+        data |= {"ts": str(self._clock_ns() // 1_000_000), "seqId": feed.last_seq}
+        arg = {"channel": feed.channel.value, "instId": spec.symbol}
+        return orjson.dumps({"arg": arg, "data": [data]})
+
+    def _checksum(self, feed: _ChannelFeed) -> int:
+        """OKX's checksum of the channel's view, over the strings this venue prints."""
+        spec = feed.book.spec
+        bids = sorted(feed.bids.items(), reverse=True)[:CHECKSUM_DEPTH]
+        asks = sorted(feed.asks.items())[:CHECKSUM_DEPTH]
         return okx_checksum(
-            [(self._price(spec, px), self._size(spec, qty)) for px, qty in top.bids],
-            [(self._price(spec, px), self._size(spec, qty)) for px, qty in top.asks],
+            [(self._price(spec, px), self._size(spec, qty)) for px, qty in bids],
+            [(self._price(spec, px), self._size(spec, qty)) for px, qty in asks],
         )
 
     def _row(self, spec: SimSymbol, lot: int, px: int, qty: int) -> list[str]:
@@ -335,6 +403,31 @@ class OkxSimulator(LoopbackVenue[_Client]):
     def _accept(self, connection: ServerConnection) -> _Client:
         return _Client(connection, f"{self._connections_accepted:08x}")
 
+    def _login(self, client: _Client, args: object, request_id: object) -> bytes:
+        """Answer ``login``: with ``credentials`` the signature must be theirs (OKX's
+        60009 otherwise); without, any well-formed login is accepted."""
+        fields = ("apiKey", "passphrase", "timestamp", "sign")
+        if not (
+            isinstance(args, list)
+            and len(args) == 1
+            and isinstance(args[0], dict)
+            and all(isinstance(args[0].get(name), str) for name in fields)
+        ):
+            return _error(client, "60012", "Invalid request: login args", request_id)
+        login = args[0]
+        expected = self._credentials
+        if expected is not None and (
+            login["apiKey"] != expected.api_key
+            or login["passphrase"] != expected.passphrase
+            or login["sign"] != login_sign(expected.secret, login["timestamp"])
+        ):
+            return _error(client, "60009", "Login failed.", request_id)
+        client.logged_in = True
+        reply: dict[str, Any] = {} if request_id is None else {"id": request_id}
+        return orjson.dumps(
+            reply | {"event": "login", "code": "0", "msg": "", "connId": client.conn_id}
+        )
+
     def _forget(self, client: _Client) -> None:
         for feed in self._feeds.values():
             feed.subscribers.discard(client)
@@ -356,13 +449,21 @@ class OkxSimulator(LoopbackVenue[_Client]):
             self._send([client], _error(client, "60012", f"Invalid request: {text}", None))
             return
         request_id, op, args = request.get("id"), request.get("op"), request.get("args")
+        if op == "login":
+            self._send([client], self._login(client, args, request_id))
+            return
         if op not in ("subscribe", "unsubscribe") or not _valid_args(args):
             self._send([client], _error(client, "60012", f"Invalid request: {text}", request_id))
             return
         for arg in args:
             channel, inst_id = arg["channel"], arg["instId"]
-            feed = self._feeds.get(inst_id) if channel == BOOK_CHANNEL else None
-            if channel == BOOK_CHANNEL and feed is None:
+            is_book = channel in BOOK_CHANNELS
+            feed = self._feeds.get((OkxChannel(channel), inst_id)) if is_book else None
+            locked = is_book and RULES[OkxChannel(channel)].needs_login and not client.logged_in
+            if locked and op == "subscribe":
+                self._send([client], _error(client, "60011", "Please log in", request_id))
+                continue
+            if is_book and feed is None:
                 msg = (
                     f"Wrong URL or channel:{channel},instId:{inst_id} doesn't exist. Please "
                     "use the correct URL, channel and parameters referring to API document."
@@ -428,6 +529,13 @@ def _instrument(spec: SimSymbol) -> dict[str, str]:
         "tickSz": spec.tick,
         "uly": family if swap else "",
     }
+
+
+def _changes(old: dict[int, int], new: dict[int, int]) -> list[Level]:
+    """Levels whose size differs between two views (0 = gone). O(n)."""
+    changed = [(price, size) for price, size in new.items() if old.get(price) != size]
+    changed += [(price, 0) for price in old if price not in new]
+    return changed
 
 
 def _valid_args(args: object) -> TypeGuard[list[dict[str, str]]]:
