@@ -45,6 +45,20 @@ Endpoints = tuple[str | None, str | None]
 """(websocket, REST) base URLs of a venue; ``None`` = the exchange's own."""
 
 
+class AdapterFactory(Protocol):
+    """Builds one connection's feed adapter: symbols, websocket and REST base URLs
+    (``None``: the exchange's own) and the venue's settings (channel, credentials)."""
+
+    def __call__(
+        self,
+        symbols: SymbolMap,
+        ws_url: str | None,
+        rest_url: str | None,
+        venue: VenueSettings | None = None,
+        /,
+    ) -> VenueAdapter: ...
+
+
 class SimulatorFactory(Protocol):
     """Builds a venue's loopback simulator (not started)."""
 
@@ -83,7 +97,7 @@ class VenueKind:
 
     native: Callable[[str], str]
     canonical: Callable[[str], str]
-    adapter: Callable[[SymbolMap, str | None, str | None, VenueSettings | None], VenueAdapter]
+    adapter: AdapterFactory
     simulator: SimulatorFactory | None
     sim_endpoints: Callable[[Any], Endpoints]
     metadata: VenueMetadata
@@ -112,7 +126,7 @@ VENUE_KINDS: dict[str, VenueKind] = {
     "binance": VenueKind(
         native=_concatenated,
         canonical=split_concatenated,
-        adapter=lambda s, ws, rest, _: BinanceAdapter(s, ws_base=ws, rest_base=rest),
+        adapter=lambda s, ws, rest, _=None: BinanceAdapter(s, ws_base=ws, rest_base=rest),
         simulator=binance_sim.BinanceSimulator,
         sim_endpoints=_base_urls,
         metadata=VenueMetadata(
@@ -122,7 +136,9 @@ VENUE_KINDS: dict[str, VenueKind] = {
     "binance-usdm": VenueKind(
         native=_concatenated,
         canonical=_perp(split_concatenated),
-        adapter=lambda s, ws, rest, _: BinanceAdapter(s, futures=True, ws_base=ws, rest_base=rest),
+        adapter=lambda s, ws, rest, _=None: BinanceAdapter(
+            s, futures=True, ws_base=ws, rest_base=rest
+        ),
         simulator=partial(binance_sim.BinanceSimulator, futures=True),
         sim_endpoints=_base_urls,
         metadata=VenueMetadata(
@@ -132,7 +148,7 @@ VENUE_KINDS: dict[str, VenueKind] = {
     "coinbase": VenueKind(
         native=str,
         canonical=str,
-        adapter=lambda s, ws, rest, _: CoinbaseAdapter(s, ws_url=ws),
+        adapter=lambda s, ws, rest, _=None: CoinbaseAdapter(s, ws_url=ws),
         simulator=coinbase_sim.CoinbaseSimulator,
         sim_endpoints=_ws_base,
         metadata=VenueMetadata(
@@ -142,7 +158,7 @@ VENUE_KINDS: dict[str, VenueKind] = {
     "kraken": VenueKind(
         native=native_symbol,
         canonical=canonical_symbol,
-        adapter=lambda s, ws, rest, _: KrakenAdapter(s, ws_url=ws or KRAKEN_WS),
+        adapter=lambda s, ws, rest, _=None: KrakenAdapter(s, ws_url=ws or KRAKEN_WS),
         simulator=kraken_sim.KrakenSimulator,
         sim_endpoints=lambda sim: (sim.v2_url, None),
         metadata=VenueMetadata(
@@ -153,7 +169,7 @@ VENUE_KINDS: dict[str, VenueKind] = {
     "okx": VenueKind(
         native=okx_inst_id,
         canonical=okx_canonical,
-        adapter=lambda s, ws, rest, venue: _okx_adapter(s, ws, venue),
+        adapter=lambda s, ws, rest, venue=None: _okx_adapter(s, ws, venue),
         channels=tuple(OkxChannel),
         simulator=okx_sim.OkxSimulator,
         sim_endpoints=_ws_base,
@@ -162,7 +178,9 @@ VENUE_KINDS: dict[str, VenueKind] = {
     "bybit": VenueKind(
         native=_concatenated,
         canonical=split_concatenated,
-        adapter=lambda s, ws, rest, _: BybitAdapter(s, category=BybitCategory.SPOT, ws_base=ws),
+        adapter=lambda s, ws, rest, _=None: BybitAdapter(
+            s, category=BybitCategory.SPOT, ws_base=ws
+        ),
         simulator=partial(bybit_sim.BybitSimulator, category=BybitCategory.SPOT),
         sim_endpoints=_ws_base,
         metadata=VenueMetadata(
@@ -174,7 +192,9 @@ VENUE_KINDS: dict[str, VenueKind] = {
     "bybit-linear": VenueKind(
         native=_concatenated,
         canonical=_perp(split_concatenated),
-        adapter=lambda s, ws, rest, _: BybitAdapter(s, category=BybitCategory.LINEAR, ws_base=ws),
+        adapter=lambda s, ws, rest, _=None: BybitAdapter(
+            s, category=BybitCategory.LINEAR, ws_base=ws
+        ),
         simulator=partial(bybit_sim.BybitSimulator, category=BybitCategory.LINEAR),
         sim_endpoints=_ws_base,
         metadata=VenueMetadata(
