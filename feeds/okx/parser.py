@@ -51,7 +51,6 @@ from feeds.okx.channels import BOOK_CHANNELS, RULES, OkxChannel
 from feeds.okx.checksum import TextLevel
 from feeds.symbols import SymbolMap
 
-BOOK_CHANNEL = "books"
 SERVICE_UPGRADE_NOTICE = "64008"
 """``notice`` code sent before OKX closes a connection for a service upgrade."""
 
