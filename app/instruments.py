@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Protocol
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 from websockets.asyncio.client import connect
@@ -29,7 +29,7 @@ from app.venues import VenueMetadata, venue_kind
 from book.instruments import instrument_id
 from book.status import InstrumentState, InstrumentStatus
 from feeds.exceptions import MetadataError
-from feeds.metadata import InstrumentInfo, MetadataRequest, TradingStatus
+from feeds.metadata import InstrumentInfo, MetadataPage, MetadataRequest, TradingStatus
 from feeds.ratelimit import WeightLimiter
 from feeds.recordings import FrameKind, RecordedFrame
 from feeds.symbols import SymbolMap
@@ -215,3 +215,22 @@ def resolve(venue: VenueSettings, instruments: Sequence[InstrumentInfo]) -> Reso
             f"max_instruments = {venue.max_instruments} (narrow the patterns or raise it)"
         )
     return ResolvedVenue(replace(venue, symbols=symbols, patterns=()), halted, tuple(instruments))
+
+
+def recorded_metadata(venue: str, frame: RecordedFrame) -> MetadataPage | None:
+    """The instruments of a metadata response recorded by ``marketcast record`` (an
+    ``http`` frame of one of the venue's metadata requests, or Kraken's instrument
+    snapshot); ``None`` for any other frame, and for one that does not parse (logged:
+    replay then names the venue's symbols by their spelling)."""
+    if frame.kind is not FrameKind.HTTP:
+        return None
+    metadata = venue_kind(venue).metadata
+    if metadata.ws_frame is None:
+        paths = {urlsplit(request.path).path for request in metadata.requests}
+        if urlsplit(frame.url).path not in paths:
+            return None
+    try:
+        return metadata.parse(frame.data)
+    except MetadataError as exc:
+        log.warning("recorded metadata of %s not used: %s", venue, exc)
+        return None

@@ -233,10 +233,11 @@ def build_adapter(venue: VenueSettings, ws_url: str | None, rest_url: str | None
     return adapter
 
 
-def replay_adapter(venue: str) -> VenueAdapter:
-    """An adapter for replaying a recording of ``venue``: it learns symbols as they come."""
+def replay_adapter(venue: str, known: Mapping[str, str] | None = None) -> VenueAdapter:
+    """An adapter for replaying a recording of ``venue``: it learns symbols as they come,
+    named by ``known`` (venue symbol -> canonical, from recorded metadata) first."""
     kind = venue_kind(venue)
-    symbols = DiscoveringSymbolMap(venue, kind.canonical)
+    symbols = DiscoveringSymbolMap(venue, kind.canonical, known=known)
     if kind.replay_adapter is not None:
         return kind.replay_adapter(symbols)
     return kind.adapter(symbols, None, None, None)

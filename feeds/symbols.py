@@ -101,7 +101,7 @@ class DiscoveringSymbolMap(SymbolMap):
     ) -> None:
         super().__init__(venue, {})
         self._to_canonical = to_canonical
-        self._known: Mapping[str, str] = known or {}
+        self._known: Mapping[str, str] = known if known is not None else {}
         self.unresolved: dict[str, int] = {}
 
     def instrument(self, venue_symbol: str) -> str | None:

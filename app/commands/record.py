@@ -1,8 +1,9 @@
 """``marketcast record --config FILE --out FILE``: record raw venue traffic (JSON lines).
 
 Runs the configured venues' feed handlers (books are kept, so states are reported) and
-writes every frame received and sent, every connect and every REST snapshot, exactly
-as on the wire, in the recording format ``marketcast replay`` reads.
+writes the venues' instrument metadata responses, then every frame received and sent,
+every connect and every REST snapshot, exactly as on the wire, in the recording format
+``marketcast replay`` reads (which names the venue's symbols by that metadata).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 
+from app.instruments import learn_instruments
 from app.loop import run_until_signalled
 from app.runtime import build_runners, venue_endpoints
 from app.settings import Settings, read_settings
@@ -49,8 +51,11 @@ async def record(
             async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as group:
                 for venue in settings.venues:
                     endpoints = await stack.enter_async_context(venue_endpoints(settings, venue))
+                    # the metadata responses go first into the recording: replay names
+                    # the venue's symbols by them
+                    resolved = await learn_instruments(venue, endpoints, recorder=writer.write)
                     for runner in build_runners(
-                        settings, venue, endpoints, registry, recorder=writer.write
+                        settings, resolved.venue, endpoints, registry, recorder=writer.write
                     ):
                         group.create_task(runner.run())
                 await asyncio.sleep(seconds if seconds is not None else float("inf"))

@@ -19,6 +19,7 @@ from typing import IO, Any
 import orjson
 
 from app.exceptions import ConfigError
+from app.instruments import recorded_metadata
 from app.venues import guess_venue, replay_adapter
 from book.snapshot import BookSnapshot, levels_text
 from feeds.recordings import RecordedFrame, read_recording
@@ -49,6 +50,8 @@ def replay_file(
     write = stream.write
     fallback = venue or guess_venue(path)
     replays: dict[tuple[str, int], Replay] = {}
+    known: dict[str, dict[str, str]] = {}
+    """Venue -> venue symbol -> canonical, from the metadata recorded with the traffic."""
     try:
         for frame in read_recording(path):
             frame_venue = frame.venue or fallback
@@ -56,9 +59,15 @@ def replay_file(
                 raise ConfigError(f"{path}: cannot tell the venue; pass --venue")
             if venue is not None and frame_venue != venue:
                 continue
+            metadata = recorded_metadata(frame_venue, frame)
+            if metadata is not None:
+                names = known.setdefault(frame_venue, {})
+                names |= {info.symbol: info.canonical for info in metadata.instruments}
+                continue
             replay = replays.get((frame_venue, frame.conn))
             if replay is None:
-                replay = Replay(replay_adapter(frame_venue), capture_depth=depth)
+                names = known.setdefault(frame_venue, {})
+                replay = Replay(replay_adapter(frame_venue, names), capture_depth=depth)
                 replays[frame_venue, frame.conn] = replay
             for snapshot in replay.snapshots(_one(frame)):
                 if not quiet:
