@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -56,9 +57,13 @@ def die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-async def exit_with_parent(coro: Coroutine[Any, Any, None]) -> None:
+async def exit_with_parent(
+    coro: Coroutine[Any, Any, None], *, grace: float = STOP_GRACE_SECONDS
+) -> None:
     """Run ``coro``; cancel it (a clean shutdown) when the supervisor that started this
-    process is gone: its pipe (``PARENT_FD_ENV``) reads EOF."""
+    process is gone: its pipe (``PARENT_FD_ENV``) reads EOF. A shutdown still running
+    ``grace`` seconds later is cut short: the process exits with status 1 (no child
+    outlives its supervisor, even one whose cleanup hangs)."""
     value = os.environ.get(PARENT_FD_ENV)
     if value is None:
         await coro
@@ -72,6 +77,10 @@ async def exit_with_parent(coro: Coroutine[Any, Any, None]) -> None:
         log.warning("the cluster supervisor is gone; stopping")
         loop.remove_reader(fd)
         task.cancel()
+        # A thread, not the loop's timer: it fires even when the loop is what hangs.
+        watchdog = threading.Timer(grace, _exit_unclean, args=(grace,))
+        watchdog.daemon = True
+        watchdog.start()
 
     loop.add_reader(fd, parent_gone)
     try:
@@ -79,6 +88,14 @@ async def exit_with_parent(coro: Coroutine[Any, Any, None]) -> None:
     finally:
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(fd)
+
+
+def _exit_unclean(grace: float) -> None:
+    # Straight to the fd: a logging handler's lock may be held by the thread that hangs.
+    message = f"marketcast: still stopping {grace:.0f} s after the supervisor went; exiting\n"
+    with contextlib.suppress(OSError):
+        os.write(2, message.encode())
+    os._exit(1)
 
 
 @dataclass(slots=True)

@@ -44,7 +44,7 @@ from bus.codec import (
     encode_status,
 )
 from bus.exceptions import DecodeError
-from bus.link import BusLink
+from bus.link import BusLink, raise_swallowed_cancellation
 from bus.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,7 @@ class BusPublisher:
                 self._wake.clear()
                 client = await self.link.wait_connected()
                 await self._flush(client)
+                raise_swallowed_cancellation()
 
     async def _heartbeats(self) -> None:
         while True:

@@ -86,6 +86,7 @@ class BusLink:
         try:
             for hook in self._on_connect:
                 await hook(client)
+            raise_swallowed_cancellation()
             await asyncio.Event().wait()
         finally:
             if client.is_connected:
@@ -98,32 +99,26 @@ class BusLink:
             await _close_quietly(client)
 
     async def _first_connection(self) -> Client:
+        """Connect; nats-py itself retries a server that is not there yet (every
+        ``reconnect_wait``), the loop here only a connect that raised.
+
+        nats-py's connect runs in a task of its own: a cancellation that lands inside it
+        may be swallowed (see ``raise_swallowed_cancellation``), after which it would
+        retry a dead server for ever, so ours is never handed to it; on a stop that task
+        is cancelled until it ends."""
         delay = 0.05
-        failures = 0
         while True:
             client = Client()
+            connecting = asyncio.create_task(self._connect(client), name="bus:connect")
             try:
-                await client.connect(
-                    servers=self.servers,
-                    name=self.name,
-                    connect_timeout=2,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
-                    ping_interval=2,
-                    max_outstanding_pings=2,
-                    disconnected_cb=self._disconnected,
-                    reconnected_cb=self._reconnected,
-                    error_cb=self._error,
-                )
+                await asyncio.shield(connecting)
             except asyncio.CancelledError:
+                await _cancel_until_done(connecting)
                 await _close_quietly(client)  # no half-open socket left behind
                 raise
             except (nats.errors.Error, OSError, TimeoutError) as exc:
                 await _close_quietly(client)
-                failures += 1
-                if failures == 1:
-                    log.warning("bus %s not reachable (%s); retrying", self.servers, exc)
+                log.warning("bus %s refused the connection (%s); retrying", self.servers, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
                 continue
@@ -131,6 +126,21 @@ class BusLink:
             self._mark_connected(client)
             log.info("bus connected to %s", self.state.server)
             return client
+
+    async def _connect(self, client: Client) -> None:
+        await client.connect(
+            servers=self.servers,
+            name=self.name,
+            connect_timeout=2,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
+            ping_interval=2,
+            max_outstanding_pings=2,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+            error_cb=self._error,
+        )
 
     def _mark_connected(self, client: Client) -> None:
         self.state.connected = True
@@ -159,7 +169,38 @@ class BusLink:
 
     async def _error(self, exc: Exception) -> None:
         self.state.errors += 1
-        log.debug("bus error: %s", exc)
+        if self.state.connects == 0 and self.state.errors == 1:
+            log.warning("bus %s not reachable (%s); retrying", self.servers, exc)
+        else:
+            log.debug("bus error: %s", exc)
+
+
+def raise_swallowed_cancellation() -> None:
+    """Raise the cancellation the current task was asked for but never got.
+
+    nats-py catches a ``CancelledError`` that lands in some of its awaits (its connect
+    and publish flush the socket inside ``except CancelledError: pass``) and returns as
+    if nothing happened: a stop requested just then would be lost and the task would
+    wait forever. Call this after awaiting nats-py, before waiting on anything else
+    (never in cleanup, which runs while the task is cancelling)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+CANCEL_ATTEMPTS = 20
+
+
+async def _cancel_until_done(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` until it ends: nats-py may swallow one cancellation."""
+    for _ in range(CANCEL_ATTEMPTS):
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=0.1)
+        if done:
+            if not task.cancelled():
+                task.exception()  # retrieved: a failed connect is not news while stopping
+            return
+    log.warning("the bus connect did not stop after %d cancellations", CANCEL_ATTEMPTS)
 
 
 async def _close_quietly(client: Client) -> None:

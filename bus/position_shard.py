@@ -30,7 +30,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus.exceptions import DecodeError
-from bus.link import BusLink
+from bus.link import BusLink, raise_swallowed_cancellation
 from bus.positions import (
     CloseOp,
     PositionSubjects,
@@ -297,6 +297,7 @@ class PositionShard:
                     await client.publish(subject, payload)
                 except Exception as exc:  # noqa: BLE001 - a lost answer is a timeout at the edge
                     log.debug("bus publish failed: %s", exc)
+            raise_swallowed_cancellation()
 
 
 class ShardStore:
