@@ -31,5 +31,7 @@ class FeedCounters:
     """REST snapshots fetched again because they were older than the stream."""
     top_of_book_checked: int = 0
     internal_errors: int = 0
+    handshake_failures: int = 0
+    """Connections whose handshake (OKX login) was refused or not answered in time."""
     by_instrument: dict[str, int] = field(default_factory=dict)
     """Book messages per instrument id."""

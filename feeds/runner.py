@@ -34,7 +34,12 @@ from book.sink import DiscardingSink, FeedSink
 from book.status import InstrumentState, InstrumentStatus
 from feeds.backoff import Backoff
 from feeds.dispatch import BookDispatcher
-from feeds.exceptions import SilentConnectionError, SnapshotError, VenueClosingError
+from feeds.exceptions import (
+    HandshakeError,
+    SilentConnectionError,
+    SnapshotError,
+    VenueClosingError,
+)
 from feeds.ratelimit import WeightLimiter
 from feeds.recordings import FrameKind, RecordedFrame
 from feeds.session import Actions, FeedSession, Reconnect, Refetch, RequestSnapshot
@@ -158,6 +163,10 @@ class FeedRunner:
             while True:
                 try:
                     await self._serve(FeedConnection(self, self.sink, self._seqs))
+                except HandshakeError as exc:
+                    self.counters.handshake_failures += 1
+                    detail = f"HandshakeError: {exc}"
+                    log.error("%s: %s", self.venue, exc, extra={"venue": self.venue})
                 except CONNECTION_LOST as exc:
                     detail = f"{type(exc).__name__}: {exc}"
                 except Exception as exc:  # task boundary: a bug must not end the feed
@@ -334,6 +343,7 @@ class FeedConnection:
             standby = isinstance(self.session.sink, ShadowSink)
             runner.incident(None, IncidentKind.CONNECT, f"standby {url}" if standby else url)
             runner.record(self, FrameKind.CONNECT, "", url)
+            await self._handshake(ws)
             await self._send_all(ws, self.adapter.subscribe_frames(runner.instruments))
             lost: Exception | None = None
             async with asyncio.TaskGroup() as group:
@@ -361,6 +371,35 @@ class FeedConnection:
                         task.cancel()
             if lost is not None:
                 raise lost
+
+    async def _handshake(self, ws: FeedSocket) -> None:
+        """The venue's handshake (a login), when it has one: its frames sent, then frames
+        read until its answer, within its timeout; ``HandshakeError`` if refused or
+        unanswered. Frames before the answer are recorded, not interpreted (nothing is
+        subscribed yet)."""
+        handshake = self.adapter.handshake()
+        if handshake is None:
+            return
+        await self._send_all(ws, list(handshake.frames))
+        try:
+            async with asyncio.timeout(handshake.timeout):
+                while True:
+                    frame = await ws.recv()
+                    self.heard = self.runner.clock()
+                    if self.runner.recorder is not None:
+                        text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+                        self.runner.record(self, FrameKind.RECV, text)
+                    answer = handshake.answer(frame)
+                    if answer is not None:
+                        break
+        except TimeoutError:
+            raise HandshakeError(
+                f"no answer to the {handshake.name} within {handshake.timeout:g}s"
+            ) from None
+        if not answer.accepted:
+            raise HandshakeError(
+                f"{handshake.name} refused: code {answer.code}: {answer.detail}", answer.code
+            )
 
     async def _receive_forever(self, ws: FeedSocket) -> None:
         """Hand every frame to the session until nothing at all (no frame, no pong) was

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
 from feeds.events import BookSnapshotEvent, FeedEvent
@@ -20,6 +21,29 @@ class IdleProbe(StrEnum):
     """The venue's application ping (``app_ping_frame``); it answers with a frame."""
     NONE = "none"
     """Nothing: the venue's own heartbeats keep a healthy connection talking."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeAnswer:
+    """The venue's answer to a handshake: ``accepted``, or refused with ``code`` and a
+    ``detail`` fit for a log line (never a secret)."""
+
+    accepted: bool
+    code: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What a connection must do before it subscribes (OKX's ``login``): send
+    ``frames``, then read frames until ``answer`` returns one (``None``: not the answer
+    yet), within ``timeout`` seconds. Sans-I/O: the runner does the sending and reading."""
+
+    frames: tuple[str, ...]
+    answer: Callable[[str | bytes], HandshakeAnswer | None]
+    timeout: float = 10.0
+    name: str = "handshake"
+    """What logs call it (``login``)."""
 
 
 class VenueAdapter(ABC):
@@ -66,6 +90,11 @@ class VenueAdapter(ABC):
         """Forget per-connection protocol state (e.g. a per-connection sequence number).
 
         Called by the runner each time this adapter's connection (re)opens."""
+
+    def handshake(self) -> Handshake | None:
+        """What to do before ``subscribe_frames`` on each new connection (``None``: no
+        handshake, subscribe at once). Built per connection (a login is timestamped)."""
+        return None
 
     def subscribe_frames(self, instruments: Sequence[str]) -> list[str]:
         """Text frames to send right after connecting (none when the URL subscribes)."""

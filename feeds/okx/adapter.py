@@ -5,7 +5,8 @@
 What the runner sends::
 
     {"op":"login","args":[{"apiKey":..,"passphrase":..,"timestamp":..,"sign":..}]}
-                                           (first, when the venue has credentials)
+                                           (first, when the venue has credentials: the
+                                            handshake; subscribe waits for its ack)
     {"op":"subscribe","args":[{"channel":"books","instId":"BTC-USDT"},
                               {"channel":"books","instId":"BTC-USDT-SWAP"}]}
     {"op":"unsubscribe","args":[{"channel":"books","instId":"BTC-USDT"}]}   (resync, then
@@ -26,17 +27,19 @@ from urllib.parse import urlsplit
 import orjson
 
 from feeds.events import FeedEvent
-from feeds.okx.channels import RULES, OkxChannel, OkxCredentials, login_frame
+from feeds.okx.channels import RULES, OkxChannel, OkxCredentials, login_answer, login_frame
 from feeds.okx.parser import OkxParser
 from feeds.okx.sync import OkxBookSync
 from feeds.symbols import SymbolMap
 from feeds.sync import BookSync
-from feeds.venue import IdleProbe, VenueAdapter
+from feeds.venue import Handshake, IdleProbe, VenueAdapter
 
 PUBLIC_WS = "wss://ws.okx.com:8443"
 PUBLIC_PATH = "/ws/v5/public"
 _PERP = "-PERP"
 _SWAP = "-SWAP"
+LOGIN_TIMEOUT = 10.0
+"""Seconds OKX has to acknowledge a login before the connection is given up."""
 
 
 def okx_inst_id(symbol: str) -> str:
@@ -72,12 +75,14 @@ class OkxAdapter(VenueAdapter):
         ws_base: str | None = None,
         channel: OkxChannel = OkxChannel.BOOKS,
         credentials: OkxCredentials | None = None,
+        login_timeout: float = LOGIN_TIMEOUT,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``ws_base``: a host (``/ws/v5/public`` is appended) or a whole URL with its path
         (``wss://wspap.okx.com:8443/ws/v5/public?brokerId=9999``, OKX's demo trading).
         ``channel`` is the book channel subscribed; ``credentials`` log the connection in
-        first (needed by the tick-by-tick books); ``clock`` stamps the login (seconds)."""
+        first (needed by the tick-by-tick books), and its subscribe waits up to
+        ``login_timeout`` s for the login's ack; ``clock`` stamps the login (seconds)."""
         rules = RULES[channel]
         if rules.needs_login and credentials is None:
             raise ValueError(
@@ -85,6 +90,7 @@ class OkxAdapter(VenueAdapter):
             )
         self.channel = channel
         self.credentials = credentials
+        self.login_timeout = login_timeout
         self._clock = clock
         if rules.depth < 50:  # OKX limits the 400/50-level channels per connection
             self.max_instruments_per_connection = 200
@@ -98,11 +104,16 @@ class OkxAdapter(VenueAdapter):
     def stream_url(self, instruments: Sequence[str]) -> str:
         return self.ws_url
 
+    def handshake(self) -> Handshake | None:
+        """The login, when the venue has credentials (timestamped now: OKX refuses a
+        timestamp older than 30 s)."""
+        if self.credentials is None:
+            return None
+        frame = login_frame(self.credentials, str(int(self._clock())))
+        return Handshake((frame,), login_answer, timeout=self.login_timeout, name="login")
+
     def subscribe_frames(self, instruments: Sequence[str]) -> list[str]:
-        login = []
-        if self.credentials is not None:
-            login = [login_frame(self.credentials, str(int(self._clock())))]
-        return [*login, self._request("subscribe", instruments)]
+        return [self._request("subscribe", instruments)]
 
     def resubscribe_frames(self, instrument: str) -> list[str]:
         return [

@@ -13,7 +13,11 @@ channel            levels  push      messages
 Incremental channels keep the seqId/prevSeqId chain and, when non-zero, the CRC32
 checksum of the best 25 levels; the whole-book channels replace the book with every
 message. Tick-by-tick book channels are for VIP tiers, on a connection that logged in
-with an API key (``login_frame``).
+with an API key (``login_frame``); the connection subscribes only once OKX has
+acknowledged the login (``login_answer``)::
+
+    {"event":"login","code":"0","msg":"","connId":"a4d3ae55"}
+    {"event":"error","code":"60009","msg":"Login failed.","connId":"a4d3ae55"}
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import orjson
+
+from feeds.venue import HandshakeAnswer
 
 
 class OkxChannel(StrEnum):
@@ -85,3 +91,23 @@ def login_frame(credentials: OkxCredentials, timestamp: str) -> str:
         "sign": login_sign(credentials.secret, timestamp),
     }
     return orjson.dumps({"op": "login", "args": [arg]}).decode()
+
+
+def login_answer(frame: str | bytes) -> HandshakeAnswer | None:
+    """OKX's answer to ``login``: accepted on ``{"event":"login","code":"0"}``, refused on
+    any ``error`` event (60009 login failed, 60024 wrong passphrase, ...) or a login event
+    with another code; ``None`` for any other frame (``pong``, a notice)."""
+    if frame in ("pong", b"pong"):
+        return None
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(message, dict):
+        return None
+    event, code = message.get("event"), str(message.get("code", ""))
+    if event == "login" and code == "0":
+        return HandshakeAnswer(accepted=True)
+    if event in ("login", "error"):
+        return HandshakeAnswer(accepted=False, code=code, detail=str(message.get("msg", "")))
+    return None

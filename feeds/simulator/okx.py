@@ -21,6 +21,11 @@ order book handler, so the real handler connects to it exactly as to OKX:
   the shortest way, as OKX does, or padded to the symbol's decimals
   (``padded_numbers=True``: ``"0.10000000"``), which only a handler that checksums the
   exchange's own strings can verify.
+- ``login`` (``{"op":"login","args":[{apiKey, passphrase, timestamp, sign}]}``) ->
+  ``{"event":"login","code":"0","msg":"","connId":..}``, after ``login_delay`` s; with
+  ``credentials`` a wrong key, passphrase or signature -> ``{"event":"error","code":
+  "60009","msg":"Login failed."}``. A tick-by-tick ``subscribe`` before the login is
+  answered -> 60011 ``Please log in``.
 - Text ``ping`` -> ``pong``. Errors as OKX words them: invalid JSON or request -> code
   60012, an unknown ``books`` instId -> 60018. Other channels are acknowledged and stay
   silent. Any other path gets HTTP 404.
@@ -35,6 +40,7 @@ instrument waiting for their snapshot until released.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,6 +136,7 @@ class OkxSimulator(LoopbackVenue[_Client]):
         padded_numbers: bool = False,
         push_interval: float = PUSH_INTERVAL,
         credentials: OkxCredentials | None = None,
+        login_delay: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
         clock_ns: Callable[[], int] = time.time_ns,
@@ -159,6 +166,7 @@ class OkxSimulator(LoopbackVenue[_Client]):
             for channel in OkxChannel
         }
         self._credentials = credentials
+        self._login_delay = login_delay
         self._pongs_sent = 0
 
     # -- public view -----------------------------------------------------------------
@@ -428,6 +436,19 @@ class OkxSimulator(LoopbackVenue[_Client]):
             reply | {"event": "login", "code": "0", "msg": "", "connId": client.conn_id}
         )
 
+    def _answer_login(self, client: _Client, args: object, request_id: object) -> None:
+        """``_login``'s answer, after ``login_delay`` (OKX verifies a login on its own
+        time: until its answer, the connection is not logged in)."""
+        if self._login_delay <= 0:
+            self._send([client], self._login(client, args, request_id))
+            return
+
+        def answer() -> None:
+            if client in self._clients:
+                self._send([client], self._login(client, args, request_id))
+
+        asyncio.get_running_loop().call_later(self._login_delay, answer)
+
     def _forget(self, client: _Client) -> None:
         for feed in self._feeds.values():
             feed.subscribers.discard(client)
@@ -450,7 +471,7 @@ class OkxSimulator(LoopbackVenue[_Client]):
             return
         request_id, op, args = request.get("id"), request.get("op"), request.get("args")
         if op == "login":
-            self._send([client], self._login(client, args, request_id))
+            self._answer_login(client, args, request_id)
             return
         if op not in ("subscribe", "unsubscribe") or not _valid_args(args):
             self._send([client], _error(client, "60012", f"Invalid request: {text}", request_id))

@@ -65,8 +65,11 @@ def test_a_tick_by_tick_channel_needs_credentials() -> None:
     adapter = OkxAdapter(
         SymbolMap("okx", SYMBOLS), channel=OkxChannel.BOOKS50_L2_TBT, credentials=KEY
     )
-    login, subscribe = adapter.subscribe_frames(list(BOOKS))
+    handshake = adapter.handshake()
+    assert handshake is not None
+    (login,) = handshake.frames
     assert orjson.loads(login)["op"] == "login"
+    (subscribe,) = adapter.subscribe_frames(list(BOOKS))
     assert orjson.loads(subscribe)["args"][0] == {"channel": "books50-l2-tbt", "instId": "BTC-USDT"}
 
 
