@@ -12,7 +12,11 @@ class FeedAdmin:
     venue. O(runners)."""
 
     def __init__(self, runners: Sequence[FeedRunner]) -> None:
-        self._runners = tuple(runners)
+        self._runners = list(runners)
+
+    def add(self, runners: Sequence[FeedRunner]) -> None:
+        """Runners started later (instruments a metadata refresh added)."""
+        self._runners += runners
 
     def resync(self, instrument: str, reason: str) -> bool:
         return any(runner.resync(instrument, reason) for runner in self._runners)

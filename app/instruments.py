@@ -1,8 +1,8 @@
 """Instruments learned from each venue's own metadata, checked against the config.
 
-At start (and every ``metadata_refresh_seconds``) each venue's instrument metadata is
-fetched (``feeds/<venue>/metadata.py`` says which requests and parses the answers)
-within the venue's REST weight budget. ``resolve`` then checks the configured
+At start (and every ``metadata_refresh_seconds``: ``app.refresh``) each venue's
+instrument metadata is fetched (``feeds/<venue>/metadata.py`` says which requests and
+parses the answers) within the venue's REST weight budget. ``resolve`` then checks the configured
 instruments against it: an instrument the venue does not list is a ``ConfigError``
 naming it; one that is halted or delisted is kept aside with its reason (it gets the
 ``halted`` state, never a silent drop); a pattern (``*-USDT``) selects every trading
@@ -127,22 +127,30 @@ async def _fetch_over_websocket(
     raise MetadataError(f"{venue}: the connection closed before the instrument snapshot")
 
 
+def rest_budget(venue: VenueSettings) -> WeightLimiter | None:
+    """A new limiter of the venue's REST weight per minute (``None``: it has no budget);
+    one per venue, shared by its metadata requests and REST snapshots."""
+    adapter = venue_kind(venue.adapter_kind).adapter(SymbolMap(venue.id, {}), None, None, None)
+    weight = adapter.rest_weight_per_minute
+    return WeightLimiter(weight) if weight else None
+
+
 async def learn_instruments(
     venue: VenueSettings,
     endpoints: tuple[str | None, str | None],
     *,
     recorder: Recorder | None = None,
+    limiter: WeightLimiter | None = None,
 ) -> ResolvedVenue:
-    """``venue`` checked against the metadata it serves at ``endpoints`` (ws, REST).
+    """``venue`` checked against the metadata it serves at ``endpoints`` (ws, REST),
+    fetched within ``limiter`` (default: a budget of its own, ``rest_budget``).
 
     When the metadata cannot be had (the venue's REST is down), the explicitly
     configured instruments go on unchecked (logged); patterns cannot, so they are a
     ``ConfigError`` then.
     """
-    budget = venue_kind(venue.adapter_kind).adapter(SymbolMap(venue.id, {}), None, None, None)
-    limiter = (
-        WeightLimiter(budget.rest_weight_per_minute) if budget.rest_weight_per_minute else None
-    )
+    if limiter is None:
+        limiter = rest_budget(venue)
     try:
         async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_SECONDS) as http:
             instruments = await fetch_metadata(
@@ -196,10 +204,11 @@ def resolve(venue: VenueSettings, instruments: Sequence[InstrumentInfo]) -> Reso
                 f"venue {venue.id!r}: {venue.id}:{canonical} is not an instrument it lists "
                 f"(no {native!r} in its instrument metadata)"
             )
-        if info.status is TradingStatus.TRADING:
+        reason = halted_reason(info)
+        if reason is None:
             symbols[canonical] = native
         else:
-            halted[canonical] = f"{info.status}: the venue says {info.venue_status}"
+            halted[canonical] = reason
     for pattern in venue.patterns:
         matches = {
             info.canonical: info.symbol
@@ -215,6 +224,14 @@ def resolve(venue: VenueSettings, instruments: Sequence[InstrumentInfo]) -> Reso
             f"max_instruments = {venue.max_instruments} (narrow the patterns or raise it)"
         )
     return ResolvedVenue(replace(venue, symbols=symbols, patterns=()), halted, tuple(instruments))
+
+
+def halted_reason(info: InstrumentInfo) -> str | None:
+    """Why the venue does not trade ``info`` (``halted: the venue says BREAK``); ``None``
+    while it trades."""
+    if info.status is TradingStatus.TRADING:
+        return None
+    return f"{info.status}: the venue says {info.venue_status}"
 
 
 def recorded_metadata(venue: str, frame: RecordedFrame) -> MetadataPage | None:

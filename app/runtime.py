@@ -24,10 +24,11 @@ from typing import Any
 
 from app.admin import FeedAdmin
 from app.auth import auth_policy
-from app.instruments import declare_halted, learn_instruments
+from app.instruments import declare_halted, learn_instruments, rest_budget
+from app.refresh import MetadataRefresher
 from app.roles import IngestBus, NodeState
 from app.settings import Settings, StorageSettings, VenueSettings
-from app.venues import build_adapter, simulator_endpoints, simulator_for
+from app.venues import Endpoints, build_adapter, simulator_endpoints, simulator_for
 from book.incidents import FeedIncident
 from book.registry import BookRegistry
 from book.sink import FeedSink
@@ -80,6 +81,9 @@ class RunningServer:
     role: str = "all"
     bus: IngestBus | None = None
     """An ingest's bus publisher and connection."""
+    refreshers: Mapping[str, MetadataRefresher] = field(default_factory=dict)
+    """Venue id -> what keeps its instruments in step with its metadata (its runners,
+    including those started for instruments listed since the start)."""
 
 
 async def serve(
@@ -147,15 +151,48 @@ async def serve(
         # Shutdown order: the task group (feeds, flusher, metrics) is cancelled first,
         # then the stack closes the server and the simulated venues the feeds used.
         async with contextlib.AsyncExitStack() as stack:
-            runners = []
+            runners: list[FeedRunner] = []
+            refreshers: list[MetadataRefresher] = []
             simulators: dict[str, LoopbackVenue[Any]] = {}
+            feed_group: list[asyncio.TaskGroup] = []  # the task group below, once it runs
+
+            def start_runners(
+                endpoints: Endpoints, limiter: WeightLimiter | None, venue: VenueSettings
+            ) -> list[FeedRunner]:
+                """Runners for instruments a metadata refresh added, started at once."""
+                added = build_runners(
+                    settings, venue, endpoints, sink, limiter=limiter, seq_base=start
+                )
+                (group,) = feed_group  # refreshes run inside it
+                metrics.add_feeds(added)
+                admin.add(added)
+                for runner in added:
+                    group.create_task(runner.run(), name=f"feed:{runner.venue}")
+                return added
+
             for venue in settings.venues:
                 endpoints = await stack.enter_async_context(
                     venue_endpoints(settings, venue, simulators)
                 )
-                resolved = await learn_instruments(venue, endpoints)
+                limiter = rest_budget(venue)
+                resolved = await learn_instruments(venue, endpoints, limiter=limiter)
                 declare_halted(sink, resolved, time.time_ns())
-                runners += build_runners(settings, resolved.venue, endpoints, sink, seq_base=start)
+                venue_runners = build_runners(
+                    settings, resolved.venue, endpoints, sink, limiter=limiter, seq_base=start
+                )
+                runners += venue_runners
+                refreshers.append(
+                    MetadataRefresher(
+                        venue,
+                        resolved,
+                        endpoints,
+                        runners=venue_runners,
+                        sink=sink,
+                        start_runners=partial(start_runners, endpoints, limiter),
+                        limiter=limiter,
+                    )
+                )
+            admin = FeedAdmin(runners)
             server = await stack.enter_async_context(
                 MarketServer(
                     registry,
@@ -166,7 +203,7 @@ async def serve(
                     auth=auth,
                     positions=positions if role == "all" else None,
                     reserved_fds=reserved_fds(feed_connections=len(runners)),
-                    admin=FeedAdmin(runners),
+                    admin=admin,
                 )
             )
             MetricsPages(
@@ -177,7 +214,9 @@ async def serve(
                 HistoryRoute(registry, backend, clock=fanout.clock).install(server.routes)
             server.routes.add_health_check("storage", partial(storage_health, backend, flusher))
             metrics.add_feeds(runners)
+            metrics.add_feeds(refreshers)
             async with asyncio.TaskGroup() as group:
+                feed_group.append(group)
                 group.create_task(flusher.run(), name="storage-flusher")
                 if settings.storage.retain_bbo_hours > 0 and isinstance(backend, PrunableBackend):
                     retention = Retention(
@@ -190,6 +229,8 @@ async def serve(
                     group.create_task(bus.publisher.run(), name="bus:publisher")
                 for runner in runners:
                     group.create_task(runner.run(), name=f"feed:{runner.venue}")
+                for refresher in refreshers:
+                    group.create_task(refresher.run(), name=f"metadata:{refresher.venue}")
                 if on_ready is not None:
                     on_ready(
                         RunningServer(
@@ -204,6 +245,7 @@ async def serve(
                             simulators,
                             role,
                             bus,
+                            {refresher.venue: refresher for refresher in refreshers},
                         )
                     )
                 await asyncio.Event().wait()  # until cancelled
@@ -251,11 +293,13 @@ def build_runners(
     *,
     recorder: Recorder | None = None,
     seq_base: int = 0,
+    limiter: WeightLimiter | None = None,
 ) -> list[FeedRunner]:
-    """One runner per connection the venue needs, sharing the venue's REST budget, all
-    writing to ``sink``."""
+    """One runner per connection the venue needs, sharing the venue's REST budget
+    (``limiter``, or a new one), all writing to ``sink``."""
     first = build_adapter(venue, *endpoints)
-    limiter = WeightLimiter(first.rest_weight_per_minute) if first.rest_weight_per_minute else None
+    if limiter is None and first.rest_weight_per_minute:
+        limiter = WeightLimiter(first.rest_weight_per_minute)
     return [
         FeedRunner(
             build_adapter(venue, *endpoints),  # adapters hold per-connection state

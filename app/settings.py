@@ -168,6 +168,9 @@ class VenueSettings:
     bound; thresholds learned from each instrument's update rate apply either way)."""
     max_instruments: int = 500
     """Most instruments the venue may carry (what patterns select counts)."""
+    metadata_refresh_seconds: float = 3600.0
+    """How often the venue's instrument metadata is fetched again while running (halted,
+    resumed and newly listed instruments followed; ``app.refresh``); 0: never."""
     channel: str = ""
     """The venue's book channel when it has several (OKX: ``books``, ``books5``,
     ``books-l2-tbt``, ``books50-l2-tbt``, ``bbo-tbt``); empty: the venue's default."""
@@ -381,6 +384,8 @@ def _venue(index: int, raw: Any) -> VenueSettings:
     )
     if venue.max_instruments < 1:
         raise ConfigError(f"{where}.max_instruments must be at least 1")
+    if venue.metadata_refresh_seconds < 0:
+        raise ConfigError(f"{where}.metadata_refresh_seconds must be 0 (never) or positive")
     channels = VENUE_KINDS[kind].channels
     if venue.channel and venue.channel not in channels:
         choices = ", ".join(channels) or f"none: {kind} has one book channel"

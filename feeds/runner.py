@@ -136,6 +136,9 @@ class FeedRunner:
         self.http = http
         self._backoff = backoff or Backoff()
         self._current: FeedConnection | None = None
+        self._standby: FeedConnection | None = None
+        self.halted: dict[str, str] = {}
+        """Instruments the venue does not trade now (``halt``) -> why."""
         self._seqs: dict[str, int] = dict.fromkeys(self.instruments, seq_base)
         """Each book's version when the last publishing connection ended; at first
         ``seq_base``, so a server's seqs continue above those of its previous run."""
@@ -210,8 +213,9 @@ class FeedRunner:
                 if done:
                     task.result()  # raises what ended the connection
                     return
-                shadow = ShadowSink(self.instruments, self.sink)
-                standby = FeedConnection(self, shadow, connection.session.seqs())
+                trading = [name for name in self.instruments if name not in self.halted]
+                shadow = ShadowSink(trading, self.sink)
+                standby = self._standby = FeedConnection(self, shadow, connection.session.seqs())
                 standby_task = asyncio.create_task(standby.run(), name=f"{self.venue}:standby")
                 ready: asyncio.Task[Any] = asyncio.create_task(shadow.ready.wait())
                 waiting: set[asyncio.Task[Any]] = {task, standby_task, ready}
@@ -221,6 +225,7 @@ class FeedRunner:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 ready.cancel()
+                self._standby = None
                 if (
                     ready in done
                     and not task.done()
@@ -237,6 +242,7 @@ class FeedRunner:
                     task.result()
                     return
         finally:
+            self._standby = None
             for pending in (task, standby_task):
                 if pending is not None:
                     await _cancelled(pending)
@@ -283,6 +289,33 @@ class FeedRunner:
         current._perform(current.session.resync(instrument, problem, self.clock()))
         return True
 
+    def halt(self, instrument: str, reason: str) -> bool:
+        """The venue stopped trading ``instrument`` (its metadata says so): ``halted``
+        with ``reason``, its book put aside on every connection (it stays subscribed;
+        whatever the venue still sends for it is ignored) until ``resume``. False if
+        this runner does not carry it."""
+        if instrument not in self.instruments:
+            return False
+        self.halted[instrument] = reason
+        for connection in (self._current, self._standby):
+            if connection is not None:
+                connection.session.halt(instrument)
+        self.set_state(instrument, InstrumentState.HALTED, reason)
+        self.incident(instrument, IncidentKind.STALE, f"halted: {reason}")
+        return True
+
+    def resume(self, instrument: str, reason: str) -> bool:
+        """``instrument`` trades again: ``syncing``, and its book synced afresh on every
+        connection. False if this runner had not halted it."""
+        if self.halted.pop(instrument, None) is None:
+            return False
+        self.set_state(instrument, InstrumentState.SYNCING, reason)
+        self.incident(instrument, IncidentKind.RESYNC, reason)
+        for connection in (self._current, self._standby):
+            if connection is not None:
+                connection._perform(connection.session.resume(instrument, self.clock()))
+        return True
+
     def reconnect(self, reason: str) -> bool:
         """Close the publishing connection (its books go stale) and connect again, as
         after any lost connection; False if there is no connection right now."""
@@ -325,6 +358,7 @@ class FeedConnection:
             sink=sink,
             counters=runner.counters,
             capture_depth=runner.capture_depth,
+            halted=runner.halted,
         )
         self.session.continue_from(seqs)
         self._fetches: dict[str, asyncio.Task[None]] = {}
@@ -351,7 +385,7 @@ class FeedConnection:
                 try:
                     self.session.start(runner.clock())
                     if self.adapter.rest_snapshots:
-                        for name in runner.instruments:
+                        for name in list(self.session.syncs):  # not the halted ones
                             self._start_fetch(name)
                     if self.adapter.app_ping_interval > 0:
                         self._spawn(self._ping_forever(ws), "ping")

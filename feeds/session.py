@@ -22,6 +22,9 @@ a tick: a book not back in sync       reset it again, ``RequestSnapshot`` (no
 within ``resync_timeout``             problem)
 a tick: a live book silent past its   as a problem (silent)
 threshold (``feeds.silence``)
+the venue halted an instrument        ``halt``: its book is put aside, its messages
+(metadata refresh)                    ignored, no watchdog; ``resume``: back, reset,
+                                      ``RequestSnapshot``
 ====================================  ============================================
 
 The session keeps its own knowledge of which instruments it has set ``live``: it never
@@ -109,6 +112,7 @@ class FeedSession:
         sink: FeedSink,
         counters: FeedCounters | None = None,
         capture_depth: int = 0,
+        halted: Iterable[str] = (),
     ) -> None:
         self.adapter = adapter
         self.venue = adapter.venue
@@ -132,6 +136,11 @@ class FeedSession:
             learn=adapter.learn_instrument_silence,
         )
         self._last_tick = 0
+        self._halted: dict[str, BookSync] = {}
+        """Instruments the venue does not trade now: their syncs, out of ``syncs`` (so
+        their messages and the watchdog pass them by), kept for their versions."""
+        for name in halted:
+            self.halt(name)
 
     # -- instruments ------------------------------------------------------------------
 
@@ -154,13 +163,38 @@ class FeedSession:
 
     def seqs(self) -> dict[str, int]:
         """Each book's version: a session replacing this one continues from it."""
-        return {name: sync.book.seq for name, sync in self.syncs.items()}
+        every = self.syncs | self._halted
+        return {name: sync.book.seq for name, sync in every.items()}
 
     def continue_from(self, seqs: Mapping[str, int]) -> None:
         """Make every book's next ``seq`` exceed the one in ``seqs`` (a connection
         replacing another keeps each instrument's version growing)."""
-        for name, sync in self.syncs.items():
+        for name, sync in (self.syncs | self._halted).items():
             sync.book.continue_from(seqs.get(name, 0))
+
+    def halt(self, instrument: str) -> None:
+        """The venue no longer trades ``instrument`` (its metadata says so): its book is
+        reset and put aside, its messages ignored, the watchdog passes it by, until
+        ``resume``. Its state is the driver's to tell (``halted``, with the reason)."""
+        sync = self.syncs.pop(instrument, None)
+        if sync is None:
+            return
+        sync.reset()
+        self._halted[instrument] = sync
+        self._live.discard(instrument)
+        self._sync_started.pop(instrument, None)
+
+    def resume(self, instrument: str, ts: int) -> Actions:
+        """``instrument`` trades again: its book is synced afresh (``RequestSnapshot``)."""
+        sync = self._halted.pop(instrument, None)
+        if sync is None:
+            return NO_ACTIONS
+        self.syncs[instrument] = sync
+        self._restart(instrument, None, ts)
+        return self._take_actions()
+
+    def is_halted(self, instrument: str) -> bool:
+        return instrument in self._halted
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -222,7 +256,10 @@ class FeedSession:
         return self._take_actions()
 
     def resync(self, instrument: str, problem: SyncProblem, ts: int) -> Actions:
-        """Resync one instrument now (an operator's request): stale, reset, refetched."""
+        """Resync one instrument now (an operator's request): stale, reset, refetched.
+        A halted instrument stays as it is."""
+        if instrument not in self.syncs:
+            return NO_ACTIONS
         self._resync(instrument, problem, ts)
         return self._take_actions()
 

@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from book.fixed import parse_fixed
+from feeds.metadata import TradingStatus
 from feeds.simulator.catalog import DEFAULT_HALF_SPREAD_BPS, HALF_SPREAD_BPS, simulated_symbols
 from feeds.simulator.faults import INSTRUMENT_FAULTS, Fault, FaultCounters
 from feeds.simulator.market import DepthSnapshot, SimSymbol, SimulatedBook
@@ -86,7 +87,10 @@ class LoopbackVenue(ABC, Generic[ClientT]):
             raise ValueError("symbols must be non-empty and distinct")
         self.venue = venue
         self.listed: tuple[SimSymbol, ...] = tuple(symbols)
-        """Every instrument served, in order (the venue's metadata lists them)."""
+        """What the venue's metadata lists, in order: at first every instrument served
+        (``set_listing`` changes it while running)."""
+        self._specs = {spec.symbol: spec for spec in symbols}
+        self._rest_failure: tuple[int, bytes] | None = None
         self._books = {
             spec.symbol: _quoting_book(spec, venue, levels=levels, seed=seed, clock_ns=clock_ns)
             for spec in symbols
@@ -189,6 +193,27 @@ class LoopbackVenue(ABC, Generic[ClientT]):
     def book(self, symbol: str, limit: int | None = None) -> DepthSnapshot:
         """The true current book of ``symbol`` (``KeyError`` if not simulated)."""
         return self._books[symbol].snapshot(limit)
+
+    def set_listing(self, symbol: str, status: TradingStatus | None) -> None:
+        """List ``symbol`` (a venue symbol served) in the metadata with ``status`` from now
+        on, or not at all (``None``: delisted, or not listed yet); its book goes on.
+        ``KeyError`` if it is not served."""
+        spec = replace(self._specs[symbol], status=status or TradingStatus.TRADING)
+        self._specs[symbol] = spec
+        listed = {item.symbol: item for item in self.listed}
+        if status is None:
+            listed.pop(symbol, None)
+        else:
+            listed[symbol] = spec
+        self.listed = tuple(item for name, item in self._specs.items() if name in listed)
+
+    def fail_rest(self, status: int = 500, body: bytes = b'{"msg":"Internal error"}') -> None:
+        """Answer every REST request (metadata, snapshots) with ``status`` and ``body``
+        until ``restore_rest`` (a venue's REST outage, or a bad answer with 200)."""
+        self._rest_failure = (status, body)
+
+    def restore_rest(self) -> None:
+        self._rest_failure = None
 
     def pause(self) -> None:
         """Stop the market loops until ``resume``."""
@@ -357,7 +382,8 @@ class LoopbackVenue(ABC, Generic[ClientT]):
         url = urlsplit(request.path)
         route = self._rest_routes().get(url.path)
         if route is not None:
-            status, body = await route(parse_qs(url.query))
+            failure = self._rest_failure
+            status, body = failure or await route(parse_qs(url.query))
             response = connection.respond(status, body.decode())
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "application/json;charset=UTF-8"

@@ -224,3 +224,30 @@ def test_books_continue_from_the_versions_of_the_session_they_replace() -> None:
     second.continue_from(first.seqs())
     second.receive_event(book(BTC, "100", "101"), 2)
     assert sink.take()[0] == ("book", (BTC, 4, parse_fixed("100")))
+
+
+def test_a_halted_instrument_is_passed_by_until_it_resumes() -> None:
+    feed, sink = session(resync_timeout=1.0)
+    live(feed, sink)
+    feed.halt(BTC)
+    assert feed.is_halted(BTC) and not feed.is_live(BTC)
+    assert sink.take() == []  # its state is the driver's to tell
+    # What the venue still sends for it, the watchdog, a resync request: nothing.
+    assert feed.receive_event(book(BTC, "90", "91"), 2) == ()
+    assert feed.tick(10 * SECOND_NS) == ()
+    assert feed.resync(BTC, SyncProblem(ProblemKind.REQUESTED, "operator"), 11) == ()
+    assert feed.receive_event(book(ETH, "100", "102"), 12) == ()
+    assert sink.take() == [("book", (ETH, 2, parse_fixed("100")))]
+    assert feed.seqs() == {BTC: 1, ETH: 2}  # its version is kept
+    # A session that replaces this one starts with it halted.
+    replacement = FeedSession(feed.adapter, [BTC, ETH], sink=sink, halted=[BTC])
+    replacement.continue_from(feed.seqs())
+    assert replacement.is_halted(BTC) and replacement.seqs() == {BTC: 1, ETH: 2}
+    assert list(feed.resume(BTC, 13)) == [RequestSnapshot(BTC, None)]
+    assert feed.resume(BTC, 14) == ()  # not halted any more
+    assert feed.receive_event(book(BTC, "95", "96"), 15) == ()
+    assert sink.take() == [
+        ("book", (BTC, 2, parse_fixed("95"))),
+        ("status", (BTC, InstrumentState.LIVE, "in sync")),
+        ("incident", (BTC, IncidentKind.LIVE, "seq 2")),
+    ]
