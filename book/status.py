@@ -10,7 +10,8 @@ class InstrumentState(StrEnum):
     """``syncing`` until the first bridged snapshot, ``live`` while every check passes,
     ``stale`` after a gap, checksum failure, crossed book or silence (until resynced);
     ``halted`` when the venue's metadata says the instrument does not trade (halted or
-    delisted: not subscribed, the reason says which)."""
+    delisted: no book kept, the reason says which; at start, or after a metadata refresh,
+    which also brings it back to ``syncing`` when it trades again)."""
 
     SYNCING = "syncing"
     LIVE = "live"
