@@ -22,6 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
 from app.exceptions import ConfigError
 from app.settings import VenueSettings
@@ -73,7 +74,7 @@ async def fetch_metadata(
             return await _fetch_over_rest(
                 venue.id, metadata, rest_url or metadata.rest_base, http, limiter, recorder
             )
-    except (httpx.HTTPError, OSError, TimeoutError) as exc:
+    except (httpx.HTTPError, OSError, TimeoutError, WebSocketException) as exc:
         raise MetadataError(f"{venue.id}: instrument metadata unavailable: {exc!r}") from exc
 
 

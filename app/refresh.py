@@ -211,7 +211,11 @@ class MetadataRefresher:
         async with self._client() as http:
             while True:
                 await asyncio.sleep(delay)
-                await self.refresh(http)
+                try:
+                    await self.refresh(http)
+                except Exception:  # task boundary: one bad refresh must not end the next ones
+                    self.counters.metadata_refresh_failures += 1
+                    log.exception("%s: metadata refresh failed", self.venue)
                 delay = self.interval * self._rng.uniform(1 - JITTER, 1 + JITTER)
 
     def _client(self) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
@@ -230,10 +234,6 @@ class MetadataRefresher:
         except MetadataError as exc:
             self.counters.metadata_refresh_failures += 1
             log.warning("%s: metadata refresh failed, previous metadata kept: %s", self.venue, exc)
-            return False
-        except Exception:  # task boundary: a bug in one refresh must not end the next ones
-            self.counters.metadata_refresh_failures += 1
-            log.exception("%s: metadata refresh failed, previous metadata kept", self.venue)
             return False
         plan = plan_refresh(
             self.configured, self.carried, self.halted, self.instruments, instruments

@@ -319,8 +319,8 @@ class KrakenSimulator(LoopbackVenue[_Client]):
 
     def _instrument_frame(self) -> bytes:
         pairs = []
-        for symbol, feed in self._feeds.items():
-            spec = feed.book.spec
+        for spec in self.listed:  # what the venue lists now (``set_listing``)
+            symbol, feed = spec.symbol, self._feeds[spec.symbol]
             base, _, quote = symbol.partition("/")
             pairs.append(
                 {
@@ -338,7 +338,7 @@ class KrakenSimulator(LoopbackVenue[_Client]):
                     "has_index": True,
                 }
             )
-        assets = sorted({part for symbol in self._feeds for part in symbol.split("/")})
+        assets = sorted({part for spec in self.listed for part in spec.symbol.split("/")})
         data = {
             "assets": [{"id": asset, "status": "enabled"} for asset in assets],
             "pairs": pairs,

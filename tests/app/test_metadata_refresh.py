@@ -14,11 +14,14 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from app.refresh import DELISTED, RefreshPlan, plan_refresh
-from app.settings import Settings, settings_from_dict
-from app.venues import build_simulator
+from app.instruments import learn_instruments
+from app.refresh import DELISTED, MetadataRefresher, RefreshPlan, plan_refresh
+from app.settings import Settings, VenueSettings, settings_from_dict
+from app.venues import VENUE_KINDS, build_simulator, simulator_endpoints
+from book.registry import BookRegistry
 from book.status import InstrumentState
 from feeds.metadata import TradingStatus
+from feeds.simulator.catalog import simulated_symbols
 from tests.app.test_instruments import LISTED, info, venue
 from tests.app.test_venue_faults import Watcher, serving
 from tests.waiting import eventually
@@ -183,3 +186,39 @@ async def test_a_configured_instrument_halted_at_start_is_carried_once_it_trades
         assert registry.status(btc).state is InstrumentState.HALTED  # type: ignore[union-attr]
         assert registry.is_live(eth)
         assert len(server.refreshers["binance"].runners) == connections + 1
+
+
+@pytest.mark.parametrize("kind", list(VENUE_KINDS))
+async def test_every_venue_s_refresh_sees_a_halt_and_a_failure(kind: str) -> None:
+    """Each venue's own metadata (REST, paged, or Kraken's websocket snapshot) read again
+    from its simulator: a halted instrument is seen; a failed refresh changes nothing."""
+    listed = simulated_symbols(kind)
+    first, second = (spec.symbol for spec in listed[:2])
+    async with build_simulator(kind, updates_per_second=10, seed=2) as simulator:
+        endpoints = simulator_endpoints(VenueSettings(id=kind, symbols={}), simulator)
+        canonical = {spec.symbol: VENUE_KINDS[kind].canonical(spec.symbol) for spec in listed}
+        configured = VenueSettings(
+            id=kind, symbols={canonical[first]: first, canonical[second]: second}
+        )
+        resolved = await learn_instruments(configured, endpoints)
+        registry = BookRegistry()
+        refresher = MetadataRefresher(
+            configured,
+            resolved,
+            endpoints,
+            runners=[],
+            sink=registry,
+            start_runners=lambda venue: [],
+        )
+        async with httpx.AsyncClient() as http:
+            assert await refresher.refresh(http)
+            assert refresher.halted == {}
+            simulator.set_listing(second, TradingStatus.HALTED)
+            assert await refresher.refresh(http)
+            assert list(refresher.halted) == [canonical[second]]
+            assert refresher.counters.instruments_halted == 1
+            if endpoints[1] is not None:  # a REST venue (Kraken's metadata is a websocket)
+                simulator.fail_rest(503)
+                assert not await refresher.refresh(http)
+                assert refresher.counters.metadata_refresh_failures == 1
+                assert list(refresher.halted) == [canonical[second]]

@@ -7,10 +7,13 @@ import logging
 
 import pytest
 
+from app.venues import replay_adapter
 from book.registry import BookRegistry
 from feeds.backoff import Backoff
 from feeds.okx.adapter import OkxAdapter, okx_symbols
 from feeds.okx.channels import OkxChannel, OkxCredentials, login_answer
+from feeds.recordings import FrameKind, RecordedFrame
+from feeds.replay import Replay
 from feeds.runner import FeedRunner
 from feeds.simulator.okx import OkxSimulator
 from feeds.symbols import SymbolMap
@@ -120,3 +123,26 @@ async def test_an_unanswered_login_times_out_and_is_retried() -> None:
         runner = _runner(simulator, registry, KEY, login_timeout=0.2)
         async with running([runner], registry, []):
             await eventually(lambda: runner.counters.handshake_failures >= 2, "timed out twice")
+
+
+async def test_a_recording_shows_the_subscribe_after_the_ack_and_replays() -> None:
+    frames: list[RecordedFrame] = []
+    simulator = OkxSimulator(updates_per_second=50, levels=60, seed=8, credentials=KEY)
+    async with simulator:
+        registry = BookRegistry()
+        runner = _runner(simulator, registry, KEY)
+        runner.recorder = frames.append
+        async with running([runner], registry, BOOKS):
+            pass
+    kinds = [(frame.kind, frame.data[:19]) for frame in frames[:4]]
+    assert kinds == [
+        (FrameKind.CONNECT, ""),
+        (FrameKind.SEND, '{"op":"login","args'),
+        (FrameKind.RECV, '{"event":"login","c'),
+        (FrameKind.SEND, '{"op":"subscribe","'),
+    ]
+    replay = Replay(replay_adapter("okx"))
+    published = list(replay.snapshots(frames))
+    assert {snapshot.instrument for snapshot in published} == set(BOOKS)
+    assert replay.session.counters.venue_errors == 0
+    assert replay.summary()["live"] == sorted(BOOKS)
