@@ -316,8 +316,8 @@ class ShardStore:
     def write(self, position: Position) -> asyncio.Future[None]:
         return self._store.write(position)
 
-    async def find(self, account: str, position_id: str) -> Position | None:
-        return await self._store.find(account, position_id)
+    async def id_taken(self, account: str, position_id: str) -> bool:
+        return await self._store.id_taken(account, position_id)
 
     async def load_open(self) -> list[Position]:
         return [

@@ -4,7 +4,7 @@ A position (``publish.position.Position``) is opened by ``open`` and closed by `
 both return only once the store has made the change durable (the flusher's group commit:
 every position of one 5 ms window shares one transaction), so an acknowledged position
 survives a crash of the process and is reloaded by ``load`` on start. The book reaches
-storage through one ``PositionStore`` (write, find, load the open ones).
+storage through one ``PositionStore`` (write, is an id taken, load the open ones).
 
 When a change commits, the book first calls the ``acknowledge`` callbacks of the
 requests waiting for it (the sessions queue their acks there, synchronously), then tells
@@ -18,8 +18,9 @@ Validation, each refusal a ``RequestError`` with a stable code:
   not printable; a side other than ``buy``/``sell``; a quantity or price that is not an
   exact positive decimal (at most 12 decimal places, below ``MAX_AMOUNT``);
 - ``duplicate_position``: the account already has (or had: closed positions keep their
-  id) a position with this id that is not the same order. Sending the very same open
-  again is a retry and gets the same acknowledgement (``opened_ts`` of the first);
+  id, archived ones too) a position with this id that is not the same order. Sending the
+  very same open again is a retry and gets the same acknowledgement (``opened_ts`` of the
+  first);
 - ``unknown_position``: closing an id the account has no open position under (another
   account's positions are simply not there: ids are per account);
 - ``position_pending``: closing a position whose open is not acknowledged yet;
@@ -172,14 +173,14 @@ class PositionBook:
         self._per_account[account] = self._per_account.get(account, 0) + 1
         try:
             async with asyncio.timeout_at(deadline):
-                stored = await self._store.find(account, position_id)
+                taken = await self._store.id_taken(account, position_id)
         except BaseException as exc:
             refusal = _unavailable("could not check the id in storage")
             self._forget(entry, refusal)
             if isinstance(exc, Exception):
                 raise refusal from exc
             raise
-        if stored is not None:
+        if taken:
             refusal = _duplicate(position_id)
             self._forget(entry, refusal)
             raise refusal

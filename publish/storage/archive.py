@@ -19,6 +19,9 @@ from the database (one transaction). A killed archive therefore loses nothing: r
 deleted only once their file is durable. It can be run again, with no duplicates: a
 file's name is derived from its first row and files are cut at the same rows, so rows
 written but not yet deleted come out again under the same name and replace that file.
+
+The transaction that deletes positions keeps their ``(account, id)`` in
+``archived_positions``: an archived position's id stays taken, as a closed one's does.
 """
 
 from __future__ import annotations

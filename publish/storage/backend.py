@@ -57,8 +57,9 @@ class StorageBackend(Protocol):
         """Every position not closed yet, oldest first (reloaded on start)."""
         ...
 
-    async def find_position(self, account: str, position_id: str) -> PositionRow | None:
-        """The stored position ``position_id`` of ``account``, open or closed, if any.
+    async def position_id_taken(self, account: str, position_id: str) -> bool:
+        """Whether ``account`` has used ``position_id``: a stored position, open or closed,
+        or one ``marketcast archive`` moved out (its id is kept, see ``delete_positions``).
 
         May run while a ``write_batch`` is in flight; it sees committed rows only.
         """
@@ -114,5 +115,6 @@ class ArchivableBackend(Protocol):
         ...
 
     async def delete_positions(self, keys: Sequence[tuple[str, str]]) -> int:
-        """Delete the positions ``(account, id)`` of ``keys``."""
+        """Delete the closed positions ``(account, id)`` of ``keys``, keeping their ids
+        (``archived_positions``, in the same transaction) so they are never used again."""
         ...

@@ -29,8 +29,9 @@ class PositionStore(Protocol):
         is durable. Cancelling the future only stops the wait."""
         ...
 
-    async def find(self, account: str, position_id: str) -> Position | None:
-        """The stored position ``position_id`` of ``account``, open or closed, if any."""
+    async def id_taken(self, account: str, position_id: str) -> bool:
+        """Whether ``account`` ever stored a position ``position_id``: open, closed, or
+        closed and archived."""
         ...
 
     async def load_open(self) -> list[Position]:
@@ -52,9 +53,8 @@ class FlushedPositionStore:
     def write(self, position: Position) -> asyncio.Future[None]:
         return self._flusher.add_position(position_row(position))
 
-    async def find(self, account: str, position_id: str) -> Position | None:
-        row = await self._backend.find_position(account, position_id)
-        return None if row is None else position_of(row)
+    async def id_taken(self, account: str, position_id: str) -> bool:
+        return await self._backend.position_id_taken(account, position_id)
 
     async def load_open(self) -> list[Position]:
         return [position_of(row) for row in await self._backend.load_open_positions()]

@@ -97,6 +97,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX feed_events_venue_ts ON {s}.feed_events (venue, ts)",
     ),
+    # The ids of positions ``marketcast archive`` moved out: they stay taken.
+    (
+        """CREATE TABLE {s}.archived_positions (
+            account TEXT NOT NULL,
+            id TEXT NOT NULL,
+            PRIMARY KEY (account, id)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -167,8 +175,9 @@ class PostgresBackend:
             f"SELECT {_POSITION_COLUMNS} FROM {s}.positions"
             " WHERE closed_ts IS NULL ORDER BY opened_ts, account, id"
         )
-        self._select_one = (
-            f"SELECT {_POSITION_COLUMNS} FROM {s}.positions WHERE account = $1 AND id = $2"
+        self._id_taken = (
+            f"SELECT EXISTS (SELECT 1 FROM {s}.positions WHERE account = $1 AND id = $2)"
+            f" OR EXISTS (SELECT 1 FROM {s}.archived_positions WHERE account = $1 AND id = $2)"
         )
         bbo_columns = "ts_event, ts_recv, venue, symbol, seq, bid_px, bid_qty, ask_px, ask_qty"
         self._history = (
@@ -204,8 +213,15 @@ class PostgresBackend:
             " AND (closed_ts, account, id) > ($2, $3, $4) ORDER BY closed_ts, account, id"
             " LIMIT $5"
         )
-        self._delete_position = (
-            f"DELETE FROM {s}.positions WHERE account = $1 AND id = $2 AND closed_ts IS NOT NULL"
+        # Deletes closed positions ($1: accounts, $2: their ids) and keeps their ids, in
+        # one statement; the number deleted.
+        self._archive_positions = (
+            f"WITH gone AS (DELETE FROM {s}.positions AS p USING unnest($1::text[], $2::text[])"
+            " AS k (account, id) WHERE p.account = k.account AND p.id = k.id"
+            " AND p.closed_ts IS NOT NULL RETURNING p.account, p.id)"
+            f", kept AS (INSERT INTO {s}.archived_positions (account, id)"
+            " SELECT account, id FROM gone ON CONFLICT DO NOTHING)"
+            " SELECT count(*) FROM gone"
         )
         # Instruments the current pruning pass has not finished yet.
         self._prune_pass: deque[tuple[str, str]] = deque()
@@ -249,11 +265,12 @@ class PostgresBackend:
         records = await self._run(self._writer, lambda conn: conn.fetch(self._select_open))
         return [_position(record) for record in records]
 
-    async def find_position(self, account: str, position_id: str) -> PositionRow | None:
-        record = await self._run(
-            self._reader, lambda conn: conn.fetchrow(self._select_one, account, position_id)
+    async def position_id_taken(self, account: str, position_id: str) -> bool:
+        return bool(
+            await self._run(
+                self._reader, lambda conn: conn.fetchval(self._id_taken, account, position_id)
+            )
         )
-        return None if record is None else _position(record)
 
     async def bbo_history(
         self,
@@ -306,16 +323,14 @@ class PostgresBackend:
                 return
 
     async def delete_positions(self, keys: Sequence[tuple[str, str]]) -> int:
-        async def delete(conn: Any) -> int:
-            async with conn.transaction():
-                deleted = 0
-                for account, position_id in keys:
-                    deleted += _deleted(
-                        await conn.execute(self._delete_position, account, position_id)
-                    )
-                return deleted
-
-        return int(await self._run(self._maintenance, delete))
+        accounts = [account for account, _ in keys]
+        ids = [position_id for _, position_id in keys]
+        return int(
+            await self._run(
+                self._maintenance,
+                lambda conn: conn.fetchval(self._archive_positions, accounts, ids),
+            )
+        )
 
     async def close(self) -> None:
         """Wait for the operations in progress, then close the connections."""

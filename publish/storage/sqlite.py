@@ -106,6 +106,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX feed_events_venue_ts ON feed_events (venue, ts)",
     ),
+    # The ids of positions ``marketcast archive`` moved out: they stay taken.
+    (
+        """CREATE TABLE archived_positions (
+            account TEXT NOT NULL,
+            id TEXT NOT NULL,
+            PRIMARY KEY (account, id)
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -169,13 +177,17 @@ _PRUNE_FEED_EVENTS = (
     " (SELECT rowid FROM feed_events ORDER BY rowid LIMIT ?) AND ts < ?"
 )
 _DELETE_BBO = "DELETE FROM bbo WHERE venue = ? AND symbol = ? AND ts_recv BETWEEN ? AND ?"
+_KEEP_ARCHIVED_ID = (
+    "INSERT OR IGNORE INTO archived_positions (account, id) SELECT account, id FROM positions"
+    " WHERE account = ? AND id = ? AND closed_ts IS NOT NULL"
+)
 _DELETE_POSITION = "DELETE FROM positions WHERE account = ? AND id = ? AND closed_ts IS NOT NULL"
 PAGE_ROWS = 2_000
 """Rows per read statement: ~2-4 ms of the reader thread, ~0.5 MB of rows in memory."""
 
-_SELECT_POSITION = (
-    "SELECT id, account, instrument, side, qty, entry_px, opened_ts, closed_ts FROM positions"
-    " WHERE account = ? AND id = ?"
+_POSITION_ID_TAKEN = (
+    "SELECT EXISTS (SELECT 1 FROM positions WHERE account = ?1 AND id = ?2)"
+    " OR EXISTS (SELECT 1 FROM archived_positions WHERE account = ?1 AND id = ?2)"
 )
 
 
@@ -250,8 +262,8 @@ class SqliteBackend:
     async def load_open_positions(self) -> list[PositionRow]:
         return await self._call(self._load_open_positions_sync)
 
-    async def find_position(self, account: str, position_id: str) -> PositionRow | None:
-        return await self._call(partial(self._find_position_sync, account, position_id))
+    async def position_id_taken(self, account: str, position_id: str) -> bool:
+        return await self._call(partial(self._position_id_taken_sync, account, position_id))
 
     async def bbo_history(
         self,
@@ -459,9 +471,9 @@ class SqliteBackend:
             _position(row) for row in self._connection().execute(_SELECT_OPEN_POSITIONS).fetchall()
         ]
 
-    def _find_position_sync(self, account: str, position_id: str) -> PositionRow | None:
-        row = self._connection().execute(_SELECT_POSITION, (account, position_id)).fetchone()
-        return None if row is None else _position(row)
+    def _position_id_taken_sync(self, account: str, position_id: str) -> bool:
+        (taken,) = self._connection().execute(_POSITION_ID_TAKEN, (account, position_id)).fetchone()
+        return bool(taken)
 
     def _prune_sync(self, before_ns: int, max_rows: int) -> int:
         conn = self._connection()
@@ -482,6 +494,7 @@ class SqliteBackend:
     def _delete_positions_sync(self, keys: list[tuple[str, str]]) -> int:
         conn = self._connection()
         with _transaction(conn):
+            conn.executemany(_KEEP_ARCHIVED_ID, keys)
             deleted: int = conn.executemany(_DELETE_POSITION, keys).rowcount
         self._request_checkpoint()
         return deleted

@@ -121,8 +121,8 @@ class RecordingBackend:
     async def load_open_positions(self) -> list[PositionRow]:
         return await self.inner.load_open_positions()
 
-    async def find_position(self, account: str, position_id: str) -> PositionRow | None:
-        return await self.inner.find_position(account, position_id)
+    async def position_id_taken(self, account: str, position_id: str) -> bool:
+        return await self.inner.position_id_taken(account, position_id)
 
     async def close(self) -> None:
         await self.inner.close()

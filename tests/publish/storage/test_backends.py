@@ -73,7 +73,7 @@ async def test_the_schema_is_the_same_logical_schema(store: Store, backend: Stor
     if store.kind == "sqlite":
         columns = {
             table: [name for _, name, *_ in await store.read(f"PRAGMA table_info({table})")]
-            for table in ("bbo", "positions", "feed_events", "schema_version")
+            for table in ("bbo", "positions", "feed_events", "archived_positions", "schema_version")
         }
     else:
         columns = {}
@@ -106,9 +106,13 @@ async def test_the_schema_is_the_same_logical_schema(store: Store, backend: Stor
             "closed_ts",
         ],
         "feed_events": ["ts", "venue", "instrument", "kind", "detail"],
+        "archived_positions": ["account", "id"],
         "schema_version": ["version"],
     }
-    assert await store.read("SELECT version FROM {s}.schema_version") == [(1,)]
+    assert await store.read("SELECT version FROM {s}.schema_version ORDER BY version") == [
+        (1,),
+        (2,),
+    ]
     assert backend.name == store.kind
 
 
@@ -144,7 +148,7 @@ async def test_prices_and_quantities_round_trip_exactly(
     assert await stored_bbo(store) == rows
     assert await stored_positions(store) == [position(), short]
     assert await backend.load_open_positions() == [position(), short]
-    assert await backend.find_position("acct-1", "p\t2") == short
+    assert await backend.position_id_taken("acct-1", "p\t2")
     if store.kind == "postgres":
         # NUMERIC, exact: the database itself compares the values.
         assert await store.read(
@@ -173,8 +177,8 @@ async def test_positions_upsert_and_reload_only_open_ones(
         position("p-2", "acct-1"),
         position("p-1", "acct-2"),
     ]
-    assert await backend.find_position("acct-1", "p-1") == position("p-1", closed_ts=99)
-    assert await backend.find_position("acct-3", "p-1") is None
+    assert await backend.position_id_taken("acct-1", "p-1")  # closed: its id stays taken
+    assert not await backend.position_id_taken("acct-3", "p-1")
 
     # Reopening the database (a restart) sees the same.
     await backend.close()
@@ -187,17 +191,20 @@ async def test_positions_upsert_and_reload_only_open_ones(
         ]
     finally:
         await again.close()
-    assert await store.read("SELECT version FROM {s}.schema_version") == [(1,)]
+    assert await store.read("SELECT version FROM {s}.schema_version ORDER BY version") == [
+        (1,),
+        (2,),
+    ]
 
 
 async def test_a_position_opened_and_closed_in_one_batch_ends_closed(
-    backend: StorageBackend,
+    store: Store, backend: StorageBackend
 ) -> None:
     await backend.write_batch(
         Batch(positions=[position("p-1"), position("p-1", closed_ts=5), position("p-2")])
     )
     assert await backend.load_open_positions() == [position("p-2")]
-    assert await backend.find_position("acct-1", "p-1") == position("p-1", closed_ts=5)
+    assert await stored_positions(store) == [position("p-1", closed_ts=5), position("p-2")]
 
 
 async def test_feed_events_are_stored(store: Store, backend: StorageBackend) -> None:

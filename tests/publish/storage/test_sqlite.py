@@ -37,6 +37,7 @@ async def test_open_creates_the_tables_and_indexes_in_wal_mode(
         "SELECT type, name, tbl_name FROM sqlite_master"
         " WHERE name NOT LIKE 'sqlite_%' ORDER BY name",
     ) == [
+        ("table", "archived_positions", "archived_positions"),
         ("table", "bbo", "bbo"),
         ("index", "bbo_venue_symbol_ts", "bbo"),
         ("table", "feed_events", "feed_events"),
@@ -51,9 +52,9 @@ async def test_open_creates_the_tables_and_indexes_in_wal_mode(
 async def test_a_newer_schema_is_refused(db_path: Path) -> None:
     with closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY)")
-        conn.execute("INSERT INTO schema_version VALUES (2)")
+        conn.execute("INSERT INTO schema_version VALUES (3)")
     backend = SqliteBackend(db_path)
-    with pytest.raises(SchemaVersionError, match="version 2 is newer than 1"):
+    with pytest.raises(SchemaVersionError, match="version 3 is newer than 2"):
         await backend.open()
     with pytest.raises(BackendClosedError):
         await backend.write_batch(Batch(bbo=[bbo(1)]))
