@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 async def eventually(condition: Callable[[], bool], what: str, limit: float = 15.0) -> None:
@@ -16,5 +16,17 @@ async def eventually(condition: Callable[[], bool], what: str, limit: float = 15
             # Polling: the conditions are on other components' state, with no event to await.
             while not condition():  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"never happened: {what}") from None
+
+
+async def eventually_async(
+    condition: Callable[[], Awaitable[bool]], what: str, limit: float = 20.0
+) -> None:
+    """``eventually`` for a condition that must be awaited (a query on storage)."""
+    try:
+        async with asyncio.timeout(limit):
+            while not await condition():  # noqa: ASYNC110 (polling storage)
+                await asyncio.sleep(0.05)
     except TimeoutError:
         raise AssertionError(f"never happened: {what}") from None

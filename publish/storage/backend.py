@@ -88,6 +88,12 @@ class BboHistoryReader(Protocol):
 class PrunableBackend(Protocol):
     """A backend that deletes old market data in small steps (``[storage].retain_bbo_hours``)."""
 
+    @property
+    def prune_blocks_writes(self) -> bool:
+        """Whether a ``prune`` holds up ``write_batch`` calls while it runs (SQLite: one
+        writer thread) rather than running beside them (PostgreSQL: its own connection)."""
+        ...
+
     async def prune(self, before_ns: int, max_rows: int) -> int:
         """Delete up to ``max_rows`` BBO rows and up to ``max_rows`` feed events received
         before ``before_ns``, oldest first, in one short transaction; the number deleted.

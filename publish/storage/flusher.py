@@ -116,6 +116,9 @@ class StorageFlusher:
         self._lock = asyncio.Lock()
         self._inflight: asyncio.Task[bool] | None = None
         self._inflight_rows = 0
+        # Set (and replaced by a new one) when a write attempt ends: between_flushes waits
+        # on it for the next gap.
+        self._write_ended = asyncio.Event()
 
         self._health = StorageHealth.HEALTHY
         self._dropping = False
@@ -156,6 +159,10 @@ class StorageFlusher:
         return self._health
 
     @property
+    def window_ms(self) -> float:
+        return self._window * 1000
+
+    @property
     def pending_rows(self) -> int:
         return self._buffered_rows() + self._inflight_rows
 
@@ -191,24 +198,37 @@ class StorageFlusher:
         while self._inflight is not None or self._buffered_rows():
             await self._flush_retrying()
 
-    async def between_flushes(self, job: Callable[[], Awaitable[_T]]) -> _T:
-        """Run ``job`` (maintenance on the same database: pruning) where it delays no
-        write: never beside one, and only while the next window is at least half a window
-        away (or no row is waiting), holding the write lock until it is done. So a short
-        ``job`` never pushes a flush past its window; under back-to-back batches it waits
-        for a gap."""
+    async def between_flushes(
+        self, job: Callable[[], Awaitable[_T]], *, room: float, exclusive: bool = True
+    ) -> _T:
+        """Run ``job`` (maintenance on the same database: pruning) in a gap between writes:
+        it starts only while no write is in flight and the next one is due ``room``
+        seconds later or more (or no row is waiting, so none is due for a whole window).
+        Otherwise it waits for the end of the next write and looks again.
+
+        ``exclusive``: hold the write lock while ``job`` runs, for a backend whose writes
+        and ``job`` share one connection or thread (SQLite's writer thread): a write that
+        falls due meanwhile waits for ``job``, so ``job`` must take less than ``room``.
+        Without it (PostgreSQL: ``job`` on a connection of its own) writes go on beside
+        ``job``. Either way one call runs ``job`` once: a caller repeating it (steps)
+        goes through the gap check again, so a write that fell due goes first."""
         loop = asyncio.get_running_loop()
         while True:
-            if self._has_room(loop.time()):
+            write_ended = self._write_ended
+            if self._in_gap(loop.time(), room):
+                if not exclusive:
+                    return await job()
                 async with self._lock:
-                    if self._inflight is None and self._has_room(loop.time()):
+                    if self._in_gap(loop.time(), room):
                         return await job()
-            await asyncio.sleep(self._window / 4)
+            await write_ended.wait()
 
-    def _has_room(self, now: float) -> bool:
+    def _in_gap(self, now: float, room: float) -> bool:
+        if self._inflight is not None:
+            return False
         if not self._rows_waiting.is_set():
             return True
-        return self._window_opened + self._window - now >= self._window / 2
+        return self._window_opened + self._window - now >= room
 
     async def _flush_retrying(self) -> None:
         delay = self._retry_initial
@@ -250,6 +270,8 @@ class StorageFlusher:
         finally:
             self._inflight = None
             self._inflight_rows = 0
+            write_ended, self._write_ended = self._write_ended, asyncio.Event()
+            write_ended.set()
         duration = self._clock() - started
         self._batches += 1
         self._rows_written += len(batch)

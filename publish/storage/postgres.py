@@ -28,12 +28,17 @@ Market data is read back (``bbo_history``, and what ``marketcast archive`` reads
 a server-side cursor on a connection of its own per read, in pages, so a long read
 neither holds a page of the loop's memory for long nor waits behind (or holds up) the
 flusher's writes. Pruning and the archive's deletes use a third connection: PostgreSQL
-deletes old rows while the flusher inserts new ones, so neither waits for the other.
+deletes old rows while the flusher inserts new ones, so neither waits for the other. Its
+commits do not wait for the WAL flush either (``synchronous_commit=off``): a delete lost
+in a database crash is done again by the next step or run (the archive only deletes
+rows whose file is durable, so it then writes the same file again), and a step's
+duration stays its own work, not an fsync shared with the flusher's position commits.
 
-Two connections, each used by one operation at a time: one for the flusher's writes,
-one for position id lookups. Any failure of an operation, a timeout included, closes
-its connection rather than trying to roll back over a link that may be dead; the server
-aborts the open transaction, and the next operation connects again. So an outage costs
+Three connections, each used by one operation at a time: the flusher's writes, position
+id lookups, and maintenance (pruning, the archive). Any failure of an operation, a
+timeout included, closes its connection rather than trying to roll back over a link that
+may be dead; the server aborts the open transaction, and the next operation connects
+again. So an outage costs
 the flusher failed writes (which it retries) and never a half-written batch.
 """
 
@@ -133,7 +138,7 @@ _MIGRATION_LOCK = "marketcast.schema."
 
 
 class PostgresBackend:
-    """``StorageBackend`` on PostgreSQL through two asyncpg connections (writes, lookups).
+    """``StorageBackend`` on PostgreSQL through three asyncpg connections (module docstring).
 
     ``write_batch`` costs one transaction: a text ``COPY`` of the BBO rows (O(rows) of
     formatting on the event loop, ~1.1 µs per row in chunks of ``_COPY_CHUNK_ROWS``), one
@@ -230,7 +235,9 @@ class PostgresBackend:
         # front of a batch write (whose commit the position acks wait for) or behind it.
         self._writer = _Link(partial(self._connect_one, synchronous_commit="off"), self._timeout)
         self._reader = _Link(self._connect_one, self._timeout)
-        self._maintenance = _Link(self._connect_one, self._timeout)
+        self._maintenance = _Link(
+            partial(self._connect_one, synchronous_commit="off"), self._timeout
+        )
         # Text COPY escapes of the few distinct venue/symbol strings (see _escape).
         self._escaped: dict[str, str] = {}
 
@@ -292,6 +299,10 @@ class PostgresBackend:
     ) -> AsyncGenerator[list[BboRow], None]:
         async for page in self._cursor_pages((self._old_bbo, before_ns), page_rows):
             yield page
+
+    @property
+    def prune_blocks_writes(self) -> bool:
+        return False  # the maintenance connection runs it
 
     async def prune(self, before_ns: int, max_rows: int) -> int:
         """See ``PrunableBackend``: BBO rows one instrument after another (an index range

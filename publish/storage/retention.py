@@ -1,10 +1,25 @@
 """Retention: BBO rows and feed events older than ``[storage].retain_bbo_hours`` are
 deleted in small steps between the flusher's batches; positions are never deleted.
 
-Each step deletes at most ``batch_rows`` BBO rows and as many feed events, oldest first,
-in one short transaction, and only runs where it delays no flush
-(``StorageFlusher.between_flushes``). Steps follow each other while there is old data
-(a backlog after a long stop drains at one step per gap between batches) and pause
+A step deletes at most ``batch_rows`` BBO rows and as many feed events, oldest first, in
+one short transaction, and is built so that it cannot delay a flush:
+
+- it starts only in a gap (``StorageFlusher.between_flushes``): no write in flight, and
+  the next write due ``budget_ms`` later at least (or no row waiting, which puts the next
+  write a whole window away);
+- its size adapts to its measured duration so that a step takes about half the budget
+  (``next_batch_rows``): a slow step shrinks the next one at once, fast full steps grow
+  it. So a step on SQLite, which holds the one writer thread, ends long before a write
+  that fell due meanwhile needs the thread;
+- steps are separate calls: after each, the gap is checked again, so a write that fell
+  due during a step goes before the next step, never behind a run of them.
+
+On PostgreSQL a step runs on a connection of its own (``prune_blocks_writes`` is false):
+writes go on beside it and never wait for it at all; it still starts only in gaps, which
+paces it.
+
+Steps follow each other while there is old data (a backlog after a long stop drains one
+step per gap between batches, back to back while the server is idle) and pause
 ``idle_seconds`` once it is gone. A failed step (the database is down) is logged once and
 retried after the pause; it never stops the server.
 """
@@ -22,12 +37,26 @@ from publish.storage.flusher import StorageFlusher
 log = logging.getLogger(__name__)
 
 HOUR_NS = 3_600 * 10**9
-BATCH_ROWS = 500
-"""Rows of each table one step deletes at most: ~0.5-1 ms of SQLite's writer thread."""
+BUDGET_MS = 1.0
+"""How long a step that holds up writes (SQLite) may take: it starts only when the next
+flush is due at least this much later, and its size is tuned for steps of about half of
+it. A step beside the writes (PostgreSQL) gets half a flush window."""
+FIRST_BATCH_ROWS = 100
+MIN_BATCH_ROWS = 10
+MAX_BATCH_ROWS = 10_000
+
+OnStep = Callable[[int, int], None]
+"""Called after each step with its duration (ns) and the rows it deleted (benchmarks)."""
 
 
 class Retention:
-    """Run ``run()`` as a task beside the flusher's; see the module docstring."""
+    """Run ``run()`` as a task beside the flusher's; see the module docstring.
+
+    ``clock`` is the wall clock the retention is counted on (ns since the epoch);
+    ``timer`` measures step durations (ns, monotonic). ``budget_ms`` defaults to
+    ``BUDGET_MS`` where steps hold up writes (``backend.prune_blocks_writes``), to half
+    the flusher's window where they do not, and is capped at half the window.
+    """
 
     def __init__(
         self,
@@ -35,18 +64,34 @@ class Retention:
         backend: PrunableBackend,
         *,
         retain_hours: float,
-        batch_rows: int = BATCH_ROWS,
+        budget_ms: float | None = None,
+        batch_rows: int = FIRST_BATCH_ROWS,
+        min_batch_rows: int = MIN_BATCH_ROWS,
+        max_batch_rows: int = MAX_BATCH_ROWS,
         idle_seconds: float = 1.0,
         clock: Callable[[], int] = time.time_ns,
+        timer: Callable[[], int] = time.perf_counter_ns,
+        on_step: OnStep | None = None,
     ) -> None:
-        if retain_hours <= 0 or batch_rows < 1 or idle_seconds <= 0:
-            raise ValueError("retain_hours, batch_rows and idle_seconds must be positive")
+        half_window = flusher.window_ms / 2
+        if budget_ms is None:
+            budget_ms = BUDGET_MS if backend.prune_blocks_writes else half_window
+        if retain_hours <= 0 or budget_ms <= 0 or idle_seconds <= 0:
+            raise ValueError("retain_hours, budget_ms and idle_seconds must be positive")
+        if not 1 <= min_batch_rows <= batch_rows <= max_batch_rows:
+            raise ValueError("need 1 <= min_batch_rows <= batch_rows <= max_batch_rows")
         self._flusher = flusher
         self._backend = backend
         self._retain_ns = int(retain_hours * HOUR_NS)
-        self._batch_rows = batch_rows
+        self._budget_ns = int(min(budget_ms, half_window) * 1_000_000)
+        self._min_rows = min_batch_rows
+        self._max_rows = max_batch_rows
         self._idle = idle_seconds
         self._clock = clock
+        self._timer = timer
+        self._on_step = on_step
+        self.batch_rows = batch_rows
+        """The size of the next step."""
         self.steps = 0
         self.deleted = 0
         """Rows deleted so far (per step: the larger of its BBO and feed-event counts)."""
@@ -61,9 +106,12 @@ class Retention:
     async def step(self) -> bool:
         """One pruning step; True when there may be more to delete right away."""
         cutoff = self._clock() - self._retain_ns
+        rows = self.batch_rows
         try:
-            deleted = await self._flusher.between_flushes(
-                lambda: self._backend.prune(cutoff, self._batch_rows)
+            deleted, took = await self._flusher.between_flushes(
+                lambda: self._timed_prune(cutoff, rows),
+                room=self._budget_ns / 1e9,
+                exclusive=self._backend.prune_blocks_writes,
             )
         except Exception:  # the task boundary: storage trouble must not stop the server
             self.failures += 1
@@ -72,4 +120,34 @@ class Retention:
             return False
         self.steps += 1
         self.deleted += deleted
-        return deleted >= self._batch_rows
+        self.batch_rows = next_batch_rows(
+            rows, deleted, took, self._budget_ns, self._min_rows, self._max_rows
+        )
+        if self._on_step is not None:
+            self._on_step(took, deleted)
+        return deleted >= rows
+
+    async def _timed_prune(self, cutoff: int, rows: int) -> tuple[int, int]:
+        started = self._timer()
+        deleted = await self._backend.prune(cutoff, rows)
+        return deleted, self._timer() - started
+
+
+def next_batch_rows(
+    rows: int, deleted: int, took_ns: int, budget_ns: int, lowest: int, highest: int
+) -> int:
+    """The size of the step after one asked for ``rows`` that deleted ``deleted`` in
+    ``took_ns``, aimed at half of ``budget_ns`` and kept within ``[lowest, highest]``.
+
+    Over the aim it shrinks in proportion (at most 4 times per step: one slow step is
+    often a stall, not the size); under it, after a full step, it grows in proportion (at
+    most 2 times per step); a step that found fewer rows than asked says nothing about a
+    larger one, so the size stays."""
+    aim = budget_ns // 2
+    if took_ns > aim:
+        wanted = max(rows * aim // took_ns, rows // 4)
+    elif deleted >= rows:
+        wanted = min(rows * aim // max(took_ns, 1), rows * 2)
+    else:
+        wanted = rows
+    return max(lowest, min(highest, wanted))

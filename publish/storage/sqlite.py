@@ -290,6 +290,10 @@ class SqliteBackend:
             if left is not None:
                 left -= len(page)
 
+    @property
+    def prune_blocks_writes(self) -> bool:
+        return True  # the writer thread runs it
+
     async def prune(self, before_ns: int, max_rows: int) -> int:
         """See ``PrunableBackend``; the larger of the two counts deleted."""
         return await self._call(partial(self._prune_sync, before_ns, max_rows))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +21,7 @@ from app.settings import Settings, SimulatorSettings
 from publish.history import parse_time
 from publish.wire import TimeFormat, format_timestamp
 from tests.postgres import PG_DSN, fresh_schema
-from tests.waiting import eventually
+from tests.waiting import eventually, eventually_async
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -98,16 +98,6 @@ async def test_what_a_subscriber_saw_is_what_history_returns(server: RunningServ
     iso = datetime.fromtimestamp(seen[0].ts_recv // 1000 / 1e6, UTC).isoformat()
     from_iso = await read_history(server, start=iso, end=window["end"])
     assert [unsent(m) for m in from_iso[-len(stored) :]] == [unsent(m) for m in stored]
-
-
-async def eventually_async(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` if it never does."""
-    try:
-        async with asyncio.timeout(20):
-            while not await condition():  # noqa: ASYNC110 (polling storage)
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"never happened: {what}") from None
 
 
 async def test_history_over_http_streams_ndjson_and_names_bad_requests(
