@@ -551,10 +551,11 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
         result.how += (
             f" Pruning on: before each step {options.prune_rows:,} BBO rows older than the "
             f"retention ({RETAIN_HOURS:g} h) are stored, and Retention deletes them during the "
-            "step, as the server does: a step starts only with no write in flight and the "
-            "next flush due at least its budget later (1 ms on SQLite, whose writer thread "
-            "it holds; half a window on PostgreSQL, where it runs beside the writes on a "
-            "connection of its own), and its size adapts to keep it near half that budget. "
+            "step, as the server does: a step starts only with no write in flight (on "
+            "SQLite, whose writer thread it holds, also only with the next flush due 1 ms "
+            "later or more; PostgreSQL runs it beside the writes on a connection of its "
+            "own), and its size adapts to keep it near half its budget (1 ms on SQLite, "
+            "half a window on PostgreSQL). "
             "Flush times are those with pruning running. Prune step = how long one step "
             "took (ms, p50 / p99 / max)."
         )

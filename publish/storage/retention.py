@@ -7,19 +7,20 @@ one short transaction, and is built so that it cannot delay a flush:
 - it starts only in a gap (``StorageFlusher.between_flushes``): no write in flight, and
   the next write due ``budget_ms`` later at least (or no row waiting, which puts the next
   write a whole window away);
-- its size adapts to its measured duration so that a step takes about half the budget
-  (``next_batch_rows``): a slow step shrinks the next one at once, fast full steps grow
-  it. So a step on SQLite, which holds the one writer thread, ends long before a write
-  that fell due meanwhile needs the thread;
+- its size adapts to its measured duration so that a step takes between half the budget
+  and the budget (``next_batch_rows``): a step over the budget shrinks the next one at
+  once, fast full steps grow it. So a step on SQLite, which holds the one writer thread,
+  ends before a write that fell due meanwhile needs the thread;
 - steps are separate calls: after each, the gap is checked again, so a write that fell
   due during a step goes before the next step, never behind a run of them.
 
 On PostgreSQL a step runs on a connection of its own (``prune_blocks_writes`` is false):
-writes go on beside it and never wait for it at all; it still starts only in gaps, which
-paces it.
+writes go on beside it and never wait for it at all. It still starts only while no write
+is in flight (whenever the next one is due), which paces it, and its budget (half a
+window) only sizes it.
 
-Steps follow each other while there is old data (a backlog after a long stop drains one
-step per gap between batches, back to back while the server is idle) and pause
+Steps follow each other while there is old data (a backlog after a long stop drains step
+by step in the gaps between batches, back to back while the server is idle) and pause
 ``idle_seconds`` once it is gone. A failed step (the database is down) is logged once and
 retried after the pause; it never stops the server.
 """
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 HOUR_NS = 3_600 * 10**9
 BUDGET_MS = 1.0
 """How long a step that holds up writes (SQLite) may take: it starts only when the next
-flush is due at least this much later, and its size is tuned for steps of about half of
-it. A step beside the writes (PostgreSQL) gets half a flush window."""
+flush is due at least this much later, and its size is tuned for steps of between half of
+it and all of it. A step beside the writes (PostgreSQL) gets half a flush window."""
 FIRST_BATCH_ROWS = 100
 MIN_BATCH_ROWS = 10
 MAX_BATCH_ROWS = 10_000
@@ -107,11 +108,12 @@ class Retention:
         """One pruning step; True when there may be more to delete right away."""
         cutoff = self._clock() - self._retain_ns
         rows = self.batch_rows
+        blocks = self._backend.prune_blocks_writes
         try:
             deleted, took = await self._flusher.between_flushes(
                 lambda: self._timed_prune(cutoff, rows),
-                room=self._budget_ns / 1e9,
-                exclusive=self._backend.prune_blocks_writes,
+                room=self._budget_ns / 1e9 if blocks else 0.0,
+                exclusive=blocks,
             )
         except Exception:  # the task boundary: storage trouble must not stop the server
             self.failures += 1
@@ -137,17 +139,20 @@ def next_batch_rows(
     rows: int, deleted: int, took_ns: int, budget_ns: int, lowest: int, highest: int
 ) -> int:
     """The size of the step after one asked for ``rows`` that deleted ``deleted`` in
-    ``took_ns``, aimed at half of ``budget_ns`` and kept within ``[lowest, highest]``.
+    ``took_ns``, kept within ``[lowest, highest]``: steps are aimed between half the
+    budget and the budget.
 
-    Over the aim it shrinks in proportion (at most 4 times per step: one slow step is
-    often a stall, not the size); under it, after a full step, it grows in proportion (at
-    most 2 times per step); a step that found fewer rows than asked says nothing about a
-    larger one, so the size stays."""
+    Over the budget it shrinks in proportion, to take half the budget (at most 4 times
+    per step: one slow step is often a stall, not the size). Under half the budget, after
+    a full step, it grows in proportion, by a quarter at least (a step's fixed cost, the
+    transaction and the hand-over to the writer, does not grow with it) and twice at
+    most. In between, or after a step that found fewer rows than asked (which says
+    nothing about a larger one), the size stays."""
     aim = budget_ns // 2
-    if took_ns > aim:
+    if took_ns > budget_ns:
         wanted = max(rows * aim // took_ns, rows // 4)
-    elif deleted >= rows:
-        wanted = min(rows * aim // max(took_ns, 1), rows * 2)
+    elif took_ns < aim and deleted >= rows:
+        wanted = min(max(rows * aim // max(took_ns, 1), rows * 5 // 4), rows * 2)
     else:
         wanted = rows
     return max(lowest, min(highest, wanted))

@@ -232,9 +232,7 @@ async def test_the_step_size_follows_the_measured_durations(tmp_path: Path) -> N
         await backend.write_batch(Batch(bbo=[bbo(seq) for seq in range(3_000)]))
         flusher = StorageFlusher(backend)
         micros = 1_000
-        timer = SteppedTimer(
-            [100 * micros, 250 * micros, 2_000 * micros, 5_000 * micros, 500 * micros]
-        )
+        timer = SteppedTimer([micros * took for took in (100, 250, 2_000, 5_000, 500, 800, 300)])
         retention = Retention(
             flusher,
             backend,
@@ -247,11 +245,12 @@ async def test_the_step_size_follows_the_measured_durations(tmp_path: Path) -> N
             timer=timer,
         )
         sizes = [retention.batch_rows]
-        for _ in range(5):
+        for _ in range(7):
             assert await retention.step()  # each one full: 3,000 old rows
             sizes.append(retention.batch_rows)
-        # Aim: half the 1 ms budget. Fast: x2 at most; slow: in proportion, /4 at most.
-        assert sizes == [100, 200, 400, 100, 25, 25]
+        # Budget 1 ms: under half of it, grow (x2 at most); over it, shrink to take half
+        # of it (/4 at most); in between, stay.
+        assert sizes == [100, 200, 400, 100, 25, 25, 25, 41]
         assert retention.deleted == sum(sizes[:-1])
         assert query(tmp_path / "m.db", "SELECT count(*) FROM bbo") == [(3_000 - sum(sizes[:-1]),)]
     finally:
@@ -261,12 +260,14 @@ async def test_the_step_size_follows_the_measured_durations(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("rows", "deleted", "took_us", "expected"),
     [
-        (100, 100, 250, 200),  # half the aim, full: twice as many
+        (100, 100, 250, 200),  # half the aim (half the budget), full: twice as many
         (100, 100, 400, 125),  # a little under the aim: in proportion
-        (100, 100, 500, 100),  # on the aim
+        (10, 10, 450, 12),  # a step that is mostly fixed cost: a quarter more at least
+        (100, 100, 500, 100),  # between the aim and the budget: as it is
+        (100, 100, 1_000, 100),  # on the budget
         (100, 40, 100, 100),  # fewer old rows than asked: nothing learnt
-        (100, 100, 1_000, 50),  # twice the aim: half
-        (100, 3, 1_000, 50),  # slow, even though it found few rows
+        (100, 100, 1_250, 40),  # over the budget: in proportion, to the aim
+        (100, 3, 2_000, 25),  # slow, even though it found few rows
         (100, 100, 50_000, 25),  # a stall: a quarter at most
         (16, 16, 5_000, 10),  # never below the lowest
         (900, 900, 1, 1_000),  # never above the highest
