@@ -38,8 +38,8 @@ Three connections, each used by one operation at a time: the flusher's writes, p
 id lookups, and maintenance (pruning, the archive). Any failure of an operation, a
 timeout included, closes its connection rather than trying to roll back over a link that
 may be dead; the server aborts the open transaction, and the next operation connects
-again. So an outage costs
-the flusher failed writes (which it retries) and never a half-written batch.
+again. So an outage costs the flusher failed writes (which it retries) and never a
+half-written batch.
 """
 
 from __future__ import annotations
