@@ -10,7 +10,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from bench import cluster, compression, connections, fanout, ingest, orders, profit, storage
+from bench import (
+    cluster,
+    compression,
+    connections,
+    fanout,
+    ingest,
+    ingestbus,
+    orders,
+    profit,
+    storage,
+)
 from bench.report import Machine, Progress, ScenarioResult
 
 
@@ -43,9 +53,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="trials of every ramp step per contender, interleaved; the median decides "
         "(fanout, orders; default 3)",
     )
-    group = parser.add_argument_group("ingest")
+    group = parser.add_argument_group("ingest, ingestbus")
     group.add_argument("--frames", type=int, help="frames of each recording (default: all)")
     group.add_argument("--repeat", type=int, help="runs per contender, best counts")
+    group.add_argument(
+        "--chunks",
+        type=_counts,
+        help="ingestbus: frames fed per event-loop turn, comma-separated (1,100)",
+    )
     group.add_argument("--no-peer", action="store_true", help="skip the cryptofeed run")
     group = parser.add_argument_group("fanout")
     group.add_argument(
@@ -96,6 +111,17 @@ def _ingest(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
         peer=not args.no_peer,
     )
     return ingest.run(options, progress)
+
+
+def _ingestbus(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
+    base = ingestbus.IngestBusOptions.quick() if args.quick else ingestbus.IngestBusOptions.full()
+    options = replace(
+        base,
+        frames=args.frames if args.frames is not None else base.frames,
+        repeat=args.repeat or base.repeat,
+        chunks=args.chunks or base.chunks,
+    )
+    return ingestbus.run(options, progress)
 
 
 def _fanout(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
@@ -187,6 +213,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, Progress], ScenarioResult]] = {
     "connections": _connections,
     "orders": _orders,
     "cluster": _cluster,
+    "ingestbus": _ingestbus,
     "compression": _compression,
 }
 SCENARIOS = tuple(RUNNERS)

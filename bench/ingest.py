@@ -46,6 +46,7 @@ from sortedcontainers import SortedDict
 from bench.report import Progress, ScenarioResult, Table, Target, number, ratio
 from book.fixed import FixedMemo, from_decimal
 from book.incidents import FeedIncident
+from book.sink import FeedSink
 from book.snapshot import BookSnapshot
 from book.status import InstrumentStatus
 from feeds.binance.adapter import BinanceAdapter
@@ -220,22 +221,36 @@ class _TopReader:
         pass
 
 
+class FramePath:
+    """marketcast's per-frame path for one recording: ``FeedSession.receive`` of each
+    frame (the recorded REST snapshot through ``receive_event``, as the runner hands it
+    over) into ``sink``; the ``bench.ingestbus`` harness feeds it in chunks."""
+
+    def __init__(self, futures: bool, sink: FeedSink) -> None:
+        instrument = "BTC-USDT-PERP" if futures else "BTC-USDT"
+        symbols = SymbolMap("binance-usdm" if futures else "binance", {instrument: "BTCUSDT"})
+        self.adapter = BinanceAdapter(symbols, futures=futures)
+        (self.instrument,) = symbols.instruments()
+        self.session = FeedSession(self.adapter, [self.instrument], sink=sink)
+
+    def feed(self, frames: Sequence[Frame]) -> None:
+        session, adapter, name = self.session, self.adapter, self.instrument
+        receive = session.receive
+        for frame in frames:
+            if frame.snapshot:
+                actions = session.receive_event(adapter.parse_snapshot(name, frame.data), frame.ts)
+            else:
+                actions = receive(frame.data, frame.ts)
+            for action in actions:
+                if isinstance(action, RequestSnapshot) and action.problem is not None:
+                    raise RuntimeError(
+                        f"marketcast found a problem in the recording: {action.problem}"
+                    )
+
+
 def marketcast_path(frames: Sequence[Frame], futures: bool) -> Top:
-    instrument = "BTC-USDT-PERP" if futures else "BTC-USDT"
-    symbols = SymbolMap("binance-usdm" if futures else "binance", {instrument: "BTCUSDT"})
-    adapter = BinanceAdapter(symbols, futures=futures)
-    (name,) = symbols.instruments()
     reader = _TopReader()
-    session = FeedSession(adapter, [name], sink=reader)
-    receive = session.receive
-    for frame in frames:
-        if frame.snapshot:
-            actions = session.receive_event(adapter.parse_snapshot(name, frame.data), frame.ts)
-        else:
-            actions = receive(frame.data, frame.ts)
-        for action in actions:
-            if isinstance(action, RequestSnapshot) and action.problem is not None:
-                raise RuntimeError(f"marketcast found a problem in the recording: {action.problem}")
+    FramePath(futures, reader).feed(frames)
     return reader.top
 
 

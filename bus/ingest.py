@@ -97,6 +97,7 @@ class BusPublisher:
         self._pending_statuses: dict[str, InstrumentStatus] = {}
         self._bus_seq: dict[str, int] = {}
         self._heartbeat_due = True
+        self._flushing = False
         self._wake = asyncio.Event()
         link.on_connect(self._subscribe)
         link.on_close(self._say_bye)
@@ -135,6 +136,12 @@ class BusPublisher:
     def incident(self, incident: FeedIncident) -> None:
         self.local.incident(incident)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing pending and no publish tick in progress: everything the feeds handed
+        over is with nats-py (sent, or buffered in its client)."""
+        return not (self._flushing or self._pending_books or self._pending_statuses)
+
     # -- the task -----------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -146,7 +153,11 @@ class BusPublisher:
                 await self._wake.wait()
                 self._wake.clear()
                 client = await self.link.wait_connected()
-                await self._flush(client)
+                self._flushing = True
+                try:
+                    await self._flush(client)
+                finally:
+                    self._flushing = False
                 raise_swallowed_cancellation()
 
     async def _heartbeats(self) -> None:
