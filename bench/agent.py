@@ -17,8 +17,9 @@ import resource
 import traceback
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Self, TypeVar
 
+T = TypeVar("T")
 Command = tuple[Any, ...]
 Handler = Callable[[Command], Awaitable[Command]]
 
@@ -67,6 +68,42 @@ class Agent:
 
     def __exit__(self, *_: object) -> None:
         self.exit()
+
+
+class HelperProcess:
+    """Base of the parent's handles on one helper process each: spawns it running
+    ``main``, sends ``start`` as its first command when given (``self.started`` is the
+    reply; a failed start leaves no process behind), and makes it exit when the handle
+    is left as a context manager or ``exit()`` is called."""
+
+    def __init__(self, main: Callable[[Connection], None], *start: Any) -> None:
+        self._agent = Agent(main)
+        self.started: Command = ()
+        if start:
+            try:
+                self.started = self._agent.ask(*start)
+            except BaseException:
+                self._agent.exit()
+                raise
+
+    def exit(self) -> None:
+        self._agent.exit()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.exit()
+
+
+async def started(ready: asyncio.Future[T], task: asyncio.Task[None]) -> T:
+    """The value a server hands to its ``on_ready`` (``ready``'s result), or what made
+    ``task``, which runs it, stop before it was ready."""
+    await asyncio.wait((ready, task), return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        task.result()  # raises what stopped it
+        raise RuntimeError("the server stopped before it was ready")
+    return ready.result()
 
 
 def raise_open_files_limit() -> int:

@@ -1,12 +1,18 @@
 """The nodes of a cluster run, each in a fresh process of its own: an ingest that
-publishes the bench's synthetic BBO changes through the bus, and edges that serve them.
+publishes the bench's synthetic BBO changes through the bus, edges that serve them, and
+positions shards that edges route position ops to.
 
 - ingest: ``app.runtime.serve`` with ``[node].role = "ingest"`` (as ``marketcast run
   --role ingest`` wires it: storage, the bus publisher, its HTTP routes), no venues;
   the bench's ``Publisher`` writes the changes into the node's feed sink (the bus
   publisher, which also keeps the local registry), as a feed would.
 - edge: ``app.roles.serve_edge`` (``marketcast run --role edge``): the bus in, the same
-  subscription server out.
+  subscription server out; position ops go to the owning shard.
+- positions: ``app.positions_role.serve_shard`` (``marketcast run --role positions``):
+  shard 0 of ``[bus].shards``, its storage, position book and profit engine.
+
+An edge or a shard is ready once every one of the spec's instruments reached it over
+the bus (from the ingest, which adds them as live), so position ops on them validate.
 
 Each process answers ``window`` / ``measure`` with its own CPU time, so a report can
 give the CPU of an edge per delivered message.
@@ -19,13 +25,13 @@ import contextlib
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import orjson
 
+from app.positions_role import RunningShard, serve_shard
 from app.roles import EdgeServer, serve_edge
 from app.runtime import RunningServer
 from app.runtime import serve as run_server
@@ -37,8 +43,9 @@ from app.settings import (
     Settings,
     StorageSettings,
 )
-from bench.agent import Agent, Command, serve_commands
+from bench.agent import Command, HelperProcess, serve_commands, started
 from bench.servers import PERIOD, BboSource, Publisher, instrument_names
+from book.registry import BookRegistry
 from book.sink import FeedSink
 from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
@@ -48,12 +55,14 @@ from publish.client import ServerLimits
 @dataclass(frozen=True, slots=True)
 class NodeSpec:
     role: str
-    """``ingest`` or ``edge``."""
+    """``ingest``, ``edge`` or ``positions``."""
     bus_url: str
     prefix: str
     """Subject prefix shared by the ingest and its edges (one cluster per prefix)."""
     instruments: int = 100
     max_connections: int = 20_000
+    settings: Settings | None = None
+    """The node's settings but ``[node]`` and ``[bus]`` (default: ``node_settings``)."""
 
 
 class SinkServer:
@@ -70,7 +79,9 @@ class SinkServer:
 
 
 def node_settings(spec: NodeSpec, directory: Path) -> Settings:
-    return Settings(
+    """``spec.settings`` (default: a bench server with SQLite in ``directory``) placed on
+    the spec's bus in the spec's role."""
+    settings = spec.settings or Settings(
         server=ServerSettings(
             host="127.0.0.1",
             port=0,
@@ -78,6 +89,9 @@ def node_settings(spec: NodeSpec, directory: Path) -> Settings:
         ),
         storage=StorageSettings(backend="sqlite", path=str(directory / "ingest.db")),
         auth=AuthSettings(secret=os.urandom(16).hex()),
+    )
+    return replace(
+        settings,
         node=NodeSettings(role=spec.role),
         bus=BusSettings(url=spec.bus_url, prefix=spec.prefix),
     )
@@ -139,18 +153,24 @@ class _NodeSide:
     async def _start(self, spec: NodeSpec) -> str:
         settings = node_settings(spec, Path(self._directory.name))
         loop = asyncio.get_running_loop()
+        names = instrument_names(spec.instruments)
         if spec.role == "edge":
             edge_ready: asyncio.Future[EdgeServer] = loop.create_future()
             self._task = loop.create_task(serve_edge(settings, on_ready=edge_ready.set_result))
-            await _ready(edge_ready, self._task)
-            return edge_ready.result().url
+            edge = await started(edge_ready, self._task)
+            await _known(edge.registry, names)
+            return edge.url
+        if spec.role == "positions":
+            shard_ready: asyncio.Future[RunningShard] = loop.create_future()
+            self._task = loop.create_task(serve_shard(settings, on_ready=shard_ready.set_result))
+            shard = await started(shard_ready, self._task)
+            await _known(shard.registry, names)
+            return ""
         ingest_ready: asyncio.Future[RunningServer] = loop.create_future()
         self._task = loop.create_task(run_server(settings, on_ready=ingest_ready.set_result))
-        await _ready(ingest_ready, self._task)
-        running = ingest_ready.result()
+        running = await started(ingest_ready, self._task)
         assert running.bus is not None
         sink: FeedSink = running.bus.publisher
-        names = instrument_names(spec.instruments)
         now = time.time_ns()
         for name in names:
             sink.add_instrument(name, now)
@@ -160,28 +180,31 @@ class _NodeSide:
         return running.url
 
 
-async def _ready(ready: asyncio.Future[Any], task: asyncio.Task[None]) -> None:
-    await asyncio.wait((ready, task), return_when=asyncio.FIRST_COMPLETED)
-    if not ready.done():
-        task.result()  # raises what stopped it
-        raise RuntimeError("the node stopped before it was ready")
+KNOWN_TIMEOUT = 30.0
+"""Longest wait for a node to learn the instruments from the bus."""
+
+
+async def _known(registry: BookRegistry, names: list[str]) -> None:
+    """Until every one of ``names`` has a state in ``registry`` (from the bus)."""
+    for _ in range(int(KNOWN_TIMEOUT / 0.02)):
+        if all(registry.status(name) is not None for name in names):
+            return
+        await asyncio.sleep(0.02)
+    missing = [name for name in names if registry.status(name) is None]
+    raise RuntimeError(f"{len(missing)} instruments never reached the node: {missing[:3]}")
 
 
 def _node_main(pipe: Connection) -> None:
     serve_commands(pipe, _NodeSide().handle)
 
 
-class NodeProcess:
+class NodeProcess(HelperProcess):
     """A fresh process running one cluster node (blocking calls)."""
 
     def __init__(self, spec: NodeSpec) -> None:
         self.spec = spec
-        self._agent = Agent(_node_main)
-        try:
-            self.url: str = self._agent.ask("start", spec)[1]
-        except BaseException:
-            self._agent.exit()
-            raise
+        super().__init__(_node_main, "start", spec)
+        self.url: str = self.started[1]
 
     @property
     def subscribe_all(self) -> bytes:
@@ -202,12 +225,3 @@ class NodeProcess:
         """Seconds, CPU seconds and changes published since ``window``."""
         _, seconds, cpu, offered = self._agent.ask("measure")
         return float(seconds), float(cpu), int(offered)
-
-    def exit(self) -> None:
-        self._agent.exit()
-
-    def __enter__(self) -> NodeProcess:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.exit()

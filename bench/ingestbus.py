@@ -35,7 +35,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from multiprocessing.connection import Connection
 
-from bench.agent import Agent, Command, serve_commands
+import nats
+from nats.aio.client import Client
+
+from bench.agent import Command, HelperProcess, serve_commands
 from bench.ingest import RECORDINGS, FramePath, Top, View, load_views
 from bench.report import Progress, ScenarioResult, Table, Target, number, ratio
 from book.registry import BookRegistry
@@ -88,7 +91,7 @@ class BusRun:
 
 class _ListenerSide:
     def __init__(self) -> None:
-        self._client: object | None = None
+        self._client: Client | None = None
         self.received = 0
         self._wanted = 0
         self._reached = asyncio.Event()
@@ -101,8 +104,6 @@ class _ListenerSide:
     async def handle(self, command: Command) -> Command:
         match command:
             case ("start", str(url), tuple(subjects)):
-                import nats
-
                 client = await nats.connect(url, name="bench-ingestbus-listener")
                 self._client = client
                 for subject in subjects:
@@ -123,7 +124,7 @@ class _ListenerSide:
                 client, self._client = self._client, None
                 if client is not None:
                     with contextlib.suppress(Exception):  # stopping anyway
-                        await client.close()  # type: ignore[attr-defined]
+                        await client.close()
                 return ("stopped",)
         raise ValueError(f"unknown command {command!r}")
 
@@ -132,23 +133,15 @@ def _listener_main(pipe: Connection) -> None:
     serve_commands(pipe, _ListenerSide().handle)
 
 
-class Listener:
+class Listener(HelperProcess):
     """A plain NATS subscriber in another process, counting what it receives."""
 
     def __init__(self, url: str, subjects: tuple[str, ...]) -> None:
-        self._agent = Agent(_listener_main)
-        try:
-            self._agent.ask("start", url, subjects)
-        except BaseException:
-            self._agent.exit()
-            raise
+        super().__init__(_listener_main, "start", url, subjects)
 
     def count(self, at_least: int, timeout: float = DELIVERY_TIMEOUT) -> int:
         """Messages received so far, once at least ``at_least`` (or ``timeout`` passed)."""
         return int(self._agent.ask("count", at_least, float(timeout))[1])
-
-    def exit(self) -> None:
-        self._agent.exit()
 
 
 # -- the harness ------------------------------------------------------------------------
@@ -257,12 +250,11 @@ def run(options: IngestBusOptions, progress: Progress) -> ScenarioResult:
     sizes = {(v.recording.name, v.name): len(v.frames) for v in _views(options)}
     with NatsServer() as nats:
         prefix = f"{PREFIX}{os.getpid()}"
-        listener = Listener(nats.url, (f"{prefix}.book.>", f"{prefix}.status.>"))
-        try:
-            with asyncio.Runner(loop_factory=loop_factory()) as runner:
-                best = runner.run(measure(options, nats.url, listener, progress))
-        finally:
-            listener.exit()
+        with (
+            Listener(nats.url, (f"{prefix}.book.>", f"{prefix}.status.>")) as listener,
+            asyncio.Runner(loop_factory=loop_factory()) as runner,
+        ):
+            best = runner.run(measure(options, nats.url, listener, progress))
     progress.done()
     return report(best, sizes, options)
 

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import orjson
 from hdrh.histogram import HdrHistogram
 
-from bench.agent import Agent, Command, serve_commands
+from bench.agent import Command, HelperProcess, serve_commands
 from bench.leanws import LeanWebsocket, open_connections
 from bench.report import latency_histogram
 
@@ -239,11 +239,11 @@ def _child_main(pipe: Connection) -> None:
     serve_commands(pipe, _Driver().handle)
 
 
-class OrderClientPool:
+class OrderClientPool(HelperProcess):
     """The parent's handle on the order-entry client process (blocking calls)."""
 
     def __init__(self) -> None:
-        self._agent = Agent(_child_main)
+        super().__init__(_child_main)
 
     def connect(self, spec: OrderPoolSpec) -> int:
         """Open one connection per ``spec.auth`` and authenticate each; returns how many."""
@@ -269,12 +269,3 @@ class OrderClientPool:
 
     def close_clients(self) -> None:
         self._agent.ask("close")
-
-    def exit(self) -> None:
-        self._agent.exit()
-
-    def __enter__(self) -> OrderClientPool:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.exit()

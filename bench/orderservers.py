@@ -35,7 +35,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from app.runtime import RunningServer
 from app.runtime import serve as run_server
 from app.settings import AuthSettings, PositionSettings, ServerSettings, Settings, StorageSettings
-from bench.agent import Agent, Command, serve_commands
+from bench.agent import Command, HelperProcess, serve_commands, started
 from book.fixed import parse_fixed
 from book.status import InstrumentState, InstrumentStatus
 from publish.client import ServerLimits
@@ -101,12 +101,7 @@ class _MarketcastOrders:
         self._task = asyncio.get_running_loop().create_task(
             run_server(settings, on_ready=ready.set_result)
         )
-        task = self._task
-        await asyncio.wait((ready, task), return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            task.result()  # raises what stopped it
-            raise RuntimeError("the marketcast server stopped before it was ready")
-        running = ready.result()
+        running = await started(ready, self._task)
         for name in self._spec.instruments:
             running.registry.add_instrument(name)
             running.registry.set_status(InstrumentStatus(name, InstrumentState.LIVE, "bench", 0))
@@ -202,17 +197,13 @@ def _server_main(pipe: Connection) -> None:
     serve_commands(pipe, _OrderServerSide().handle)
 
 
-class OrderServerProcess:
+class OrderServerProcess(HelperProcess):
     """A fresh process running one order server (blocking calls)."""
 
     def __init__(self, spec: OrderServerSpec) -> None:
         self.spec = spec
-        self._agent = Agent(_server_main)
-        try:
-            _, self.url = self._agent.ask("start", spec)
-        except BaseException:
-            self._agent.exit()
-            raise
+        super().__init__(_server_main, "start", spec)
+        _, self.url = self.started
 
     def window(self) -> None:
         """Start a CPU measurement window."""
@@ -221,12 +212,3 @@ class OrderServerProcess:
     def measure(self) -> float:
         """CPU seconds the server process used since ``window``."""
         return float(self._agent.ask("measure")[1])
-
-    def exit(self) -> None:
-        self._agent.exit()
-
-    def __enter__(self) -> OrderServerProcess:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.exit()

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from hdrh.histogram import HdrHistogram
 
-from bench.agent import Agent, Command, serve_commands
+from bench.agent import Command, HelperProcess, serve_commands
 from bench.report import latency_histogram
 from publish.storage.sqlite import SqliteBackend
 
@@ -309,17 +309,12 @@ def _floor_main(pipe: Connection) -> None:
     serve_commands(pipe, _FloorSide().handle)
 
 
-class StorageFloorProcess:
+class StorageFloorProcess(HelperProcess):
     """A process writing position rows in group commits (blocking calls)."""
 
     def __init__(self, spec: FloorSpec) -> None:
         self.spec = spec
-        self._agent = Agent(_floor_main)
-        try:
-            self._agent.ask("start", spec)
-        except BaseException:
-            self._agent.exit()
-            raise
+        super().__init__(_floor_main, "start", spec)
 
     def trial(self, rate: float, warmup: float, seconds: float) -> StorageTrial:
         _, elapsed, added, committed, encoded, cpu = self._agent.ask(
@@ -328,12 +323,3 @@ class StorageFloorProcess:
         latency = latency_histogram()
         latency.decode_and_add(encoded)
         return StorageTrial(elapsed, added, committed, latency, cpu)
-
-    def exit(self) -> None:
-        self._agent.exit()
-
-    def __enter__(self) -> StorageFloorProcess:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.exit()

@@ -31,7 +31,7 @@ from typing import Protocol
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 
-from bench.agent import Agent, Command, serve_commands
+from bench.agent import Command, HelperProcess, serve_commands
 from bench.report import rss_bytes
 from book.fixed import SCALE
 from book.registry import BookRegistry
@@ -437,17 +437,13 @@ def _server_main(pipe: Connection) -> None:
     serve_commands(pipe, _ServerSide().handle)
 
 
-class ServerProcess:
+class ServerProcess(HelperProcess):
     """A fresh process running one server under test (blocking calls)."""
 
     def __init__(self, spec: ServerSpec) -> None:
         self.spec = spec
-        self._agent = Agent(_server_main)
-        try:
-            _, self.url, self.subscribe_all, self.subscribe_one = self._agent.ask("start", spec)
-        except BaseException:
-            self._agent.exit()
-            raise
+        super().__init__(_server_main, "start", spec)
+        _, self.url, self.subscribe_all, self.subscribe_one = self.started
 
     @property
     def name(self) -> str:
@@ -482,12 +478,3 @@ class ServerProcess:
     def halt(self) -> None:
         """Stop publishing."""
         self._agent.ask("halt")
-
-    def exit(self) -> None:
-        self._agent.exit()
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.exit()

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import orjson
 from hdrh.histogram import HdrHistogram
 
-from bench.agent import Agent, Command, serve_commands
+from bench.agent import Command, HelperProcess, serve_commands
 from bench.leanws import LeanWebsocket, open_connections
 from bench.report import latency_histogram, rss_bytes
 
@@ -255,11 +255,11 @@ def _child_main(pipe: Connection) -> None:
     serve_commands(pipe, _Subscribers().handle)
 
 
-class SubscriberPool:
+class SubscriberPool(HelperProcess):
     """The parent's handle on the subscriber process (blocking calls)."""
 
     def __init__(self) -> None:
-        self._agent = Agent(_child_main)
+        super().__init__(_child_main)
 
     def connect(self, spec: PoolSpec) -> int:
         """Open ``spec.count`` clients and wait until all are subscribed; returns the
@@ -286,15 +286,6 @@ class SubscriberPool:
 
     def close_clients(self) -> None:
         self._agent.ask("close")
-
-    def exit(self) -> None:
-        self._agent.exit()
-
-    def __enter__(self) -> SubscriberPool:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.exit()
 
 
 def _decoded(encoded: bytes | str) -> HdrHistogram:
