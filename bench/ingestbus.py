@@ -121,10 +121,10 @@ class _ListenerSide:
                             await self._reached.wait()
                 return ("count", self.received)
             case ("exit",):
-                client, self._client = self._client, None
-                if client is not None:
+                if self._client is not None:
                     with contextlib.suppress(Exception):  # stopping anyway
-                        await client.close()
+                        await self._client.close()
+                    self._client = None
                 return ("stopped",)
         raise ValueError(f"unknown command {command!r}")
 

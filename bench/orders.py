@@ -9,8 +9,11 @@ judged by the median of its trials):
   run`` wires it (``bench.orderservers``), ``connections`` clients in another process
   (``bench.orderclients``), each authenticated as an account of its own, sending opens
   open-loop at the offered rate; an ack comes back once the position's group commit is
-  done. (Through an edge to a positions shard is the cluster's variant: a kind of
-  ``bench.orderservers.OrderServerKind`` and a contender here, once that role exists.)
+  done.
+- **edge -> positions shard on SQLite / on PostgreSQL**: the same clients against an
+  edge that routes each open over NATS to one positions shard, which acks after its
+  group commit (``bench.orderservers.ClusterOrderServer``: a nats-server of the
+  bench's own, an ingest, a shard and an edge, each in a process of its own).
 - **websocket request/reply floor**: the same clients and frames against a bare
   ``websockets`` server that answers each with an ack-shaped frame, no storage.
 - **bare storage floors**: the same position rows written in 5 ms group commits with
@@ -35,15 +38,22 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 from hdrh.histogram import HdrHistogram
 
 from bench.orderclients import OrderClientPool, OrderPoolSpec, OrderWindow
-from bench.orderservers import OrderServerKind, OrderServerProcess, OrderServerSpec
+from bench.orderservers import (
+    ClusterOrderServer,
+    OrderServer,
+    OrderServerKind,
+    OrderServerProcess,
+    OrderServerSpec,
+)
 from bench.positionfloor import FloorSpec, StorageFloorProcess, StorageTrial
 from bench.ramp import (
     Criteria,
@@ -59,6 +69,9 @@ from bench.report import Progress, ScenarioResult, Table, Target, number, ratio
 from bench.servers import instrument_names
 from bench.storage import DEFAULT_PG_DSN
 from publish.auth import TokenAuthority
+
+if TYPE_CHECKING:
+    from bus.natsserver import NatsServer
 
 SUSTAINED_SHARE = 0.95
 ACK_P99_MS = 10.0
@@ -83,6 +96,8 @@ class OrdersOptions:
     """Group commit window of the storage floors (marketcast's default)."""
     pg_dsn: str | None = DEFAULT_PG_DSN
     """``None``: SQLite only."""
+    cluster: bool = True
+    """Also through an edge to a positions shard (needs nats-server)."""
 
     @classmethod
     def quick(cls) -> OrdersOptions:
@@ -98,14 +113,28 @@ class OrdersOptions:
 class Contender(StrEnum):
     MARKETCAST_SQLITE = "marketcast on SQLite"
     MARKETCAST_POSTGRES = "marketcast on PostgreSQL"
+    EDGE_SQLITE = "edge -> positions shard on SQLite"
+    EDGE_POSTGRES = "edge -> positions shard on PostgreSQL"
     WEBSOCKET_FLOOR = "websocket request/reply, no storage"
     SQLITE_FLOOR = "bare SQLite executemany, group commit"
     POSTGRES_FLOOR = "bare PostgreSQL COPY, group commit"
 
 
+@dataclass(frozen=True, slots=True)
+class Backend:
+    marketcast: Contender
+    """The single process."""
+    edge: Contender
+    """Through an edge to a positions shard."""
+    floor: Contender
+    """The bare storage floor."""
+
+
 BACKENDS = {
-    "sqlite": (Contender.MARKETCAST_SQLITE, Contender.SQLITE_FLOOR),
-    "postgres": (Contender.MARKETCAST_POSTGRES, Contender.POSTGRES_FLOOR),
+    "sqlite": Backend(Contender.MARKETCAST_SQLITE, Contender.EDGE_SQLITE, Contender.SQLITE_FLOOR),
+    "postgres": Backend(
+        Contender.MARKETCAST_POSTGRES, Contender.EDGE_POSTGRES, Contender.POSTGRES_FLOOR
+    ),
 }
 
 
@@ -123,6 +152,8 @@ class OrderTrial:
     """Share of one core used by the server (or the storage floor's) process."""
     client_cpu: float
     """Share of one core used by the client process (``nan``: none)."""
+    shard_cpu: float = math.nan
+    """Share of one core used by the positions shard (``nan``: none, one process)."""
 
     @property
     def p99_ns(self) -> float:
@@ -135,7 +166,9 @@ class OrderTrial:
         return sum(self.errors.values()) + self.closed
 
     @classmethod
-    def from_clients(cls, window: OrderWindow, server_cpu_seconds: float) -> OrderTrial:
+    def from_clients(
+        cls, window: OrderWindow, server_cpu_seconds: float, shard_cpu_seconds: float = math.nan
+    ) -> OrderTrial:
         return cls(
             offered=window.sent / window.seconds,
             delivered=window.acked / window.seconds,
@@ -144,6 +177,7 @@ class OrderTrial:
             closed=window.closed,
             server_cpu=server_cpu_seconds / window.seconds,
             client_cpu=window.cpu_seconds / window.seconds,
+            shard_cpu=shard_cpu_seconds / window.seconds,
         )
 
     @classmethod
@@ -169,7 +203,7 @@ class OrdersRun:
 
 
 def _websocket_trial(
-    server: OrderServerProcess, pool: OrderClientPool, options: OrdersOptions, rate: float
+    server: OrderServer, pool: OrderClientPool, options: OrdersOptions, rate: float
 ) -> OrderTrial:
     pool.drive(rate)
     try:
@@ -179,10 +213,11 @@ def _websocket_trial(
         time.sleep(options.seconds)
         window = pool.measure()
         cpu = server.measure()
+        shard_cpu = server.measure_shard()
     finally:
         pool.halt()
     time.sleep(DRAIN_SECONDS)
-    return OrderTrial.from_clients(window, cpu)
+    return OrderTrial.from_clients(window, cpu, shard_cpu)
 
 
 def _storage_trial(floor: StorageFloorProcess, options: OrdersOptions, rate: float) -> OrderTrial:
@@ -218,6 +253,18 @@ async def _drop_schemas(dsn: str, schemas: list[str]) -> None:
         await conn.close()
 
 
+def _start_bus(stack: contextlib.ExitStack, notes: list[str]) -> NatsServer | None:
+    """A nats-server of the run's own for the cluster contenders (``None``: none, noted)."""
+    from bus.exceptions import NatsServerError
+    from bus.natsserver import NatsServer
+
+    try:
+        return stack.enter_context(NatsServer())
+    except NatsServerError as exc:
+        notes.append(f"edge -> positions shard skipped: {exc}")
+        return None
+
+
 def measure_all(options: OrdersOptions, progress: Progress) -> OrdersRun:
     secret = os.urandom(24).hex()
     tokens = TokenAuthority(secret.encode())
@@ -242,9 +289,21 @@ def measure_all(options: OrdersOptions, progress: Progress) -> OrdersRun:
         with contextlib.ExitStack() as stack:
             directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
 
-            def websocket(contender: Contender, spec: OrderServerSpec) -> None:
+            bus = _start_bus(stack, notes) if options.cluster else None
+
+            def websocket(
+                contender: Contender, spec: OrderServerSpec, cluster: bool = False
+            ) -> None:
                 progress.step(f"{contender}: starting, {options.connections:,} connections")
-                server = stack.enter_context(OrderServerProcess(spec))
+                server: OrderServer
+                if cluster:
+                    assert bus is not None
+                    prefix = f"benchorders{os.getpid()}{spec.backend}"
+                    server = stack.enter_context(
+                        ClusterOrderServer(spec, bus.url, prefix, directory)
+                    )
+                else:
+                    server = stack.enter_context(OrderServerProcess(spec))
                 pool = stack.enter_context(OrderClientPool())
                 pool.connect(OrderPoolSpec(server.url, auth, instruments))
                 trials[contender] = lambda rate: _websocket_trial(server, pool, options, rate)
@@ -255,25 +314,26 @@ def measure_all(options: OrdersOptions, progress: Progress) -> OrdersRun:
                 trials[contender] = lambda rate: _storage_trial(floor, options, rate)
 
             for backend in backends:
-                marketcast, floor = BACKENDS[backend]
+                contenders = BACKENDS[backend]
                 schema = f"marketcast_bench_orders_{os.getpid()}_{backend}"
                 floor_schema = f"{schema}_floor"
+                edge_schema = f"{schema}_edge"
                 if backend == "postgres":
-                    schemas += [schema, floor_schema]
-                websocket(
-                    marketcast,
-                    OrderServerSpec(
-                        OrderServerKind.MARKETCAST,
-                        backend=backend,
-                        instruments=instruments,
-                        connections=options.connections,
-                        secret=secret,
-                        pg_dsn=dsn or "",
-                        pg_schema=schema,
-                    ),
+                    schemas += [schema, floor_schema, edge_schema]
+                spec = OrderServerSpec(
+                    OrderServerKind.MARKETCAST,
+                    backend=backend,
+                    instruments=instruments,
+                    connections=options.connections,
+                    secret=secret,
+                    pg_dsn=dsn or "",
+                    pg_schema=schema,
                 )
+                websocket(contenders.marketcast, spec)
+                if bus is not None:
+                    websocket(contenders.edge, replace(spec, pg_schema=edge_schema), cluster=True)
                 storage(
-                    floor,
+                    contenders.floor,
                     FloorSpec(
                         backend,
                         options.connections,
@@ -338,8 +398,11 @@ def limit_reason(step: RepeatedStep[OrderTrial]) -> str:
     if step.offered < CRITERIA.share * step.rate:
         driver = server if math.isnan(client) else client
         return f"the driver could not offer the rate (its process at {driver:.0%} of a core)"
+    shard = median([trial.shard_cpu for trial in step.trials])
     if server >= BUSY_SHARE:
         return f"the server process is CPU-bound ({server:.0%} of a core)"
+    if shard >= BUSY_SHARE:
+        return f"the positions shard process is CPU-bound ({shard:.0%} of a core)"
     if client >= BUSY_SHARE:
         return f"the client process is CPU-bound ({client:.0%} of a core)"
     return (
@@ -347,6 +410,19 @@ def limit_reason(step: RepeatedStep[OrderTrial]) -> str:
         f"server process at {server:.0%} of a core: it waits (storage, lookups) rather than "
         "computes"
     )
+
+
+def _ack_figures(result: ScenarioResult, key: str, best: RepeatedStep[OrderTrial] | None) -> None:
+    """The ack latency percentiles (medians over the trials) at the highest sustained step."""
+    if best is None:
+        return
+    for name, percentile in (("p50", 50), ("p99", 99), ("p999", 99.9)):
+        values = [
+            float(t.latency.get_value_at_percentile(percentile)) / 1e6
+            for t in best.trials
+            if t.latency.get_total_count()
+        ]
+        result.figures[f"{key}_ack_{name}_ms"] = median(values)
 
 
 def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
@@ -359,7 +435,10 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
             "instruments, a new id each) open-loop at the offered rate, round-robin; ack "
             "latency = ack arrival - request written. marketcast = the single process as "
             "`marketcast run` wires it (storage flusher with 5 ms group commits, position "
-            "book, profit engine, token auth), SQLite file or PostgreSQL schema. Floors in "
+            "book, profit engine, token auth), SQLite file or PostgreSQL schema. edge -> "
+            "positions shard = the same clients against an edge (`run --role edge`) routing "
+            "each open over NATS to one positions shard (`run --role positions`, same "
+            "storage), acked after the shard's commit. Floors in "
             "the same run: the same clients and frames against a bare websockets server "
             "answering an ack-shaped frame (no storage), and the same rows written bare in "
             f"{options.window_ms:g} ms group commits (SQLite executemany / PostgreSQL COPY, "
@@ -369,7 +448,8 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
             f"sustained = >= {SUSTAINED_SHARE:.0%} of the rate offered and of what was sent "
             f"acked, p99 ack <= {ACK_P99_MS:g} ms, nothing refused. Latencies in ms as p50 / "
             "p99 / p99.9 (medians over the trials). CPU = share of one core of the server's "
-            "process (PostgreSQL's own processes are not counted) and of the clients'."
+            "process (an edge's), of the positions shard's (PostgreSQL's own processes are "
+            "not counted) and of the clients'."
         ),
         notes=list(measured.notes),
     )
@@ -390,6 +470,7 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
                     p99_range(step),
                     number(step.failures),
                     _share(median([trial.server_cpu for trial in step.trials])),
+                    _share(median([trial.shard_cpu for trial in step.trials])),
                     _share(median([trial.client_cpu for trial in step.trials])),
                     f"{'yes' if step.sustained(CRITERIA) else 'no'} "
                     f"({step.trials_sustained(CRITERIA)} of {len(step.trials)})",
@@ -408,6 +489,7 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
                 "p99 range ms",
                 "refused",
                 "server CPU",
+                "shard CPU",
                 "client CPU",
                 "sustained (trials alone)",
             ),
@@ -418,12 +500,15 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
     websocket_steps = steps.get(Contender.WEBSOCKET_FLOOR, [])
     websocket_best = highest_sustained(websocket_steps, CRITERIA)
     headline: list[tuple[str, ...]] = []
-    for backend, (marketcast, storage) in BACKENDS.items():
+    for backend, contenders in BACKENDS.items():
+        marketcast, edge, storage = contenders.marketcast, contenders.edge, contenders.floor
         if marketcast not in steps:
             continue
         best = highest_sustained(steps[marketcast], CRITERIA)
+        edge_best = highest_sustained(steps.get(edge, []), CRITERIA)
         storage_best = highest_sustained(steps.get(storage, []), CRITERIA)
         ours = best.rate if best else 0.0
+        through_edge = edge_best.rate if edge_best else 0.0
         floors = [step.rate if step else 0.0 for step in (websocket_best, storage_best)]
         binding = min(floors)
         headline.append(
@@ -431,22 +516,21 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
                 backend,
                 _sustained_text(steps[marketcast], options),
                 latencies(best, _latency) if best else "-",
+                _sustained_text(steps[edge], options) if edge in steps else "-",
+                latencies(edge_best, _latency) if edge_best else "-",
                 _sustained_text(websocket_steps, options),
                 _sustained_text(steps.get(storage, []), options),
                 ratio(ours, binding) if binding else "-",
+                ratio(through_edge, binding) if binding and edge in steps else "-",
                 f">= {number(ACKS_TARGET[backend])}/s, p99 <= {ACK_P99_MS:g} ms; "
-                f">= {FLOOR_SHARE_TARGET:.0%} of floor",
+                f">= {FLOOR_SHARE_TARGET:.0%} of floor (single process)",
             )
         )
         result.figures[f"{backend}_sustained_acks_per_s"] = ours
-        if best is not None:
-            for name, percentile in (("p50", 50), ("p99", 99), ("p999", 99.9)):
-                values = [
-                    float(t.latency.get_value_at_percentile(percentile)) / 1e6
-                    for t in best.trials
-                    if t.latency.get_total_count()
-                ]
-                result.figures[f"{backend}_ack_{name}_ms"] = median(values)
+        _ack_figures(result, backend, best)
+        if edge in steps:
+            result.figures[f"{backend}_edge_shard_sustained_acks_per_s"] = through_edge
+            _ack_figures(result, f"{backend}_edge_shard", edge_best)
         result.figures[f"{backend}_storage_floor_rows_per_s"] = floors[1]
         result.targets.append(
             Target(
@@ -480,11 +564,14 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
             "headline: highest offered opens/s sustained, by the median of repeated steps",
             (
                 "backend",
-                "marketcast acks/s",
+                "single process acks/s",
+                "ack ms there",
+                "edge -> shard acks/s",
                 "ack ms there",
                 "websocket floor",
                 "storage floor",
-                "vs the lower floor",
+                "single process vs the lower floor",
+                "edge -> shard vs the lower floor",
                 "target",
             ),
             headline,

@@ -13,21 +13,30 @@
   formatted back), for anything else (``auth``) a small ack. No validation, no
   storage, no auth: the floor of websocket request/reply of the same frames.
 
-A cluster contender (an edge routing ``position.open`` to a positions shard over NATS,
-issue 12) adds a kind here whose ``start`` launches those roles and returns the edge's
-URL; the clients, the ramp and the report need nothing else.
+- ``ClusterOrderServer``: the cluster's order entry, three nodes in processes of their
+  own (``bench.clusternodes``) on a nats-server the caller started: an edge (``run --role
+  edge``) that the clients connect to and that routes every ``position.open`` to the one
+  positions shard (``run --role positions``, shard 0 of 1, with the same storage, auth
+  and limits as the single process), which acks after its group commit; and an ingest
+  (``run --role ingest``) that makes the orders' instruments known to both over the bus
+  (added as live, no market data). Its CPU is the edge's, and the shard's beside it.
+
+Every server here answers ``OrderServer``: the clients, the ramp and the report need
+nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import tempfile
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -36,6 +45,8 @@ from app.runtime import RunningServer
 from app.runtime import serve as run_server
 from app.settings import AuthSettings, PositionSettings, ServerSettings, Settings, StorageSettings
 from bench.agent import Command, HelperProcess, serve_commands, started
+from bench.clusternodes import NodeProcess, NodeSpec
+from bench.servers import instrument_names
 from book.fixed import parse_fixed
 from book.status import InstrumentState, InstrumentStatus
 from publish.client import ServerLimits
@@ -197,6 +208,22 @@ def _server_main(pipe: Connection) -> None:
     serve_commands(pipe, _OrderServerSide().handle)
 
 
+class OrderServer(Protocol):
+    url: str
+
+    def window(self) -> None:
+        """Start a CPU measurement window."""
+        ...
+
+    def measure(self) -> float:
+        """CPU seconds the server process (a cluster: its edge) used since ``window``."""
+        ...
+
+    def measure_shard(self) -> float:
+        """CPU seconds the positions shard used since ``window`` (``nan``: none)."""
+        ...
+
+
 class OrderServerProcess(HelperProcess):
     """A fresh process running one order server (blocking calls)."""
 
@@ -212,3 +239,50 @@ class OrderServerProcess(HelperProcess):
     def measure(self) -> float:
         """CPU seconds the server process used since ``window``."""
         return float(self._agent.ask("measure")[1])
+
+    def measure_shard(self) -> float:
+        return math.nan
+
+
+class ClusterOrderServer:
+    """An edge, a positions shard and an ingest on the bus at ``bus_url`` (subjects under
+    ``prefix``), each in a fresh process (blocking calls). ``directory`` holds the
+    shard's SQLite file."""
+
+    def __init__(self, spec: OrderServerSpec, bus_url: str, prefix: str, directory: Path) -> None:
+        count = len(spec.instruments)
+        if tuple(instrument_names(count)) != spec.instruments:
+            raise ValueError("a cluster's instruments are the bench's: instrument_names(n)")
+        settings = order_settings(spec, directory)
+        connections = spec.connections + 100
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(
+                NodeProcess(NodeSpec("ingest", bus_url, prefix, count, connections))
+            )
+            self._shard = stack.enter_context(
+                NodeProcess(NodeSpec("positions", bus_url, prefix, count, connections, settings))
+            )
+            self._edge = stack.enter_context(
+                NodeProcess(NodeSpec("edge", bus_url, prefix, count, connections, settings))
+            )
+            self._nodes = stack.pop_all()
+        self.url = self._edge.url
+
+    def window(self) -> None:
+        self._edge.window()
+        self._shard.window()
+
+    def measure(self) -> float:
+        return self._edge.measure()[1]
+
+    def measure_shard(self) -> float:
+        return self._shard.measure()[1]
+
+    def exit(self) -> None:
+        self._nodes.close()
+
+    def __enter__(self) -> ClusterOrderServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.exit()
