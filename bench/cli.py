@@ -19,6 +19,7 @@ from bench import (
     ingestbus,
     orders,
     profit,
+    shards,
     storage,
 )
 from bench.report import Machine, Progress, ScenarioResult
@@ -39,7 +40,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small sizes and short runs (all scenarios in under a minute)",
+        help="small sizes and short runs (all scenarios in about a minute)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument(
@@ -73,6 +74,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     group = parser.add_argument_group("profit")
     group.add_argument(
         "--positions", type=int, help="position count of the issue-5 workload (10000)"
+    )
+    group = parser.add_argument_group("shards")
+    group.add_argument(
+        "--shard-changes", type=int, help="BBO changes each shard measurement replays (20000)"
     )
     group = parser.add_argument_group("storage")
     group.add_argument("--rows", type=_counts, help="the ramp of offered BBO rows/s")
@@ -147,6 +152,11 @@ def _profit(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
     return profit.run(options, progress)
 
 
+def _shards(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
+    base = shards.ShardsOptions.quick() if args.quick else shards.ShardsOptions.full()
+    return shards.run(replace(base, changes=args.shard_changes or base.changes), progress)
+
+
 def _storage(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
     base = storage.StorageOptions.quick() if args.quick else storage.StorageOptions.full()
     options = replace(
@@ -209,6 +219,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, Progress], ScenarioResult]] = {
     "ingest": _ingest,
     "fanout": _fanout,
     "profit": _profit,
+    "shards": _shards,
     "storage": _storage,
     "connections": _connections,
     "orders": _orders,

@@ -19,8 +19,8 @@ workload one process held at p99 <= 50 ms on the 2-core VM (17,500 positions, 10
 accounts, 50 instruments, 5,000 changes/s; docs/performance.md), so ``K`` is the least
 shard count whose busy share stays below that reference.
 
-``python -m bench.shards [--changes N]`` prints the table; it measures, so run it alone
-on the machine.
+The scenario ``shards`` of ``python -m bench`` (``--shard-changes N``); ``python -m
+bench.shards [--changes N]`` runs it alone. It measures, so run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from bench.report import Progress, ScenarioResult, Table, number
 from book.fixed import SCALE
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
@@ -198,44 +199,116 @@ async def measure(load: ShardLoad, changes: int) -> tuple[ShardCost, ShardCost]:
     return one, two
 
 
-def report(design: tuple[ShardCost, ShardCost], reference: ShardCost) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class ShardsOptions:
+    changes: int
+    """BBO changes each measurement replays."""
+
+    @classmethod
+    def quick(cls) -> ShardsOptions:
+        return cls(changes=300)
+
+    @classmethod
+    def full(cls) -> ShardsOptions:
+        return cls(changes=20_000)
+
+
+def report(
+    design: tuple[ShardCost, ShardCost], reference: ShardCost, options: ShardsOptions
+) -> ScenarioResult:
     model = CostModel.fit(*design)
     limit = reference.busy
-    lines = [
-        f"{'load':<24} {'K':>2} {'positions':>9} {'marks/change':>12} "
-        f"{'us/change':>10} {'us/mark':>8} {'busy':>6}",
-    ]
+    result = ScenarioResult(
+        key="shards",
+        title="3b. Profit over positions shards: one shard's CPU per BBO change",
+        how=(
+            f"{options.changes:,} BBO changes (round-robin over the instruments, bid and ask "
+            "moved each time) through one shard's real path in this process: the bus message "
+            "decoded into its registry, the ProfitEngine marking the shard's positions of the "
+            "instrument, each watched account's frames encoded into one bus batch (the NATS "
+            "write left out); a loop turn after every change, so nothing is conflated. Shard 0 "
+            "of 1 and of 2 (accounts by bus.positions.shard_of) for the DESIGN.md workload; "
+            "the reference is the largest workload one process held at p99 <= 50 ms. busy = "
+            "the load's changes/s x CPU per change. Model: CPU per change = a + b x marks per "
+            "change, fitted from the 1- and 2-shard rows."
+        ),
+    )
+    rows: list[tuple[str, ...]] = []
     for cost in (reference, *design):
         per_mark = cost.cpu_seconds / cost.marks * 1e6 if cost.marks else 0.0
-        lines.append(
-            f"{cost.load.name:<24} {cost.shards:>2} {cost.positions:>9} "
-            f"{cost.marks_per_change:>12.1f} {cost.per_change * 1e6:>10.1f} {per_mark:>8.2f} "
-            f"{cost.busy:>6.0%}"
+        rows.append(
+            (
+                cost.load.name,
+                f"{cost.load.positions:,} / {cost.load.accounts:,} / {cost.load.instruments}",
+                number(cost.load.rate),
+                f"{cost.shard} of {cost.shards}",
+                f"{cost.positions:,}",
+                f"{cost.marks_per_change:.1f}",
+                f"{cost.per_change * 1e6:.1f}",
+                f"{per_mark:.2f}",
+                f"{cost.busy:.0%}",
+            )
         )
+    result.tables.append(
+        Table(
+            "one shard's CPU per BBO change",
+            (
+                "load",
+                "positions / accounts / instruments",
+                "changes/s",
+                "shard",
+                "positions held",
+                "marks per change",
+                "µs per change",
+                "µs per mark",
+                "busy",
+            ),
+            rows,
+        )
+    )
     needed = model.shards_needed(DESIGN, limit)
-    lines.append(
-        f"model: {model.fixed * 1e6:.1f} us per change + {model.per_mark * 1e6:.2f} us per "
+    result.tables.append(
+        Table(
+            "the model for DESIGN.md's workload at K shards",
+            ("K", "busy per shard"),
+            [(str(k), f"{model.busy(DESIGN, k):.0%}") for k in (1, 2, 4, 8, 16)],
+        )
+    )
+    result.notes.append(
+        f"model: {model.fixed * 1e6:.1f} µs per change + {model.per_mark * 1e6:.2f} µs per "
         f"marked position; limit {limit:.0%} of a core (the one-process p99 limit)"
     )
-    for k in (1, 2, 4, 8, 16):
-        lines.append(f"  DESIGN.md at K={k}: {model.busy(DESIGN, k):.0%} of a core per shard")
-    lines.append(
+    result.notes.append(
         f"shards needed for DESIGN.md: {needed if needed is not None else 'none suffices'}"
     )
-    return lines
+    result.figures["fixed_us_per_change"] = model.fixed * 1e6
+    result.figures["us_per_mark"] = model.per_mark * 1e6
+    result.figures["limit_busy"] = limit
+    if needed is not None:
+        result.figures["design_shards_needed"] = needed
+    return result
+
+
+def run(options: ShardsOptions, progress: Progress) -> ScenarioResult:
+    progress.scenario("shards")
+
+    async def measured() -> tuple[tuple[ShardCost, ShardCost], ShardCost]:
+        progress.step(f"{DESIGN.name}: shard 0 of 1 and of 2, {options.changes:,} changes")
+        design = await measure(DESIGN, options.changes)
+        progress.step(f"{REFERENCE.name}: one shard, {options.changes:,} changes")
+        reference = await measure_shard(REFERENCE, shards=1, shard=0, changes=options.changes)
+        return design, reference
+
+    design, reference = asyncio.run(measured())
+    progress.done()
+    return report(design, reference, options)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.shards", description=__doc__)
-    parser.add_argument("--changes", type=int, default=20_000)
+    parser.add_argument("--changes", type=int, default=ShardsOptions.full().changes)
     args = parser.parse_args(argv)
-
-    async def run() -> list[str]:
-        design = await measure(DESIGN, args.changes)
-        reference = await measure_shard(REFERENCE, shards=1, shard=0, changes=args.changes)
-        return report(design, reference)
-
-    print("\n".join(asyncio.run(run())))
+    print(run(ShardsOptions(args.changes), Progress()).render())
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Scenario 7 at a tiny size: the single process, ingest -> NATS -> 1 and 2 edges (real
-nats-server, real role processes), subscribers in other processes."""
+nats-server, real role processes), subscribers in other processes; and the nodes the
+order-entry scenario adds (a positions shard)."""
 
 from __future__ import annotations
 
 from bench.cluster import ClusterOptions, run
+from bench.clusternodes import NodeProcess, NodeSpec
 from bench.report import Progress
+from bus.natsserver import NatsServer
 
 
 def test_cluster_measures_the_single_process_and_the_edges_side_by_side() -> None:
@@ -34,3 +37,19 @@ def test_cluster_measures_the_single_process_and_the_edges_side_by_side() -> Non
         "ingest -> NATS -> 1 edge, 4 subscribers",
         "ingest -> NATS -> 2 edges, 4 subscribers",
     ]
+
+
+def test_a_positions_node_and_an_edge_learn_the_instruments_from_the_ingest() -> None:
+    with NatsServer() as nats:
+        roles = ("ingest", "positions", "edge")
+        nodes = [NodeSpec(role, nats.url, "benchnodes", instruments=3) for role in roles]
+        with (
+            NodeProcess(nodes[0]) as ingest,
+            NodeProcess(nodes[1]) as shard,
+            NodeProcess(nodes[2]) as edge,
+        ):
+            assert ingest.url.startswith("ws://") and edge.url.startswith("ws://")
+            assert shard.url == ""  # a shard serves no clients
+            edge.window()
+            shard.window()
+            assert edge.measure()[1] >= 0 and shard.measure()[1] >= 0

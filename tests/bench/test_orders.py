@@ -125,8 +125,16 @@ def test_order_entry_runs_every_contender_up_the_ramp() -> None:
     assert list(climbed) == [str(contender) for contender in Contender]
     assert all(rates == ["100"] for rates in climbed.values())
     assert [row[0] for row in headline.rows] == ["sqlite", "postgres"]
+    assert all(row[3] != "-" for row in headline.rows)  # through an edge too
+    shards = [row[9] for row in steps.rows if row[0].startswith("edge -> positions shard")]
+    assert len(shards) == 2 and "-" not in shards  # the shard's CPU is measured
     assert [target.what.split(":")[0] for target in result.targets][:1] == ["sqlite"]
-    assert {"sqlite_sustained_acks_per_s", "postgres_sustained_acks_per_s"} <= set(result.figures)
+    assert {
+        "sqlite_sustained_acks_per_s",
+        "postgres_sustained_acks_per_s",
+        "sqlite_edge_shard_sustained_acks_per_s",
+        "postgres_edge_shard_sustained_acks_per_s",
+    } <= set(result.figures)
     leftovers = asyncio.run(
         pg_query(
             "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
@@ -143,11 +151,12 @@ def made(
     p99_ms: float = 1.0,
     server: float = 0.5,
     client: float = 0.5,
+    shard: float = math.nan,
     errors: dict[str, int] | None = None,
 ) -> OrderTrial:
     latency = latency_histogram()
     latency.record_value(int(p99_ms * 1e6))
-    return OrderTrial(offered, delivered, latency, errors or {}, 0, server, client)
+    return OrderTrial(offered, delivered, latency, errors or {}, 0, server, client, shard)
 
 
 @pytest.mark.parametrize(
@@ -158,6 +167,7 @@ def made(
         (made(800, 800, client=math.nan, server=0.7), "its process at 70%"),
         (made(1000, 700, server=0.97), "server process is CPU-bound (97%"),
         (made(1000, 700, client=0.95), "client process is CPU-bound (95%"),
+        (made(1000, 700, shard=0.96), "positions shard process is CPU-bound (96%"),
         (made(1000, 1000, p99_ms=30, server=0.4), "latency (p99 30 ms, 100% acked)"),
     ],
 )

@@ -3,7 +3,17 @@ marks the shard's positions of its instrument, and the cost model is consistent.
 
 from __future__ import annotations
 
-from bench.shards import CostModel, ShardCost, ShardLoad, measure, measure_shard, report
+from bench.report import Progress
+from bench.shards import (
+    CostModel,
+    ShardCost,
+    ShardLoad,
+    ShardsOptions,
+    measure,
+    measure_shard,
+    report,
+    run,
+)
 from bus.positions import shard_of
 
 TINY = ShardLoad("tiny", 40, 8, 4, 100)
@@ -35,5 +45,15 @@ def test_the_cost_model_fits_and_predicts() -> None:
 
 async def test_the_report_names_the_shards_needed() -> None:
     design = await measure(TINY, changes=10)
-    lines = report(design, design[0])
-    assert lines[-1].startswith("shards needed for DESIGN.md:")
+    result = report(design, design[0], ShardsOptions(10))
+    assert result.notes[-1].startswith("shards needed for DESIGN.md:")
+    costs, model = result.tables
+    assert [row[3] for row in costs.rows] == ["0 of 1", "0 of 1", "0 of 2"]
+    assert [row[0] for row in model.rows] == ["1", "2", "4", "8", "16"]
+
+
+def test_the_shards_scenario_runs_from_the_bench() -> None:
+    result = run(ShardsOptions(changes=20), Progress())
+    assert result.key == "shards"
+    assert result.render().startswith("## 3b. Profit over positions shards")
+    assert result.figures["us_per_mark"] > 0

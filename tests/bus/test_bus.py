@@ -127,6 +127,21 @@ async def test_an_edge_serves_what_the_ingest_publishes(nats_server: NatsServer)
         assert (counters.gaps, counters.late, counters.bad_messages) == (0, 0, 0)
 
 
+async def test_the_publisher_is_idle_once_every_value_is_with_nats(
+    nats_server: NatsServer,
+) -> None:
+    async with ingest(nats_server.url) as source, edge(nats_server.url) as sink:
+        publisher = source.publisher
+        await eventually(lambda: publisher.idle, "idle before anything is offered")
+        publisher.add_instrument(BTC, 0)
+        publisher.set_status(live(BTC))
+        publisher.publish(book(BTC, 1, 100))
+        assert not publisher.idle  # pending until its task's next tick
+        await eventually(lambda: publisher.idle, "the tick handed both to nats-py")
+        assert publisher.counters.published == 2
+        await eventually(lambda: same_market(sink, source, BTC), "the edge got them")
+
+
 async def test_a_late_edge_gets_every_instrument(nats_server: NatsServer) -> None:
     async with ingest(nats_server.url) as source:
         publisher = source.publisher
