@@ -20,8 +20,9 @@ latency** is the edge's median p50 / p99 minus the single process's. **CPU per
 delivery** = the CPU time of the serving processes (the single process, or every edge)
 / messages delivered.
 
-Not measured here yet: the ingest's full path with the bus against without (issue 11's
->= 85%), which belongs beside the ingest scenario.
+The ingest's full path with the bus against without (issue 11's >= 85%) is scenario
+7b, ``bench.ingestbus``; order entry through an edge to a positions shard is a
+contender of scenario 6, ``bench.orders``.
 """
 
 from __future__ import annotations
@@ -352,7 +353,5 @@ def report(
         "edge (and one for the ingest) the deliveries/s a cluster holds grow with the edges "
         "as long as an edge's CPU per delivery stays near the single process's"
     )
-    result.notes.append(
-        "not measured yet: the ingest's full path with the bus against without (>= 85%)"
-    )
+    result.notes.append("the ingest's cost of publishing to the bus is scenario 7b (ingestbus)")
     return result
