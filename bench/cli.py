@@ -77,7 +77,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     group = parser.add_argument_group("shards")
     group.add_argument(
-        "--shard-changes", type=int, help="BBO changes each shard measurement replays (20000)"
+        "--shard-changes", type=int, help="BBO changes each shard measurement replays (10000)"
     )
     group = parser.add_argument_group("storage")
     group.add_argument("--rows", type=_counts, help="the ramp of offered BBO rows/s")

@@ -210,7 +210,7 @@ class ShardsOptions:
 
     @classmethod
     def full(cls) -> ShardsOptions:
-        return cls(changes=20_000)
+        return cls(changes=10_000)
 
 
 def report(
