@@ -2,7 +2,8 @@
 
 The supervisor starts a nats-server on a free loopback port (unless ``[bus].url`` is
 set), one ingest (its HTTP on a port of its own), K positions shards (shard k gets
-``MARKETCAST_BUS__SHARD=k``; every child ``MARKETCAST_BUS__SHARDS=K``) and N edges
+``MARKETCAST_BUS__SHARD=k`` and an HTTP port of its own; every child
+``MARKETCAST_BUS__SHARDS=K``) and N edges
 sharing ``[server].port`` (SO_REUSEPORT), each a ``marketcast run --role ...`` process
 whose output lines it forwards prefixed with the child's name. A child that dies is
 restarted after a capped backoff (logged); on SIGINT/SIGTERM the edges, then the shards
@@ -133,6 +134,12 @@ class ClusterPlan:
     """Arguments before ``run`` (``--log-format json``)."""
     shards: int = 1
     """Positions shards (``marketcast run --role positions``, shard k of them)."""
+    shard_ports: tuple[int, ...] = ()
+    """Shard k's HTTP (/health, /metrics) port: ``shard_ports[k]``."""
+
+    def http_ports(self) -> list[int]:
+        """The ports of the nodes with an HTTP port of their own: ingest, then shards."""
+        return [self.ingest_port, *self.shard_ports]
 
     def children(self) -> list[Child]:
         marketcast = [sys.executable, "-m", "app.cli", *self.cli_args]
@@ -148,7 +155,7 @@ class ClusterPlan:
             children.append(
                 Child(
                     f"positions-{shard}",
-                    [*run, "--role", "positions"],
+                    [*run, "--role", "positions", "--port", str(self.shard_ports[shard])],
                     env={"MARKETCAST_BUS__SHARD": str(shard)},
                 )
             )
@@ -173,10 +180,16 @@ def plan_cluster(
     shards: int = 1,
 ) -> ClusterPlan:
     nats_port = free_port()
+    ports: list[int] = []
+    while len(ports) < 1 + shards:  # the ingest's and each shard's, all different
+        candidate = free_port(host)
+        if candidate not in (port, nats_port, *ports):
+            ports.append(candidate)
     return ClusterPlan(
         host=host,
         port=port,
-        ingest_port=free_port(host),
+        ingest_port=ports[0],
+        shard_ports=tuple(ports[1:]),
         nats_url=bus_url or f"nats://127.0.0.1:{nats_port}",
         start_nats=bus_url is None,
         nats_port=nats_port,
@@ -215,7 +228,8 @@ class Supervisor:
                         await self._wait_port("127.0.0.1", self.plan.nats_port, child)
                     group.create_task(self._watch(child), name=f"watch:{child.name}")
                 await self._wait_port(self.plan.host, self.plan.port, None)
-                await self._wait_port(self.plan.host, self.plan.ingest_port, None)
+                for port in self.plan.http_ports():
+                    await self._wait_port(self.plan.host, port, None)
                 if self.on_ready is not None:
                     self.on_ready(self.plan)
         finally:

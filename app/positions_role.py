@@ -20,9 +20,15 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
+from app.auth import auth_policy
+from app.nodestate import NodeState, edge_state, install_node_pages
+from app.preflight import check_before_start
 from app.settings import Settings, StorageSettings
+from app.shardstate import ShardCollector, shard_health
+from app.storage import storage_backend
 from book.registry import BookRegistry
 from bus.edge import BusEdge
 from bus.link import BusLink
@@ -32,9 +38,11 @@ from bus.positions import PositionSubjects, ProfitBatch
 from bus.subjects import Subjects
 from publish.catalog import RegistryCatalog
 from publish.fanout import Fanout
+from publish.metrics import LatencyRecorder, Metrics
 from publish.positions import PositionBook
 from publish.profit import ProfitEngine
 from publish.profit_relay import ProfitRelay
+from publish.server import MarketServer
 from publish.storage import FlushedPositionStore, StorageFlusher
 
 log = logging.getLogger(__name__)
@@ -70,6 +78,9 @@ class RunningShard:
     flusher: StorageFlusher
     storage: str
     """Where its positions are kept (the SQLite file, or ``postgres``)."""
+    http_url: str
+    """Its /health, /metrics, /stats and /dashboard."""
+    metrics: Metrics
 
 
 def shard_storage(storage: StorageSettings, shard: int) -> StorageSettings:
@@ -81,6 +92,12 @@ def shard_storage(storage: StorageSettings, shard: int) -> StorageSettings:
     return replace(storage, path=str(path.with_name(f"{path.stem}-shard-{shard}{path.suffix}")))
 
 
+def check_shard_before_start(settings: Settings) -> None:
+    """A shard's preflight: its HTTP port, its storage and the token secret."""
+    shard = BusPlace.of(settings).shard
+    check_before_start(replace(settings, storage=shard_storage(settings.storage, shard)))
+
+
 async def serve_shard(
     settings: Settings,
     place: BusPlace | None = None,
@@ -88,23 +105,32 @@ async def serve_shard(
     on_ready: Callable[[RunningShard], None] | None = None,
 ) -> None:
     """Run positions shard ``place.shard`` (default: ``[bus]``'s) until cancelled; then
-    drain its storage."""
+    drain its storage. Its HTTP (``[server].host``/``port``) serves /health, /metrics,
+    /stats and /dashboard as every node's does, no websockets."""
     if place is None:
         place = BusPlace.of(settings)
     registry = BookRegistry()
+    recorder = LatencyRecorder()
+    registry.on_snapshot(recorder.on_snapshot)
     link = BusLink(place.servers, name=f"marketcast-positions-{place.shard}")
     market = BusEdge(
-        registry, link, Subjects(place.prefix), stale_after=place.stale_after_ms / 1000
+        registry,
+        link,
+        Subjects(place.prefix),
+        stale_after=place.stale_after_ms / 1000,
+        on_hop=recorder.on_bus_hop,
     )
     fanout = Fanout(registry, metrics_interval=None)
-    from app.runtime import storage_backend  # app.runtime imports this module's importers
-
     storage = shard_storage(settings.storage, place.shard)
     backend = storage_backend(storage)
     await backend.open()
     flusher = StorageFlusher(
-        backend, window_ms=storage.window_ms, max_pending_rows=storage.max_pending_rows
+        backend,
+        window_ms=storage.window_ms,
+        max_pending_rows=storage.max_pending_rows,
+        on_flush=recorder.on_flush,
     )
+    metrics = Metrics(recorder, registry=registry, fanout=fanout.counters, flusher=flusher)
     book = PositionBook(
         RegistryCatalog(registry),
         ShardStore(FlushedPositionStore(flusher, backend), shard=place.shard, shards=place.shards),
@@ -130,17 +156,41 @@ async def serve_shard(
             PositionSubjects(place.prefix),
             shard=place.shard,
             shards=place.shards,
+            on_op=recorder.on_position_op,
         )
-        async with asyncio.TaskGroup() as group:
-            group.create_task(flusher.run(), name="storage-flusher")
-            group.create_task(link.run(), name="bus-link")
-            group.create_task(market.run(), name="bus-market")
-            group.create_task(shard.run(), name="positions-shard")
-            await shard.wait_ready()
-            if on_ready is not None:
-                where = storage.path if storage.backend == "sqlite" else storage.backend
-                on_ready(RunningShard(shard, book, registry, flusher, where))
-            await asyncio.Event().wait()  # until cancelled
+        async with MarketServer(
+            registry,
+            fanout,
+            host=settings.server.host,
+            port=settings.server.port,
+            limits=settings.server.limits,
+            auth=auth_policy(settings),
+            websockets=False,
+        ) as server:
+            node = NodeState("positions", link, edge_state(market))
+            install_node_pages(
+                server.routes,
+                metrics,
+                node,
+                storage=(backend, flusher),
+                collectors=[ShardCollector(shard)],
+            )
+            server.routes.add_health_check("positions", partial(shard_health, shard))
+            async with asyncio.TaskGroup() as group:
+                group.create_task(flusher.run(), name="storage-flusher")
+                group.create_task(link.run(), name="bus-link")
+                group.create_task(market.run(), name="bus-market")
+                group.create_task(shard.run(), name="positions-shard")
+                group.create_task(metrics.run(), name="metrics")
+                await shard.wait_ready()
+                if on_ready is not None:
+                    where = storage.path if storage.backend == "sqlite" else storage.backend
+                    on_ready(
+                        RunningShard(
+                            shard, book, registry, flusher, where, server.http_url, metrics
+                        )
+                    )
+                await asyncio.Event().wait()  # until cancelled
     finally:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(DRAIN_TIMEOUT_SECONDS):

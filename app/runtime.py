@@ -25,9 +25,11 @@ from typing import Any
 from app.admin import FeedAdmin
 from app.auth import auth_policy
 from app.instruments import declare_halted, learn_instruments, rest_budget
+from app.nodestate import NodeState, install_node_pages
 from app.refresh import MetadataRefresher
-from app.roles import IngestBus, NodeState
-from app.settings import Settings, StorageSettings, VenueSettings
+from app.roles import IngestBus
+from app.settings import Settings, VenueSettings
+from app.storage import storage_backend
 from app.venues import Endpoints, build_adapter, simulator_endpoints, simulator_for
 from book.incidents import FeedIncident
 from book.registry import BookRegistry
@@ -42,17 +44,12 @@ from publish.catalog import RegistryCatalog
 from publish.fanout import Fanout
 from publish.history import HistoryRoute
 from publish.metrics import LatencyRecorder, Metrics
-from publish.metrics.pages import MetricsPages
-from publish.metrics.prometheus import ExtraGauge
 from publish.positions import PositionBook
 from publish.profit import ProfitEngine
 from publish.server import MarketServer, reserved_fds
 from publish.storage import (
     FlushedPositionStore,
-    SqliteBackend,
-    StorageBackend,
     StorageFlusher,
-    StorageHealth,
     bbo_row_from_snapshot,
 )
 from publish.storage.backend import BboHistoryReader, PrunableBackend
@@ -206,13 +203,9 @@ async def serve(
                     admin=admin,
                 )
             )
-            MetricsPages(
-                metrics, role=role, gauges=storage_gauges(backend), collectors=node.collectors()
-            ).install(server.routes)
-            server.routes.add_health_check("node", node.health)
+            install_node_pages(server.routes, metrics, node, storage=(backend, flusher))
             if isinstance(backend, BboHistoryReader):
                 HistoryRoute(registry, backend, clock=fanout.clock).install(server.routes)
-            server.routes.add_health_check("storage", partial(storage_health, backend, flusher))
             metrics.add_feeds(runners)
             metrics.add_feeds(refreshers)
             async with asyncio.TaskGroup() as group:
@@ -252,37 +245,6 @@ async def serve(
     finally:
         await _drain(flusher)
         await backend.close()
-
-
-def storage_backend(storage: StorageSettings) -> StorageBackend:
-    """The configured backend, not opened yet. asyncpg is imported only for PostgreSQL
-    (it is the ``postgres`` extra)."""
-    if storage.backend == "postgres":
-        from publish.storage.postgres import PostgresBackend
-
-        return PostgresBackend(storage.dsn, schema=storage.schema, timeout_ms=storage.timeout_ms)
-    return SqliteBackend(storage.path)
-
-
-def storage_gauges(backend: StorageBackend) -> list[ExtraGauge]:
-    """The storage gauges of /metrics: SQLite's WAL size."""
-    if isinstance(backend, SqliteBackend):
-        return [ExtraGauge("db_wal_bytes", "Size of SQLite's WAL file (bytes)", backend.wal_bytes)]
-    return []
-
-
-def storage_health(
-    backend: StorageBackend, flusher: StorageFlusher
-) -> tuple[bool, dict[str, object]]:
-    """The /health entry of storage: degraded from a failed write until one succeeds."""
-    stats = flusher.stats()
-    return stats.health is StorageHealth.HEALTHY, {
-        "backend": backend.name,
-        "health": stats.health.value,
-        "pending_rows": stats.pending_rows,
-        "failures": stats.failures,
-        "dropped_bbo_rows": stats.dropped_bbo_rows,
-    }
 
 
 def build_runners(

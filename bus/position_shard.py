@@ -135,7 +135,10 @@ class PositionShard:
         shards: int,
         lease: float = WATCH_LEASE,
         monotonic: Callable[[], float] = time.monotonic,
+        on_op: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_op(ns)``: told, per op answered, how long it took from its arrival to its
+        answer's publish (the ``position_op`` stage)."""
         if not 0 <= shard < shards:
             raise ValueError(f"shard must be in 0..{shards - 1}, got {shard}")
         self.book = book
@@ -148,12 +151,19 @@ class PositionShard:
         self.lease = lease
         self.monotonic = monotonic
         self.counters = ShardCounters()
+        self._on_answered = on_op
         self._watches: dict[str, _Watch] = {}
-        self._outgoing: deque[tuple[str, bytes]] = deque()
+        self._outgoing: deque[tuple[str, bytes, int]] = deque()
+        """(subject, payload, arrival of the op it answers in monotonic ns, or 0)."""
         self._wake = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
         self._ready = asyncio.Event()
         link.on_connect(self._subscribe)
+
+    @property
+    def ready(self) -> bool:
+        """True once the shard listens for ops."""
+        return self._ready.is_set()
 
     @property
     def watched(self) -> list[str]:
@@ -187,7 +197,8 @@ class PositionShard:
         group = self._group
         if group is None or not msg.reply:
             return
-        group.create_task(self._serve(msg.reply, msg.data), name="shard:op")
+        arrived = time.monotonic_ns()
+        group.create_task(self._serve(msg.reply, msg.data, arrived), name="shard:op")
 
     async def _on_watch(self, msg: Msg) -> None:
         try:
@@ -220,13 +231,13 @@ class PositionShard:
 
     # -- ops ----------------------------------------------------------------------------
 
-    async def _serve(self, reply: str, payload: bytes) -> None:
+    async def _serve(self, reply: str, payload: bytes, arrived: int) -> None:
         self.counters.ops += 1
         try:
             op = decode_op(payload)
         except DecodeError as exc:
             self.counters.bad_requests += 1
-            self._refuse(reply, RequestError(ErrorCode.BAD_REQUEST, str(exc)))
+            self._refuse(reply, RequestError(ErrorCode.BAD_REQUEST, str(exc)), arrived)
             return
         owner = shard_of(op.account, self.shards)
         if owner != self.shard:
@@ -238,12 +249,13 @@ class PositionShard:
                     f"storage unavailable: the account belongs to shard {owner}, not "
                     f"{self.shard}: [bus].shards differs between nodes",
                 ),
+                arrived,
             )
             return
 
         def acknowledge(position: Position) -> None:
             self.counters.acks += 1
-            self._send(reply, encode_position(position))
+            self._send(reply, encode_position(position), arrived)
 
         try:
             if isinstance(op, CloseOp):
@@ -259,11 +271,11 @@ class PositionShard:
                     acknowledge=acknowledge,
                 )
         except RequestError as refusal:
-            self._refuse(reply, refusal)
+            self._refuse(reply, refusal, arrived)
 
-    def _refuse(self, reply: str, refusal: RequestError) -> None:
+    def _refuse(self, reply: str, refusal: RequestError, arrived: int) -> None:
         self.counters.refusals += 1
-        self._send(reply, encode_refusal(refusal))
+        self._send(reply, encode_refusal(refusal), arrived)
 
     # -- profit -------------------------------------------------------------------------
 
@@ -279,24 +291,29 @@ class PositionShard:
 
     # -- the one ordered way out --------------------------------------------------------
 
-    def _send(self, subject: str, payload: bytes) -> None:
-        self._outgoing.append((subject, payload))
+    def _send(self, subject: str, payload: bytes, arrived: int = 0) -> None:
+        """Queue ``payload``; ``arrived``: the monotonic ns the op it answers came in."""
+        self._outgoing.append((subject, payload, arrived))
         self._wake.set()
 
     async def _send_loop(self) -> None:
         outgoing = self._outgoing
+        on_answered = self._on_answered
         while True:
             await self._wake.wait()
             self._wake.clear()
             client = self.link.client
             while outgoing:
-                subject, payload = outgoing.popleft()
+                subject, payload, arrived = outgoing.popleft()
                 if client is None:
                     continue  # not connected yet: nobody can be waiting for it
                 try:
                     await client.publish(subject, payload)
                 except Exception as exc:  # noqa: BLE001 - a lost answer is a timeout at the edge
                     log.debug("bus publish failed: %s", exc)
+                    continue
+                if arrived and on_answered is not None:
+                    on_answered(time.monotonic_ns() - arrived)
             raise_swallowed_cancellation()
 
 

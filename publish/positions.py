@@ -140,6 +140,11 @@ class PositionBook:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def accounts(self) -> int:
+        """Accounts holding at least one position (open, opening or closing)."""
+        return len(self._per_account)
+
     async def open(
         self,
         account: str,

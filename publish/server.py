@@ -166,6 +166,8 @@ class WatchedConnection(ServerConnection):
     gate: ConnectionGate
     streams: set[asyncio.Task[None]]
     """Streamed HTTP answers being written (``MarketServer.stop`` cancels them)."""
+    serves_websockets = True
+    """False: HTTP only, ``/ws`` is a route like any other (none: 404)."""
     # The request head, read before websockets sees any byte.
     _front = _Front.READING_HEAD
     _head = b""
@@ -217,7 +219,7 @@ class WatchedConnection(ServerConnection):
                     f"this address holds its limit of {self.gate.max_per_ip} connections",
                 )
             )
-        elif urlsplit(head.target).path != WS_PATH:
+        elif urlsplit(head.target).path != WS_PATH or not self.serves_websockets:
             self._answer(self.http.respond(head.target, head.headers, method=head.method))
         elif (refusal := _websocket_refusal(head)) is not None:
             self._answer(refusal)
@@ -352,9 +354,11 @@ class MarketServer:
         reserved_fds: int = reserved_fds(),
         reuse_port: bool = False,
         admin: AdminControl | None = None,
+        websockets: bool = True,
     ) -> None:
         """``reuse_port``: bind with SO_REUSEPORT, so several edge processes share the
-        port and the kernel spreads connections over them."""
+        port and the kernel spreads connections over them. ``websockets=False``: HTTP
+        routes only (a positions shard: /health, /metrics), ``/ws`` answers 404."""
         if fanout.registry is not registry:
             raise ValueError("the fanout must listen to the same registry")
         self._fanout = fanout
@@ -366,6 +370,7 @@ class MarketServer:
         self._admin = admin
         self._reserved_fds = reserved_fds
         self._reuse_port = reuse_port
+        self._websockets = websockets
         self._http = HttpRoutes(
             registry, clock=fanout.clock, max_depth=fanout.book_depth, auth=auth
         )
@@ -440,6 +445,7 @@ class MarketServer:
 
         Connection.gate = gate
         Connection.streams = self._streams
+        Connection.serves_websockets = self._websockets
         return Connection
 
     async def start(self) -> None:

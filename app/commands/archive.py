@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from app.exceptions import ConfigError
-from app.runtime import storage_backend
 from app.settings import Settings, load_settings
+from app.storage import storage_backend
 from publish.history import parse_time
 from publish.storage.archive import ROWS_PER_FILE, ArchiveReport, archive
 from publish.storage.backend import ArchivableBackend

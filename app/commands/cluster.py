@@ -80,5 +80,9 @@ def _banner(settings: Settings, plan: ClusterPlan) -> str:
         f"http://{host}:{plan.port}",
         instruments[0],
         f"  ingest:    http://{host}:{plan.ingest_port}/health  (feeds, storage)",
+        *(
+            f"  shard {k}:   http://{host}:{port}/health  (positions shard {k} of {plan.shards})"
+            for k, port in enumerate(plan.shard_ports)
+        ),
         f"  bus:       {plan.nats_url}" + ("  (started here)" if plan.start_nats else ""),
     )

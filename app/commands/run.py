@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from app.cluster import exit_with_parent, supervised
 from app.fdlimit import raise_open_file_limit
 from app.loop import run_until_signalled
-from app.positions_role import RunningShard, serve_shard
+from app.positions_role import RunningShard, check_shard_before_start, serve_shard
 from app.preflight import check_before_start
 from app.roles import EdgeServer, check_edge_before_start, serve_edge
 from app.runtime import RunningServer, serve
@@ -65,6 +65,7 @@ def _run(args: argparse.Namespace) -> int:
         check_edge_before_start(settings)
         server = serve_edge(settings, on_ready=_announce(ready, _edge_banner))
     elif settings.node.role == "positions":
+        check_shard_before_start(settings)
         server = serve_shard(settings, on_ready=_announce(ready, _shard_banner))
     else:
         check_before_start(settings)
@@ -118,6 +119,8 @@ def _shard_banner(server: RunningShard) -> str:
         (
             f"marketcast (positions shard {shard.shard} of {shard.shards}) is serving "
             f"{len(server.book)} open positions",
+            f"  health:    {server.http_url}/health",
+            f"  metrics:   {server.http_url}/metrics  (dashboard: {server.http_url}/dashboard)",
             f"  storage:   {server.storage}",
             f"  bus:       {', '.join(shard.link.servers)}",
         )

@@ -14,6 +14,8 @@ bumps plain integers; nothing is computed until the once-a-second report
 ``event_loop_lag`` how late a timer of the event loop fires
 ``bus_hop``        an edge: the ingest's snapshot -> the edge applied it (tick, NATS, decode;
                    the two machines' clocks differ, so it includes their offset)
+``position_op``    a positions shard: a position op received from the bus -> its answer
+                   sent (validation, the commit of the flush window, the publish)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Stage(StrEnum):
     DB_BATCH_ROWS = "db_batch_rows"
     EVENT_LOOP_LAG = "event_loop_lag"
     BUS_HOP = "bus_hop"
+    POSITION_OP = "position_op"
 
 
 class InstrumentTally:
@@ -75,6 +78,7 @@ class LatencyRecorder:
         self._db_batch_rows = self.stages[Stage.DB_BATCH_ROWS]
         self._loop_lag = self.stages[Stage.EVENT_LOOP_LAG]
         self._bus_hop = self.stages[Stage.BUS_HOP]
+        self._position_op = self.stages[Stage.POSITION_OP]
 
     def histograms(self) -> list[Histogram]:
         return [*self.stages.values(), *self.feed_latency.values()]
@@ -106,6 +110,10 @@ class LatencyRecorder:
     def on_bus_hop(self, duration_ns: int) -> None:
         """``bus.follower.Follower`` hook on an edge, per applied book."""
         self._bus_hop.record(duration_ns)
+
+    def on_position_op(self, duration_ns: int) -> None:
+        """``bus.position_shard.PositionShard`` hook, per answered op."""
+        self._position_op.record(duration_ns)
 
     def on_flush(self, duration_ns: int, rows: int) -> None:
         """``StorageFlusher`` hook, once per committed batch."""

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from app.exceptions import ConfigError
-from app.runtime import storage_backend
 from app.settings import PositionSettings, StorageSettings, settings_from_dict
+from app.storage import storage_backend
 from publish.storage import SqliteBackend
 from publish.storage.postgres import PostgresBackend
 from tests.postgres import PG_DSN

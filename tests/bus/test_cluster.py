@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -199,10 +200,27 @@ async def test_children_killed_are_restarted_and_clients_heal(tmp_path: Path) ->
         assert running.printed(r"ingest stopped \(status 0\)")
 
 
+async def shard_health(url: str) -> dict[str, Any]:
+    """The shard's /health once it is on the bus and hears the ingest (bounded wait)."""
+    async with httpx.AsyncClient() as http:
+        for _ in range(600):
+            health: dict[str, Any] = (await http.get(url)).json()
+            if health["node"]["bus"]["connected"] and health["node"]["bus"]["sources"]:
+                return health
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the shard never heard the ingest: {health}")
+
+
 async def test_a_killed_supervisor_leaves_no_process(tmp_path: Path) -> None:
     async with cluster(tmp_path) as running:
         children = running.pids()
         assert len(children) == 5  # nats, ingest, a positions shard, two edges
+        # Every shard has an HTTP port of its own, printed in the banner.
+        (url,) = [m.group(1) for m in running.printed(r"^  shard 0: +(http://\S+/health)")]
+        health = await shard_health(url)
+        assert health["node"]["role"] == "positions"
+        assert (health["positions"]["shard"], health["positions"]["shards"]) == (0, 1)
+        assert health["storage"]["health"] == "healthy"
         running.process.kill()
         await running.process.wait()
         await eventually(

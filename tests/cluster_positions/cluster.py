@@ -15,7 +15,13 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 
 from app.positions_role import BusPlace, EdgePositions, RunningShard, edge_positions, serve_shard
-from app.settings import PositionSettings, Settings, StorageSettings
+from app.settings import (
+    AuthSettings,
+    PositionSettings,
+    ServerSettings,
+    Settings,
+    StorageSettings,
+)
 from book.fixed import SCALE
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
@@ -41,7 +47,13 @@ def place(url: str, *, shards: int, shard: int = 0) -> BusPlace:
 
 
 def settings_for(storage: StorageSettings, *, ack_timeout_ms: float = 2_000) -> Settings:
-    return Settings(storage=storage, positions=PositionSettings(ack_timeout_ms=ack_timeout_ms))
+    """A shard's settings: its HTTP on a free port, its token secret given."""
+    return Settings(
+        server=ServerSettings(port=0),
+        storage=storage,
+        positions=PositionSettings(ack_timeout_ms=ack_timeout_ms),
+        auth=AuthSettings(secret=SECRET.decode()),
+    )
 
 
 def sqlite(db: Path) -> StorageSettings:

@@ -25,6 +25,7 @@ SUMMARIES = {
     "marketcast_db_batch_rows",
     "marketcast_event_loop_lag_seconds",
     "marketcast_bus_hop_seconds",
+    "marketcast_position_op_seconds",
 }
 COUNTERS_AND_GAUGES = {
     "marketcast_clients": "gauge",
@@ -126,6 +127,7 @@ def test_latencies_are_also_histograms_with_cumulative_buckets(tmp_path: Path) -
         "marketcast_db_batch_rows_histogram",
         "marketcast_event_loop_lag_histogram_seconds",
         "marketcast_bus_hop_histogram_seconds",
+        "marketcast_position_op_histogram_seconds",
     }
     buckets = {
         sample.labels["le"]: sample.value

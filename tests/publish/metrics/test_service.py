@@ -55,6 +55,7 @@ async def test_a_tick_reports_every_stage_rates_venues_and_instruments(setup: Se
             "db_batch_rows": EMPTY.as_json(),
             "event_loop_lag": EMPTY.as_json(),
             "bus_hop": EMPTY.as_json(),
+            "position_op": EMPTY.as_json(),
         },
         "feed_latency": {
             "binance": {"count": 22, "sum": 154, "p50": 7, "p90": 7, "p99": 7, "p999": 7, "max": 7}
