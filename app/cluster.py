@@ -31,6 +31,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bus.credentials import redact_urls
 from bus.natsserver import find_nats_server, free_port, port_open
 
 log = logging.getLogger("marketcast.cluster")
@@ -43,6 +44,19 @@ MAX_BACKOFF_SECONDS = 10.0
 STABLE_SECONDS = 30.0
 """A child that ran this long is healthy again: its next restart waits the least."""
 PR_SET_PDEATHSIG = 1
+LOGIN_ENV = tuple(
+    f"MARKETCAST_BUS__{key.upper()}"
+    for key in (
+        "user",
+        "password",
+        "token",
+        "creds_file",
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
+    )
+)
+"""The ``[bus]`` login and TLS keys, cleared for a cluster's own loopback nats-server."""
 
 
 def supervised() -> bool:
@@ -125,6 +139,7 @@ class ClusterPlan:
     """The edges' shared websocket/HTTP port."""
     ingest_port: int
     nats_url: str
+    """The bus as the banner shows it (no password)."""
     start_nats: bool
     nats_port: int
     edges: int
@@ -136,6 +151,8 @@ class ClusterPlan:
     """Positions shards (``marketcast run --role positions``, shard k of them)."""
     shard_ports: tuple[int, ...] = ()
     """Shard k's HTTP (/health, /metrics) port: ``shard_ports[k]``."""
+    bus_servers: tuple[str, ...] = ()
+    """``[bus].url``'s servers when set (``start_nats`` false)."""
 
     def http_ports(self) -> list[int]:
         """The ports of the nodes with an HTTP port of their own: ingest, then shards."""
@@ -143,7 +160,7 @@ class ClusterPlan:
 
     def children(self) -> list[Child]:
         marketcast = [sys.executable, "-m", "app.cli", *self.cli_args]
-        run = [*marketcast, "run", *self.run_args, "--bus", self.nats_url]
+        run = [*marketcast, "run", *self.run_args]
         children = []
         if self.start_nats:
             command = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(self.nats_port)]
@@ -164,9 +181,20 @@ class ClusterPlan:
                 Child(f"edge-{index}", [*run, "--role", "edge", "--port", str(self.port)])
             )
         for child in children:
-            if child.python:  # every node must agree on the shard count
+            if child.python:  # every node must agree on the shard count and the bus
                 child.env["MARKETCAST_BUS__SHARDS"] = str(self.shards)
+                child.env |= self.bus_env()
         return children
+
+    def bus_env(self) -> dict[str, str]:
+        """The bus of every marketcast child, in its environment (never on a command line,
+        where ``ps`` shows it): ``[bus].url`` as given, or the nats-server started here,
+        which is on loopback with no login, so ``[bus]`` credentials and TLS are cleared
+        for it."""
+        if not self.start_nats:
+            servers = ", ".join(f'"{url}"' for url in self.bus_servers)
+            return {"MARKETCAST_BUS__URL": f"[{servers}]"}
+        return {"MARKETCAST_BUS__URL": self.nats_url} | dict.fromkeys(LOGIN_ENV, "")
 
 
 def plan_cluster(
@@ -174,7 +202,7 @@ def plan_cluster(
     host: str,
     port: int,
     edges: int,
-    bus_url: str | None,
+    bus_servers: Sequence[str] = (),
     run_args: Sequence[str],
     cli_args: Sequence[str] = (),
     shards: int = 1,
@@ -190,8 +218,9 @@ def plan_cluster(
         port=port,
         ingest_port=ports[0],
         shard_ports=tuple(ports[1:]),
-        nats_url=bus_url or f"nats://127.0.0.1:{nats_port}",
-        start_nats=bus_url is None,
+        nats_url=redact_urls(bus_servers) if bus_servers else f"nats://127.0.0.1:{nats_port}",
+        start_nats=not bus_servers,
+        bus_servers=tuple(bus_servers),
         nats_port=nats_port,
         edges=edges,
         run_args=tuple(run_args),

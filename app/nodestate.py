@@ -122,6 +122,8 @@ class NodeState:
             "bus": {
                 "connected": connected,
                 "server": state.server,
+                "login": self.link.credentials.describe(),
+                "last_error": state.last_error,
                 "connects": state.connects,
                 "disconnects": state.disconnects,
                 **facts,

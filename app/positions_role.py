@@ -30,6 +30,7 @@ from app.settings import Settings, StorageSettings
 from app.shardstate import ShardCollector, shard_health
 from app.storage import storage_backend
 from book.registry import BookRegistry
+from bus.credentials import BusCredentials
 from bus.edge import BusEdge
 from bus.link import BusLink
 from bus.position_client import ShardClient
@@ -60,12 +61,16 @@ class BusPlace:
     shards: int = 1
     shard: int = 0
     stale_after_ms: float = 2_000.0
+    credentials: BusCredentials = BusCredentials()
+    """How it logs in to NATS."""
 
     @classmethod
     def of(cls, settings: Settings) -> BusPlace:
         """The node's place as ``[bus]`` says."""
         bus = settings.bus
-        return cls(bus.servers, bus.prefix, bus.shards, bus.shard, bus.stale_after_ms)
+        return cls(
+            bus.servers, bus.prefix, bus.shards, bus.shard, bus.stale_after_ms, bus.credentials
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +117,9 @@ async def serve_shard(
     registry = BookRegistry()
     recorder = LatencyRecorder()
     registry.on_snapshot(recorder.on_snapshot)
-    link = BusLink(place.servers, name=f"marketcast-positions-{place.shard}")
+    link = BusLink(
+        place.servers, name=f"marketcast-positions-{place.shard}", credentials=place.credentials
+    )
     market = BusEdge(
         registry,
         link,

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from app.exceptions import ConfigError
 from app.settings import Settings, StorageSettings
+from bus.exceptions import CredentialsError
 from publish.auth import load_secret
 from publish.exceptions import SecretFileError
 
@@ -23,6 +24,16 @@ def check_before_start(settings: Settings) -> None:
     check_port_free(settings.server.host, settings.server.port)
     check_storage(settings.storage)
     check_secret_file(settings)
+    if settings.node.role != "all":
+        check_bus_credentials(settings)
+
+
+def check_bus_credentials(settings: Settings) -> None:
+    """The ``[bus]`` files (``.creds``, TLS CA, certificate and key) load."""
+    try:
+        settings.bus.credentials.check()
+    except CredentialsError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_port_free(host: str, port: int, *, reuse_port: bool = False) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from app.auth import auth_policy
 from app.nodestate import NodeState, edge_state, ingest_state, install_node_pages
 from app.positions_role import BusPlace, edge_positions
-from app.preflight import check_port_free, check_secret_file
+from app.preflight import check_bus_credentials, check_port_free, check_secret_file
 from app.settings import Settings
 from book.registry import BookRegistry
 from book.versions import seq_base
@@ -39,13 +39,20 @@ from publish.server import MarketServer
 
 
 def check_edge_before_start(settings: Settings) -> None:
-    """An edge's preflight: its port (shared with other edges) and the token secret."""
+    """An edge's preflight: its port (shared with other edges), the token secret and the
+    bus's credential files."""
     check_port_free(settings.server.host, settings.server.port, reuse_port=True)
     check_secret_file(settings)
+    check_bus_credentials(settings)
 
 
 def bus_link(settings: Settings) -> BusLink:
-    return BusLink(settings.bus.servers, name=f"marketcast-{settings.node.role}-{os.getpid()}")
+    """The node's NATS connection, logged in with ``[bus]``'s credentials."""
+    return BusLink(
+        settings.bus.servers,
+        name=f"marketcast-{settings.node.role}-{os.getpid()}",
+        credentials=settings.bus.credentials,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +130,6 @@ async def serve_edge(
             group.create_task(positions.service.run(), name="bus:positions")
             group.create_task(metrics.run(), name="metrics")
             if on_ready is not None:
-                bus = ", ".join(settings.bus.servers)
+                bus = f"{link.shown}  ({settings.bus.credentials.describe()})"
                 on_ready(EdgeServer(server.url, server.http_url, registry, metrics, edge, bus))
             await asyncio.Event().wait()  # until cancelled

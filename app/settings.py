@@ -23,6 +23,7 @@ from typing import Any
 
 from app.exceptions import ConfigError
 from app.venues import VENUE_KINDS, native_symbols
+from bus.credentials import BusCredentials, redact_url, url_has_credentials
 from bus.exceptions import SubjectError
 from bus.subjects import Subjects
 from publish.client import ServerLimits
@@ -92,7 +93,7 @@ class BookSettings:
 class AuthSettings:
     """Connection auth: HMAC-signed tokens (``marketcast token --account A``)."""
 
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)
     """The token signing secret (at least 16 bytes); unset: read from ``secret_file``."""
     secret_file: str | None = None
     """Where the secret is kept when ``secret`` is unset; created (0600, random) if missing.
@@ -137,12 +138,40 @@ class BusSettings:
     """Positions shards in the cluster."""
     shard: int = 0
     """``role = "positions"``: which shard this node is (0 .. shards - 1)."""
+    user: str = ""
+    """NATS user name (with ``password``)."""
+    password: str = field(default="", repr=False)
+    """NATS password of ``user`` (a secret: prefer ``MARKETCAST_BUS__PASSWORD``)."""
+    token: str = field(default="", repr=False)
+    """NATS authentication token (a secret: prefer ``MARKETCAST_BUS__TOKEN``)."""
+    creds_file: str = ""
+    """A NATS ``.creds`` file (user JWT and nkey seed, as ``nsc`` writes it)."""
+    tls_ca_file: str = ""
+    """TLS to NATS, trusting the CA certificates of this PEM file (``tls://`` URLs
+    without it trust the system's CAs)."""
+    tls_cert_file: str = ""
+    """A client certificate (PEM) for NATS servers that verify clients, with ``tls_key_file``."""
+    tls_key_file: str = ""
+    """The private key (PEM) of ``tls_cert_file``."""
 
     @property
     def servers(self) -> tuple[str, ...]:
         if isinstance(self.url, str):
             return (self.url or DEFAULT_BUS_URL,)
         return tuple(self.url)
+
+    @property
+    def credentials(self) -> BusCredentials:
+        """How a node logs in to the bus (passed to every connect)."""
+        return BusCredentials(
+            user=self.user,
+            password=self.password,
+            token=self.token,
+            creds_file=self.creds_file,
+            tls_ca_file=self.tls_ca_file,
+            tls_cert_file=self.tls_cert_file,
+            tls_key_file=self.tls_key_file,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +443,8 @@ def _build(cls: type[Any], where: str, values: dict[str, Any]) -> Any:
     for key, value in values.items():
         expected = defaults[key].type
         if not _type_matches(value, str(expected)):
-            raise ConfigError(f"{where}.{key} must be {expected}, got {value!r}")
+            shown = repr(value) if defaults[key].repr else f"a {type(value).__name__}"
+            raise ConfigError(f"{where}.{key} must be {expected}, got {shown}")
     return cls(**values)
 
 
@@ -500,7 +530,7 @@ def _validate_bus(bus: BusSettings, where: str) -> None:
         raise ConfigError(f"{where} must be a NATS URL or a non-empty list of them")
     for url in servers:
         if not url.startswith(BUS_SCHEMES):
-            raise ConfigError(f"{where} must look like nats://host:port, got {url!r}")
+            raise ConfigError(f"{where} must look like nats://host:port, got {redact_url(url)!r}")
     try:
         Subjects(bus.prefix)
     except SubjectError as exc:
@@ -512,4 +542,34 @@ def _validate_bus(bus: BusSettings, where: str) -> None:
     if not 0 <= bus.shard < bus.shards:
         raise ConfigError(
             f"[bus].shard must be 0..{bus.shards - 1} ([bus].shards - 1), got {bus.shard}"
+        )
+    _validate_bus_login(bus, where)
+
+
+def _validate_bus_login(bus: BusSettings, where: str) -> None:
+    """One way to log in, each complete; TLS client certificate and key together."""
+    if bus.password and not bus.user:
+        raise ConfigError("[bus].password is set without [bus].user")
+    if bus.user and not bus.password:
+        raise ConfigError("[bus].user needs [bus].password")
+    ways = [
+        key
+        for key, value in (
+            ("[bus].user", bus.user),
+            ("[bus].token", bus.token),
+            ("[bus].creds_file", bus.creds_file),
+        )
+        if value
+    ]
+    if len(ways) > 1:
+        raise ConfigError(f"{' and '.join(ways)} are different ways to log in to NATS: set one")
+    if ways and any(url_has_credentials(url) for url in bus.servers):
+        raise ConfigError(
+            f"{where} carries credentials (user@ or user:password@) and {ways[0]} is set: "
+            "give them once"
+        )
+    if bool(bus.tls_cert_file) != bool(bus.tls_key_file):
+        missing = "[bus].tls_key_file" if bus.tls_cert_file else "[bus].tls_cert_file"
+        raise ConfigError(
+            f"[bus].tls_cert_file and [bus].tls_key_file go together: {missing} is not set"
         )

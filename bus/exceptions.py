@@ -3,7 +3,8 @@
 BusError
 ├── DecodeError          a bus payload is not a valid message of this encoding version
 ├── SubjectError         a prefix or subject token NATS cannot carry
-└── NatsServerError      no nats-server binary, or it did not start
+├── NatsServerError      no nats-server binary, or it did not start
+└── CredentialsError     a [bus] credential (a .creds file, a TLS file) cannot be used
 """
 
 from __future__ import annotations
@@ -23,3 +24,8 @@ class SubjectError(BusError, ValueError):
 
 class NatsServerError(BusError):
     """The nats-server binary is missing, or the server it started did not come up."""
+
+
+class CredentialsError(BusError):
+    """A ``[bus]`` credential cannot be used: a ``.creds`` file that is unreadable or not
+    one, a TLS file that does not load. The message names the key, never a secret."""

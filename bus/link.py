@@ -5,6 +5,12 @@ so a node may start before its bus), then leaves reconnects to nats-py (forever,
 ``reconnect_wait`` seconds) until cancelled, when it runs its ``on_close`` hooks (an
 ingest's goodbye) and closes the connection.
 Its ``LinkState`` is what /health and /metrics show of the connection.
+
+It logs in with ``[bus]``'s credentials (``bus.credentials.BusCredentials``: user and
+password, token, ``.creds`` file; TLS), passed to every connect. Credentials the server
+refuses are logged as such, naming the bus (its URLs without a password) and the keys,
+and retried like an unreachable server: a node never crashes over them, and its
+/health says why it is not connected (``last_error``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from dataclasses import dataclass
 
 import nats
 from nats.aio.client import Client
+
+from bus.credentials import BusCredentials, redact_url, redact_urls
+from bus.exceptions import CredentialsError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +39,9 @@ class LinkState:
     disconnects: int = 0
     errors: int = 0
     server: str = ""
-    """The server last connected to (``nats://host:port``)."""
+    """The server last connected to (``nats://host:port``, without a password)."""
+    last_error: str = ""
+    """Why the last connect or the connection failed (empty once connected)."""
 
 
 class BusLink:
@@ -43,11 +54,15 @@ class BusLink:
         servers: Sequence[str],
         *,
         name: str,
+        credentials: BusCredentials | None = None,
         reconnect_wait: float = 0.25,
         max_backoff: float = 2.0,
     ) -> None:
         self.servers = list(servers)
+        self.shown = redact_urls(self.servers)
+        """The servers as logs and pages show them (no password)."""
         self.name = name
+        self.credentials = credentials if credentials is not None else BusCredentials()
         self.reconnect_wait = reconnect_wait
         self.max_backoff = max_backoff
         self.state = LinkState()
@@ -116,9 +131,14 @@ class BusLink:
                 await _cancel_until_done(connecting)
                 await _close_quietly(client)  # no half-open socket left behind
                 raise
+            except CredentialsError as exc:
+                await _close_quietly(client)
+                self._failed(f"bus {self.shown}: {exc}; retrying", exc)
+                await asyncio.sleep(self.max_backoff)
+                continue
             except (nats.errors.Error, OSError, TimeoutError) as exc:
                 await _close_quietly(client)
-                log.warning("bus %s refused the connection (%s); retrying", self.servers, exc)
+                self._failed(f"bus {self.shown} refused the connection ({exc}); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
                 continue
@@ -128,6 +148,7 @@ class BusLink:
             return client
 
     async def _connect(self, client: Client) -> None:
+        login = self.credentials.connect_options()
         await client.connect(
             servers=self.servers,
             name=self.name,
@@ -140,13 +161,15 @@ class BusLink:
             disconnected_cb=self._disconnected,
             reconnected_cb=self._reconnected,
             error_cb=self._error,
+            **login,
         )
 
     def _mark_connected(self, client: Client) -> None:
         self.state.connected = True
         self.state.connects += 1
         url = client.connected_url
-        self.state.server = url.geturl() if url is not None else ""
+        self.state.server = redact_url(url.geturl()) if url is not None else ""
+        self.state.last_error = ""
         self._connected.set()
 
     async def _disconnected(self) -> None:
@@ -169,10 +192,32 @@ class BusLink:
 
     async def _error(self, exc: Exception) -> None:
         self.state.errors += 1
-        if self.state.connects == 0 and self.state.errors == 1:
-            log.warning("bus %s not reachable (%s); retrying", self.servers, exc)
+        if _refused_login(exc):
+            self._failed(
+                f"bus {self.shown} refused the credentials ({self.credentials.keys()}): "
+                f"{exc}; retrying",
+                exc,
+            )
+        elif self.state.connects == 0:
+            self._failed(f"bus {self.shown} not reachable ({exc}); retrying", exc)
         else:
             log.debug("bus error: %s", exc)
+
+    def _failed(self, message: str, exc: Exception) -> None:
+        """Log ``message`` when the reason changes (not at every retry), keep it for
+        /health."""
+        reason = str(exc) or type(exc).__name__
+        if reason != self.state.last_error:
+            log.warning("%s", message)
+        else:
+            log.debug("%s", message)
+        self.state.last_error = reason
+
+
+def _refused_login(exc: Exception) -> bool:
+    """NATS refused the credentials (or asked for some)."""
+    text = str(exc).lower()
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text
 
 
 def raise_swallowed_cancellation() -> None:

@@ -4,6 +4,7 @@ shards and N edges on this machine over a nats-server of their own (see ``app.cl
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from app.auth import auth_policy
@@ -14,6 +15,8 @@ from app.loop import run_until_signalled
 from app.preflight import check_port_free
 from app.settings import Settings, read_settings
 from book.instruments import instrument_id
+
+log = logging.getLogger("marketcast.cluster")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,11 +56,16 @@ def _cluster(args: argparse.Namespace) -> int:
         host=settings.server.host,
         port=settings.server.port,
         edges=args.edges,
-        bus_url=",".join(settings.bus.servers) if settings.bus.url else None,
+        bus_servers=settings.bus.servers if settings.bus.url else (),
         run_args=["--config", args.config] if args.config else [],
         cli_args=["--log-format", args.log_format, *(["-v"] if args.verbose else [])],
         shards=args.shards,
     )
+    if not settings.bus.url and settings.bus.credentials.method != "none":
+        log.warning(
+            "[bus].url is not set: the cluster starts its own nats-server on loopback, "
+            "without login, and its nodes connect to it without [bus] credentials"
+        )
     supervisor = Supervisor(
         plan, on_ready=lambda ready: print(_banner(settings, ready), flush=True)
     )

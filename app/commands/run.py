@@ -105,7 +105,11 @@ def _banner(server: RunningServer) -> str:
     instruments = server.registry.instruments()
     role = "" if server.role == "all" else f" ({server.role})"
     title = f"marketcast{role} is serving {', '.join(instruments)}"
-    return banner(title, server.url, server.http_url, instruments[0])
+    extra = []
+    if server.bus is not None:
+        link = server.bus.link
+        extra.append(f"  bus:       {link.shown}  ({link.credentials.describe()})")
+    return banner(title, server.url, server.http_url, instruments[0], *extra)
 
 
 def _edge_banner(server: EdgeServer) -> str:
@@ -122,6 +126,6 @@ def _shard_banner(server: RunningShard) -> str:
             f"  health:    {server.http_url}/health",
             f"  metrics:   {server.http_url}/metrics  (dashboard: {server.http_url}/dashboard)",
             f"  storage:   {server.storage}",
-            f"  bus:       {', '.join(shard.link.servers)}",
+            f"  bus:       {shard.link.shown}  ({shard.link.credentials.describe()})",
         )
     )
