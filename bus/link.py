@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -68,6 +69,7 @@ class BusLink:
         self.state = LinkState()
         self.client: Client | None = None
         self._connected = asyncio.Event()
+        self._login_refused = False
         self._on_connect: list[Hook] = []
         self._on_reconnect: list[Hook] = []
         self._on_close: list[Hook] = []
@@ -123,19 +125,20 @@ class BusLink:
         is cancelled until it ends."""
         delay = 0.05
         while True:
+            try:
+                login = self.credentials.connect_options()  # files read at every connect
+            except CredentialsError as exc:
+                self._failed(f"bus {self.shown}: {exc}; retrying", exc)
+                await asyncio.sleep(self.max_backoff)
+                continue
             client = Client()
-            connecting = asyncio.create_task(self._connect(client), name="bus:connect")
+            connecting = asyncio.create_task(self._connect(client, login), name="bus:connect")
             try:
                 await asyncio.shield(connecting)
             except asyncio.CancelledError:
                 await _cancel_until_done(connecting)
                 await _close_quietly(client)  # no half-open socket left behind
                 raise
-            except CredentialsError as exc:
-                await _close_quietly(client)
-                self._failed(f"bus {self.shown}: {exc}; retrying", exc)
-                await asyncio.sleep(self.max_backoff)
-                continue
             except (nats.errors.Error, OSError, TimeoutError) as exc:
                 await _close_quietly(client)
                 self._failed(f"bus {self.shown} refused the connection ({exc}); retrying", exc)
@@ -147,8 +150,7 @@ class BusLink:
             log.info("bus connected to %s", self.state.server)
             return client
 
-    async def _connect(self, client: Client) -> None:
-        login = self.credentials.connect_options()
+    async def _connect(self, client: Client, login: dict[str, Any]) -> None:
         await client.connect(
             servers=self.servers,
             name=self.name,
@@ -170,6 +172,7 @@ class BusLink:
         url = client.connected_url
         self.state.server = redact_url(url.geturl()) if url is not None else ""
         self.state.last_error = ""
+        self._login_refused = False
         self._connected.set()
 
     async def _disconnected(self) -> None:
@@ -193,14 +196,15 @@ class BusLink:
     async def _error(self, exc: Exception) -> None:
         self.state.errors += 1
         if _refused_login(exc):
+            self._login_refused = True
             self._failed(
                 f"bus {self.shown} refused the credentials ({self.credentials.keys()}): "
                 f"{exc}; retrying",
                 exc,
             )
-        elif self.state.connects == 0:
+        elif self.state.connects == 0 and not self._login_refused:
             self._failed(f"bus {self.shown} not reachable ({exc}); retrying", exc)
-        else:
+        else:  # a refused login stays the reason: the server then drops the socket too
             log.debug("bus error: %s", exc)
 
     def _failed(self, message: str, exc: Exception) -> None:

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,7 +65,12 @@ def port_open(host: str, port: int) -> bool:
 
 class NatsServer:
     """``with NatsServer() as server: server.url`` — started on a free loopback port,
-    killed on exit. ``kill()``/``start()`` again reuse the same port (a bus outage)."""
+    killed on exit. ``kill()``/``start()`` again reuse the same port (a bus outage).
+
+    ``config``: the text of a nats-server configuration file (``authorization { user:
+    ..., password: ... }``, ``authorization { token: ... }``, ``tls { ... }``, operator
+    mode), written to a private file for the life of the object; the address and port
+    arguments win over it. ``auth_config`` writes the usual ones."""
 
     def __init__(
         self,
@@ -73,12 +79,15 @@ class NatsServer:
         port: int | None = None,
         binary: Path | None = None,
         extra_args: Sequence[str] = (),
+        config: str = "",
         start_timeout: float = 10.0,
     ) -> None:
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.binary = binary if binary is not None else find_nats_server()
         self.extra_args = tuple(extra_args)
+        self.config = config
+        self._config_dir: tempfile.TemporaryDirectory[str] | None = None
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -88,7 +97,17 @@ class NatsServer:
 
     @property
     def command(self) -> list[str]:
-        return [str(self.binary), "-a", self.host, "-p", str(self.port), *self.extra_args]
+        config = ["-c", str(self.config_path())] if self.config else []
+        return [str(self.binary), *config, "-a", self.host, "-p", str(self.port), *self.extra_args]
+
+    def config_path(self) -> Path:
+        """The configuration file (written on first use, readable by this user only)."""
+        if self._config_dir is None:
+            self._config_dir = tempfile.TemporaryDirectory(prefix="nats-server-")
+            path = Path(self._config_dir.name) / "nats-server.conf"
+            path.touch(mode=0o600)
+            path.write_text(self.config, encoding="utf-8")
+        return Path(self._config_dir.name) / "nats-server.conf"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -126,3 +145,28 @@ class NatsServer:
         tb: TracebackType | None,
     ) -> None:
         self.kill()
+        if self._config_dir is not None:
+            self._config_dir.cleanup()
+            self._config_dir = None
+
+
+def auth_config(*, user: str = "", password: str = "", token: str = "") -> str:
+    """A nats-server configuration that requires ``user``/``password`` or ``token``."""
+    if token:
+        return f"authorization {{\n  token: {_quoted(token)}\n}}\n"
+    return f"authorization {{\n  user: {_quoted(user)}\n  password: {_quoted(password)}\n}}\n"
+
+
+def tls_config(*, cert_file: str, key_file: str, ca_file: str = "", verify: bool = False) -> str:
+    """A nats-server ``tls`` block: its certificate, and with ``verify`` the clients' too
+    (signed by ``ca_file``)."""
+    lines = [f"  cert_file: {_quoted(cert_file)}", f"  key_file: {_quoted(key_file)}"]
+    if ca_file:
+        lines.append(f"  ca_file: {_quoted(ca_file)}")
+    if verify:
+        lines.append("  verify: true")
+    return "tls {\n" + "\n".join(lines) + "\n}\n"
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

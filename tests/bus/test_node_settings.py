@@ -73,3 +73,57 @@ def test_command_line_overrides() -> None:
         shared.with_bus("localhost:4222")
     with pytest.raises(ConfigError, match="needs at least one"):
         Settings().with_role("ingest")
+
+
+SECRET = "a-password-that-must-never-show"
+
+
+@pytest.mark.parametrize(
+    ("bus", "message"),
+    [
+        ({"password": SECRET}, r"\[bus\].password is set without \[bus\].user"),
+        ({"user": "mc"}, r"\[bus\].user needs \[bus\].password"),
+        (
+            {"user": "mc", "password": SECRET, "token": SECRET},
+            r"\[bus\].user and \[bus\].token are different ways to log in to NATS: set one",
+        ),
+        (
+            {"token": SECRET, "creds_file": "/etc/nats/node.creds"},
+            r"\[bus\].token and \[bus\].creds_file are different ways",
+        ),
+        (
+            {"url": f"nats://mc:{SECRET}@n1:4222", "token": SECRET},
+            r"\[bus\].url carries credentials .* and \[bus\].token is set: give them once",
+        ),
+        ({"tls_cert_file": "/c.pem"}, r"go together: \[bus\].tls_key_file is not set"),
+        ({"tls_key_file": "/k.pem"}, r"go together: \[bus\].tls_cert_file is not set"),
+        ({"password": 12345678}, r"\[bus\].password must be str, got a int"),
+        ({"url": f"http://mc:{SECRET}@n1:4222"}, r"got 'http://mc:\*\*\*@n1:4222'"),
+    ],
+)
+def test_bad_bus_logins_name_the_key_and_never_the_secret(
+    bus: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
+        settings_from_dict({"bus": bus})
+    assert SECRET not in str(raised.value) and "12345678" not in str(raised.value)
+
+
+def test_bus_logins_from_the_file_or_the_environment() -> None:
+    from app.settings import with_environment
+
+    settings = settings_from_dict(
+        {"bus": {"user": "mc", "tls_ca_file": "/etc/nats/ca.pem", "password": "from-the-file"}}
+    )
+    assert settings.bus.credentials.method == "user"
+    environ = {"MARKETCAST_BUS__PASSWORD": SECRET}
+    from_env = with_environment(settings, environ)
+    assert from_env.bus.password == SECRET and from_env.bus.user == "mc"
+    assert from_env.bus.credentials.describe() == "user 'mc', TLS (CA /etc/nats/ca.pem)"
+    token = with_environment(Settings(), {"MARKETCAST_BUS__TOKEN": SECRET})
+    assert token.bus.credentials.method == "token"
+    creds = with_environment(Settings(), {"MARKETCAST_BUS__CREDS_FILE": "/run/nats.creds"})
+    assert creds.bus.credentials.describe() == "creds file /run/nats.creds"
+    with pytest.raises(ConfigError, match=r"environment: \[bus\].user and \[bus\].token") as err:
+        with_environment(from_env, {"MARKETCAST_BUS__TOKEN": SECRET})
+    assert SECRET not in str(err.value)
