@@ -133,6 +133,8 @@ async def test_the_running_server_follows_the_venue_catalog(tmp_path: Path) -> N
 
             simulator.set_listing("ETHUSDT", TradingStatus.TRADING)
             await eventually(lambda: registry.is_live(eth), "ETH trades again")
+            # The registry is live before the subscriber has read the status message.
+            await eventually(lambda: watcher.states(eth, 0)[-1:] == ["live"], "ETH live, told")
             assert watcher.states(eth, 0)[-2:] == ["syncing", "live"]
 
             refresher = server.refreshers["binance"]
