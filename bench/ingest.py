@@ -13,7 +13,7 @@ bid/ask after every message:
   the snapshot wait for it and those older than it are dropped; no other sequence
   checks, no events, no snapshots: the least work that keeps the same book.
 - marketcast: ``FeedSession.receive`` (what the runner calls per frame):
-  ``BinanceAdapter.parse`` -> ``BookDispatcher.handle`` -> ``BinanceDepthSync``
+  ``BinanceParser.parse`` -> ``BookDispatcher.handle`` -> ``BinanceDepthSync``
   (sequence checks, bookTicker cross-checks) -> ``L2Book`` -> an immutable
   ``BookSnapshot`` per applied message, handed to the session's sink, which reads its
   best bid/ask.
@@ -390,7 +390,7 @@ def run(options: IngestOptions, progress: Progress) -> ScenarioResult:
         how=(
             "Each recorded frame (already in memory as text) goes through the contender; "
             "the best bid/ask is read after every message. marketcast = "
-            "FeedSession.receive: BinanceAdapter.parse + BookDispatcher + BinanceDepthSync + "
+            "FeedSession.receive: BinanceParser.parse + BookDispatcher + BinanceDepthSync + "
             "L2Book + immutable BookSnapshot to the session's sink. Floors measured in the "
             "same run: orjson.loads alone, and a bare "
             "orjson + SortedDict apply loop with the same exact fixed-point conversion "

@@ -6,7 +6,8 @@ instrument and lists every venue symbol that could not be named (its messages we
 not replayed). A problem (gap, checksum, mismatch)
 resyncs that instrument as live would: its book is reset and waits for the next
 snapshot in the recording (the session's requests for one are answered by the
-recording, or not at all).
+recording, or not at all). Each recorded connection's frames are parsed by a parser of
+its own, made afresh when the connection opens (a reconnect numbers its messages anew).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from feeds.recordings import FrameKind, RecordedFrame
 from feeds.session import FeedSession, RequestSnapshot
 from feeds.symbols import DiscoveringSymbolMap
 from feeds.sync import SyncProblem
-from feeds.venue import VenueAdapter
+from feeds.venue import FrameParser, VenueAdapter
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,8 @@ class Replay:
         self.frames = 0
         self.published = 0
         self._published: list[BookSnapshot] = []
+        self._parsers: dict[int, FrameParser] = {}
+        """Each recorded connection's parser (``RecordedFrame.conn``)."""
 
     def snapshots(self, frames: Iterable[RecordedFrame]) -> Iterator[BookSnapshot]:
         """Every book published while replaying ``frames``, in order."""
@@ -68,8 +71,14 @@ class Replay:
                     self._published.clear()
 
     def _events(self, frame: RecordedFrame) -> list[FeedEvent]:
+        if frame.kind is FrameKind.CONNECT:
+            self._parsers[frame.conn] = self.adapter.new_parser()
+            return []
         if frame.kind is FrameKind.RECV:
-            return self.adapter.parse(frame.data)
+            parser = self._parsers.get(frame.conn)
+            if parser is None:  # a recording that does not mark connects
+                parser = self._parsers[frame.conn] = self.adapter.new_parser()
+            return parser.parse(frame.data)
         if frame.kind is FrameKind.HTTP and self.adapter.rest_snapshots:
             instrument = self.adapter.snapshot_instrument(frame.url)
             if instrument is None:

@@ -373,7 +373,6 @@ class FeedConnection:
         url = self.adapter.stream_url(runner.instruments)
         async with runner.connect(url) as ws:
             runner.connections += 1
-            self.adapter.connection_started()
             standby = isinstance(self.session.sink, ShadowSink)
             runner.incident(None, IncidentKind.CONNECT, f"standby {url}" if standby else url)
             runner.record(self, FrameKind.CONNECT, "", url)

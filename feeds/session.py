@@ -116,6 +116,9 @@ class FeedSession:
     ) -> None:
         self.adapter = adapter
         self.venue = adapter.venue
+        self.parser = adapter.new_parser()
+        """This connection's own: per-connection protocol state (Coinbase's
+        ``sequence_num``) is never shared with another connection open at once."""
         self.sink = sink
         """Where snapshots, states and incidents go; swapped when a standby takes over."""
         self.dispatcher = BookDispatcher(
@@ -208,7 +211,7 @@ class FeedSession:
         """One frame as received. O(events in the frame)."""
         self.counters.frames += 1
         handle = self.handle_event
-        for event in self.adapter.parse(frame):
+        for event in self.parser.parse(frame):
             handle(event, ts_recv)
         if not self._actions:  # the common case, without a call
             return NO_ACTIONS

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from feeds.events import BookSnapshotEvent, FeedEvent
 from feeds.symbols import SymbolMap
@@ -46,8 +47,23 @@ class Handshake:
     """What logs call it (``login``)."""
 
 
+class FrameParser(Protocol):
+    """Turns the frames of ONE connection into events (sans-I/O).
+
+    Whatever a venue numbers per connection (Coinbase's ``sequence_num``) lives in the
+    parser, so two connections open at once (a rotation's old and standby ones) never
+    share it: each connection's session makes its own (``VenueAdapter.new_parser``).
+    """
+
+    def parse(self, frame: str | bytes) -> list[FeedEvent]: ...
+
+
 class VenueAdapter(ABC):
     """One venue's protocol, minus all I/O (the runner does the I/O).
+
+    An adapter is shared by every connection of a runner, so it keeps no state of its
+    own per connection: that is in the parser and the book syncs each connection's
+    session makes (``new_parser``, ``new_sync``).
 
     ``rest_snapshots`` venues (Binance) sync a book from an HTTP snapshot bridged
     with buffered stream events; the others get snapshots in-band and resync an
@@ -86,11 +102,6 @@ class VenueAdapter(ABC):
     @abstractmethod
     def stream_url(self, instruments: Sequence[str]) -> str: ...
 
-    def connection_started(self) -> None:  # noqa: B027 - an optional hook, empty by default
-        """Forget per-connection protocol state (e.g. a per-connection sequence number).
-
-        Called by the runner each time this adapter's connection (re)opens."""
-
     def handshake(self) -> Handshake | None:
         """What to do before ``subscribe_frames`` on each new connection (``None``: no
         handshake, subscribe at once). Built per connection (a login is timestamped)."""
@@ -108,7 +119,8 @@ class VenueAdapter(ABC):
         return None
 
     @abstractmethod
-    def parse(self, frame: str | bytes) -> list[FeedEvent]: ...
+    def new_parser(self) -> FrameParser:
+        """A parser for one new connection (its per-connection state starts afresh)."""
 
     @abstractmethod
     def new_sync(self, instrument: str, *, capture_depth: int) -> BookSync: ...

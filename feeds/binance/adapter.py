@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from feeds.binance.parser import BinanceParser
 from feeds.binance.sync import BinanceDepthSync
-from feeds.events import BookSnapshotEvent, FeedEvent
+from feeds.events import BookSnapshotEvent
 from feeds.symbols import SymbolMap
 from feeds.sync import BookSync
 from feeds.venue import VenueAdapter
@@ -44,7 +44,8 @@ class BinanceAdapter(VenueAdapter):
         self.snapshot_limit = snapshot_limit
         self.snapshot_weight = _depth_weight(snapshot_limit, futures=futures)
         self.rest_weight_per_minute = 2400.0 if futures else 6000.0
-        self._parser = BinanceParser(symbols)
+        self._snapshots = BinanceParser(symbols)
+        """Parses REST snapshots (they belong to no connection)."""
 
     def stream_url(self, instruments: Sequence[str]) -> str:
         streams: list[str] = []
@@ -53,8 +54,8 @@ class BinanceAdapter(VenueAdapter):
             streams += [f"{native}@{self.depth_stream}", f"{native}@bookTicker"]
         return f"{self.ws_base}/stream?streams={'/'.join(streams)}"
 
-    def parse(self, frame: str | bytes) -> list[FeedEvent]:
-        return self._parser.parse(frame)
+    def new_parser(self) -> BinanceParser:
+        return BinanceParser(self.symbols)
 
     def new_sync(self, instrument: str, *, capture_depth: int) -> BookSync:
         return BinanceDepthSync(instrument, futures=self.futures, capture_depth=capture_depth)
@@ -65,7 +66,7 @@ class BinanceAdapter(VenueAdapter):
         return f"{self.rest_base}{path}?symbol={native}&limit={self.snapshot_limit}"
 
     def parse_snapshot(self, instrument: str, body: bytes | str) -> BookSnapshotEvent:
-        return self._parser.parse_snapshot(instrument, body)
+        return self._snapshots.parse_snapshot(instrument, body)
 
     def snapshot_instrument(self, url: str) -> str | None:
         symbol = parse_qs(urlsplit(url).query).get("symbol", [""])[0]

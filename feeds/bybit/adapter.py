@@ -18,7 +18,6 @@ import orjson
 
 from feeds.bybit.parser import BybitParser
 from feeds.bybit.sync import BybitBookSync
-from feeds.events import FeedEvent
 from feeds.symbols import SymbolMap
 from feeds.sync import BookSync
 from feeds.venue import IdleProbe, VenueAdapter
@@ -58,7 +57,6 @@ class BybitAdapter(VenueAdapter):
         self.category = category
         self.ws_base = (ws_base or BYBIT_WS).rstrip("/")
         self.depth = depth
-        self._parser = BybitParser(symbols)
 
     def topic(self, instrument: str) -> str:
         """``"orderbook.50.BTCUSDT"``."""
@@ -81,8 +79,8 @@ class BybitAdapter(VenueAdapter):
     def app_ping_frame(self) -> str:
         return _PING
 
-    def parse(self, frame: str | bytes) -> list[FeedEvent]:
-        return self._parser.parse(frame)
+    def new_parser(self) -> BybitParser:
+        return BybitParser(self.symbols)
 
     def new_sync(self, instrument: str, *, capture_depth: int) -> BookSync:
         return BybitBookSync(instrument, capture_depth=capture_depth)

@@ -19,7 +19,6 @@ import orjson
 
 from feeds.coinbase.parser import CoinbaseParser
 from feeds.coinbase.sync import CoinbaseBookSync
-from feeds.events import FeedEvent
 from feeds.symbols import SymbolMap
 from feeds.sync import BookSync
 from feeds.venue import IdleProbe, VenueAdapter
@@ -28,7 +27,8 @@ COINBASE_WS = "wss://advanced-trade-ws.coinbase.com"
 
 
 class CoinbaseAdapter(VenueAdapter):
-    """One connection's protocol state: make one adapter per connection (parser state)."""
+    """Coinbase's protocol; each connection's ``sequence_num`` is checked by its own
+    parser (``new_parser``), so a rotation's two connections never mix their numbers."""
 
     silence_timeout = 3.0  # heartbeats arrive every second
     idle_probe = IdleProbe.NONE
@@ -38,13 +38,9 @@ class CoinbaseAdapter(VenueAdapter):
         self.venue = symbols.venue
         self.symbols = symbols
         self.ws_url = (ws_url or COINBASE_WS).rstrip("/")
-        self._parser = CoinbaseParser(symbols)
 
     def stream_url(self, instruments: Sequence[str]) -> str:
         return self.ws_url
-
-    def connection_started(self) -> None:
-        self._parser.reset()
 
     def subscribe_frames(self, instruments: Sequence[str]) -> list[str]:
         products = [self.symbols.venue_symbol(name) for name in instruments]
@@ -60,8 +56,9 @@ class CoinbaseAdapter(VenueAdapter):
             _request("subscribe", "level2", products),
         ]
 
-    def parse(self, frame: str | bytes) -> list[FeedEvent]:
-        return self._parser.parse(frame)
+    def new_parser(self) -> CoinbaseParser:
+        """One connection's parser: it checks that connection's ``sequence_num``."""
+        return CoinbaseParser(self.symbols)
 
     def new_sync(self, instrument: str, *, capture_depth: int) -> BookSync:
         return CoinbaseBookSync(instrument, capture_depth=capture_depth)

@@ -19,8 +19,9 @@ Raw frames this parser understands (``wss://advanced-trade-ws.coinbase.com``)::
 ``sequence_num`` is ONE counter per connection across every channel, so a break says a
 message of the connection was lost without saying whose: the parser keeps the last
 number and reports a ``ConnectionGapEvent`` (the runner resyncs every instrument of the
-connection). A connection's first message is number 0, so ``reset`` (a new connection)
-expects 0 next: even a loss before anything arrived (a subscription's snapshot) shows.
+connection). One parser serves one connection (its session makes it): a connection's
+first message is number 0, so a new parser expects 0 first and even a loss before
+anything arrived (a subscription's snapshot) shows.
 """
 
 from __future__ import annotations
@@ -87,18 +88,14 @@ def _sides(updates: list[dict[str, str]]) -> tuple[tuple[Level, ...], tuple[Leve
 class CoinbaseParser:
     """Parse one frame of one connection. O(levels in the frame); no I/O.
 
-    State: the ``sequence_num`` the connection's next message must have (``reset`` for a
-    new connection).
+    State: the ``sequence_num`` the connection's next message must have; a new
+    connection gets a new parser.
     """
 
     __slots__ = ("symbols", "_expected")
 
     def __init__(self, symbols: SymbolMap) -> None:
         self.symbols = symbols
-        self._expected = 0
-
-    def reset(self) -> None:
-        """A new connection: its messages are numbered from 0 again."""
         self._expected = 0
 
     def parse(self, frame: str | bytes) -> list[FeedEvent]:

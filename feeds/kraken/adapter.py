@@ -25,7 +25,6 @@ from collections.abc import Mapping, Sequence
 import orjson
 
 from book.instruments import instrument_id
-from feeds.events import FeedEvent
 from feeds.kraken.checksum import Precision, PrecisionTable
 from feeds.kraken.parser import KrakenParser
 from feeds.kraken.sync import DEPTHS, KrakenBookSync
@@ -78,7 +77,6 @@ class KrakenAdapter(VenueAdapter):
         self.precisions = PrecisionTable(
             {instrument_id(self.venue, name): precision for name, precision in configured.items()}
         )
-        self._parser = KrakenParser(symbols, self.precisions)
         self._request_ids = itertools.count(1)
 
     def stream_url(self, instruments: Sequence[str]) -> str:
@@ -102,8 +100,10 @@ class KrakenAdapter(VenueAdapter):
     def app_ping_frame(self) -> str | None:
         return orjson.dumps({"method": "ping", "req_id": next(self._request_ids)}).decode()
 
-    def parse(self, frame: str | bytes) -> list[FeedEvent]:
-        return self._parser.parse(frame)
+    def new_parser(self) -> KrakenParser:
+        """What the venue states about precisions goes into the adapter's table, which
+        every connection's parser and book syncs share (facts about the venue)."""
+        return KrakenParser(self.symbols, self.precisions)
 
     def new_sync(self, instrument: str, *, capture_depth: int) -> BookSync:
         return KrakenBookSync(

@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from feeds.events import FeedEvent
 from feeds.okx.channels import RULES, OkxChannel, OkxCredentials, login_answer, login_frame
 from feeds.okx.parser import OkxParser
 from feeds.okx.sync import OkxBookSync
@@ -99,7 +98,6 @@ class OkxAdapter(VenueAdapter):
         base = ws_base or PUBLIC_WS
         has_path = urlsplit(base).path not in ("", "/")
         self.ws_url = base if has_path else base.rstrip("/") + PUBLIC_PATH
-        self._parser = OkxParser(symbols)
 
     def stream_url(self, instruments: Sequence[str]) -> str:
         return self.ws_url
@@ -124,8 +122,8 @@ class OkxAdapter(VenueAdapter):
     def app_ping_frame(self) -> str | None:
         return "ping"
 
-    def parse(self, frame: str | bytes) -> list[FeedEvent]:
-        return self._parser.parse(frame)
+    def new_parser(self) -> OkxParser:
+        return OkxParser(self.symbols)
 
     def new_sync(self, instrument: str, *, capture_depth: int) -> BookSync:
         return OkxBookSync(instrument, capture_depth=capture_depth)

@@ -251,3 +251,30 @@ def test_a_halted_instrument_is_passed_by_until_it_resumes() -> None:
         ("status", (BTC, InstrumentState.LIVE, "in sync")),
         ("incident", (BTC, IncidentKind.LIVE, "seq 2")),
     ]
+
+
+def heartbeat(sequence_num: int) -> str:
+    return (
+        '{"channel":"heartbeats","client_id":"","timestamp":"2023-06-23T20:31:56.12Z",'
+        f'"sequence_num":{sequence_num},"events":[{{"current_time":"","heartbeat_counter":1}}]}}'
+    )
+
+
+def test_two_sessions_of_one_adapter_keep_their_own_connection_sequence() -> None:
+    """Make-before-break: a standby connection's session runs beside the old one's,
+    with the same adapter; each connection numbers its messages from 0 on its own."""
+    old, old_sink = session()
+    live(old, old_sink)
+    for number in range(4):
+        assert old.receive(heartbeat(number), 2) == ()
+    standby = FeedSession(old.adapter, [BTC, ETH], sink=Written(), counters=old.counters)
+    standby.start(3)
+    for number in range(3):
+        assert standby.receive(heartbeat(number), 4) == ()
+        assert old.receive(heartbeat(4 + number), 4) == ()
+    assert old.counters.gaps == 0
+    assert old.is_live(BTC) and old.is_live(ETH)
+    # Each still sees a loss of its own.
+    assert [type(a) for a in standby.receive(heartbeat(9), 5)] == [RequestSnapshot] * 2
+    assert old.receive(heartbeat(7), 5) == ()
+    assert old.is_live(BTC)

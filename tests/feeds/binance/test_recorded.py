@@ -46,13 +46,14 @@ def adapter_for(natives: list[str], *, futures: bool) -> BinanceAdapter:
 
 
 def events(adapter: BinanceAdapter, frames: list[RecordedFrame]) -> Iterator[tuple[int, FeedEvent]]:
+    parser = adapter.new_parser()
     for frame in frames:
         if frame.kind is FrameKind.HTTP:
             instrument = adapter.snapshot_instrument(frame.url)
             assert instrument is not None
             yield frame.ts, adapter.parse_snapshot(instrument, frame.data)
         elif frame.kind is FrameKind.RECV:
-            for event in adapter.parse(frame.data):
+            for event in parser.parse(frame.data):
                 yield frame.ts, event
 
 
@@ -146,7 +147,7 @@ def test_a_dropped_depth_message_is_a_gap_of_that_instrument_only(
         i for i, f in enumerate(frames) if f.kind is FrameKind.RECV and "depthUpdate" in f.data
     ]
     dropped_index = depth_frames[len(depth_frames) // 2]
-    (dropped,) = adapter.parse(frames[dropped_index].data)
+    (dropped,) = adapter.new_parser().parse(frames[dropped_index].data)
     assert isinstance(dropped, BookDeltaEvent)
     result = replay(adapter, frames[:dropped_index] + frames[dropped_index + 1 :])
     assert result.problems, "the dropped message went unnoticed"

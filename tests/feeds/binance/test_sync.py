@@ -50,14 +50,14 @@ def depth(
     }
     if pu is not None:
         data["pu"] = pu
-    (event,) = (USDM if pu is not None else SPOT).parse(orjson.dumps(data))
+    (event,) = (USDM if pu is not None else SPOT).new_parser().parse(orjson.dumps(data))
     assert isinstance(event, BookDeltaEvent)
     return event
 
 
 def ticker(u: int, bid: str, bid_qty: str, ask: str, ask_qty: str) -> TopOfBookEvent:
     data = {"u": u, "s": "BTCUSDT", "b": bid, "B": bid_qty, "a": ask, "A": ask_qty}
-    (event,) = SPOT.parse(orjson.dumps(data))
+    (event,) = SPOT.new_parser().parse(orjson.dumps(data))
     assert isinstance(event, TopOfBookEvent)
     return event
 
@@ -199,6 +199,7 @@ def test_a_recorded_slice_syncs_from_its_rest_snapshot() -> None:
     adapter = BinanceAdapter(SymbolMap("binance", {"NKN-USDT": "NKNUSDT"}))
     name = "binance:NKN-USDT"
     sync = BinanceDepthSync(name, futures=False)
+    parser = adapter.new_parser()
     rest: BookSnapshotEvent | None = None
     deltas: list[BookDeltaEvent] = []
     published: list[tuple[int | None, BookSnapshot]] = []
@@ -207,7 +208,7 @@ def test_a_recorded_slice_syncs_from_its_rest_snapshot() -> None:
             rest = adapter.parse_snapshot(name, frame.data)
             result = sync.on_snapshot(rest, frame.ts)
         elif frame.kind is FrameKind.RECV:
-            (event,) = adapter.parse(frame.data)
+            (event,) = parser.parse(frame.data)
             if not isinstance(event, BookDeltaEvent):
                 continue
             deltas.append(event)

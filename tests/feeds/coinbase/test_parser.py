@@ -141,21 +141,39 @@ def test_one_sequence_over_every_channel_and_a_break_is_a_connection_gap() -> No
 
 def test_every_connection_counts_from_zero() -> None:
     adapter = CoinbaseAdapter(SYMBOLS)
-    assert adapter.parse(heartbeat(0)) == [HeartbeatEvent()]
-    assert adapter.parse(heartbeat(1)) == [HeartbeatEvent()]
-    adapter.connection_started()
-    assert adapter.parse(heartbeat(0)) == [HeartbeatEvent()]
-    assert adapter.parse(heartbeat(1)) == [HeartbeatEvent()]
-    assert adapter.parse(heartbeat(0)) == [
+    first = adapter.new_parser()
+    assert first.parse(heartbeat(0)) == [HeartbeatEvent()]
+    assert first.parse(heartbeat(1)) == [HeartbeatEvent()]
+    second = adapter.new_parser()  # a new connection
+    assert second.parse(heartbeat(0)) == [HeartbeatEvent()]
+    assert second.parse(heartbeat(1)) == [HeartbeatEvent()]
+    assert second.parse(heartbeat(0)) == [
         ConnectionGapEvent("sequence_num 0, expected 2"),
         HeartbeatEvent(),
     ]
     # Messages lost before the first one arrived (the subscription's snapshot) show too.
-    adapter.connection_started()
-    assert adapter.parse(heartbeat(2)) == [
+    assert adapter.new_parser().parse(heartbeat(2)) == [
         ConnectionGapEvent("sequence_num 2, expected 0"),
         HeartbeatEvent(),
     ]
+
+
+def test_two_connections_open_at_once_keep_their_own_numbers() -> None:
+    """Make-before-break: the old connection and its standby interleave, each numbered
+    from 0 by Coinbase; neither's numbers are a gap of the other's."""
+    adapter = CoinbaseAdapter(SYMBOLS)
+    old, standby = adapter.new_parser(), adapter.new_parser()
+    for number in range(5):
+        assert old.parse(heartbeat(number)) == [HeartbeatEvent()]
+    for number in range(3):
+        assert standby.parse(heartbeat(number)) == [HeartbeatEvent()]
+        assert old.parse(heartbeat(5 + number)) == [HeartbeatEvent()]
+    # A loss on one of them is still seen, on that one only.
+    assert standby.parse(heartbeat(4)) == [
+        ConnectionGapEvent("sequence_num 4, expected 3"),
+        HeartbeatEvent(),
+    ]
+    assert old.parse(heartbeat(8)) == [HeartbeatEvent()]
 
 
 def test_errors_other_channels_and_other_products() -> None:

@@ -86,7 +86,7 @@ def test_precisions_configured_over_known_ones_and_shared_with_the_syncs() -> No
     sync = adapter.new_sync(ETH, capture_depth=3)
     assert isinstance(sync, KrakenBookSync)
     assert (sync.depth, sync.precisions, sync.book.capture_depth) == (10, adapter.precisions, 3)
-    adapter.parse(
+    adapter.new_parser().parse(
         '{"channel":"instrument","type":"snapshot","data":{"assets":[],"pairs":['
         '{"symbol":"ETH/USD","price_precision":3,"qty_precision":7}]}}'
     )

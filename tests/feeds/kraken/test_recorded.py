@@ -49,10 +49,11 @@ class Reference:
 def reference(path: Path) -> Reference:
     kraken = adapter()
     sync = kraken.new_sync(BTC, capture_depth=10)
+    parser = kraken.new_parser()
     events: list[BookEvent] = []
     books = []
     for frame in frames(path):
-        for event in kraken.parse(frame):
+        for event in parser.parse(frame):
             if not isinstance(event, BookSnapshotEvent | BookDeltaEvent):
                 continue
             if isinstance(event, BookSnapshotEvent):
@@ -221,7 +222,7 @@ def test_a_removed_update_replayed_end_to_end_is_one_checksum_failure(path: Path
     middle = len(ref.events) // 2
     removed = next(i for i in range(middle, len(ref.events) - 1) if _matters(ref, i))
     everything = frames(path)
-    parser = adapter()
+    parser = adapter().new_parser()
     book_frames = [
         index
         for index, frame in enumerate(everything)

@@ -51,7 +51,7 @@ def full_replay() -> Replay:
 
 
 def book_messages() -> list[tuple[int, BookSnapshotEvent | BookDeltaEvent]]:
-    parse = adapter().parse
+    parse = adapter().new_parser().parse
     found = []
     for index, frame in enumerate(frames()):
         if frame.kind is FrameKind.RECV:

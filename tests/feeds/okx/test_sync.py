@@ -55,7 +55,7 @@ def frame(
     text = orjson.dumps(
         {"arg": {"channel": "books", "instId": "BTC-USDT"}, "action": action, "data": [data]}
     )
-    (event,) = ADAPTER.parse(text)
+    (event,) = ADAPTER.new_parser().parse(text)
     assert isinstance(event, BookSnapshotEvent | BookDeltaEvent)
     return event
 
