@@ -23,6 +23,8 @@ from feeds.events import (
     MalformedEvent,
     VenueErrorEvent,
 )
+from feeds.recordings import FrameKind, RecordedFrame
+from feeds.replay import Replay
 from feeds.symbols import SymbolMap
 from feeds.sync import NOTHING, ProblemKind
 
@@ -324,3 +326,26 @@ def test_adapter_subscribes_level2_and_heartbeats_one_channel_per_message() -> N
     ]
     assert adapter.app_ping_frame() is None
     assert isinstance(adapter.new_sync(BTC, capture_depth=5), CoinbaseBookSync)
+
+
+def test_replay_parses_each_recorded_connection_on_its_own() -> None:
+    """A recording holds a reconnect (numbered from 0 again) and two connections open
+    at once (a rotation): no gap in either; a loss on one is still one gap."""
+    frames = [
+        RecordedFrame(1, FrameKind.CONNECT, "", conn=1),
+        RecordedFrame(2, FrameKind.RECV, heartbeat(0), conn=1),
+        RecordedFrame(3, FrameKind.RECV, heartbeat(1), conn=1),
+        RecordedFrame(4, FrameKind.CONNECT, "", conn=2),
+        RecordedFrame(5, FrameKind.RECV, heartbeat(0), conn=2),
+        RecordedFrame(6, FrameKind.RECV, heartbeat(2), conn=1),
+        RecordedFrame(7, FrameKind.RECV, heartbeat(1), conn=2),
+        RecordedFrame(8, FrameKind.CONNECT, "", conn=1),
+        RecordedFrame(9, FrameKind.RECV, heartbeat(0), conn=1),
+    ]
+    replay = Replay(CoinbaseAdapter(SYMBOLS))
+    assert list(replay.snapshots(frames)) == []
+    assert replay.session.counters.gaps == 0
+    lost = [*frames, RecordedFrame(10, FrameKind.RECV, heartbeat(3), conn=2)]
+    replay = Replay(CoinbaseAdapter(SYMBOLS))
+    list(replay.snapshots(lost))
+    assert replay.session.counters.gaps == len(SYMBOLS.instruments())
