@@ -40,7 +40,17 @@ from publish.requests import RequestHandler
 from publish.subscriptions import Subscriptions
 from publish.wire import PLAIN, WireFormat
 
-__all__ = ["DEFAULT_BOOK_DEPTH", "DEFAULT_LIMITS", "ClientSession", "ServerLimits", "Sink"]
+__all__ = [
+    "DEFAULT_BOOK_DEPTH",
+    "DEFAULT_LIMITS",
+    "DEFAULT_MAX_CONNECTIONS",
+    "ClientSession",
+    "ServerLimits",
+    "Sink",
+]
+
+DEFAULT_MAX_CONNECTIONS = 20_000
+"""Websocket sessions served when ``[server.limits].max_connections`` is not set."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,9 +65,10 @@ class ServerLimits:
     ``too_large`` error frame and the connection stays open."""
     max_subscriptions: int = 1000
     """Subscribed keys per connection (a channel-wide subscription counts one)."""
-    max_connections: int = 20_000
+    max_connections: int | None = None
     """Open sessions; further websocket handshakes get HTTP 503 ``too_many_connections``.
-    Lowered at start when the open-file limit cannot hold that many (``publish.server``)."""
+    ``None`` (not configured): ``DEFAULT_MAX_CONNECTIONS``. Lowered at start when the
+    open-file limit cannot hold that many (``publish.server.connection_cap``)."""
     max_connections_per_ip: int = 0
     """Open connections one client address may hold (0: no limit); further requests from
     it get HTTP 503 ``too_many_connections``."""
@@ -87,7 +98,6 @@ class ServerLimits:
             "max_frame_bytes",
             "max_request_bytes",
             "max_subscriptions",
-            "max_connections",
             "max_pending_replies",
             "ops_burst",
             "error_burst",
@@ -95,6 +105,8 @@ class ServerLimits:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         if self.max_connections_per_ip < 0:
             raise ValueError("max_connections_per_ip must be 0 (no limit) or more")
         if self.send_buffer_bytes is not None and self.send_buffer_bytes < 1:

@@ -28,6 +28,7 @@ import resource
 import socket
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from http import HTTPStatus
 from types import TracebackType
@@ -41,7 +42,7 @@ from websockets.protocol import State
 from book.registry import BookRegistry
 from publish.admin import AdminControl
 from publish.auth import AuthPolicy
-from publish.client import DEFAULT_LIMITS, ClientSession, ServerLimits
+from publish.client import DEFAULT_LIMITS, DEFAULT_MAX_CONNECTIONS, ClientSession, ServerLimits
 from publish.exceptions import ServerNotRunningError, ServerStartError
 from publish.fanout import Fanout
 from publish.http import (
@@ -88,6 +89,52 @@ def open_files_limit() -> int | None:
     """The soft RLIMIT_NOFILE (``None`` when unlimited)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return None if soft == resource.RLIM_INFINITY else soft
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionCap:
+    """How many websocket sessions a server serves, and what to tell the operator."""
+
+    sessions: int
+    level: int
+    """``logging.WARNING`` when a configured ``max_connections`` cannot be honoured, or
+    the open-file limit itself is below the default; ``logging.INFO`` otherwise (the
+    default lowered only by the reserve is how the default works, not a problem)."""
+    message: str
+
+
+def connection_cap(configured: int | None, open_files: int | None, reserved: int) -> ConnectionCap:
+    """The session cap for ``[server.limits].max_connections`` (``None``: not set) under
+    the soft open-file limit ``open_files`` (``None``: unlimited), ``reserved``
+    descriptors kept for storage, feeds, bus and HTTP. ``ServerStartError`` when the
+    limit leaves no descriptor for connections."""
+    wanted = DEFAULT_MAX_CONNECTIONS if configured is None else configured
+    if open_files is None:
+        return ConnectionCap(wanted, logging.INFO, f"serving at most {wanted} connections")
+    cap = min(wanted, open_files - reserved)
+    if cap < 1:
+        raise ServerStartError(
+            f"the open-file limit {open_files} leaves no descriptor for connections after "
+            f"the {reserved} reserved for storage, feeds, bus and HTTP; raise it (ulimit -n)"
+        )
+    if cap == wanted:
+        message = (
+            f"serving at most {cap} connections (open-file limit {open_files}, {reserved} reserved)"
+        )
+        return ConnectionCap(cap, logging.INFO, message)
+    if configured is None and open_files >= wanted:
+        message = (
+            f"serving at most {cap} connections: the default max_connections {wanted} less "
+            f"the {reserved} descriptors reserved for storage, feeds, bus and HTTP "
+            f"(open-file limit {open_files})"
+        )
+        return ConnectionCap(cap, logging.INFO, message)
+    message = (
+        f"serving at most {cap} connections, not [server.limits].max_connections {wanted}: "
+        f"the open-file limit is {open_files} and {reserved} descriptors are reserved for "
+        "storage, feeds, bus and HTTP"
+    )
+    return ConnectionCap(cap, logging.WARNING, message)
 
 
 class ConnectionGate:
@@ -407,35 +454,9 @@ class MarketServer:
         return self._gate.session_cap
 
     def _connection_cap(self) -> int:
-        limit = open_files_limit()
-        configured = self._limits.max_connections
-        if limit is None:
-            return configured
-        cap = min(configured, limit - self._reserved_fds)
-        if cap < 1:
-            raise ServerStartError(
-                f"the open-file limit {limit} leaves no descriptor for connections after "
-                f"the {self._reserved_fds} reserved for storage, feeds, bus and HTTP; "
-                "raise it (ulimit -n)"
-            )
-        if cap < configured:
-            log.warning(
-                "serving at most %d connections, not [server.limits].max_connections %d: "
-                "the open-file limit is %d and %d descriptors are reserved for storage, "
-                "feeds, bus and HTTP",
-                cap,
-                configured,
-                limit,
-                self._reserved_fds,
-            )
-        else:
-            log.info(
-                "serving at most %d connections (open-file limit %d, %d reserved)",
-                cap,
-                limit,
-                self._reserved_fds,
-            )
-        return cap
+        cap = connection_cap(self._limits.max_connections, open_files_limit(), self._reserved_fds)
+        log.log(cap.level, "%s", cap.message)
+        return cap.sessions
 
     def _connection_class(self, gate: ConnectionGate) -> type[WatchedConnection]:
         routes = self._http

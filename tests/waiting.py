@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def eventually(condition: Callable[[], bool], what: str, limit: float = 15.0) -> None:
@@ -30,3 +33,19 @@ async def eventually_async(
                 await asyncio.sleep(0.05)
     except TimeoutError:
         raise AssertionError(f"never happened: {what}") from None
+
+
+async def within(awaitable: Awaitable[T], what: str, limit: float = 30.0) -> T:
+    """Await ``awaitable`` (a process's exit, a socket's next frame); fail naming ``what``
+    if it has not come within ``limit``: a hang fails clearly instead of hanging the run.
+
+    Like ``eventually``, ``limit`` only bounds a hang, generously: never a speed check.
+    """
+    deadline = asyncio.timeout(limit)
+    try:
+        async with deadline:
+            return await awaitable
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the awaited thing's own timeout, not ours
+        raise AssertionError(f"never happened within {limit:g}s: {what}") from None

@@ -472,9 +472,11 @@ class BybitSimulator(LoopbackVenue[_Client]):
                 continue
             if not topic.subscribers:
                 # Nobody holds this topic's state: publish the current book (no message).
+                # It is unchanged from now on: level 1 repeats it only 3 s from now.
                 snapshot = topic.book.snapshot(topic.depth)
                 topic.bids, topic.asks = dict(snapshot.bids), dict(snapshot.asks)
                 topic.seq = topic.book.update_id
+                topic.last_sent = time.monotonic()
             self._send_snapshot(topic, [client])
             topic.subscribers.add(client)
 

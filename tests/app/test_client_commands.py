@@ -27,6 +27,10 @@ def received_at() -> int:
     return STATUS_TIME
 
 
+def lines(out: io.StringIO) -> int:
+    return out.getvalue().count("\n")
+
+
 def config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "server.toml"
     path.write_text(f'[storage]\npath = "{tmp_path / "m.db"}"\n{extra}')
@@ -102,10 +106,15 @@ async def test_subscribe_prints_bbo_lines_then_exits_after_count() -> None:
         task = asyncio.create_task(
             subscribe(m.server.url, Channel.BBO, [BTC, ETH], count=3, out=out, err=err)
         )
-        await eventually(lambda: m.fanout.subscriptions() > 0, "subscribed")
+        # Each quote once the line before it is printed: the server sends the latest BBO
+        # of an instrument, so a quote published before the previous one went out would
+        # replace it (and the command would wait for a third line for ever).
+        await eventually(lambda: lines(out) == 1, "BTC's BBO printed on subscribing")
         m.feed.quote(ETH, None, ("3", "4"))
+        await eventually(lambda: lines(out) == 2, "ETH's BBO printed")
         m.feed.quote(BTC, ("43000.15", "0.00000001"), ("43000.2", "1.25"))
-        assert await task == 0
+        async with asyncio.timeout(30):
+            assert await task == 0
     assert out.getvalue() == (
         "00:00:00.000001  binance:BTC-USDT         #1        43000.1 x 0.5  |  43000.2 x 1.25\n"
         "00:00:00.000001  binance:ETH-USDT         #1        -  |  3 x 4\n"

@@ -25,9 +25,11 @@ from book.fixed import format_fixed, from_decimal, parse_fixed
 from publish.auth import TokenAuthority
 from tests.postgres import PG_DSN, fresh_schema, pg_query
 from tests.publish.storage.support import query
-from tests.waiting import eventually
+from tests.waiting import eventually, within
 
-pytestmark = pytest.mark.timeout(90)
+# Two server starts and 5,000 opens: slow on a loaded machine. Every wait below is
+# bounded by itself, so a hang fails naming what never came.
+pytestmark = pytest.mark.timeout(300)
 
 SECRET = "crash-test-secret-0123456789abcdef"
 BTC = "binance:BTC-USDT"
@@ -124,12 +126,12 @@ async def server_process(
             assert process.returncode is None, log.read_text()
             return bool(url)
 
-        await eventually(banner, "the server's banner", limit=30)
+        await eventually(banner, "the server's banner", limit=60)
         yield process, url
     finally:
         if process.returncode is None:
             process.kill()
-        await process.wait()
+        await within(process.wait(), "the server process ended")
 
 
 async def login_and_wait_for_btc(ws: ClientConnection) -> None:
@@ -140,7 +142,8 @@ async def login_and_wait_for_btc(ws: ClientConnection) -> None:
             {"op": "subscribe", "id": "bbo", "channel": "bbo", "instruments": [BTC]}
         ).decode()
     )
-    while orjson.loads(await ws.recv())["type"] != "bbo":  # the book is live: BTC is known
+    # The book is live: BTC is known.
+    while orjson.loads(await within(ws.recv(), "a bbo frame"))["type"] != "bbo":
         pass
     await ws.send(
         orjson.dumps(
@@ -184,7 +187,8 @@ async def test_every_acknowledged_position_survives_sigkill(
 
         sender = asyncio.create_task(stream_opens())
         try:
-            async for raw in ws:
+            while True:
+                raw = await within(ws.recv(), f"ack {len(acked) + 1} or the kill's close")
                 message = orjson.loads(raw)
                 if message["type"] == "ack" and message.get("op") == "position.open":
                     acked[message["position"]["id"]] = message["position"]
@@ -192,13 +196,13 @@ async def test_every_acknowledged_position_survives_sigkill(
                     errors.append(message)
                 if len(acked) == KILL_AFTER_ACKS and process.returncode is None:
                     process.send_signal(signal.SIGKILL)  # mid-stream, opens still in flight
-                    await process.wait()
+                    await within(process.wait(), "the killed server's exit")
         except ConnectionClosed:
             pass
         finally:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
-        assert await process.wait() == -signal.SIGKILL
+        assert await within(process.wait(), "the killed server's exit") == -signal.SIGKILL
 
     assert errors == []
     assert len(acked) >= KILL_AFTER_ACKS
@@ -230,7 +234,7 @@ async def test_every_acknowledged_position_survives_sigkill(
         marked: set[str] = set()
         total: dict[str, Any] = {}
         while not total:
-            message = orjson.loads(await ws.recv())
+            message = orjson.loads(await within(ws.recv(), "profit for every position"))
             if message["type"] == "profit":
                 marked.add(message["position_id"])
             elif message["type"] == "profit_total":
@@ -238,12 +242,12 @@ async def test_every_acknowledged_position_survives_sigkill(
         first = next(iter(acked.values()))
         retry = orjson.loads(open_request(int(first["id"].removeprefix("p-"))))
         await ws.send(orjson.dumps(retry).decode())
-        while (reply := orjson.loads(await ws.recv()))["type"] != "ack" or reply["id"] != retry[
-            "id"
-        ]:
-            pass
+        while True:
+            reply = orjson.loads(await within(ws.recv(), "the retried open's ack"))
+            if reply["type"] == "ack" and reply["id"] == retry["id"]:
+                break
         process.send_signal(signal.SIGTERM)
-        assert await process.wait() == 0
+        assert await within(process.wait(), "the server's exit on SIGTERM") == 0
     assert marked == set(by_id) and marked >= set(acked)
     assert total["positions"] == len(by_id) and total["unmarked"] == 0
     assert reply["position"] == first  # the same open again is acknowledged as stored

@@ -19,7 +19,7 @@ from websockets.exceptions import InvalidStatus
 
 from publish.auth import TokenAuthority
 from publish.server import reserved_fds
-from tests.waiting import eventually
+from tests.waiting import eventually, within
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,13 +79,17 @@ simulate = true
         await eventually(banner, "the server's banner", limit=30)
         cap = HARD - reserved_fds(feed_connections=1)
         entries = [orjson.loads(line) for line in log.read_text().splitlines()]
-        messages = {entry["message"] for entry in entries}
-        assert f"open-file limit raised from {SOFT} to the hard limit {HARD}" in messages
+        messages = {entry["message"]: entry["level"] for entry in entries}
+        assert messages[f"open-file limit raised from {SOFT} to the hard limit {HARD}"] == "INFO"
+        # Unconfigured, but the open-file limit itself is below the default: a warning.
         assert (
-            f"serving at most {cap} connections, not [server.limits].max_connections 20000: "
-            f"the open-file limit is {HARD} and {reserved_fds(1)} descriptors are reserved "
-            "for storage, feeds, bus and HTTP"
-        ) in messages
+            messages[
+                f"serving at most {cap} connections, not [server.limits].max_connections "
+                f"20000: the open-file limit is {HARD} and {reserved_fds(1)} descriptors are "
+                "reserved for storage, feeds, bus and HTTP"
+            ]
+            == "WARNING"
+        )
         assert all({"time", "level", "logger", "message"} <= set(entry) for entry in entries)
 
         http_url = url.replace("ws://", "http://").removesuffix("/ws")
@@ -108,16 +112,16 @@ simulate = true
         ws = clients[0]
         token = TokenAuthority(SECRET.encode()).issue("acct-1", ttl=600)
         await ws.send(orjson.dumps({"op": "auth", "id": 1, "token": token}).decode())
-        assert orjson.loads(await ws.recv())["type"] == "ack"
+        assert orjson.loads(await within(ws.recv(), "the auth ack"))["type"] == "ack"
         await ws.send(orjson.dumps({"op": "subscribe", "id": 2, "channel": "status"}).decode())
         while True:  # wait for BTC to be live, so a position can be opened on it
-            message = orjson.loads(await ws.recv())
+            message = orjson.loads(await within(ws.recv(), "BTC live"))
             if message.get("instrument") == BTC and message.get("state") == "live":
                 break
         position = {"id": "p-1", "instrument": BTC, "side": "buy", "qty": "1", "price": "2"}
         await ws.send(orjson.dumps({"op": "position.open", "id": 3, "position": position}).decode())
-        while (reply := orjson.loads(await ws.recv())).get("id") != 3:
+        while (reply := orjson.loads(await within(ws.recv(), "the open's reply"))).get("id") != 3:
             pass
         assert reply["type"] == "ack", reply
         assert not [e for e in entries if e["level"] == "ERROR"]
-    await process.wait()
+    await within(process.wait(), "the killed server's exit")

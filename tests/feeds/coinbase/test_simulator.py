@@ -38,18 +38,36 @@ UPDATE_KEYS = ["side", "event_time", "price_level", "new_quantity"]
 GUARD_SECONDS = 10  # fail instead of hanging if frames stop; never part of an assertion
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[CoinbaseSimulator]:
-    async with CoinbaseSimulator(
+IMPATIENT_SECONDS = 1.0
+"""The subscribe timeout of the venue in tests of what it closes: short, yet a loaded
+machine's stall between connecting and subscribing stays well within it."""
+
+
+def simulator(subscribe_timeout: float) -> CoinbaseSimulator:
+    return CoinbaseSimulator(
         symbols=(BTC, ETH),
         updates_per_second=500,
         levels=20,
         seed=3,
-        subscribe_timeout=0.2,
+        subscribe_timeout=subscribe_timeout,
         heartbeat_interval=0.02,
         clock_ns=lambda: CLOCK_NS,
-    ) as simulator:
-        yield simulator
+    )
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[CoinbaseSimulator]:
+    """A venue that waits long for a subscription (Coinbase's own 5 s, doubled): a test
+    opening two connections before subscribing either never sees one closed."""
+    async with simulator(subscribe_timeout=10.0) as venue:
+        yield venue
+
+
+@pytest.fixture
+async def impatient_sim() -> AsyncIterator[CoinbaseSimulator]:
+    """A venue that soon closes a connection that has not subscribed."""
+    async with simulator(subscribe_timeout=IMPATIENT_SECONDS) as venue:
+        yield venue
 
 
 async def _recv(ws: ClientConnection) -> dict[str, Any]:
@@ -134,13 +152,15 @@ async def test_a_subscription_streams_numbered_messages_that_rebuild_the_true_bo
     assert book.levels() == (sim.book("BTC-USD").bids, sim.book("BTC-USD").asks)
 
 
-async def test_no_subscribe_in_time_closes_the_connection(sim: CoinbaseSimulator) -> None:
-    async with connect(sim.ws_url) as ws:
+async def test_no_subscribe_in_time_closes_the_connection(
+    impatient_sim: CoinbaseSimulator,
+) -> None:
+    async with connect(impatient_sim.ws_url) as ws:
         with pytest.raises(ConnectionClosed) as closed:
             await _recv(ws)
     assert closed.value.rcvd is not None
-    assert closed.value.rcvd.reason == "no subscribe message within 0.2 seconds"
-    await eventually(lambda: sim.clients == 0, "the venue forgot the client")
+    assert closed.value.rcvd.reason == "no subscribe message within 1 seconds"
+    await eventually(lambda: impatient_sim.clients == 0, "the venue forgot the client")
 
 
 @pytest.mark.parametrize(
@@ -159,8 +179,9 @@ async def test_no_subscribe_in_time_closes_the_connection(sim: CoinbaseSimulator
     ],
 )
 async def test_bad_requests_get_errors_and_do_not_count_as_subscribing(
-    sim: CoinbaseSimulator, request_: Any, message: str
+    impatient_sim: CoinbaseSimulator, request_: Any, message: str
 ) -> None:
+    sim = impatient_sim
     async with connect(sim.ws_url) as ws:
         await ws.send(orjson.dumps(request_).decode())
         error = await _recv(ws)
