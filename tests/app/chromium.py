@@ -20,6 +20,8 @@ from typing import Any
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.waiting import within
+
 CHROMIUM = shutil.which("chromium")
 
 FLAGS = (
@@ -129,7 +131,7 @@ async def browser(
     finally:
         if process.returncode is None:
             process.kill()
-        await process.wait()
+        await within(process.wait(), "chromium's exit")
 
 
 async def open_page(tools: DevTools, url: str) -> Page:

@@ -17,7 +17,7 @@ from app.cli import main
 from publish.storage import Batch, BboRow, SqliteBackend
 from publish.storage.archive import DAY_NS
 from tests.publish.storage.support import position, query
-from tests.waiting import eventually
+from tests.waiting import eventually, within
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,7 +79,7 @@ async def test_a_killed_archive_run_again_loses_and_duplicates_nothing(
         )
         process.send_signal(signal.SIGKILL)
     finally:
-        await process.wait()
+        await within(process.wait(), "the archive command's exit", limit=60)
     assert process.returncode == -signal.SIGKILL  # killed mid-way, not finished
     assert await asyncio.to_thread(main, command(config, out)) == 0
     report = capsys.readouterr().out

@@ -21,7 +21,7 @@ from app.runtime import RunningServer, serve
 from app.settings import Settings, SimulatorSettings
 from book.fixed import format_fixed
 from book.snapshot import BookSnapshot
-from tests.waiting import eventually
+from tests.waiting import eventually, within
 
 INSTRUMENTS = ["binance:BTC-USDT", "binance:ETH-USDT", "binance:SOL-USDT"]
 
@@ -155,11 +155,11 @@ simulate = true
                     received.append(message)
         process.send_signal(signal.SIGTERM)
         output = (await asyncio.wait_for(process.stdout.read(), 20)).decode()
-        assert await process.wait() == 0, output
+        assert await within(process.wait(), "the server's exit on SIGTERM") == 0, output
     finally:
         if process.returncode is None:
             process.kill()
-            await process.wait()
+            await within(process.wait(), "the killed server's exit")
     assert "Traceback" not in output
     with sqlite3.connect(db) as conn:
         rows = {

@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from app.cluster import PARENT_FD_ENV
+from tests.waiting import within
 
 CHILD = textwrap.dedent(
     """
@@ -56,7 +57,7 @@ async def run_child(mode: str) -> tuple[int, bytes]:
     finally:
         if process.returncode is None:
             process.kill()
-            await process.wait()
+            await within(process.wait(), "the killed child's exit")
     assert process.returncode is not None
     return process.returncode, output
 

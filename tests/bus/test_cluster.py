@@ -22,7 +22,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from bus.natsserver import free_port
-from tests.waiting import eventually
+from tests.waiting import eventually, within
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -105,7 +105,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     finally:
         if process.returncode is None:
             process.kill()
-            await process.wait()
+            await within(process.wait(), "the killed supervisor's exit")
         for pid in running.pids():  # never leave a child behind, even when the test fails
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -222,7 +222,7 @@ async def test_a_killed_supervisor_leaves_no_process(tmp_path: Path) -> None:
         assert (health["positions"]["shard"], health["positions"]["shards"]) == (0, 1)
         assert health["storage"]["health"] == "healthy"
         running.process.kill()
-        await running.process.wait()
+        await within(running.process.wait(), "the killed supervisor's exit")
         await eventually(
             lambda: not any(alive(pid) for pid in children), "children exit with their parent"
         )

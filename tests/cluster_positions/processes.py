@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.cluster_positions.cluster import login, open_request
 from tests.publish.support import receive, send
+from tests.waiting import within
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 30.0
@@ -57,7 +58,7 @@ async def spawn(*args: str) -> Node:
                     return Node(process, line.split()[1] if len(line.split()) > 1 else "")
     except BaseException:
         process.kill()
-        await process.wait()
+        await within(process.wait(), "the killed node's exit")
         raise
 
 

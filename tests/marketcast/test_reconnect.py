@@ -18,7 +18,7 @@ import pytest
 
 import marketcast
 from publish.auth import TokenAuthority
-from tests.waiting import eventually
+from tests.waiting import eventually, within
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,7 +81,7 @@ async def server_process(config: Path, log: Path) -> AsyncIterator[asyncio.subpr
     finally:
         if process.returncode is None:
             process.kill()
-        await process.wait()
+        await within(process.wait(), "the server's exit")
 
 
 async def next_message(client: marketcast.Client) -> marketcast.Message:

@@ -23,6 +23,7 @@ from publish.client import ServerLimits
 from publish.fanout import Fanout, MetricsProvider
 from publish.protocol import Channel
 from publish.server import MarketServer
+from tests.waiting import within
 
 BTC = "binance:BTC-USDT"
 ETH = "binance:ETH-USDT"
@@ -153,7 +154,7 @@ async def send(ws: ClientConnection, **request: object) -> None:
 
 
 async def receive(ws: ClientConnection) -> Any:
-    return orjson.loads(await ws.recv())
+    return orjson.loads(await within(ws.recv(), "a frame from the server"))
 
 
 def ack(request_id: object, channel: str = "bbo", *keys: str, op: str = "subscribe") -> object:

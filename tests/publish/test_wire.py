@@ -48,6 +48,7 @@ from tests.publish.support import (
     wait_until,
 )
 from tests.publish.trading import OPENED_TS, open_request, stored, trading
+from tests.waiting import within
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -304,7 +305,12 @@ async def run_node(script: Path, url: str, mode: str) -> dict[str, Any]:
     process = await asyncio.create_subprocess_exec(
         "node", str(script), url, mode, BTC, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    out, err = await process.communicate()
+    try:
+        out, err = await within(process.communicate(), "the node client's exit", limit=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
     assert process.returncode == 0, err.decode()
     result: dict[str, Any] = json.loads(out)
     return result

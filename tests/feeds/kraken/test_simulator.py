@@ -20,6 +20,7 @@ from feeds.simulator.kraken import KrakenSimulator
 from feeds.simulator.venue import run_simulator
 from feeds.symbols import SymbolMap
 from feeds.sync import ProblemKind, SyncResult
+from tests.waiting import within
 
 BTC = "kraken:BTC-USD"
 SYMBOLS = SymbolMap("kraken", {"BTC-USD": "BTC/USD", "ETH-USD": "ETH/USD", "SOL-USD": "SOL/USD"})
@@ -44,7 +45,7 @@ async def client(simulator: KrakenSimulator) -> AsyncIterator[ClientConnection]:
 async def receive(ws: ClientConnection) -> Any:
     """The next frame that is not a heartbeat, decoded."""
     while True:
-        message = orjson.loads(await ws.recv())
+        message = orjson.loads(await within(ws.recv(), "a frame from the venue"))
         if message != {"channel": "heartbeat"}:
             return message
 
@@ -91,7 +92,7 @@ async def drain(ws: ClientConnection, client: Client, req_id: int = 99) -> None:
     """Feed every frame sent before a ping's pong (frames arrive in order)."""
     await send(ws, {"method": "ping", "req_id": req_id})
     while True:
-        frame = await ws.recv()
+        frame = await within(ws.recv(), "the pong")
         if orjson.loads(frame).get("method") == "pong":
             return
         client.feed(frame)
