@@ -4,8 +4,11 @@ order-entry scenario adds (a positions shard)."""
 
 from __future__ import annotations
 
-from bench.cluster import ClusterOptions, run
+from hdrh.histogram import HdrHistogram
+
+from bench.cluster import SINGLE, ClusterOptions, ClusterTrial, edges_name, report, run
 from bench.clusternodes import NodeProcess, NodeSpec
+from bench.ramp import RepeatedStep
 from bench.report import Progress
 from bus.natsserver import NatsServer
 
@@ -53,3 +56,31 @@ def test_a_positions_node_and_an_edge_learn_the_instruments_from_the_ingest() ->
             edge.window()
             shard.window()
             assert edge.measure()[1] >= 0 and shard.measure()[1] >= 0
+
+
+def _step(delivered: float, serving_cpu: float) -> RepeatedStep[ClusterTrial]:
+    latency = HdrHistogram(1, 60_000_000_000, 3)
+    latency.record_value(1_000_000)
+    trial = ClusterTrial(
+        offered=100_000.0,
+        delivered=delivered,
+        end_to_end=latency,
+        serving_cpu=serving_cpu,
+        ingest_cpu=0.3,
+        closed=0,
+    )
+    return RepeatedStep(rate=100_000.0, trials=[trial])
+
+
+def test_cpu_per_delivery_is_judged_only_where_the_subscribers_kept_up() -> None:
+    options = ClusterOptions(subscribers=(10, 100), edges=(1,))
+    kept_up = {SINGLE: [_step(100_000.0, 0.5)], edges_name(1): [_step(99_000.0, 0.5)]}
+    fell_behind = {SINGLE: [_step(3_000.0, 0.1)], edges_name(1): [_step(99_000.0, 0.5)]}
+
+    judged = report({10: kept_up, 100: kept_up}, options)
+    assert [t.what for t in judged.targets if "CPU per delivery" in t.what] == [
+        "ingest -> NATS -> 1 edge, 100 subscribers: edge CPU per delivery vs the single process's"
+    ]
+    not_judged = report({10: kept_up, 100: fell_behind}, options)
+    assert not [t for t in not_judged.targets if "CPU per delivery" in t.what]
+    assert any("not judged" in note and "3%" in note for note in not_judged.notes)
