@@ -17,16 +17,53 @@ from functools import partial
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app.auth import auth_policy
+from app.settings import Settings
 from app.storage import storage_gauges, storage_health
+from book.registry import BookRegistry
 from bus.edge import BusEdge
 from bus.ingest import BusPublisher
 from bus.link import BusLink
+from publish.admin import AdminControl
+from publish.fanout import Fanout
 from publish.http import HttpRoutes
 from publish.metrics import Metrics
 from publish.metrics.pages import MetricsPages
+from publish.position_service import PositionService
+from publish.server import MarketServer, reserved_fds
 from publish.storage import StorageBackend, StorageFlusher
 
 PREFIX = "marketcast"
+
+
+def node_server(
+    settings: Settings,
+    registry: BookRegistry,
+    fanout: Fanout,
+    *,
+    positions: PositionService | None = None,
+    reserved: int = reserved_fds(),
+    reuse_port: bool = False,
+    admin: AdminControl | None = None,
+    websockets: bool = True,
+) -> MarketServer:
+    """A node's ``MarketServer`` where ``[server]`` says (host, port, limits) with the
+    token policy of ``[auth]``; the rest is what the role adds (see ``MarketServer``)."""
+    return MarketServer(
+        registry,
+        fanout,
+        host=settings.server.host,
+        port=settings.server.port,
+        limits=settings.server.limits,
+        auth=auth_policy(settings),
+        positions=positions,
+        reserved_fds=reserved,
+        reuse_port=reuse_port,
+        admin=admin,
+        websockets=websockets,
+    )
+
+
 BUS_HELP = {
     "sources": "Ingest processes heard within stale_after_ms",
     "last_message_age_ms": "Seconds since the last bus message (edge: received; ingest: sent)",

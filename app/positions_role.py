@@ -23,8 +23,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from app.auth import auth_policy
-from app.nodestate import NodeState, edge_state, install_node_pages
+from app.nodestate import NodeState, edge_state, install_node_pages, node_server
 from app.preflight import check_before_start
 from app.settings import Settings, StorageSettings
 from app.shardstate import ShardCollector, shard_health
@@ -43,7 +42,6 @@ from publish.metrics import LatencyRecorder, Metrics
 from publish.positions import PositionBook
 from publish.profit import ProfitEngine
 from publish.profit_relay import ProfitRelay
-from publish.server import MarketServer
 from publish.storage import FlushedPositionStore, StorageFlusher
 
 log = logging.getLogger(__name__)
@@ -165,15 +163,7 @@ async def serve_shard(
             shards=place.shards,
             on_op=recorder.on_position_op,
         )
-        async with MarketServer(
-            registry,
-            fanout,
-            host=settings.server.host,
-            port=settings.server.port,
-            limits=settings.server.limits,
-            auth=auth_policy(settings),
-            websockets=False,
-        ) as server:
+        async with node_server(settings, registry, fanout, websockets=False) as server:
             node = NodeState("positions", link, edge_state(market))
             install_node_pages(
                 server.routes,

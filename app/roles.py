@@ -22,8 +22,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.auth import auth_policy
-from app.nodestate import NodeState, edge_state, ingest_state, install_node_pages
+from app.nodestate import NodeState, edge_state, ingest_state, install_node_pages, node_server
 from app.positions_role import BusPlace, edge_positions
 from app.preflight import check_bus_credentials, check_port_free, check_secret_file
 from app.settings import Settings
@@ -35,7 +34,6 @@ from bus.link import BusLink
 from bus.subjects import Subjects
 from publish.fanout import Fanout
 from publish.metrics import LatencyRecorder, Metrics
-from publish.server import MarketServer
 
 
 def check_edge_before_start(settings: Settings) -> None:
@@ -113,15 +111,8 @@ async def serve_edge(
     positions = edge_positions(
         fanout, link, BusPlace.of(settings), ack_timeout=settings.positions.ack_timeout_ms / 1000
     )
-    async with MarketServer(
-        registry,
-        fanout,
-        host=settings.server.host,
-        port=settings.server.port,
-        limits=settings.server.limits,
-        auth=auth_policy(settings),
-        reuse_port=True,
-        positions=positions.service,
+    async with node_server(
+        settings, registry, fanout, reuse_port=True, positions=positions.service
     ) as server:
         install_node_pages(server.routes, metrics, node)
         async with asyncio.TaskGroup() as group:

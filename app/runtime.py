@@ -23,9 +23,8 @@ from functools import partial
 from typing import Any
 
 from app.admin import FeedAdmin
-from app.auth import auth_policy
 from app.instruments import declare_halted, learn_instruments, rest_budget
-from app.nodestate import NodeState, install_node_pages
+from app.nodestate import NodeState, install_node_pages, node_server
 from app.refresh import MetadataRefresher
 from app.roles import IngestBus
 from app.settings import Settings, VenueSettings
@@ -46,7 +45,7 @@ from publish.history import HistoryRoute
 from publish.metrics import LatencyRecorder, Metrics
 from publish.positions import PositionBook
 from publish.profit import ProfitEngine
-from publish.server import MarketServer, reserved_fds
+from publish.server import reserved_fds
 from publish.storage import (
     FlushedPositionStore,
     StorageFlusher,
@@ -143,7 +142,6 @@ async def serve(
             await backend.close()
             raise
         log.info("%d open positions loaded from %s", len(positions), backend.name)
-    auth = auth_policy(settings)
     try:
         # Shutdown order: the task group (feeds, flusher, metrics) is cancelled first,
         # then the stack closes the server and the simulated venues the feeds used.
@@ -191,15 +189,12 @@ async def serve(
                 )
             admin = FeedAdmin(runners)
             server = await stack.enter_async_context(
-                MarketServer(
+                node_server(
+                    settings,
                     registry,
                     fanout,
-                    host=settings.server.host,
-                    port=settings.server.port,
-                    limits=settings.server.limits,
-                    auth=auth,
                     positions=positions if role == "all" else None,
-                    reserved_fds=reserved_fds(feed_connections=len(runners)),
+                    reserved=reserved_fds(feed_connections=len(runners)),
                     admin=admin,
                 )
             )
