@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats
+from nats.aio.msg import Msg
 
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
-from bus.codec import encode_book
+from bus.codec import BookMessage, decode_book, encode_book
 from bus.edge import BusEdge
-from bus.ingest import BusPublisher
+from bus.ingest import FLUSH_INTERVAL, BusPublisher
 from bus.link import BusLink
 from bus.natsserver import NatsServer
 from bus.subjects import Subjects
@@ -57,10 +58,14 @@ class EdgeNode(Node):
 
 
 @contextlib.asynccontextmanager
-async def ingest(url: str, source: int | None = None) -> AsyncIterator[IngestNode]:
+async def ingest(
+    url: str, source: int | None = None, flush_interval: float = FLUSH_INTERVAL
+) -> AsyncIterator[IngestNode]:
     registry = BookRegistry()
     link = BusLink([url], name="ingest")
-    publisher = BusPublisher(registry, link, Subjects(PREFIX), source=source)
+    publisher = BusPublisher(
+        registry, link, Subjects(PREFIX), source=source, flush_interval=flush_interval
+    )
     task = asyncio.create_task(_run(link, publisher.run))
     try:
         await link.wait_connected()
@@ -158,6 +163,67 @@ async def test_the_publisher_is_idle_once_every_value_is_with_nats(
         await eventually(lambda: publisher.idle, "the tick handed both to nats-py")
         assert publisher.counters.published == 2
         await eventually(lambda: same_market(sink, source, BTC), "the edge got them")
+
+
+async def test_a_lone_snapshot_after_a_quiet_spell_goes_out_on_the_next_loop_iteration(
+    nats_server: NatsServer,
+) -> None:
+    async with ingest(nats_server.url) as source:
+        publisher = source.publisher
+        publisher.add_instrument(BTC, 0)
+        publisher.set_status(live(BTC))
+        publisher.publish(book(BTC, 1, 101))
+        await eventually(lambda: publisher.idle, "the first tick handed both to nats-py")
+        await asyncio.sleep(10 * publisher.flush_interval)  # quiet: the last flush is old
+        published = publisher.counters.published
+        publisher.publish(book(BTC, 2, 102))
+        assert not publisher.idle
+        await asyncio.sleep(0)  # one loop iteration: the publisher's task runs before us
+        assert publisher.idle
+        assert publisher.counters.published == published + 1
+
+
+async def test_a_burst_within_one_flush_interval_is_at_most_two_messages(
+    nats_server: NatsServer,
+) -> None:
+    # One snapshot per loop turn, as a live websocket feed hands them over: the first
+    # goes out at once (the feed was quiet), the rest conflate into one message sent when
+    # the interval has passed. The interval is long so that no stall of a loaded machine
+    # spreads the burst over two of them.
+    burst, interval = 50, 1.0
+    async with (
+        ingest(nats_server.url, flush_interval=interval) as source,
+        edge(nats_server.url, stale_after=60) as sink,
+    ):
+        publisher = source.publisher
+        publisher.add_instrument(BTC, 0)
+        publisher.set_status(live(BTC))
+        await eventually(lambda: same_market(sink, source, BTC), "the edge has BTC's state")
+        await eventually(lambda: settled(sink), "the edge's join repaired", limit=30)
+        on_the_bus: list[BookMessage] = []
+
+        async def keep(msg: Msg) -> None:
+            on_the_bus.append(decode_book(msg.data))
+
+        raw = await nats.connect(nats_server.url)
+        try:
+            await raw.subscribe(Subjects(PREFIX).book(BTC), cb=keep)
+            await raw.flush()
+            await asyncio.sleep(interval * 1.1)  # quiet since the state's flush
+            for seq in range(1, burst + 1):
+                publisher.publish(book(BTC, seq, 100 + seq))
+                await asyncio.sleep(0)
+            last = book(BTC, burst, 100 + burst)
+            await eventually(lambda: sink.registry.get(BTC) == last, "the edge ends with the last")
+            await eventually(
+                lambda: bool(on_the_bus) and on_the_bus[-1].snapshot == last, "the last on the bus"
+            )
+        finally:
+            await raw.close()
+        assert [message.snapshot.seq for message in on_the_bus] == [1, burst]
+        assert sink.seqs[BTC] == [1, burst]
+        assert publisher.counters.published == 1 + 2  # the state, then the burst's two
+        assert sink.edge.follower.counters.gaps == 0
 
 
 async def test_a_late_edge_gets_every_instrument(nats_server: NatsServer) -> None:
