@@ -114,6 +114,17 @@ def test_a_top_of_book_only_snapshot_is_compact() -> None:
     assert decode(payload) == BookMessage(SOURCE, 1, book)
 
 
+def test_an_instrument_id_of_255_utf8_bytes_round_trips_and_a_longer_one_is_refused() -> None:
+    longest = "x:" + "é" * 126 + "a"  # 255 bytes of UTF-8 (126 two-byte characters)
+    book = BookSnapshot(longest, 1, 1, 2, 3, 10, 1, 11, 2, ((10, 1),), ((11, 2), (12, 3)))
+    assert decode(encode_book(book, source=SOURCE, bus_seq=1)) == BookMessage(SOURCE, 1, book)
+    wide = BookSnapshot(longest, 1, 1, 2, 3, 10**30, 1, None, None, ((10**30, 1),), ())
+    assert decode(encode_book(wide, source=SOURCE, bus_seq=1)) == BookMessage(SOURCE, 1, wide)
+    too_long = BookSnapshot("x:" + "é" * 127, 1, 1, 2, 3, 10, 1, 11, 2)  # 256 bytes
+    with pytest.raises(ValueError, match="longer than 255 bytes"):
+        encode_book(too_long, source=SOURCE, bus_seq=1)
+
+
 GOOD = encode_book(
     BookSnapshot("sim:BTC-USDT", 7, 1, 2, 3, 10, 1, 11, 2, ((10, 1),), ((11, 2),)),
     source=SOURCE,
