@@ -48,7 +48,7 @@ from publish.position import Position
 from publish.positions import PositionBook
 from publish.profit import ProfitEngine
 from publish.protocol import ErrorCode
-from publish.storage.flusher import StorageHealth
+from publish.storage.flusher import InsertOutcome, StorageHealth
 from publish.storage.positions import PositionStore
 
 log = logging.getLogger(__name__)
@@ -330,11 +330,11 @@ class ShardStore:
     def health(self) -> StorageHealth:
         return self._store.health
 
+    def insert(self, position: Position) -> asyncio.Future[InsertOutcome]:
+        return self._store.insert(position)
+
     def write(self, position: Position) -> asyncio.Future[None]:
         return self._store.write(position)
-
-    async def id_taken(self, account: str, position_id: str) -> bool:
-        return await self._store.id_taken(account, position_id)
 
     async def load_open(self) -> list[Position]:
         return [

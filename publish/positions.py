@@ -4,7 +4,10 @@ A position (``publish.position.Position``) is opened by ``open`` and closed by `
 both return only once the store has made the change durable (the flusher's group commit:
 every position of one 5 ms window shares one transaction), so an acknowledged position
 survives a crash of the process and is reloaded by ``load`` on start. The book reaches
-storage through one ``PositionStore`` (write, is an id taken, load the open ones).
+storage through one ``PositionStore`` (insert a new position if its id is free, write a
+change, load the open ones). Whether an id is free is decided inside the commit that
+stores the open, so an open costs no storage round trip before it: ids the book holds
+(opening, open, closing) are answered from memory, the others by that commit.
 
 When a change commits, the book first calls the ``acknowledge`` callbacks of the
 requests waiting for it (the sessions queue their acks there, synchronously), then tells
@@ -18,9 +21,9 @@ Validation, each refusal a ``RequestError`` with a stable code:
   not printable; a side other than ``buy``/``sell``; a quantity or price that is not an
   exact positive decimal (at most 12 decimal places, below ``MAX_AMOUNT``);
 - ``duplicate_position``: the account already has (or had: closed positions keep their
-  id, archived ones too) a position with this id that is not the same order. Sending the
-  very same open again is a retry and gets the same acknowledgement (``opened_ts`` of the
-  first);
+  id, archived ones too) a position with this id that is not the same order; for an id
+  not in the book this comes from the commit (nothing is written). Sending the very same
+  open again is a retry and gets the same acknowledgement (``opened_ts`` of the first);
 - ``unknown_position``: closing an id the account has no open position under (another
   account's positions are simply not there: ids are per account);
 - ``position_pending``: closing a position whose open is not acknowledged yet;
@@ -30,8 +33,9 @@ Validation, each refusal a ``RequestError`` with a stable code:
   written when the database answers; the same request sent again waits for it).
 
 States: ``OPENING`` (id reserved, open not committed) -> ``OPEN`` -> ``CLOSING`` (close
-not committed; still open for profit) -> gone. Everything runs on the event loop; the
-only awaits are the id lookup in storage and the commit.
+not committed; still open for profit) -> gone; an open whose id the commit finds taken
+goes from ``OPENING`` straight to gone. Everything runs on the event loop; the only await
+is the commit.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from publish.catalog import InstrumentCatalog
 from publish.exceptions import RequestError
 from publish.position import Position, PositionSide
 from publish.protocol import ErrorCode
-from publish.storage.flusher import StorageHealth
+from publish.storage.flusher import InsertOutcome, StorageHealth
 from publish.storage.positions import PositionStore
 
 MAX_POSITION_ID_CHARS = 64
@@ -89,8 +93,8 @@ class _Entry:
 class PositionBook:
     """Open positions by ``(account, id)``; see the module docstring.
 
-    ``open``/``close`` cost O(1) plus their awaits (one indexed lookup in storage for a
-    new id, then the commit of the flush window). ``clock`` stamps ``opened_ts`` and
+    ``open``/``close`` cost O(1) plus their one await, the commit of the flush window
+    (which also checks a new id, in its own transaction). ``clock`` stamps ``opened_ts`` and
     ``closed_ts`` (ns since the epoch). ``catalog`` says which instruments exist.
     """
 
@@ -172,30 +176,11 @@ class PositionBook:
                 ErrorCode.TOO_MANY_POSITIONS,
                 f"an account may hold at most {self._max_per_account} open positions",
             )
-        deadline = self._deadline()
         settled: asyncio.Future[RequestError | None] = asyncio.get_running_loop().create_future()
         entry = self._entries[key] = _Entry(position, PositionState.OPENING, settled)
         self._per_account[account] = self._per_account.get(account, 0) + 1
-        try:
-            async with asyncio.timeout_at(deadline):
-                taken = await self._store.id_taken(account, position_id)
-        except BaseException as exc:
-            refusal = _unavailable("could not check the id in storage")
-            self._forget(entry, refusal)
-            if isinstance(exc, Exception):
-                raise refusal from exc
-            raise
-        if taken:
-            refusal = _duplicate(position_id)
-            self._forget(entry, refusal)
-            raise refusal
-        try:
-            self._refuse_if_degraded()
-        except RequestError as refusal:
-            self._forget(entry, refusal)
-            raise
-        self._store.write(position).add_done_callback(lambda written: self._opened(written, entry))
-        await self._settle(entry, deadline, acknowledge)
+        self._store.insert(position).add_done_callback(lambda stored: self._opened(stored, entry))
+        await self._settle(entry, self._deadline(), acknowledge)
         return position
 
     async def close(
@@ -312,8 +297,11 @@ class PositionBook:
         for acknowledge in acks:
             acknowledge(entry.position)
 
-    def _opened(self, written: asyncio.Future[None], entry: _Entry) -> None:
-        if written.cancelled():  # the flusher went away: nothing was confirmed
+    def _opened(self, stored: asyncio.Future[InsertOutcome], entry: _Entry) -> None:
+        if stored.cancelled():  # the flusher went away: nothing was confirmed
+            return
+        if stored.result() is InsertOutcome.ID_TAKEN:
+            self._forget(entry, _duplicate(entry.position.id))
             return
         entry.state = PositionState.OPEN
         self._committed(entry)
@@ -331,7 +319,8 @@ class PositionBook:
             listener.position_closed(closed)
 
     def _forget(self, entry: _Entry, refusal: RequestError) -> None:
-        """Release an id reserved by an open that will not be written."""
+        """Release an id reserved by an open that was not written: its waiters get
+        ``refusal``."""
         position = entry.position
         del self._entries[position.account, position.id]
         self._count_down(position.account)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from publish.position import PositionSide
 from publish.storage.backend import Batch, StorageBackend
 from publish.storage.exceptions import BackendClosedError, SchemaVersionError, StorageError
-from publish.storage.flusher import FlusherStats, StorageFlusher, StorageHealth
+from publish.storage.flusher import FlusherStats, InsertOutcome, StorageFlusher, StorageHealth
 from publish.storage.positions import FlushedPositionStore, PositionStore
 from publish.storage.rows import (
     BboRow,
@@ -25,6 +25,7 @@ __all__ = [
     "FeedEventRow",
     "FlushedPositionStore",
     "FlusherStats",
+    "InsertOutcome",
     "PositionRow",
     "PositionSide",
     "PositionStore",

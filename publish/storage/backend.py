@@ -3,33 +3,47 @@
 A backend only knows how to write one ``Batch`` atomically and read positions back;
 batching windows, retries, bounds and group-commit acks live in ``StorageFlusher``, so
 each backend stays a thin adapter: SQLite runs ``executemany`` in its writer thread,
-PostgreSQL will ``COPY`` the append-only tables and upsert positions, both inside one
-transaction per batch.
+PostgreSQL ``COPY``s the append-only tables, both inside one transaction per batch.
+
+New positions are inserted only where their ``(account, id)`` is free, and the check is
+part of that same transaction: one insert per batch that skips the taken ids (stored
+positions, open or closed, and archived ids) and returns what went in. Only when
+something was skipped does the backend read the stored rows of those keys (one query),
+and ``taken_new_positions`` (shared by both backends) decides: a stored row identical to
+the new one is that very position, written by an earlier attempt of the same batch that
+committed but was reported failed, so it counts as written; anything else holds the id.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections import Counter
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from publish.storage.exceptions import StorageError
 from publish.storage.rows import BboRow, FeedEventRow, PositionRow
+
+PositionKey = tuple[str, str]
+"""``(account, id)``: what identifies a stored position."""
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
     """The rows of one flush window, written in one transaction.
 
-    ``positions`` are upserts in order: a position opened and closed within one window
-    ends up closed. ``bbo`` and ``feed_events`` are appended.
+    ``new_positions`` (opens) are inserted where their ``(account, id)`` is free (see the
+    module docstring), before ``positions`` (changes of stored positions: closes), which
+    are upserts in order. ``bbo`` and ``feed_events`` are appended.
     """
 
     bbo: list[BboRow] = field(default_factory=list)
     positions: list[PositionRow] = field(default_factory=list)
     feed_events: list[FeedEventRow] = field(default_factory=list)
+    new_positions: list[PositionRow] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.bbo) + len(self.positions) + len(self.feed_events)
+        return len(self.bbo) + len(self.positions) + len(self.feed_events) + len(self.new_positions)
 
 
 class StorageBackend(Protocol):
@@ -49,20 +63,13 @@ class StorageBackend(Protocol):
         """Connect, and create or migrate the schema to the newest version."""
         ...
 
-    async def write_batch(self, batch: Batch) -> None:
-        """Write every row of ``batch`` in one transaction."""
+    async def write_batch(self, batch: Batch) -> frozenset[int]:
+        """Write every row of ``batch`` in one transaction; the indices into
+        ``batch.new_positions`` of those not written because their id is taken."""
         ...
 
     async def load_open_positions(self) -> list[PositionRow]:
         """Every position not closed yet, oldest first (reloaded on start)."""
-        ...
-
-    async def position_id_taken(self, account: str, position_id: str) -> bool:
-        """Whether ``account`` has used ``position_id``: a stored position, open or closed,
-        or one ``marketcast archive`` moved out (its id is kept, see ``delete_positions``).
-
-        May run while a ``write_batch`` is in flight; it sees committed rows only.
-        """
         ...
 
     async def close(self) -> None:
@@ -124,3 +131,35 @@ class ArchivableBackend(Protocol):
         """Delete the closed positions ``(account, id)`` of ``keys``, keeping their ids
         (``archived_positions``, in the same transaction) so they are never used again."""
         ...
+
+
+def unsettled_keys(
+    new: Sequence[PositionRow], inserted: Collection[PositionKey]
+) -> list[PositionKey]:
+    """The keys of ``new`` whose rows the insert alone does not settle: not ``inserted``,
+    or given more than once (then the stored row says which one went in). O(len(new))."""
+    counts = Counter((row.account, row.id) for row in new)
+    return [key for key, count in counts.items() if count > 1 or key not in inserted]
+
+
+def taken_new_positions(
+    new: Sequence[PositionRow],
+    inserted: Collection[PositionKey],
+    stored: Mapping[PositionKey, PositionRow | None],
+) -> frozenset[int]:
+    """The indices of ``new`` not written because another position holds their id.
+
+    ``stored``: the rows found under ``unsettled_keys`` after the insert (``None``: an
+    archived id). A row identical to its stored one is written (it is that row), a row
+    whose key went in and is not in ``stored`` too. A key neither inserted nor found
+    cannot be decided and raises ``StorageError``, so the batch rolls back and is
+    retried. O(len(new))."""
+    taken = []
+    for index, row in enumerate(new):
+        key = (row.account, row.id)
+        if key not in stored:
+            if key not in inserted:
+                raise StorageError(f"position {key!r} was neither inserted nor found")
+        elif stored[key] != row:
+            taken.append(index)
+    return frozenset(taken)

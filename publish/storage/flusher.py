@@ -13,9 +13,12 @@ the next batch grow by its whole duration, which makes that write slow too, and 
 snowball into tens of thousands of rows; with it every write stays short and a backlog
 drains as a run of back-to-back bounded batches.
 
-``add_position`` returns a future resolved when the batch holding the row has committed:
-every position of a window shares one commit (group commit), and an acknowledgement
-sent on that future means the position is in the database.
+``add_new_position`` (an open) and ``add_position`` (a change of a stored position)
+return a future resolved when the batch holding the row has committed: every position
+of a window shares one commit (group commit), and an acknowledgement sent on that future
+means the position is in the database. A new position is written only if its account
+has not used its id yet, checked inside that commit's transaction (no lookup of its
+own): its future says ``WRITTEN`` or ``ID_TAKEN``.
 
 When a write fails the rows go back to the front of the buffer and the flusher retries
 with capped exponential backoff (``degraded`` until a write succeeds). Meanwhile the
@@ -48,6 +51,19 @@ class StorageHealth(StrEnum):
 
     HEALTHY = "healthy"
     DEGRADED = "degraded"
+
+
+class InsertOutcome(StrEnum):
+    """What became of a new position (``add_new_position``) once its batch committed."""
+
+    WRITTEN = "written"
+    """Stored (or found already stored, identical: an earlier attempt that committed)."""
+    ID_TAKEN = "id_taken"
+    """Not written: the account already has, had or archived a position with this id."""
+
+
+_Waiters = tuple[list[asyncio.Future[None]], list[asyncio.Future[InsertOutcome]]]
+"""The futures of a batch's ``positions`` and of its ``new_positions``, in row order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +124,8 @@ class StorageFlusher:
         self._feed_events: deque[FeedEventRow] = deque()
         self._positions: list[PositionRow] = []
         self._waiters: list[asyncio.Future[None]] = []
+        self._new_positions: list[PositionRow] = []
+        self._new_waiters: list[asyncio.Future[InsertOutcome]] = []
         # Set while rows are buffered; _window_opened is the loop time the first came in.
         self._rows_waiting = asyncio.Event()
         self._window_opened = 0.0
@@ -143,7 +161,8 @@ class StorageFlusher:
             self._trim()
 
     def add_position(self, row: PositionRow) -> asyncio.Future[None]:
-        """Queue a position write; the future resolves once its batch has committed.
+        """Queue a change of a stored position (an upsert); the future resolves once its
+        batch has committed.
 
         It stays pending through failed writes until a retry commits. Cancelling it
         only stops the wait: the row is still written.
@@ -152,6 +171,16 @@ class StorageFlusher:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._positions.append(row)
         self._waiters.append(waiter)
+        return waiter
+
+    def add_new_position(self, row: PositionRow) -> asyncio.Future[InsertOutcome]:
+        """Queue a new position, written only if its ``(account, id)`` is free; the future
+        resolves once its batch has committed, with what became of it. Pending through
+        failed writes and cancellable as for ``add_position``."""
+        self._open_window_if_idle()
+        waiter: asyncio.Future[InsertOutcome] = asyncio.get_running_loop().create_future()
+        self._new_positions.append(row)
+        self._new_waiters.append(waiter)
         return waiter
 
     @property
@@ -249,11 +278,11 @@ class StorageFlusher:
             self._inflight = asyncio.create_task(self._write(batch, waiters))
             return await asyncio.shield(self._inflight)
 
-    async def _write(self, batch: Batch, waiters: list[asyncio.Future[None]]) -> bool:
+    async def _write(self, batch: Batch, waiters: _Waiters) -> bool:
         self._inflight_rows = len(batch)
         started = self._clock()
         try:
-            await self._backend.write_batch(batch)
+            taken = await self._backend.write_batch(batch)
         except Exception:
             # The retry policy lives here: count it, log once per outage, keep the rows.
             self._failures += 1
@@ -274,7 +303,7 @@ class StorageFlusher:
             write_ended.set()
         duration = self._clock() - started
         self._batches += 1
-        self._rows_written += len(batch)
+        self._rows_written += len(batch) - len(taken)
         self._last_flush_ns = duration
         self._max_flush_ns = max(self._max_flush_ns, duration)
         if self._health is StorageHealth.DEGRADED:
@@ -285,9 +314,15 @@ class StorageFlusher:
             )
             self._health = StorageHealth.HEALTHY
         self._dropping = False
-        for waiter in waiters:
+        changed, new = waiters
+        for waiter in changed:
             if not waiter.done():
                 waiter.set_result(None)
+        for index, new_waiter in enumerate(new):
+            if not new_waiter.done():
+                new_waiter.set_result(
+                    InsertOutcome.ID_TAKEN if index in taken else InsertOutcome.WRITTEN
+                )
         if self._on_flush is not None:
             self._on_flush(duration, len(batch))
         return True
@@ -298,28 +333,42 @@ class StorageFlusher:
             self._rows_waiting.set()
 
     def _buffered_rows(self) -> int:
-        return len(self._bbo) + len(self._feed_events) + len(self._positions)
+        return (
+            len(self._bbo)
+            + len(self._feed_events)
+            + len(self._positions)
+            + len(self._new_positions)
+        )
 
-    def _take(self) -> tuple[Batch, list[asyncio.Future[None]]]:
+    def _take(self) -> tuple[Batch, _Waiters]:
         """Every buffered position and up to ``max_batch_rows`` of the oldest BBO and feed
         event rows. O(rows taken). Rows left behind keep the window open (its opening time
         is past, so ``run()`` writes them next without waiting)."""
         bbo = _pop_left(self._bbo, self._max_batch)
         feed_events = _pop_left(self._feed_events, self._max_batch - len(bbo))
-        batch = Batch(bbo=bbo, positions=self._positions, feed_events=feed_events)
-        waiters = self._waiters
+        batch = Batch(
+            bbo=bbo,
+            positions=self._positions,
+            feed_events=feed_events,
+            new_positions=self._new_positions,
+        )
+        waiters = (self._waiters, self._new_waiters)
         self._positions = []
         self._waiters = []
+        self._new_positions = []
+        self._new_waiters = []
         if not self._bbo and not self._feed_events:
             self._rows_waiting.clear()
         return batch, waiters
 
-    def _requeue(self, batch: Batch, waiters: list[asyncio.Future[None]]) -> None:
+    def _requeue(self, batch: Batch, waiters: _Waiters) -> None:
         self._open_window_if_idle()
         self._bbo.extendleft(reversed(batch.bbo))
         self._feed_events.extendleft(reversed(batch.feed_events))
         self._positions[:0] = batch.positions
-        self._waiters[:0] = waiters
+        self._waiters[:0] = waiters[0]
+        self._new_positions[:0] = batch.new_positions
+        self._new_waiters[:0] = waiters[1]
         self._trim()
 
     def _trim(self) -> None:

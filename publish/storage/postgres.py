@@ -2,8 +2,12 @@
 
 The same logical schema as SQLite, in one PostgreSQL schema (``public`` unless told),
 with prices and quantities in ``NUMERIC`` columns: exact, never floats. One batch is
-one transaction: ``bbo`` rows go in with ``COPY``, positions are upserted, feed events
-go in with binary ``COPY`` (``copy_records_to_table``).
+one transaction: ``bbo`` rows go in with ``COPY``, new positions with one
+``INSERT ... ON CONFLICT DO NOTHING RETURNING`` from arrays (``unnest``) that skips taken
+and archived ids, changed positions are upserted, feed events go in with binary ``COPY``
+(``copy_records_to_table``). Another session inserting the same new id at the same time
+makes that insert wait for its commit and then skip the row, so the following read of
+the skipped keys (only when there are any) sees the row that took the id.
 
 ``bbo`` is copied in the text format, formatted here: asyncpg's binary ``NUMERIC``
 encoder wants a ``Decimal`` per value, and building four of them per row then encoding
@@ -34,12 +38,12 @@ in a database crash is done again by the next step or run (the archive only dele
 rows whose file is durable, so it then writes the same file again), and a step's
 duration stays its own work, not an fsync shared with the flusher's position commits.
 
-Three connections, each used by one operation at a time: the flusher's writes, position
-id lookups, and maintenance (pruning, the archive). Any failure of an operation, a
-timeout included, closes its connection rather than trying to roll back over a link that
-may be dead; the server aborts the open transaction, and the next operation connects
-again. So an outage costs the flusher failed writes (which it retries) and never a
-half-written batch.
+Two connections, each used by one operation at a time: the flusher's writes (and the
+load of the open positions on start) and maintenance (pruning, the archive). Any failure
+of an operation, a timeout included, closes its connection rather than trying to roll
+back over a link that may be dead; the server aborts the open transaction, and the next
+operation connects again. So an outage costs the flusher failed writes (which it
+retries) and never a half-written batch.
 """
 
 from __future__ import annotations
@@ -56,7 +60,12 @@ import asyncpg
 
 from book.fixed import format_fixed, from_decimal
 from publish.position import PositionSide
-from publish.storage.backend import Batch
+from publish.storage.backend import (
+    Batch,
+    PositionKey,
+    taken_new_positions,
+    unsettled_keys,
+)
 from publish.storage.exceptions import BackendClosedError, SchemaVersionError, StorageError
 from publish.storage.rows import BboRow, FeedEventRow, PositionRow
 
@@ -138,14 +147,16 @@ _MIGRATION_LOCK = "marketcast.schema."
 
 
 class PostgresBackend:
-    """``StorageBackend`` on PostgreSQL through three asyncpg connections (module docstring).
+    """``StorageBackend`` on PostgreSQL through two asyncpg connections (module docstring).
 
     ``write_batch`` costs one transaction: a text ``COPY`` of the BBO rows (O(rows) of
     formatting on the event loop, ~1.1 µs per row in chunks of ``_COPY_CHUNK_ROWS``), one
-    pipelined ``executemany`` upsert of the positions and a binary ``COPY`` of the feed
-    events. ``timeout_ms`` bounds every operation (connecting included): past it the
-    operation fails and the connection is closed, so a database that stops answering
-    turns into failed writes the flusher retries, not a write that hangs forever.
+    insert of the new positions (a primary-key probe each; a taken id costs one more read
+    for the batch), one pipelined ``executemany`` upsert of the changed positions and a
+    binary ``COPY`` of the feed events. ``timeout_ms`` bounds every operation (connecting
+    included): past it the operation fails and the connection is closed, so a database
+    that stops answering turns into failed writes the flusher retries, not a write that
+    hangs forever.
     """
 
     def __init__(
@@ -180,9 +191,26 @@ class PostgresBackend:
             f"SELECT {_POSITION_COLUMNS} FROM {s}.positions"
             " WHERE closed_ts IS NULL ORDER BY opened_ts, account, id"
         )
-        self._id_taken = (
-            f"SELECT EXISTS (SELECT 1 FROM {s}.positions WHERE account = $1 AND id = $2)"
-            f" OR EXISTS (SELECT 1 FROM {s}.archived_positions WHERE account = $1 AND id = $2)"
+        # New positions as one array per column, inserted in their order where the id is
+        # free; returns the keys inserted.
+        self._insert_new_positions = (
+            f"INSERT INTO {s}.positions ({_POSITION_COLUMNS})"
+            f" SELECT {_POSITION_COLUMNS} FROM unnest($1::text[], $2::text[], $3::text[],"
+            " $4::text[], $5::numeric[], $6::numeric[], $7::bigint[], $8::bigint[])"
+            f" WITH ORDINALITY AS new ({_POSITION_COLUMNS}, n)"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {s}.archived_positions AS a"
+            " WHERE a.account = new.account AND a.id = new.id) ORDER BY n"
+            " ON CONFLICT (account, id) DO NOTHING RETURNING account, id"
+        )
+        # The stored positions and archived ids of $1 (accounts) and $2 (their ids).
+        self._stored_under = (
+            "SELECT p.id, p.account, p.instrument, p.side, p.qty, p.entry_px, p.opened_ts,"
+            " p.closed_ts, false AS archived"
+            f" FROM unnest($1::text[], $2::text[]) AS k (account, id) JOIN {s}.positions AS p"
+            " ON p.account = k.account AND p.id = k.id"
+            " UNION ALL SELECT a.id, a.account, NULL, NULL, NULL, NULL, NULL, NULL, true"
+            f" FROM unnest($1::text[], $2::text[]) AS k (account, id)"
+            f" JOIN {s}.archived_positions AS a ON a.account = k.account AND a.id = k.id"
         )
         bbo_columns = "ts_event, ts_recv, venue, symbol, seq, bid_px, bid_qty, ask_px, ask_qty"
         self._history = (
@@ -231,10 +259,7 @@ class PostgresBackend:
         # Instruments the current pruning pass has not finished yet.
         self._prune_pass: deque[tuple[str, str]] = deque()
         self._open = False
-        # Lookups get a connection of their own, so a burst of them never queues in
-        # front of a batch write (whose commit the position acks wait for) or behind it.
         self._writer = _Link(partial(self._connect_one, synchronous_commit="off"), self._timeout)
-        self._reader = _Link(self._connect_one, self._timeout)
         self._maintenance = _Link(
             partial(self._connect_one, synchronous_commit="off"), self._timeout
         )
@@ -265,19 +290,13 @@ class PostgresBackend:
             await self.close()
             raise
 
-    async def write_batch(self, batch: Batch) -> None:
-        await self._run(self._writer, lambda conn: self._write(conn, batch))
+    async def write_batch(self, batch: Batch) -> frozenset[int]:
+        taken: frozenset[int] = await self._run(self._writer, lambda conn: self._write(conn, batch))
+        return taken
 
     async def load_open_positions(self) -> list[PositionRow]:
         records = await self._run(self._writer, lambda conn: conn.fetch(self._select_open))
         return [_position(record) for record in records]
-
-    async def position_id_taken(self, account: str, position_id: str) -> bool:
-        return bool(
-            await self._run(
-                self._reader, lambda conn: conn.fetchval(self._id_taken, account, position_id)
-            )
-        )
 
     async def bbo_history(
         self,
@@ -348,7 +367,7 @@ class PostgresBackend:
         if not self._open:
             return
         self._open = False
-        await asyncio.gather(self._writer.close(), self._reader.close(), self._maintenance.close())
+        await asyncio.gather(self._writer.close(), self._maintenance.close())
 
     async def _cursor_pages(
         self, query: tuple[Any, ...], page_rows: int
@@ -429,9 +448,10 @@ class PostgresBackend:
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {s}.schema_version (version) VALUES ($1)", version)
 
-    async def _write(self, conn: Any, batch: Batch) -> None:
+    async def _write(self, conn: Any, batch: Batch) -> frozenset[int]:
+        taken: frozenset[int] = frozenset()
         async with conn.transaction():
-            if batch.positions:
+            if batch.positions or batch.new_positions:
                 # Acknowledged on commit: wait for the WAL flush (see the module docstring).
                 await conn.execute("SET LOCAL synchronous_commit TO on")
             if batch.bbo:
@@ -442,6 +462,8 @@ class PostgresBackend:
                     source=self._bbo_text(batch.bbo),
                     format="text",
                 )
+            if batch.new_positions:
+                taken = await self._insert_new(conn, batch.new_positions)
             if batch.positions:
                 await conn.executemany(
                     self._upsert_position, [_position_params(row) for row in batch.positions]
@@ -453,6 +475,26 @@ class PostgresBackend:
                     columns=_FEED_EVENT_COLUMNS,
                     records=[_feed_event_record(row) for row in batch.feed_events],
                 )
+        return taken
+
+    async def _insert_new(self, conn: Any, rows: list[PositionRow]) -> frozenset[int]:
+        """Insert ``rows`` where their ids are free (in the caller's transaction); the
+        indices of those whose id another position holds (``publish.storage.backend``)."""
+        columns = [list(column) for column in zip(*map(_position_params, rows), strict=True)]
+        records = await conn.fetch(self._insert_new_positions, *columns)
+        inserted = {(record["account"], record["id"]) for record in records}
+        stored: dict[PositionKey, PositionRow | None] = {}
+        unsettled = unsettled_keys(rows, inserted)
+        if unsettled:
+            accounts = [account for account, _ in unsettled]
+            ids = [position_id for _, position_id in unsettled]
+            for record in await conn.fetch(self._stored_under, accounts, ids):
+                key = (record["account"], record["id"])
+                if record["archived"]:  # an archived id wins over a stored row
+                    stored[key] = None
+                else:
+                    stored.setdefault(key, _position(record))
+        return taken_new_positions(rows, inserted, stored)
 
     async def _bbo_text(self, rows: Sequence[BboRow]) -> AsyncIterator[bytes]:
         """The rows as ``COPY`` text lines, ``_COPY_CHUNK_ROWS`` per chunk. ~1.1 µs per

@@ -45,7 +45,12 @@ from typing import Any, TypeVar
 
 from book.fixed import format_fixed, parse_fixed
 from publish.position import PositionSide
-from publish.storage.backend import Batch
+from publish.storage.backend import (
+    Batch,
+    PositionKey,
+    taken_new_positions,
+    unsettled_keys,
+)
 from publish.storage.exceptions import BackendClosedError, SchemaVersionError, StorageError
 from publish.storage.rows import BboRow, FeedEventRow, PositionRow
 
@@ -135,6 +140,7 @@ def _insert_bbo(rows: int) -> str:
     )
 
 
+_POSITION_COLUMNS = "id, account, instrument, side, qty, entry_px, opened_ts, closed_ts"
 _UPSERT_POSITION = (
     "INSERT INTO positions"
     " (id, account, instrument, side, qty, entry_px, opened_ts, closed_ts)"
@@ -144,14 +150,49 @@ _UPSERT_POSITION = (
     " entry_px = excluded.entry_px, opened_ts = excluded.opened_ts,"
     " closed_ts = excluded.closed_ts"
 )
+_POSITION_FIELDS = 8
+_KEYS_PER_STATEMENT = 64
+"""New positions per insert, and keys per read of stored ones (512 and 128 parameters, far
+below SQLite's limit); a batch rarely holds more than a few."""
+
+
+@cache
+def _insert_new_positions(rows: int) -> str:
+    """``INSERT`` of ``rows`` new positions, skipping taken ids (a stored position, or an
+    archived id); returns the keys it inserted. A handful of sizes."""
+    values = "(" + ", ".join("?" * _POSITION_FIELDS) + ")"
+    return (
+        f"INSERT INTO positions ({_POSITION_COLUMNS})"
+        " SELECT * FROM (VALUES " + ", ".join([values] * rows) + ") AS new"
+        " WHERE NOT EXISTS (SELECT 1 FROM archived_positions AS a"
+        " WHERE a.account = new.column2 AND a.id = new.column1)"
+        " ON CONFLICT (account, id) DO NOTHING RETURNING account, id"
+    )
+
+
+@cache
+def _stored_under(keys: int) -> str:
+    """The stored positions and archived ids of ``keys`` ``(account, id)`` pairs, in one
+    statement: position columns, then 1 for an archived id (its other columns NULL)."""
+    # CROSS JOIN keeps the keys the outer loop: a primary-key probe per key, never a scan.
+    pairs = ", ".join(["(?, ?)"] * keys)
+    return (
+        f"WITH k (account, id) AS (VALUES {pairs})"
+        " SELECT p.id, p.account, p.instrument, p.side, p.qty, p.entry_px, p.opened_ts,"
+        " p.closed_ts, 0 FROM k CROSS JOIN positions AS p"
+        " WHERE p.account = k.account AND p.id = k.id"
+        " UNION ALL SELECT a.id, a.account, NULL, NULL, NULL, NULL, NULL, NULL, 1"
+        " FROM k CROSS JOIN archived_positions AS a WHERE a.account = k.account AND a.id = k.id"
+    )
+
+
 _INSERT_FEED_EVENT = (
     "INSERT INTO feed_events (ts, venue, instrument, kind, detail) VALUES (?, ?, ?, ?, ?)"
 )
 _SELECT_OPEN_POSITIONS = (
-    "SELECT id, account, instrument, side, qty, entry_px, opened_ts, closed_ts FROM positions"
+    f"SELECT {_POSITION_COLUMNS} FROM positions"
     " WHERE closed_ts IS NULL ORDER BY opened_ts, account, id"
 )
-_POSITION_COLUMNS = "id, account, instrument, side, qty, entry_px, opened_ts, closed_ts"
 _HISTORY_PAGE = (
     "SELECT ts_event, ts_recv, seq, bid_px, bid_qty, ask_px, ask_qty, rowid FROM bbo"
     " WHERE venue = ? AND symbol = ? AND (ts_recv, rowid) > (?, ?) AND ts_recv < ?"
@@ -185,11 +226,6 @@ _DELETE_POSITION = "DELETE FROM positions WHERE account = ? AND id = ? AND close
 PAGE_ROWS = 2_000
 """Rows per read statement: ~2-4 ms of the reader thread, ~0.5 MB of rows in memory."""
 
-_POSITION_ID_TAKEN = (
-    "SELECT EXISTS (SELECT 1 FROM positions WHERE account = ?1 AND id = ?2)"
-    " OR EXISTS (SELECT 1 FROM archived_positions WHERE account = ?1 AND id = ?2)"
-)
-
 
 JOURNAL_SIZE_LIMIT = 64 << 20
 """The WAL size (bytes) a checkpoint brings the file back under once readers allow."""
@@ -199,8 +235,10 @@ class SqliteBackend:
     """``StorageBackend`` on one SQLite file in WAL mode.
 
     ``write_batch`` costs one ``BEGIN IMMEDIATE``/``COMMIT`` plus one ``executemany`` per
-    table, O(rows) in the writer thread (decimal formatting included); the event loop only
-    pays for handing the batch over. ``busy_timeout_ms`` is how long a write waits for
+    table, O(rows) in the writer thread (decimal formatting included), and for new
+    positions one ``INSERT ... RETURNING`` per 64 (a primary-key probe each; a taken id
+    costs one more read for the batch); the event loop only pays for handing the batch
+    over. ``busy_timeout_ms`` is how long a write waits for
     another connection's lock before failing (the flusher then retries);
     ``journal_size_limit`` is the WAL size, in bytes, it is brought back under once
     readers allow (see the module docstring).
@@ -256,14 +294,11 @@ class SqliteBackend:
             await self.close()
             raise
 
-    async def write_batch(self, batch: Batch) -> None:
-        await self._call(partial(self._write_sync, batch))
+    async def write_batch(self, batch: Batch) -> frozenset[int]:
+        return await self._call(partial(self._write_sync, batch))
 
     async def load_open_positions(self) -> list[PositionRow]:
         return await self._call(self._load_open_positions_sync)
-
-    async def position_id_taken(self, account: str, position_id: str) -> bool:
-        return await self._call(partial(self._position_id_taken_sync, account, position_id))
 
     async def bbo_history(
         self,
@@ -429,13 +464,15 @@ class SqliteBackend:
             raise
         self._conn = conn
 
-    def _write_sync(self, batch: Batch) -> None:
+    def _write_sync(self, batch: Batch) -> frozenset[int]:
         conn = self._connection()
         with _transaction(conn):
             _insert_bbo_rows(conn, batch.bbo)
+            taken = _insert_new_positions_sync(conn, batch.new_positions)
             conn.executemany(_UPSERT_POSITION, map(_position_params, batch.positions))
             conn.executemany(_INSERT_FEED_EVENT, map(_feed_event_params, batch.feed_events))
         self._request_checkpoint()
+        return taken
 
     def _request_checkpoint(self) -> None:
         """Start a checkpoint in the checkpoint thread unless one is running. O(1)."""
@@ -474,10 +511,6 @@ class SqliteBackend:
         return [
             _position(row) for row in self._connection().execute(_SELECT_OPEN_POSITIONS).fetchall()
         ]
-
-    def _position_id_taken_sync(self, account: str, position_id: str) -> bool:
-        (taken,) = self._connection().execute(_POSITION_ID_TAKEN, (account, position_id)).fetchone()
-        return bool(taken)
 
     def _prune_sync(self, before_ns: int, max_rows: int) -> int:
         conn = self._connection()
@@ -572,6 +605,30 @@ def _insert_bbo_rows(conn: sqlite3.Connection, rows: list[BboRow]) -> None:
     )
     if rest := len(rows) - full * _BBO_ROWS_PER_INSERT:
         conn.execute(_insert_bbo(rest), params[full * width :])
+
+
+def _insert_new_positions_sync(conn: sqlite3.Connection, rows: list[PositionRow]) -> frozenset[int]:
+    """Insert ``rows`` where their ids are free (in the caller's transaction); the indices
+    of those whose id another position holds (see ``publish.storage.backend``)."""
+    if not rows:
+        return frozenset()
+    inserted: set[PositionKey] = set()
+    for start in range(0, len(rows), _KEYS_PER_STATEMENT):
+        chunk = rows[start : start + _KEYS_PER_STATEMENT]
+        params = [value for row in chunk for value in _position_params(row)]
+        inserted.update(conn.execute(_insert_new_positions(len(chunk)), params).fetchall())
+    stored: dict[PositionKey, PositionRow | None] = {}
+    unsettled = unsettled_keys(rows, inserted)
+    for start in range(0, len(unsettled), _KEYS_PER_STATEMENT):
+        chunk_keys = unsettled[start : start + _KEYS_PER_STATEMENT]
+        pairs = [value for key in chunk_keys for value in key]
+        for *columns, archived in conn.execute(_stored_under(len(chunk_keys)), pairs):
+            key = (columns[1], columns[0])
+            if archived:  # an archived id wins over a stored row (there is none, normally)
+                stored[key] = None
+            else:
+                stored.setdefault(key, _position(tuple(columns)))
+    return taken_new_positions(rows, inserted, stored)
 
 
 def _amounts(texts: list[str | None]) -> tuple[int | None, ...]:

@@ -249,7 +249,7 @@ async def test_a_stalled_database_refuses_acks_keeps_the_change_and_acks_the_ret
             price="43000.1",
         )
     assert retried == position("p-1", "acct-1", OPENED_TS)
-    assert [batch.positions for batch in recording.committed] == [[position_row(retried)]]
+    assert [batch.new_positions for batch in recording.committed] == [[position_row(retried)]]
 
 
 async def test_a_degraded_database_refuses_at_once_and_queues_nothing(tmp_path: Path) -> None:
@@ -288,7 +288,7 @@ async def test_a_degraded_database_refuses_at_once_and_queues_nothing(tmp_path: 
         "op": "position.open",
         "position": stored("p-1", "acct-1", OPENED_TS),
     }
-    assert [batch.positions for batch in recording.committed] == [
+    assert [batch.new_positions for batch in recording.committed] == [
         [position_row(position("p-1", "acct-1", OPENED_TS))]
     ]
 

@@ -102,7 +102,7 @@ class RecordingBackend:
     async def open(self) -> None:
         await self.inner.open()
 
-    async def write_batch(self, batch: Batch) -> None:
+    async def write_batch(self, batch: Batch) -> frozenset[int]:
         self.started.append(batch)
         await self._notify()
         await self.gate.wait()
@@ -110,19 +110,17 @@ class RecordingBackend:
             if self.fail_remaining:
                 self.fail_remaining -= 1
                 raise ConnectionError("injected outage")
-            await self.inner.write_batch(batch)
+            taken = await self.inner.write_batch(batch)
         except Exception:
             self.failed.append(batch)
             await self._notify()
             raise
         self.committed.append(batch)
         await self._notify()
+        return taken
 
     async def load_open_positions(self) -> list[PositionRow]:
         return await self.inner.load_open_positions()
-
-    async def position_id_taken(self, account: str, position_id: str) -> bool:
-        return await self.inner.position_id_taken(account, position_id)
 
     async def close(self) -> None:
         await self.inner.close()

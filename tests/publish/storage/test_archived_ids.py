@@ -116,11 +116,20 @@ async def test_archiving_keeps_the_ids_of_what_it_deleted_only(
     )
     await archive(backend, tmp_path / "archive", before_ns=NOW + 1)  # type: ignore[arg-type]
     assert await store.read("SELECT account, id FROM {s}.archived_positions") == [("acct-1", "p-1")]
-    assert await backend.position_id_taken("acct-1", "p-1")
-    assert await backend.position_id_taken("acct-1", "p-2")
-    assert await backend.position_id_taken("acct-1", "p-3")
-    assert not await backend.position_id_taken("acct-1", "p-4")
-    assert not await backend.position_id_taken("acct-2", "p-1")
+    new = [
+        position("p-1"),  # archived
+        position("p-2"),  # stored and identical: that very position, written
+        position("p-3"),  # closed
+        position("p-4"),
+        position("p-1", account="acct-2"),
+    ]
+    assert await backend.write_batch(Batch(new_positions=new)) == frozenset({0, 2})
+    assert await store.read("SELECT account, id FROM {s}.positions ORDER BY account, id") == [
+        ("acct-1", "p-2"),
+        ("acct-1", "p-3"),
+        ("acct-1", "p-4"),
+        ("acct-2", "p-1"),
+    ]
 
 
 async def create_first_schema(store: Store, tmp_path: Path) -> None:
