@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, closing, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +82,17 @@ class RecordingBackend:
     """A real backend underneath that records every write attempt and its outcome.
 
     ``fail_first`` makes the first N writes raise before reaching the database (an
-    outage); clearing ``gate`` holds writes until the test sets it again.
+    outage); ``lose_first`` makes the first N writes that commit raise afterwards (the
+    answer to the commit was lost); while ``break_batches`` is set every write carries
+    one more feed event the database cannot store, so it fails halfway through the
+    transaction. Clearing ``gate`` holds writes until the test sets it again.
     """
 
-    def __init__(self, inner: StorageBackend, *, fail_first: int = 0) -> None:
+    def __init__(self, inner: StorageBackend, *, fail_first: int = 0, lose_first: int = 0) -> None:
         self.inner = inner
         self.fail_remaining = fail_first
+        self.lose_remaining = lose_first
+        self.break_batches = False
         self.gate = asyncio.Event()
         self.gate.set()
         self.started: list[Batch] = []
@@ -110,7 +115,15 @@ class RecordingBackend:
             if self.fail_remaining:
                 self.fail_remaining -= 1
                 raise ConnectionError("injected outage")
+            if self.break_batches:  # after every other row: 2**63 fits no INTEGER/BIGINT
+                unstorable = feed_event(2**63)
+                await self.inner.write_batch(
+                    replace(batch, feed_events=[*batch.feed_events, unstorable])
+                )
             taken = await self.inner.write_batch(batch)
+            if self.lose_remaining:
+                self.lose_remaining -= 1
+                raise ConnectionError("injected loss of the commit's answer")
         except Exception:
             self.failed.append(batch)
             await self._notify()

@@ -6,68 +6,24 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, closing
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from bus.position_shard import ShardStore
 from bus.positions import shard_of
-from publish.catalog import RegistryCatalog
-from publish.exceptions import RequestError
-from publish.positions import PositionBook
-from publish.protocol import ErrorCode
 from publish.storage import (
     Batch,
-    FlushedPositionStore,
-    PositionStore,
     StorageBackend,
     postgres,
     sqlite,
 )
 from publish.storage.archive import archive
-from publish.storage.flusher import StorageFlusher
 from tests.postgres import pg_query
-from tests.publish.storage.support import Store, position, running
-from tests.publish.support import new_registry
+from tests.publish.storage.books import NOW, ORDER, book_on, refused_as_duplicate
+from tests.publish.storage.support import Store, position
 
 pytestmark = pytest.mark.timeout(60)
-
-NOW = 1_796_256_000 * 10**9
-ORDER = {"instrument": "binance:BTC-USDT", "side": "buy", "qty": "0.5", "price": "43000.1"}
-
-
-@asynccontextmanager
-async def book_on(
-    store: Store, *, shards: int = 0
-) -> AsyncIterator[tuple[PositionBook, StorageBackend]]:
-    """A position book over a freshly opened backend on ``store`` (a start: open positions
-    reloaded); through a ``ShardStore`` of shard 0 when ``shards``."""
-    backend = store.make()
-    await backend.open()
-    flusher = StorageFlusher(backend, window_ms=1)
-    positions: PositionStore = FlushedPositionStore(flusher, backend)
-    if shards:
-        positions = ShardStore(positions, shard=0, shards=shards)
-    book = PositionBook(
-        RegistryCatalog(new_registry()), positions, clock=itertools.count(NOW).__next__
-    )
-    try:
-        async with running(flusher):
-            await book.load()
-            yield book, backend
-        await flusher.drain()
-    finally:
-        await backend.close()
-
-
-async def refused_as_duplicate(
-    book: PositionBook, account: str, position_id: str, qty: str = "0.5"
-) -> None:
-    with pytest.raises(RequestError) as refused:
-        await book.open(account, position_id=position_id, **(ORDER | {"qty": qty}))
-    assert refused.value.code is ErrorCode.DUPLICATE_POSITION
 
 
 async def test_an_archived_positions_id_stays_taken(store: Store, tmp_path: Path) -> None:
