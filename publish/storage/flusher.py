@@ -74,6 +74,7 @@ class FlusherStats:
     batches: int
     """Committed batches."""
     rows_written: int
+    """Rows committed (a new position refused for its taken id is not one)."""
     pending_rows: int
     """Rows not committed yet: buffered plus the batch being written."""
     failures: int
