@@ -38,6 +38,10 @@ def test_ingest_with_and_without_the_bus_side_by_side() -> None:
     figures = result.figures
     assert all(value > 0 for key, value in figures.items() if "msgs_per_s" in key)
     for view in ("spot_depth", "spot_combined", "usdm_depth", "usdm_combined"):
-        # 50 frames per loop turn: the publisher conflates what a turn produced.
-        assert 0 < figures[f"{view}_chunk50_published"] < figures[f"{view}_chunk1_published"]
+        # 50 frames per loop turn: the publisher conflates what a turn produced, so the
+        # one instrument's book goes out at most once a turn (plus its states). How many
+        # a 1-frame turn publishes depends on the machine's speed (one flush per
+        # millisecond at most while busy), so it is only checked to be there.
+        assert 0 < figures[f"{view}_chunk50_published"] <= FRAMES // 50 + 2
+        assert figures[f"{view}_chunk1_published"] > 0
     assert result.render().startswith("## 7b. Ingest with the bus")
