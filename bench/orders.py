@@ -407,7 +407,7 @@ def limit_reason(step: RepeatedStep[OrderTrial]) -> str:
         return f"the client process is CPU-bound ({client:.0%} of a core)"
     return (
         f"latency (p99 {step.p99_ns / 1e6:.3g} ms, {step.delivered_share:.0%} acked) with the "
-        f"server process at {server:.0%} of a core: it waits (storage, lookups) rather than "
+        f"server process at {server:.0%} of a core: it waits (storage commits) rather than "
         "computes"
     )
 
