@@ -102,6 +102,43 @@ def _git_commit() -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class ScenarioConditions:
+    """The conditions one scenario started under, measured in its own process just
+    before it ran: each scenario runs in a fresh one (``bench/scenarioprocess.py``)."""
+
+    pid: int
+    load_average: tuple[float, float, float]
+    rss_bytes: int
+    parent_rss_bytes: int
+    """The bench's main process, which only waits while the scenario runs."""
+
+    @classmethod
+    def current(cls) -> ScenarioConditions:
+        return cls(
+            pid=os.getpid(),
+            load_average=os.getloadavg(),
+            rss_bytes=rss_bytes(),
+            parent_rss_bytes=rss_bytes(os.getppid()),
+        )
+
+    def render(self) -> str:
+        load = " ".join(f"{value:.2f}" for value in self.load_average)
+        return (
+            f"- load average at start (1/5/15 min): {load}\n"
+            f"- scenario process: pid {self.pid}, {megabytes(self.rss_bytes)} MB RSS at start "
+            f"(the bench's main process: {megabytes(self.parent_rss_bytes)} MB)"
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "load_average": list(self.load_average),
+            "rss_bytes": self.rss_bytes,
+            "parent_rss_bytes": self.parent_rss_bytes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Table:
     """One Markdown table: a header row and rows of already formatted cells."""
 
@@ -156,7 +193,8 @@ class Target:
 @dataclass(slots=True)
 class ScenarioResult:
     """Everything one scenario measured; ``figures`` are its headline numbers by name
-    (machine-readable, in the JSON output)."""
+    (machine-readable, in the JSON output). ``conditions`` are set by the process that
+    ran it, and printed under the title."""
 
     key: str
     title: str
@@ -165,9 +203,13 @@ class ScenarioResult:
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     figures: dict[str, float] = field(default_factory=dict)
+    conditions: ScenarioConditions | None = None
 
     def render(self) -> str:
-        out = [f"## {self.title}", "", self.how, ""]
+        out = [f"## {self.title}", ""]
+        if self.conditions is not None:
+            out += [self.conditions.render(), ""]
+        out += [self.how, ""]
         for table in self.tables:
             out += [table.render(), ""]
         if self.targets:
@@ -180,6 +222,7 @@ class ScenarioResult:
         return {
             "key": self.key,
             "title": self.title,
+            "conditions": None if self.conditions is None else self.conditions.to_json(),
             "figures": self.figures,
             "targets": [
                 {
@@ -241,13 +284,15 @@ class Progress:
     rewritten in place on a terminal, one per step otherwise.
 
     ``update`` is rate-limited (4 per second) so tight loops may call it freely.
+    ``started`` (``time.monotonic()``, one clock for every process of the machine) is
+    when the bench started, for a scenario running in a process of its own.
     """
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, *, started: float | None = None) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self._tty = self._stream.isatty()
         self._scenario = ""
-        self._started = time.monotonic()
+        self.started = time.monotonic() if started is None else started
         self._last = 0.0
         self._open = False
 
@@ -273,7 +318,7 @@ class Progress:
             self._open = False
 
     def _write(self, message: str) -> None:
-        text = f"[{self._scenario} {time.monotonic() - self._started:6.1f}s] {message}"
+        text = f"[{self._scenario} {time.monotonic() - self.started:6.1f}s] {message}"
         if self._tty:
             self._stream.write("\r\x1b[2K" + text)
             self._open = True
