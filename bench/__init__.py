@@ -1,8 +1,9 @@
 """marketcast's benchmarks: the performance scenarios of DESIGN.md as commands.
 
-``python -m bench all`` (or ``marketcast bench all``) runs every scenario and prints a
-Markdown report: the machine's conditions, then each scenario's figures beside a floor
-measured in the same run, the ratios, and the issue targets met or missed.
+``python -m bench all`` (or ``marketcast bench all``) runs every scenario, each in a
+fresh process of its own, and prints a Markdown report: the machine's conditions, then
+each scenario's figures beside a floor measured in the same run, the ratios, and the
+issue targets met or missed.
 ``--quick`` runs everything in about a minute with small sizes. See
 ``docs/performance.md`` for how each number is measured.
 """

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,19 +22,29 @@ from bench import (
     storage,
 )
 from bench.report import Machine, Progress, ScenarioResult
+from bench.scenarioprocess import (
+    Runner,
+    ScenarioFailure,
+    run_in_fresh_process,
+    stop_signals_interrupt,
+)
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    parser: argparse.ArgumentParser | None = None, scenarios: Sequence[str] | None = None
+) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(
         prog="python -m bench",
-        description="Run marketcast's performance scenarios; print a Markdown report.",
+        description="Run marketcast's performance scenarios, each in a fresh process; "
+        "print a Markdown report.",
     )
+    scenarios = SCENARIOS if scenarios is None else scenarios
     parser.add_argument(
         "scenarios",
         nargs="+",
-        choices=(*SCENARIOS, "all"),
+        choices=(*scenarios, "all"),
         metavar="SCENARIO",
-        help=f"one or more of {', '.join(SCENARIOS)}, or all",
+        help=f"one or more of {', '.join(scenarios)}, or all",
     )
     parser.add_argument(
         "--quick",
@@ -215,7 +224,7 @@ def _cluster(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
     return cluster.run(options, progress)
 
 
-RUNNERS: dict[str, Callable[[argparse.Namespace, Progress], ScenarioResult]] = {
+RUNNERS: dict[str, Runner] = {
     "ingest": _ingest,
     "fanout": _fanout,
     "profit": _profit,
@@ -231,29 +240,30 @@ SCENARIOS = tuple(RUNNERS)
 
 
 def run(
-    args: argparse.Namespace, progress: Progress | None = None
+    args: argparse.Namespace,
+    progress: Progress | None = None,
+    runners: Mapping[str, Runner] = RUNNERS,
 ) -> tuple[list[ScenarioResult], list[str]]:
-    """Run the chosen scenarios in order; print the report as each one finishes. A
-    scenario that fails is reported (its error on stderr) and the others still run.
-    Returns the results and the names of the scenarios that failed."""
+    """Run the chosen scenarios in order, each in a fresh process, and print the report
+    as each one finishes. A scenario that fails is reported (its traceback on stderr)
+    and the others still run. Returns the results and the names of the scenarios that
+    failed."""
     progress = progress or Progress()
-    chosen = SCENARIOS if "all" in args.scenarios else tuple(dict.fromkeys(args.scenarios))
+    chosen = tuple(runners) if "all" in args.scenarios else tuple(dict.fromkeys(args.scenarios))
     machine = Machine.current()
     print(f"# marketcast bench{' (quick)' if args.quick else ''}\n\n{machine.render()}\n")
     sys.stdout.flush()
     results: list[ScenarioResult] = []
-    failed: list[str] = []
+    failures: list[ScenarioFailure] = []
     for name in chosen:
-        try:
-            result = RUNNERS[name](args, progress)
-        except Exception as exc:
-            progress.done()
-            traceback.print_exc()
-            failed.append(name)
-            print(f"## {name}: FAILED\n\n{type(exc).__name__}: {str(exc).splitlines()[0]}\n")
-            continue
-        results.append(result)
-        print(result.render())
+        outcome = run_in_fresh_process(name, runners[name], args, progress)
+        if isinstance(outcome, ScenarioFailure):
+            print(outcome.details.rstrip(), file=sys.stderr)
+            sys.stderr.flush()
+            failures.append(outcome)
+        else:
+            results.append(outcome)
+        print(outcome.render())
         sys.stdout.flush()
     targets = [target for result in results for target in result.targets]
     if targets:
@@ -261,6 +271,7 @@ def run(
         print(f"## Summary\n\n{met} of {len(targets)} targets met.\n")
         for target in targets:
             print(target.render())
+    failed = [failure.key for failure in failures]
     if failed:
         print(f"\nFAILED: {', '.join(failed)} (errors on stderr)")
     if args.json is not None:
@@ -270,6 +281,7 @@ def run(
                     "machine": machine.render(),
                     "results": [r.to_json() for r in results],
                     "failed": failed,
+                    "errors": [failure.to_json() for failure in failures],
                 },
                 indent=2,
             )
@@ -277,7 +289,14 @@ def run(
     return results, failed
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _, failed = run(args)
+def main(argv: Sequence[str] | None = None, runners: Mapping[str, Runner] = RUNNERS) -> int:
+    """Exit status: 0 when every scenario ran, 1 when one failed, 130 when interrupted
+    (Ctrl-C, SIGTERM, SIGHUP: the running scenario's processes are stopped first)."""
+    args = build_parser(scenarios=tuple(runners)).parse_args(argv)
+    try:
+        with stop_signals_interrupt():
+            _, failed = run(args, runners=runners)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the running scenario and its helpers were stopped", file=sys.stderr)
+        return 130
     return 1 if failed else 0

@@ -1,9 +1,10 @@
 """The command line: the whole report is printed (scenario 5 at a tiny size), and a
-scenario that fails does not stop the others."""
+scenario that fails does not stop the others, each running in a process of its own."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -43,13 +44,25 @@ def test_connections_report_through_the_command_line(
 
 
 def test_a_failing_scenario_is_reported_and_the_others_still_run(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    figures = tmp_path / "figures.json"
     # The first 5 frames of the spot recording hold no REST snapshot: ingest cannot run.
-    assert main(["ingest", "connections", "--frames", "5", "--connections", "5"]) == 1
+    argv = ["ingest", "connections", "--frames", "5", "--connections", "5"]
+    assert main([*argv, "--json", str(figures)]) == 1
 
     captured = capsys.readouterr()
-    assert "## ingest: FAILED\n\nValueError: the first 5 frames of " in captured.out
-    assert "## 5. Connections: idle subscribers held, memory per connection" in captured.out
+    failed = captured.out.partition("## ingest: FAILED\n\n")[2]
+    assert failed.startswith("- load average at start (1/5/15 min): ")
+    assert "\n\nValueError: the first 5 frames of " in failed
+    assert "## 5. Connections: idle subscribers held, memory per connection" in failed
     assert captured.out.rstrip().endswith("FAILED: ingest (errors on stderr)")
     assert "Traceback" in captured.err
+
+    report = json.loads(figures.read_text())
+    (ingest,) = report["errors"]
+    (connections,) = report["results"]
+    assert report["failed"] == [ingest["key"]] == ["ingest"]
+    assert ingest["error"].startswith("ValueError: the first 5 frames of ")
+    pids = {ingest["conditions"]["pid"], connections["conditions"]["pid"], os.getpid()}
+    assert len(pids) == 3
