@@ -1,6 +1,6 @@
-"""marketcast's benchmarks: the performance scenarios of DESIGN.md as commands.
+"""marketcast's benchmarks: its performance scenarios as commands.
 
-``python -m bench all`` (or ``marketcast bench all``) runs every scenario, each in a
+``python -m bench all`` runs every scenario, each in a
 fresh process of its own, and prints a Markdown report: the machine's conditions, then
 each scenario's figures beside a floor measured in the same run, the ratios, and the
 issue targets met or missed.
