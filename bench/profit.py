@@ -3,11 +3,17 @@ every account's subscriber in another process; delay from BBO change to profit f
 
 The server process runs marketcast (registry, fan-out, ``ProfitEngine``, token auth) and
 opens the positions straight into the profit engine, as the position book does once
-their opens commit: position i belongs to account i mod A, is on instrument i mod I,
-long or short in turn. Each account has one subscriber (``?batch=1`` unless told
-otherwise) that authenticates with a token for its account and subscribes to its
+their opens commit, spread over the accounts and instruments by ``bench.holdings``:
+each account goes round the instruments from an offset of its own, long and short in
+turn, so one BBO change touches many accounts with a few positions each (at the
+issue-5 size every account holds 2 positions on each of the 50 instruments, and a
+change touches all 100 accounts). Each account has one subscriber (``?batch=1`` unless
+told otherwise) that authenticates with a token for its account and subscribes to its
 ``profit`` channel. The publisher then changes best bid and ask at the offered rate,
-round-robin over the instruments.
+round-robin over the instruments. The report gives, for every step, the spread counted
+from the server's open positions (instruments per account, accounts per change) and the
+server fan-out's counts over the measured window: profit messages encoded (once for
+all of an account's subscribers) and sent (once per subscriber), and frames written.
 
 Latency: a synthetic change's ``seq`` is the time in ns it was due (``bench.servers``:
 the publisher publishes every change, stamped when due, so the time a busy server takes
@@ -36,6 +42,7 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
+from bench.holdings import Spread, range_text
 from bench.report import Progress, ScenarioResult, Table, Target, ms, number
 from bench.servers import ServerKind, ServerProcess, ServerSpec, ServerWindow, change_spacing_ns
 from bench.subscribers import PoolSpec, SubscriberPool, WindowReport
@@ -92,6 +99,8 @@ class ProfitOptions:
 @dataclass(frozen=True, slots=True)
 class Step:
     positions: int
+    spread: Spread
+    """How the server's open positions were spread."""
     server: ServerWindow
     clients: WindowReport
 
@@ -187,6 +196,7 @@ def _step(
     options: ProfitOptions,
 ) -> Step:
     server.set_positions(positions)
+    spread = server.spread()
     server.drive(rate)
     try:
         time.sleep(options.warmup)
@@ -198,7 +208,7 @@ def _step(
     finally:
         server.halt()
     time.sleep(0.3)  # let queued frames drain
-    return Step(positions, window, clients)
+    return Step(positions, spread, window, clients)
 
 
 def _search(workload: Workload) -> Generator[int, bool, None]:
@@ -233,13 +243,22 @@ def run(options: ProfitOptions, progress: Progress) -> ScenarioResult:
     with SubscriberPool() as pool:
         runs = [measure(workload, options, pool, progress) for workload in options.workloads]
     progress.done()
+    spreads = "; ".join(
+        f"{workload_run.workload.name} at {workload_run.steps[0].positions:,} positions: "
+        f"{workload_run.steps[0].spread.describe()}"
+        for workload_run in runs
+        if workload_run.steps
+    )
     result = ScenarioResult(
         key="profit",
         title="3. Profit: positions marked on every BBO change, one subscriber per account",
         how=(
             "Server process: marketcast with the ProfitEngine and token auth; positions "
             "opened straight into the engine (as the position book does after commit), "
-            "spread over the accounts and instruments, long and short. Subscriber process: "
+            "spread over the accounts and instruments (bench.holdings): position i is the "
+            "(i div A)-th of account i mod A, on instrument (i div A + i mod A) mod I, long "
+            "when i div A is even, so each account goes round the instruments from an offset "
+            f"of its own ({spreads}). Subscriber process: "
             f"one {'?batch=1 ' if options.batched else ''}connection per account "
             "(auth + subscribe profit). The publisher changes best bid and ask at the "
             f"offered rate; {options.warmup:g} s warm-up + {options.seconds:g} s measured per "
@@ -247,7 +266,13 @@ def run(options: ProfitOptions, progress: Progress) -> ScenarioResult:
             "due. Change -> frame = for every change, the arrival of the first profit frame "
             f"reflecting it - its due time ({TRACKERS} subscribers decode every frame); "
             "newest change -> frame = arrival - seq of the marked book (sampled). ms as "
-            "p50 / p99 / p99.9. CPU = share of one core."
+            "p50 / p99 / p99.9. Profit messages/s = what the subscribers received. "
+            "Instruments per account and accounts per change are counted "
+            "from the server's open positions; messages encoded (once for all of an account's "
+            "subscribers), "
+            "messages sent (once per subscriber) and frames sent are the server fan-out's "
+            "counts over the measured window (profit and profit_total messages). CPU = "
+            "share of one core."
         ),
     )
     rows: list[tuple[str, ...]] = []
@@ -260,10 +285,15 @@ def run(options: ProfitOptions, progress: Progress) -> ScenarioResult:
                     f"{step.positions:,}",
                     f"{workload.accounts:,}",
                     f"{workload.instruments:,}",
+                    range_text(step.spread.instruments_per_account),
+                    range_text(step.spread.accounts_per_instrument),
                     number(step.changes),
                     number(step.frames_per_s),
                     _latencies(step.clients.changes),
                     _latencies(step.clients.end_to_end),
+                    f"{step.server.fanout.encoded:,}",
+                    f"{step.server.fanout.sent:,}",
+                    f"{step.server.fanout.frames:,}",
                     f"{step.server.cpu_seconds / step.server.seconds:.0%}",
                     f"{step.clients.cpu_seconds / step.clients.seconds:.0%}",
                     "yes" if step.within_target else "no",
@@ -309,10 +339,15 @@ def run(options: ProfitOptions, progress: Progress) -> ScenarioResult:
                 "positions",
                 "accounts",
                 "instruments",
+                "instruments per account",
+                "accounts per change",
                 "BBO changes/s",
                 "profit messages/s",
                 "change -> frame ms",
                 "newest change -> frame ms",
+                "messages encoded",
+                "messages sent",
+                "frames sent",
                 "server CPU",
                 "client CPU",
                 f"p99 <= {P99_TARGET_MS:g} ms",

@@ -32,6 +32,7 @@ import orjson
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 
 from bench.agent import Command, HelperProcess, serve_commands
+from bench.holdings import Spread, holding
 from bench.report import rss_bytes
 from book.fixed import SCALE
 from book.registry import BookRegistry
@@ -39,6 +40,7 @@ from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
 from publish.auth import AuthPolicy, TokenAuthority
 from publish.client import ServerLimits
+from publish.counters import Counters
 from publish.fanout import Fanout
 from publish.position import Position, PositionSide
 from publish.profit import ProfitEngine
@@ -142,20 +144,21 @@ class MarketcastServer:
         )
 
     def set_positions(self, total: int) -> int:
-        """Open or close positions until ``total`` are open: position i belongs to account
-        i mod accounts, is on instrument i mod instruments, long or short in turn; the
-        newest are closed first."""
+        """Open or close positions until ``total`` are open, spread over the accounts and
+        instruments as ``bench.holdings.holding`` places them; the newest are closed
+        first."""
         engine = self.profit
         assert engine is not None, "a server without accounts has no positions"
         accounts, instruments, rows = self._accounts, self._instruments, self._positions
         while len(rows) > total:
             engine.position_closed(rows.pop().closed_at(time.time_ns()))
         for i in range(len(rows), total):
+            place = holding(i, accounts=len(accounts), instruments=len(instruments))
             row = Position(
                 id=f"p{i}",
-                account=accounts[i % len(accounts)],
-                instrument=instruments[i % len(instruments)],
-                side=PositionSide.BUY if (i // len(instruments)) % 2 else PositionSide.SELL,
+                account=accounts[place.account],
+                instrument=instruments[place.instrument],
+                side=PositionSide.BUY if place.long else PositionSide.SELL,
                 qty=(1 + i % 7) * SCALE // 10,
                 entry_price=(10_000 + i % 1000) * SCALE // 100,
                 opened_ts=time.time_ns(),
@@ -163,6 +166,10 @@ class MarketcastServer:
             rows.append(row)
             engine.position_opened(row)
         return engine.positions
+
+    def spread(self) -> Spread:
+        """How the open positions are spread. O(positions)."""
+        return Spread.of((row.account, row.instrument) for row in self._positions)
 
     def profit_requests(self) -> list[tuple[bytes, ...]]:
         """Per account: authenticate as it, then subscribe to its profit channel."""
@@ -328,6 +335,39 @@ class ServerSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class FanoutCounts:
+    """Marketcast's fan-out counters (``publish.counters.Counters``) over a window: every
+    channel's, so on a profit server (only profit subscribers) they count its
+    ``profit`` and ``profit_total`` messages."""
+
+    conflated: int = 0
+    """Queued messages replaced by a newer one before being written."""
+    encoded: int = 0
+    """Messages encoded, once for all subscribers of their topic."""
+    sent: int = 0
+    """Messages written to subscribers (one per subscriber that got it)."""
+    frames: int = 0
+    """Websocket frames written (a batch frame holds many messages)."""
+
+    @classmethod
+    def of(cls, counters: Counters) -> FanoutCounts:
+        return cls(
+            counters.conflated,
+            counters.messages_encoded,
+            counters.messages_sent,
+            counters.frames_sent,
+        )
+
+    def __sub__(self, earlier: FanoutCounts) -> FanoutCounts:
+        return FanoutCounts(
+            self.conflated - earlier.conflated,
+            self.encoded - earlier.encoded,
+            self.sent - earlier.sent,
+            self.frames - earlier.frames,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ServerWindow:
     """What the server process did during one measurement window."""
 
@@ -336,8 +376,8 @@ class ServerWindow:
     """Changes published."""
     cpu_seconds: float
     """CPU time of the server process (server + publisher, all threads)."""
-    conflated: int
-    """Queued messages replaced by a newer one before being written (marketcast only)."""
+    fanout: FanoutCounts
+    """What marketcast's fan-out did (zeros for the raw broadcast)."""
 
 
 SETTLE_SECONDS = 0.5
@@ -353,11 +393,13 @@ class _ServerSide:
         self._publisher: Publisher | None = None
         self._burst_cap = 0
         self._catch_up = False
-        self._mark = (0.0, 0.0, 0, 0)
+        self._mark = (0.0, 0.0, 0, FanoutCounts())
 
-    def _conflated(self) -> int:
+    def _fanout_counts(self) -> FanoutCounts:
         server = self._server
-        return server.fanout.counters.conflated if isinstance(server, MarketcastServer) else 0
+        if isinstance(server, MarketcastServer):
+            return FanoutCounts.of(server.fanout.counters)
+        return FanoutCounts()
 
     async def handle(self, command: Command) -> Command:
         match command:
@@ -385,6 +427,9 @@ class _ServerSide:
             case ("positions", int(total)):
                 assert isinstance(self._server, MarketcastServer)
                 return ("positions", self._server.set_positions(total))
+            case ("spread",):
+                assert isinstance(self._server, MarketcastServer)
+                return ("spread", self._server.spread())
             case ("profit_requests",):
                 assert isinstance(self._server, MarketcastServer)
                 return ("profit_requests", self._server.profit_requests())
@@ -405,10 +450,15 @@ class _ServerSide:
                 return ("driving",)
             case ("window",):
                 offered = self._publisher.offered if self._publisher else 0
-                self._mark = (time.perf_counter(), time.process_time(), offered, self._conflated())
+                self._mark = (
+                    time.perf_counter(),
+                    time.process_time(),
+                    offered,
+                    self._fanout_counts(),
+                )
                 return ("window",)
             case ("measure",):
-                started, cpu, offered, conflated = self._mark
+                started, cpu, offered, counts = self._mark
                 now_offered = self._publisher.offered if self._publisher else 0
                 return (
                     "measured",
@@ -416,7 +466,7 @@ class _ServerSide:
                         seconds=time.perf_counter() - started,
                         offered=now_offered - offered,
                         cpu_seconds=time.process_time() - cpu,
-                        conflated=self._conflated() - conflated,
+                        fanout=self._fanout_counts() - counts,
                     ),
                 )
             case ("halt",):
@@ -456,6 +506,11 @@ class ServerProcess(HelperProcess):
     def set_positions(self, total: int) -> int:
         """Open or close positions until ``total`` are open (profit); returns how many are."""
         return int(self._agent.ask("positions", total)[1])
+
+    def spread(self) -> Spread:
+        """How the open positions are spread over the accounts and instruments (profit)."""
+        spread: Spread = self._agent.ask("spread")[1]
+        return spread
 
     def profit_requests(self) -> list[tuple[bytes, ...]]:
         """Per account, the frames that authenticate and subscribe to its profit."""

@@ -2,7 +2,10 @@
 and how many shards a workload needs.
 
 A shard of ``K`` holds the positions of the accounts ``bus.positions.shard_of`` gives it
-(about ``1/K`` of them) but sees every BBO change of the bus. This measures, in this
+(about ``1/K`` of them) but sees every BBO change of the bus. The positions are spread
+as in the profit scenario (``bench.holdings``: each account goes round the
+instruments), so a change touches every account of the shard that holds its
+instrument, and each of them publishes a batch. This measures, in this
 process and on the shard's real path, the CPU one shard spends per BBO change: the bus
 message decoded by the follower into the registry, the ``ProfitEngine`` marking the
 shard's positions of that instrument, and each watched account's frames encoded into
@@ -12,11 +15,13 @@ and ask, and the loop yields after each one, so nothing is conflated: an upper b
 
 Cost model: ``cpu per change = a + b * marks per change``, where ``a`` is the fixed cost
 every shard pays for every change and ``b`` the cost per marked position; ``a`` and
-``b`` are fitted from the 1- and 2-shard measurements. A shard at ``rate`` changes/s is
+``b`` are fitted from the 1- and 2-shard measurements (``b`` also carries the batch of
+each account a change touches: both scale as ``1/K``). A shard at ``rate`` changes/s is
 busy ``rate * (a + b * P / (I * K))`` of a core (``P`` positions, ``I`` instruments).
 The limit it must stay under is the busy share measured the same way for the largest
 workload one process held at p99 <= 50 ms on the 2-core VM (17,500 positions, 100
-accounts, 50 instruments, 5,000 changes/s; docs/performance.md), so ``K`` is the least
+accounts, 50 instruments, 5,000 changes/s; docs/performance.md; measured when each
+account held one instrument, before ``bench.holdings`` spread them), so ``K`` is the least
 shard count whose busy share stays below that reference.
 
 The scenario ``shards`` of ``python -m bench`` (``--shard-changes N``); ``python -m
@@ -31,6 +36,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from bench.holdings import Spread, holding
 from bench.report import Progress, ScenarioResult, Table, number
 from book.fixed import SCALE
 from book.registry import BookRegistry
@@ -81,6 +87,11 @@ class ShardCost:
     @property
     def marks_per_change(self) -> float:
         return self.marks / self.changes
+
+    @property
+    def batches_per_change(self) -> float:
+        """Accounts' batches published per change: the shard's accounts a change touches."""
+        return self.batches / self.changes
 
     @property
     def busy(self) -> float:
@@ -148,16 +159,17 @@ async def measure_shard(load: ShardLoad, *, shards: int, shard: int, changes: in
     held: dict[str, int] = dict.fromkeys(instruments, 0)
     accounts: set[str] = set()
     for i in range(load.positions):
-        account = f"acct-{i % load.accounts}"
+        place = holding(i, accounts=load.accounts, instruments=load.instruments)
+        account = f"acct-{place.account}"
         if shard_of(account, shards) != shard:
             continue
-        instrument = instruments[i % load.instruments]
+        instrument = instruments[place.instrument]
         engine.position_opened(
             Position(
                 id=f"p-{i}",
                 account=account,
                 instrument=instrument,
-                side=PositionSide.BUY if i % 2 == 0 else PositionSide.SELL,
+                side=PositionSide.BUY if place.long else PositionSide.SELL,
                 qty=SCALE,
                 entry_price=100 * SCALE,
                 opened_ts=1,
@@ -226,7 +238,8 @@ def report(
             "moved each time) through one shard's real path in this process: the bus message "
             "decoded into its registry, the ProfitEngine marking the shard's positions of the "
             "instrument, each watched account's frames encoded into one bus batch (the NATS "
-            "write left out); a loop turn after every change, so nothing is conflated. Shard 0 "
+            "write left out); a loop turn after every change, so nothing is conflated. "
+            "Positions spread as in scenario 3 (bench.holdings). Shard 0 "
             "of 1 and of 2 (accounts by bus.positions.shard_of) for the DESIGN.md workload; "
             "the reference is the largest workload one process held at p99 <= 50 ms. busy = "
             "the load's changes/s x CPU per change. Model: CPU per change = a + b x marks per "
@@ -244,6 +257,7 @@ def report(
                 f"{cost.shard} of {cost.shards}",
                 f"{cost.positions:,}",
                 f"{cost.marks_per_change:.1f}",
+                f"{cost.batches_per_change:.1f}",
                 f"{cost.per_change * 1e6:.1f}",
                 f"{per_mark:.2f}",
                 f"{cost.busy:.0%}",
@@ -259,6 +273,7 @@ def report(
                 "shard",
                 "positions held",
                 "marks per change",
+                "batches per change",
                 "µs per change",
                 "µs per mark",
                 "busy",
@@ -274,6 +289,9 @@ def report(
             [(str(k), f"{model.busy(DESIGN, k):.0%}") for k in (1, 2, 4, 8, 16)],
         )
     )
+    for load in (REFERENCE, DESIGN):
+        spread = Spread.placed(load.positions, accounts=load.accounts, instruments=load.instruments)
+        result.notes.append(f"{load.name}, all shards: {spread.describe()}")
     result.notes.append(
         f"model: {model.fixed * 1e6:.1f} µs per change + {model.per_mark * 1e6:.2f} µs per "
         f"marked position; limit {limit:.0%} of a core (the one-process p99 limit)"

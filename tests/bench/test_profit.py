@@ -21,6 +21,20 @@ def test_profit_search_reports_every_step_with_positive_figures() -> None:
         ("tiny", "40", "3", "2"),
         ("tiny", str(second), "3", "2"),
     ]
+    # 20 positions or more over 3 accounts and 2 instruments: every account holds both,
+    # and a change touches all 3 (counted by the server from its open positions).
+    assert [row[4:6] for row in table.rows] == [("2", "3"), ("2", "3")]
+    assert (
+        "tiny at 40 positions: each account holds positions on 2 instruments; one BBO "
+        "change touches 3 accounts" in result.how
+    )
+    # The server's fan-out counts over the window: encoded, sent, frames (batched).
+    columns = table.columns
+    assert columns[10:13] == ("messages encoded", "messages sent", "frames sent")
+    for row in table.rows:
+        encoded, sent, frames = (int(cell.replace(",", "")) for cell in row[10:13])
+        assert encoded > 0 and sent > 0 and frames > 0
+        assert frames <= sent  # one batch frame carries one message or more
     within = {int(row[1]) for row in table.rows if row[-1] == "yes"}
     assert result.figures["tiny_largest_positions_within_target"] == max(within, default=0)
     assert sorted(result.figures) == [

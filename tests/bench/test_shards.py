@@ -26,7 +26,9 @@ async def test_a_shard_holds_its_accounts_positions_and_marks_them_on_every_chan
     assert two.accounts == len(mine)
     assert two.positions == sum(1 for i in range(40) if i % 8 in mine)
     assert one.marks == 20 * 10  # 10 positions per instrument, each change marks them
-    assert one.batches >= 20  # every change publishes at least one account's batch
+    # Every account holds every instrument (bench.holdings): each change touches all 8.
+    assert one.batches == 20 * 8
+    assert two.batches == 20 * two.accounts
     other = await measure_shard(TINY, shards=2, shard=1, changes=20)
     assert other.positions + two.positions == 40
 
@@ -47,8 +49,16 @@ async def test_the_report_names_the_shards_needed() -> None:
     design = await measure(TINY, changes=10)
     result = report(design, design[0], ShardsOptions(10))
     assert result.notes[-1].startswith("shards needed for DESIGN.md:")
+    assert result.notes[:2] == [
+        "one-process p99 limit, all shards: each account holds positions on 50 instruments; "
+        "one BBO change touches 100 accounts",
+        "DESIGN.md, all shards: each account holds positions on 100 instruments; "
+        "one BBO change touches 1,000 accounts",
+    ]
     costs, model = result.tables
     assert [row[3] for row in costs.rows] == ["0 of 1", "0 of 1", "0 of 2"]
+    assert costs.columns[6] == "batches per change"
+    assert [row[6] for row in costs.rows] == ["8.0", "8.0", f"{design[1].accounts}.0"]
     assert [row[0] for row in model.rows] == ["1", "2", "4", "8", "16"]
 
 
