@@ -17,9 +17,12 @@ where the cumulative count first reaches ``round(q * count)``.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
-from itertools import compress
+from functools import cache
+from itertools import accumulate, compress
+from operator import mul
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -48,6 +51,9 @@ def counts_length(highest: int) -> int:
     """Buckets needed to track values 0..``highest`` (HdrHistogram's ``counts_len``)."""
     length: int = HdrHistogram(1, max(highest, 2), SIGNIFICANT_FIGURES).counts_len
     return length
+
+
+_DEFAULT_LENGTH = counts_length(DEFAULT_HIGHEST)
 
 
 def counts_index(value: int) -> int:
@@ -115,21 +121,66 @@ EMPTY = Summary(0, 0, None, None, None, None, None)
 
 
 def summarize(sparse: SparseCounts) -> Summary:
-    """Count, bucket-median sum and quantiles of ``sparse`` counts. O(len(sparse))."""
-    count = sum(n for _, n in sparse)
+    """Count, bucket-median sum and quantiles of ``sparse`` counts. O(len(sparse)), every
+    step at C speed (bucket values come from ``_bucket_values``'s tables)."""
+    if not sparse:
+        return EMPTY
+    indices, ns = zip(*sparse, strict=True)
+    count = sum(ns)
     if not count:
         return EMPTY
-    targets = [max(int(percentile * count / 100 + 0.5), 1) for _, percentile in QUANTILES]
-    values: list[int] = []
-    total = 0
-    seen = 0
-    for index, n in sparse:
-        total += n * median_equivalent(index)
-        seen += n
-        while len(values) < len(targets) and seen >= targets[len(values)]:
-            values.append(highest_equivalent(index))
-    p50, p90, p99, p999 = values
-    return Summary(count, total, p50, p90, p99, p999, highest_equivalent(sparse[-1][0]))
+    medians, highest = _bucket_values(indices[-1] + 1)
+    total = sum(map(mul, ns, map(medians.__getitem__, indices)))
+    seen = list(accumulate(ns))
+    p50, p90, p99, p999 = (
+        highest[indices[bisect_left(seen, max(int(percentile * count / 100 + 0.5), 1))]]
+        for _, percentile in QUANTILES
+    )
+    return Summary(count, total, p50, p90, p99, p999, highest[indices[-1]])
+
+
+@cache
+def _value_tables(length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``median_equivalent`` and ``highest_equivalent`` of every bucket below ``length``
+    (at least), as tables, so a summary indexes them instead of calling three functions
+    per bucket. Built from one ``range`` per magnitude (1,024 buckets of equal width):
+    about 1 ms for the 27,648 buckets of a 60 s histogram, once per process and size."""
+    medians: list[int] = []
+    highest: list[int] = []
+    level = 0
+    while len(medians) < length:
+        bucket = level - 1
+        width = 1 << max(bucket, 0)
+        first = 0 if bucket < 0 else _HALF_COUNT << bucket
+        stop = first + _HALF_COUNT * width
+        medians.extend(range(first + (width >> 1), stop + (width >> 1), width))
+        highest.extend(range(first + width - 1, stop + width - 1, width))
+        level += 1
+    return tuple(medians), tuple(highest)
+
+
+def _bucket_values(length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The value tables for buckets below ``length``: those of the default highest value
+    unless ``length`` needs more."""
+    return _value_tables(max(length, _DEFAULT_LENGTH))
+
+
+_BLOCK = 256
+"""Buckets ``_sparse`` checks at once."""
+
+
+def _sparse(counts: list[int]) -> SparseCounts:
+    """The non-empty buckets of ``counts``. Latencies crowd into a few hundred of the
+    27,648 buckets of a 60 s histogram, so a block without samples is skipped by
+    ``list.count`` at C speed, making no int objects: about 0.05 ms for a histogram with
+    few samples, where a ``compress`` over every index costs about 1.2 ms."""
+    sparse: SparseCounts = []
+    for start in range(0, len(counts), _BLOCK):
+        block = counts[start : start + _BLOCK]
+        if block.count(0) != len(block):
+            indices = compress(range(start, start + len(block)), block)
+            sparse.extend(zip(indices, compress(block, block), strict=True))
+    return sparse
 
 
 class Histogram:
@@ -140,10 +191,10 @@ class Histogram:
         "count",
         "total",
         "last",
-        "window",
         "since_start",
         "_counts",
         "_window",
+        "_window_summary",
         "_recent",
     )
 
@@ -157,14 +208,25 @@ class Histogram:
         """Their sum (bucket medians, see ``Summary``)."""
         self.last = EMPTY
         """The summary of the last closed interval."""
-        self.window = EMPTY
-        """The summary of the last ``window_intervals`` closed intervals."""
         self.since_start: dict[int, int] = {}
         """Counts index -> samples in every closed interval since creation (what cumulative
         Prometheus histogram buckets are computed from)."""
         self._counts = [0] * counts_length(highest)
         self._window: dict[int, int] = {}
+        self._window_summary: Summary | None = EMPTY
+        """``window``'s value, ``None`` until computed after the window changed."""
         self._recent: deque[SparseCounts] = deque(maxlen=window_intervals)
+
+    @property
+    def window(self) -> Summary:
+        """The summary of the last ``window_intervals`` closed intervals. Computed when
+        read (``/stats``, a Prometheus scrape), not at every roll: O(non-empty buckets of
+        the window), a few milliseconds for a busy stage, which the roll on the event loop
+        once a second would otherwise pay for every histogram whether read or not."""
+        summary = self._window_summary
+        if summary is None:
+            summary = self._window_summary = summarize(sorted(self._window.items()))
+        return summary
 
     def record(self, value: int) -> None:
         """Count one sample; below 0 counts as 0, above ``highest`` as ``highest``.
@@ -180,14 +242,18 @@ class Histogram:
 
     def roll(self) -> Summary:
         """Close the current interval and return its summary; update ``window``, ``count``
-        and ``total``. O(buckets) at C speed plus O(non-empty buckets) in Python."""
+        and ``total``. O(buckets / 256) at C speed plus O(non-empty buckets of the
+        interval and of the one leaving the window); ``window`` is summarized when read."""
         counts = self._counts
         self._counts = [0] * len(counts)
-        sparse = [(index, counts[index]) for index in compress(range(len(counts)), counts)]
+        sparse = _sparse(counts)
         window = self._window
         recent = self._recent
+        changed = bool(sparse)
         if len(recent) == recent.maxlen:
-            for index, n in recent[0]:
+            expired = recent[0]
+            changed = changed or bool(expired)
+            for index, n in expired:
                 left = window[index] - n
                 if left:
                     window[index] = left
@@ -199,7 +265,8 @@ class Histogram:
             window[index] = window.get(index, 0) + n
             since_start[index] = since_start.get(index, 0) + n
         self.last = summarize(sparse)
-        self.window = summarize(sorted(window.items()))
+        if changed:
+            self._window_summary = None
         self.count += self.last.count
         self.total += self.last.total
         return self.last

@@ -2,9 +2,10 @@
 instrument activity, keep a short history; serve it as ``/stats`` JSON, the ``metrics``
 channel's content and (``publish.metrics.prometheus``) ``/metrics``.
 
-Nothing here is on the hot path: ``tick()`` runs once per ``interval`` and costs
-O(histogram buckets) at C speed plus O(instruments + venues) in Python; readers get
-values computed by the last tick.
+Nothing here is on the hot path: the tick runs once per ``interval`` and costs
+O(histogram buckets) at C speed plus O(non-empty buckets + instruments + venues) in
+Python, rolling one histogram per event-loop iteration so that no connection waits for
+all of them at once; readers get values computed by the last tick.
 
 One history point (and the ``metrics`` channel message, with ``venues`` and
 ``instruments`` added)::
@@ -156,7 +157,14 @@ class Metrics:
                 due = max(due + self.interval, loop.time())
                 await asyncio.sleep(due - loop.time())
                 try:
-                    self.tick()
+                    now = self._monotonic()
+                    for histogram in self.recorder.histograms():
+                        histogram.roll()
+                        # One histogram per loop iteration: a busy stage's roll takes a
+                        # millisecond or two, and all of them at once would stall every
+                        # connection for their sum once a second.
+                        await asyncio.sleep(0)
+                    self._close_interval(now)
                 except Exception:  # task boundary: a metrics bug must not stop the server
                     self.tick_errors += 1
                     if self.tick_errors == 1:
@@ -166,11 +174,16 @@ class Metrics:
         """Close the interval: roll every histogram, compute rates and activity, append a
         history point, call ``on_report``. Returns the new ``metrics`` channel content."""
         now = self._monotonic()
+        for histogram in self.recorder.histograms():
+            histogram.roll()
+        return self._close_interval(now)
+
+    def _close_interval(self, now: int) -> dict[str, Any]:
+        """``tick`` after the histograms rolled: rates, activity, the history point and
+        ``on_report``, for the interval that ended at ``now``."""
         elapsed_ns = max(now - self._last_tick, 1)
         self._last_tick = now
         seconds = elapsed_ns / SECOND_NS
-        for histogram in self.recorder.histograms():
-            histogram.roll()
         totals = self._rate_totals()
         rates = {
             name: round((totals[name] - self._totals.get(name, 0)) / seconds, 3) for name in totals

@@ -131,3 +131,19 @@ def test_summary_json_shape() -> None:
         "p999": None,
         "max": None,
     }
+
+
+@given(st.lists(st.lists(st.integers(0, 2 * DEFAULT_HIGHEST), max_size=30), max_size=6))
+def test_the_window_read_after_any_rolls_summarizes_the_last_intervals(
+    intervals: list[list[int]],
+) -> None:
+    histogram = Histogram(window_intervals=3)
+    for closed, values in enumerate(intervals, start=1):
+        for value in values:
+            histogram.record(value)
+        histogram.roll()
+        in_window = [value for recent in intervals[max(0, closed - 3) : closed] for value in recent]
+        reference = Histogram(window_intervals=1)
+        for value in in_window:
+            reference.record(value)
+        assert histogram.window == reference.roll()

@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from publish.fanout import Counters
 from publish.metrics import LatencyRecorder, Metrics
-from publish.metrics.hdr import EMPTY, SECOND_NS
+from publish.metrics.hdr import EMPTY, SECOND_NS, Histogram, Summary
 from publish.server import MarketServer
 from tests.publish.metrics.support import START, Setup, new_setup, quote
 from tests.publish.support import BTC, ETH, KRAKEN_BTC, TS_SEND, new_registry, receive, send
@@ -199,3 +199,33 @@ async def test_a_failing_report_is_logged_once_counted_and_reporting_goes_on(
     assert [record.getMessage() for record in caplog.records] == [
         "metrics report failed; counting further failures"
     ]
+
+
+async def test_the_tick_rolls_one_histogram_per_loop_iteration() -> None:
+    loop = asyncio.get_running_loop()
+    iteration = 0
+    rolled_at: list[int] = []
+
+    def count_iterations() -> None:
+        nonlocal iteration
+        iteration += 1
+        loop.call_soon(count_iterations)
+
+    class Counted(Histogram):
+        __slots__ = ()
+
+        def roll(self) -> Summary:
+            rolled_at.append(iteration)
+            return super().roll()
+
+    recorder = LatencyRecorder()
+    recorder.stages = {stage: Counted() for stage in recorder.stages}
+    metrics = Metrics(recorder, registry=new_registry(), fanout=Counters(), interval=0.01)
+    loop.call_soon(count_iterations)
+    task = asyncio.create_task(metrics.run())
+    await eventually(lambda: len(metrics.history) >= 2, "two ticks")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(rolled_at) >= 2 * len(recorder.stages)
+    assert len(set(rolled_at)) == len(rolled_at)  # never two rolls in one loop iteration
