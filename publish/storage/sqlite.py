@@ -7,11 +7,14 @@ and quantities are stored as exact decimal text (``book.fixed.format_fixed``), n
 REAL, so ``"0.00000001"`` reads back as written.
 
 Checkpoints never run inside a write: the writer connection has WAL auto-checkpoint
-off, and after a commit that finds no checkpoint running it hands one (``PASSIVE``, which
-never waits on and never blocks the writer) to a second thread with a connection of its
-own. Copying the WAL back into the database file and its fsync then overlap the next
-writes instead of stretching the commit that crossed the auto-checkpoint threshold,
-which was the source of the rare 20-700 ms writes.
+off, and after a commit that finds no checkpoint running, and none started in the last
+``CHECKPOINT_INTERVAL``, it hands one (``PASSIVE``, which never waits on and never
+blocks the writer) to a second thread with a connection of its own. Copying the WAL
+back into the database file and its fsync then overlap the next writes instead of
+stretching the commit that crossed the auto-checkpoint threshold, which was the source
+of the rare 20-700 ms writes. (A checkpoint after every 5 ms commit kept that thread
+and the disk busy all the time: each one fsyncs the database file, and at 1,000
+position opens/s they cost more CPU than the writes.)
 
 A reader holding a snapshot (a long history query, a backup, ``sqlite3`` in a shell)
 stops checkpoints from going past its snapshot, so the WAL grows meanwhile. Once
@@ -35,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -229,6 +233,9 @@ PAGE_ROWS = 2_000
 
 JOURNAL_SIZE_LIMIT = 64 << 20
 """The WAL size (bytes) a checkpoint brings the file back under once readers allow."""
+CHECKPOINT_INTERVAL = 0.1
+"""Seconds from one checkpoint's start to the next at the soonest: the WAL then holds at
+most about a tenth of a second of writes beyond what the last checkpoint copied."""
 
 
 class SqliteBackend:
@@ -266,6 +273,7 @@ class SqliteBackend:
         # Only ever touched in the writer thread.
         self._conn: sqlite3.Connection | None = None
         self._checkpoint: Future[None] | None = None
+        self._checkpoint_started = -CHECKPOINT_INTERVAL
         # Only ever touched in the checkpoint thread.
         self._checkpoint_conn: sqlite3.Connection | None = None
 
@@ -475,10 +483,15 @@ class SqliteBackend:
         return taken
 
     def _request_checkpoint(self) -> None:
-        """Start a checkpoint in the checkpoint thread unless one is running. O(1)."""
+        """Start a checkpoint in the checkpoint thread unless one is running or one
+        started less than ``CHECKPOINT_INTERVAL`` ago. O(1)."""
         if self._checkpoint is not None and not self._checkpoint.done():
             return
+        now = time.monotonic()
+        if now - self._checkpoint_started < CHECKPOINT_INTERVAL:
+            return
         if self._checkpointer is not None:
+            self._checkpoint_started = now
             self._checkpoint = self._checkpointer.submit(self._checkpoint_sync)
 
     # Below: the checkpoint thread.

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from publish.storage import BackendClosedError, Batch, SchemaVersionError, SqliteBackend
+from publish.storage import sqlite as sqlite_module
 from tests.publish.storage.support import bbo, query
 
 pytestmark = pytest.mark.timeout(20)
@@ -92,3 +93,29 @@ async def test_wal_bytes_is_the_wal_files_size(db_path: Path, backend: SqliteBac
     await backend.write_batch(Batch(bbo=[bbo(1)]))
     assert backend.wal_bytes() == (db_path.parent / (db_path.name + "-wal")).stat().st_size
     assert SqliteBackend(db_path.parent / "none.db").wal_bytes() == 0
+
+
+async def test_checkpoints_start_at_most_once_per_interval(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = 1000.0
+    monkeypatch.setattr(sqlite_module.time, "monotonic", lambda: now)
+    backend = SqliteBackend(db_path)
+    started: list[float] = []
+    checkpoint = backend._checkpoint_sync
+
+    def counted() -> None:
+        started.append(now)
+        checkpoint()
+
+    monkeypatch.setattr(backend, "_checkpoint_sync", counted)
+    await backend.open()
+    try:
+        for seq in range(20):  # commits within one interval: one checkpoint
+            await backend.write_batch(Batch(bbo=[bbo(seq)]))
+        now += sqlite_module.CHECKPOINT_INTERVAL
+        for seq in range(20, 40):
+            await backend.write_batch(Batch(bbo=[bbo(seq)]))
+    finally:
+        await backend.close()
+    assert started == [1000.0, 1000.0 + sqlite_module.CHECKPOINT_INTERVAL]
