@@ -22,7 +22,7 @@ bid/ask after every message:
   snapshot request is answered with the recorded snapshot, without network.
 
 Two views of each recording: the depth stream alone (depth updates and the snapshot:
-the scenario of DESIGN.md, where the targets apply) and the whole combined connection
+the stream the targets apply to) and the whole combined connection
 as recorded (depth + bookTicker + trade frames). Each contender runs ``repeat`` times,
 interleaved, and its best run counts (noise only ever slows a run down).
 """

@@ -29,9 +29,9 @@ newest change a frame reflects, sampled over all subscribers) is shown beside it
 Runs: the issue-5 workload (10,000 positions over 100 accounts and 50 instruments at
 5,000 BBO changes/s), then a search for the largest position count with p99 <=
 ``P99_TARGET_MS`` (doubling or halving, then bisecting; positions are opened or closed
-between steps on the same server and subscribers), and the DESIGN.md workload (100,000
-positions, 1,000 accounts, 100 instruments, 10,000 changes/s), reported beside it: DESIGN.md
-sets it no target.
+between steps on the same server and subscribers), and the full-size workload (100,000
+positions, 1,000 accounts, 100 instruments, 10,000 changes/s), reported beside it with no
+target.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class ProfitOptions:
         return cls(
             workloads=(
                 Workload("issue 5", ISSUE_POSITIONS, 100, 50, 5_000, search=6),
-                Workload("DESIGN.md", 100_000, 1_000, 100, 10_000, targeted=False),
+                Workload("full size", 100_000, 1_000, 100, 10_000, targeted=False),
             ),
         )
 

@@ -63,7 +63,7 @@ class ShardLoad:
     """BBO changes per second on the bus."""
 
 
-DESIGN = ShardLoad("DESIGN.md", 100_000, 1_000, 100, 10_000)
+FULL_SIZE = ShardLoad("full size", 100_000, 1_000, 100, 10_000)
 REFERENCE = ShardLoad("one-process p99 limit", 17_500, 100, 50, 5_000)
 
 
@@ -226,9 +226,9 @@ class ShardsOptions:
 
 
 def report(
-    design: tuple[ShardCost, ShardCost], reference: ShardCost, options: ShardsOptions
+    full_size: tuple[ShardCost, ShardCost], reference: ShardCost, options: ShardsOptions
 ) -> ScenarioResult:
-    model = CostModel.fit(*design)
+    model = CostModel.fit(*full_size)
     limit = reference.busy
     result = ScenarioResult(
         key="shards",
@@ -240,14 +240,14 @@ def report(
             "instrument, each watched account's frames encoded into one bus batch (the NATS "
             "write left out); a loop turn after every change, so nothing is conflated. "
             "Positions spread as in scenario 3 (bench.holdings). Shard 0 "
-            "of 1 and of 2 (accounts by bus.positions.shard_of) for the DESIGN.md workload; "
+            "of 1 and of 2 (accounts by bus.positions.shard_of) for the full-size workload; "
             "the reference is the largest workload one process held at p99 <= 50 ms. busy = "
             "the load's changes/s x CPU per change. Model: CPU per change = a + b x marks per "
             "change, fitted from the 1- and 2-shard rows."
         ),
     )
     rows: list[tuple[str, ...]] = []
-    for cost in (reference, *design):
+    for cost in (reference, *full_size):
         per_mark = cost.cpu_seconds / cost.marks * 1e6 if cost.marks else 0.0
         rows.append(
             (
@@ -281,15 +281,15 @@ def report(
             rows,
         )
     )
-    needed = model.shards_needed(DESIGN, limit)
+    needed = model.shards_needed(FULL_SIZE, limit)
     result.tables.append(
         Table(
-            "the model for DESIGN.md's workload at K shards",
+            "the model for the full-size workload at K shards",
             ("K", "busy per shard"),
-            [(str(k), f"{model.busy(DESIGN, k):.0%}") for k in (1, 2, 4, 8, 16)],
+            [(str(k), f"{model.busy(FULL_SIZE, k):.0%}") for k in (1, 2, 4, 8, 16)],
         )
     )
-    for load in (REFERENCE, DESIGN):
+    for load in (REFERENCE, FULL_SIZE):
         spread = Spread.placed(load.positions, accounts=load.accounts, instruments=load.instruments)
         result.notes.append(f"{load.name}, all shards: {spread.describe()}")
     result.notes.append(
@@ -297,7 +297,8 @@ def report(
         f"marked position; limit {limit:.0%} of a core (the one-process p99 limit)"
     )
     result.notes.append(
-        f"shards needed for DESIGN.md: {needed if needed is not None else 'none suffices'}"
+        "shards needed for the full-size workload: "
+        + (str(needed) if needed is not None else "none suffices")
     )
     result.figures["fixed_us_per_change"] = model.fixed * 1e6
     result.figures["us_per_mark"] = model.per_mark * 1e6
@@ -311,15 +312,15 @@ def run(options: ShardsOptions, progress: Progress) -> ScenarioResult:
     progress.scenario("shards")
 
     async def measured() -> tuple[tuple[ShardCost, ShardCost], ShardCost]:
-        progress.step(f"{DESIGN.name}: shard 0 of 1 and of 2, {options.changes:,} changes")
-        design = await measure(DESIGN, options.changes)
+        progress.step(f"{FULL_SIZE.name}: shard 0 of 1 and of 2, {options.changes:,} changes")
+        full_size = await measure(FULL_SIZE, options.changes)
         progress.step(f"{REFERENCE.name}: one shard, {options.changes:,} changes")
         reference = await measure_shard(REFERENCE, shards=1, shard=0, changes=options.changes)
-        return design, reference
+        return full_size, reference
 
-    design, reference = asyncio.run(measured())
+    full_size, reference = asyncio.run(measured())
     progress.done()
-    return report(design, reference, options)
+    return report(full_size, reference, options)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ from bench.servers import MarketcastServer, instrument_names
 
 @pytest.mark.parametrize(
     ("positions", "accounts", "instruments"),
-    [(10_000, 100, 50), (100_000, 1_000, 100)],  # issue 5's size and DESIGN.md's
+    [(10_000, 100, 50), (100_000, 1_000, 100)],  # issue 5's size and the full size
 )
 def test_each_account_holds_every_instrument_and_each_instrument_every_account(
     positions: int, accounts: int, instruments: int

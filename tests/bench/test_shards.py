@@ -48,11 +48,11 @@ def test_the_cost_model_fits_and_predicts() -> None:
 async def test_the_report_names_the_shards_needed() -> None:
     design = await measure(TINY, changes=10)
     result = report(design, design[0], ShardsOptions(10))
-    assert result.notes[-1].startswith("shards needed for DESIGN.md:")
+    assert result.notes[-1].startswith("shards needed for the full-size workload:")
     assert result.notes[:2] == [
         "one-process p99 limit, all shards: each account holds positions on 50 instruments; "
         "one BBO change touches 100 accounts",
-        "DESIGN.md, all shards: each account holds positions on 100 instruments; "
+        "full size, all shards: each account holds positions on 100 instruments; "
         "one BBO change touches 1,000 accounts",
     ]
     costs, model = result.tables
