@@ -19,10 +19,10 @@ every shard pays for every change and ``b`` the cost per marked position; ``a`` 
 each account a change touches: both scale as ``1/K``). A shard at ``rate`` changes/s is
 busy ``rate * (a + b * P / (I * K))`` of a core (``P`` positions, ``I`` instruments).
 The limit it must stay under is the busy share measured the same way for the largest
-workload one process held at p99 <= 50 ms on the 2-core VM (17,500 positions, 100
-accounts, 50 instruments, 5,000 changes/s; docs/performance.md; measured when each
-account held one instrument, before ``bench.holdings`` spread them), so ``K`` is the least
-shard count whose busy share stays below that reference.
+workload one process held at p99 <= 50 ms on the 2-core AMD EPYC VM (5,000 positions,
+100 accounts, 50 instruments, 5,000 changes/s, positions spread by ``bench.holdings``;
+the full run of 2026-12-04 in docs/performance.md), so ``K`` is the least shard count
+whose busy share stays below that reference.
 
 The scenario ``shards`` of ``python -m bench`` (``--shard-changes N``); ``python -m
 bench.shards [--changes N]`` runs it alone. It measures, so run it alone on the machine.
@@ -64,7 +64,7 @@ class ShardLoad:
 
 
 FULL_SIZE = ShardLoad("full size", 100_000, 1_000, 100, 10_000)
-REFERENCE = ShardLoad("one-process p99 limit", 17_500, 100, 50, 5_000)
+REFERENCE = ShardLoad("one-process p99 limit", 5_000, 100, 50, 5_000)
 
 
 @dataclass(frozen=True, slots=True)
