@@ -144,7 +144,7 @@ def _value_tables(length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """``median_equivalent`` and ``highest_equivalent`` of every bucket below ``length``
     (at least), as tables, so a summary indexes them instead of calling three functions
     per bucket. Built from one ``range`` per magnitude (1,024 buckets of equal width):
-    about 1 ms for the 27,648 buckets of a 60 s histogram, once per process and size."""
+    about 3 ms for the 27,648 buckets of a 60 s histogram, once per process and size."""
     medians: list[int] = []
     highest: list[int] = []
     level = 0
@@ -172,8 +172,8 @@ _BLOCK = 256
 def _sparse(counts: list[int]) -> SparseCounts:
     """The non-empty buckets of ``counts``. Latencies crowd into a few hundred of the
     27,648 buckets of a 60 s histogram, so a block without samples is skipped by
-    ``list.count`` at C speed, making no int objects: about 0.05 ms for a histogram with
-    few samples, where a ``compress`` over every index costs about 1.2 ms."""
+    ``list.count`` at C speed, making no int objects: a fraction of a millisecond for a
+    histogram with few samples, where a ``compress`` over every index costs about 1.2 ms."""
     sparse: SparseCounts = []
     for start in range(0, len(counts), _BLOCK):
         block = counts[start : start + _BLOCK]
