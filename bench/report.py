@@ -57,13 +57,19 @@ class Machine:
         )
 
     def render(self) -> str:
-        load = " ".join(f"{value:.2f}" for value in self.load_average)
         return (
             f"- machine: {self.cpu}, {self.cores} cores, {self.system}\n"
             f"- Python: {self.python}; uvloop: {'yes' if self.uvloop else 'no'}\n"
-            f"- load average at start (1/5/15 min): {load}\n"
+            f"{load_line(self.load_average)}\n"
             f"- run: {self.started}, commit {self.commit}"
         )
+
+
+def load_line(load_average: tuple[float, ...]) -> str:
+    """The report line of the load average at a start (1, 5 and 15 minutes)."""
+    return "- load average at start (1/5/15 min): " + " ".join(
+        f"{value:.2f}" for value in load_average
+    )
 
 
 def _cpu_model() -> str:
@@ -122,9 +128,8 @@ class ScenarioConditions:
         )
 
     def render(self) -> str:
-        load = " ".join(f"{value:.2f}" for value in self.load_average)
         return (
-            f"- load average at start (1/5/15 min): {load}\n"
+            f"{load_line(self.load_average)}\n"
             f"- scenario process: pid {self.pid}, {megabytes(self.rss_bytes)} MB RSS at start "
             f"(the bench's main process: {megabytes(self.parent_rss_bytes)} MB)"
         )
