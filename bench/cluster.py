@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from hdrh.histogram import HdrHistogram
 
 from bench.clusternodes import NodeProcess, NodeSpec
+from bench.leanws import arrival_clock
 from bench.ramp import Criteria, RepeatedStep, climb, latencies, median, median_percentile
 from bench.report import Progress, ScenarioResult, Table, Target, latency_histogram, number
 from bench.servers import ServerKind, ServerProcess, ServerSpec
@@ -94,6 +95,9 @@ class ClusterTrial:
     ingest_cpu: float
     """CPU seconds of the ingest per second (``nan``: single process)."""
     closed: int
+    kernel_reads: int = 0
+    """Client reads stamped by the kernel (``bench.leanws.ReadCounts``)."""
+    fallback_reads: int = 0
 
     @property
     def p99_ns(self) -> float:
@@ -150,6 +154,8 @@ class Contender:
             serving_cpu=serving_cpu / seconds,
             ingest_cpu=ingest_cpu / seconds,
             closed=sum(report.closed for report in reports),
+            kernel_reads=sum(report.kernel_reads for report in reports),
+            fallback_reads=sum(report.fallback_reads for report in reports),
         )
 
 
@@ -367,4 +373,17 @@ def report(
         "as long as an edge's CPU per delivery stays near the single process's"
     )
     result.notes.append("the ingest's cost of publishing to the bus is scenario 7b (ingestbus)")
+    trials = [
+        trial
+        for steps in results.values()
+        for ladder in steps.values()
+        for step in ladder
+        for trial in step.trials
+    ]
+    result.notes.append(
+        arrival_clock(
+            sum(trial.kernel_reads for trial in trials),
+            sum(trial.fallback_reads for trial in trials),
+        )
+    )
     return result

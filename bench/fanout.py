@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
+from bench.leanws import arrival_clock
 from bench.ramp import (
     Criteria,
     RepeatedStep,
@@ -445,6 +446,13 @@ def report(runs: list[Run], options: FanoutOptions) -> ScenarioResult:
                 "KB per connection",
             ),
             summary,
+        )
+    )
+    windows = [trial.clients for run in runs for step in run.steps for trial in step.trials]
+    result.notes.append(
+        arrival_clock(
+            sum(window.kernel_reads for window in windows),
+            sum(window.fallback_reads for window in windows),
         )
     )
     result.notes.append(

@@ -9,10 +9,15 @@ when due, whatever is still unanswered; when the process falls behind by more th
 ``BURST_MS`` of requests the excess is not made up (``sent`` counts what really went
 out, so a client that cannot offer the rate shows it).
 
-Ack latency = arrival of the ack (``time.time_ns()`` when its chunk was read) - the
-moment the request was written, both in this process. Latencies are counted per
-microsecond in a dict (cheaper than an HDR record per ack) and turned into an HDR
-histogram at the end of a window. Any ``error`` reply is counted by code.
+Ack latency = arrival of the ack - the moment the request was written (``time.time_ns()``
+just before the write), both on this machine's CLOCK_REALTIME. Arrival is the kernel's
+receive stamp of the read that returned the ack (``SO_TIMESTAMPNS``, see
+``bench.leanws``), as for the subscribers: when the ack reached the socket, not when
+this process, busy with its other connections and its own sends, got round to reading
+it (``time.time_ns()`` at the read where the kernel gives no stamp; ``OrderWindow``
+counts both). Latencies are counted per microsecond in a dict (cheaper than an HDR
+record per ack) and turned into an HDR histogram at the end of a window. Any ``error``
+reply is counted by code.
 
 Parent side: ``OrderClientPool`` spawns the process (``bench.agent``) and drives it:
 connect, drive a rate, open and close a measurement window, halt, close.
@@ -32,7 +37,7 @@ import orjson
 from hdrh.histogram import HdrHistogram
 
 from bench.agent import Command, HelperProcess, serve_commands
-from bench.leanws import LeanWebsocket, open_connections
+from bench.leanws import LeanWebsocket, ReadCounts, open_connections
 from bench.report import latency_histogram
 
 TICK = 0.001
@@ -68,6 +73,10 @@ class OrderWindow:
     cpu_seconds: float
     closed: int
     """Connections closed by the end of the window."""
+    kernel_reads: int = 0
+    """Reads in the window whose arrival is the kernel's receive stamp."""
+    fallback_reads: int = 0
+    """Reads in the window stamped with ``time.time_ns()`` when read (no kernel stamp)."""
 
 
 @dataclass(slots=True)
@@ -80,6 +89,7 @@ class _Counters:
     latency_us: dict[int, int] = field(default_factory=dict)
     in_flight: dict[int, int] = field(default_factory=dict)
     """Request id -> ``time.time_ns()`` when it was written."""
+    reads: ReadCounts = field(default_factory=ReadCounts)
 
 
 class OrderClient(LeanWebsocket):
@@ -150,6 +160,7 @@ class _Driver:
                     port,
                     len(spec.auth),
                     lambda i: OrderClient(f"{host}:{port}", parts.path, spec.auth[i], counters),
+                    counters.reads,
                 )
                 return ("ready", len(self._clients))
             case ("drive", float(rate)):
@@ -161,6 +172,7 @@ class _Driver:
                 counters.sent = counters.acked = 0
                 counters.errors.clear()
                 counters.latency_us.clear()
+                counters.reads.reset()
                 counters.measuring = True
                 self._window_started = time.perf_counter()
                 self._cpu_started = time.process_time()
@@ -177,6 +189,8 @@ class _Driver:
                     sorted(counters.latency_us.items()),
                     time.process_time() - self._cpu_started,
                     counters.closed,
+                    counters.reads.kernel,
+                    counters.reads.fallback,
                 )
             case ("halt",):
                 await self._halt()
@@ -257,11 +271,12 @@ class OrderClientPool(HelperProcess):
         self._agent.ask("window")
 
     def measure(self) -> OrderWindow:
-        _, seconds, sent, acked, errors, latency_us, cpu, closed = self._agent.ask("measure")
+        reply = self._agent.ask("measure")
+        _, seconds, sent, acked, errors, latency_us, cpu, closed, kernel, fallback = reply
         latency = latency_histogram()
         for micros, count in latency_us:
             latency.record_value(max(1, micros * 1000), count)
-        return OrderWindow(seconds, sent, acked, errors, latency, cpu, closed)
+        return OrderWindow(seconds, sent, acked, errors, latency, cpu, closed, kernel, fallback)
 
     def halt(self) -> None:
         """Stop sending (requests still unanswered are forgotten)."""

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import orjson
 from hdrh.histogram import HdrHistogram
 
+from bench.leanws import arrival_clock
 from bench.orderclients import OrderClientPool, OrderPoolSpec, OrderWindow
 from bench.orderservers import (
     ClusterOrderServer,
@@ -167,6 +168,9 @@ class OrderTrial:
     """Share of one core used by the client process (``nan``: none)."""
     shard_cpu: float = math.nan
     """Share of one core used by the positions shard (``nan``: none, one process)."""
+    kernel_reads: int = 0
+    """Client reads stamped by the kernel (``bench.leanws.ReadCounts``; floors: none)."""
+    fallback_reads: int = 0
 
     @property
     def p99_ns(self) -> float:
@@ -191,6 +195,8 @@ class OrderTrial:
             server_cpu=server_cpu_seconds / window.seconds,
             client_cpu=window.cpu_seconds / window.seconds,
             shard_cpu=shard_cpu_seconds / window.seconds,
+            kernel_reads=window.kernel_reads,
+            fallback_reads=window.fallback_reads,
         )
 
     @classmethod
@@ -600,6 +606,16 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
         if codes:
             seen = ", ".join(f"{code} x {count:,}" for code, count in codes.most_common())
             result.notes.append(f"{contender}: refusals in measured windows: {seen}")
+    trials = [
+        trial for ladder in measured.steps.values() for step in ladder for trial in step.trials
+    ]
+    result.notes.append(
+        "ack "
+        + arrival_clock(
+            sum(trial.kernel_reads for trial in trials),
+            sum(trial.fallback_reads for trial in trials),
+        )
+    )
     result.notes.append(
         "'>= N': sustained the whole ramp, so only known to be at least its top; the ratio "
         "against such a floor is then an upper bound"

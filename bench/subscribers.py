@@ -5,10 +5,16 @@ little as possible: each is a ``bench.leanws.LeanWebsocket`` that subscribes and
 what arrives. The process reports its own CPU time so a report can show which side was
 the bottleneck.
 
-Latency: each chunk read from a socket is stamped with ``time.time_ns()`` on arrival;
-a sampled frame (every frame unless ``sample_every`` > 1) is decoded and each message
+Latency: each read from a socket is stamped with the kernel's receive stamp of the
+bytes it returns (``SO_TIMESTAMPNS``, see ``bench.leanws``): when they reached this
+process's socket, not when its loop got round to them, which at thousands of
+connections on one core is tens of ms later for the last of them (``time.time_ns()``
+at the read where the kernel gives no stamp; ``WindowReport`` counts both); a sampled
+frame (every frame unless ``sample_every`` > 1) is decoded and each message
 in it gives ``arrival - ts_send`` (publish) and ``arrival - ts_recv`` (end to end) in
-nanoseconds; both servers stamp the same fields, the clock is the same machine's.
+nanoseconds; both servers stamp the same fields, the clock is the same machine's
+CLOCK_REALTIME. A read that returns several frames stamps them all with the arrival of
+its newest bytes: an earlier frame looks later than it was, never earlier.
 
 Every change (profit): a conflating server sends only the newest state of a key, so
 ``arrival - origin`` is the age of the newest change a message reflects, not the delay
@@ -34,7 +40,7 @@ import orjson
 from hdrh.histogram import HdrHistogram
 
 from bench.agent import Command, HelperProcess, serve_commands
-from bench.leanws import LeanWebsocket, open_connections
+from bench.leanws import LeanWebsocket, ReadCounts, open_connections
 from bench.report import latency_histogram, rss_bytes
 
 
@@ -75,10 +81,23 @@ class WindowReport:
     """CPU time the subscriber process used during the window (all its threads)."""
     closed: int
     """Clients whose connection had closed by the end of the window."""
+    kernel_reads: int = 0
+    """Reads in the window whose arrival is the kernel's receive stamp."""
+    fallback_reads: int = 0
+    """Reads in the window stamped with ``time.time_ns()`` when read (no kernel stamp)."""
 
 
 class _Stats:
-    __slots__ = ("measuring", "frames", "messages", "publish", "end_to_end", "changes", "closed")
+    __slots__ = (
+        "measuring",
+        "frames",
+        "messages",
+        "publish",
+        "end_to_end",
+        "changes",
+        "closed",
+        "reads",
+    )
 
     def __init__(self) -> None:
         self.measuring = False
@@ -88,9 +107,11 @@ class _Stats:
         self.end_to_end = latency_histogram()
         self.changes = latency_histogram()
         self.closed = 0
+        self.reads = ReadCounts()
 
     def start_window(self) -> None:
         self.frames = self.messages = 0
+        self.reads.reset()
         self.publish.reset()
         self.end_to_end.reset()
         self.changes.reset()
@@ -203,7 +224,7 @@ async def _connect_all(spec: PoolSpec, stats: _Stats) -> list[LeanSubscriber]:
         tracker = index < spec.trackers and spec.change_interval_ns > 0
         return LeanSubscriber(f"{host}:{port}", path, spec, requests, stats, tracker=tracker)
 
-    return await open_connections(host, port, spec.count, make)
+    return await open_connections(host, port, spec.count, make, stats.reads)
 
 
 class _Subscribers:
@@ -241,6 +262,8 @@ class _Subscribers:
                     stats.changes.encode(),
                     time.process_time() - self._cpu_started,
                     stats.closed,
+                    stats.reads.kernel,
+                    stats.reads.fallback,
                 )
             case ("close",) | ("exit",):
                 for client in self._clients:
@@ -272,7 +295,8 @@ class SubscriberPool(HelperProcess):
 
     def stop(self) -> WindowReport:
         reply = self._agent.ask("stop")
-        _, seconds, frames, messages, publish, end_to_end, changes, cpu, closed = reply
+        _, seconds, frames, messages, publish, end_to_end, changes, cpu, closed, *reads = reply
+        kernel_reads, fallback_reads = reads
         return WindowReport(
             seconds=seconds,
             frames=frames,
@@ -282,6 +306,8 @@ class SubscriberPool(HelperProcess):
             changes=_decoded(changes),
             cpu_seconds=cpu,
             closed=closed,
+            kernel_reads=kernel_reads,
+            fallback_reads=fallback_reads,
         )
 
     def close_clients(self) -> None:
