@@ -1,6 +1,7 @@
 """The profit engine's bounded ticks, against a recording subscriber (no sockets): a tick
 marks at most ``marks_per_tick`` positions, oldest change first, and the rest follows in
-the next loop iterations without another price change."""
+the next loop iterations without another price change; the account's messages of those
+ticks go out together when the last of them is marked (``test_profit_batches``)."""
 
 from __future__ import annotations
 
@@ -21,16 +22,21 @@ ACCOUNT = "acct-1"
 
 
 class Recorder:
-    """A subscriber that keeps each tick's messages as one list (what ``offer_all`` got)."""
+    """A subscriber that keeps each batch as one list (what ``offer_all`` got), and the
+    fan-out tick that offered it."""
 
-    def __init__(self) -> None:
+    def __init__(self, fanout: Fanout) -> None:
+        self.fanout = fanout
         self.ticks: list[list[dict[str, object]]] = []
+        self.offered_in: list[int] = []
 
     def offer(self, key: Topic, message: bytes) -> None:
         self.ticks.append([orjson.loads(message)])
+        self.offered_in.append(self.fanout.counters.ticks)
 
     def offer_all(self, messages: Mapping[Topic, bytes]) -> None:
         self.ticks.append([orjson.loads(message) for message in messages.values()])
+        self.offered_in.append(self.fanout.counters.ticks)
 
     def marks(self) -> list[list[tuple[object, object]]]:
         """Per tick: (instrument, mark) of each profit message."""
@@ -68,11 +74,12 @@ async def engine_with_positions(marks_per_tick: int) -> tuple[Feed, ProfitEngine
         feed.quote(instrument, ("100", "1"), ("101", "1"))
     for number, instrument in enumerate((BTC, BTC, ETH, ETH, KRAKEN_BTC, KRAKEN_BTC)):
         engine.position_opened(position(number, instrument))
-    recorder = Recorder()
+    recorder = Recorder(fanout)
     engine.add(recorder, ACCOUNT)
     engine.send_current(recorder, ACCOUNT)
     await loop_turns()
     recorder.ticks.clear()
+    recorder.offered_in.clear()
     return feed, engine, recorder
 
 
@@ -84,14 +91,16 @@ async def test_a_tick_marks_whole_instruments_up_to_its_bound_oldest_change_firs
     feed.quote(BTC, ("103", "1"), None)
     feed.quote(KRAKEN_BTC, ("104", "1"), None)
     feed.quote(ETH, ("105", "1"), None)
+    ticks = recorder.fanout.counters.ticks
     await loop_turns()
+    assert recorder.fanout.counters.ticks - ticks == 3  # one instrument (2 positions) a tick
+    # ...and the account's messages of the three in one batch when the last is marked.
+    assert [tick - ticks for tick in recorder.offered_in] == [3]
     assert recorder.marks() == [
-        [(ETH, "105"), (ETH, "105")],
-        [(BTC, "103"), (BTC, "103")],
-        [(KRAKEN_BTC, "104"), (KRAKEN_BTC, "104")],
+        [(ETH, "105"), (ETH, "105"), (BTC, "103"), (BTC, "103")]
+        + [(KRAKEN_BTC, "104"), (KRAKEN_BTC, "104")],
     ]
-    totals = [tick[-1] for tick in recorder.ticks]
-    assert [t["pnl"] for t in totals] == ["10", "16", "24"]  # the account's running total
+    assert recorder.ticks[0][-1]["pnl"] == "24"
 
 
 async def test_an_unbounded_tick_marks_every_dirty_instrument_at_once() -> None:
