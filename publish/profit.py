@@ -43,12 +43,16 @@ the tick's end unless the account is held. A held frame keeps the ``ts_send`` of
 tick that marked it; the total carries the flushing tick's.
 
 Cost: a tick is O(positions marked + accounts with fresh or closed positions); the
-flush at a pass's end is O(held accounts + their messages), not counted against
-``marks_per_tick``: it only copies messages already encoded, once per account. At full
-size (100,000 positions over 1,000 accounts and 100 instruments, every account on every
-instrument, ``marks_per_tick`` 2,000) a pass over the 100 instruments is 50 ticks of
-2,000 marks, then 1,000 account batches of 100 messages and a total: 101,000 messages
-encoded, where a batch per tick made 50,000 batches and 150,000 messages.
+flush at a pass's end is O(held accounts + their messages) and is not counted against
+``marks_per_tick``, so the tick that ends a pass holds the loop longer than the others:
+it frames the whole pass's messages, once per account. At full size (100,000 positions
+over 1,000 accounts and 100 instruments, every account on every instrument,
+``marks_per_tick`` 2,000) a pass over the 100 instruments is 50 ticks of 2,000 marks,
+then 1,000 account batches of 100 messages and a total: 101,000 messages encoded, where
+a batch per tick made 50,000 batches and 150,000 messages. Instruction counts
+(callgrind, a fifth of that size, fan-out framing included, no sockets): a marking tick
+3.1 M, the tick that ends the pass 27.6 M, a pass (100 changes, 50 ticks) 193 M; with
+a batch per tick every tick was 9.6 M and a pass 489 M.
 
 Messages, for every subscriber of the account::
 
