@@ -33,26 +33,29 @@ one). When the tick ends with instruments still waiting, the accounts it marked 
 *pass* begins with a tick that finds instruments waiting and is every instrument waiting
 then, counted as they are popped; instruments that change during the pass queue behind
 it, in the next pass. When the pass is over, or the queue drains, every held account is
-flushed: its messages and one ``profit_total``, in one ``offer_all`` per subscriber. A
-pass takes at most as many ticks as instruments were waiting at its start (each tick
-pops at least one), so nothing is held longer than one pass, and a change reaches its
-subscribers within the rest of the pass it arrived in plus the next. With nothing
-waiting (light load) nothing is held: a change's frames go out in the tick that marks
-it. Fresh positions and ``profit_closed`` frames go with their account's next flush: at
-the tick's end unless the account is held. A held frame keeps the ``ts_send`` of the
-tick that marked it; the total carries the flushing tick's.
+due: its messages and one ``profit_total`` go out in one ``offer_all`` per subscriber,
+oldest due first, as each tick's bound allows (below). A pass takes at most as many
+ticks as instruments were waiting at its start (each tick pops at least one), so nothing
+is held longer than one pass plus the flush, and a change reaches its subscribers within
+the rest of the pass it arrived in plus the next. With nothing waiting (light load)
+nothing is held: a change's frames go out in the tick that marks it. Fresh positions and
+``profit_closed`` frames go with their account's next flush: at the tick's end unless
+the account is held. A held frame keeps the ``ts_send`` of the tick that marked it; the
+total carries the flushing tick's.
 
-Cost: a tick is O(positions marked + accounts with fresh or closed positions); the
-flush at a pass's end is O(held accounts + their messages) and is not counted against
-``marks_per_tick``, so the tick that ends a pass holds the loop longer than the others:
-it frames the whole pass's messages, once per account. At full size (100,000 positions
-over 1,000 accounts and 100 instruments, every account on every instrument,
-``marks_per_tick`` 2,000) a pass over the 100 instruments is 50 ticks of 2,000 marks,
-then 1,000 account batches of 100 messages and a total: 101,000 messages encoded, where
+Cost: a tick marks at most ``marks_per_tick`` positions (whole instruments, so one
+instrument may overshoot it) and flushes accounts until ``marks_per_tick *
+FLUSH_MESSAGES_PER_MARK`` messages are out (the last account may overshoot it); the
+rest wait for the next tick, due accounts before any new marks. So the tick that ends a
+pass does not frame the whole pass's messages at once: every tick holds the loop for
+about two ticks' worth of marks at most. At full size (100,000 positions over 1,000
+accounts and 100 instruments, every account on every instrument, ``marks_per_tick``
+2,000) a pass over the 100 instruments is 50 ticks of 2,000 marks, then 1,000 account
+batches of 100 messages and a total over about 9 ticks: 101,000 messages encoded, where
 a batch per tick made 50,000 batches and 150,000 messages. Instruction counts
-(callgrind, a fifth of that size, fan-out framing included, no sockets): a marking tick
-3.1 M, the tick that ends the pass 27.6 M, a pass (100 changes, 50 ticks) 193 M; with
-a batch per tick every tick was 9.6 M and a pass 489 M.
+(callgrind, a fifth of that size, fan-out framing included, no sockets, before the flush
+was bounded): a marking tick 3.1 M, the tick that ended the pass 27.6 M, a pass (100
+changes, 50 ticks) 193 M; with a batch per tick every tick was 9.6 M and a pass 489 M.
 
 Messages, for every subscriber of the account::
 
@@ -91,6 +94,9 @@ TOTAL_KEY: Topic = (Channel.PROFIT, "")
 """Outbox key of the ``profit_total`` message (position ids are never empty)."""
 MARKS_PER_TICK = 2_000
 """Default bound of the positions one tick marks: ~2-3 ms of the loop (dev box)."""
+FLUSH_MESSAGES_PER_MARK = 6
+"""Flushed messages that cost a tick's bound one mark: callgrind counts ~7,800
+instructions per mark and ~1,200 per flushed message, its framing included."""
 
 CLOSED_PREFIX = b'{"type":"profit_closed",'
 """How every ``profit_closed`` frame starts (a relay tells a position's last frame by it)."""
@@ -220,6 +226,9 @@ class ProfitEngine:
         """Accounts with fresh or closed positions since the last tick."""
         self._marked: set[_Account] = set()
         """Accounts marked and not flushed yet: held while a pass is on."""
+        self._due: dict[_Account, None] = {}
+        """Accounts whose flush is due, oldest first (an ordered set): flushed from the
+        front as each tick's bound allows."""
         self._pass_left = 0
         """Instruments of the pass on that are still waiting (0: no pass on, none held)."""
         registry.on_snapshot(self._on_snapshot)
@@ -306,17 +315,21 @@ class ProfitEngine:
             self._unindex(mark, account)
         self._touched.discard(account)
         self._marked.discard(account)
+        self._due.pop(account, None)
         account.pending.clear()  # held messages too: nothing is offered to a crowd that left
         if not account.marks:
             del self._accounts[key]
 
     def publish(self, tick: Tick) -> bool:
-        """The tick: mark the new positions and those of the oldest dirty instruments (up
-        to ``marks_per_tick``), then flush the accounts due (each one's messages and its
-        total, one ``offer_all`` per subscriber): every touched one when the queue drained
-        or the pass is over, else only those with fresh or closed positions that are not
-        held. True when instruments are still waiting (the fan-out then runs another
-        tick). O(positions marked + accounts flushed + their messages)."""
+        """The tick: flush the accounts due (each one's messages and its total, one
+        ``offer_all`` per subscriber), mark the new positions and those of the oldest dirty
+        instruments (up to ``marks_per_tick``), then flush the accounts that became due;
+        the tick's flushes stop once ``marks_per_tick * FLUSH_MESSAGES_PER_MARK`` messages
+        are out (the last account may overshoot it). Accounts are due when the queue
+        drained or the pass is over (every marked one), else only those with fresh or
+        closed positions that are not held. True when instruments are waiting or accounts
+        are due (the fan-out then runs another tick). O(positions marked + accounts
+        flushed + their messages), bounded."""
         ts_send = tick.ts_send
         touched = self._touched
         if self._fresh:
@@ -326,9 +339,10 @@ class ProfitEngine:
                     continue  # closed or unwatched before this tick
                 account.pending[mark.key] = _encode_mark(mark, ts_send)
                 touched.add(account)
+        flush_budget = self._flush_due(self._marks_per_tick * FLUSH_MESSAGES_PER_MARK, ts_send)
+        budget = self._marks_per_tick
         dirty, waiting = self._dirty, self._dirty_order
         pass_left = self._pass_left or len(waiting)  # a new pass: every instrument waiting
-        budget = self._marks_per_tick
         while waiting and budget > 0:
             instrument = waiting.popleft()
             pass_left -= 1
@@ -339,35 +353,47 @@ class ProfitEngine:
                 longs, shorts = groups
                 budget -= self._mark_group(longs, snapshot.bid, snapshot.seq, tail)
                 budget -= self._mark_group(shorts, snapshot.ask, snapshot.seq, tail)
+        due = self._due
         if touched:
             self._touched = set()
         if waiting and pass_left > 0:
             self._pass_left = pass_left  # hold the marked accounts until the pass is over
-            if touched:
-                self._flush(touched - self._marked, ts_send)
+            for account in touched:
+                if account not in self._marked:
+                    due[account] = None
         else:
             self._pass_left = 0
-            marked, self._marked = self._marked, set()
-            self._flush(marked | touched if touched else marked, ts_send)
-        return bool(waiting)
+            for account in self._marked:
+                due[account] = None
+            self._marked = set()
+            for account in touched:
+                due[account] = None
+        if due and flush_budget > 0:
+            self._flush_due(flush_budget, ts_send)
+        return bool(waiting or due)
 
-    def _flush(self, accounts: set[_Account], ts_send: int) -> None:
-        """Offer each account's pending messages and its total to its subscribers, one
-        call each. O(accounts + their messages)."""
-        if not accounts:
-            return
+    def _flush_due(self, budget: int, ts_send: int) -> int:
+        """Flush due accounts from the oldest while ``budget`` (in flushed messages) lasts;
+        returns what is left of it. O(accounts flushed + their messages)."""
+        due = self._due
         encoded = 0
-        for account in accounts:
+        while due and budget > 0:
+            account = next(iter(due))
+            del due[account]
+            self._marked.discard(account)  # its held marks go now; later ones hold again
             pending, account.pending = account.pending, {}
             pending[TOTAL_KEY] = _encode_total(account, ts_send)
             encoded += len(pending)
+            budget -= len(pending)
             for subscriber in account.subscribers:
                 subscriber.offer_all(pending)
-        self._count_encoded(encoded)
+        if encoded:
+            self._count_encoded(encoded)
+        return budget
 
     def _check(self) -> None:
         """Assert every invariant (tests; between ticks). O(positions)."""
-        waiting = self._touched | self._marked
+        waiting = self._touched | self._marked | self._due.keys()
         for name, account in self._accounts.items():
             assert account.name == name
             if account.pending:

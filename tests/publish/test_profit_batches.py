@@ -17,7 +17,7 @@ from book.fixed import parse_fixed
 from book.status import InstrumentState
 from publish.fanout import Fanout, TickMessages, Topic
 from publish.position import Position, PositionSide
-from publish.profit import ProfitEngine
+from publish.profit import FLUSH_MESSAGES_PER_MARK, ProfitEngine
 from publish.protocol import Channel
 from tests.publish.support import Feed, clock, new_registry
 
@@ -197,6 +197,26 @@ async def test_changes_during_a_pass_wait_for_the_next_one_and_cannot_prolong_it
             f"{account}/{instrument}": str(140 + number) if number % 2 == 0 else None
             for number, instrument in enumerate(INSTRUMENTS)
         }
+
+
+async def test_a_flush_larger_than_a_ticks_bound_is_spread_over_ticks() -> None:
+    # One mark a tick: a tick's flushes stop once FLUSH_MESSAGES_PER_MARK messages are
+    # out; each account's batch is 7 messages, so the pass's four accounts go out one a
+    # tick, the first in the tick that ends the pass.
+    desk = Desk(marks_per_tick=1)
+    assert len(INSTRUMENTS) + 1 > FLUSH_MESSAGES_PER_MARK
+    await desk.settle()
+    ticks = desk.fanout.counters.ticks
+    desk.change_all(110)
+    await desk.idle()
+
+    flushed_at = sorted(
+        tick - ticks for account in ACCOUNTS for tick, _ in desk.members[account].writes
+    )
+    assert flushed_at == [len(INSTRUMENTS) + k for k in range(len(ACCOUNTS))]
+    for account in ACCOUNTS:
+        ((_, messages),) = desk.members[account].writes
+        assert marks(messages) == latest_marks(account, 110)
 
 
 async def test_a_crowd_that_leaves_during_a_hold_is_offered_nothing() -> None:
