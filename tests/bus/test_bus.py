@@ -15,7 +15,14 @@ from nats.aio.msg import Msg
 from book.registry import BookRegistry
 from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
-from bus.codec import BookMessage, decode_book, encode_book
+from bus.codec import (
+    BookMessage,
+    StateReply,
+    StatusMessage,
+    decode,
+    decode_book,
+    encode_book,
+)
 from bus.edge import BusEdge
 from bus.ingest import FLUSH_INTERVAL, BusPublisher
 from bus.link import BusLink
@@ -163,6 +170,22 @@ async def test_the_publisher_is_idle_once_every_value_is_with_nats(
         await eventually(lambda: publisher.idle, "the tick handed both to nats-py")
         assert publisher.counters.published == 2
         await eventually(lambda: same_market(sink, source, BTC), "the edge got them")
+
+
+async def test_a_state_reply_carries_the_newest_book_even_before_its_flush() -> None:
+    # No NATS and no task: what the feeds handed over stays pending, and an edge asking
+    # for state meanwhile still gets it (the bus_seq of the last message sent: none yet).
+    link = BusLink(["nats://127.0.0.1:1"], name="ingest")
+    publisher = BusPublisher(BookRegistry(), link, Subjects(PREFIX), source=5)
+    publisher.add_instrument(BTC, 0)
+    publisher.publish(book(BTC, 1, 100))
+    publisher.publish(book(BTC, 2, 102))
+    publisher.set_status(live(BTC))
+    assert not publisher.idle
+    reply = decode(publisher.state_reply((BTC,)))
+    assert reply == StateReply(
+        5, (BookMessage(5, 0, book(BTC, 2, 102)), StatusMessage(5, 0, live(BTC)))
+    )
 
 
 async def test_a_lone_snapshot_after_a_quiet_spell_goes_out_on_the_next_loop_iteration(
