@@ -75,11 +75,13 @@ class Desk:
     member subscribed through the fan-out, current state received. With
     ``marks_per_tick`` = the accounts, a tick marks one instrument."""
 
-    def __init__(self, marks_per_tick: int = len(ACCOUNTS)) -> None:
+    def __init__(self, marks_per_tick: int = len(ACCOUNTS), held_batch: int = 16) -> None:
         self.registry = new_registry((*INSTRUMENTS, QUIET))
         self.feed = Feed(self.registry)
         self.fanout = Fanout(self.registry, clock=clock, metrics_interval=None)
-        self.engine = ProfitEngine(self.registry, self.fanout, marks_per_tick=marks_per_tick)
+        self.engine = ProfitEngine(
+            self.registry, self.fanout, marks_per_tick=marks_per_tick, held_batch=held_batch
+        )
         for instrument in (*INSTRUMENTS, QUIET):
             self.feed.status(instrument, InstrumentState.LIVE)
             self.feed.quote(instrument, ("100", "1"), ("101", "1"))
@@ -197,6 +199,23 @@ async def test_changes_during_a_pass_wait_for_the_next_one_and_cannot_prolong_it
             f"{account}/{instrument}": str(140 + number) if number % 2 == 0 else None
             for number, instrument in enumerate(INSTRUMENTS)
         }
+
+
+async def test_a_held_account_goes_out_once_its_batch_is_big_enough() -> None:
+    # One instrument a tick, one message per account each: with batches of 2 an account
+    # is flushed every second tick of the pass, not only at its end.
+    desk = Desk(held_batch=2)
+    await desk.settle()
+    ticks = desk.fanout.counters.ticks
+    desk.change_all(110)
+    await desk.idle()
+
+    for account in ACCOUNTS:
+        writes = desk.members[account].writes
+        assert [tick - ticks for tick, _ in writes] == [2, 4, 6]
+        assert [len(marks(messages)) for _, messages in writes] == [2, 2, 2]
+        merged = {k: v for _, messages in writes for k, v in marks(messages).items()}
+        assert merged == latest_marks(account, 110)
 
 
 async def test_a_flush_larger_than_a_ticks_bound_is_spread_over_ticks() -> None:
