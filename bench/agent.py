@@ -195,7 +195,10 @@ def raise_open_files_limit() -> int:
 def serve_commands(pipe: Connection, handler: Handler) -> None:
     """The child's main loop: answer each command with ``handler`` until ``exit`` (which
     the handler also gets, to clean up; so does SIGINT, which ends it quietly). Raises
-    the open-files limit first: helpers hold thousands of sockets."""
+    the open-files limit first: helpers hold thousands of sockets. After the first
+    command (a server's start) the heap is settled (``app.heap``), as ``marketcast run``
+    does once ready, in every helper alike: servers, floors and clients."""
+    from app.heap import settle_heap
     from app.loop import loop_factory
 
     raise_open_files_limit()
@@ -216,11 +219,15 @@ def serve_commands(pipe: Connection, handler: Handler) -> None:
         # with EAGAIN halfway through, so sends block again.
         os.set_blocking(pipe.fileno(), True)
         try:
+            settled = False
             while (command := await commands.get())[0] != "exit":
                 try:
                     reply = await handler(command)
                 except Exception:
                     reply = ("error", traceback.format_exc())
+                if not settled:  # as `marketcast run` does once it is ready
+                    settled = True
+                    settle_heap()
                 pipe.send(reply)
         finally:
             loop.remove_reader(pipe.fileno())

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from app.cluster import exit_with_parent, supervised
 from app.fdlimit import raise_open_file_limit
+from app.heap import settle_heap
 from app.loop import run_until_signalled
 from app.positions_role import RunningShard, check_shard_before_start, serve_shard
 from app.preflight import check_before_start
@@ -57,6 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     def ready(banner_text: str) -> None:
         nonlocal started
         started = True
+        settle_heap()  # startup's objects out of the collector's full passes
         if not supervised():  # a cluster prints one banner for all its children
             print(banner_text, flush=True)
 
