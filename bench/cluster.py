@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from hdrh.histogram import HdrHistogram
 
 from bench.clusternodes import NodeProcess, NodeSpec
-from bench.leanws import arrival_clock
+from bench.leanws import arrival_clock_of
 from bench.ramp import Criteria, RepeatedStep, climb, latencies, median, median_percentile
 from bench.report import Progress, ScenarioResult, Table, Target, latency_histogram, number
 from bench.servers import ServerKind, ServerProcess, ServerSpec
@@ -373,17 +373,13 @@ def report(
         "as long as an edge's CPU per delivery stays near the single process's"
     )
     result.notes.append("the ingest's cost of publishing to the bus is scenario 7b (ingestbus)")
-    trials = [
-        trial
-        for steps in results.values()
-        for ladder in steps.values()
-        for step in ladder
-        for trial in step.trials
-    ]
     result.notes.append(
-        arrival_clock(
-            sum(trial.kernel_reads for trial in trials),
-            sum(trial.fallback_reads for trial in trials),
+        arrival_clock_of(
+            trial
+            for steps in results.values()
+            for ladder in steps.values()
+            for step in ladder
+            for trial in step.trials
         )
     )
     return result

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
-from bench.leanws import arrival_clock
+from bench.leanws import arrival_clock_of
 from bench.ramp import (
     Criteria,
     RepeatedStep,
@@ -448,11 +448,9 @@ def report(runs: list[Run], options: FanoutOptions) -> ScenarioResult:
             summary,
         )
     )
-    windows = [trial.clients for run in runs for step in run.steps for trial in step.trials]
     result.notes.append(
-        arrival_clock(
-            sum(window.kernel_reads for window in windows),
-            sum(window.fallback_reads for window in windows),
+        arrival_clock_of(
+            trial.clients for run in runs for step in run.steps for trial in step.trials
         )
     )
     result.notes.append(

@@ -65,9 +65,9 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 _KEY = base64.b64encode(os.urandom(16))
 OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
@@ -112,6 +112,25 @@ def arrival_clock(kernel: int, fallback: int) -> str:
     return (
         f"{kernel_stamp} on {kernel / reads:.1%} of {reads:,} client reads, time.time_ns() "
         "when read on the rest (those include the client process's own queue)"
+    )
+
+
+class CountedReads(Protocol):
+    """A measurement window's client reads, by clock (what ``ReadCounts`` counted)."""
+
+    @property
+    def kernel_reads(self) -> int: ...
+
+    @property
+    def fallback_reads(self) -> int: ...
+
+
+def arrival_clock_of(windows: Iterable[CountedReads]) -> str:
+    """``arrival_clock`` over the reads of all ``windows`` (a report's trials)."""
+    counted = list(windows)
+    return arrival_clock(
+        sum(window.kernel_reads for window in counted),
+        sum(window.fallback_reads for window in counted),
     )
 
 

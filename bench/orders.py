@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 import orjson
 from hdrh.histogram import HdrHistogram
 
-from bench.leanws import arrival_clock
+from bench.leanws import arrival_clock_of
 from bench.orderclients import OrderClientPool, OrderPoolSpec, OrderWindow
 from bench.orderservers import (
     ClusterOrderServer,
@@ -606,14 +606,10 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
         if codes:
             seen = ", ".join(f"{code} x {count:,}" for code, count in codes.most_common())
             result.notes.append(f"{contender}: refusals in measured windows: {seen}")
-    trials = [
-        trial for ladder in measured.steps.values() for step in ladder for trial in step.trials
-    ]
     result.notes.append(
         "ack "
-        + arrival_clock(
-            sum(trial.kernel_reads for trial in trials),
-            sum(trial.fallback_reads for trial in trials),
+        + arrival_clock_of(
+            trial for ladder in measured.steps.values() for step in ladder for trial in step.trials
         )
     )
     result.notes.append(

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from hdrh.histogram import HdrHistogram
 
 from bench.holdings import Spread, range_text
-from bench.leanws import arrival_clock
+from bench.leanws import arrival_clock_of
 from bench.report import Progress, ScenarioResult, Table, Target, ms, number
 from bench.servers import ServerKind, ServerProcess, ServerSpec, ServerWindow, change_spacing_ns
 from bench.subscribers import PoolSpec, SubscriberPool, WindowReport
@@ -276,12 +276,8 @@ def run(options: ProfitOptions, progress: Progress) -> ScenarioResult:
             "share of one core."
         ),
     )
-    windows = [step.clients for workload_run in runs for step in workload_run.steps]
     result.notes.append(
-        arrival_clock(
-            sum(window.kernel_reads for window in windows),
-            sum(window.fallback_reads for window in windows),
-        )
+        arrival_clock_of(step.clients for workload_run in runs for step in workload_run.steps)
     )
     rows: list[tuple[str, ...]] = []
     for workload_run in runs:
