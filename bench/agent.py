@@ -196,9 +196,9 @@ def serve_commands(pipe: Connection, handler: Handler) -> None:
     """The child's main loop: answer each command with ``handler`` until ``exit`` (which
     the handler also gets, to clean up; so does SIGINT, which ends it quietly). Raises
     the open-files limit first: helpers hold thousands of sockets. After the first
-    command (a server's start) the heap is settled (``app.heap``), as ``marketcast run``
+    command (a server's start) the heap is kept settled (``app.heap``), as ``marketcast run``
     does once ready, in every helper alike: servers, floors and clients."""
-    from app.heap import settle_heap
+    from app.heap import HeapKeeper
     from app.loop import loop_factory
 
     raise_open_files_limit()
@@ -218,18 +218,20 @@ def serve_commands(pipe: Connection, handler: Handler) -> None:
         # uvloop makes a watched descriptor non-blocking; a large reply must not fail
         # with EAGAIN halfway through, so sends block again.
         os.set_blocking(pipe.fileno(), True)
+        heap = HeapKeeper()
+        reclaiming: asyncio.Task[None] | None = None
         try:
-            settled = False
             while (command := await commands.get())[0] != "exit":
                 try:
                     reply = await handler(command)
                 except Exception:
                     reply = ("error", traceback.format_exc())
-                if not settled:  # as `marketcast run` does once it is ready
-                    settled = True
-                    settle_heap()
+                if reclaiming is None:  # as `marketcast run` does once it is ready
+                    heap.start()
+                    reclaiming = loop.create_task(heap.run())
                 pipe.send(reply)
         finally:
+            heap.stop()
             loop.remove_reader(pipe.fileno())
             await handler(("exit",))
 

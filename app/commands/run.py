@@ -8,13 +8,14 @@ the open-file limit is raised (``app.fdlimit``): a problem is one line and exit 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from app.cluster import exit_with_parent, supervised
 from app.fdlimit import raise_open_file_limit
-from app.heap import settle_heap
+from app.heap import HeapKeeper
 from app.loop import run_until_signalled
 from app.positions_role import RunningShard, check_shard_before_start, serve_shard
 from app.preflight import check_before_start
@@ -54,11 +55,14 @@ def node_settings(args: argparse.Namespace) -> Settings:
 def _run(args: argparse.Namespace) -> int:
     settings = node_settings(args)
     started = False
+    heap = HeapKeeper()
+    reclaiming: list[asyncio.Task[None]] = []
 
     def ready(banner_text: str) -> None:
         nonlocal started
         started = True
-        settle_heap()  # startup's objects out of the collector's full passes
+        heap.start()  # startup's objects, then each full pass's, out of the next passes
+        reclaiming.append(asyncio.get_running_loop().create_task(heap.run()))
         if not supervised():  # a cluster prints one banner for all its children
             print(banner_text, flush=True)
 
@@ -80,6 +84,8 @@ def _run(args: argparse.Namespace) -> int:
             raise  # a failure while serving is a crash, with its traceback
         print(f"marketcast: cannot start: {exc}", file=sys.stderr)
         return 2
+    finally:
+        heap.stop()
 
 
 def _announce(ready: Callable[[str], None], text: Callable[[T], str]) -> Callable[[T], None]:

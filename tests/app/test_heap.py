@@ -1,5 +1,6 @@
-"""``settle_heap``: startup's objects leave the collector's full passes, later garbage
-does not. In a child process: a freeze is process-wide and must not leak into the
+"""``HeapKeeper``: startup's objects and every full pass's survivors leave the later
+passes; garbage made meanwhile is still collected, and garbage that was frozen is freed
+by a reclaim. In a child process: a freeze is process-wide and must not leak into the
 test run."""
 
 from __future__ import annotations
@@ -7,32 +8,109 @@ from __future__ import annotations
 import subprocess
 import sys
 
-CHILD = """
-import gc, weakref
-from app.heap import settle_heap
+import pytest
+
+PRELUDE = """
+import asyncio, gc, weakref
+import app.heap
+from app.heap import FULL_PASS_THRESHOLD, HeapKeeper
 
 class Node:
     pass
 
+def cycle():
+    node = Node()
+    node.self = node
+    return node
+"""
+
+STARTUP_AND_LATER_GARBAGE = """
 startup = [Node() for _ in range(1000)]  # what a server builds before it is ready
 assert gc.get_freeze_count() == 0
-frozen = settle_heap()
+before = gc.get_threshold()
+keeper = HeapKeeper()
+frozen = keeper.start()
 assert frozen >= 1000, frozen
 assert gc.get_freeze_count() == frozen
+assert gc.get_threshold() == (before[0], before[1], FULL_PASS_THRESHOLD)
 
-later = Node()
-later.self = later  # a cycle made after the freeze: only a collection frees it
+later = cycle()  # made after the start: the next pass frees it
 gone = weakref.ref(later)
 del later
 gc.collect()
-assert gone() is None, "garbage made after the freeze was not collected"
-print("ok", frozen)
+assert gone() is None, "garbage made after the start was not collected"
+
+keeper.stop()
+assert gc.get_threshold() == before
+print("ok")
+"""
+
+FULL_PASS_SURVIVORS = """
+keeper = HeapKeeper()
+keeper.start()
+frozen = gc.get_freeze_count()
+kept = [Node() for _ in range(5000)]  # what the server holds from now on (positions)
+assert gc.get_freeze_count() == frozen
+# The collector's own full pass: a burst of survivors triggers it by itself.
+while keeper.counts.full_passes == 0:
+    kept.extend(Node() for _ in range(1000))
+assert gc.get_freeze_count() >= frozen + 5000, (gc.get_freeze_count(), frozen)
+assert not gc.get_objects(generation=2), "the survivors of a full pass are not frozen"
+print("ok")
+"""
+
+RECLAIM = """
+keeper = HeapKeeper(growth=1.5)
+keeper.start()
+held = cycle()  # reachable through a pass, so frozen; then dropped
+gc.collect()
+gone = weakref.ref(held)
+del held
+gc.collect()
+assert gone() is not None, "a frozen object was collected without a reclaim"
+
+assert not keeper.reclaim_due
+kept = [Node() for _ in range(gc.get_freeze_count())]
+gc.collect()  # a full pass: kept is frozen, the frozen generation has doubled
+assert keeper.reclaim_due
+
+app.heap.RECLAIM_CHECK_SECONDS = 0.01
+
+async def reclaim_in_the_background():
+    task = asyncio.get_running_loop().create_task(keeper.run())
+    while keeper.counts.reclaims == 0:
+        await asyncio.sleep(0.01)
+    task.cancel()
+
+asyncio.run(reclaim_in_the_background())
+assert gone() is None, "the reclaim did not free the frozen garbage"
+counts = keeper.counts
+assert counts.reclaims == 1 and counts.reclaimed >= 1, counts
+assert not keeper.reclaim_due
+assert gc.get_freeze_count() >= len(kept)
+print("ok")
 """
 
 
-def test_settle_heap_freezes_what_exists_and_later_garbage_is_still_collected() -> None:
+@pytest.mark.parametrize(
+    "script",
+    [STARTUP_AND_LATER_GARBAGE, FULL_PASS_SURVIVORS, RECLAIM],
+    ids=["startup-and-later-garbage", "full-pass-survivors", "reclaim"],
+)
+def test_heap_keeper(script: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", PRELUDE + script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("ok ")
+    assert result.stdout == "ok\n"
+
+
+def test_heap_keeper_refuses_a_growth_that_never_bounds_the_heap() -> None:
+    from app.heap import HeapKeeper
+
+    with pytest.raises(ValueError, match="growth"):
+        HeapKeeper(growth=1.0)
