@@ -4,7 +4,9 @@ of an edge, over the bus.
 ``ShardClient.open``/``close`` send the op to the shard owning the account
 (``bus.positions.shard_of``) by request/reply and return its answer: the position as
 stored once the shard committed it (``acknowledge`` is called then), or the shard's
-refusal with the same ``RequestError`` code as one process. No answer within
+refusal with the same ``RequestError`` code as one process. ``submit_open``/
+``submit_close`` (the ``PositionService`` of the edge's sessions) run the same in a task
+of the client's own and give the answer to the op's reply. No answer within
 ``ack_timeout`` (the shard is down, slow, or the bus is) is ``storage_unavailable``:
 the op may have committed or may still commit, and sending the very same op again (the
 same position id) gets the same acknowledgement, as in one process.
@@ -54,7 +56,7 @@ from bus.positions import (
 )
 from publish.exceptions import RequestError
 from publish.position import Position
-from publish.positions import Acknowledge
+from publish.positions import Acknowledge, PositionReply
 from publish.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,8 @@ class ShardClient:
         self._subscriptions: dict[str, Subscription] = {}
         self._changed = asyncio.Event()
         self._renewals: set[asyncio.Task[None]] = set()
+        self._asking: set[asyncio.Task[None]] = set()
+        """The ops submitted and not answered yet (cancelled when ``run`` ends)."""
         self._answering: dict[str, dict[str, int]] = {}
         """account -> position id -> ops of it waiting for their answer."""
         self._held: dict[str, deque[ProfitBatch]] = {}
@@ -111,6 +115,41 @@ class ShardClient:
         self._sink = sink
 
     # -- PositionService ------------------------------------------------------------------
+
+    def submit_open(
+        self,
+        account: str,
+        *,
+        position_id: str,
+        instrument: str,
+        side: str,
+        qty: str,
+        price: str,
+        reply: PositionReply,
+    ) -> None:
+        op = OpenOp(
+            account=account,
+            position_id=position_id,
+            instrument=instrument,
+            side=side,
+            qty=qty,
+            price=price,
+        )
+        self._submit(op, reply)
+
+    def submit_close(self, account: str, position_id: str, *, reply: PositionReply) -> None:
+        self._submit(CloseOp(account=account, position_id=position_id), reply)
+
+    def _submit(self, op: PositionOp, reply: PositionReply) -> None:
+        task = asyncio.get_running_loop().create_task(self._answer(op, reply))
+        self._asking.add(task)
+        task.add_done_callback(self._asking.discard)
+
+    async def _answer(self, op: PositionOp, reply: PositionReply) -> None:
+        try:
+            await self._send(op, reply.acknowledge)
+        except RequestError as refusal:
+            reply.refuse(refusal)
 
     async def open(
         self,
@@ -196,6 +235,13 @@ class ShardClient:
 
     async def run(self) -> None:
         """Keep the profit subscriptions equal to the wanted accounts, renewing watches."""
+        try:
+            await self._keep_subscriptions()
+        finally:
+            for task in self._asking:
+                task.cancel()
+
+    async def _keep_subscriptions(self) -> None:
         loop = asyncio.get_running_loop()
         renew_at = loop.time() + RENEW_EVERY
         while True:

@@ -165,7 +165,6 @@ class ClientSession:
             self.credentials,
             self.outbox,
             counters,
-            spawn=self._spawn,
             refuse=lambda exc: self.requests.refuse(exc),
         )
         self.requests = RequestHandler(

@@ -2,25 +2,26 @@
 
 ``PositionService`` is what ``publish.position_requests.PositionRequests`` talks to. In
 one process it is the ``publish.positions.PositionBook`` itself; on an edge of a cluster
-it is a bus client that forwards each op to the positions shard owning the account and
-returns the shard's answer (``bus.position_client.ShardClient``). Either way an op
-returns only once the change is durable, calls ``acknowledge`` with the position as
-stored before anything else hears of it, and refuses with a ``RequestError`` carrying
-one of the stable codes of ``publish.positions``.
+it is a bus client that forwards each op to the positions shard owning the account
+and answers with the shard's answer (``bus.position_client.ShardClient``). Either way an
+op is a call that returns at once: its ``PositionReply`` is acknowledged with the
+position as stored once the change is durable, before anything else hears of it, or
+refused with a ``RequestError`` carrying one of the stable codes of
+``publish.positions``. No task per op unless the service needs one (the bus client's
+request/reply): the book answers from its commit callbacks.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from publish.position import Position
-from publish.positions import Acknowledge
+from publish.positions import PositionReply
 
 
 class PositionService(Protocol):
     """Opens and closes positions, durable before acknowledged."""
 
-    async def open(
+    def submit_open(
         self,
         account: str,
         *,
@@ -29,14 +30,13 @@ class PositionService(Protocol):
         side: str,
         qty: str,
         price: str,
-        acknowledge: Acknowledge | None = None,
-    ) -> Position:
-        """The open position as stored, once committed (``acknowledge``: called with it at
-        the commit). The very same open sent again gets the same position."""
+        reply: PositionReply,
+    ) -> None:
+        """Start the open; ``reply`` is acknowledged with the open position as stored once
+        committed, or refused. The very same open sent again gets the same position."""
         ...
 
-    async def close(
-        self, account: str, position_id: str, *, acknowledge: Acknowledge | None = None
-    ) -> Position:
-        """The closed position as stored, once committed."""
+    def submit_close(self, account: str, position_id: str, *, reply: PositionReply) -> None:
+        """Start the close; ``reply`` is acknowledged with the closed position as stored
+        once committed, or refused."""
         ...

@@ -9,10 +9,19 @@ change, load the open ones). Whether an id is free is decided inside the commit 
 stores the open, so an open costs no storage round trip before it: ids the book holds
 (opening, open, closing) are answered from memory, the others by that commit.
 
-When a change commits, the book first calls the ``acknowledge`` callbacks of the
-requests waiting for it (the sessions queue their acks there, synchronously), then tells
-its listeners (the profit engine, which then asks for a tick): so on the connection that
+When a change commits, the book first acknowledges the requests waiting for it (their
+``PositionReply``; the sessions queue their acks there, synchronously), then tells its
+listeners (the profit engine, which then asks for a tick): so on the connection that
 opened a position, the ack is always written before the position's first profit frame.
+
+A request is a call, not a task: ``submit_open``/``submit_close`` answer what they can at
+once (every refusal but a timeout, a retry of a committed open) and otherwise keep the
+request's reply with the change in progress until it commits, is refused, or the
+request's ``ack_timeout`` passes. The timeouts of all requests share one timer: they end
+in the order they began (one ``ack_timeout`` each), so one deque ordered by deadline and
+a timer for its head replace a timeout and a shielded wait per request. ``open``/
+``close`` are the same ops awaited (a future per request), for callers that run a task
+per request anyway (a positions shard, tests).
 
 Validation, each refusal a ``RequestError`` with a stable code:
 
@@ -32,19 +41,22 @@ Validation, each refusal a ``RequestError`` with a stable code:
   did not confirm the write within ``ack_timeout`` (then the change stays queued and is
   written when the database answers; the same request sent again waits for it).
 
-States: ``OPENING`` (id reserved, open not committed) -> ``OPEN`` -> ``CLOSING`` (close
-not committed; still open for profit) -> gone; an open whose id the commit finds taken
-goes from ``OPENING`` straight to gone. Everything runs on the event loop; the only await
-is the commit.
+States: opening (id reserved, open not committed) -> open -> closing (close not
+committed; still open for profit) -> gone; an open whose id the commit finds taken goes
+from opening straight to gone. An open position is kept as its ``Position`` alone; a
+change in progress (opening, closing) as a ``_Change`` holding the replies waiting for
+it, replaced by the position (or removed) when it is decided. So a position costs the
+collector one tracked object in the book once its open committed, however it was
+requested. Everything runs on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
 
 from book.exceptions import PrecisionError
@@ -64,6 +76,20 @@ Acknowledge = Callable[[Position], None]
 """Called synchronously with the position as stored, the moment its change committed."""
 
 
+class PositionReply(Protocol):
+    """Where the answer to one position op goes: exactly one of the two is called, once,
+    synchronously (at once, or on the event loop when the change is decided or the
+    request's ``ack_timeout`` passed)."""
+
+    def acknowledge(self, position: Position) -> None:
+        """The change committed: ``position`` as stored (the closed one for a close)."""
+        ...
+
+    def refuse(self, refusal: RequestError) -> None:
+        """The op is refused (a fresh ``RequestError`` per request, without request id)."""
+        ...
+
+
 class PositionListener(Protocol):
     """Told of positions as their changes commit (the profit engine)."""
 
@@ -72,30 +98,29 @@ class PositionListener(Protocol):
     def position_closed(self, position: Position) -> None: ...
 
 
-class PositionState(StrEnum):
-    OPENING = "opening"
-    OPEN = "open"
-    CLOSING = "closing"
+@dataclass(slots=True, eq=False)
+class _Change:
+    """A change in progress on a position: its open (``closing`` False) or its close."""
 
-
-@dataclass(slots=True)
-class _Entry:
     position: Position
-    """The open position as stored (the closed one once its close committed)."""
-    state: PositionState
-    settled: asyncio.Future[RequestError | None]
-    """Resolves when the change in progress (open or close) is decided: ``None`` once
-    committed, the refusal if it never will be. Shared by every request waiting on it."""
-    acks: list[Acknowledge] = field(default_factory=list)
-    """The waiting requests' callbacks, called when the change in progress commits."""
+    """The position being opened, or the open one being closed."""
+    closing: bool = False
+    replies: list[PositionReply] = field(default_factory=list)
+    """The requests waiting for the change (the first one and its retries), answered when
+    it is decided; a request whose ``ack_timeout`` passed is taken out (refused)."""
+
+
+_Waiting = tuple[float, _Change, PositionReply]
+"""A request's deadline (loop time), the change it waits for and its reply."""
 
 
 class PositionBook:
     """Open positions by ``(account, id)``; see the module docstring.
 
-    ``open``/``close`` cost O(1) plus their one await, the commit of the flush window
-    (which also checks a new id, in its own transaction). ``clock`` stamps ``opened_ts`` and
-    ``closed_ts`` (ns since the epoch). ``catalog`` says which instruments exist.
+    ``submit_open``/``submit_close`` cost O(1) (plus the commit of the flush window, which
+    also checks a new id in its own transaction, and one ``call_at`` per ``ack_timeout``
+    for every request's timeout). ``clock`` stamps ``opened_ts`` and ``closed_ts`` (ns
+    since the epoch). ``catalog`` says which instruments exist.
     """
 
     def __init__(
@@ -114,17 +139,24 @@ class PositionBook:
         self._ack_timeout = ack_timeout
         self._max_per_account = max_positions_per_account
         self._clock = clock
-        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._entries: dict[tuple[str, str], Position | _Change] = {}
+        """Open positions as such; ids with a change in progress as its ``_Change``."""
         self._per_account: dict[str, int] = {}
         self._listeners: list[PositionListener] = []
+        self._waiting: deque[_Waiting] = deque()
+        """Requests waiting for a change, oldest (so soonest deadline) first; answered
+        ones leave from the front as soon as nothing older waits."""
+        self._timer: asyncio.TimerHandle | None = None
+        """Armed for the deadline of the front of ``_waiting`` (or an earlier one)."""
 
     def add_listener(self, listener: PositionListener) -> None:
         """``listener`` hears of every open position from now on, those already open
         first (replayed at once, oldest first)."""
         self._listeners.append(listener)
         for entry in self._entries.values():
-            if entry.state is not PositionState.OPENING:
-                listener.position_opened(entry.position)
+            position = _acknowledged(entry)
+            if position is not None:
+                listener.position_opened(position)
 
     async def load(self) -> int:
         """Take the open positions kept by the store as open (on start); how many."""
@@ -135,11 +167,10 @@ class PositionBook:
     def positions(self, account: str) -> list[Position]:
         """The account's acknowledged open positions (closing ones included), oldest first.
         O(all positions): for tests and tools, not the hot path."""
-        return [
-            entry.position
-            for (owner, _), entry in self._entries.items()
-            if owner == account and entry.state is not PositionState.OPENING
-        ]
+        acknowledged = (
+            _acknowledged(entry) for (owner, _), entry in self._entries.items() if owner == account
+        )
+        return [position for position in acknowledged if position is not None]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -148,6 +179,79 @@ class PositionBook:
     def accounts(self) -> int:
         """Accounts holding at least one position (open, opening or closing)."""
         return len(self._per_account)
+
+    def submit_open(
+        self,
+        account: str,
+        *,
+        position_id: str,
+        instrument: str,
+        side: str,
+        qty: str,
+        price: str,
+        reply: PositionReply,
+    ) -> None:
+        """Validate and store the position; ``reply`` is acknowledged with it (as stored)
+        once committed, before any listener hears, or refused. The very same open sent
+        again gets the same position (at once, when it committed already). O(1)."""
+        try:
+            position = self._validate(account, position_id, instrument, side, qty, price)
+            key = (account, position_id)
+            entry = self._entries.get(key)
+            if entry is None:
+                self._refuse_if_degraded()
+                if self._per_account.get(account, 0) >= self._max_per_account:
+                    raise RequestError(
+                        ErrorCode.TOO_MANY_POSITIONS,
+                        f"an account may hold at most {self._max_per_account} open positions",
+                    )
+                change = self._entries[key] = _Change(position)
+                self._per_account[account] = self._per_account.get(account, 0) + 1
+                self._store.insert(position).add_done_callback(
+                    lambda stored: self._opened(stored, change)
+                )
+                self._wait(change, reply)
+                return
+            if isinstance(entry, _Change):
+                if entry.closing or not entry.position.same_order(position):
+                    raise _duplicate(position_id)
+                self._wait(entry, reply)
+                return
+            if not entry.same_order(position):
+                raise _duplicate(position_id)
+        except RequestError as refusal:
+            reply.refuse(refusal)
+            return
+        reply.acknowledge(entry)  # a retry of a committed open
+
+    def submit_close(self, account: str, position_id: str, *, reply: PositionReply) -> None:
+        """Close the account's open position ``position_id``; ``reply`` is acknowledged
+        with the closed position (as stored) once committed, or refused. O(1)."""
+        key = (account, position_id)
+        entry = self._entries.get(key)
+        try:
+            if entry is None:
+                raise RequestError(
+                    ErrorCode.UNKNOWN_POSITION, f"no open position {position_id[:64]!r}"
+                )
+            if isinstance(entry, _Change):
+                if not entry.closing:
+                    raise RequestError(
+                        ErrorCode.POSITION_PENDING,
+                        f"position {position_id[:64]!r} is not acknowledged yet",
+                    )
+                self._wait(entry, reply)  # a retry of a close in progress
+                return
+            self._refuse_if_degraded()
+        except RequestError as refusal:
+            reply.refuse(refusal)
+            return
+        closed = entry.closed_at(self._clock())
+        change = self._entries[key] = _Change(entry, closing=True)
+        self._store.write(closed).add_done_callback(
+            lambda written: self._closed(written, change, closed)
+        )
+        self._wait(change, reply)
 
     async def open(
         self,
@@ -160,66 +264,65 @@ class PositionBook:
         price: str,
         acknowledge: Acknowledge | None = None,
     ) -> Position:
-        """Validate, store and return the open position (as stored) once committed;
-        ``acknowledge`` is called with it at the commit, before any listener hears."""
-        position = self._validate(account, position_id, instrument, side, qty, price)
-        key = (account, position_id)
-        entry = self._entries.get(key)
-        if entry is not None:
-            if entry.state is PositionState.CLOSING or not entry.position.same_order(position):
-                raise _duplicate(position_id)
-            await self._settle(entry, self._deadline(), acknowledge)
-            return entry.position
-        self._refuse_if_degraded()
-        if self._per_account.get(account, 0) >= self._max_per_account:
-            raise RequestError(
-                ErrorCode.TOO_MANY_POSITIONS,
-                f"an account may hold at most {self._max_per_account} open positions",
-            )
-        settled: asyncio.Future[RequestError | None] = asyncio.get_running_loop().create_future()
-        entry = self._entries[key] = _Entry(position, PositionState.OPENING, settled)
-        self._per_account[account] = self._per_account.get(account, 0) + 1
-        self._store.insert(position).add_done_callback(lambda stored: self._opened(stored, entry))
-        await self._settle(entry, self._deadline(), acknowledge)
-        return position
+        """``submit_open`` awaited: the open position (as stored) once committed;
+        ``acknowledge`` is called with it at the commit, before any listener hears (not
+        once this call was cancelled). Raises the refusal."""
+        reply = _AwaitedReply(acknowledge)
+        self.submit_open(
+            account,
+            position_id=position_id,
+            instrument=instrument,
+            side=side,
+            qty=qty,
+            price=price,
+            reply=reply,
+        )
+        return await reply.answer
 
     async def close(
         self, account: str, position_id: str, *, acknowledge: Acknowledge | None = None
     ) -> Position:
-        """Close the account's open position ``position_id``; the closed position (as
-        stored) once committed (``acknowledge``: as for ``open``)."""
-        entry = self._entries.get((account, position_id))
-        if entry is None:
-            raise RequestError(ErrorCode.UNKNOWN_POSITION, f"no open position {position_id[:64]!r}")
-        if entry.state is PositionState.OPENING:
-            raise RequestError(
-                ErrorCode.POSITION_PENDING,
-                f"position {position_id[:64]!r} is not acknowledged yet",
-            )
-        if entry.state is PositionState.OPEN:
-            self._refuse_if_degraded()
-            closed = entry.position.closed_at(self._clock())
-            entry.state = PositionState.CLOSING
-            entry.settled = asyncio.get_running_loop().create_future()
-            self._store.write(closed).add_done_callback(
-                lambda written: self._closed(written, entry, closed)
-            )
-        await self._settle(entry, self._deadline(), acknowledge)
-        return entry.position  # the closed position, set when the close committed
+        """``submit_close`` awaited: the closed position (as stored) once committed
+        (``acknowledge``: as for ``open``)."""
+        reply = _AwaitedReply(acknowledge)
+        self.submit_close(account, position_id, reply=reply)
+        return await reply.answer
+
+    def _check(self) -> None:
+        """Assert every invariant (tests; between events). O(positions + waiting)."""
+        counts: dict[str, int] = {}
+        changes: set[int] = set()
+        for (account, position_id), entry in self._entries.items():
+            position = entry.position if isinstance(entry, _Change) else entry
+            assert (position.account, position.id) == (account, position_id)
+            assert position.is_open
+            if isinstance(entry, _Change):
+                changes.add(id(entry))
+            counts[account] = counts.get(account, 0) + 1
+        assert counts == self._per_account
+        waiting = [(change, reply) for _, change, reply in self._waiting]
+        deadlines = [deadline for deadline, _, _ in self._waiting]
+        assert deadlines == sorted(deadlines), "requests wait in the order they began"
+        waiting_replies = {id(reply) for _, reply in waiting}
+        for change, reply in waiting:
+            if reply in change.replies:
+                assert id(change) in changes, "a reply waits for a change that was decided"
+        for entry in self._entries.values():
+            if isinstance(entry, _Change):
+                assert all(id(reply) in waiting_replies for reply in entry.replies)
+        assert not waiting or waiting[0][1] in waiting[0][0].replies, "answered at the front"
+        assert self._timer is not None or not waiting, "requests wait with no timer armed"
 
     # -- internals ----------------------------------------------------------------------
 
     def _restore(self, positions: Iterable[Position]) -> None:
-        loop = asyncio.get_running_loop()
         for position in positions:
             key = (position.account, position.id)
             if key in self._entries:
                 raise ValueError(
                     f"position {position.id!r} of {position.account!r} is already in the book"
                 )
-            settled: asyncio.Future[RequestError | None] = loop.create_future()
-            settled.set_result(None)
-            self._entries[key] = _Entry(position, PositionState.OPEN, settled)
+            self._entries[key] = position
             self._per_account[position.account] = self._per_account.get(position.account, 0) + 1
             for listener in self._listeners:
                 listener.position_opened(position)
@@ -256,76 +359,86 @@ class PositionBook:
             opened_ts=self._clock(),
         )
 
-    def _deadline(self) -> float:
-        return asyncio.get_running_loop().time() + self._ack_timeout
-
     def _refuse_if_degraded(self) -> None:
         if self._store.health is StorageHealth.DEGRADED:
             raise _unavailable("the database is not accepting writes; nothing was changed")
 
-    async def _settle(
-        self, entry: _Entry, deadline: float, acknowledge: Acknowledge | None
-    ) -> None:
-        """Wait (until ``deadline``) for the change in progress on ``entry`` to commit;
-        ``acknowledge`` is called at the commit (at once if it already happened)."""
-        settled = entry.settled
-        if not settled.done():
-            if acknowledge is not None:
-                entry.acks.append(acknowledge)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await asyncio.shield(settled)
-            except TimeoutError:
-                raise _unavailable(
-                    f"the database did not confirm within {self._ack_timeout:g}s; the change "
-                    "is queued and will be stored when it answers: send the same request "
-                    "again for its acknowledgement"
-                ) from None
-            finally:
-                if acknowledge in entry.acks:  # not committed: this request gets no ack
-                    entry.acks.remove(acknowledge)
-        elif settled.result() is None and acknowledge is not None:
-            acknowledge(entry.position)
-        refusal = settled.result()
-        if refusal is not None:
-            raise RequestError(refusal.code, refusal.message)
+    def _wait(self, change: _Change, reply: PositionReply) -> None:
+        """``reply`` waits for ``change``, at most ``ack_timeout`` from now. O(1)."""
+        change.replies.append(reply)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._ack_timeout
+        self._waiting.append((deadline, change, reply))
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire, deadline)
 
-    def _committed(self, entry: _Entry) -> None:
-        """The change in progress on ``entry`` is durable: its waiters ack first."""
-        entry.settled.set_result(None)
-        acks, entry.acks = entry.acks, []
-        for acknowledge in acks:
-            acknowledge(entry.position)
+    def _expire(self, armed: float) -> None:
+        """The timer: refuse the requests whose deadline passed (the change stays queued,
+        a retry waits for it again), then arm the timer for the next deadline.
+        O(requests ended since the last call)."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = max(loop.time(), armed)  # a timer may run a little before its time
+        waiting = self._waiting
+        while waiting:
+            deadline, change, reply = waiting[0]
+            replies = change.replies
+            if reply in replies:
+                if deadline > now:
+                    break
+                replies.remove(reply)
+                reply.refuse(
+                    _unavailable(
+                        f"the database did not confirm within {self._ack_timeout:g}s; the "
+                        "change is queued and will be stored when it answers: send the same "
+                        "request again for its acknowledgement"
+                    )
+                )
+            waiting.popleft()
+        if waiting:
+            deadline = waiting[0][0]
+            self._timer = loop.call_at(deadline, self._expire, deadline)
 
-    def _opened(self, stored: asyncio.Future[InsertOutcome], entry: _Entry) -> None:
+    def _decided(self, change: _Change) -> list[PositionReply]:
+        """Take the replies waiting for ``change``, now decided, and let the waiting
+        requests they were the front of leave. O(requests leaving)."""
+        replies, change.replies = change.replies, []
+        waiting = self._waiting
+        while waiting and waiting[0][2] not in waiting[0][1].replies:
+            waiting.popleft()
+        return replies
+
+    def _opened(self, stored: asyncio.Future[InsertOutcome], change: _Change) -> None:
         if stored.cancelled():  # the flusher went away: nothing was confirmed
             return
+        position = change.position
         if stored.result() is InsertOutcome.ID_TAKEN:
-            self._forget(entry, _duplicate(entry.position.id))
+            self._forget(change)
             return
-        entry.state = PositionState.OPEN
-        self._committed(entry)
+        self._entries[position.account, position.id] = position
+        for reply in self._decided(change):
+            reply.acknowledge(position)
         for listener in self._listeners:
-            listener.position_opened(entry.position)
+            listener.position_opened(position)
 
-    def _closed(self, written: asyncio.Future[None], entry: _Entry, closed: Position) -> None:
+    def _closed(self, written: asyncio.Future[None], change: _Change, closed: Position) -> None:
         if written.cancelled():
             return
         del self._entries[closed.account, closed.id]
         self._count_down(closed.account)
-        entry.position = closed
-        self._committed(entry)
+        for reply in self._decided(change):
+            reply.acknowledge(closed)
         for listener in self._listeners:
             listener.position_closed(closed)
 
-    def _forget(self, entry: _Entry, refusal: RequestError) -> None:
-        """Release an id reserved by an open that was not written: its waiters get
-        ``refusal``."""
-        position = entry.position
+    def _forget(self, change: _Change) -> None:
+        """Release an id reserved by an open that was not written (the commit found the id
+        taken): its waiting requests are refused as duplicates."""
+        position = change.position
         del self._entries[position.account, position.id]
         self._count_down(position.account)
-        entry.acks.clear()
-        entry.settled.set_result(refusal)
+        for reply in self._decided(change):
+            reply.refuse(_duplicate(position.id))
 
     def _count_down(self, account: str) -> None:
         left = self._per_account[account] - 1
@@ -333,6 +446,34 @@ class PositionBook:
             self._per_account[account] = left
         else:
             del self._per_account[account]
+
+
+class _AwaitedReply:
+    """The reply of an awaited op (``PositionBook.open``/``close``): a future."""
+
+    __slots__ = ("answer", "_acknowledge")
+
+    def __init__(self, acknowledge: Acknowledge | None) -> None:
+        self.answer: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
+        self._acknowledge = acknowledge
+
+    def acknowledge(self, position: Position) -> None:
+        if self.answer.done():  # the awaiting call was cancelled: its request gets no ack
+            return
+        if self._acknowledge is not None:
+            self._acknowledge(position)
+        self.answer.set_result(position)
+
+    def refuse(self, refusal: RequestError) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(refusal)
+
+
+def _acknowledged(entry: Position | _Change) -> Position | None:
+    """The acknowledged open position of an entry (``None`` while its open is pending)."""
+    if isinstance(entry, _Change):
+        return entry.position if entry.closing else None
+    return entry
 
 
 def _amount(name: str, text: str) -> int:
