@@ -7,7 +7,10 @@ commit); subscriptions come through the fan-out
 connection's own account), as crowds like every channel's. Only accounts with at least
 one subscriber are marked: their positions are indexed by instrument and side, so a
 price change of an instrument costs O(its positions of subscribed accounts on the side
-that moved) and nothing at all when there are none.
+that moved) and nothing at all when there are none. A position of an account nobody has
+watched since it opened is kept as its ``Position`` alone: its mark (the frame's encoded
+prefix, its PnL line) is made when the account's first subscriber arrives, so an open
+nobody watches costs a dict entry, and the collector no object of the engine's own.
 
 A change of an instrument's best bid or ask price (quantities do not move PnL) marks the
 instrument dirty and asks the fan-out for a tick; the tick calls ``publish``, which marks
@@ -190,7 +193,11 @@ class _Account:
     subscribers: set[Subscriber] = field(default_factory=set)
     """The crowds holding the account's ``profit`` subscription."""
     marks: dict[str, _Mark] = field(default_factory=dict)
-    """Every open position of the account, by id."""
+    """The open positions of the account that have a mark, by id: all of them while the
+    account is watched."""
+    unwatched: dict[str, Position] = field(default_factory=dict)
+    """The open positions that opened while the account was not watched, by id: given a
+    mark when it is (so empty while it is watched)."""
     pending: dict[Topic, bytes] = field(default_factory=dict)
     """The messages not sent yet (latest per position), offered in one call when the
     account is flushed: at the end of the tick, or of the pass while it is held."""
@@ -252,7 +259,9 @@ class ProfitEngine:
     @property
     def positions(self) -> int:
         """Open positions known (watched or not)."""
-        return sum(len(account.marks) for account in self._accounts.values())
+        return sum(
+            len(account.marks) + len(account.unwatched) for account in self._accounts.values()
+        )
 
     @property
     def watched_positions(self) -> int:
@@ -263,13 +272,14 @@ class ProfitEngine:
 
     def position_opened(self, position: Position) -> None:
         """A position is open (committed): if its account is watched, mark it now and send
-        it with the next tick. O(1)."""
+        it with the next tick, else keep it for when it is. O(1)."""
         account = self._accounts.get(position.account)
         if account is None:
             account = self._accounts[position.account] = _Account(position.account)
-        mark = _Mark.of(position)
-        account.marks[position.id] = mark
-        if account.subscribers:
+        if not account.subscribers:
+            account.unwatched[position.id] = position
+        else:
+            mark = account.marks[position.id] = _Mark.of(position)
             self._mark_live(mark)
             self._index(mark, account)
             self._fresh.append((mark, account))
@@ -279,16 +289,19 @@ class ProfitEngine:
         """A position is closed (committed): its last frame is ``profit_closed``, sent with
         the next tick. O(1)."""
         account = self._accounts.get(position.account)
-        mark = None if account is None else account.marks.pop(position.id, None)
-        if account is None or mark is None:
+        if account is None:
             return
-        if account.subscribers:
+        mark = account.marks.pop(position.id, None)
+        if mark is not None and account.subscribers:
             self._unindex(mark, account)
             account.pending[mark.key] = _encode_closed(position, self._clock())
             self._count_encoded(1)
             self._touched.add(account)
             self._fanout.request_tick()
-        elif not account.marks:
+            return
+        if mark is None and account.unwatched.pop(position.id, None) is None:
+            return
+        if not account.marks and not account.unwatched:
             del self._accounts[position.account]
 
     # -- the fan-out's channel source -------------------------------------------------------
@@ -332,7 +345,7 @@ class ProfitEngine:
         self._marked.discard(account)
         self._due.pop(account, None)
         account.pending.clear()  # held messages too: nothing is offered to a crowd that left
-        if not account.marks:
+        if not account.marks and not account.unwatched:
             del self._accounts[key]
 
     def publish(self, tick: Tick) -> bool:
@@ -417,7 +430,9 @@ class ProfitEngine:
             assert account.name == name
             if account.pending:
                 assert account in waiting, f"{name}: pending messages that no flush will send"
+            assert account.marks.keys().isdisjoint(account.unwatched)
             if account.subscribers:
+                assert not account.unwatched, f"{name}: watched positions without a mark"
                 pnls = [mark.pnl for mark in account.marks.values()]
                 assert account.total == sum(pnl for pnl in pnls if pnl is not None)
                 assert account.unmarked == pnls.count(None)
@@ -481,8 +496,14 @@ class ProfitEngine:
             mark.at(snapshot.bid, snapshot.ask, snapshot.seq)
 
     def _watch(self, account: _Account) -> None:
-        """Mark and index every position of an account that just got its first subscriber."""
+        """Mark and index every position of an account that just got its first subscriber
+        (the positions that opened since it was last watched get their mark first)."""
         account.total, account.unmarked = 0, 0
+        if account.unwatched:
+            marks = account.marks
+            for position_id, position in account.unwatched.items():
+                marks[position_id] = _Mark.of(position)
+            account.unwatched = {}
         for mark in account.marks.values():
             self._mark_live(mark)
             self._index(mark, account)

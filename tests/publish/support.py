@@ -4,6 +4,7 @@ a running server on loopback, and the exact wire objects the server must send.""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -185,3 +186,24 @@ def book_depths(fanout: Fanout, instrument: str) -> list[int]:
     source = fanout.source(Channel.BOOK)
     assert isinstance(source, BookChannel)
     return source.depths(instrument)
+
+
+def tracked_by_type() -> dict[str, int]:
+    """How many objects the collector tracks, by type name, after a collection. A plain
+    dict of str to int, which the collector does not track: taking a count adds nothing
+    to the next one."""
+    gc.collect()
+    counts: dict[str, int] = {}
+    for tracked in gc.get_objects():
+        name = type(tracked).__qualname__
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def tracked_growth(before: dict[str, int], *, at_least: int) -> dict[str, int]:
+    """The types with at least ``at_least`` more tracked objects now than in ``before``,
+    and how many more: what grew with a test's thousand of something, not the odd object
+    the loop or the test runner made meanwhile."""
+    now = tracked_by_type()
+    growth = {name: count - before.get(name, 0) for name, count in now.items()}
+    return {name: grown for name, grown in growth.items() if grown >= at_least}
