@@ -72,6 +72,9 @@ MAX_POSITION_ID_CHARS = 64
 MAX_AMOUNT = 10**18 * SCALE
 """Quantities and prices must be below 10^18 (exclusive), in fixed-point units."""
 
+_SIDES = {side.value: side for side in PositionSide}
+"""Side text -> side: a dict hit where ``PositionSide(side)`` is a Python-level call."""
+
 Acknowledge = Callable[[Position], None]
 """Called synchronously with the position as stored, the moment its change committed."""
 
@@ -343,12 +346,11 @@ class PositionBook:
             raise RequestError(
                 ErrorCode.UNKNOWN_INSTRUMENT, f"unknown instrument {instrument[:64]!r}"
             )
-        try:
-            position_side = PositionSide(side)
-        except ValueError:
+        position_side = _SIDES.get(side)
+        if position_side is None:
             raise RequestError(
                 ErrorCode.INVALID_POSITION, f"side must be buy or sell, not {side[:16]!r}"
-            ) from None
+            )
         return Position(
             id=position_id,
             account=account,
