@@ -114,7 +114,11 @@ class _Change:
 
 
 _Waiting = tuple[float, _Change, PositionReply]
-"""A request's deadline (loop time), the change it waits for and its reply."""
+"""A request's deadline (loop time), the change it waits for and its reply. While it is
+in ``PositionBook._waiting`` its reply is one of the change's ``replies`` until the
+change is decided (then they are ``[]`` for good: a decided change takes no request)
+or the request times out (then it leaves at once): so the change's ``replies`` being
+empty says the request was answered, whatever a reply's ``__eq__`` says."""
 
 
 class PositionBook:
@@ -308,12 +312,15 @@ class PositionBook:
         assert deadlines == sorted(deadlines), "requests wait in the order they began"
         waiting_replies = {id(reply) for _, reply in waiting}
         for change, reply in waiting:
-            if reply in change.replies:
-                assert id(change) in changes, "a reply waits for a change that was decided"
+            held = [id(held) for held in change.replies]
+            if id(change) in changes:
+                assert id(reply) in held, "a request waits for a change without its reply"
+            else:
+                assert not held, "a decided change holds replies"
         for entry in self._entries.values():
             if isinstance(entry, _Change):
                 assert all(id(reply) in waiting_replies for reply in entry.replies)
-        assert not waiting or waiting[0][1] in waiting[0][0].replies, "answered at the front"
+        assert not waiting or waiting[0][0].replies, "an answered request at the front"
         assert self._timer is not None or not waiting, "requests wait with no timer armed"
 
     # -- internals ----------------------------------------------------------------------
@@ -385,10 +392,10 @@ class PositionBook:
         while waiting:
             deadline, change, reply = waiting[0]
             replies = change.replies
-            if reply in replies:
+            if replies:  # not answered (see _Waiting)
                 if deadline > now:
                     break
-                replies.remove(reply)
+                del replies[next(i for i, held in enumerate(replies) if held is reply)]
                 reply.refuse(
                     _unavailable(
                         f"the database did not confirm within {self._ack_timeout:g}s; the "
@@ -406,7 +413,7 @@ class PositionBook:
         requests they were the front of leave. O(requests leaving)."""
         replies, change.replies = change.replies, []
         waiting = self._waiting
-        while waiting and waiting[0][2] not in waiting[0][1].replies:
+        while waiting and not waiting[0][1].replies:  # answered (see _Waiting)
             waiting.popleft()
         return replies
 

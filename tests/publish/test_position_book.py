@@ -255,3 +255,19 @@ async def test_an_awaited_open_cancelled_before_its_commit_gets_no_ack() -> None
     assert book.positions("acct-1") == [expected("p-1", NOW)]  # the change still committed
     assert await book.open("acct-1", position_id="p-1", **ORDER) == expected("p-1", NOW)
     book._check()
+
+
+async def test_requests_are_told_apart_by_identity_not_by_their_replies_equality() -> None:
+    store = ManualStore()
+    book = new_book(store, ack_timeout=0.05)
+    first = submit_open(book, "p-1")
+    await asyncio.sleep(0.03)
+    retry = submit_open(book, "p-1")  # equal to ``first`` (both have heard nothing)
+    assert retry == first
+    await asyncio.sleep(0.04)  # past the first's deadline only
+    assert (len(first.refusals), retry.refusals) == (1, [])
+    book._check()
+    store.commit()
+    await settled()
+    assert (first.acks, retry.acks) == ([], [expected("p-1", NOW)])
+    book._check()
