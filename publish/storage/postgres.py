@@ -21,8 +21,10 @@ yield to the loop between them, so a large batch never blocks the loop for more 
 chunk.
 
 Commits of batches without positions do not wait for the WAL flush: the writer's
-connection has ``synchronous_commit=off`` and a batch holding positions turns it back on
-for its own transaction (``SET LOCAL``), so a position is on disk when its ack goes out.
+connection starts with ``synchronous_commit=off``, a batch holding positions turns it on
+for the session before its transaction and a batch without turns it off again (only when
+the kind of batch changes, so a run of position batches pays no round trip for it), so a
+position is on disk when its ack goes out.
 Market data and feed events are acknowledged to no one (and dropped anyway when the
 buffer overflows); a database crash can lose their last fraction of a second, never a
 half batch, and a commit no longer waits for an fsync that a busy disk can stretch to
@@ -260,6 +262,8 @@ class PostgresBackend:
         self._prune_pass: deque[tuple[str, str]] = deque()
         self._open = False
         self._writer = _Link(partial(self._connect_one, synchronous_commit="off"), self._timeout)
+        self._durable_writer: Any = None
+        """The writer's connection while its session has ``synchronous_commit`` on."""
         self._maintenance = _Link(
             partial(self._connect_one, synchronous_commit="off"), self._timeout
         )
@@ -450,10 +454,15 @@ class PostgresBackend:
 
     async def _write(self, conn: Any, batch: Batch) -> frozenset[int]:
         taken: frozenset[int] = frozenset()
+        # A batch holding positions is acknowledged on commit, so its commit waits for
+        # the WAL flush (see the module docstring). The setting is the session's, changed
+        # only when the kind of batch changes: a run of position batches costs no round
+        # trip for it. A new connection starts with it off.
+        durable = bool(batch.positions or batch.new_positions)
+        if durable != (self._durable_writer is conn):
+            await conn.execute(f"SET synchronous_commit TO {'on' if durable else 'off'}")
+            self._durable_writer = conn if durable else None
         async with conn.transaction():
-            if batch.positions or batch.new_positions:
-                # Acknowledged on commit: wait for the WAL flush (see the module docstring).
-                await conn.execute("SET LOCAL synchronous_commit TO on")
             if batch.bbo:
                 await conn.copy_to_table(
                     "bbo",

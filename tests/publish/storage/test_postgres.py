@@ -4,6 +4,7 @@ reconnecting after a lost connection, and timing out instead of hanging."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -98,6 +99,75 @@ async def test_bbo_and_feed_events_go_in_by_copy_positions_by_upsert(schema: str
         ("bbo", "ask_qty", "numeric"),
         ("positions", "qty", "numeric"),
         ("positions", "entry_px", "numeric"),
+    ]
+
+
+class CommitSettingConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A real connection that notes its ``SET synchronous_commit`` statements and the
+    setting each transaction runs (and so commits) with."""
+
+    sets: list[str]
+    commits: list[str]
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
+        if query.startswith("SET synchronous_commit"):
+            self.sets.append(query.rsplit(" ", 1)[1])
+        result: str = await super().execute(query, *args, **kwargs)
+        return result
+
+    def transaction(self, **kwargs: Any) -> Any:
+        connection, transaction = self, super().transaction(**kwargs)
+
+        class Noted:
+            async def __aenter__(self) -> None:
+                await transaction.__aenter__()
+                connection.commits.append(
+                    await connection.fetchval("SELECT current_setting('synchronous_commit')")
+                )
+
+            async def __aexit__(self, *exc: Any) -> None:
+                await transaction.__aexit__(*exc)
+
+        return Noted()
+
+
+async def test_only_batches_holding_positions_wait_for_the_wal_flush(schema: str) -> None:
+    sets: list[str] = []
+    commits: list[str] = []
+
+    async def connect(dsn: str, **kwargs: Any) -> CommitSettingConnection:
+        conn = await asyncpg.connect(dsn, connection_class=CommitSettingConnection, **kwargs)
+        conn.sets, conn.commits = sets, commits
+        return conn  # type: ignore[no-any-return]
+
+    backend = PostgresBackend(PG_DSN, schema=schema, connect=connect)
+    await backend.open()
+    commits.clear()  # the migration's
+    try:
+        await backend.write_batch(Batch(new_positions=[position("p-1")]))
+        await backend.write_batch(Batch(new_positions=[position("p-2")]))
+        await backend.write_batch(Batch(bbo=[bbo(1)]))
+        await backend.write_batch(Batch(bbo=[bbo(2)], feed_events=[feed_event(3)]))
+        await backend.write_batch(Batch(bbo=[bbo(4)], positions=[position("p-1", closed_ts=9)]))
+        assert await terminate_backend_connections(backend) == 1
+        for _ in range(2):
+            # The first write may find the connection gone, failing in whichever way the
+            # kill reached asyncpg (the flusher would retry it); the link then connects
+            # again, and the new session starts with the setting off.
+            with contextlib.suppress(Exception):
+                await backend.write_batch(Batch(new_positions=[position("p-3")]))
+    finally:
+        await backend.close()
+    commits_after_reconnect = commits[5:]
+    assert commits[:5] == ["on", "on", "off", "off", "on"]
+    assert commits_after_reconnect and set(commits_after_reconnect) == {"on"}
+    # The session's setting changes only when the kind of batch does, and once on the
+    # new connection: a run of position batches costs no round trip for it.
+    assert sets == ["on", "off", "on", "on"]
+    assert await pg_query(f'SELECT id, closed_ts FROM "{schema}".positions ORDER BY id') == [
+        ("p-1", 9),
+        ("p-2", None),
+        ("p-3", None),
     ]
 
 
