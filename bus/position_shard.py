@@ -10,11 +10,17 @@ renews the watch every ``bus.position_client.RENEW_EVERY`` seconds; so a watch o
 no edge by more than the lease, and a restarted shard learns every watch within one
 renewal.
 
-Everything the shard sends (answers, profit batches) goes through one queue drained by
-one task, in the order it was made: an op's answer is queued at its commit, before the
-profit engine hears of the position, so an edge gets the answer before the position's
-first profit frame. The shard trusts the account names edges send (edges authenticate
-clients); it only checks that the account is its own.
+An op is a call, not a task: it is submitted to the book (``PositionBook.submit_open``/
+``submit_close``) with a reply that queues its answer for the op's reply subject, from the
+commit, the refusal or the book's one ``ack_timeout`` timer. Everything the shard sends
+(answers, profit batches) goes through one queue drained by one task (nats-py's publish
+is a coroutine), in the order it was made: an op's answer is queued at its commit, before
+the profit engine hears of the position, so an edge gets the answer before the position's
+first profit frame. Once the shard is stopped, answers still to come are dropped (the
+change stays queued for storage; the edge's own timeout answers its client).
+
+The shard trusts the account names edges send (edges authenticate clients); it only
+checks that the account is its own.
 """
 
 from __future__ import annotations
@@ -194,11 +200,11 @@ class PositionShard:
         log.info("positions shard %d of %d serving", self.shard, self.shards)
 
     async def _on_op(self, msg: Msg) -> None:
-        group = self._group
-        if group is None or not msg.reply:
+        """Submit the op with a reply that queues its answer for ``msg.reply``: a call,
+        no task per op (the answer comes from the book's commit or timer). O(1)."""
+        if self._group is None or not msg.reply:
             return
-        arrived = time.monotonic_ns()
-        group.create_task(self._serve(msg.reply, msg.data, arrived), name="shard:op")
+        self._serve(msg.reply, msg.data, time.monotonic_ns())
 
     async def _on_watch(self, msg: Msg) -> None:
         try:
@@ -231,49 +237,48 @@ class PositionShard:
 
     # -- ops ----------------------------------------------------------------------------
 
-    async def _serve(self, reply: str, payload: bytes, arrived: int) -> None:
+    def _serve(self, reply: str, payload: bytes, arrived: int) -> None:
         self.counters.ops += 1
+        answer = _OpReply(self, reply, arrived)
         try:
             op = decode_op(payload)
         except DecodeError as exc:
             self.counters.bad_requests += 1
-            self._refuse(reply, RequestError(ErrorCode.BAD_REQUEST, str(exc)), arrived)
+            answer.refuse(RequestError(ErrorCode.BAD_REQUEST, str(exc)))
             return
         owner = shard_of(op.account, self.shards)
         if owner != self.shard:
             self.counters.wrong_shard += 1
-            self._refuse(
-                reply,
+            answer.refuse(
                 RequestError(
                     ErrorCode.STORAGE_UNAVAILABLE,
                     f"storage unavailable: the account belongs to shard {owner}, not "
                     f"{self.shard}: [bus].shards differs between nodes",
-                ),
-                arrived,
+                )
             )
             return
+        if isinstance(op, CloseOp):
+            self.book.submit_close(op.account, op.position_id, reply=answer)
+        else:
+            self.book.submit_open(
+                op.account,
+                position_id=op.position_id,
+                instrument=op.instrument,
+                side=op.side,
+                qty=op.qty,
+                price=op.price,
+                reply=answer,
+            )
 
-        def acknowledge(position: Position) -> None:
-            self.counters.acks += 1
-            self._send(reply, encode_position(position), arrived)
-
-        try:
-            if isinstance(op, CloseOp):
-                await self.book.close(op.account, op.position_id, acknowledge=acknowledge)
-            else:
-                await self.book.open(
-                    op.account,
-                    position_id=op.position_id,
-                    instrument=op.instrument,
-                    side=op.side,
-                    qty=op.qty,
-                    price=op.price,
-                    acknowledge=acknowledge,
-                )
-        except RequestError as refusal:
-            self._refuse(reply, refusal, arrived)
+    def _acknowledge(self, reply: str, position: Position, arrived: int) -> None:
+        if self._group is None:  # stopped: an op in flight then gets no answer
+            return
+        self.counters.acks += 1
+        self._send(reply, encode_position(position), arrived)
 
     def _refuse(self, reply: str, refusal: RequestError, arrived: int) -> None:
+        if self._group is None:
+            return
         self.counters.refusals += 1
         self._send(reply, encode_refusal(refusal), arrived)
 
@@ -315,6 +320,25 @@ class PositionShard:
                 if arrived and on_answered is not None:
                     on_answered(time.monotonic_ns() - arrived)
             raise_swallowed_cancellation()
+
+
+class _OpReply:
+    """The ``PositionReply`` of one op from the bus: its answer is queued for the op's
+    reply subject (sent by the shard's one sender, in order)."""
+
+    __slots__ = ("_shard", "_subject", "_arrived")
+
+    def __init__(self, shard: PositionShard, subject: str, arrived: int) -> None:
+        self._shard = shard
+        self._subject = subject
+        self._arrived = arrived
+        """The monotonic ns the op came in (the ``position_op`` stage starts there)."""
+
+    def acknowledge(self, position: Position) -> None:
+        self._shard._acknowledge(self._subject, position, self._arrived)
+
+    def refuse(self, refusal: RequestError) -> None:
+        self._shard._refuse(self._subject, refusal, self._arrived)
 
 
 class ShardStore:

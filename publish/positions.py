@@ -21,7 +21,7 @@ request's ``ack_timeout`` passes. The timeouts of all requests share one timer: 
 in the order they began (one ``ack_timeout`` each), so one deque ordered by deadline and
 a timer for its head replace a timeout and a shielded wait per request. ``open``/
 ``close`` are the same ops awaited (a future per request), for callers that run a task
-per request anyway (a positions shard, tests).
+per request anyway (tests).
 
 Validation, each refusal a ``RequestError`` with a stable code:
 
