@@ -22,8 +22,8 @@ from publish.fanout import Fanout
 from publish.profit import ProfitEngine
 from publish.protocol import ErrorCode
 from tests.cluster_positions.cluster import PREFIX, _run_all, _stop
+from tests.publish.manual_store import NOW, ManualStore, expected, new_book
 from tests.publish.support import BTC, new_registry
-from tests.publish.test_position_book import NOW, ManualStore, expected, new_book
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,0 +1,71 @@
+"""A position book on a store the test commits by hand, shared by the book's tests and
+the positions shard's."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+
+from book.fixed import parse_fixed
+from publish.catalog import RegistryCatalog
+from publish.position import Position, PositionSide
+from publish.positions import PositionBook
+from publish.storage.flusher import InsertOutcome, StorageHealth
+from tests.publish.support import BTC, new_registry
+
+NOW = 1_796_256_000 * 10**9
+"""The book's clock starts here and counts one ns per reading."""
+
+
+@dataclass
+class ManualStore:
+    """A ``PositionStore`` whose writes commit when the test says so."""
+
+    health: StorageHealth = StorageHealth.HEALTHY
+    inserts: list[tuple[Position, asyncio.Future[InsertOutcome]]] = field(default_factory=list)
+    writes: list[tuple[Position, asyncio.Future[None]]] = field(default_factory=list)
+
+    def insert(self, position: Position) -> asyncio.Future[InsertOutcome]:
+        future: asyncio.Future[InsertOutcome] = asyncio.get_running_loop().create_future()
+        self.inserts.append((position, future))
+        return future
+
+    def write(self, position: Position) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.writes.append((position, future))
+        return future
+
+    async def load_open(self) -> list[Position]:
+        return []
+
+    def commit(self, outcome: InsertOutcome = InsertOutcome.WRITTEN) -> None:
+        """Commit every write queued so far (new positions with ``outcome``)."""
+        inserts, self.inserts = self.inserts, []
+        writes, self.writes = self.writes, []
+        for _, inserted in inserts:
+            inserted.set_result(outcome)
+        for _, written in writes:
+            written.set_result(None)
+
+
+def new_book(store: ManualStore, **settings: float) -> PositionBook:
+    return PositionBook(
+        RegistryCatalog(new_registry()),
+        store,
+        clock=itertools.count(NOW).__next__,
+        **settings,  # type: ignore[arg-type]
+    )
+
+
+def expected(position_id: str, opened_ts: int, closed_ts: int | None = None) -> Position:
+    return Position(
+        id=position_id,
+        account="acct-1",
+        instrument=BTC,
+        side=PositionSide.BUY,
+        qty=parse_fixed("0.5"),
+        entry_price=parse_fixed("43000.1"),
+        opened_ts=opened_ts,
+        closed_ts=closed_ts,
+    )
