@@ -56,8 +56,6 @@ RECLAIM_CHECK_SECONDS = 1.0
 class HeapCounts:
     """What the keeper has done since ``start``."""
 
-    frozen: int = 0
-    """Objects in the permanent generation now."""
     full_passes: int = 0
     """The collector's own full passes whose survivors were frozen."""
     reclaims: int = 0
@@ -83,7 +81,7 @@ class HeapKeeper:
 
     @property
     def counts(self) -> HeapCounts:
-        self._counts.frozen = gc.get_freeze_count()
+        """What the keeper has done (the frozen objects now: ``gc.get_freeze_count()``)."""
         return self._counts
 
     @property

@@ -1,12 +1,11 @@
 """An edge's way to the positions shards: the ``PositionService`` and the ``ProfitFeed``
 of an edge, over the bus.
 
-``ShardClient.open``/``close`` send the op to the shard owning the account
-(``bus.positions.shard_of``) by request/reply and return its answer: the position as
-stored once the shard committed it (``acknowledge`` is called then), or the shard's
-refusal with the same ``RequestError`` code as one process. ``submit_open``/
-``submit_close`` (the ``PositionService`` of the edge's sessions) run the same in a task
-of the client's own and give the answer to the op's reply. No answer within
+``ShardClient.submit_open``/``submit_close`` (the ``PositionService`` of the edge's
+sessions) send the op to the shard owning the account (``bus.positions.shard_of``) by
+request/reply, in a task of the client's own, and give the op's reply the shard's
+answer: the position as stored once the shard committed it, or the shard's refusal
+with the same ``RequestError`` code as one process. No answer within
 ``ack_timeout`` (the shard is down, slow, or the bus is) is ``storage_unavailable``:
 the op may have committed or may still commit, and sending the very same op again (the
 same position id) gets the same acknowledgement, as in one process.
@@ -151,33 +150,7 @@ class ShardClient:
         except RequestError as refusal:
             reply.refuse(refusal)
 
-    async def open(
-        self,
-        account: str,
-        *,
-        position_id: str,
-        instrument: str,
-        side: str,
-        qty: str,
-        price: str,
-        acknowledge: Acknowledge | None = None,
-    ) -> Position:
-        op = OpenOp(
-            account=account,
-            position_id=position_id,
-            instrument=instrument,
-            side=side,
-            qty=qty,
-            price=price,
-        )
-        return await self._send(op, acknowledge)
-
-    async def close(
-        self, account: str, position_id: str, *, acknowledge: Acknowledge | None = None
-    ) -> Position:
-        return await self._send(CloseOp(account=account, position_id=position_id), acknowledge)
-
-    async def _send(self, op: PositionOp, acknowledge: Acknowledge | None) -> Position:
+    async def _send(self, op: PositionOp, acknowledge: Acknowledge) -> Position:
         waiting = self._answering.setdefault(op.account, {})
         waiting[op.position_id] = waiting.get(op.position_id, 0) + 1
         try:
@@ -192,7 +165,7 @@ class ShardClient:
                     del self._answering[op.account]
             self._release(op.account)
 
-    async def _ask(self, op: PositionOp, acknowledge: Acknowledge | None) -> Position:
+    async def _ask(self, op: PositionOp, acknowledge: Acknowledge) -> Position:
         self.counters.ops += 1
         shard = shard_of(op.account, self.shards)
         try:
@@ -214,8 +187,7 @@ class ShardClient:
             self.counters.refusals += 1
             raise answer
         self.counters.acks += 1
-        if acknowledge is not None:
-            acknowledge(answer)
+        acknowledge(answer)
         return answer
 
     # -- ProfitFeed -----------------------------------------------------------------------
