@@ -20,9 +20,9 @@ the bench starts on a free loopback port, one connection (``bus.link.BusLink``) 
 up through every run of both contenders, and a subscriber in another process on the
 book and status subjects, so NATS really delivers (its count is reported).
 
-One frame per loop turn is the worst case: the publisher flushes at most once a
-millisecond while busy (``bus.ingest.FLUSH_INTERVAL``), so it conflates only what
-arrived within that millisecond; larger chunks also let it conflate what one turn
+One frame per loop turn is the worst case: once its burst of flushes is spent, the
+publisher flushes once a millisecond while busy (``bus.ingest.FlushBudget``), so it
+conflates only what arrived within that millisecond; larger chunks also let it conflate what one turn
 produced, as when frames arrive in a burst. Contenders run ``repeat`` times,
 interleaved, each pair in the other order than the pair before (so neither always
 runs first); the best run counts.

@@ -24,7 +24,7 @@ from bus.codec import (
     encode_book,
 )
 from bus.edge import BusEdge
-from bus.ingest import FLUSH_INTERVAL, BusPublisher
+from bus.ingest import FLUSH_BURST, FLUSH_INTERVAL, BusPublisher
 from bus.link import BusLink
 from bus.natsserver import NatsServer
 from bus.subjects import Subjects
@@ -206,13 +206,13 @@ async def test_a_lone_snapshot_after_a_quiet_spell_goes_out_on_the_next_loop_ite
         assert publisher.counters.published == published + 1
 
 
-async def test_a_burst_within_one_flush_interval_is_at_most_two_messages(
+async def test_a_burst_costs_the_flush_budget_s_burst_and_one_message_more(
     nats_server: NatsServer,
 ) -> None:
     # One snapshot per loop turn, as a live websocket feed hands them over: the first
-    # goes out at once (the feed was quiet), the rest conflate into one message sent when
-    # the interval has passed. The interval is long so that no stall of a loaded machine
-    # spreads the burst over two of them.
+    # FLUSH_BURST go out at once (the feed was quiet), the rest conflate into one message
+    # sent when the budget has earned a flush again. The interval is long so that no
+    # stall of a loaded machine spreads the burst over two of them.
     burst, interval = 50, 1.0
     async with (
         ingest(nats_server.url, flush_interval=interval) as source,
@@ -232,7 +232,7 @@ async def test_a_burst_within_one_flush_interval_is_at_most_two_messages(
         try:
             await raw.subscribe(Subjects(PREFIX).book(BTC), cb=keep)
             await raw.flush()
-            await asyncio.sleep(interval * 1.1)  # quiet since the state's flush
+            await asyncio.sleep(interval * 1.1)  # quiet: the budget is full again
             for seq in range(1, burst + 1):
                 publisher.publish(book(BTC, seq, 100 + seq))
                 await asyncio.sleep(0)
@@ -243,9 +243,10 @@ async def test_a_burst_within_one_flush_interval_is_at_most_two_messages(
             )
         finally:
             await raw.close()
-        assert [message.snapshot.seq for message in on_the_bus] == [1, burst]
-        assert sink.seqs[BTC] == [1, burst]
-        assert publisher.counters.published == 1 + 2  # the state, then the burst's two
+        at_once = list(range(1, FLUSH_BURST + 1))
+        assert [message.snapshot.seq for message in on_the_bus] == [*at_once, burst]
+        assert sink.seqs[BTC] == [*at_once, burst]
+        assert publisher.counters.published == 1 + FLUSH_BURST + 1
         assert sink.edge.follower.counters.gaps == 0
 
 
