@@ -22,8 +22,8 @@ book and status subjects, so NATS really delivers (its count is reported).
 
 One frame per loop turn is the worst case: once its burst of flushes is spent, the
 publisher flushes once a millisecond while busy (``bus.ingest.FlushBudget``), so it
-conflates only what arrived within that millisecond; larger chunks also let it conflate what one turn
-produced, as when frames arrive in a burst. Contenders run ``repeat`` times,
+conflates only what arrived within that millisecond; larger chunks also let it conflate
+what one turn produced, as when frames arrive in a burst. Contenders run ``repeat`` times,
 interleaved, each pair in the other order than the pair before (so neither always
 runs first); the best run counts.
 
