@@ -3,13 +3,18 @@
 
 They are operator routes (``publish.http.Access.OPERATOR``): open unless ``[auth]``
 says otherwise; the dashboard also takes its token as ``?token=`` and sends it on to
-``/stats`` as a bearer token."""
+``/stats`` as a bearer token.
+
+What ``publish`` cannot see of the process (the heap keeper of ``app.heap``) comes in
+through the constructor: Prometheus ``collectors`` for ``/metrics`` and ``sections``,
+more top-level keys of ``/stats``, each read at request time."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from importlib import resources
+from typing import Any
 
 from prometheus_client.registry import Collector
 from websockets.http11 import Response
@@ -32,8 +37,11 @@ class MetricsPages:
         role: str = "all",
         gauges: Sequence[ExtraGauge] = (),
         collectors: Iterable[Collector] = (),
+        sections: Mapping[str, Callable[[], Any]] = {},
     ) -> None:
+        """``sections``: key of ``/stats`` -> what reads its value (JSON-serialisable)."""
         self._metrics = metrics
+        self._sections = dict(sections)
         self._exporter = PrometheusExporter(
             metrics, role=role, gauges=gauges, collectors=collectors
         )
@@ -47,10 +55,12 @@ class MetricsPages:
         return http_response(HTTPStatus.OK, self._exporter.render(), CONTENT_TYPE)
 
     def stats(self, request: HttpRequest) -> Response:
-        """All of ``Metrics.stats``; ``since`` that is not a number counts as 0."""
+        """All of ``Metrics.stats`` and the ``sections``; ``since`` that is not a number
+        counts as 0."""
         given = request.query.get("since", ["0"])[-1]
         since = int(given) if given.isascii() and given.isdigit() else 0
-        return json_response(HTTPStatus.OK, self._metrics.stats_json(since=since))
+        body = self._metrics.stats_json(since=since, sections=self._sections)
+        return json_response(HTTPStatus.OK, body)
 
     def dashboard(self, request: HttpRequest) -> Response:
         return http_response(HTTPStatus.OK, DASHBOARD_HTML, "text/html; charset=utf-8")

@@ -343,8 +343,14 @@ class Metrics:
             "history": [point for point in self.history if point["ts"] > since],
         }
 
-    def stats_json(self, *, since: int = 0) -> bytes:
-        return orjson.dumps(self.stats(since=since))
+    def stats_json(
+        self, *, since: int = 0, sections: Mapping[str, Callable[[], Any]] = {}
+    ) -> bytes:
+        """``stats`` as JSON, with a key for each of ``sections`` holding what its
+        callable returns now (what ``publish`` does not see: ``app``'s heap keeper)."""
+        stats = self.stats(since=since)
+        stats.update((name, read()) for name, read in sections.items())
+        return orjson.dumps(stats)
 
 
 def int_fields(counters: Any) -> dict[str, int]:
