@@ -4,7 +4,8 @@ positions shard install the same metrics routes and health checks through it.
 
 ``/health`` has a ``node`` entry (its ``role`` and, on a bus node, ``bus``: the link's
 state and the role's own counters); ``/metrics`` has the role as a label of
-``marketcast_build_info`` and the bus as ``marketcast_bus_*``.
+``marketcast_build_info`` and the bus as ``marketcast_bus_*``; given the process's heap
+keeper, /stats has its ``heap`` and /metrics its ``marketcast_heap_*`` (``app.heapstate``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from app.auth import auth_policy
+from app.heap import HeapKeeper
+from app.heapstate import HeapCollector, heap_facts
 from app.settings import Settings
 from app.storage import storage_gauges, storage_health
 from book.registry import BookRegistry
@@ -217,13 +220,20 @@ def install_node_pages(
     *,
     storage: tuple[StorageBackend, StorageFlusher] | None = None,
     collectors: Iterable[Collector] = (),
+    heap: HeapKeeper | None = None,
 ) -> None:
     """Add a node's /metrics, /stats and /dashboard (``MetricsPages``) and its /health
     checks to ``routes``: ``node`` (role and bus) and, for a node that stores,
-    ``storage`` (backend, health, pending rows) with its gauges on /metrics."""
+    ``storage`` (backend, health, pending rows) with its gauges on /metrics; ``heap``
+    (the process's keeper, when it has one) on /stats and /metrics."""
     gauges = [] if storage is None else storage_gauges(storage[0])
+    families = [*node.collectors(), *collectors]
+    sections: dict[str, Callable[[], object]] = {}
+    if heap is not None:
+        families.append(HeapCollector(heap))
+        sections["heap"] = partial(heap_facts, heap)
     MetricsPages(
-        metrics, role=node.role, gauges=gauges, collectors=[*node.collectors(), *collectors]
+        metrics, role=node.role, gauges=gauges, collectors=families, sections=sections
     ).install(routes)
     routes.add_health_check("node", node.health)
     if storage is not None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
+from app.heap import HeapKeeper
 from app.nodestate import NodeState, edge_state, install_node_pages, node_server
 from app.preflight import check_before_start
 from app.settings import Settings, StorageSettings
@@ -106,10 +107,12 @@ async def serve_shard(
     place: BusPlace | None = None,
     *,
     on_ready: Callable[[RunningShard], None] | None = None,
+    heap: HeapKeeper | None = None,
 ) -> None:
     """Run positions shard ``place.shard`` (default: ``[bus]``'s) until cancelled; then
     drain its storage. Its HTTP (``[server].host``/``port``) serves /health, /metrics,
-    /stats and /dashboard as every node's does, no websockets."""
+    /stats and /dashboard as every node's does (with ``heap``, the process's heap keeper),
+    no websockets."""
     if place is None:
         place = BusPlace.of(settings)
     registry = BookRegistry()
@@ -171,6 +174,7 @@ async def serve_shard(
                 node,
                 storage=(backend, flusher),
                 collectors=[ShardCollector(shard)],
+                heap=heap,
             )
             server.routes.add_health_check("positions", partial(shard_health, shard))
             async with asyncio.TaskGroup() as group:

@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from app.heap import HeapKeeper
 from app.nodestate import NodeState, edge_state, ingest_state, install_node_pages, node_server
 from app.positions_role import BusPlace, edge_positions
 from app.preflight import check_bus_credentials, check_port_free, check_secret_file
@@ -83,9 +84,13 @@ class EdgeServer:
 
 
 async def serve_edge(
-    settings: Settings, *, on_ready: Callable[[EdgeServer], None] | None = None
+    settings: Settings,
+    *,
+    on_ready: Callable[[EdgeServer], None] | None = None,
+    heap: HeapKeeper | None = None,
 ) -> None:
-    """Run an edge until cancelled: the bus in, websocket and HTTP clients out."""
+    """Run an edge until cancelled: the bus in, websocket and HTTP clients out. ``heap``:
+    the process's heap keeper, shown on /stats and /metrics."""
     registry = BookRegistry(nbbo_seq_base=seq_base())  # an edge consolidates on its own
     recorder = LatencyRecorder()
     registry.on_snapshot(recorder.on_snapshot)
@@ -114,7 +119,7 @@ async def serve_edge(
     async with node_server(
         settings, registry, fanout, reuse_port=True, positions=positions.service
     ) as server:
-        install_node_pages(server.routes, metrics, node)
+        install_node_pages(server.routes, metrics, node, heap=heap)
         async with asyncio.TaskGroup() as group:
             group.create_task(link.run(), name="bus:link")
             group.create_task(edge.run(), name="bus:edge")

@@ -23,6 +23,7 @@ from functools import partial
 from typing import Any
 
 from app.admin import FeedAdmin
+from app.heap import HeapKeeper
 from app.instruments import declare_halted, learn_instruments, rest_budget
 from app.nodestate import NodeState, install_node_pages, node_server
 from app.refresh import MetadataRefresher
@@ -83,9 +84,13 @@ class RunningServer:
 
 
 async def serve(
-    settings: Settings, *, on_ready: Callable[[RunningServer], None] | None = None
+    settings: Settings,
+    *,
+    on_ready: Callable[[RunningServer], None] | None = None,
+    heap: HeapKeeper | None = None,
 ) -> None:
-    """Run the whole server until cancelled; on cancellation, drain storage and return."""
+    """Run the whole server until cancelled; on cancellation, drain storage and return.
+    ``heap``: the process's heap keeper, shown on /stats and /metrics."""
     start = seq_base()
     registry = BookRegistry(nbbo_seq_base=start)
     recorder = LatencyRecorder()
@@ -198,7 +203,7 @@ async def serve(
                     admin=admin,
                 )
             )
-            install_node_pages(server.routes, metrics, node, storage=(backend, flusher))
+            install_node_pages(server.routes, metrics, node, storage=(backend, flusher), heap=heap)
             if isinstance(backend, BboHistoryReader):
                 HistoryRoute(registry, backend, clock=fanout.clock).install(server.routes)
             metrics.add_feeds(runners)

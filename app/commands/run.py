@@ -69,13 +69,13 @@ def _run(args: argparse.Namespace) -> int:
     server: Coroutine[Any, Any, None]
     if settings.node.role == "edge":
         check_edge_before_start(settings)
-        server = serve_edge(settings, on_ready=_announce(ready, _edge_banner))
+        server = serve_edge(settings, on_ready=_announce(ready, _edge_banner), heap=heap)
     elif settings.node.role == "positions":
         check_shard_before_start(settings)
-        server = serve_shard(settings, on_ready=_announce(ready, _shard_banner))
+        server = serve_shard(settings, on_ready=_announce(ready, _shard_banner), heap=heap)
     else:
         check_before_start(settings)
-        server = serve(settings, on_ready=_announce(ready, _banner))
+        server = serve(settings, on_ready=_announce(ready, _banner), heap=heap)
     raise_open_file_limit()
     try:
         return run_until_signalled(exit_with_parent(server))
