@@ -222,6 +222,10 @@ RequestParser = Callable[[RequestId, dict[str, Any]], Request]
 """Builds one op's request from the decoded frame (``id`` already checked)."""
 
 
+_ID_TYPES = (int, str)
+"""What a request ``id`` may be (a tuple: ``int | str`` would build a union per call)."""
+
+
 def parse_request(raw: str | bytes) -> Request:
     """One received frame -> a typed request; ``RequestError`` for anything else. O(len)."""
     try:
@@ -232,7 +236,7 @@ def parse_request(raw: str | bytes) -> Request:
         raise RequestError(ErrorCode.BAD_REQUEST, "a request must be a JSON object")
     request_id = obj.get("id")
     if request_id is not None and (
-        not isinstance(request_id, int | str) or isinstance(request_id, bool)
+        not isinstance(request_id, _ID_TYPES) or isinstance(request_id, bool)
     ):
         raise RequestError(ErrorCode.BAD_REQUEST, "id must be an integer or a string")
     op = obj.get("op")
@@ -255,26 +259,37 @@ def _parse_auth(request_id: RequestId, obj: dict[str, Any]) -> AuthRequest:
     return AuthRequest(request_id, token)
 
 
+_POSITION_OPEN_FIELDS = ("id", "instrument", "side", "qty", "price")
+"""The fields of ``position.open``'s ``position``, in the order they are checked."""
+
+
 def _parse_position_open(request_id: RequestId, obj: dict[str, Any]) -> PositionOpenRequest:
     position = obj.get("position")
     if not isinstance(position, dict):
         raise RequestError(ErrorCode.BAD_REQUEST, "position must be an object", request_id)
-    fields = {}
-    for name in ("id", "instrument", "side", "qty", "price"):
-        value = position.get(name)
-        if not isinstance(value, str):
-            # Amounts as JSON numbers would arrive as binary floats: refused, not rounded.
-            raise RequestError(
-                ErrorCode.BAD_REQUEST, f"position.{name} must be a string", request_id
-            )
-        fields[name] = value
+    fields = tuple(map(position.get, _POSITION_OPEN_FIELDS))
+    position_id, instrument, side, qty, price = fields
+    if not (
+        isinstance(position_id, str)
+        and isinstance(instrument, str)
+        and isinstance(side, str)
+        and isinstance(qty, str)
+        and isinstance(price, str)
+    ):
+        # Amounts as JSON numbers would arrive as binary floats: refused, not rounded.
+        name = next(
+            name
+            for name, value in zip(_POSITION_OPEN_FIELDS, fields, strict=True)
+            if not isinstance(value, str)
+        )
+        raise RequestError(ErrorCode.BAD_REQUEST, f"position.{name} must be a string", request_id)
     return PositionOpenRequest(
         request_id,
-        position_id=fields["id"],
-        instrument=fields["instrument"],
-        side=fields["side"],
-        qty=fields["qty"],
-        price=fields["price"],
+        position_id=position_id,
+        instrument=instrument,
+        side=side,
+        qty=qty,
+        price=price,
     )
 
 
@@ -485,12 +500,12 @@ def encode_position_ack(request_id: RequestId, op: Op, position: Position) -> by
         {
             "type": "ack",
             "id": request_id,
-            "op": op.value,
+            "op": op,  # str enums: orjson writes their text, as .value (a Python call) is
             "position": {
                 "id": position.id,
                 "account": position.account,
                 "instrument": position.instrument,
-                "side": position.side.value,
+                "side": position.side,
                 "qty": format_fixed(position.qty),
                 "price": format_fixed(position.entry_price),
                 "opened_ts": position.opened_ts,

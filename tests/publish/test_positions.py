@@ -115,6 +115,9 @@ def not_decimal(name: str, text: str) -> str:
         ({"qty": 0.5}, "bad_request", "position.qty must be a string"),
         ({"price": 43000}, "bad_request", "position.price must be a string"),
         ({"side": None}, "bad_request", "position.side must be a string"),
+        # Several wrong: the first in the order id, instrument, side, qty, price.
+        ({"price": 1, "qty": 2, "side": 3}, "bad_request", "position.side must be a string"),
+        ({"price": 1, "id": 2}, "bad_request", "position.id must be a string"),
     ],
 )
 async def test_invalid_positions_are_refused_with_stable_codes(
