@@ -44,6 +44,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from enum import StrEnum
 from functools import cache, partial
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -628,7 +629,7 @@ def _insert_new_positions_sync(conn: sqlite3.Connection, rows: list[PositionRow]
     inserted: set[PositionKey] = set()
     for start in range(0, len(rows), _KEYS_PER_STATEMENT):
         chunk = rows[start : start + _KEYS_PER_STATEMENT]
-        params = [value for row in chunk for value in _position_params(row)]
+        params = list(chain.from_iterable(map(_position_params, chunk)))
         inserted.update(conn.execute(_insert_new_positions(len(chunk)), params).fetchall())
     stored: dict[PositionKey, PositionRow | None] = {}
     unsettled = unsettled_keys(rows, inserted)

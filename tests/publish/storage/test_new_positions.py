@@ -27,7 +27,7 @@ from publish.storage import (
     StorageError,
     StorageFlusher,
 )
-from publish.storage.backend import taken_new_positions
+from publish.storage.backend import taken_new_positions, unsettled_keys
 from publish.storage.sqlite import _position_params
 from tests.postgres import PG_DSN, pg_query
 from tests.publish.storage.books import NOW, ORDER, book_on, refused_as_duplicate
@@ -90,6 +90,17 @@ def test_a_key_neither_inserted_nor_found_fails_the_batch() -> None:
     # Rolled back and retried rather than acknowledged unwritten or refused unchecked.
     with pytest.raises(StorageError, match="neither inserted nor found"):
         taken_new_positions([position("p-1"), position("p-1")], set(), {})
+
+
+def test_a_key_given_twice_is_unsettled_even_when_it_went_in() -> None:
+    # As many keys inserted as distinct keys, fewer than rows: the stored row decides.
+    new = [position("p-1"), position("p-2"), replace(position("p-1"), qty=7)]
+    inserted = {("acct-1", "p-1"), ("acct-1", "p-2")}
+    assert unsettled_keys(new, inserted) == [("acct-1", "p-1")]
+    assert unsettled_keys(new[:2], inserted) == []
+    stored = {("acct-1", "p-1"): new[0]}
+    assert taken_new_positions(new, inserted, stored) == frozenset({2})
+    assert taken_new_positions(new[:2], inserted, {}) == frozenset()
 
 
 @asynccontextmanager
