@@ -14,6 +14,11 @@ from book.registry import BookRegistry
 
 
 class InstrumentCatalog(Protocol):
+    def carries(self, instrument: str) -> bool:
+        """Whether the server carries ``instrument`` (one key: the position book's
+        question, asked for every open)."""
+        ...
+
     def unknown_instruments(self, instruments: Iterable[str]) -> list[str]:
         """Those of ``instruments`` the server does not carry, in order."""
         ...
@@ -29,6 +34,9 @@ class RegistryCatalog:
 
     def __init__(self, registry: BookRegistry) -> None:
         self._registry = registry
+
+    def carries(self, instrument: str) -> bool:
+        return self._registry.status(instrument) is not None
 
     def unknown_instruments(self, instruments: Iterable[str]) -> list[str]:
         registry = self._registry

@@ -349,7 +349,7 @@ class PositionBook:
                 ErrorCode.INVALID_POSITION,
                 f"position id must be 1 to {MAX_POSITION_ID_CHARS} printable characters",
             )
-        if self._catalog.unknown_instruments((instrument,)):
+        if not self._catalog.carries(instrument):
             raise RequestError(
                 ErrorCode.UNKNOWN_INSTRUMENT, f"unknown instrument {instrument[:64]!r}"
             )

@@ -401,8 +401,11 @@ async def test_sessions_with_the_same_subscriptions_share_one_write_per_tick() -
 class OnlyBtc:
     """A catalog that carries BTC alone, whatever the registry holds."""
 
+    def carries(self, instrument: str) -> bool:
+        return instrument == BTC
+
     def unknown_instruments(self, instruments: Iterable[str]) -> list[str]:
-        return [instrument for instrument in instruments if instrument != BTC]
+        return [instrument for instrument in instruments if not self.carries(instrument)]
 
     def unknown_symbols(self, symbols: Iterable[str]) -> list[str]:
         return list(symbols)
