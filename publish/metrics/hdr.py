@@ -245,8 +245,9 @@ class Histogram:
         and ``total``. O(buckets / 256) at C speed plus O(non-empty buckets of the
         interval and of the one leaving the window); ``window`` is summarized when read."""
         counts = self._counts
-        self._counts = [0] * len(counts)
         sparse = _sparse(counts)
+        for index, _ in sparse:  # zeroed in place: a new list of every bucket each second
+            counts[index] = 0  # would be young, so walked by every collection for a while
         window = self._window
         recent = self._recent
         changed = bool(sparse)
