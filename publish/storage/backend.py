@@ -7,8 +7,9 @@ PostgreSQL ``COPY``s the append-only tables, both inside one transaction per bat
 
 New positions are inserted only where their ``(account, id)`` is free, and the check is
 part of that same transaction: one insert per batch that skips the taken ids (stored
-positions, open or closed, and archived ids) and returns what went in. Only when
-something was skipped does the backend read the stored rows of those keys (one query),
+positions, open or closed, and archived ids) and says what went in (PostgreSQL returns
+the keys, SQLite counts them). Only when something was skipped does the backend read the
+stored rows of the keys it cannot tell went in (one query),
 and ``taken_new_positions`` (shared by both backends) decides: a stored row identical to
 the new one is that very position, written by an earlier attempt of the same batch that
 committed but was reported failed, so it counts as written; anything else holds the id.
@@ -139,9 +140,10 @@ def unsettled_keys(
     """The keys of ``new`` whose rows the insert alone does not settle: not ``inserted``,
     or given more than once (then the stored row says which one went in). O(len(new)).
 
-    ``inserted`` holds keys of ``new`` only (what the insert of ``new`` returned), so as
-    many as rows means every row went in under a key of its own: none to settle, found
-    without a pass over the rows (a batch of opens with fresh ids, the usual one)."""
+    ``inserted`` holds keys of ``new`` only (those the insert of ``new`` is known to have
+    put in: every one it put in, or fewer), so as many as rows means every row went in
+    under a key of its own: none to settle, found without a pass over the rows (a batch
+    of opens with fresh ids, the usual one)."""
     if len(inserted) == len(new):
         return []
     counts = Counter((row.account, row.id) for row in new)
