@@ -39,7 +39,7 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from enum import StrEnum
@@ -162,10 +162,18 @@ below SQLite's limit); a batch rarely holds more than a few."""
 
 
 @cache
-def _insert_new_positions(rows: int) -> str:
+def _insert_new_positions(rows: int, *, all_open: bool) -> str:
     """``INSERT`` of ``rows`` new positions, skipping taken ids (a stored position, or an
-    archived id); its ``rowcount`` says how many went in. A handful of sizes."""
-    values = "(" + ", ".join("?" * _POSITION_FIELDS) + ")"
+    archived id); its ``rowcount`` says how many went in. A handful of sizes.
+
+    ``all_open``: every row's ``closed_ts`` is ``None`` (an open's always is), so the
+    statement writes ``NULL`` itself and takes the other columns only: a ``None``
+    parameter costs ``sqlite3`` a failed adapter lookup (~3,000 instructions)."""
+    values = (
+        "(" + ", ".join("?" * (_POSITION_FIELDS - 1)) + ", NULL)"
+        if all_open
+        else "(" + ", ".join("?" * _POSITION_FIELDS) + ")"
+    )
     return (
         f"INSERT INTO positions ({_POSITION_COLUMNS})"
         " SELECT * FROM (VALUES " + ", ".join([values] * rows) + ") AS new"
@@ -635,8 +643,13 @@ def _insert_new_positions_sync(conn: sqlite3.Connection, rows: list[PositionRow]
     inserted: set[PositionKey] = set()
     for start in range(0, len(rows), _KEYS_PER_STATEMENT):
         chunk = rows[start : start + _KEYS_PER_STATEMENT]
-        params = list(chain.from_iterable(map(_position_params, chunk)))
-        if conn.execute(_insert_new_positions(len(chunk)), params).rowcount == len(chunk):
+        all_open = all(row.closed_ts is None for row in chunk)
+        row_params: Iterable[tuple[int | str | None, ...]] = map(_position_params, chunk)
+        if all_open:  # closed_ts, the last, is the statement's NULL
+            row_params = (values[:-1] for values in row_params)
+        params = list(chain.from_iterable(row_params))
+        insert = _insert_new_positions(len(chunk), all_open=all_open)
+        if conn.execute(insert, params).rowcount == len(chunk):
             inserted.update((row.account, row.id) for row in chunk)
     stored: dict[PositionKey, PositionRow | None] = {}
     unsettled = unsettled_keys(rows, inserted)

@@ -86,6 +86,13 @@ async def test_new_positions_beyond_one_statement_are_all_checked(backend: Stora
     assert len(await backend.load_open_positions()) == 199
 
 
+async def test_a_new_position_keeps_its_closed_ts(backend: StorageBackend) -> None:
+    # Opens are new positions with no closed_ts; one that has it is stored with it.
+    new = [position("p-1"), position("p-2", closed_ts=CLOSED_TS)]
+    assert await backend.write_batch(Batch(new_positions=new)) == frozenset()
+    assert await open_rows(backend) == [("acct-1", "p-1", position().qty)]
+
+
 def test_a_key_neither_inserted_nor_found_fails_the_batch() -> None:
     # Rolled back and retried rather than acknowledged unwritten or refused unchecked.
     with pytest.raises(StorageError, match="neither inserted nor found"):
