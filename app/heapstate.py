@@ -1,8 +1,11 @@
 """What the heap keeper (``app.heap``) shows of itself on /stats (``heap``) and /metrics
-(``marketcast_heap_*``): the objects frozen now, the collector's full passes whose
-survivors it froze, its reclaims, the unreachable frozen objects they freed and how long
-the last one held the loop. A frozen count that keeps growing between reclaims while the
-node holds no more is a leak; a long last reclaim is a pause every client felt.
+(``marketcast_heap_*``): the heap's size now (allocated blocks) and the size at which
+the next reclaim is due, the objects frozen at the last settle (start or reclaim), the
+collector's full passes whose survivors it froze, its reclaims, the unreachable frozen
+objects they freed and how long the last one held the loop. Reclaims that keep coming
+while the node holds no more, or frozen objects that keep growing from one reclaim to
+the next, are a leak; a long last reclaim is a pause every client felt. Reading these
+costs no walk of the heap (the frozen count is the one taken at the last settle).
 
 A node has them once ``marketcast run`` gives it its keeper; a node built without one
 (tests, embedding) has neither the ``heap`` key nor the families.
@@ -10,7 +13,7 @@ A node has them once ``marketcast run`` gives it its keeper; a node built withou
 
 from __future__ import annotations
 
-import gc
+import sys
 from collections.abc import Iterator
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,6 +22,11 @@ from prometheus_client.registry import Collector
 from app.heap import HeapKeeper
 
 PREFIX = "marketcast_heap"
+GAUGES = {
+    "allocated_blocks": "The interpreter's small-object blocks in use: the heap's size",
+    "reclaim_at_blocks": "The heap's size (allocated blocks) at which a reclaim is due",
+    "frozen_objects": "Objects frozen out of the collector's passes at the last settle",
+}
 COUNTERS = {
     "full_passes": "The collector's full passes whose survivors the heap keeper froze",
     "reclaims": "Reclaims: frozen objects unfrozen, collected and frozen again",
@@ -27,11 +35,14 @@ COUNTERS = {
 
 
 def heap_facts(keeper: HeapKeeper) -> dict[str, int | float]:
-    """The ``heap`` object of /stats: ``frozen_objects`` (now), the ``COUNTERS`` since
-    the keeper started and ``last_reclaim_ms`` (0 before the first reclaim)."""
+    """The ``heap`` object of /stats: ``allocated_blocks`` (now), ``reclaim_at_blocks``,
+    ``frozen_objects`` (at the last settle), the ``COUNTERS`` since the keeper started and
+    ``last_reclaim_ms`` (0 before the first reclaim)."""
     counts = keeper.counts
     return {
-        "frozen_objects": gc.get_freeze_count(),
+        "allocated_blocks": sys.getallocatedblocks(),
+        "reclaim_at_blocks": counts.reclaim_at_blocks,
+        "frozen_objects": counts.settled_frozen,
         "full_passes": counts.full_passes,
         "reclaims": counts.reclaims,
         "reclaimed_objects": counts.reclaimed,
@@ -47,11 +58,10 @@ class HeapCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         facts = heap_facts(self._keeper)
-        frozen = GaugeMetricFamily(
-            f"{PREFIX}_frozen_objects", "Objects frozen out of the collector's passes (now)"
-        )
-        frozen.add_metric([], facts["frozen_objects"])
-        yield frozen
+        for name, help_text in GAUGES.items():
+            gauge = GaugeMetricFamily(f"{PREFIX}_{name}", help_text)
+            gauge.add_metric([], facts[name])
+            yield gauge
         for name, help_text in COUNTERS.items():
             counter = CounterMetricFamily(f"{PREFIX}_{name}", help_text)
             counter.add_metric([], facts[name])

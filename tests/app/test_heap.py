@@ -11,7 +11,7 @@ import sys
 import pytest
 
 PRELUDE = """
-import asyncio, gc, weakref
+import asyncio, gc, sys, weakref
 import app.heap
 from app.heap import FULL_PASS_THRESHOLD, HeapKeeper
 
@@ -69,9 +69,14 @@ del held
 gc.collect()
 assert gone() is not None, "a frozen object was collected without a reclaim"
 
+walks = []
+freeze_count = gc.get_freeze_count
+gc.get_freeze_count = lambda: walks.append(1) or freeze_count()
 assert not keeper.reclaim_due
-kept = [Node() for _ in range(gc.get_freeze_count())]
-gc.collect()  # a full pass: kept is frozen, the frozen generation has doubled
+assert not walks, "looking at the heap's size walked the frozen generation"
+gc.get_freeze_count = freeze_count
+kept = [Node() for _ in range(sys.getallocatedblocks())]
+gc.collect()  # a full pass: kept is frozen, the heap has doubled
 assert keeper.reclaim_due
 
 app.heap.RECLAIM_CHECK_SECONDS = 0.01

@@ -37,8 +37,18 @@ id = "binance"
 symbols = ["BTC-USDT"]
 simulate = true
 """
-STATS_KEYS = {"frozen_objects", "full_passes", "reclaims", "reclaimed_objects", "last_reclaim_ms"}
+STATS_KEYS = {
+    "allocated_blocks",
+    "reclaim_at_blocks",
+    "frozen_objects",
+    "full_passes",
+    "reclaims",
+    "reclaimed_objects",
+    "last_reclaim_ms",
+}
 FAMILIES = {
+    "marketcast_heap_allocated_blocks": "gauge",
+    "marketcast_heap_reclaim_at_blocks": "gauge",
     "marketcast_heap_frozen_objects": "gauge",
     "marketcast_heap_full_passes": "counter",
     "marketcast_heap_reclaims": "counter",
@@ -121,6 +131,8 @@ async def test_every_role_of_marketcast_run_shows_its_heap_keeper(tmp_path: Path
         assert f'role="{role}"' in metrics.split("marketcast_build_info{")[1].split("}")[0]
         assert heap_families(metrics) == FAMILIES, role
         assert samples(metrics)["marketcast_heap_frozen_objects"] > 0, role
+        blocks = samples(metrics)["marketcast_heap_allocated_blocks"]
+        assert 0 < blocks < samples(metrics)["marketcast_heap_reclaim_at_blocks"], role
         assert set(stats["heap"]) == STATS_KEYS, role
         assert stats["heap"]["frozen_objects"] > 0, role
 
