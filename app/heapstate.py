@@ -16,10 +16,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from app.heap import HeapKeeper
+from publish.metrics.prometheus import fact_families
 
 PREFIX = "marketcast_heap"
 GAUGES = {
@@ -57,15 +58,7 @@ class HeapCollector(Collector):
         self._keeper = keeper
 
     def collect(self) -> Iterator[Metric]:
-        facts = heap_facts(self._keeper)
-        for name, help_text in GAUGES.items():
-            gauge = GaugeMetricFamily(f"{PREFIX}_{name}", help_text)
-            gauge.add_metric([], facts[name])
-            yield gauge
-        for name, help_text in COUNTERS.items():
-            counter = CounterMetricFamily(f"{PREFIX}_{name}", help_text)
-            counter.add_metric([], facts[name])
-            yield counter
+        yield from fact_families(PREFIX, GAUGES, COUNTERS, heap_facts(self._keeper))
         last = GaugeMetricFamily(
             f"{PREFIX}_last_reclaim_seconds",
             "How long the last reclaim held the event loop (0 before the first)",

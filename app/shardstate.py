@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from bus.position_shard import PositionShard
+from publish.metrics.prometheus import fact_families
 
 PREFIX = "marketcast_positions"
 GAUGES = {
@@ -62,12 +63,4 @@ class ShardCollector(Collector):
         self._shard = shard
 
     def collect(self) -> Iterator[Metric]:
-        facts = shard_facts(self._shard)
-        for name, help_text in GAUGES.items():
-            gauge = GaugeMetricFamily(f"{PREFIX}_{name}", help_text)
-            gauge.add_metric([], facts[name])
-            yield gauge
-        for name, help_text in COUNTERS.items():
-            counter = CounterMetricFamily(f"{PREFIX}_{name}", help_text)
-            counter.add_metric([], facts[name])
-            yield counter
+        yield from fact_families(PREFIX, GAUGES, COUNTERS, shard_facts(self._shard))

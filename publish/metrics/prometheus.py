@@ -25,7 +25,7 @@ buckets), the quantiles precomputed by the tick.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -76,6 +76,24 @@ class ExtraGauge:
     name: str
     help: str
     read: Callable[[], float]
+
+
+def fact_families(
+    prefix: str,
+    gauges: Mapping[str, str],
+    counters: Mapping[str, str],
+    facts: Mapping[str, float],
+) -> Iterator[Metric]:
+    """One unlabelled family per fact: ``<prefix>_<name>`` gauges, then counters (each
+    name -> its help), every value read from ``facts`` (the same names as on /stats)."""
+    for name, help_text in gauges.items():
+        gauge = GaugeMetricFamily(f"{prefix}_{name}", help_text)
+        gauge.add_metric([], facts[name])
+        yield gauge
+    for name, help_text in counters.items():
+        counter = CounterMetricFamily(f"{prefix}_{name}", help_text)
+        counter.add_metric([], facts[name])
+        yield counter
 
 
 FANOUT_GAUGES = frozenset({"clients"})

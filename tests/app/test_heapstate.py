@@ -23,6 +23,7 @@ from app.runtime import serve
 from bus.natsserver import NatsServer, free_port
 from tests.app.heap_node import GARBAGE
 from tests.app.test_end_to_end import demo_settings
+from tests.metrics_pages import unlabelled_samples
 from tests.waiting import within
 
 pytestmark = pytest.mark.timeout(120)
@@ -55,16 +56,6 @@ FAMILIES = {
     "marketcast_heap_reclaimed_objects": "counter",
     "marketcast_heap_last_reclaim_seconds": "gauge",
 }
-
-
-def samples(text: str) -> dict[str, float]:
-    """Every unlabelled sample of a /metrics page (it parses), by name."""
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }
 
 
 def heap_families(text: str) -> dict[str, str]:
@@ -130,9 +121,10 @@ async def test_every_role_of_marketcast_run_shows_its_heap_keeper(tmp_path: Path
     for role, (metrics, stats) in pages.items():
         assert f'role="{role}"' in metrics.split("marketcast_build_info{")[1].split("}")[0]
         assert heap_families(metrics) == FAMILIES, role
-        assert samples(metrics)["marketcast_heap_frozen_objects"] > 0, role
-        blocks = samples(metrics)["marketcast_heap_allocated_blocks"]
-        assert 0 < blocks < samples(metrics)["marketcast_heap_reclaim_at_blocks"], role
+        values = unlabelled_samples(metrics)
+        assert values["marketcast_heap_frozen_objects"] > 0, role
+        blocks = values["marketcast_heap_allocated_blocks"]
+        assert 0 < blocks < values["marketcast_heap_reclaim_at_blocks"], role
         assert set(stats["heap"]) == STATS_KEYS, role
         assert stats["heap"]["frozen_objects"] > 0, role
 
@@ -150,7 +142,9 @@ def test_a_reclaim_moves_the_counts_on_both_pages(tmp_path: Path) -> None:
     before, after = pages["before"], pages["after"]
     for page in (before, after):
         assert heap_families(page["metrics"]) == FAMILIES
-    values = {moment: samples(pages[moment]["metrics"]) for moment in ("before", "after")}
+    values = {
+        moment: unlabelled_samples(pages[moment]["metrics"]) for moment in ("before", "after")
+    }
     assert values["before"]["marketcast_heap_reclaims_total"] == 0
     assert values["before"]["marketcast_heap_reclaimed_objects_total"] == 0
     assert values["before"]["marketcast_heap_last_reclaim_seconds"] == 0

@@ -26,20 +26,11 @@ from tests.cluster_positions.cluster import (
     sqlite,
     start_shard,
 )
+from tests.metrics_pages import unlabelled_samples
 from tests.publish.support import receive, send
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def samples(text: str) -> dict[str, float]:
-    """Every unlabelled sample of a /metrics page, by name."""
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }
 
 
 def build_role(text: str) -> str:
@@ -98,7 +89,7 @@ async def test_a_shard_serves_health_and_metrics_with_its_positions_bus_and_stor
     assert health["storage"]["health"] == "healthy"
     assert health["storage"]["pending_rows"] == 0
     assert build_role(metrics) == "positions"
-    values = samples(metrics)
+    values = unlabelled_samples(metrics)
     assert values["marketcast_positions_shard"] == 1
     assert values["marketcast_positions_shards"] == 2
     assert values["marketcast_positions_open"] == 1
