@@ -7,8 +7,8 @@ and wake the publisher task. That task encodes each pending value once and publi
 it: books first, then states (the order the feeds use: a new book, then ``live``).
 It flushes on the event-loop iteration after the changes while its flush budget
 (``FlushBudget``) allows: up to ``FLUSH_BURST`` flushes back to back, refilled at one
-per ``FLUSH_INTERVAL``. A feed that changes less often than that (1,000 changes/s over
-any number of instruments) sees every change go out at once; a busy feed, one frame per
+per ``FLUSH_INTERVAL``. Feeds whose loop turns with changes come less often than that
+on average (under 1,000 a second) see every change go out at once; a busy feed, one frame per
 loop turn, exhausts the budget, and then the task sleeps until a flush is earned again
 (one timer at a time) while everything that arrives meanwhile conflates into that
 flush: a burst costs one flush (and one task step) per interval rather than one per
