@@ -39,8 +39,7 @@ class RegistryCatalog:
         return self._registry.status(instrument) is not None
 
     def unknown_instruments(self, instruments: Iterable[str]) -> list[str]:
-        registry = self._registry
-        return [instrument for instrument in instruments if registry.status(instrument) is None]
+        return [instrument for instrument in instruments if not self.carries(instrument)]
 
     def unknown_symbols(self, symbols: Iterable[str]) -> list[str]:
         known = set(self._registry.symbols())
