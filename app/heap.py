@@ -26,12 +26,22 @@ meanwhile waited (p99 ack 44-63 ms against 4.5 ms p50).
   unreachable frozen objects is thus bounded by the live heap, and the long passes come
   once per doubling instead of once per quarter.
 
-The heap's size is ``sys.getallocatedblocks()``: the interpreter's small-object blocks
-in use, a walk of its arenas (0.2 ms at 5 million blocks on that VM). Not the frozen
-generation's size: ``gc.get_freeze_count()`` walks every frozen object (25 ms at 2
-million on CPython 3.11), and looking once a second held the loop that long every
-second, in every server with a large heap. The frozen count is read only where a whole
-pass is made anyway: at ``start`` and after each reclaim.
+The heap has grown when both of its sizes have: the objects the collector tracks (what
+a pass walks, and what can be cyclic garbage) and the memory they and their untracked
+contents take. Either alone is wrong for a trading server. An open position is several
+small-object blocks but 1 tracked object, so memory alone doubles first and calls a pass
+that frees nothing (in the order-entry server at about 25,000 positions, 60-100 ms; the
+objects double at about 50,000). Tracked objects are counted as they are
+frozen, cheaply but not less those that die by reference counting afterwards (a closed
+position), so under steady churn that count alone keeps rising while nothing leaks.
+Frozen cyclic garbage grows both.
+
+- The memory is ``sys.getallocatedblocks()``: the interpreter's small-object blocks in
+  use, a walk of its arenas (0.2 ms at 5 million blocks on that VM).
+- The tracked objects are counted once, at a settle (``gc.get_freeze_count()``, a walk
+  of every frozen object: 25 ms at 2 million on CPython 3.11, so never on a timer), and
+  then summed as each full pass's survivors are frozen (``gc.get_objects()`` then holds
+  just them: a list as long as the pass that made it walked).
 
 Everything here is process-wide; ``start`` once per process, once its startup garbage is
 gone.
@@ -54,8 +64,8 @@ FULL_PASS_THRESHOLD = 1
 survivors of each full pass frozen, a full pass walks what the last two young passes
 kept (at most ~14,000 objects with the default thresholds), a few ms."""
 RECLAIM_GROWTH = 2.0
-"""Reclaim when the heap (allocated blocks) reaches this multiple of its size after the
-last reclaim (or the first settle)."""
+"""Reclaim when the heap (its allocated blocks and its frozen objects) reaches this
+multiple of its size after the last reclaim (or the first settle)."""
 RECLAIM_CHECK_SECONDS = 1.0
 """How often ``run`` looks at the heap's size (one ``sys.getallocatedblocks()``)."""
 
@@ -72,10 +82,15 @@ class HeapCounts:
     last_reclaim_ms: float = 0.0
     settled_frozen: int = 0
     """Objects frozen by the last settle (``start`` or the last reclaim)."""
+    frozen: int = 0
+    """``settled_frozen`` plus every full pass's survivors frozen since: an upper bound of
+    the frozen objects (those freed since by reference counting are still in it)."""
     settled_blocks: int = 0
     """The heap's allocated blocks after the last settle."""
     reclaim_at_blocks: int = 0
-    """The heap's size (allocated blocks) at which the next reclaim is due."""
+    """The allocated blocks from which the next reclaim is due."""
+    reclaim_at_frozen: int = 0
+    """The frozen objects (``frozen``) from which the next reclaim is due."""
 
 
 class HeapKeeper:
@@ -99,9 +114,12 @@ class HeapKeeper:
 
     @property
     def reclaim_due(self) -> bool:
+        """Both the frozen objects and the allocated blocks have grown to their mark."""
+        counts = self._counts
         return (
             self._thresholds is not None
-            and sys.getallocatedblocks() >= self._counts.reclaim_at_blocks
+            and counts.frozen >= counts.reclaim_at_frozen
+            and sys.getallocatedblocks() >= counts.reclaim_at_blocks
         )
 
     def start(self) -> int:
@@ -156,6 +174,8 @@ class HeapKeeper:
             self._busy = False
         counts = self._counts
         counts.settled_frozen = gc.get_freeze_count()  # a walk, but so was the collect
+        counts.frozen = counts.settled_frozen
+        counts.reclaim_at_frozen = max(int(counts.settled_frozen * self._growth), 1)
         counts.settled_blocks = sys.getallocatedblocks()
         counts.reclaim_at_blocks = max(int(counts.settled_blocks * self._growth), 1)
         return collected
@@ -164,5 +184,7 @@ class HeapKeeper:
         # The collector's own full pass is over: what is left is reachable, or garbage
         # the collector cannot free; either way the next full pass need not walk it.
         if phase == "stop" and info["generation"] == 2 and not self._busy:
+            survivors = len(gc.get_objects())  # the generations hold just them now
             gc.freeze()
+            self._counts.frozen += survivors
             self._counts.full_passes += 1

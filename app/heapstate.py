@@ -1,11 +1,11 @@
 """What the heap keeper (``app.heap``) shows of itself on /stats (``heap``) and /metrics
-(``marketcast_heap_*``): the heap's size now (allocated blocks) and the size at which
-the next reclaim is due, the objects frozen at the last settle (start or reclaim), the
+(``marketcast_heap_*``): the heap's two sizes (allocated blocks now, frozen objects as
+the keeper counts them) and the marks both must reach for the next reclaim, the
 collector's full passes whose survivors it froze, its reclaims, the unreachable frozen
 objects they freed and how long the last one held the loop. Reclaims that keep coming
 while the node holds no more, or frozen objects that keep growing from one reclaim to
 the next, are a leak; a long last reclaim is a pause every client felt. Reading these
-costs no walk of the heap (the frozen count is the one taken at the last settle).
+costs no walk of the heap.
 
 A node has them once ``marketcast run`` gives it its keeper; a node built without one
 (tests, embedding) has neither the ``heap`` key nor the families.
@@ -25,8 +25,9 @@ from publish.metrics.prometheus import fact_families
 PREFIX = "marketcast_heap"
 GAUGES = {
     "allocated_blocks": "The interpreter's small-object blocks in use: the heap's size",
-    "reclaim_at_blocks": "The heap's size (allocated blocks) at which a reclaim is due",
-    "frozen_objects": "Objects frozen out of the collector's passes at the last settle",
+    "reclaim_at_blocks": "The allocated blocks from which a reclaim is due (with frozen)",
+    "frozen_objects": "Objects frozen out of the collector's passes (those dead since too)",
+    "reclaim_at_frozen": "The frozen objects from which a reclaim is due (with blocks)",
 }
 COUNTERS = {
     "full_passes": "The collector's full passes whose survivors the heap keeper froze",
@@ -36,14 +37,15 @@ COUNTERS = {
 
 
 def heap_facts(keeper: HeapKeeper) -> dict[str, int | float]:
-    """The ``heap`` object of /stats: ``allocated_blocks`` (now), ``reclaim_at_blocks``,
-    ``frozen_objects`` (at the last settle), the ``COUNTERS`` since the keeper started and
-    ``last_reclaim_ms`` (0 before the first reclaim)."""
+    """The ``heap`` object of /stats: the ``GAUGES`` (allocated blocks now), the
+    ``COUNTERS`` since the keeper started and ``last_reclaim_ms`` (0 before the first
+    reclaim)."""
     counts = keeper.counts
     return {
         "allocated_blocks": sys.getallocatedblocks(),
         "reclaim_at_blocks": counts.reclaim_at_blocks,
-        "frozen_objects": counts.settled_frozen,
+        "frozen_objects": counts.frozen,
+        "reclaim_at_frozen": counts.reclaim_at_frozen,
         "full_passes": counts.full_passes,
         "reclaims": counts.reclaims,
         "reclaimed_objects": counts.reclaimed,

@@ -42,6 +42,7 @@ STATS_KEYS = {
     "allocated_blocks",
     "reclaim_at_blocks",
     "frozen_objects",
+    "reclaim_at_frozen",
     "full_passes",
     "reclaims",
     "reclaimed_objects",
@@ -51,6 +52,7 @@ FAMILIES = {
     "marketcast_heap_allocated_blocks": "gauge",
     "marketcast_heap_reclaim_at_blocks": "gauge",
     "marketcast_heap_frozen_objects": "gauge",
+    "marketcast_heap_reclaim_at_frozen": "gauge",
     "marketcast_heap_full_passes": "counter",
     "marketcast_heap_reclaims": "counter",
     "marketcast_heap_reclaimed_objects": "counter",
@@ -122,7 +124,8 @@ async def test_every_role_of_marketcast_run_shows_its_heap_keeper(tmp_path: Path
         assert f'role="{role}"' in metrics.split("marketcast_build_info{")[1].split("}")[0]
         assert heap_families(metrics) == FAMILIES, role
         values = unlabelled_samples(metrics)
-        assert values["marketcast_heap_frozen_objects"] > 0, role
+        frozen = values["marketcast_heap_frozen_objects"]
+        assert 0 < frozen < values["marketcast_heap_reclaim_at_frozen"], role
         blocks = values["marketcast_heap_allocated_blocks"]
         assert 0 < blocks < values["marketcast_heap_reclaim_at_blocks"], role
         assert set(stats["heap"]) == STATS_KEYS, role
