@@ -70,3 +70,18 @@ def test_fanout_measures_both_servers_in_both_modes_with_repeated_steps() -> Non
             )
             assert target.measured == (0 if row[2] == "none" else int(row[2].replace(",", "")))
             assert target.required == (0 if row[3] == "none" else int(row[3].replace(",", "")))
+
+
+def test_the_latency_limit_grows_with_subscribers_past_a_thousand() -> None:
+    # One change is written to every subscriber in turn on one core: past 1,000 the
+    # limit grows with them, so 5,000 subscribers are judged on the server, not the count.
+    from bench.fanout import criteria_for
+
+    assert [criteria_for(n).p99_limit_ms for n in (5, 100, 1_000, 2_000, 5_000)] == [
+        20.0,
+        20.0,
+        20.0,
+        40.0,
+        100.0,
+    ]
+    assert {criteria_for(n).share for n in (5, 5_000)} == {0.95}
