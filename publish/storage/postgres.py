@@ -2,12 +2,14 @@
 
 The same logical schema as SQLite, in one PostgreSQL schema (``public`` unless told),
 with prices and quantities in ``NUMERIC`` columns: exact, never floats. One batch is
-one transaction: ``bbo`` rows go in with ``COPY``, new positions with one
-``INSERT ... ON CONFLICT DO NOTHING RETURNING`` from arrays (``unnest``) that skips taken
-and archived ids, changed positions are upserted, feed events go in with binary ``COPY``
-(``copy_records_to_table``). Another session inserting the same new id at the same time
-makes that insert wait for its commit and then skip the row, so the following read of
-the skipped keys (only when there are any) sees the row that took the id.
+one transaction (a batch of new positions only, as in order entry and on a positions
+shard, is its one ``INSERT``, which commits alone): ``bbo`` rows go in with ``COPY``,
+new positions with one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` from arrays
+(``unnest``) that skips taken and archived ids, changed positions are upserted, feed
+events go in with binary ``COPY`` (``copy_records_to_table``). Another session inserting
+the same new id at the same time makes that insert wait for its commit and then skip the
+row, so the following read of the skipped keys (only when there are any) sees the row
+that took the id.
 
 ``bbo`` is copied in the text format, formatted here: asyncpg's binary ``NUMERIC``
 encoder wants a ``Decimal`` per value, and building four of them per row then encoding
@@ -51,6 +53,7 @@ retries) and never a half-written batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
@@ -462,6 +465,8 @@ class PostgresBackend:
         if durable != (self._durable_writer is conn):
             await conn.execute(f"SET synchronous_commit TO {'on' if durable else 'off'}")
             self._durable_writer = conn if durable else None
+        if batch.new_positions and not (batch.bbo or batch.positions or batch.feed_events):
+            return await self._insert_alone(conn, batch.new_positions)
         async with conn.transaction():
             if batch.bbo:
                 await conn.copy_to_table(
@@ -485,6 +490,27 @@ class PostgresBackend:
                     records=[_feed_event_record(row) for row in batch.feed_events],
                 )
         return taken
+
+    async def _insert_alone(self, conn: Any, rows: list[PositionRow]) -> frozenset[int]:
+        """``_insert_new`` as a statement of its own, without ``BEGIN`` and ``COMMIT``: a
+        batch of new positions only (order entry's, a positions shard's) is one round
+        trip instead of three (on the benchmark VM, 12 rows: p50 0.67 against 0.97 ms,
+        p99 1.1 against 1.5 ms). The insert is atomic alone, and the read of skipped
+        keys that may follow saw other sessions' commits inside the transaction too (read
+        committed); if that read fails, the retry finds the rows the insert stored and
+        says ``WRITTEN`` for them, as for any batch retried after its commit.
+
+        A statement cut short by the link's timeout gets a cancel request from asyncpg;
+        the link drops the connection next, and a session dropped before the request
+        reached the server would stay waiting on its locks. Awaiting the connection once
+        more waits for that request (a transaction's rollback does the same)."""
+        try:
+            return await self._insert_new(conn, rows)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._timeout):
+                    await conn.execute("SELECT 1")
+            raise
 
     async def _insert_new(self, conn: Any, rows: list[PositionRow]) -> frozenset[int]:
         """Insert ``rows`` where their ids are free (in the caller's transaction); the

@@ -16,6 +16,7 @@ from book.fixed import to_decimal
 from publish.storage import (
     BackendClosedError,
     Batch,
+    InsertOutcome,
     SchemaVersionError,
     StorageFlusher,
     StorageHealth,
@@ -104,7 +105,8 @@ async def test_bbo_and_feed_events_go_in_by_copy_positions_by_upsert(schema: str
 
 class CommitSettingConnection(asyncpg.Connection):  # type: ignore[misc]
     """A real connection that notes its ``SET synchronous_commit`` statements and the
-    setting each transaction runs (and so commits) with."""
+    setting each transaction, or each ``fetch`` run alone (a batch of new positions
+    only), runs (and so commits) with."""
 
     sets: list[str]
     commits: list[str]
@@ -114,6 +116,11 @@ class CommitSettingConnection(asyncpg.Connection):  # type: ignore[misc]
             self.sets.append(query.rsplit(" ", 1)[1])
         result: str = await super().execute(query, *args, **kwargs)
         return result
+
+    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        if not self.is_in_transaction():
+            self.commits.append(await self.fetchval("SELECT current_setting('synchronous_commit')"))
+        return await super().fetch(query, *args, **kwargs)
 
     def transaction(self, **kwargs: Any) -> Any:
         connection, transaction = self, super().transaction(**kwargs)
@@ -279,3 +286,32 @@ async def test_an_unreachable_database_fails_open_within_the_timeout(schema: str
 def test_invalid_settings_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         partial(PostgresBackend, PG_DSN)(**kwargs)
+
+
+async def test_a_batch_of_new_positions_that_hangs_times_out_and_is_retried(
+    schema: str,
+) -> None:
+    backend = PostgresBackend(PG_DSN, schema=schema, timeout_ms=200)
+    await backend.open()
+    recording = RecordingBackend(backend)
+    flusher = StorageFlusher(recording, window_ms=1, retry_initial_ms=1, retry_max_ms=10)
+    locker = await asyncpg.connect(PG_DSN)
+    try:
+        async with running(flusher):
+            locker_tx = locker.transaction()
+            await locker_tx.start()
+            await locker.execute(f'LOCK TABLE "{schema}".positions IN ACCESS EXCLUSIVE MODE')
+            ack = flusher.add_new_position(position())
+            await recording.wait_for(lambda: len(recording.failed) >= 3)
+            assert not ack.done()
+            assert await pg_query(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                backend.application_name,
+            ) in ([(0,)], [(1,)])
+            await locker_tx.rollback()
+            assert await ack is InsertOutcome.WRITTEN
+    finally:
+        await locker.close()
+        await backend.close()
+    assert recording.committed == [Batch(new_positions=[position()])]
+    assert await pg_query(f'SELECT id, account FROM "{schema}".positions') == [("p-1", "acct-1")]
