@@ -37,8 +37,8 @@ def test_cluster_measures_the_single_process_and_the_edges_side_by_side() -> Non
     assert [target.what.split(":")[0] for target in result.targets] == [
         "bus hop, 4 subscribers, 100 changes/s",
         "bus hop, 4 subscribers",
-        "ingest -> NATS -> 1 edge, 4 subscribers",
-        "ingest -> NATS -> 2 edges, 4 subscribers",
+        "ingest -> NATS -> 1 edge, 4 subscribers, 100 changes/s",
+        "ingest -> NATS -> 2 edges, 4 subscribers, 100 changes/s",
     ]
 
 
@@ -79,8 +79,19 @@ def test_cpu_per_delivery_is_judged_only_where_the_subscribers_kept_up() -> None
 
     judged = report({10: kept_up, 100: kept_up}, options)
     assert [t.what for t in judged.targets if "CPU per delivery" in t.what] == [
-        "ingest -> NATS -> 1 edge, 100 subscribers: edge CPU per delivery vs the single process's"
+        "ingest -> NATS -> 1 edge, 100 subscribers, 50 changes/s: edge CPU per delivery vs "
+        "the single process's"
     ]
     not_judged = report({10: kept_up, 100: fell_behind}, options)
     assert not [t for t in not_judged.targets if "CPU per delivery" in t.what]
     assert any("not judged" in note and "3%" in note for note in not_judged.notes)
+
+
+def test_cpu_per_delivery_is_measured_at_a_rate_the_subscribers_can_read() -> None:
+    # The hop at the smaller count, at the full rate; the largest count (where CPU per
+    # delivery is judged) at one its subscriber process reads, not a flood.
+    options = ClusterOptions.full()
+    assert options.subscribers == (100, 1000)
+    assert [options.rate_at(n) for n in options.subscribers] == [1000.0, 50.0]
+    alone = ClusterOptions(subscribers=(4,), rate=100.0)
+    assert alone.rate_at(4) == 100.0
