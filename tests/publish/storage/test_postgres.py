@@ -231,7 +231,14 @@ async def test_a_lost_connection_is_replaced(schema: str) -> None:
     ]
 
 
-async def test_a_write_that_hangs_times_out_and_is_retried(schema: str) -> None:
+@pytest.mark.parametrize(
+    "new",
+    [False, True],
+    # A batch of new positions only is one statement without a transaction: its timeout
+    # must still stop its server session from waiting on the lock.
+    ids=["changed-position-in-a-transaction", "new-position-alone"],
+)
+async def test_a_write_that_hangs_times_out_and_is_retried(schema: str, new: bool) -> None:
     backend = PostgresBackend(PG_DSN, schema=schema, timeout_ms=200)
     await backend.open()
     recording = RecordingBackend(backend)
@@ -243,8 +250,8 @@ async def test_a_write_that_hangs_times_out_and_is_retried(schema: str) -> None:
             locker_tx = locker.transaction()
             await locker_tx.start()
             await locker.execute(f'LOCK TABLE "{schema}".positions IN ACCESS EXCLUSIVE MODE')
-            ack = flusher.add_position(position())
-            await recording.wait_for(lambda: len(recording.failed) >= 2)
+            ack = (flusher.add_new_position if new else flusher.add_position)(position())
+            await recording.wait_for(lambda: len(recording.failed) >= 3)
             assert flusher.health is StorageHealth.DEGRADED
             assert not ack.done()
             # Each timed-out write dropped its connection instead of leaving it waiting.
@@ -253,12 +260,13 @@ async def test_a_write_that_hangs_times_out_and_is_retried(schema: str) -> None:
                 backend.application_name,
             ) in ([(0,)], [(1,)])
             await locker_tx.rollback()
-            await ack
+            assert await ack is (InsertOutcome.WRITTEN if new else None)
     finally:
         await locker.close()
         await backend.close()
-    assert recording.failed == [Batch(positions=[position()])] * len(recording.failed)
-    assert recording.committed == [Batch(positions=[position()])]
+    batch = Batch(new_positions=[position()]) if new else Batch(positions=[position()])
+    assert recording.failed == [batch] * len(recording.failed)
+    assert recording.committed == [batch]
     assert await pg_query(f'SELECT id, account FROM "{schema}".positions') == [("p-1", "acct-1")]
 
 
@@ -286,32 +294,3 @@ async def test_an_unreachable_database_fails_open_within_the_timeout(schema: str
 def test_invalid_settings_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         partial(PostgresBackend, PG_DSN)(**kwargs)
-
-
-async def test_a_batch_of_new_positions_that_hangs_times_out_and_is_retried(
-    schema: str,
-) -> None:
-    backend = PostgresBackend(PG_DSN, schema=schema, timeout_ms=200)
-    await backend.open()
-    recording = RecordingBackend(backend)
-    flusher = StorageFlusher(recording, window_ms=1, retry_initial_ms=1, retry_max_ms=10)
-    locker = await asyncpg.connect(PG_DSN)
-    try:
-        async with running(flusher):
-            locker_tx = locker.transaction()
-            await locker_tx.start()
-            await locker.execute(f'LOCK TABLE "{schema}".positions IN ACCESS EXCLUSIVE MODE')
-            ack = flusher.add_new_position(position())
-            await recording.wait_for(lambda: len(recording.failed) >= 3)
-            assert not ack.done()
-            assert await pg_query(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                backend.application_name,
-            ) in ([(0,)], [(1,)])
-            await locker_tx.rollback()
-            assert await ack is InsertOutcome.WRITTEN
-    finally:
-        await locker.close()
-        await backend.close()
-    assert recording.committed == [Batch(new_positions=[position()])]
-    assert await pg_query(f'SELECT id, account FROM "{schema}".positions') == [("p-1", "acct-1")]
