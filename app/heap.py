@@ -31,10 +31,10 @@ a pass walks, and what can be cyclic garbage) and the memory they and their untr
 contents take. Either alone is wrong for a trading server. An open position is several
 small-object blocks but 1 tracked object, so memory alone doubles first and calls a pass
 that frees nothing (in the order-entry server at about 25,000 positions, 60-100 ms; the
-objects double at about 50,000). Tracked objects are counted as they are
-frozen, cheaply but not less those that die by reference counting afterwards (a closed
-position), so under steady churn that count alone keeps rising while nothing leaks.
-Frozen cyclic garbage grows both.
+objects double at about 50,000). Tracked objects are counted as they are frozen,
+cheaply but without subtracting those that die by reference counting afterwards (a
+closed position), so under steady churn that count alone keeps rising while nothing
+leaks. Frozen cyclic garbage grows both.
 
 - The memory is ``sys.getallocatedblocks()``: the interpreter's small-object blocks in
   use, a walk of its arenas (0.2 ms at 5 million blocks on that VM).
