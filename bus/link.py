@@ -16,6 +16,7 @@ and retried like an unreachable server: a node never crashes over them, and its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ class BusLink:
                     except Exception:  # stopping anyway
                         log.exception("bus close hook failed")
             self.state.connected = False
-            await _close_quietly(client)
+            await close_quietly(client)
 
     async def _first_connection(self) -> Client:
         """Connect; nats-py itself retries a server that is not there yet (every
@@ -137,10 +138,10 @@ class BusLink:
                 await asyncio.shield(connecting)
             except asyncio.CancelledError:
                 await _cancel_until_done(connecting)
-                await _close_quietly(client)  # no half-open socket left behind
+                await close_quietly(client)  # no half-open socket left behind
                 raise
             except (nats.errors.Error, OSError, TimeoutError) as exc:
-                await _close_quietly(client)
+                await close_quietly(client)
                 self._failed(f"bus {self.shown} refused the connection ({exc}); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
@@ -252,11 +253,27 @@ async def _cancel_until_done(task: asyncio.Task[None]) -> None:
     log.warning("the bus connect did not stop after %d cancellations", CANCEL_ATTEMPTS)
 
 
-async def _close_quietly(client: Client) -> None:
-    if client.is_closed:
+async def close_quietly(client: Client) -> None:
+    if not client.is_closed:
+        try:
+            async with asyncio.timeout(2.0):
+                await client.close()
+        except (TimeoutError, nats.errors.Error, OSError):
+            log.warning("bus connection did not close cleanly")
+    await _close_socket(client)
+
+
+async def _close_socket(client: Client) -> None:
+    """Close the client's socket if nats-py left it open.
+
+    nats-py marks a client closed before it closes the socket, so a close cut short
+    (a reset while it flushes, a cancellation at one of its awaits, both seen on a
+    refused login) leaves a closed client holding an open socket that nothing would
+    ever close. nats-py has no public handle on its transport, hence ``_transport``."""
+    transport = getattr(client, "_transport", None)
+    if transport is None:
         return
-    try:
-        async with asyncio.timeout(2.0):
-            await client.close()
-    except (TimeoutError, nats.errors.Error, OSError):
-        log.warning("bus connection did not close cleanly")
+    transport.close()
+    with contextlib.suppress(OSError, TimeoutError):
+        async with asyncio.timeout(1.0):
+            await transport.wait_closed()
