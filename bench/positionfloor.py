@@ -11,8 +11,11 @@ next. **Latency** of a row = the end of its commit - the moment it was added: wh
 ack would wait for with nothing else in the way.
 
 - SQLite: ``BEGIN IMMEDIATE`` + ``executemany`` of a plain ``INSERT`` + ``COMMIT`` in one
-  writer thread on one connection, the backend's pragmas (WAL, ``synchronous=NORMAL``),
-  the backend's schema (created by ``SqliteBackend``).
+  writer thread on one connection, the backend's pragmas (WAL, ``synchronous=NORMAL``,
+  auto-checkpoint off) and its checkpoints in a thread of their own
+  (``publish.storage.wal.WalCheckpointer``, as ``SqliteBackend`` runs them: with SQLite's
+  own auto-checkpoint, a commit every few hundred would carry a checkpoint's fsync), the
+  backend's schema (created by ``SqliteBackend``).
 - PostgreSQL: one text ``COPY`` per transaction on one asyncpg connection, with
   ``synchronous_commit`` on (a position is acknowledged once it is flushed), the
   backend's schema (created by ``PostgresBackend``) in a schema of its own.
@@ -36,6 +39,7 @@ from hdrh.histogram import HdrHistogram
 from bench.agent import Command, HelperProcess, serve_commands
 from bench.report import latency_histogram
 from publish.storage.sqlite import SqliteBackend
+from publish.storage.wal import WalCheckpointer
 
 TICK = 0.001
 PositionParams = tuple[str, str, str, str, str, str, int]
@@ -102,17 +106,20 @@ class SqliteWriter:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="floor-writer")
         self._conn: sqlite3.Connection | None = None
+        self._checkpointer = WalCheckpointer(path, synchronous="NORMAL")
 
     async def open(self) -> None:
         backend = SqliteBackend(Path(self._path))  # the schema, as marketcast creates it
         await backend.open()
         await backend.close()
         await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
+        self._checkpointer.start()
 
     def _connect(self) -> None:
         self._conn = sqlite3.connect(self._path, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
 
     async def write(self, rows: Sequence[PositionParams]) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._write, rows)
@@ -123,6 +130,7 @@ class SqliteWriter:
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(_INSERT, rows)
         conn.execute("COMMIT")
+        self._checkpointer.request()
 
     async def close(self) -> None:
         def close() -> None:
@@ -131,6 +139,7 @@ class SqliteWriter:
 
         await asyncio.get_running_loop().run_in_executor(self._executor, close)
         self._executor.shutdown(wait=False)
+        await self._checkpointer.close()
 
 
 class PostgresWriter:

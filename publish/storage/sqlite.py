@@ -7,23 +7,9 @@ and quantities are stored as exact decimal text (``book.fixed.format_fixed``), n
 REAL, so ``"0.00000001"`` reads back as written.
 
 Checkpoints never run inside a write: the writer connection has WAL auto-checkpoint
-off, and after a commit that finds no checkpoint running, and none started in the last
-``CHECKPOINT_INTERVAL``, it hands one (``PASSIVE``, which never waits on and never
-blocks the writer) to a second thread with a connection of its own. Copying the WAL
-back into the database file and its fsync then overlap the next writes instead of
-stretching the commit that crossed the auto-checkpoint threshold, which was the source
-of the rare 20-700 ms writes. (A checkpoint after every 5 ms commit kept that thread
-and the disk busy all the time: each one fsyncs the database file, and at 1,000
-position opens/s they cost more CPU than the writes.)
-
-A reader holding a snapshot (a long history query, a backup, ``sqlite3`` in a shell)
-stops checkpoints from going past its snapshot, so the WAL grows meanwhile. Once
-readers allow it again, the WAL never stays large: when a ``PASSIVE`` checkpoint has
-copied every frame and the file is over ``journal_size_limit``, the checkpoint thread
-runs ``TRUNCATE`` without waiting (busy timeout 0: it gives up at once if a reader or
-the writer is in the way, and the next commit tries again), and SQLite itself cuts the
-file back to ``journal_size_limit`` whenever it restarts the WAL. ``wal_bytes()`` is the
-file's size now (exported as ``marketcast_db_wal_bytes``).
+off and hands them to a thread of their own (``publish.storage.wal.WalCheckpointer``),
+which also keeps the WAL from staying large once a long reader lets go of it.
+``wal_bytes()`` is the file's size now (exported as ``marketcast_db_wal_bytes``).
 
 Reads of market data (``bbo_history``, and what ``marketcast archive`` reads) run in a
 third thread with a read-only connection of its own, one page per statement: in WAL
@@ -36,11 +22,9 @@ batches, each one short transaction.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from enum import StrEnum
 from functools import cache, partial
@@ -58,6 +42,7 @@ from publish.storage.backend import (
 )
 from publish.storage.exceptions import BackendClosedError, SchemaVersionError, StorageError
 from publish.storage.rows import BboRow, FeedEventRow, PositionRow
+from publish.storage.wal import JOURNAL_SIZE_LIMIT, WalCheckpointer
 
 _T = TypeVar("_T")
 
@@ -240,13 +225,6 @@ PAGE_ROWS = 2_000
 """Rows per read statement: ~2-4 ms of the reader thread, ~0.5 MB of rows in memory."""
 
 
-JOURNAL_SIZE_LIMIT = 64 << 20
-"""The WAL size (bytes) a checkpoint brings the file back under once readers allow."""
-CHECKPOINT_INTERVAL = 0.1
-"""Seconds from one checkpoint's start to the next at the soonest: the WAL then holds at
-most about a tenth of a second of writes beyond what the last checkpoint copied."""
-
-
 class SqliteBackend:
     """``StorageBackend`` on one SQLite file in WAL mode.
 
@@ -275,16 +253,14 @@ class SqliteBackend:
         self._busy_timeout_ms = busy_timeout_ms
         self._journal_size_limit = journal_size_limit
         self._executor: ThreadPoolExecutor | None = None
-        self._checkpointer: ThreadPoolExecutor | None = None
+        self.checkpointer = WalCheckpointer(
+            self._path, synchronous=synchronous.value, journal_size_limit=journal_size_limit
+        )
         self._reader: ThreadPoolExecutor | None = None
         # Only ever touched in the reader thread.
         self._reader_conn: sqlite3.Connection | None = None
         # Only ever touched in the writer thread.
         self._conn: sqlite3.Connection | None = None
-        self._checkpoint: Future[None] | None = None
-        self._checkpoint_started = -CHECKPOINT_INTERVAL
-        # Only ever touched in the checkpoint thread.
-        self._checkpoint_conn: sqlite3.Connection | None = None
 
     @property
     def name(self) -> str:
@@ -292,18 +268,13 @@ class SqliteBackend:
 
     def wal_bytes(self) -> int:
         """The size of the WAL file now (0 when there is none). One ``stat``; any thread."""
-        try:
-            return os.stat(self._path + "-wal").st_size
-        except OSError:
-            return 0
+        return self.checkpointer.wal_bytes()
 
     async def open(self) -> None:
         if self._executor is not None:
             raise StorageError(f"{self._path} is already open")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        self._checkpointer = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="sqlite-checkpoint"
-        )
+        self.checkpointer.start()
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
         try:
             await self._call(self._open_sync)
@@ -386,9 +357,8 @@ class SqliteBackend:
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
-        checkpointer, self._checkpointer = self._checkpointer, None
         reader, self._reader = self._reader, None
-        if executor is None or checkpointer is None or reader is None:
+        if executor is None or reader is None:
             return
         loop = asyncio.get_running_loop()
         try:
@@ -400,12 +370,9 @@ class SqliteBackend:
         finally:
             # The close job is already queued behind any write still running, so the
             # thread exits after it without anyone having to block on a join. The writer
-            # submits no checkpoint after closing, so the checkpoint close runs last.
+            # requests no checkpoint after closing, so the checkpoint close runs last.
             executor.shutdown(wait=False)
-            try:
-                await loop.run_in_executor(checkpointer, self._close_checkpoint_sync)
-            finally:
-                checkpointer.shutdown(wait=False)
+            await self.checkpointer.close()
 
     async def _call(self, job: Callable[[], _T]) -> _T:
         if self._executor is None:
@@ -488,46 +455,8 @@ class SqliteBackend:
             taken = _insert_new_positions_sync(conn, batch.new_positions)
             conn.executemany(_UPSERT_POSITION, map(_position_params, batch.positions))
             conn.executemany(_INSERT_FEED_EVENT, map(_feed_event_params, batch.feed_events))
-        self._request_checkpoint()
+        self.checkpointer.request()
         return taken
-
-    def _request_checkpoint(self) -> None:
-        """Start a checkpoint in the checkpoint thread unless one is running or one
-        started less than ``CHECKPOINT_INTERVAL`` ago. O(1)."""
-        if self._checkpoint is not None and not self._checkpoint.done():
-            return
-        now = time.monotonic()
-        if now - self._checkpoint_started < CHECKPOINT_INTERVAL:
-            return
-        if self._checkpointer is not None:
-            self._checkpoint_started = now
-            self._checkpoint = self._checkpointer.submit(self._checkpoint_sync)
-
-    # Below: the checkpoint thread.
-
-    def _checkpoint_sync(self) -> None:
-        conn = self._checkpoint_conn
-        if conn is None:
-            conn = sqlite3.connect(
-                self._path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
-            )
-            conn.execute(f"PRAGMA synchronous={self._synchronous.value}")
-            conn.execute(f"PRAGMA journal_size_limit={self._journal_size_limit}")
-            conn.execute("PRAGMA busy_timeout=0")  # TRUNCATE below never waits
-            self._checkpoint_conn = conn
-        # Only fails on a busy database (another checkpoint): the next commit tries again.
-        _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if frames == copied and self.wal_bytes() > self._journal_size_limit:
-            # Every frame is in the database file: if no reader still uses the WAL, empty
-            # it. Busy (a reader, or the writer) returns at once; the next commit retries.
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-
-    def _close_checkpoint_sync(self) -> None:
-        if self._checkpoint_conn is not None:
-            self._checkpoint_conn.close()
-            self._checkpoint_conn = None
-
-    # Back to the writer thread.
 
     def _load_open_positions_sync(self) -> list[PositionRow]:
         return [
@@ -540,14 +469,14 @@ class SqliteBackend:
             bbo = conn.execute(_PRUNE_BBO, (max_rows, before_ns)).rowcount
             feed_events = conn.execute(_PRUNE_FEED_EVENTS, (max_rows, before_ns)).rowcount
         if bbo or feed_events:
-            self._request_checkpoint()
+            self.checkpointer.request()
         return max(bbo, feed_events)
 
     def _delete_bbo_sync(self, venue: str, symbol: str, first_ns: int, last_ns: int) -> int:
         conn = self._connection()
         with _transaction(conn):
             deleted: int = conn.execute(_DELETE_BBO, (venue, symbol, first_ns, last_ns)).rowcount
-        self._request_checkpoint()
+        self.checkpointer.request()
         return deleted
 
     def _delete_positions_sync(self, keys: list[tuple[str, str]]) -> int:
@@ -555,7 +484,7 @@ class SqliteBackend:
         with _transaction(conn):
             conn.executemany(_KEEP_ARCHIVED_ID, keys)
             deleted: int = conn.executemany(_DELETE_POSITION, keys).rowcount
-        self._request_checkpoint()
+        self.checkpointer.request()
         return deleted
 
     def _close_sync(self) -> None:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 
 import orjson
 import pytest
@@ -103,6 +106,18 @@ def test_the_postgres_storage_floor_commits_position_rows() -> None:
         assert count[0] >= trial.committed
     finally:
         asyncio.run(pg_query(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+def test_the_sqlite_storage_floor_checkpoints_as_the_backend_does(tmp_path: Path) -> None:
+    # Auto-checkpoint is off in the floor, as in the backend: rows reach the database
+    # file (read here without its WAL) only through the checkpoint thread.
+    path = tmp_path / "floor.db"
+    with StorageFloorProcess(FloorSpec("sqlite", 3, INSTRUMENTS, path=str(path))) as floor:
+        trial = floor.trial(2_000.0, 0.1, 0.5)
+        assert trial.committed > 0
+        with closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as file_only:
+            (in_file,) = file_only.execute("SELECT count(*) FROM positions").fetchone()
+    assert in_file > 0
 
 
 def test_order_entry_runs_every_contender_up_the_ramp() -> None:

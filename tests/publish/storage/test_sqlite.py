@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from publish.storage import BackendClosedError, Batch, SchemaVersionError, SqliteBackend
-from publish.storage import sqlite as sqlite_module
+from publish.storage import wal as wal_module
 from tests.publish.storage.support import bbo, query
 
 pytestmark = pytest.mark.timeout(20)
@@ -99,28 +99,28 @@ async def test_checkpoints_start_at_most_once_per_interval(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = 1000.0
-    monkeypatch.setattr(sqlite_module.time, "monotonic", lambda: now)
+    monkeypatch.setattr(wal_module.time, "monotonic", lambda: now)
     backend = SqliteBackend(db_path)
     started: list[float] = []
-    checkpoint = backend._checkpoint_sync
+    checkpoint = backend.checkpointer.checkpoint_sync
 
     def counted() -> None:
         started.append(now)
         checkpoint()
 
-    monkeypatch.setattr(backend, "_checkpoint_sync", counted)
+    monkeypatch.setattr(backend.checkpointer, "checkpoint_sync", counted)
     await backend.open()
     try:
         for seq in range(20):  # commits within one interval: one checkpoint
             await backend.write_batch(Batch(bbo=[bbo(seq)]))
-        running = backend._checkpoint
+        running = backend.checkpointer.running
         assert running is not None
         # A checkpoint still running also defers the next (not what this test is about):
         # on a busy machine the first can outlast the commits below.
         await asyncio.wrap_future(running)
-        now += sqlite_module.CHECKPOINT_INTERVAL
+        now += wal_module.CHECKPOINT_INTERVAL
         for seq in range(20, 40):
             await backend.write_batch(Batch(bbo=[bbo(seq)]))
     finally:
         await backend.close()
-    assert started == [1000.0, 1000.0 + sqlite_module.CHECKPOINT_INTERVAL]
+    assert started == [1000.0, 1000.0 + wal_module.CHECKPOINT_INTERVAL]
