@@ -130,7 +130,7 @@ class SqliteWriter:
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(_INSERT, rows)
         conn.execute("COMMIT")
-        self._checkpointer.request()
+        self._checkpointer.request(len(rows))
 
     async def close(self) -> None:
         def close() -> None:

@@ -455,7 +455,7 @@ class SqliteBackend:
             taken = _insert_new_positions_sync(conn, batch.new_positions)
             conn.executemany(_UPSERT_POSITION, map(_position_params, batch.positions))
             conn.executemany(_INSERT_FEED_EVENT, map(_feed_event_params, batch.feed_events))
-        self.checkpointer.request()
+        self.checkpointer.request(len(batch))
         return taken
 
     def _load_open_positions_sync(self) -> list[PositionRow]:
@@ -469,14 +469,14 @@ class SqliteBackend:
             bbo = conn.execute(_PRUNE_BBO, (max_rows, before_ns)).rowcount
             feed_events = conn.execute(_PRUNE_FEED_EVENTS, (max_rows, before_ns)).rowcount
         if bbo or feed_events:
-            self.checkpointer.request()
+            self.checkpointer.request(bbo + feed_events)
         return max(bbo, feed_events)
 
     def _delete_bbo_sync(self, venue: str, symbol: str, first_ns: int, last_ns: int) -> int:
         conn = self._connection()
         with _transaction(conn):
             deleted: int = conn.execute(_DELETE_BBO, (venue, symbol, first_ns, last_ns)).rowcount
-        self.checkpointer.request()
+        self.checkpointer.request(deleted)
         return deleted
 
     def _delete_positions_sync(self, keys: list[tuple[str, str]]) -> int:
@@ -484,7 +484,7 @@ class SqliteBackend:
         with _transaction(conn):
             conn.executemany(_KEEP_ARCHIVED_ID, keys)
             deleted: int = conn.executemany(_DELETE_POSITION, keys).rowcount
-        self.checkpointer.request()
+        self.checkpointer.request(deleted + len(keys))  # archived ids kept, then deleted
         return deleted
 
     def _close_sync(self) -> None:

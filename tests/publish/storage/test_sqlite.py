@@ -124,3 +124,32 @@ async def test_checkpoints_start_at_most_once_per_interval(
     finally:
         await backend.close()
     assert started == [1000.0, 1000.0 + wal_module.CHECKPOINT_INTERVAL]
+
+
+async def test_a_checkpoint_starts_after_checkpoint_rows_without_waiting_for_the_interval(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wal_module.time, "monotonic", lambda: 1000.0)  # time stands still
+    backend = SqliteBackend(db_path)
+    started: list[int] = []
+    checkpoint = backend.checkpointer.checkpoint_sync
+
+    def counted() -> None:
+        started.append(len(started))
+        checkpoint()
+
+    monkeypatch.setattr(backend.checkpointer, "checkpoint_sync", counted)
+    await backend.open()
+    try:
+        await backend.write_batch(Batch(bbo=[bbo(0)]))  # the first: no checkpoint yet
+        first = backend.checkpointer.running
+        assert first is not None
+        await asyncio.wrap_future(first)
+        rows = wal_module.CHECKPOINT_ROWS
+        await backend.write_batch(Batch(bbo=[bbo(seq) for seq in range(1, rows)]))
+        assert backend.checkpointer.running is first, "fewer rows: no checkpoint"
+        await backend.write_batch(Batch(bbo=[bbo(rows)]))  # the rows reach the bound
+        assert backend.checkpointer.running is not first
+    finally:
+        await backend.close()
+    assert started == [0, 1]
