@@ -2,8 +2,8 @@
 
 The writer connection has WAL auto-checkpoint off (``PRAGMA wal_autocheckpoint=0``)
 and calls ``WalCheckpointer.request(rows)`` after each commit: unless a checkpoint is
-running, that hands one (``PASSIVE``, which never waits on and never blocks the writer)
-to a thread with a connection of its own once ``CHECKPOINT_ROWS`` rows have been
+running, that hands one (``PASSIVE``: it never waits for the writer) to a thread with a
+connection of its own once ``CHECKPOINT_ROWS`` rows have been
 committed since the last one, or ``CHECKPOINT_INTERVAL`` has passed. Copying the WAL
 back into the database file and its fsync then overlap the next writes instead of
 stretching the commit that crossed the auto-checkpoint threshold (the rare 20-700 ms
