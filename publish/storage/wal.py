@@ -3,12 +3,11 @@
 The writer connection has WAL auto-checkpoint off (``PRAGMA wal_autocheckpoint=0``)
 and calls ``WalCheckpointer.request(rows)`` after each commit: unless a checkpoint is
 running, that hands one (``PASSIVE``: it never waits for the writer) to a thread with a
-connection of its own once ``CHECKPOINT_ROWS`` rows have been
-committed since the last one, or ``CHECKPOINT_INTERVAL`` has passed. Copying the WAL
-back into the database file and its fsync then overlap the next writes instead of
-stretching the commit that crossed the auto-checkpoint threshold (the rare 20-700 ms
-writes of SQLite's own policy; on the 2-core VM of the benchmarks a 5-9 ms commit every
-few hundred).
+connection of its own once ``CHECKPOINT_ROWS`` rows have been committed since the last
+one, or ``CHECKPOINT_INTERVAL`` has passed. Copying the WAL back into the database file
+and its fsync then overlap the next writes instead of stretching the commit that
+crossed the auto-checkpoint threshold (the rare 20-700 ms writes of SQLite's own
+policy; on the 2-core VM of the benchmarks a 5-9 ms commit every few hundred).
 
 Both bounds are measured. A checkpoint after every commit costs CPU at low rates: in
 the order-entry server at 1,000 opens/s 20% of a core against 15% with one per 0.1 s.
