@@ -47,7 +47,9 @@ load of the open positions on start) and maintenance (pruning, the archive). Any
 of an operation, a timeout included, closes its connection rather than trying to roll
 back over a link that may be dead; the server aborts the open transaction, and the next
 operation connects again. So an outage costs the flusher failed writes (which it
-retries) and never a half-written batch.
+retries) and never a half-written batch. An operation fails within twice its timeout
+even when its own cleanup hangs (asyncpg rolls back a cancelled statement only once the
+server answered its cancel request, which a hung database never does).
 """
 
 from __future__ import annotations
@@ -583,7 +585,10 @@ class _Link:
         needed; any failure closes the connection (see the module docstring)."""
         async with self._lock:
             try:
-                async with asyncio.timeout(self._timeout):
+                # The outer timeout cuts short a cleanup that hangs after the inner one
+                # fired: asyncpg's rollback of a statement the timeout cancelled first waits
+                # for its cancel request, which a hung database never answers.
+                async with asyncio.timeout(2 * self._timeout), asyncio.timeout(self._timeout):
                     if self._conn is None or self._conn.is_closed():
                         self._conn = await self._connect()
                     return await operation(self._conn)

@@ -22,8 +22,9 @@ from publish.storage import (
     StorageHealth,
 )
 from publish.storage.postgres import PostgresBackend
-from tests.postgres import PG_DSN, fresh_schema, pg_query
+from tests.postgres import PG_ADDRESS, PG_DSN, dsn_via, fresh_schema, pg_query
 from tests.publish.storage.support import RecordingBackend, bbo, feed_event, position, running
+from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -268,6 +269,32 @@ async def test_a_write_that_hangs_times_out_and_is_retried(schema: str, new: boo
     assert recording.failed == [batch] * len(recording.failed)
     assert recording.committed == [batch]
     assert await pg_query(f'SELECT id, account FROM "{schema}".positions') == [("p-1", "acct-1")]
+
+
+async def test_a_write_cut_short_while_its_database_hangs_fails_in_twice_its_timeout(
+    schema: str,
+) -> None:
+    async with TcpProxy(*PG_ADDRESS) as proxy:
+        backend = PostgresBackend(dsn_via(proxy.port), schema=schema, timeout_ms=300)
+        await backend.open()
+        locker = await asyncpg.connect(PG_DSN)
+        locker_tx = locker.transaction()
+        try:
+            await locker_tx.start()
+            await locker.execute(f'LOCK TABLE "{schema}".positions IN ACCESS EXCLUSIVE MODE')
+            write = asyncio.create_task(backend.write_batch(Batch(positions=[position()])))
+            await asyncio.sleep(0.1)  # its transaction is open, its upsert waits on the lock
+            # Now the database hangs: when the timeout cuts the upsert short, asyncpg's
+            # cancel request and the transaction's rollback get no answer either.
+            proxy.pause()
+            await asyncio.wait({write}, timeout=5)
+            assert write.done(), "the write hung past its timeout"
+            assert isinstance(write.exception(), TimeoutError)
+        finally:
+            proxy.restore()
+            await locker_tx.rollback()
+            await locker.close()
+            await backend.close()
 
 
 async def test_an_unreachable_database_fails_open_within_the_timeout(schema: str) -> None:
