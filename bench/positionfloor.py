@@ -117,9 +117,7 @@ class SqliteWriter:
 
     def _connect(self) -> None:
         self._conn = sqlite3.connect(self._path, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer.configure_writer(self._conn)
 
     async def write(self, rows: Sequence[PositionParams]) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._write, rows)

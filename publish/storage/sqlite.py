@@ -249,9 +249,7 @@ class SqliteBackend:
         if journal_size_limit < 0:
             raise ValueError("journal_size_limit must be 0 or more")
         self._path = str(path)
-        self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
-        self._journal_size_limit = journal_size_limit
         self._executor: ThreadPoolExecutor | None = None
         self.checkpointer = WalCheckpointer(
             self._path, synchronous=synchronous.value, journal_size_limit=journal_size_limit
@@ -438,10 +436,7 @@ class SqliteBackend:
             self._path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
         )
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self._synchronous.value}")
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            conn.execute(f"PRAGMA journal_size_limit={self._journal_size_limit}")
+            self.checkpointer.configure_writer(conn)
             _migrate(conn)
         except BaseException:
             conn.close()

@@ -1,13 +1,13 @@
 """Checkpoints of an SQLite database's WAL, off the writer's thread.
 
-The writer connection has WAL auto-checkpoint off (``PRAGMA wal_autocheckpoint=0``)
-and calls ``WalCheckpointer.request(rows)`` after each commit: unless a checkpoint is
-running, that hands one (``PASSIVE``: it never waits for the writer) to a thread with a
+The writer connection has WAL auto-checkpoint off (``configure_writer``) and calls
+``WalCheckpointer.request(rows)`` after each commit: unless a checkpoint is running,
+that hands one (``PASSIVE``: it never waits for the writer) to a thread with a
 connection of its own once ``CHECKPOINT_ROWS`` rows have been committed since the last
 one, or ``CHECKPOINT_INTERVAL`` has passed. Copying the WAL back into the database file
-and its fsync then overlap the next writes instead of stretching the commit that
-crossed the auto-checkpoint threshold (the rare 20-700 ms writes of SQLite's own
-policy; on the 2-core VM of the benchmarks a 5-9 ms commit every few hundred).
+and its fsync then overlap the next writes instead of stretching the commit that crossed
+the auto-checkpoint threshold (the rare 20-700 ms writes of SQLite's own policy; on the
+2-core VM of the benchmarks a 5-9 ms commit every few hundred).
 
 Both bounds are measured. A checkpoint after every commit costs CPU at low rates: in
 the order-entry server at 1,000 opens/s 20% of a core against 15% with one per 0.1 s.
@@ -73,6 +73,14 @@ class WalCheckpointer:
             self._executor = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="sqlite-checkpoint"
             )
+
+    def configure_writer(self, conn: sqlite3.Connection) -> None:
+        """Set the writer connection up for these checkpoints: WAL, the same
+        ``synchronous`` and ``journal_size_limit``, SQLite's own auto-checkpoint off."""
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute(f"PRAGMA journal_size_limit={self._journal_size_limit}")
 
     def wal_bytes(self) -> int:
         """The size of the WAL file now (0 when there is none). One ``stat``; any thread."""
