@@ -38,10 +38,16 @@ leaks. Frozen cyclic garbage grows both.
 
 - The memory is ``sys.getallocatedblocks()``: the interpreter's small-object blocks in
   use, a walk of its arenas (0.2 ms at 5 million blocks on that VM).
-- The tracked objects are counted once, at a settle (``gc.get_freeze_count()``, a walk
+- The tracked objects are counted exactly at a settle (``gc.get_freeze_count()``, a walk
   of every frozen object: 25 ms at 2 million on CPython 3.11, so never on a timer), and
   then summed as each full pass's survivors are frozen (``gc.get_objects()`` then holds
-  just them: a list as long as the pass that made it walked).
+  just them: a list as long as the pass that made it walked). That sum only ever
+  overstates, so when it and the memory both say a reclaim is due, the exact count
+  confirms first (one walk, about a fortieth of the reclaim's whole-heap pass) and, if
+  the objects have not really doubled, replaces the sum. Without that, churn (objects
+  that survive a pass, then die) and memory that grows without tracked objects (open
+  positions, ``publish.untracked``) together called reclaims that freed nothing: in the
+  order-entry server, 38 ms at 77,000 frozen objects.
 
 Everything here is process-wide; ``start`` once per process, once its startup garbage is
 gone.
@@ -83,8 +89,12 @@ class HeapCounts:
     settled_frozen: int = 0
     """Objects frozen by the last settle (``start`` or the last reclaim)."""
     frozen: int = 0
-    """``settled_frozen`` plus every full pass's survivors frozen since: an upper bound of
-    the frozen objects (those freed since by reference counting are still in it)."""
+    """``settled_frozen`` plus every full pass's survivors frozen since (or the exact count
+    of the last walk plus those since): an upper bound of the frozen objects (those freed
+    since by reference counting are still in it)."""
+    frozen_walks: int = 0
+    """Exact counts of the frozen objects taken because ``frozen`` and the blocks said a
+    reclaim was due (each a walk of the frozen objects)."""
     settled_blocks: int = 0
     """The heap's allocated blocks after the last settle."""
     reclaim_at_blocks: int = 0
@@ -112,15 +122,20 @@ class HeapKeeper:
         """What the keeper has done, and the heap's size at its last settle."""
         return self._counts
 
-    @property
     def reclaim_due(self) -> bool:
-        """Both the frozen objects and the allocated blocks have grown to their mark."""
+        """Both the frozen objects and the allocated blocks have grown to their mark. The
+        objects' running sum (an upper bound) is checked first, without a walk; only when
+        it and the blocks say due does an exact count (a walk) confirm, and replace it."""
         counts = self._counts
-        return (
-            self._thresholds is not None
-            and counts.frozen >= counts.reclaim_at_frozen
-            and sys.getallocatedblocks() >= counts.reclaim_at_blocks
-        )
+        if (
+            self._thresholds is None
+            or counts.frozen < counts.reclaim_at_frozen
+            or sys.getallocatedblocks() < counts.reclaim_at_blocks
+        ):
+            return False
+        counts.frozen = gc.get_freeze_count()
+        counts.frozen_walks += 1
+        return counts.frozen >= counts.reclaim_at_frozen
 
     def start(self) -> int:
         """Collect, freeze what survives and watch the full passes from now on; how many
@@ -162,7 +177,7 @@ class HeapKeeper:
         """Reclaim whenever it is due; until cancelled."""
         while True:
             await asyncio.sleep(RECLAIM_CHECK_SECONDS)
-            if self.reclaim_due:
+            if self.reclaim_due():
                 self.reclaim()
 
     def _settle(self) -> int:

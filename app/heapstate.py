@@ -31,6 +31,7 @@ GAUGES = {
 }
 COUNTERS = {
     "full_passes": "The collector's full passes whose survivors the heap keeper froze",
+    "frozen_walks": "Exact counts of the frozen objects (walks) taken to confirm a reclaim",
     "reclaims": "Reclaims: frozen objects unfrozen, collected and frozen again",
     "reclaimed_objects": "Unreachable frozen objects the reclaims collected",
 }
@@ -47,6 +48,7 @@ def heap_facts(keeper: HeapKeeper) -> dict[str, int | float]:
         "frozen_objects": counts.frozen,
         "reclaim_at_frozen": counts.reclaim_at_frozen,
         "full_passes": counts.full_passes,
+        "frozen_walks": counts.frozen_walks,
         "reclaims": counts.reclaims,
         "reclaimed_objects": counts.reclaimed,
         "last_reclaim_ms": round(counts.last_reclaim_ms, 3),

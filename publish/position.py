@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from publish.untracked import untrack
+
 
 class PositionSide(StrEnum):
     """Long positions are ``buy`` (marked at the bid), short ones ``sell`` (at the ask)."""
@@ -24,6 +26,12 @@ class Position:
 
     ``id`` is chosen by the client, so it is unique per ``account`` only; ``opened_ts``
     and ``closed_ts`` are ns since the epoch.
+
+    Its fields hold only strings, ints and an enum member, none of which can refer back
+    to it, so it can never be part of a reference cycle: it is taken out of the cycle
+    collector's sight when made (``publish.untracked``), and a server's open positions
+    add nothing to the collector's passes. A field that could hold a container would
+    break that; ``tests/publish/test_position.py`` checks the field types.
     """
 
     id: str
@@ -34,6 +42,9 @@ class Position:
     entry_price: int
     opened_ts: int
     closed_ts: int | None = None
+
+    def __post_init__(self) -> None:
+        untrack(self)
 
     @property
     def is_open(self) -> bool:
