@@ -4,8 +4,9 @@ CPython's collector runs a full pass (generation 2) each time the objects that s
 its young passes grow by a quarter of the old ones, and a full pass walks every tracked
 object in the process, holding the event loop for its whole length. A server's heap
 only grows while it runs: startup's ~50,000 objects (modules, classes, settings), then
-every open position (its ``Position``, the book's entry, the profit engine's mark) and
-every connection. On the 2-core EPYC VM of the benchmarks a full pass costs ~0.5 us per
+every connection, and every open position (its ``Position`` is kept out of the
+collector's sight, ``publish.untracked``, and the position book adds no tracked object
+around it). On the 2-core EPYC VM of the benchmarks a full pass costs ~0.5 us per
 object: in the order-entry server at 2,500 opens/s the passes held the loop 47 ms at
 100,000 objects and 72 ms at 145,000, every few seconds, and every request arriving
 meanwhile waited (p99 ack 44-63 ms against 4.5 ms p50).
@@ -29,12 +30,12 @@ meanwhile waited (p99 ack 44-63 ms against 4.5 ms p50).
 The heap has grown when both of its sizes have: the objects the collector tracks (what
 a pass walks, and what can be cyclic garbage) and the memory they and their untracked
 contents take. Either alone is wrong for a trading server. An open position is several
-small-object blocks but 1 tracked object, so memory alone doubles first and calls a pass
-that frees nothing (in the order-entry server at about 25,000 positions, 60-100 ms; the
-objects double at about 50,000). Tracked objects are counted as they are frozen,
-cheaply but without subtracting those that die by reference counting afterwards (a
-closed position), so under steady churn that count alone keeps rising while nothing
-leaks. Frozen cyclic garbage grows both.
+small-object blocks and no tracked object, so memory alone doubles first and would call
+a pass that frees nothing (in the order-entry server at about 25,000 positions, 60-100
+ms, when a position was still 1 tracked object). Tracked objects are counted as they are
+frozen, cheaply but without subtracting those that die by reference counting afterwards
+(the objects of a connection that closed), so under steady churn that count alone keeps
+rising while nothing leaks. Frozen cyclic garbage grows both.
 
 - The memory is ``sys.getallocatedblocks()``: the interpreter's small-object blocks in
   use, a walk of its arenas (0.2 ms at 5 million blocks on that VM).

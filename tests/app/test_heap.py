@@ -22,6 +22,14 @@ def cycle():
     node = Node()
     node.self = node
     return node
+
+def churn(settled):
+    # Objects that survive a full pass (so are frozen), then die by reference counting:
+    # eight batches of a quarter of the settled heap each.
+    for _ in range(8):
+        batch = [Node() for _ in range(settled // 4)]
+        gc.collect()
+        del batch
 """
 
 STARTUP_AND_LATER_GARBAGE = """
@@ -119,12 +127,10 @@ keeper = HeapKeeper()
 keeper.start()
 settled = keeper.counts.settled_frozen
 # Objects that survive a full pass (so are frozen) and then die by reference counting, as
-# positions opened and closed: the frozen count rises past its mark, the memory does not.
+# the objects of connections that come and go: the frozen count rises past its mark, the
+# memory does not.
 blocks = sys.getallocatedblocks()
-for _ in range(8):
-    batch = [Node() for _ in range(settled // 4)]
-    gc.collect()
-    del batch
+churn(settled)
 assert keeper.counts.frozen >= keeper.counts.reclaim_at_frozen, keeper.counts
 assert sys.getallocatedblocks() < keeper.counts.reclaim_at_blocks, (
     sys.getallocatedblocks(), blocks, keeper.counts)
@@ -139,10 +145,7 @@ settled = keeper.counts.settled_frozen
 # Churn (objects frozen by a full pass, then dead: the sum of frozen objects passes its
 # mark) and memory that grows without tracked objects (open positions): both marks are
 # reached, but the frozen objects have not doubled, and a reclaim would free nothing.
-for _ in range(8):
-    batch = [Node() for _ in range(settled // 4)]
-    gc.collect()
-    del batch
+churn(settled)
 kept = [str(index) * 4 for index in range(sys.getallocatedblocks())]
 assert keeper.counts.frozen >= keeper.counts.reclaim_at_frozen, keeper.counts
 assert sys.getallocatedblocks() >= keeper.counts.reclaim_at_blocks
