@@ -6,15 +6,18 @@ of a class with ``__slots__`` or a ``__dict__``, whether or not it could ever be
 cycle. For a tuple whose items are all atomic (strings, numbers) the collector sees
 that itself and stops tracking it; for an instance it never does.
 
-``untrack`` does for such an instance what the collector does for those tuples: it
-calls the C API's ``PyObject_GC_UnTrack``. It is for immutable values whose fields hold
-only objects that cannot refer back to them (``str``, ``int``, ``None``, enum members),
-so no cycle can ever pass through them and reference counting alone frees them. The
-cost of a mistake is a leak, never a crash: an untracked object in a cycle is just
-never collected. The one user is ``publish.position.Position``: a server holding
-100,000 open positions otherwise walks 100,000 more objects in every full pass (on the
-2-core benchmark VM, ~0.2-0.4 µs each: 20-40 ms of a held event loop), and the heap
-keeper's whole-heap reclaim (``app.heap``) fell due each time the positions doubled.
+``untrack`` does for such an instance what the collector does for those tuples: it calls
+the C API's ``PyObject_GC_UnTrack`` through ``ctypes.pythonapi``, a ``PyDLL``, so the
+call holds the GIL throughout and no collection in another thread can run beside it. It
+is for immutable values whose fields hold only objects that cannot refer back to them
+(``str``, ``int``, ``None``, enum members), so no cycle can ever pass through them and
+reference counting alone frees them. The cost of a mistake is a leak, never a crash: an
+untracked object in a cycle is just never collected. The one user is
+``publish.position.Position``. A server holding 100,000 open positions otherwise has
+100,000 more objects for the collector: walked by young passes until the heap keeper
+(``app.heap``) freezes them, and then by every whole-heap reclaim, which fell due each
+time the positions doubled (38-69 ms of a held event loop at 77,000-178,000 frozen
+objects in the order-entry server on the 2-core benchmark VM, freeing nothing).
 
 Where the interpreter has no ``ctypes.pythonapi`` (not CPython) it does nothing.
 """
