@@ -16,8 +16,8 @@ untracked object in a cycle is just never collected. The one user is
 ``publish.position.Position``. A server holding 100,000 open positions otherwise has
 100,000 more objects for the collector: walked by young passes until the heap keeper
 (``app.heap``) freezes them, and then by every whole-heap reclaim, which fell due each
-time the positions doubled (38-69 ms of a held event loop at 77,000-178,000 frozen
-objects in the order-entry server on the 2-core benchmark VM, freeing nothing).
+time the positions doubled (43 and 69 ms of a held event loop at 102,000 and 179,000
+frozen objects in the order-entry server on the 2-core benchmark VM, freeing nothing).
 
 Where the interpreter has no ``ctypes.pythonapi`` (not CPython) it does nothing.
 """
