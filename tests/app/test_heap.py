@@ -157,6 +157,37 @@ assert keeper.counts.frozen_walks == 1
 print("ok")
 """
 
+WALKS_SPACED = """
+keeper = HeapKeeper()
+keeper.start()
+settled = keeper.counts.settled_frozen
+# The heap stays just under its mark: real objects take the frozen count to 95% of it,
+# the memory is past its own, and churn pushes the sum over the mark again and again.
+held = [Node() for _ in range(int(settled * 0.9))]
+gc.collect()
+kept = [str(index) * 4 for index in range(sys.getallocatedblocks())]
+churn(settled)
+assert not keeper.reclaim_due()
+assert keeper.counts.frozen_walks == 1
+exact = keeper.counts.frozen
+assert exact < keeper.counts.reclaim_at_frozen < keeper.counts.walk_at_frozen
+assert keeper.counts.walk_at_frozen == exact + int(settled * app.heap.WALK_SPACING)
+# A little churn takes the sum past the mark, not past the next walk's: no walk.
+batch = [Node() for _ in range(int(settled * 0.15))]
+gc.collect()
+del batch
+assert keeper.counts.frozen >= keeper.counts.reclaim_at_frozen, keeper.counts
+assert not keeper.reclaim_due()
+assert keeper.counts.frozen_walks == 1, "walked again before a quarter of the heap was frozen"
+# Real growth past the mark is found at the next walk, once the sum reaches it.
+held += [Node() for _ in range(int(settled * 0.3))]
+gc.collect()
+assert keeper.counts.frozen >= keeper.counts.walk_at_frozen, keeper.counts
+assert keeper.reclaim_due()
+assert keeper.counts.frozen_walks == 2
+print("ok")
+"""
+
 
 @pytest.mark.parametrize(
     "script",
@@ -167,6 +198,7 @@ print("ok")
         MEMORY_ALONE,
         CHURN,
         CHURN_AND_MEMORY,
+        WALKS_SPACED,
     ],
     ids=[
         "startup-and-later-garbage",
@@ -175,6 +207,7 @@ print("ok")
         "memory-alone",
         "churn",
         "churn-and-memory",
+        "walks-spaced",
     ],
 )
 def test_heap_keeper(script: str) -> None:
