@@ -60,6 +60,7 @@ from publish.http import (
 from publish.logthrottle import throttle_websockets_logs
 from publish.position_service import PositionService
 from publish.protocol import ErrorCode
+from publish.sendnow import send_now, socket_fd
 from publish.wire import WireRequest, deflate_offer
 
 log = logging.getLogger(__name__)
@@ -221,9 +222,12 @@ class WatchedConnection(ServerConnection):
     _address = ""
     _counted = False
     _head_timer: asyncio.TimerHandle | None = None
+    _fd = -1
+    """The socket ``write_frames`` sends to at once (``publish.sendnow``); -1: none."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self._fd = socket_fd(transport)
         peer = transport.get_extra_info("peername")
         self._address = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
         self._counted = True
@@ -326,9 +330,11 @@ class WatchedConnection(ServerConnection):
 
         Server frames are unmasked, and compressed ones (``?compress=1``) carry no
         context from one message to the next, so frames built once serve every
-        connection of the same wire format as they are.
+        connection of the same wire format as they are. They go into the socket now
+        when the transport holds nothing unsent (``publish.sendnow``), not at the end
+        of the loop's turn.
         """
-        self.transport.write(frames)
+        send_now(self.transport, self._fd, frames)
 
     async def wait_writable(self) -> bool:
         if self.protocol.state is not State.OPEN:
