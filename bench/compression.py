@@ -46,6 +46,14 @@ from bench.servers import (
 )
 
 WARM_UP_SECONDS = 0.5
+FULL_RATE = 400.0
+"""Changes/s of a full run: 80,000 deliveries/s to 200 subscribers, which the clients
+(websockets, all in the bench's process) read as they come. At 1,000/s (200,000
+deliveries/s) they read 105,000-195,000/s, and what they had not read piled up in their
+queues: 13 GB in one run, and the kernel's OOM killer ended another."""
+CLIENT_QUEUE = 1024
+"""Messages a client holds unread before it stops reading its socket (websockets'
+``max_queue``): a bound on the bench's memory if the clients fall behind anyway."""
 
 
 class Contender(StrEnum):
@@ -69,7 +77,7 @@ class CompressionOptions:
 
     @classmethod
     def full(cls) -> CompressionOptions:
-        return cls(subscribers=200, instruments=20, rate=1_000.0, seconds=5.0)
+        return cls(subscribers=200, instruments=20, rate=FULL_RATE, seconds=5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +172,7 @@ async def _measure(
         clients: list[CountingConnection] = []
         for _ in range(options.subscribers):
             ws = await stack.enter_async_context(
-                connect(url, create_connection=CountingConnection, max_queue=None)
+                connect(url, create_connection=CountingConnection, max_queue=CLIENT_QUEUE)
             )
             assert isinstance(ws, CountingConnection)
             clients.append(ws)
@@ -229,10 +237,12 @@ def run(options: CompressionOptions, progress: Progress) -> ScenarioResult:
             if m.contender in (Contender.MARKETCAST, Contender.MARKETCAST_COMPRESSED)
             else Contender.WEBSOCKETS
         ]
+        delivered = m.deliveries / m.seconds if m.seconds else 0.0
         rows.append(
             (
                 m.contender.value,
-                number(m.deliveries / m.seconds if m.seconds else 0.0),
+                number(delivered),
+                ratio(delivered, options.rate * options.subscribers),
                 f"{m.bytes_per_delivery:.1f}",
                 "-" if m is base else ratio(m.bytes_per_delivery, base.bytes_per_delivery),
                 f"{m.cpu_ns_per_delivery / 1000:.2f}",
@@ -249,6 +259,7 @@ def run(options: CompressionOptions, progress: Progress) -> ScenarioResult:
             (
                 "server",
                 "deliveries/s",
+                "of offered",
                 "bytes",
                 "bytes vs uncompressed",
                 "server CPU µs",

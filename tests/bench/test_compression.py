@@ -13,7 +13,7 @@ def test_compression_reports_bytes_and_cpu_per_delivery_for_each_server() -> Non
 
     (table,) = result.tables
     assert [row[0] for row in table.rows] == [contender.value for contender in Contender]
-    assert [row[3] for row in table.rows if row[0] in ("marketcast", "websockets broadcast")] == [
+    assert [row[4] for row in table.rows if row[0] in ("marketcast", "websockets broadcast")] == [
         "-",
         "-",
     ]
