@@ -9,7 +9,9 @@ import asyncio
 import select
 import socket
 import struct
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
@@ -66,9 +68,19 @@ class Holder(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
-async def connected_pair() -> tuple[asyncio.Server, Holder, asyncio.Transport, socket.socket]:
-    """A loop server with one connection: its protocol and transport, and the client's
-    blocking socket."""
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """One connection to a loop server: the server side's protocol and transport, and the
+    client's blocking socket."""
+
+    holder: Holder
+    transport: asyncio.Transport
+    client: socket.socket
+
+
+@asynccontextmanager
+async def connected_pair() -> AsyncIterator[Pair]:
+    """A loop server with one connection; both closed at the end."""
     loop = asyncio.get_running_loop()
     holder: Holder | None = None
 
@@ -78,12 +90,14 @@ async def connected_pair() -> tuple[asyncio.Server, Holder, asyncio.Transport, s
         return holder
 
     server = await loop.create_server(factory, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = socket.create_connection(("127.0.0.1", port))
-    await wait_until(lambda: holder is not None, what="the server side of the connection")
-    assert holder is not None
-    transport = await asyncio.wait_for(holder.made, 5)
-    return server, holder, transport, client
+    client = socket.create_connection(("127.0.0.1", server.sockets[0].getsockname()[1]))
+    try:
+        await wait_until(lambda: holder is not None, what="the server side of the connection")
+        assert holder is not None
+        yield Pair(holder, await asyncio.wait_for(holder.made, 5), client)
+    finally:
+        client.close()
+        server.close()
 
 
 def read_exactly(sock: socket.socket, size: int) -> bytes:
@@ -100,18 +114,14 @@ def read_exactly(sock: socket.socket, size: int) -> bytes:
 @pytest.mark.parametrize("loop", LOOPS)
 def test_bytes_are_in_the_socket_when_send_now_returns(loop: str) -> None:
     async def main() -> None:
-        server, _, transport, client = await connected_pair()
-        try:
-            fd = socket_fd(transport)
+        async with connected_pair() as pair:
+            fd = socket_fd(pair.transport)
             assert fd >= 0
-            send_now(transport, fd, b"first")
+            send_now(pair.transport, fd, b"first")
             # No await since: the loop has not had a turn to send anything for us.
-            assert transport.get_write_buffer_size() == 0
-            assert readable(client)
-            assert client.recv(100) == b"first"
-        finally:
-            client.close()
-            server.close()
+            assert pair.transport.get_write_buffer_size() == 0
+            assert readable(pair.client)
+            assert pair.client.recv(100) == b"first"
 
     run_on(loop, main)
 
@@ -119,8 +129,8 @@ def test_bytes_are_in_the_socket_when_send_now_returns(loop: str) -> None:
 @pytest.mark.parametrize("loop", LOOPS)
 def test_what_the_socket_does_not_take_follows_through_the_transport_in_order(loop: str) -> None:
     async def main() -> None:
-        server, _, transport, client = await connected_pair()
-        try:
+        async with connected_pair() as pair:
+            transport = pair.transport
             fd = socket_fd(transport)
             sent: list[bytes] = []
             block = 0
@@ -136,12 +146,9 @@ def test_what_the_socket_does_not_take_follows_through_the_transport_in_order(lo
                 assert transport.get_write_buffer_size()
             expected = b"".join(sent + tail)
             reading = asyncio.get_running_loop().run_in_executor(
-                None, read_exactly, client, len(expected)
+                None, read_exactly, pair.client, len(expected)
             )
             assert await asyncio.wait_for(reading, 10) == expected
-        finally:
-            client.close()
-            server.close()
 
     run_on(loop, main)
 
@@ -149,10 +156,10 @@ def test_what_the_socket_does_not_take_follows_through_the_transport_in_order(lo
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_reset_connection_is_reported_by_the_transport(loop: str) -> None:
     async def main() -> None:
-        server, holder, transport, client = await connected_pair()
-        try:
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            client.close()  # linger 0: a reset, not a FIN
+        async with connected_pair() as pair:
+            holder, transport = pair.holder, pair.transport
+            pair.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            pair.client.close()  # linger 0: a reset, not a FIN
             fd = socket_fd(transport)
             for _ in range(100):  # the first write may still succeed; the reset then shows
                 if holder.lost.done() or transport.is_closing():
@@ -160,8 +167,6 @@ def test_a_reset_connection_is_reported_by_the_transport(loop: str) -> None:
                 send_now(transport, fd, b"x" * 1024)
                 await asyncio.sleep(0.01)
             await asyncio.wait_for(holder.lost, 5)
-        finally:
-            server.close()
 
     run_on(loop, main)
 
