@@ -193,8 +193,9 @@ class WatchedConnection(ServerConnection):
     """A ``ServerConnection`` that writes frames without awaiting (``publish.client.Sink``)
     and reports a write buffer stuck above its high-water mark.
 
-    ``write_frames`` hands frames to the transport synchronously, like ``broadcast``
-    does per connection, but with frames built once for all; ``writable`` is false
+    ``write_frames`` sends frames synchronously, like ``broadcast`` does per connection,
+    but with frames built once for all and into the socket at once (``publish.sendnow``);
+    ``writable`` is false
     once the transport buffer passes ``write_limit`` (asyncio paused the protocol) or the
     connection is no longer open, and the session then conflates instead of writing.
 
