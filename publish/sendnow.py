@@ -29,10 +29,9 @@ def socket_fd(transport: asyncio.BaseTransport) -> int:
     if sock is None:
         return -1
     try:
-        fd = sock.fileno()
+        return int(sock.fileno())
     except (OSError, ValueError):
         return -1
-    return fd if isinstance(fd, int) else -1
 
 
 def send_now(transport: asyncio.WriteTransport, fd: int, data: bytes) -> None:

@@ -195,9 +195,9 @@ class WatchedConnection(ServerConnection):
 
     ``write_frames`` sends frames synchronously, like ``broadcast`` does per connection,
     but with frames built once for all and into the socket at once (``publish.sendnow``);
-    ``writable`` is false
-    once the transport buffer passes ``write_limit`` (asyncio paused the protocol) or the
-    connection is no longer open, and the session then conflates instead of writing.
+    ``writable`` is false once the transport buffer passes ``write_limit`` (asyncio paused
+    the protocol) or the connection is no longer open, and the session then conflates
+    instead of writing.
 
     asyncio calls ``pause_writing`` when the transport buffer crosses ``write_limit`` and
     ``resume_writing`` once it drains, so the watch is one timer per stall, nothing per
