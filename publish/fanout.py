@@ -9,16 +9,26 @@ every source encodes each dirty key's latest value ONCE and offers the same byte
 every subscriber; nothing in a tick awaits, so a slow client can never delay the others.
 
 Sessions subscribed to exactly the same subscriptions (channel, key and parameter, such
-as a book's depth) form a ``Crowd``, and sources see crowds, never sessions: the tick
-offers each message to a crowd once, frames the crowd's messages once when the tick
-ends, and writes those same bytes to every member whose socket takes them (one write
-per member). A member that is behind, or has replies or state of its own queued, takes
-the messages into its own conflating outbox instead (``publish.outbox.Outbox``). A
-session with subscriptions nobody else has is a crowd of one. Which crowd a session is
-in is its subscription state: the one place it is kept.
+as a book's depth) form a ``Crowd`` of at most ``crowd_size`` members (more sessions
+with the same subscriptions make several crowds), and sources see crowds, never
+sessions: the tick offers each message to a crowd once, frames the crowd's messages
+once when it flushes the crowd, and writes those same bytes to every member whose
+socket takes them (one write per member). A member that is behind, or has replies or
+state of its own queued, takes the messages into its own conflating outbox instead
+(``publish.outbox.Outbox``). A session with subscriptions nobody else has is a crowd of
+one. Which crowd a session is in is its subscription state: the one place it is kept.
+
+Flushing takes turns. What a tick offered is queued, crowd by crowd, behind whatever
+earlier ticks left, and a tick flushes from the front of that queue for about
+``flush_slice_ms``, then hands the loop back and asks for another tick. A change that
+arrives meanwhile is offered to the crowds still waiting (it joins what they will
+write, conflated by key) and queued for those already written. So a large audience is
+written in turns of one slice each, feeds and requests run between the turns, and a
+change reaches every subscriber within one round of the queue, instead of waiting for
+the round in progress to finish before its own round starts.
 
 Cost per tick: O(dirty keys) encodes (book: per distinct subscribed depth) + O(sum of
-their crowds) offers + one framing per crowd + one write per member touched.
+their crowds) offers; per flushed crowd, one framing + one write per member touched.
 """
 
 from __future__ import annotations
@@ -26,7 +36,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
@@ -49,6 +61,11 @@ from publish.wire import Framing, WireFormat
 
 log = logging.getLogger(__name__)
 
+CROWD_SIZE = 256
+"""Members per crowd at most: a crowd is flushed in one go, so this bounds one turn."""
+FLUSH_SLICE_MS = 2.0
+"""How long a tick goes on flushing before it hands the loop back."""
+
 __all__ = [
     "CHANNEL_WIDE",
     "Counters",
@@ -63,8 +80,9 @@ __all__ = [
 ]
 
 WrittenHook = Callable[[Iterable[BookSnapshot], int], None]
-"""Told at the end of a tick: the snapshots whose bbo/book messages it delivered, and the
-time (ns, ``Fanout.clock``) by which their frames were written to every subscriber whose
+"""Told once every crowd a tick offered to has been flushed (by that tick or by later
+ones, in turn): the snapshots whose bbo/book messages the tick delivered, and the time
+(ns, ``Fanout.clock``) by which their frames were written to every subscriber whose
 socket took them (publish and end-to-end latency; conflated ones are written later)."""
 
 
@@ -105,10 +123,11 @@ class Flushable(Protocol):
 
 
 class Crowd:
-    """The members subscribed to exactly ``specs``: one outbox per tick for all of them.
+    """Members (at most the fan-out's ``crowd_size``) subscribed to exactly ``specs``: one
+    outbox for all of them.
 
-    ``offer`` is one dict store; ``flush`` (at the end of the tick) hands the same
-    ``TickMessages`` to every member.
+    ``offer`` is one dict store (the first one queues the crowd for flushing); ``flush``
+    hands the same ``TickMessages`` to every member.
     """
 
     __slots__ = ("_fanout", "_outbox", "members", "specs")
@@ -153,6 +172,8 @@ class Fanout:
     feeds capture into snapshots (``[book].capture_depth``). ``metrics`` provides the
     ``metrics`` channel's content (default: ``stats()``), sent every
     ``metrics_interval`` seconds (``None``: on ``publish_metrics`` calls only).
+    ``crowd_size``: members per crowd at most; ``flush_slice_ms``: how long a tick goes on
+    flushing before it hands the loop back (it flushes one crowd or session at least).
     """
 
     def __init__(
@@ -164,7 +185,11 @@ class Fanout:
         metrics: MetricsProvider | None = None,
         metrics_interval: float | None = 1.0,
         on_written: WrittenHook | None = None,
+        crowd_size: int = CROWD_SIZE,
+        flush_slice_ms: float = FLUSH_SLICE_MS,
     ) -> None:
+        if crowd_size < 1 or flush_slice_ms <= 0:
+            raise ValueError("crowd_size must be at least 1 and flush_slice_ms positive")
         self.registry = registry
         self.clock = clock
         self.book_depth = book_depth
@@ -172,9 +197,19 @@ class Fanout:
         self.framing = Framing()
         """Frames messages in each connection's wire format, memoized per tick."""
         self.on_written = on_written
-        self._crowds: dict[frozenset[Spec], Crowd] = {}
+        self._crowd_size = crowd_size
+        self._flush_slice = flush_slice_ms / 1000
+        self._crowds: dict[frozenset[Spec], list[Crowd]] = {}
+        """The crowds of each distinct subscription set."""
         self._crowd_of: dict[Member, Crowd] = {}
-        self._to_flush: list[Flushable] = []
+        self._to_flush: deque[Flushable] = deque()
+        self._queued = 0
+        """Flushes ever queued (``_to_flush`` appends)."""
+        self._flushed = 0
+        """Flushes ever taken off the queue: all queued up to this count have run."""
+        self._unwritten: deque[tuple[int, Iterable[BookSnapshot]]] = deque()
+        """A measured tick's delivered snapshots, with the ``_queued`` count by which
+        everything it offered was queued: written once ``_flushed`` reaches it."""
         self._sources: dict[Channel, ChannelSource] = {}
         self._tick_pending = False
         for source in market_data(
@@ -251,13 +286,18 @@ class Fanout:
         """Sessions subscribed to ``topic``. O(crowds): for tests and tools."""
         return sum(
             len(crowd.members)
-            for crowd in self._crowds.values()
-            if any(spec[:2] == topic for spec in crowd.specs)
+            for specs, crowds in self._crowds.items()
+            if any(spec[:2] == topic for spec in specs)
+            for crowd in crowds
         )
 
     def subscriptions(self) -> int:
         """(subscription, session) pairs held now. O(crowds)."""
-        return sum(len(crowd.specs) * len(crowd.members) for crowd in self._crowds.values())
+        return sum(
+            len(specs) * len(crowd.members)
+            for specs, crowds in self._crowds.items()
+            for crowd in crowds
+        )
 
     def crowds(self) -> int:
         """Distinct subscription sets held now: the work of a tick grows with these, not
@@ -267,35 +307,51 @@ class Fanout:
     # -- crowds -------------------------------------------------------------------------
 
     def _move(self, member: Member, crowd: Crowd | None, specs: frozenset[Spec]) -> None:
-        """Make ``member`` a member of the crowd of ``specs`` (none when empty)."""
+        """Make ``member`` a member of a crowd of ``specs`` (none when empty)."""
         if crowd is not None and crowd.specs == specs:
             return
         crowds = self._crowds
         if crowd is not None and len(crowd.members) == 1 and specs and specs not in crowds:
             # A crowd of one follows its member: re-register only what changed.
-            del crowds[crowd.specs]
+            self._detach(crowd)
             for spec in crowd.specs - specs:
                 self._remove(crowd, spec)
             for spec in specs - crowd.specs:
                 self._add(crowd, spec)
             crowd.specs = specs
-            crowds[specs] = crowd
+            crowds[specs] = [crowd]
             return
         if crowd is not None:
             crowd.members.discard(member)
             del self._crowd_of[member]
             if not crowd.members:
-                del crowds[crowd.specs]
+                self._detach(crowd)
                 for spec in crowd.specs:
                     self._remove(crowd, spec)
         if specs:
-            joined = crowds.get(specs)
-            if joined is None:
-                joined = crowds[specs] = Crowd(specs, self)
-                for spec in specs:
-                    self._add(joined, spec)
+            joined = self._crowd_with_room(specs)
             joined.members.add(member)
             self._crowd_of[member] = joined
+
+    def _crowd_with_room(self, specs: frozenset[Spec]) -> Crowd:
+        """A crowd of ``specs`` with room for one more member, new if none has. O(crowds
+        of ``specs``)."""
+        crowds = self._crowds.setdefault(specs, [])
+        for crowd in crowds:
+            if len(crowd.members) < self._crowd_size:
+                return crowd
+        crowd = Crowd(specs, self)
+        crowds.append(crowd)
+        for spec in specs:
+            self._add(crowd, spec)
+        return crowd
+
+    def _detach(self, crowd: Crowd) -> None:
+        """Take ``crowd`` out of the crowds of its specs (its sources still hold it)."""
+        crowds = self._crowds[crowd.specs]
+        crowds.remove(crowd)
+        if not crowds:
+            del self._crowds[crowd.specs]
 
     def _add(self, crowd: Crowd, spec: Spec) -> None:
         channel, key, parameter = spec
@@ -314,8 +370,10 @@ class Fanout:
             asyncio.get_running_loop().call_soon(self._tick)
 
     def flush_soon(self, subscriber: Flushable) -> None:
-        """Call ``subscriber.flush()`` at the end of this (or the next) tick. O(1)."""
+        """Call ``subscriber.flush()`` in its turn: after everything queued before it, in
+        this tick or a later one (see the module docstring). O(1)."""
         self._to_flush.append(subscriber)
+        self._queued += 1
         self.request_tick()
 
     def _tick(self) -> None:
@@ -328,29 +386,49 @@ class Fanout:
             self.request_tick()
 
     def _run_tick(self) -> bool:
-        """Every source publishes what changed, then everything offered is flushed; never
-        awaits. True when a source has more to publish."""
+        """Every source publishes what changed, then the flush queue is served for one
+        slice; never awaits. True when a source has more to publish or flushes wait."""
         self.counters.ticks += 1
         tick = Tick(self.clock(), measured=self.on_written is not None)
         more = False
         for source in self._sources.values():
             more |= source.publish(tick)
-        self.flush_now()
+        if tick.delivered:
+            self._unwritten.append((self._queued, tick.delivered.values()))
+        drained = self._flush_until(time.perf_counter() + self._flush_slice)
         self.framing.end_tick()
-        if tick.delivered and self.on_written is not None:
-            self.on_written(tick.delivered.values(), self.clock())
-        return more
+        self._report_written()
+        return more or not drained
 
     def flush_now(self) -> None:
-        """Flush everything that asked, including sessions that a crowd's flush queued
-        (a member that was behind takes the tick into its own outbox)."""
-        while self._to_flush:
-            to_flush, self._to_flush = self._to_flush, []
-            for subscriber in to_flush:
-                try:
-                    subscriber.flush()
-                except Exception:  # one client's failure must not stop the others' delivery
-                    self.write_failed()
+        """Flush everything queued, all of it now (including sessions that a crowd's
+        flush queues: a member that was behind takes the messages into its own outbox)."""
+        self._flush_until(math.inf)
+        self._report_written()
+
+    def _flush_until(self, deadline: float) -> bool:
+        """Flush from the front of the queue until it is empty (True) or ``deadline``
+        (``time.perf_counter``) has passed with some left (False); one at least."""
+        queue = self._to_flush
+        while queue:
+            subscriber = queue.popleft()
+            self._flushed += 1
+            try:
+                subscriber.flush()
+            except Exception:  # one client's failure must not stop the others' delivery
+                self.write_failed()
+            if queue and time.perf_counter() >= deadline:
+                return False
+        return True
+
+    def _report_written(self) -> None:
+        """Tell ``on_written`` of the ticks whose every offered crowd has been flushed."""
+        unwritten = self._unwritten
+        if not unwritten or unwritten[0][0] > self._flushed or self.on_written is None:
+            return
+        written_ns = self.clock()
+        while unwritten and unwritten[0][0] <= self._flushed:
+            self.on_written(unwritten.popleft()[1], written_ns)
 
     def write_failed(self) -> None:
         """Count a write to a subscriber that raised; log the first (call in ``except``)."""

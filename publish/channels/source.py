@@ -3,13 +3,13 @@
 A channel source owns everything particular to its channel: which values it watches
 (registry listeners, another engine's events), which subscribers hold which keys, what
 is dirty, how a message is encoded, and what a new subscriber is sent first. The
-fan-out only moves subscribers between crowds (``publish.fanout.Crowd``: the sessions
-with the very same subscriptions), tells each source which crowds hold which of its
-keys, and runs the publish tick, in which every source publishes what changed.
+fan-out only moves subscribers between crowds (``publish.fanout.Crowd``: sessions with
+the very same subscriptions), tells each source which crowds hold which of its keys,
+and runs the publish tick, in which every source publishes what changed.
 
 Sources deliver to crowds only inside a tick (``publish``), so a crowd's messages are
-framed once when the tick ends; what one new subscriber is sent first goes to that
-subscriber alone (``send_current``).
+framed once when the crowd is flushed, for all its members; what one new subscriber is
+sent first goes to that subscriber alone (``send_current``).
 """
 
 from __future__ import annotations

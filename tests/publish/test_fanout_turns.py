@@ -1,0 +1,101 @@
+"""Crowds of bounded size, and flushing in turns: a large audience is written a slice at
+a time, and a change that arrives meanwhile joins what the crowds still waiting will
+write (``publish.fanout``'s module docstring). Recording sinks, no sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from book.snapshot import BookSnapshot
+from publish.fanout import Fanout
+from tests.publish.support import BTC, ETH, Feed, bbo, clock, new_registry, wait_until
+from tests.publish.test_fanout import ASK, Client, ack, client, settle
+
+ONE_AT_A_TIME = 1e-9
+"""A flush slice that is over as soon as it starts: each tick flushes one crowd."""
+
+
+def subscribed(clients: Iterable[Client]) -> bool:
+    return all(len(each.sink.frames) == 1 for each in clients)
+
+
+async def first_turn(clients: Sequence[Client]) -> list[int]:
+    """Until one of ``clients`` is written to, checked between every two callbacks of the
+    loop (so between the tick that wrote it and the next one): how many frames each has."""
+
+    def counts() -> list[int]:
+        return [len(each.sink.frames) for each in clients]
+
+    await wait_until(lambda: max(counts()) == 2, what="a first turn", pause=0)
+    return counts()
+
+
+async def test_sessions_past_crowd_size_make_more_crowds_each_framed_once() -> None:
+    registry = new_registry()
+    feed, fanout = Feed(registry), Fanout(registry, clock=clock, crowd_size=2)
+    async with (
+        client(fanout) as a,
+        client(fanout) as b,
+        client(fanout) as c,
+        client(fanout) as d,
+        client(fanout) as e,
+    ):
+        everyone = (a, b, c, d, e)
+        for each in everyone:
+            each.send(op="subscribe", id=1, channel="bbo", instruments=[BTC, ETH])
+        await wait_until(lambda: subscribed(everyone), what="acks", pause=0)
+        assert (fanout.crowds(), fanout.subscriptions()) == (1, 10)
+        snapshot = feed.quote(BTC, ("1", "1"), ASK)
+        await settle()
+        writes = [each.sink.writes[1] for each in everyone]
+        # Members of one crowd share one bytes object; crowds frame theirs each.
+        assert writes[0] is writes[1] and writes[2] is writes[3]
+        assert writes[0] is not writes[2] and writes[4] is not writes[2]
+        expected = [ack(1, "bbo", BTC, ETH), bbo(BTC, snapshot.seq, ("1", "1"), ASK)]
+        assert all(each.sink.messages() == expected for each in everyone)
+    assert (fanout.crowds(), fanout.subscriptions()) == (0, 0)
+
+
+async def test_a_change_joins_the_crowds_still_waiting_for_their_turn() -> None:
+    registry = new_registry()
+    feed = Feed(registry)
+    fanout = Fanout(registry, clock=clock, crowd_size=1, flush_slice_ms=ONE_AT_A_TIME)
+    async with client(fanout) as first, client(fanout) as second, client(fanout) as third:
+        everyone = (first, second, third)
+        for each in everyone:
+            each.send(op="subscribe", id=1, channel="bbo", instruments=[BTC])
+        await wait_until(lambda: subscribed(everyone), what="acks", pause=0)
+        old = feed.quote(BTC, ("1", "1"), ASK)
+        counts = await first_turn(everyone)  # a tick published it, flushed one crowd only
+        assert sorted(counts) == [1, 1, 2]
+        new = feed.quote(BTC, ("2", "1"), ASK)  # before the next turn
+        await settle()
+    old_bbo = bbo(BTC, old.seq, ("1", "1"), ASK)
+    new_bbo = bbo(BTC, new.seq, ("2", "1"), ASK)
+    for each, count in zip(everyone, counts, strict=True):
+        # Those still waiting when the new change came write it in their turn, conflated.
+        assert each.sink.messages()[1:] == ([old_bbo, new_bbo] if count == 2 else [new_bbo])
+
+
+async def test_a_tick_is_reported_written_once_every_crowd_it_offered_to_is() -> None:
+    registry = new_registry()
+    feed = Feed(registry)
+    written: list[tuple[list[BookSnapshot], int]] = []
+    fanout = Fanout(
+        registry,
+        clock=clock,
+        crowd_size=1,
+        flush_slice_ms=ONE_AT_A_TIME,
+        on_written=lambda snapshots, at: written.append((list(snapshots), at)),
+    )
+    async with client(fanout) as first, client(fanout) as second, client(fanout) as third:
+        everyone = (first, second, third)
+        for each in everyone:
+            each.send(op="subscribe", id=1, channel="bbo", instruments=[BTC])
+        await wait_until(lambda: subscribed(everyone), what="acks", pause=0)
+        snapshot = feed.quote(BTC, ("1", "1"), ASK)
+        assert sorted(await first_turn(everyone)) == [1, 1, 2]
+        assert written == []  # two of its three crowds are still waiting
+        await settle()
+        assert [len(each.sink.frames) for each in everyone] == [2, 2, 2]
+    assert written == [([snapshot], clock())]
