@@ -71,7 +71,7 @@ def connect(
     """A client of the marketcast server at ``url`` (``ws://host:port/ws``); use it as
     ``async with marketcast.connect(url) as client:``. ``token`` (``marketcast token
     --account A``) authenticates every connection; ``batch`` asks for one frame per
-    publish tick (``?batch=1``: fewer frames, the same messages); ``compress`` for
+    write, holding everything new (``?batch=1``: fewer frames, the same messages); ``compress`` for
     compressed frames (``?compress=1``: fewer bytes over a slow or distant link).
     Timestamps are always integer nanoseconds: a ``ts`` option on ``url`` is dropped."""
     return Client(
