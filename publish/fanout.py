@@ -151,6 +151,16 @@ class Crowd:
             self._fanout.flush_soon(self)
         self._outbox.update(messages)
 
+    def hand_over(self, member: Member) -> None:
+        """``member`` is leaving these specs: what was offered here and not written yet
+        becomes its own (its outbox conflates it, and the subscription change then drops
+        what it no longer holds). A crowd of one keeps none of it. O(pending)."""
+        if not self._outbox:
+            return
+        member.offer_all(self._outbox)
+        if len(self.members) == 1:
+            self._outbox = {}
+
     def flush(self) -> None:
         if not self._outbox:
             return
@@ -310,6 +320,9 @@ class Fanout:
         """Make ``member`` a member of a crowd of ``specs`` (none when empty)."""
         if crowd is not None and crowd.specs == specs:
             return
+        if crowd is not None:
+            # Its turn may not have come yet (see the module docstring).
+            crowd.hand_over(member)
         crowds = self._crowds
         if crowd is not None and len(crowd.members) == 1 and specs and specs not in crowds:
             # A crowd of one follows its member: re-register only what changed.

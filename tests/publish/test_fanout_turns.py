@@ -99,3 +99,45 @@ async def test_a_tick_is_reported_written_once_every_crowd_it_offered_to_is() ->
         await settle()
         assert [len(each.sink.frames) for each in everyone] == [2, 2, 2]
     assert written == [([snapshot], clock())]
+
+
+async def test_a_session_that_moves_crowds_before_its_turn_still_gets_what_was_offered() -> None:
+    registry = new_registry()
+    feed = Feed(registry)
+    fanout = Fanout(registry, clock=clock, crowd_size=2, flush_slice_ms=ONE_AT_A_TIME)
+    async with client(fanout) as a, client(fanout) as b, client(fanout) as c, client(fanout) as d:
+        everyone = (a, b, c, d)  # two crowds of two
+        for each in everyone:
+            each.send(op="subscribe", id=1, channel="bbo", instruments=[BTC])
+        await wait_until(lambda: subscribed(everyone), what="acks", pause=0)
+        snapshot = feed.quote(BTC, ("1", "1"), ASK)
+        counts = await first_turn(everyone)
+        assert sorted(counts) == [1, 1, 2, 2]
+        mover = everyone[counts.index(1)]
+        # Between two turns: it leaves its crowd, still waiting, for a new one.
+        mover.session.handle(
+            b'{"op":"subscribe","id":2,"channel":"bbo","instruments":["' + ETH.encode() + b'"]}'
+        )
+        await settle()
+    expected = bbo(BTC, snapshot.seq, ("1", "1"), ASK)
+    assert all(expected in each.sink.messages() for each in everyone)
+
+
+async def test_what_a_session_unsubscribed_before_its_turn_is_not_written_to_it() -> None:
+    registry = new_registry()
+    feed = Feed(registry)
+    fanout = Fanout(registry, clock=clock, crowd_size=1, flush_slice_ms=ONE_AT_A_TIME)
+    async with client(fanout) as first, client(fanout) as second:
+        everyone = (first, second)
+        for each in everyone:
+            each.send(op="subscribe", id=1, channel="bbo", instruments=[BTC, ETH])
+        await wait_until(lambda: subscribed(everyone), what="acks", pause=0)
+        feed.quote(BTC, ("1", "1"), ASK)
+        counts = await first_turn(everyone)
+        waiting = everyone[counts.index(1)]
+        # Its crowd of one follows it to {ETH}: the BTC change it had not written goes.
+        waiting.session.handle(
+            b'{"op":"unsubscribe","id":2,"channel":"bbo","instruments":["' + BTC.encode() + b'"]}'
+        )
+        await settle()
+    assert waiting.sink.messages()[1:] == [ack(2, "bbo", BTC, op="unsubscribe")]
