@@ -140,7 +140,9 @@ async def measure_shard(load: ShardLoad, *, shards: int, shard: int, changes: in
     """One shard's CPU over ``changes`` BBO changes, round-robin over the instruments."""
     registry = BookRegistry()
     follower = Follower(registry, stale_after=3600.0)
-    fanout = Fanout(registry, metrics_interval=None)
+    # One turn holds every account (no batch waits for a later turn and conflates with
+    # the next change's): the batches per change are counted exactly.
+    fanout = Fanout(registry, metrics_interval=None, turn_size=max(1, load.accounts))
     engine = ProfitEngine(registry, fanout, marks_per_tick=max(1, load.positions))
     instruments = [f"sim:I{i}-USD" for i in range(load.instruments)]
     bus_seq = dict.fromkeys(instruments, 0)

@@ -1,12 +1,13 @@
 """One connection's way out: a conflating outbox, its replies, and the writer behind them.
 
-Market data reaches a connection from its crowd (``publish.fanout.Crowd``): at the end
-of a publish tick ``take_tick`` writes the crowd's frames, built once for all members
-of the same wire format (``publish.wire``: ``?batch=1``, ``?ts=``, ``?compress=1``), in
-one transport write, with no await and no task switch. Whatever cannot go out that way (the socket
-is behind, or replies or the state sent on subscribe are queued first) is ``offer``ed:
-kept as the latest of its key (a dict), replacing an unsent older one (conflation: seq
-jumps, nothing stale is ever written), and written by ``flush`` at the end of the tick.
+Market data reaches a connection from its crowd (``publish.fanout.Crowd``): in the
+crowd's turn ``take_tick`` writes the crowd's frames, built once for all members of the
+same wire format (``publish.wire``: ``?batch=1``, ``?ts=``, ``?compress=1``), in one
+transport write, with no await and no task switch. Whatever cannot go out that way (the
+socket is behind, or replies or the state sent on subscribe are queued first) is
+``offer``ed: kept as the latest of its key (a dict), replacing an unsent older one
+(conflation: seq jumps, nothing stale is ever written), and written by ``flush`` in its
+turn; replies go at the start of the next turn (``Fanout.flush_first``).
 When the socket is behind (its transport buffer above its high-water mark), nothing is
 written: the outbox keeps conflating, and a writer task, started only then, waits for
 the socket to drain and writes it. Memory per connection is therefore bounded by
@@ -61,6 +62,8 @@ class Outbox:
         self._pending: dict[Topic, bytes] = {}
         self._replies: list[bytes] = []
         self._queued = False
+        self._replies_queued = False
+        """Queued with ``Fanout.flush_first`` (replies go ahead of market data's turns)."""
         self._tasks: asyncio.TaskGroup | None = None
         self._writer: asyncio.Task[None] | None = None
         self._stopped = False
@@ -90,7 +93,7 @@ class Outbox:
 
     def offer(self, key: Topic, message: bytes) -> None:
         """Queue ``message`` as the latest of ``key``, replacing an unsent one; it is
-        written when the tick ends (or, if the socket is behind, when it drains). O(1),
+        written in its turn (or, if the socket is behind, when it drains). O(1),
         never waits."""
         pending = self._pending
         if key in pending:
@@ -127,6 +130,7 @@ class Outbox:
     def flush(self) -> None:
         """Write everything queued (replies first) if the socket takes it now; else leave
         it to the writer task. O(pending); one write."""
+        self._replies_queued = False
         if not self._queued:
             return
         sink = self._sink
@@ -154,11 +158,13 @@ class Outbox:
 
     def reply(self, message: bytes) -> None:
         """Queue a reply (ack, error, pong): it is written ahead of queued market data,
-        after the request that caused it or at the end of the tick. O(1)."""
+        after the request that caused it or at the start of the next turn of writes
+        (``Fanout.flush_first``), whatever round of market data is going on. O(1)."""
         self._replies.append(message)
-        if not self._queued:
-            self._queued = True
-            self._fanout.flush_soon(self)
+        self._queued = True
+        if not self._replies_queued:
+            self._replies_queued = True
+            self._fanout.flush_first(self)
 
     def drop(self, keys: Iterable[Topic], *, channels: Iterable[object] = ()) -> None:
         """Forget what is queued under ``keys`` and every message of ``channels``."""

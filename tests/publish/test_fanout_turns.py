@@ -11,8 +11,8 @@ from publish.fanout import Fanout
 from tests.publish.support import BTC, ETH, Feed, bbo, clock, new_registry, wait_until
 from tests.publish.test_fanout import ASK, Client, ack, client, settle
 
-ONE_AT_A_TIME = 1e-9
-"""A flush slice that is over as soon as it starts: each tick flushes one crowd."""
+ONE_AT_A_TIME = 1
+"""A turn of one subscriber: each tick flushes one crowd (or session)."""
 
 
 def subscribed(clients: Iterable[Client]) -> bool:
@@ -59,7 +59,7 @@ async def test_sessions_past_crowd_size_make_more_crowds_each_framed_once() -> N
 async def test_a_change_joins_the_crowds_still_waiting_for_their_turn() -> None:
     registry = new_registry()
     feed = Feed(registry)
-    fanout = Fanout(registry, clock=clock, crowd_size=1, flush_slice_ms=ONE_AT_A_TIME)
+    fanout = Fanout(registry, clock=clock, crowd_size=1, turn_size=ONE_AT_A_TIME)
     async with client(fanout) as first, client(fanout) as second, client(fanout) as third:
         everyone = (first, second, third)
         for each in everyone:
@@ -85,7 +85,7 @@ async def test_a_tick_is_reported_written_once_every_crowd_it_offered_to_is() ->
         registry,
         clock=clock,
         crowd_size=1,
-        flush_slice_ms=ONE_AT_A_TIME,
+        turn_size=ONE_AT_A_TIME,
         on_written=lambda snapshots, at: written.append((list(snapshots), at)),
     )
     async with client(fanout) as first, client(fanout) as second, client(fanout) as third:
@@ -104,7 +104,7 @@ async def test_a_tick_is_reported_written_once_every_crowd_it_offered_to_is() ->
 async def test_a_session_that_moves_crowds_before_its_turn_still_gets_what_was_offered() -> None:
     registry = new_registry()
     feed = Feed(registry)
-    fanout = Fanout(registry, clock=clock, crowd_size=2, flush_slice_ms=ONE_AT_A_TIME)
+    fanout = Fanout(registry, clock=clock, crowd_size=2, turn_size=ONE_AT_A_TIME)
     async with client(fanout) as a, client(fanout) as b, client(fanout) as c, client(fanout) as d:
         everyone = (a, b, c, d)  # two crowds of two
         for each in everyone:
@@ -126,7 +126,7 @@ async def test_a_session_that_moves_crowds_before_its_turn_still_gets_what_was_o
 async def test_what_a_session_unsubscribed_before_its_turn_is_not_written_to_it() -> None:
     registry = new_registry()
     feed = Feed(registry)
-    fanout = Fanout(registry, clock=clock, crowd_size=1, flush_slice_ms=ONE_AT_A_TIME)
+    fanout = Fanout(registry, clock=clock, crowd_size=1, turn_size=ONE_AT_A_TIME)
     async with client(fanout) as first, client(fanout) as second:
         everyone = (first, second)
         for each in everyone:
@@ -141,3 +141,29 @@ async def test_what_a_session_unsubscribed_before_its_turn_is_not_written_to_it(
         )
         await settle()
     assert waiting.sink.messages()[1:] == [ack(2, "bbo", BTC, op="unsubscribe")]
+
+
+async def test_a_reply_goes_out_at_the_next_turn_ahead_of_the_round() -> None:
+    registry = new_registry()
+    feed = Feed(registry)
+    fanout = Fanout(registry, clock=clock, crowd_size=1, turn_size=ONE_AT_A_TIME)
+    async with (
+        client(fanout) as a,
+        client(fanout) as b,
+        client(fanout) as c,
+        client(fanout) as trader,
+    ):
+        everyone = (a, b, c)
+        for each in everyone:
+            each.send(op="subscribe", id=1, channel="bbo", instruments=[BTC])
+        await wait_until(lambda: subscribed(everyone), what="acks", pause=0)
+        feed.quote(BTC, ("1", "1"), ASK)
+        assert sorted(await first_turn(everyone)) == [1, 1, 2]
+        # An answer that came in between two turns (as a position's ack does, once its
+        # batch commits): it does not wait for the two crowds still in the round.
+        trader.session.outbox.reply(b'{"type":"ack","id":7}')
+        await wait_until(lambda: bool(trader.sink.frames), what="the reply", pause=0)
+        assert sorted(len(each.sink.frames) for each in everyone) == [1, 2, 2]
+        await settle()
+        assert [len(each.sink.frames) for each in everyone] == [2, 2, 2]
+    assert trader.sink.messages() == [{"type": "ack", "id": 7}]
