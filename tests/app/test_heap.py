@@ -122,10 +122,14 @@ assert not keeper.reclaim_due(), "memory alone called a pass that can free nothi
 print("ok")
 """
 
-CHURN = """
+STARTED = """
 keeper = HeapKeeper()
 keeper.start()
 settled = keeper.counts.settled_frozen
+"""
+"""A keeper started, and the frozen count it settled at: how the churn scripts begin."""
+
+CHURN = """
 # Objects that survive a full pass (so are frozen) and then die by reference counting, as
 # the objects of connections that come and go: the frozen count rises past its mark, the
 # memory does not.
@@ -139,9 +143,6 @@ print("ok")
 """
 
 CHURN_AND_MEMORY = """
-keeper = HeapKeeper()
-keeper.start()
-settled = keeper.counts.settled_frozen
 # Churn (objects frozen by a full pass, then dead: the sum of frozen objects passes its
 # mark) and memory that grows without tracked objects (open positions): both marks are
 # reached, but the frozen objects have not doubled, and a reclaim would free nothing.
@@ -158,9 +159,6 @@ print("ok")
 """
 
 WALKS_SPACED = """
-keeper = HeapKeeper()
-keeper.start()
-settled = keeper.counts.settled_frozen
 # The heap stays just under its mark: real objects take the frozen count to 95% of it,
 # the memory is past its own, and churn pushes the sum over the mark again and again.
 held = [Node() for _ in range(int(settled * 0.9))]
@@ -196,9 +194,9 @@ print("ok")
         FULL_PASS_SURVIVORS,
         RECLAIM,
         MEMORY_ALONE,
-        CHURN,
-        CHURN_AND_MEMORY,
-        WALKS_SPACED,
+        STARTED + CHURN,
+        STARTED + CHURN_AND_MEMORY,
+        STARTED + WALKS_SPACED,
     ],
     ids=[
         "startup-and-later-garbage",
