@@ -4,7 +4,7 @@ write (``publish.fanout``'s module docstring). Recording sinks, no sockets."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from book.snapshot import BookSnapshot
 from publish.fanout import Fanout
@@ -15,8 +15,13 @@ ONE_AT_A_TIME = 1
 """A turn of one subscriber: each tick flushes one crowd (or session)."""
 
 
-def subscribed(clients: Iterable[Client]) -> bool:
-    return all(len(each.sink.frames) == 1 for each in clients)
+async def subscribe_all(clients: Sequence[Client], *instruments: str) -> None:
+    """Subscribe each of ``clients`` to the bbo of ``instruments``; until all are acked."""
+    for each in clients:
+        each.send(op="subscribe", id=1, channel="bbo", instruments=list(instruments))
+    await wait_until(
+        lambda: all(len(each.sink.frames) == 1 for each in clients), what="acks", pause=0
+    )
 
 
 async def first_turn(clients: Sequence[Client]) -> list[int]:
@@ -41,9 +46,7 @@ async def test_sessions_past_crowd_size_make_more_crowds_each_framed_once() -> N
         client(fanout) as e,
     ):
         everyone = (a, b, c, d, e)
-        for each in everyone:
-            each.send(op="subscribe", id=1, channel="bbo", instruments=[BTC, ETH])
-        await wait_until(lambda: subscribed(everyone), what="acks", pause=0)
+        await subscribe_all(everyone, BTC, ETH)
         assert (fanout.crowds(), fanout.subscriptions()) == (1, 10)
         snapshot = feed.quote(BTC, ("1", "1"), ASK)
         await settle()
@@ -62,9 +65,7 @@ async def test_a_change_joins_the_crowds_still_waiting_for_their_turn() -> None:
     fanout = Fanout(registry, clock=clock, crowd_size=1, turn_size=ONE_AT_A_TIME)
     async with client(fanout) as first, client(fanout) as second, client(fanout) as third:
         everyone = (first, second, third)
-        for each in everyone:
-            each.send(op="subscribe", id=1, channel="bbo", instruments=[BTC])
-        await wait_until(lambda: subscribed(everyone), what="acks", pause=0)
+        await subscribe_all(everyone, BTC)
         old = feed.quote(BTC, ("1", "1"), ASK)
         counts = await first_turn(everyone)  # a tick published it, flushed one crowd only
         assert sorted(counts) == [1, 1, 2]
@@ -90,9 +91,7 @@ async def test_a_tick_is_reported_written_once_every_crowd_it_offered_to_is() ->
     )
     async with client(fanout) as first, client(fanout) as second, client(fanout) as third:
         everyone = (first, second, third)
-        for each in everyone:
-            each.send(op="subscribe", id=1, channel="bbo", instruments=[BTC])
-        await wait_until(lambda: subscribed(everyone), what="acks", pause=0)
+        await subscribe_all(everyone, BTC)
         snapshot = feed.quote(BTC, ("1", "1"), ASK)
         assert sorted(await first_turn(everyone)) == [1, 1, 2]
         assert written == []  # two of its three crowds are still waiting
@@ -107,9 +106,7 @@ async def test_a_session_that_moves_crowds_before_its_turn_still_gets_what_was_o
     fanout = Fanout(registry, clock=clock, crowd_size=2, turn_size=ONE_AT_A_TIME)
     async with client(fanout) as a, client(fanout) as b, client(fanout) as c, client(fanout) as d:
         everyone = (a, b, c, d)  # two crowds of two
-        for each in everyone:
-            each.send(op="subscribe", id=1, channel="bbo", instruments=[BTC])
-        await wait_until(lambda: subscribed(everyone), what="acks", pause=0)
+        await subscribe_all(everyone, BTC)
         snapshot = feed.quote(BTC, ("1", "1"), ASK)
         counts = await first_turn(everyone)
         assert sorted(counts) == [1, 1, 2, 2]
@@ -129,9 +126,7 @@ async def test_what_a_session_unsubscribed_before_its_turn_is_not_written_to_it(
     fanout = Fanout(registry, clock=clock, crowd_size=1, turn_size=ONE_AT_A_TIME)
     async with client(fanout) as first, client(fanout) as second:
         everyone = (first, second)
-        for each in everyone:
-            each.send(op="subscribe", id=1, channel="bbo", instruments=[BTC, ETH])
-        await wait_until(lambda: subscribed(everyone), what="acks", pause=0)
+        await subscribe_all(everyone, BTC, ETH)
         feed.quote(BTC, ("1", "1"), ASK)
         counts = await first_turn(everyone)
         waiting = everyone[counts.index(1)]
@@ -154,9 +149,7 @@ async def test_a_reply_goes_out_at_the_next_turn_ahead_of_the_round() -> None:
         client(fanout) as trader,
     ):
         everyone = (a, b, c)
-        for each in everyone:
-            each.send(op="subscribe", id=1, channel="bbo", instruments=[BTC])
-        await wait_until(lambda: subscribed(everyone), what="acks", pause=0)
+        await subscribe_all(everyone, BTC)
         feed.quote(BTC, ("1", "1"), ASK)
         assert sorted(await first_turn(everyone)) == [1, 1, 2]
         # An answer that came in between two turns (as a position's ack does, once its
