@@ -28,7 +28,9 @@ milliseconds each, feeds and requests run between the turns, and a change reache
 every subscriber within one round of the queue, instead of waiting for the round in
 progress to finish before its own round starts. Sessions with replies queued
 (``flush_first``: a position's ack) go at the start of the next turn, ahead of the
-round.
+round. A subscription change between turns loses nothing and sends nothing twice: a
+session leaving a crowd that waits takes what the crowd holds, and a crowd that waits
+is written before a session joins it.
 
 Cost per tick: O(dirty keys) encodes (book: per distinct subscribed depth) + O(sum of
 their crowds) offers; per flushed crowd, one framing + one write per member touched.
@@ -349,6 +351,9 @@ class Fanout:
                     self._remove(crowd, spec)
         if specs:
             joined = self._crowd_with_room(specs)
+            # What it still holds was offered before ``member`` came (it has had it, or
+            # has it queued): written to the members it was for, out of turn, first.
+            joined.flush()
             joined.members.add(member)
             self._crowd_of[member] = joined
 

@@ -6,9 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import orjson
+
 from book.snapshot import BookSnapshot
 from publish.fanout import Fanout
-from tests.publish.support import BTC, ETH, Feed, bbo, clock, new_registry, wait_until
+from tests.publish.support import (
+    BTC,
+    ETH,
+    KRAKEN_BTC,
+    Feed,
+    bbo,
+    clock,
+    new_registry,
+    wait_until,
+)
 from tests.publish.test_fanout import ASK, Client, ack, client, settle
 
 ONE_AT_A_TIME = 1
@@ -22,6 +33,11 @@ async def subscribe_all(clients: Sequence[Client], *instruments: str) -> None:
     await wait_until(
         lambda: all(len(each.sink.frames) == 1 for each in clients), what="acks", pause=0
     )
+
+
+def request(op: str, request_id: int, instrument: str) -> bytes:
+    """A bbo (un)subscribe request frame."""
+    return orjson.dumps({"op": op, "id": request_id, "channel": "bbo", "instruments": [instrument]})
 
 
 async def first_turn(clients: Sequence[Client]) -> list[int]:
@@ -112,9 +128,7 @@ async def test_a_session_that_moves_crowds_before_its_turn_still_gets_what_was_o
         assert sorted(counts) == [1, 1, 2, 2]
         mover = everyone[counts.index(1)]
         # Between two turns: it leaves its crowd, still waiting, for a new one.
-        mover.session.handle(
-            b'{"op":"subscribe","id":2,"channel":"bbo","instruments":["' + ETH.encode() + b'"]}'
-        )
+        mover.session.handle(request("subscribe", 2, ETH))
         await settle()
     expected = bbo(BTC, snapshot.seq, ("1", "1"), ASK)
     assert all(expected in each.sink.messages() for each in everyone)
@@ -131,9 +145,7 @@ async def test_what_a_session_unsubscribed_before_its_turn_is_not_written_to_it(
         counts = await first_turn(everyone)
         waiting = everyone[counts.index(1)]
         # Its crowd of one follows it to {ETH}: the BTC change it had not written goes.
-        waiting.session.handle(
-            b'{"op":"unsubscribe","id":2,"channel":"bbo","instruments":["' + BTC.encode() + b'"]}'
-        )
+        waiting.session.handle(request("unsubscribe", 2, BTC))
         await settle()
     assert waiting.sink.messages()[1:] == [ack(2, "bbo", BTC, op="unsubscribe")]
 
@@ -160,3 +172,24 @@ async def test_a_reply_goes_out_at_the_next_turn_ahead_of_the_round() -> None:
         await settle()
         assert [len(each.sink.frames) for each in everyone] == [2, 2, 2]
     assert trader.sink.messages() == [{"type": "ack", "id": 7}]
+
+
+async def test_a_session_joining_a_waiting_crowd_is_not_sent_what_it_already_had() -> None:
+    registry = new_registry()
+    feed = Feed(registry)
+    fanout = Fanout(registry, clock=clock, crowd_size=2, turn_size=ONE_AT_A_TIME)
+    async with client(fanout) as mover, client(fanout) as other:
+        await subscribe_all([mover], BTC, KRAKEN_BTC)
+        await subscribe_all([other], BTC, ETH)
+        # One tick: KRAKEN_BTC queues the mover's crowd, then BTC queues the other's.
+        feed.quote(KRAKEN_BTC, ("5", "1"), ASK)
+        snapshot = feed.quote(BTC, ("1", "1"), ASK)
+        await wait_until(lambda: len(mover.sink.frames) == 3, what="its turn", pause=0)
+        assert len(other.sink.frames) == 1  # its crowd still waits, holding BTC
+        # Between two turns the mover takes the other crowd's subscriptions and joins it.
+        mover.session.handle(request("unsubscribe", 2, KRAKEN_BTC))
+        mover.session.handle(request("subscribe", 3, ETH))
+        await settle()
+    btc = bbo(BTC, snapshot.seq, ("1", "1"), ASK)
+    assert mover.sink.messages().count(btc) == 1
+    assert other.sink.messages()[1:] == [btc]
