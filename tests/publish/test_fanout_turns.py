@@ -1,4 +1,4 @@
-"""Crowds of bounded size, and flushing in turns: a large audience is written a slice at
+"""Crowds of bounded size, and flushing in turns: a large audience is written a turn at
 a time, and a change that arrives meanwhile joins what the crowds still waiting will
 write (``publish.fanout``'s module docstring). Recording sinks, no sockets."""
 
