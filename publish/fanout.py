@@ -444,23 +444,23 @@ class Fanout:
         fast the machine or the collector."""
         first = self._replies_first
         while first:
-            try:
-                first.popleft().flush()
-            except Exception:  # one client's failure must not stop the others' delivery
-                self.write_failed()
+            self._flush_one(first.popleft())
         queue = self._to_flush
         written = 0
         while queue:
             subscriber = queue.popleft()
             self._flushed += 1
-            try:
-                subscriber.flush()
-            except Exception:  # one client's failure must not stop the others' delivery
-                self.write_failed()
+            self._flush_one(subscriber)
             written += len(subscriber.members) if isinstance(subscriber, Crowd) else 1
             if queue and written >= size:
                 return False
         return True
+
+    def _flush_one(self, subscriber: Flushable) -> None:
+        try:
+            subscriber.flush()
+        except Exception:  # one client's failure must not stop the others' delivery
+            self.write_failed()
 
     def _report_written(self) -> None:
         """Tell ``on_written`` of the ticks whose every offered crowd has been flushed."""
