@@ -19,7 +19,13 @@ own CPU (server + publisher) over the same window.
 
 Latencies: publish = client arrival - ``ts_send`` (the moment the frame's publish tick
 encoded it); end-to-end = arrival - ``ts_recv``, which here is the moment the change was
-published into the registry: the issue's publish-to-receive.
+published into the registry: the issue's publish-to-receive. With ``batch=1`` both
+servers send each frame with a write of its own, so only the frame that ends a client
+read is timed (its stamp is its own); an earlier frame of the same read would carry the
+later write's stamp, overstated by as long as the subscriber process was behind. Those
+are counted, not timed, and the report says how many (``untimed_note``). Unbatched, a
+write holds several frames (marketcast writes a tick's frames for a subscriber at once),
+which share their stamp, so every frame is timed as before (at worst overstated).
 """
 
 from __future__ import annotations
@@ -247,6 +253,7 @@ def measure_pair(
                     subscribers,
                     requests=((server.subscribe_all,),) if server.subscribe_all else (),
                     sample_every=BATCH_SAMPLE_EVERY if batched else 1,
+                    own_stamps_only=batched,
                 )
             )
             run.rss_connected = server.rss(options.settle)
@@ -339,7 +346,9 @@ def report(runs: list[Run], options: FanoutOptions) -> ScenarioResult:
             "Figures are medians over the trials, with the range (min-max) where it "
             "matters. Latencies in ms as p50 / p99 / p99.9: publish = ts_send -> client "
             "arrival, end-to-end = ts_recv (the publish into the registry) -> client "
-            "arrival. CPU = share of one core used by that process during the window; "
+            "arrival; with batch=1 only frames that end a client read are timed (each frame "
+            "is a write of its own, and an earlier frame in the same read carries the later "
+            "one's kernel stamp). CPU = share of one core used by that process during the window; "
             "frames/s per server core = frames/s / server CPU (secondary: on a shared or "
             "2-core machine the server rarely has a core to itself)."
         ),
@@ -478,6 +487,7 @@ def report(runs: list[Run], options: FanoutOptions) -> ScenarioResult:
             trial.clients for run in runs for step in run.steps for trial in step.trials
         )
     )
+    result.notes.append(untimed_note(runs))
     result.notes.append(
         "KB per connection = server RSS growth while the subscribers connected and "
         "subscribed, divided by their number (bbo of every instrument each)"
@@ -487,3 +497,29 @@ def report(runs: list[Run], options: FanoutOptions) -> ScenarioResult:
         "for that count on this machine (see every step for what was delivered)"
     )
     return result
+
+
+def untimed_note(runs: list[Run]) -> str:
+    """How many ``batch=1`` frames each server had counted but not timed (a newer frame
+    came in the same client read: ``PoolSpec.own_stamps_only``)."""
+    shares = []
+    for server in dict.fromkeys(run.server for run in runs):
+        trials = [
+            trial.clients
+            for run in runs
+            if run.batched and run.server == server
+            for step in run.steps
+            for trial in step.trials
+        ]
+        frames = sum(clients.frames for clients in trials)
+        if frames:
+            untimed = sum(clients.untimed_frames for clients in trials)
+            worst = max(clients.untimed_frames / max(clients.frames, 1) for clients in trials)
+            shares.append(f"{server} {untimed / frames:.1%} (at most {worst:.1%} in a trial)")
+    if not shares:
+        return "batch=1 not measured: every frame timed"
+    return (
+        "batch=1 frames counted but not timed, because a newer frame came in the same client "
+        "read (its kernel stamp is the newer frame's; they arrive so when the subscriber "
+        "process falls behind by a round of writes): " + "; ".join(shares)
+    )

@@ -34,6 +34,14 @@ writes; one write read 50 ms late: the stamp is 0.01-0.03 ms after it.) Enabling
 receive stamp turns on stamping of every incoming packet of the machine (one clock
 read each), the same for every server compared.
 
+``on_text`` says which frames have their own stamp: the one that ends the bytes read
+(its last bytes are the read's newest). An earlier frame of the same read has its own
+stamp only when it came in the same write as the last one. When the server sends every
+frame with a write of its own (batch frames), it carries the later arrival of a newer
+frame: a client process that falls behind the server, so that a socket holds two
+frames when it is read, would overstate it by up to its own lag, the very queue the
+stamp is there to leave out.
+
 The connection's socket is the client's own (an ``asyncio.Protocol`` never sees its
 socket, so it cannot ask for the control messages): non-blocking, ``TCP_NODELAY``
 (as asyncio's transports set it), watched by ``loop.add_reader`` (uvloop and asyncio
@@ -179,9 +187,12 @@ class LeanWebsocket:
         """The handshake is done (default: ready at once)."""
         self.set_ready()
 
-    def on_text(self, payload: bytes, arrival: int) -> None:
+    def on_text(self, payload: bytes, arrival: int, own_stamp: bool) -> None:
         """One text frame; ``arrival`` is the kernel's receive stamp of the read that
-        returned its last bytes, in ``time.time_ns()`` nanoseconds (module docstring)."""
+        returned its last bytes, in ``time.time_ns()`` nanoseconds (module docstring).
+        ``own_stamp``: the frame ends the bytes read, so ``arrival`` is when its own last
+        bytes came; False: newer bytes came in the same read, and ``arrival`` is theirs
+        (the frame's own arrival may be earlier)."""
 
     def on_closed(self) -> None:
         """The connection is gone."""
@@ -330,7 +341,7 @@ class LeanWebsocket:
             payload = bytes(buffer[pos + header : end])
             pos = end
             if opcode == OP_TEXT:
-                self.on_text(payload, arrival)
+                self.on_text(payload, arrival, pos == size)
             elif opcode == OP_PING:
                 self.send(masked_frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:

@@ -107,7 +107,7 @@ class OrderClient(LeanWebsocket):
     def on_closed(self) -> None:
         self._counters.closed += 1
 
-    def on_text(self, payload: bytes, arrival: int) -> None:
+    def on_text(self, payload: bytes, arrival: int, own_stamp: bool) -> None:
         if not self._authenticated:
             if payload.startswith(_ACK):
                 self._authenticated = True

@@ -14,7 +14,11 @@ frame (every frame unless ``sample_every`` > 1) is decoded and each message
 in it gives ``arrival - ts_send`` (publish) and ``arrival - ts_recv`` (end to end) in
 nanoseconds; both servers stamp the same fields, the clock is the same machine's
 CLOCK_REALTIME. A read that returns several frames stamps them all with the arrival of
-its newest bytes: an earlier frame looks later than it was, never earlier.
+its newest bytes: an earlier frame looks later than it was, never earlier. With
+``own_stamps_only`` (for servers that send every frame with a write of its own) only the
+frame that ends a read is timed: an earlier one would carry a newer frame's stamp,
+overstated by as long as this process was behind with that socket; such frames are
+counted (``untimed_frames``), not timed.
 
 Every change (profit): a conflating server sends only the newest state of a key, so
 ``arrival - origin`` is the age of the newest change a message reflects, not the delay
@@ -64,6 +68,11 @@ class PoolSpec:
     change_key: str = "instrument"
     trackers: int = 0
     """Clients that decode every frame for per-change delays (needs the interval)."""
+    own_stamps_only: bool = False
+    """Sample for latency only frames whose read stamp is their own (the frame that ends
+    a read, ``LeanWebsocket.on_text``): for servers that write every frame on its own
+    (``batch=1``), where two frames in one read came in two writes, and the earlier
+    one's stamp is the later write's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +94,16 @@ class WindowReport:
     """Reads in the window whose arrival is the kernel's receive stamp."""
     fallback_reads: int = 0
     """Reads in the window stamped with ``time.time_ns()`` when read (no kernel stamp)."""
+    untimed_frames: int = 0
+    """Frames counted but not timed: a newer frame came in the same read, and the
+    pool times only frames with their own stamp (``PoolSpec.own_stamps_only``)."""
 
 
 class _Stats:
     __slots__ = (
         "measuring",
         "frames",
+        "untimed",
         "messages",
         "publish",
         "end_to_end",
@@ -102,6 +115,7 @@ class _Stats:
     def __init__(self) -> None:
         self.measuring = False
         self.frames = 0
+        self.untimed = 0
         self.messages = 0
         self.publish = latency_histogram()
         self.end_to_end = latency_histogram()
@@ -110,7 +124,7 @@ class _Stats:
         self.reads = ReadCounts()
 
     def start_window(self) -> None:
-        self.frames = self.messages = 0
+        self.frames = self.untimed = self.messages = 0
         self.reads.reset()
         self.publish.reset()
         self.end_to_end.reset()
@@ -145,8 +159,8 @@ class LeanSubscriber(LeanWebsocket):
         for request in self._requests:
             self.send_text(request)
 
-    def on_text(self, payload: bytes, arrival: int) -> None:
-        self._text(payload, arrival)
+    def on_text(self, payload: bytes, arrival: int, own_stamp: bool) -> None:
+        self._text(payload, arrival, own_stamp)
 
     def on_closed(self) -> None:
         self._stats.closed += 1
@@ -157,7 +171,7 @@ class LeanSubscriber(LeanWebsocket):
         if self._last_seen is not None:
             self._last_seen.clear()
 
-    def _text(self, payload: bytes, arrival: int) -> None:
+    def _text(self, payload: bytes, arrival: int, own_stamp: bool) -> None:
         if self._replies_due:
             self._replies_due -= 1
             if not self._replies_due:
@@ -170,6 +184,9 @@ class LeanSubscriber(LeanWebsocket):
         stats.frames += 1
         stats.messages += payload.count(spec.marker)
         sampled = not stats.frames % spec.sample_every  # one in sample_every, all clients
+        if spec.own_stamps_only and not own_stamp:
+            stats.untimed += 1
+            sampled = False
         if not sampled and self._last_seen is None:
             return
         decoded = orjson.loads(payload)
@@ -264,6 +281,7 @@ class _Subscribers:
                     stats.closed,
                     stats.reads.kernel,
                     stats.reads.fallback,
+                    stats.untimed,
                 )
             case ("close",) | ("exit",):
                 for client in self._clients:
@@ -296,7 +314,7 @@ class SubscriberPool(HelperProcess):
     def stop(self) -> WindowReport:
         reply = self._agent.ask("stop")
         _, seconds, frames, messages, publish, end_to_end, changes, cpu, closed, *reads = reply
-        kernel_reads, fallback_reads = reads
+        kernel_reads, fallback_reads, untimed_frames = reads
         return WindowReport(
             seconds=seconds,
             frames=frames,
@@ -308,6 +326,7 @@ class SubscriberPool(HelperProcess):
             closed=closed,
             kernel_reads=kernel_reads,
             fallback_reads=fallback_reads,
+            untimed_frames=untimed_frames,
         )
 
     def close_clients(self) -> None:

@@ -66,7 +66,7 @@ class Echoed(LeanWebsocket):
     def on_open(self) -> None:
         self.send_text(b'{"hello":"\xc3\xa9"}' * 20)
 
-    def on_text(self, payload: bytes, arrival: int) -> None:
+    def on_text(self, payload: bytes, arrival: int, own_stamp: bool) -> None:
         self.received.append(payload)
         self.set_ready()
 
@@ -91,10 +91,12 @@ class Recorder(LeanWebsocket):
     def __init__(self) -> None:
         super().__init__("127.0.0.1", "/")
         self.frames: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
+        self.own_stamps: list[bool] = []
         self.closed = 0
 
-    def on_text(self, payload: bytes, arrival: int) -> None:
+    def on_text(self, payload: bytes, arrival: int, own_stamp: bool) -> None:
         self.frames.put_nowait((payload, arrival))
+        self.own_stamps.append(own_stamp)
 
     def on_closed(self) -> None:
         self.closed += 1
@@ -150,6 +152,29 @@ def test_arrival_is_when_the_bytes_reached_the_socket_not_when_the_loop_read_the
             # The kernel's stamp: microseconds after the write (20 ms leaves room for a
             # loaded machine), where a stamp taken at the read is >= 50 ms after it.
             assert 0 <= arrival - written < 20_000_000
+            client.close()
+
+    run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", list(LOOPS))
+def test_only_the_frame_that_ends_a_read_has_its_own_stamp(loop: str) -> None:
+    async def main() -> None:
+        client = Recorder()
+        with await accepted(client, ReadCounts()) as server:
+            server.sendall(text_frame(b"older"))
+            time.sleep(0.02)  # noqa: ASYNC251 (the loop is busy: both frames wait for one read)
+            server.sendall(text_frame(b"newer"))
+            time.sleep(0.02)  # noqa: ASYNC251
+            older = await asyncio.wait_for(client.frames.get(), 10)
+            newer = await asyncio.wait_for(client.frames.get(), 10)
+            assert (older[0], newer[0]) == (b"older", b"newer")
+            # One read, one stamp: the newer frame's, 20 ms after the older one arrived.
+            assert older[1] == newer[1]
+            assert client.own_stamps == [False, True]
+            server.sendall(text_frame(b"alone"))
+            assert (await asyncio.wait_for(client.frames.get(), 10))[0] == b"alone"
+            assert client.own_stamps == [False, True, True]
             client.close()
 
     run_on(loop, main)

@@ -1,5 +1,6 @@
 """The lean subscribers' per-change delays: with a conflating server a frame answers every
-change of its key since the previous frame, and each of them is recorded once."""
+change of its key since the previous frame, and each of them is recorded once. A pool
+that times only frames with their own read stamp counts the others without timing them."""
 
 from __future__ import annotations
 
@@ -36,7 +37,20 @@ async def test_other_clients_do_not_track() -> None:
     stats.start_window()
     spec = PoolSpec("ws://127.0.0.1/", 1, origin="seq", change_interval_ns=100, trackers=1)
     client = LeanSubscriber("127.0.0.1", "/", spec, (), stats)
-    client._text(b'{"instrument":"A","seq":1000,"ts_send":1000}', 1_100)
-    client._text(b'{"instrument":"A","seq":1300,"ts_send":1300}', 1_400)
+    client._text(b'{"instrument":"A","seq":1000,"ts_send":1000}', 1_100, True)
+    client._text(b'{"instrument":"A","seq":1300,"ts_send":1300}', 1_400, False)
     assert recorded(stats) == []
     assert stats.end_to_end.get_total_count() == 2  # sampled as usual
+
+
+async def test_a_pool_of_own_stamps_counts_a_frame_without_one_but_does_not_time_it() -> None:
+    stats = _Stats()
+    stats.start_window()
+    spec = PoolSpec("ws://127.0.0.1/", 1, origin="seq", own_stamps_only=True)
+    client = LeanSubscriber("127.0.0.1", "/", spec, (), stats)
+    # Two frames of one read: the older carries the newer one's stamp (1,400).
+    client._text(b'[{"instrument":"A","seq":1000,"ts_send":1000}]', 1_400, False)
+    client._text(b'[{"instrument":"A","seq":1300,"ts_send":1300}]', 1_400, True)
+    assert (stats.frames, stats.messages, stats.untimed) == (2, 2, 1)
+    assert stats.end_to_end.get_total_count() == 1
+    assert stats.end_to_end.get_max_value() == 100  # the newer frame's, not 400
