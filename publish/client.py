@@ -8,8 +8,9 @@
   ``publish.catalog.InstrumentCatalog``; what is held lives in the fan-out only;
 - ``publish.position_requests.PositionRequests``: position ops.
 
-``ClientSession`` wires them for one connection and runs it: it reads requests until the
-connection ends, stops reading while replies pile up (``max_pending_replies``), and
+````ClientSession`` wires them for one connection and runs it: it serves requests until the
+connection ends (as the connection reads them, ``take``, or from websockets' queue in
+its read loop), stops reading while replies pile up (``max_pending_replies``), and
 closes the connection when a piece asks (slow consumer 4008, too many errors 4029).
 
 When the token expires, the streams that needed it stop (``profit`` always, market data
@@ -190,6 +191,19 @@ class ClientSession:
         """Serve one request frame (see ``RequestHandler.handle``)."""
         self.requests.handle(raw)
 
+    def take(self, raw: str) -> bool:
+        """Serve a request as soon as the connection reads it, outside the read loop
+        (``publish.server.WatchedConnection.process_event``): True if served; False while
+        it must wait its turn (the session is not running, or ``max_pending_replies``
+        replies are queued), for the read loop to serve it after those queued before it.
+        """
+        outbox = self.outbox
+        if self._tasks is None or self._over_reply_limit():
+            return False
+        self.requests.handle(raw)
+        outbox.flush()
+        return True
+
     async def run(self, incoming: AsyncIterable[str | bytes]) -> None:
         """Read requests from ``incoming`` and write messages until the connection ends;
         then leave every subscription."""
@@ -247,15 +261,21 @@ class ClientSession:
         assert self._tasks is not None
         return self._tasks.create_task(coro)
 
+    def _over_reply_limit(self) -> bool:
+        outbox = self.outbox
+        return outbox.replies_pending >= self._max_pending_replies and not outbox.stopped
+
     async def _read_loop(self, incoming: AsyncIterable[str | bytes]) -> None:
-        limit = self._max_pending_replies
+        """Serve the requests that ``take`` left queued (all of them, for a connection
+        that does not deliver to ``take``), each once the replies are under their limit:
+        while they are not, nothing more is read (the queue fills, then the socket)."""
         outbox = self.outbox
         try:
             async for raw in incoming:
-                self.requests.handle(raw)
-                outbox.flush()
-                while outbox.replies_pending >= limit and not outbox.stopped:
+                while self._over_reply_limit():
                     outbox.replies_taken.clear()
                     await outbox.replies_taken.wait()
+                self.requests.handle(raw)
+                outbox.flush()
         except ConnectionClosed:
             return

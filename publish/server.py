@@ -36,8 +36,10 @@ from typing import Self
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.frames import CloseCode as WebsocketCloseCode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import State
+from websockets.protocol import Event, State
 
 from book.registry import BookRegistry
 from publish.admin import AdminControl
@@ -225,6 +227,9 @@ class WatchedConnection(ServerConnection):
     _head_timer: asyncio.TimerHandle | None = None
     _fd = -1
     """The socket ``write_frames`` sends to at once (``publish.sendnow``); -1: none."""
+    deliver: Callable[[str], bool] | None = None
+    """Serves a request the moment it is read (``ClientSession.take``): True if it did,
+    False when the request must wait its turn in websockets' queue (``process_event``)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -239,6 +244,39 @@ class WatchedConnection(ServerConnection):
         # websockets' own open_timeout is off (it would also cut a streamed answer), so
         # the head has its deadline here.
         self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_too_slow)
+
+    def process_event(self, event: Event) -> None:
+        """Hand a whole text message to ``deliver`` in this callback, instead of queueing
+        it for the session's read loop (a task woken on the loop's next iteration), when
+        nothing waits in that queue before it (a whole text frame cannot come while a
+        fragmented message is incomplete: websockets' protocol refuses it before this).
+        Anything else takes websockets' own way, in order: fragments, binary messages, a
+        message behind queued ones or that ``deliver`` leaves for later, and invalid
+        UTF-8, on which the read loop's ``recv`` closes the connection (1007) as before.
+        O(1) + ``deliver``."""
+        deliver = self.deliver
+        if (
+            deliver is not None
+            and isinstance(event, Frame)
+            and event.opcode is Opcode.TEXT
+            and event.fin
+            and not _queued_frames(self.recv_messages)
+        ):
+            try:
+                text = str(event.data, "utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                try:
+                    if deliver(text):
+                        return
+                except Exception:  # a bug must not reach the transport's callback
+                    log.exception("serving a request failed; closing the connection")
+                    self.deliver = None
+                    self.protocol.fail(WebsocketCloseCode.INTERNAL_ERROR)
+                    self.send_data()
+                    return
+        super().process_event(event)
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
@@ -376,6 +414,16 @@ class WatchedConnection(ServerConnection):
             self._on_stuck()
         if self._abort_timer is None and self.close_timeout is not None:
             self._abort_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
+
+
+def _queued_frames(assembler: object) -> int:
+    """Frames waiting in websockets' receive queue (``Assembler.frames``); 1 when this
+    websockets keeps them elsewhere, so that messages always take its way."""
+    frames = getattr(assembler, "frames", None)
+    try:
+        return len(frames)  # type: ignore[arg-type]
+    except TypeError:
+        return 1
 
 
 def _websocket_refusal(head: RequestHead) -> Response | None:
@@ -561,4 +609,8 @@ class MarketServer:
             session.close_slow,
             send_buffer=self._limits.send_buffer_bytes,
         )
-        await session.run(connection)
+        connection.deliver = session.take
+        try:
+            await session.run(connection)
+        finally:
+            connection.deliver = None

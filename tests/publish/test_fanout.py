@@ -311,12 +311,31 @@ async def test_session_stops_reading_while_replies_pile_up() -> None:
         for request_id in range(5):
             c.send(op="ping", id=request_id)
         await settle()
-        # Pongs 0-1 wait for the socket: requests 2-4 stay unread.
-        assert c.requests.qsize() == 3
+        # Pongs 0-1 wait for the socket: request 2 is read and waits, 3-4 stay unread.
+        assert c.requests.qsize() == 2
         c.sink.gate.set()
         await settle()
         assert c.requests.qsize() == 0
     assert c.sink.messages() == [{"type": "pong", "id": n} for n in range(5)]
+
+
+async def test_take_serves_at_once_until_replies_pile_up_then_leaves_it_to_the_read_loop() -> None:
+    _, _, fanout = setup()
+    assert not ClientSession(RecordingSink(), fanout).take('{"op":"ping","id":0}')  # not running
+    async with client(fanout, limits=ServerLimits(max_pending_replies=2)) as c:
+        await settle()
+        c.sink.gate.clear()
+        assert c.session.take('{"op":"ping","id":0}')
+        assert c.session.take('{"op":"ping","id":1}')
+        # Pongs 0-1 wait for the socket: request 2 waits its turn in the read loop's queue.
+        assert not c.session.take('{"op":"ping","id":2}')
+        c.send(op="ping", id=2)
+        await settle()
+        assert c.sink.messages() == []
+        c.sink.gate.set()
+        await settle()
+        assert c.session.take('{"op":"ping","id":3}')
+    assert c.sink.messages() == [{"type": "pong", "id": n} for n in range(4)]
 
 
 async def test_slow_close_is_counted_once_and_leaves_every_topic() -> None:

@@ -23,6 +23,7 @@ from publish.client import ServerLimits
 from publish.exceptions import ServerNotRunningError
 from publish.fanout import Fanout
 from publish.protocol import Channel, text_frame_header
+from publish.requests import RequestHandler
 from publish.server import MarketServer
 from tests.publish.support import (
     BTC,
@@ -39,6 +40,7 @@ from tests.publish.support import (
     running,
     send,
     wait_until,
+    within,
 )
 
 BID = ("43000.1", "0.5")
@@ -149,6 +151,67 @@ async def test_bad_input_gets_stable_error_codes_and_the_connection_stays_usable
         m.feed.quote(ETH, BID, ASK)
         assert await receive(ws) == bbo(ETH, 1, BID, ASK)
         assert m.fanout.counters.errors_sent == len(cases)
+
+
+async def test_requests_in_whole_fragmented_and_binary_frames_are_answered_in_order() -> None:
+    # Whole text messages are served as they are read; the others go through websockets'
+    # queue and the session's read loop, and a whole one behind them waits its turn.
+    async with running() as m, connect(m.server.url) as ws:
+        for request_id in range(12):
+            request = f'{{"op":"ping","id":{request_id}}}'
+            if request_id % 4 == 1:
+                await ws.send([request[:5], request[5:9], request[9:]])  # fragmented
+            elif request_id % 4 == 2:
+                await ws.send(request.encode())  # binary
+            else:
+                await ws.send(request)
+        assert [await receive(ws) for _ in range(12)] == [
+            {"type": "pong", "id": request_id} for request_id in range(12)
+        ]
+
+
+async def test_a_text_frame_of_invalid_utf8_closes_the_connection_1007() -> None:
+    async with running() as m:
+        reader, writer = await asyncio.open_connection("127.0.0.1", m.server.port)
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+
+        def masked_text(payload: bytes) -> bytes:  # masked with a zero key: bytes unchanged
+            return bytes((0x81, 0x80 | len(payload), 0, 0, 0, 0)) + payload
+
+        async def frame() -> tuple[int, bytes]:  # server frames: unmasked, short here
+            opcode, length = await asyncio.wait_for(reader.readexactly(2), 5)
+            return opcode, await reader.readexactly(length)
+
+        writer.write(masked_text(b'{"op":"ping","id":1}'))
+        opcode, payload = await frame()
+        assert (opcode, orjson.loads(payload)) == (0x81, {"type": "pong", "id": 1})
+        writer.write(masked_text(b"\xff\xfe"))
+        opcode, payload = await frame()
+        assert (opcode, int.from_bytes(payload[:2], "big")) == (0x88, 1007)  # close
+        writer.close()
+        await wait_until(lambda: m.fanout.counters.clients == 0, what="session ended")
+
+
+async def test_a_request_that_breaks_the_server_closes_only_its_connection_1011(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: RequestHandler, request: object) -> None:
+        raise RuntimeError("a bug")
+
+    async with running() as m, connect(m.server.url) as ws, connect(m.server.url) as other:
+        monkeypatch.setattr(RequestHandler, "serve", broken)
+        await send(ws, op="ping", id=1)
+        with pytest.raises(ConnectionClosed) as closed:
+            await within(ws.recv(), "the close")
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+        monkeypatch.undo()
+        await send(other, op="ping", id=2)
+        assert await receive(other) == {"type": "pong", "id": 2}
+    assert "serving a request failed" in caplog.text
 
 
 async def test_a_frame_over_the_hard_limit_closes_the_connection_1009() -> None:
