@@ -8,7 +8,7 @@
   ``publish.catalog.InstrumentCatalog``; what is held lives in the fan-out only;
 - ``publish.position_requests.PositionRequests``: position ops.
 
-````ClientSession`` wires them for one connection and runs it: it serves requests until the
+``ClientSession`` wires them for one connection and runs it: it serves requests until the
 connection ends (as the connection reads them, ``take``, or from websockets' queue in
 its read loop), stops reading while replies pile up (``max_pending_replies``), and
 closes the connection when a piece asks (slow consumer 4008, too many errors 4029).
@@ -152,6 +152,8 @@ class ClientSession:
         self._max_pending_replies = limits.max_pending_replies
         self._tasks: asyncio.TaskGroup | None = None
         self._closing = False
+        self._holding = False
+        """The read loop holds a request until the replies drop under their limit."""
         self.outbox = Outbox(sink, fanout, wire=wire)
         self.credentials = Credentials(auth, counters, on_expired=self._token_expired)
         self.subscriptions = Subscriptions(
@@ -194,11 +196,12 @@ class ClientSession:
     def take(self, raw: str) -> bool:
         """Serve a request as soon as the connection reads it, outside the read loop
         (``publish.server.WatchedConnection.process_event``): True if served; False while
-        it must wait its turn (the session is not running, or ``max_pending_replies``
-        replies are queued), for the read loop to serve it after those queued before it.
+        it must wait its turn (the session is not running, ``max_pending_replies``
+        replies are queued, or the read loop holds a request for its turn), for the read
+        loop to serve it after those before it.
         """
         outbox = self.outbox
-        if self._tasks is None or self._over_reply_limit():
+        if self._tasks is None or self._holding or self._over_reply_limit():
             return False
         self.requests.handle(raw)
         outbox.flush()
@@ -272,9 +275,13 @@ class ClientSession:
         outbox = self.outbox
         try:
             async for raw in incoming:
-                while self._over_reply_limit():
-                    outbox.replies_taken.clear()
-                    await outbox.replies_taken.wait()
+                self._holding = True
+                try:
+                    while self._over_reply_limit():
+                        outbox.replies_taken.clear()
+                        await outbox.replies_taken.wait()
+                finally:
+                    self._holding = False
                 self.requests.handle(raw)
                 outbox.flush()
         except ConnectionClosed:

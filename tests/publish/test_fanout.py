@@ -338,6 +338,25 @@ async def test_take_serves_at_once_until_replies_pile_up_then_leaves_it_to_the_r
     assert c.sink.messages() == [{"type": "pong", "id": n} for n in range(4)]
 
 
+async def test_take_waits_while_the_read_loop_holds_a_request_for_its_turn() -> None:
+    _, _, fanout = setup()
+    async with client(fanout, limits=ServerLimits(max_pending_replies=2)) as c:
+        await settle()
+        c.sink.gate.clear()
+        assert c.session.take('{"op":"ping","id":0}')
+        assert c.session.take('{"op":"ping","id":1}')
+        c.send(op="ping", id=2)
+        await settle()  # the read loop has request 2 and waits for the pongs to drain
+        c.sink.gate.set()
+        await asyncio.sleep(0)  # the writer drains them; the read loop is woken, not run yet
+        assert c.session.outbox.replies_pending == 0
+        # Request 3 must not overtake request 2.
+        assert not c.session.take('{"op":"ping","id":3}')
+        c.send(op="ping", id=3)
+        await settle()
+    assert c.sink.messages() == [{"type": "pong", "id": n} for n in range(4)]
+
+
 async def test_slow_close_is_counted_once_and_leaves_every_topic() -> None:
     _, _, fanout = setup()
     async with client(fanout) as c:
