@@ -200,12 +200,15 @@ class ClientSession:
         replies are queued, or the read loop holds a request for its turn), for the read
         loop to serve it after those before it.
         """
-        outbox = self.outbox
         if self._tasks is None or self._holding or self._over_reply_limit():
             return False
-        self.requests.handle(raw)
-        outbox.flush()
+        self._serve(raw)
         return True
+
+    def _serve(self, raw: str | bytes) -> None:
+        """Serve one request, then write what it queued if the socket takes it."""
+        self.requests.handle(raw)
+        self.outbox.flush()
 
     async def run(self, incoming: AsyncIterable[str | bytes]) -> None:
         """Read requests from ``incoming`` and write messages until the connection ends;
@@ -275,14 +278,14 @@ class ClientSession:
         outbox = self.outbox
         try:
             async for raw in incoming:
-                self._holding = True
-                try:
-                    while self._over_reply_limit():
-                        outbox.replies_taken.clear()
-                        await outbox.replies_taken.wait()
-                finally:
-                    self._holding = False
-                self.requests.handle(raw)
-                outbox.flush()
+                if self._over_reply_limit():
+                    self._holding = True
+                    try:
+                        while self._over_reply_limit():
+                            outbox.replies_taken.clear()
+                            await outbox.replies_taken.wait()
+                    finally:
+                        self._holding = False
+                self._serve(raw)
         except ConnectionClosed:
             return
