@@ -45,6 +45,7 @@ from book.registry import BookRegistry
 from publish.admin import AdminControl
 from publish.auth import AuthPolicy
 from publish.client import DEFAULT_LIMITS, DEFAULT_MAX_CONNECTIONS, ClientSession, ServerLimits
+from publish.clientframes import between_frames, next_text_frame
 from publish.exceptions import ServerNotRunningError, ServerStartError
 from publish.fanout import Fanout
 from publish.http import (
@@ -254,29 +255,56 @@ class WatchedConnection(ServerConnection):
         message behind queued ones or that ``deliver`` leaves for later, and invalid
         UTF-8, on which the read loop's ``recv`` closes the connection (1007) as before.
         O(1) + ``deliver``."""
-        deliver = self.deliver
         if (
-            deliver is not None
+            self.deliver is not None
             and isinstance(event, Frame)
             and event.opcode is Opcode.TEXT
             and event.fin
             and not _queued_frames(self.recv_messages)
+            and self._hand_over(event.data)
         ):
-            try:
-                text = str(event.data, "utf-8")
-            except UnicodeDecodeError:
-                pass
-            else:
-                try:
-                    if deliver(text):
-                        return
-                except Exception:  # a bug must not reach the transport's callback
-                    log.exception("serving a request failed; closing the connection")
-                    self.deliver = None
-                    self.protocol.fail(WebsocketCloseCode.INTERNAL_ERROR)
-                    self.send_data()
-                    return
+            return
         super().process_event(event)
+
+    def _serve_whole_frames(self, data: bytes) -> bytes:
+        """Serve the whole simple text frames at the start of ``data`` (``publish.
+        clientframes``) without websockets' parser, while it stands between frames and
+        nothing waits in its queue; what is left, from the first frame that is not one
+        or that ``deliver`` leaves for later, is websockets' to parse. O(len(data))."""
+        protocol = self.protocol
+        if _queued_frames(self.recv_messages) or not between_frames(protocol):
+            return data
+        max_size = protocol.max_message_size
+        if protocol.max_fragment_size is not None:
+            max_size = min(max_size or protocol.max_fragment_size, protocol.max_fragment_size)
+        start = 0
+        while (frame := next_text_frame(data, start, max_size)) is not None:
+            payload, end = frame
+            if not self._hand_over(payload):
+                break
+            if self.deliver is None:  # serving it failed the connection: the rest is moot
+                return b""
+            start = end
+        return data[start:] if start else data
+
+    def _hand_over(self, payload: bytes | bytearray | memoryview) -> bool:
+        """Serve one whole text message with ``deliver``: False when it must take
+        websockets' way instead (invalid UTF-8, or ``deliver`` leaves it for later). A
+        bug raised while serving fails this connection (1011, logged; ``deliver`` is
+        dropped) and counts as taken."""
+        assert self.deliver is not None
+        try:
+            text = str(payload, "utf-8")
+        except UnicodeDecodeError:
+            return False
+        try:
+            return self.deliver(text)
+        except Exception:  # a bug must not reach the transport's callback
+            log.exception("serving a request failed; closing the connection")
+            self.deliver = None
+            self.protocol.fail(WebsocketCloseCode.INTERNAL_ERROR)
+            self.send_data()
+            return True
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
@@ -287,6 +315,10 @@ class WatchedConnection(ServerConnection):
     def data_received(self, data: bytes) -> None:
         """Read the request head; hand ``GET /ws`` to websockets, answer anything else."""
         if self._front is _Front.WEBSOCKET:
+            if self.deliver is not None:
+                data = self._serve_whole_frames(data)
+                if not data:
+                    return
             super().data_received(data)
             return
         if self._front is _Front.ANSWERED:

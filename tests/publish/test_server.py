@@ -170,30 +170,70 @@ async def test_requests_in_whole_fragmented_and_binary_frames_are_answered_in_or
         ]
 
 
-async def test_a_text_frame_of_invalid_utf8_closes_the_connection_1007() -> None:
-    async with running() as m:
-        reader, writer = await asyncio.open_connection("127.0.0.1", m.server.port)
+class RawWebsocket:
+    """A websocket client on a plain socket: what it writes reaches the server's reads
+    byte for byte, split (or joined) exactly as the test wrote it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> RawWebsocket:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
             b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
         assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        return cls(reader, writer)
 
-        def masked_text(payload: bytes) -> bytes:  # masked with a zero key: bytes unchanged
-            return bytes((0x81, 0x80 | len(payload), 0, 0, 0, 0)) + payload
+    @staticmethod
+    def masked_text(payload: bytes) -> bytes:
+        """A client text frame of a short ``payload``, masked (RFC 6455) with a key of
+        its own."""
+        key = bytes((0x5A, 0xC3, 0x0F, 0x99))
+        masked = bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
+        return bytes((0x81, 0x80 | len(payload))) + key + masked
 
-        async def frame() -> tuple[int, bytes]:  # server frames: unmasked, short here
-            opcode, length = await asyncio.wait_for(reader.readexactly(2), 5)
-            return opcode, await reader.readexactly(length)
+    async def frame(self) -> tuple[int, bytes]:
+        """The next server frame (unmasked, short here): opcode byte and payload."""
+        opcode, length = await asyncio.wait_for(self.reader.readexactly(2), 5)
+        return opcode, await self.reader.readexactly(length)
 
-        writer.write(masked_text(b'{"op":"ping","id":1}'))
-        opcode, payload = await frame()
+    async def pongs(self, count: int) -> list[object]:
+        return [orjson.loads((await self.frame())[1]) for _ in range(count)]
+
+
+async def test_a_text_frame_of_invalid_utf8_closes_the_connection_1007() -> None:
+    async with running() as m:
+        ws = await RawWebsocket.open(m.server.port)
+        ws.writer.write(ws.masked_text(b'{"op":"ping","id":1}'))
+        opcode, payload = await ws.frame()
         assert (opcode, orjson.loads(payload)) == (0x81, {"type": "pong", "id": 1})
-        writer.write(masked_text(b"\xff\xfe"))
-        opcode, payload = await frame()
+        ws.writer.write(ws.masked_text(b"\xff\xfe"))
+        opcode, payload = await ws.frame()
         assert (opcode, int.from_bytes(payload[:2], "big")) == (0x88, 1007)  # close
-        writer.close()
+        ws.writer.close()
         await wait_until(lambda: m.fanout.counters.clients == 0, what="session ended")
+
+
+async def test_requests_split_anywhere_or_sent_together_are_all_answered_in_order() -> None:
+    # A read may end inside a frame (websockets' parser then holds the frame's start) or
+    # hold many frames; either way every request is answered once, in order.
+    pings = [RawWebsocket.masked_text(b'{"op":"ping","id":%d}' % n) for n in range(40)]
+    async with running() as m:
+        ws = await RawWebsocket.open(m.server.port)
+        ws.writer.write(b"".join(pings[:20]))  # twenty requests in one read
+        assert await ws.pongs(20) == [{"type": "pong", "id": n} for n in range(20)]
+        for n, ping in enumerate(pings[20:], start=20):
+            cut = n % len(ping)  # the next frame starts inside this read
+            ws.writer.write(ping[:cut])
+            await ws.writer.drain()
+            await asyncio.sleep(0.002)
+            ws.writer.write(ping[cut:])
+        assert await ws.pongs(20) == [{"type": "pong", "id": n} for n in range(20, 40)]
+        ws.writer.close()
 
 
 async def test_a_request_that_breaks_the_server_closes_only_its_connection_1011(
