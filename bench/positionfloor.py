@@ -212,6 +212,7 @@ class GroupCommit:
         self._first = 0.0
         """Loop time when the oldest waiting row arrived (its window opened)."""
         self._arrived = asyncio.Event()
+        self._stopping = False
         self.measuring = False
         self.added = 0
         self.committed = 0
@@ -234,10 +235,20 @@ class GroupCommit:
                 self._arrived.set()
             await asyncio.sleep(TICK)
 
+    def stop(self) -> None:
+        """``commit`` returns once no write is in progress (the one going on commits)."""
+        self._stopping = True
+        self._arrived.set()
+
     async def commit(self) -> None:
+        """Write a group commit per window until ``stop``. A write is never cancelled
+        halfway: asyncpg's connection would be left inside the transaction (and COPY),
+        and the next trial's write refused."""
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             await self._arrived.wait()
+            if self._stopping:
+                return
             await asyncio.sleep(max(0.0, self._first + self._window - loop.time()))
             batch, self._pending = self._pending, []
             self._arrived.clear()
@@ -268,7 +279,8 @@ async def trial(
         group.measuring = False
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         offering.cancel()
-        committing.cancel()
+        group.stop()
+        await committing
     return StorageTrial(elapsed, group.added, group.committed, group.latency, cpu)
 
 

@@ -8,6 +8,7 @@ import asyncio
 import math
 import os
 import sqlite3
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from bench.agent import AgentError
 from bench.orderclients import OrderClientPool, OrderPoolSpec, OrderWindow
 from bench.orders import Contender, OrdersOptions, OrderTrial, limit_reason, run
 from bench.orderservers import OrderServerKind, OrderServerProcess, OrderServerSpec
-from bench.positionfloor import FloorSpec, StorageFloorProcess
+from bench.positionfloor import FloorSpec, PositionParams, RowSource, StorageFloorProcess, trial
 from bench.ramp import RepeatedStep
 from bench.report import Progress, latency_histogram
 from publish.auth import TokenAuthority
@@ -188,3 +189,30 @@ def made(
 )
 def test_what_limits_a_step_is_named(trial: OrderTrial, reason: str) -> None:
     assert reason in limit_reason(RepeatedStep(1000, [trial]))
+
+
+class SlowWriter:
+    """A storage floor's writer whose every write takes longer than a trial."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.finished = 0
+
+    async def open(self) -> None: ...
+
+    async def write(self, rows: Sequence[PositionParams]) -> None:
+        self.started += 1
+        await asyncio.sleep(0.3)
+        self.finished += 1
+
+    async def close(self) -> None: ...
+
+
+def test_a_storage_floor_trial_ends_after_the_write_in_progress_not_inside_it() -> None:
+    # Cancelled halfway, asyncpg's connection stays inside the transaction and COPY, and
+    # every later trial's write was refused ("cannot use Connection.transaction() in a
+    # manually started transaction": a full run on 2026-12-06).
+    writer = SlowWriter()
+    result = asyncio.run(trial(writer, RowSource(3, INSTRUMENTS), 5.0, 1_000.0, 0.0, 0.1))
+    assert writer.started == writer.finished == 1
+    assert result.added > 0 and result.committed == 0  # written, but after the window
