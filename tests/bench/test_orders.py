@@ -191,6 +191,13 @@ def test_what_limits_a_step_is_named(trial: OrderTrial, reason: str) -> None:
     assert reason in limit_reason(RepeatedStep(1000, [trial]))
 
 
+def test_a_contender_without_storage_is_not_said_to_wait_for_commits() -> None:
+    step = RepeatedStep(1000, [made(1000, 1000, p99_ms=14, server=0.78)])
+    assert "storage commits" in limit_reason(step)
+    reason = limit_reason(step, stores=False)
+    assert "latency (p99 14 ms" in reason and "storage commits" not in reason
+
+
 class SlowWriter:
     """A storage floor's writer whose every write takes longer than a trial."""
 
