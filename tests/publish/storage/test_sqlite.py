@@ -12,7 +12,7 @@ import pytest
 
 from publish.storage import BackendClosedError, Batch, SchemaVersionError, SqliteBackend
 from publish.storage import wal as wal_module
-from tests.publish.storage.support import bbo, query
+from tests.publish.storage.support import bbo, position, query
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -153,3 +153,30 @@ async def test_a_checkpoint_starts_after_checkpoint_rows_without_waiting_for_the
     finally:
         await backend.close()
     assert started == [0, 1]
+
+
+async def statements_of(backend: SqliteBackend, batch: Batch) -> list[str]:
+    """The SQL statements the writer ran for ``batch`` (its connection's trace)."""
+    statements: list[str] = []
+
+    def trace(on: bool) -> None:
+        backend._connection().set_trace_callback(statements.append if on else None)
+
+    await backend._call(lambda: trace(True))
+    try:
+        await backend.write_batch(batch)
+    finally:
+        await backend._call(lambda: trace(False))
+    return [" ".join(statement.split()[:2]) for statement in statements]
+
+
+async def test_a_batch_of_new_positions_alone_is_one_insert_without_a_transaction_around_it(
+    backend: SqliteBackend, db_path: Path
+) -> None:
+    # One statement is atomic by itself: BEGIN IMMEDIATE and COMMIT would only cost the
+    # writer thread two more round trips for the GIL.
+    rows = [position(f"p{n}") for n in range(3)]
+    assert await statements_of(backend, Batch(new_positions=rows)) == ["INSERT INTO"]
+    assert query(db_path, "SELECT id FROM positions ORDER BY id") == [("p0",), ("p1",), ("p2",)]
+    mixed = await statements_of(backend, Batch(bbo=[bbo(1)], new_positions=[position("p3")]))
+    assert mixed[0] == "BEGIN IMMEDIATE" and mixed[-1] == "COMMIT"
