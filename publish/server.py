@@ -274,9 +274,12 @@ class WatchedConnection(ServerConnection):
         protocol = self.protocol
         if _queued_frames(self.recv_messages) or not between_frames(protocol):
             return data
-        max_size = protocol.max_message_size
-        if protocol.max_fragment_size is not None:
-            max_size = min(max_size or protocol.max_fragment_size, protocol.max_fragment_size)
+        limits = [
+            limit
+            for limit in (protocol.max_message_size, protocol.max_fragment_size)
+            if limit is not None
+        ]
+        max_size = min(limits) if limits else None  # what websockets' own parser applies
         start = 0
         while (frame := next_text_frame(data, start, max_size)) is not None:
             payload, end = frame
@@ -313,7 +316,9 @@ class WatchedConnection(ServerConnection):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        """Read the request head; hand ``GET /ws`` to websockets, answer anything else."""
+        """Read the request head; hand ``GET /ws`` to websockets, answer anything else.
+        On a websocket, whole simple text frames are served straight from the bytes
+        (``_serve_whole_frames``); the rest goes to websockets' parser."""
         if self._front is _Front.WEBSOCKET:
             if self.deliver is not None:
                 data = self._serve_whole_frames(data)
