@@ -459,7 +459,13 @@ class SqliteBackend:
         return taken
 
     def _insert_alone_sync(self, batch: Batch, statement: _Statement) -> frozenset[int]:
-        taken = _insert_alone_sync(self._connection(), batch.new_positions, statement)
+        """A batch of one statement (``_one_insert``) made beforehand: it runs alone, and
+        a batch whose every row went in needs no more."""
+        conn, rows = self._connection(), batch.new_positions
+        if conn.execute(*statement).rowcount == len(rows):
+            taken: frozenset[int] = frozenset()
+        else:
+            taken = _settle_new_positions(conn, rows, set())
         self.checkpointer.request(len(batch))
         return taken
 
@@ -526,9 +532,10 @@ def _one_insert(batch: Batch) -> bool:
     the writer thread must take the GIL back from a busy event loop: in the order-entry
     path at 5,000 opens/s (in-process, 25 rows a batch), the writer's part went from p50
     0.58-0.68 / p99 1.6-2.8 ms to 0.42-0.48 / 0.9-1.2 ms. The statement and its
-    parameters are made on the loop (``SqliteBackend.write_batch``). The read of skipped keys that
-    may follow sees every committed row, which is all it needs (the stored row says
-    whether it is the new one). PostgreSQL does the same (``PostgresBackend._insert_alone``)."""
+    parameters are made on the loop (``SqliteBackend.write_batch``). The read of skipped
+    keys that may follow sees every committed row, which is all it needs (the stored row
+    says whether it is the new one). PostgreSQL does the same
+    (``PostgresBackend._insert_alone``)."""
     return 0 < len(batch.new_positions) <= _KEYS_PER_STATEMENT and not (
         batch.bbo or batch.positions or batch.feed_events
     )
@@ -597,16 +604,6 @@ def _insert_new_positions_sync(conn: sqlite3.Connection, rows: list[PositionRow]
         if conn.execute(*_insert_statement(chunk)).rowcount == len(chunk):
             inserted.update((row.account, row.id) for row in chunk)
     return _settle_new_positions(conn, rows, inserted)
-
-
-def _insert_alone_sync(
-    conn: sqlite3.Connection, rows: list[PositionRow], statement: _Statement
-) -> frozenset[int]:
-    """``_insert_new_positions_sync`` of a batch of one statement (``_one_insert``) made
-    beforehand: it runs alone, and a batch whose every row went in needs no more."""
-    if conn.execute(*statement).rowcount == len(rows):
-        return frozenset()
-    return _settle_new_positions(conn, rows, set())
 
 
 _Statement = tuple[str, list[int | str | None]]
