@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from enum import StrEnum
 from functools import cache, partial
-from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
+
+import orjson
 
 from book.fixed import format_fixed, parse_fixed
 from publish.position import PositionSide
@@ -140,32 +141,26 @@ _UPSERT_POSITION = (
     " entry_px = excluded.entry_px, opened_ts = excluded.opened_ts,"
     " closed_ts = excluded.closed_ts"
 )
-_POSITION_FIELDS = 8
 _KEYS_PER_STATEMENT = 64
-"""New positions per insert, and keys per read of stored ones (512 and 128 parameters, far
-below SQLite's limit); a batch rarely holds more than a few."""
-
-
-@cache
-def _insert_new_positions(rows: int, *, all_open: bool) -> str:
-    """``INSERT`` of ``rows`` new positions, skipping taken ids (a stored position, or an
-    archived id); its ``rowcount`` says how many went in. A handful of sizes.
-
-    ``all_open``: every row's ``closed_ts`` is ``None`` (an open's always is), so the
-    statement writes ``NULL`` itself and takes the other columns only: a ``None``
-    parameter costs ``sqlite3`` a failed adapter lookup (~3,000 instructions)."""
-    values = (
-        "(" + ", ".join("?" * (_POSITION_FIELDS - 1)) + ", NULL)"
-        if all_open
-        else "(" + ", ".join("?" * _POSITION_FIELDS) + ")"
-    )
-    return (
-        f"INSERT INTO positions ({_POSITION_COLUMNS})"
-        " SELECT * FROM (VALUES " + ", ".join([values] * rows) + ") AS new"
-        " WHERE NOT EXISTS (SELECT 1 FROM archived_positions AS a"
-        " WHERE a.account = new.column2 AND a.id = new.column1)"
-        " ON CONFLICT (account, id) DO NOTHING"
-    )
+"""Keys per read of stored positions (128 parameters, far below SQLite's limit)."""
+_INSERT_NEW_POSITIONS = (
+    f"INSERT INTO positions ({_POSITION_COLUMNS})"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),"
+    " json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[7]')"
+    " FROM json_each(?) AS new"
+    " WHERE NOT EXISTS (SELECT 1 FROM archived_positions AS a"
+    " WHERE a.account = json_extract(new.value, '$[1]')"
+    " AND a.id = json_extract(new.value, '$[0]'))"
+    " ON CONFLICT (account, id) DO NOTHING"
+)
+"""``INSERT`` of new positions, skipping taken ids (a stored position, or an archived id);
+its ``rowcount`` says how many went in. Its one parameter is the rows as one JSON array of
+arrays (``_new_positions_json``), which SQLite unpacks itself: one statement for any
+number of rows, prepared once, with one parameter for ``sqlite3`` to bind. Binding eight
+parameters per row held the GIL in the writer thread for every one of them, and SQL of a
+size of its own per row count (one ``VALUES`` tuple per row) either split a batch into
+several statements or filled the statement cache with large programs (~1 KB per row)."""
 
 
 @cache
@@ -230,10 +225,10 @@ class SqliteBackend:
 
     ``write_batch`` costs one ``BEGIN IMMEDIATE``/``COMMIT`` plus one ``executemany`` per
     table, O(rows) in the writer thread (decimal formatting included), and for new
-    positions one ``INSERT ... RETURNING`` per 64 (a primary-key probe each; a taken id
-    costs one more read for the batch); the event loop only pays for handing the batch
-    over. ``busy_timeout_ms`` is how long a write waits for
-    another connection's lock before failing (the flusher then retries);
+    positions one ``INSERT`` of them all (a primary-key probe each; a taken id costs one
+    more read for the batch), made as JSON on the event loop; a batch of new positions
+    alone is that ``INSERT`` alone (``_one_insert``). ``busy_timeout_ms`` is how long a
+    write waits for another connection's lock before failing (the flusher then retries);
     ``journal_size_limit`` is the WAL size, in bytes, it is brought back under once
     readers allow (see the module docstring).
     """
@@ -281,12 +276,11 @@ class SqliteBackend:
             raise
 
     async def write_batch(self, batch: Batch) -> frozenset[int]:
+        # The new positions' JSON is made here, on the loop, which holds the GIL anyway.
+        new_positions = _new_positions_json(batch.new_positions)
         if _one_insert(batch):
-            # Made here, on the loop, which holds the GIL anyway: the writer thread then
-            # holds it only to bind the parameters and read the count.
-            statement = _insert_statement(batch.new_positions)
-            return await self._call(partial(self._insert_alone_sync, batch, statement))
-        return await self._call(partial(self._write_sync, batch))
+            return await self._call(partial(self._insert_alone_sync, batch, new_positions))
+        return await self._call(partial(self._write_sync, batch, new_positions))
 
     async def load_open_positions(self) -> list[PositionRow]:
         return await self._call(self._load_open_positions_sync)
@@ -441,6 +435,7 @@ class SqliteBackend:
             self._path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
         )
         try:
+            _require_json(conn)
             self.checkpointer.configure_writer(conn)
             _migrate(conn)
         except BaseException:
@@ -448,24 +443,20 @@ class SqliteBackend:
             raise
         self._conn = conn
 
-    def _write_sync(self, batch: Batch) -> frozenset[int]:
+    def _write_sync(self, batch: Batch, new_positions: str) -> frozenset[int]:
         conn = self._connection()
         with _transaction(conn):
             _insert_bbo_rows(conn, batch.bbo)
-            taken = _insert_new_positions_sync(conn, batch.new_positions)
+            taken = _insert_new_positions_sync(conn, batch.new_positions, new_positions)
             conn.executemany(_UPSERT_POSITION, map(_position_params, batch.positions))
             conn.executemany(_INSERT_FEED_EVENT, map(_feed_event_params, batch.feed_events))
         self.checkpointer.request(len(batch))
         return taken
 
-    def _insert_alone_sync(self, batch: Batch, statement: _Statement) -> frozenset[int]:
-        """A batch of one statement (``_one_insert``) made beforehand: it runs alone, and
-        a batch whose every row went in needs no more."""
-        conn, rows = self._connection(), batch.new_positions
-        if conn.execute(*statement).rowcount == len(rows):
-            taken: frozenset[int] = frozenset()
-        else:
-            taken = _settle_new_positions(conn, rows, set())
+    def _insert_alone_sync(self, batch: Batch, new_positions: str) -> frozenset[int]:
+        """A batch of new positions only (``_one_insert``): their one ``INSERT`` runs
+        alone."""
+        taken = _insert_new_positions_sync(self._connection(), batch.new_positions, new_positions)
         self.checkpointer.request(len(batch))
         return taken
 
@@ -524,21 +515,33 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _one_insert(batch: Batch) -> bool:
-    """A batch of new positions only, few enough for one statement (order entry's, a
-    positions shard's): that ``INSERT`` is written alone, without ``BEGIN IMMEDIATE`` and
+    """A batch of new positions only (order entry's, a positions shard's): their one
+    ``INSERT`` (``_INSERT_NEW_POSITIONS``) is written alone, without ``BEGIN IMMEDIATE`` and
     ``COMMIT``. SQLite makes one statement atomic by itself (an implicit transaction,
     committed as durably as an explicit one), and there is no "halfway" for the
     immediate lock to prevent. Two statements fewer, and above all two fewer times that
     the writer thread must take the GIL back from a busy event loop: in the order-entry
     path at 5,000 opens/s (in-process, 25 rows a batch), the writer's part went from p50
-    0.58-0.68 / p99 1.6-2.8 ms to 0.42-0.48 / 0.9-1.2 ms. The statement and its
-    parameters are made on the loop (``SqliteBackend.write_batch``). The read of skipped
+    0.58-0.68 / p99 1.6-2.8 ms to 0.42-0.48 / 0.9-1.2 ms. The read of skipped
     keys that may follow sees every committed row, which is all it needs (the stored row
     says whether it is the new one). PostgreSQL does the same
     (``PostgresBackend._insert_alone``)."""
-    return 0 < len(batch.new_positions) <= _KEYS_PER_STATEMENT and not (
-        batch.bbo or batch.positions or batch.feed_events
-    )
+    return bool(batch.new_positions) and not (batch.bbo or batch.positions or batch.feed_events)
+
+
+_JSON_PROBE = "SELECT json_extract(value, '$[0]') FROM json_each('[[1]]')"
+
+
+def _require_json(conn: sqlite3.Connection) -> None:
+    """Refuse an SQLite built without its JSON functions (``_INSERT_NEW_POSITIONS``
+    needs them): built in since 3.38, and in the usual builds of older ones."""
+    try:
+        conn.execute(_JSON_PROBE).fetchall()
+    except sqlite3.OperationalError as exc:
+        raise StorageError(
+            f"SQLite {sqlite3.sqlite_version} has no JSON functions ({exc}): marketcast"
+            " needs SQLite 3.38 or later, or an older one built with JSON1"
+        ) from exc
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -587,45 +590,33 @@ def _insert_bbo_rows(conn: sqlite3.Connection, rows: list[BboRow]) -> None:
         conn.execute(_insert_bbo(rest), params[full * width :])
 
 
-def _insert_new_positions_sync(conn: sqlite3.Connection, rows: list[PositionRow]) -> frozenset[int]:
-    """Insert ``rows`` where their ids are free (in the caller's transaction); the indices
-    of those whose id another position holds (see ``publish.storage.backend``).
-
-    A statement whose every row went in (its ``rowcount``) inserted them under keys of
-    their own; the keys of one where some did not are all read back with the others
-    left unsettled (the stored row says whether it is the new one). Counting is cheaper
-    than having the insert return each key (``RETURNING``: a row of two new strings per
-    position), and a batch of fresh ids, the usual one, reads nothing back."""
-    if not rows:
-        return frozenset()
-    inserted: set[PositionKey] = set()
-    for start in range(0, len(rows), _KEYS_PER_STATEMENT):
-        chunk = rows[start : start + _KEYS_PER_STATEMENT]
-        if conn.execute(*_insert_statement(chunk)).rowcount == len(chunk):
-            inserted.update((row.account, row.id) for row in chunk)
-    return _settle_new_positions(conn, rows, inserted)
-
-
-_Statement = tuple[str, list[int | str | None]]
-"""An SQL statement and its parameters."""
-
-
-def _insert_statement(rows: list[PositionRow]) -> _Statement:
-    """The ``INSERT`` of ``rows`` (at most ``_KEYS_PER_STATEMENT``) and its parameters."""
-    all_open = all(row.closed_ts is None for row in rows)
-    row_params: Iterable[tuple[int | str | None, ...]] = map(_position_params, rows)
-    if all_open:  # closed_ts, the last, is the statement's NULL
-        row_params = (values[:-1] for values in row_params)
-    return _insert_new_positions(len(rows), all_open=all_open), list(
-        chain.from_iterable(row_params)
-    )
-
-
-def _settle_new_positions(
-    conn: sqlite3.Connection, rows: list[PositionRow], inserted: set[PositionKey]
+def _insert_new_positions_sync(
+    conn: sqlite3.Connection, rows: list[PositionRow], rows_json: str
 ) -> frozenset[int]:
-    """The indices of ``rows`` taken by another position, once their insert ran and
-    ``inserted`` holds the keys known to have gone in: the others are read back."""
+    """Insert ``rows`` (``rows_json``: ``_new_positions_json`` of them) where their ids are
+    free; the indices of those whose id another position holds (see
+    ``publish.storage.backend``).
+
+    When every row went in (the statement's ``rowcount``) they did so under keys of their
+    own, and nothing is read back; otherwise every key is read back (the stored row says
+    whether it is the new one). Counting is cheaper than having the insert return each
+    key (``RETURNING``: a row of two new strings per position), and a batch of fresh
+    ids, the usual one, reads nothing back."""
+    if not rows or conn.execute(_INSERT_NEW_POSITIONS, (rows_json,)).rowcount == len(rows):
+        return frozenset()
+    return _settle_new_positions(conn, rows)
+
+
+def _new_positions_json(rows: list[PositionRow]) -> str:
+    """The parameter of ``_INSERT_NEW_POSITIONS`` for ``rows``: a JSON array of each row's
+    columns in table order (amounts as exact decimal text, ``closed_ts`` null or ns)."""
+    return orjson.dumps(list(map(_position_params, rows))).decode() if rows else ""
+
+
+def _settle_new_positions(conn: sqlite3.Connection, rows: list[PositionRow]) -> frozenset[int]:
+    """The indices of ``rows`` taken by another position, once their insert ran and did
+    not put every one in: every key is read back."""
+    inserted: frozenset[PositionKey] = frozenset()  # none known: the insert only counts
     stored: dict[PositionKey, PositionRow | None] = {}
     unsettled = unsettled_keys(rows, inserted)
     for start in range(0, len(unsettled), _KEYS_PER_STATEMENT):

@@ -6,11 +6,20 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from publish.storage import BackendClosedError, Batch, SchemaVersionError, SqliteBackend
+from publish.position import PositionSide
+from publish.storage import (
+    BackendClosedError,
+    Batch,
+    SchemaVersionError,
+    SqliteBackend,
+    StorageError,
+)
+from publish.storage import sqlite as sqlite_module
 from publish.storage import wal as wal_module
 from tests.publish.storage.support import bbo, position, query
 
@@ -180,3 +189,43 @@ async def test_a_batch_of_new_positions_alone_is_one_insert_without_a_transactio
     assert query(db_path, "SELECT id FROM positions ORDER BY id") == [("p0",), ("p1",), ("p2",)]
     mixed = await statements_of(backend, Batch(bbo=[bbo(1)], new_positions=[position("p3")]))
     assert mixed[0] == "BEGIN IMMEDIATE" and mixed[-1] == "COMMIT"
+
+
+async def test_new_positions_of_any_count_and_value_are_one_insert_and_read_back_exactly(
+    backend: SqliteBackend,
+) -> None:
+    # The rows travel to SQLite as one JSON parameter: every value must come back as
+    # written, whatever its text or size, and a batch of any size stays one statement.
+    odd = [
+        replace(position("ünïcödé-ид-📈", account="acct-é"), qty=1, entry_px=10**18 * 10**12 - 1),
+        replace(position('quote"back\\slash'), side=PositionSide.SELL, opened_ts=2**63 - 1),
+        position("closed-at-once", closed_ts=1_700_000_000_000_000_001),
+    ]
+    many = [position(f"p{n:04d}") for n in range(1_000)]
+    assert await statements_of(backend, Batch(new_positions=odd + many)) == ["INSERT INTO"]
+    stored = {(row.account, row.id): row for row in await backend.load_open_positions()}
+    assert len(stored) == len(odd) + len(many) - 1  # the closed one is not open
+    for row in odd[:2] + many:
+        assert stored[row.account, row.id] == row
+    closed = query_row(backend, "closed-at-once")
+    assert closed == ("closed-at-once", "acct-1", 1_700_000_000_000_000_001)
+
+
+def query_row(backend: SqliteBackend, id_: str) -> tuple[object, ...]:
+    with closing(sqlite3.connect(backend._path)) as conn:
+        row: tuple[object, ...] = conn.execute(
+            "SELECT id, account, closed_ts FROM positions WHERE id = ?", (id_,)
+        ).fetchone()
+    return row
+
+
+async def test_an_sqlite_without_json_functions_is_refused_at_open(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This SQLite has them: the probe asks for functions no SQLite has, as one built
+    # without JSON1 would answer for json_each.
+    monkeypatch.setattr(sqlite_module, "_JSON_PROBE", "SELECT value FROM no_json_each('[[1]]')")
+    backend = SqliteBackend(db_path)
+    with pytest.raises(StorageError, match="no JSON functions .*no such table"):
+        await backend.open()
+    assert query(db_path, "SELECT name FROM sqlite_master") == []  # no table made
