@@ -38,7 +38,7 @@ secret = "a cluster test secret, long enough"
 [simulator]
 updates_per_second = 50.0
 [bus]
-stale_after_ms = 1000
+stale_after_ms = 400
 [[venues]]
 id = "binance"
 symbols = ["BTC-USDT", "ETH-USDT"]
@@ -173,6 +173,9 @@ async def test_children_killed_are_restarted_and_clients_heal(tmp_path: Path) ->
         async with watcher(running.url) as client:
             await eventually(lambda: client.updates() > 20, "quotes through an edge", limit=60)
             # The ingest: silent past stale_after_ms, the books go stale, then come back.
+            # Its restart waits 0.5 s before the new process even starts, so the silence
+            # outlasts stale_after_ms (0.4 s) however fast the host (with 1 s, a fast host
+            # had the new ingest publishing 1.0 s after the kill: never stale).
             before = running.pid("ingest")
             os.kill(before, signal.SIGKILL)
             await eventually(lambda: "stale" in client.states[BTC], "stale without its ingest")
