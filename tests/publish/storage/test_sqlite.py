@@ -192,7 +192,7 @@ async def test_a_batch_of_new_positions_alone_is_one_insert_without_a_transactio
 
 
 async def test_new_positions_of_any_count_and_value_are_one_insert_and_read_back_exactly(
-    backend: SqliteBackend,
+    backend: SqliteBackend, db_path: Path
 ) -> None:
     # The rows travel to SQLite as one JSON parameter: every value must come back as
     # written, whatever its text or size, and a batch of any size stays one statement.
@@ -207,16 +207,8 @@ async def test_new_positions_of_any_count_and_value_are_one_insert_and_read_back
     assert len(stored) == len(odd) + len(many) - 1  # the closed one is not open
     for row in odd[:2] + many:
         assert stored[row.account, row.id] == row
-    closed = query_row(backend, "closed-at-once")
-    assert closed == ("closed-at-once", "acct-1", 1_700_000_000_000_000_001)
-
-
-def query_row(backend: SqliteBackend, id_: str) -> tuple[object, ...]:
-    with closing(sqlite3.connect(backend._path)) as conn:
-        row: tuple[object, ...] = conn.execute(
-            "SELECT id, account, closed_ts FROM positions WHERE id = ?", (id_,)
-        ).fetchone()
-    return row
+    closed = "SELECT id, account, closed_ts FROM positions WHERE closed_ts IS NOT NULL"
+    assert query(db_path, closed) == [("closed-at-once", "acct-1", 1_700_000_000_000_000_001)]
 
 
 async def test_an_sqlite_without_json_functions_is_refused_at_open(
