@@ -35,6 +35,7 @@ from bus.link import BusLink
 from bus.subjects import Subjects
 from publish.fanout import Fanout
 from publish.metrics import LatencyRecorder, Metrics
+from publish.position_timing import TimedPositionService
 
 
 def check_edge_before_start(settings: Settings) -> None:
@@ -116,9 +117,8 @@ async def serve_edge(
     positions = edge_positions(
         fanout, link, BusPlace.of(settings), ack_timeout=settings.positions.ack_timeout_ms / 1000
     )
-    async with node_server(
-        settings, registry, fanout, reuse_port=True, positions=positions.service
-    ) as server:
+    timed = TimedPositionService(positions.service, recorder.on_position_op)
+    async with node_server(settings, registry, fanout, reuse_port=True, positions=timed) as server:
         install_node_pages(server.routes, metrics, node, heap=heap)
         async with asyncio.TaskGroup() as group:
             group.create_task(link.run(), name="bus:link")

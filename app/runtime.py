@@ -44,6 +44,7 @@ from publish.catalog import RegistryCatalog
 from publish.fanout import Fanout
 from publish.history import HistoryRoute
 from publish.metrics import LatencyRecorder, Metrics
+from publish.position_timing import TimedPositionService
 from publish.positions import PositionBook
 from publish.profit import ProfitEngine
 from publish.server import reserved_fds
@@ -198,7 +199,11 @@ async def serve(
                     settings,
                     registry,
                     fanout,
-                    positions=positions if role == "all" else None,
+                    positions=(
+                        TimedPositionService(positions, recorder.on_position_op)
+                        if role == "all"
+                        else None
+                    ),
                     reserved=reserved_fds(feed_connections=len(runners)),
                     admin=admin,
                 )

@@ -58,7 +58,10 @@ STAGE_HELP = {
     Stage.DB_BATCH_ROWS: "Rows in one storage batch",
     Stage.EVENT_LOOP_LAG: "How late an event-loop timer fires",
     Stage.BUS_HOP: "Edge: the ingest's book snapshot to the edge applying it (the bus hop)",
-    Stage.POSITION_OP: "Positions shard: a position op received to its answer sent",
+    Stage.POSITION_OP: (
+        "A position op submitted to its answer queued (one process, an edge),"
+        " or received from the bus to its answer sent (a positions shard)"
+    ),
 }
 
 LATENCY_BUCKETS_NS = tuple(

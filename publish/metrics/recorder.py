@@ -14,8 +14,11 @@ bumps plain integers; nothing is computed until the once-a-second report
 ``event_loop_lag`` how late a timer of the event loop fires
 ``bus_hop``        an edge: the ingest's snapshot -> the edge applied it (tick, NATS, decode;
                    the two machines' clocks differ, so it includes their offset)
-``position_op``    a positions shard: a position op received from the bus -> its answer
-                   sent (validation, the commit of the flush window, the publish)
+``position_op``    a position op -> its answer: in one process or on an edge, submitted
+                   by a session -> its ack or refusal queued for the client
+                   (``publish.position_timing``); on a positions shard, received from
+                   the bus -> its answer sent (validation, the commit of the flush
+                   window, the publish)
 """
 
 from __future__ import annotations
@@ -112,7 +115,8 @@ class LatencyRecorder:
         self._bus_hop.record(duration_ns)
 
     def on_position_op(self, duration_ns: int) -> None:
-        """``bus.position_shard.PositionShard`` hook, per answered op."""
+        """Per answered op: ``bus.position_shard.PositionShard`` on a shard,
+        ``publish.position_timing.TimedPositionService`` in one process or on an edge."""
         self._position_op.record(duration_ns)
 
     def on_flush(self, duration_ns: int, rows: int) -> None:

@@ -1,6 +1,7 @@
 """The roles as ``marketcast run --role`` runs them (``[node]``/``[bus]`` settings): an
 ingest of a simulated venue, a positions shard and an edge; a client opens a position
-and streams its profit through the edge, and the shard's storage has it."""
+and streams its profit through the edge, the shard's storage has it, and the edge and
+the shard each time the op (``position_op``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from websockets.asyncio.client import connect
 from app.positions_role import RunningShard, serve_shard
 from bus.natsserver import NatsServer
 from publish.auth import TokenAuthority
+from publish.metrics.recorder import Stage
 from tests.bus.nodes import SECRET, edge_node, edge_settings, ingest_node, ingest_settings
 from tests.waiting import eventually
 
@@ -60,6 +62,13 @@ async def test_a_position_through_an_edge_to_a_shard_of_the_roles(
                 while (message := orjson.loads(await ws.recv()))["type"] != "profit":
                     assert message["type"] == "profit_total", message
                 assert message["position_id"] == "p-1" and message["mark"] is not None
+                # Both time the op: the edge from the client's request to its ack queued,
+                # which spans the shard's own time, from the bus to its answer sent.
+                at_edge = node.metrics.recorder.stages[Stage.POSITION_OP]
+                at_shard = shard.metrics.recorder.stages[Stage.POSITION_OP]
+                await eventually(lambda: at_edge.count == at_shard.count == 1, "both timed it")
+                assert at_edge.window.count == at_shard.window.count == 1
+                assert at_edge.total > at_shard.total > 0
         finally:
             shard_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
