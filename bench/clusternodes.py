@@ -15,7 +15,8 @@ An edge or a shard is ready once every one of the spec's instruments reached it 
 the bus (from the ingest, which adds them as live), so position ops on them validate.
 
 Each process answers ``window`` / ``measure`` with its own CPU time, so a report can
-give the CPU of an edge per delivered message.
+give the CPU of an edge per delivered message; an edge and a shard answer ``ops`` with
+their own time per position op over the same window (``position_op``).
 """
 
 from __future__ import annotations
@@ -45,11 +46,14 @@ from app.settings import (
 )
 from bench.agent import Command, HelperProcess, serve_commands, started
 from bench.servers import PERIOD, BboSource, Publisher, instrument_names
+from bench.stagewindow import StageWindow
 from book.registry import BookRegistry
 from book.sink import FeedSink
 from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
 from publish.client import ServerLimits
+from publish.metrics.hdr import Summary
+from publish.metrics.recorder import Stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,8 @@ class _NodeSide:
         self._source: BboSource | None = None
         self._publisher: Publisher | None = None
         self._cpu = (0.0, 0.0, 0)
+        self._ops = StageWindow()
+        """An edge's or a shard's ``position_op`` stage."""
 
     async def handle(self, command: Command) -> Command:
         match command:
@@ -128,6 +134,7 @@ class _NodeSide:
             case ("window",):
                 offered = self._publisher.offered if self._publisher else 0
                 self._cpu = (time.perf_counter(), time.process_time(), offered)
+                self._ops.start()
                 return ("window",)
             case ("measure",):
                 started, cpu, offered = self._cpu
@@ -138,6 +145,8 @@ class _NodeSide:
                     time.process_time() - cpu,
                     now_offered - offered,
                 )
+            case ("ops",):
+                return ("ops", self._ops.summary())
             case ("exit",):
                 if self._publisher is not None:
                     await self._publisher.stop()
@@ -158,12 +167,14 @@ class _NodeSide:
             edge_ready: asyncio.Future[EdgeServer] = loop.create_future()
             self._task = loop.create_task(serve_edge(settings, on_ready=edge_ready.set_result))
             edge = await started(edge_ready, self._task)
+            self._ops.watch(edge.metrics.recorder.stages[Stage.POSITION_OP])
             await _known(edge.registry, names)
             return edge.url
         if spec.role == "positions":
             shard_ready: asyncio.Future[RunningShard] = loop.create_future()
             self._task = loop.create_task(serve_shard(settings, on_ready=shard_ready.set_result))
             shard = await started(shard_ready, self._task)
+            self._ops.watch(shard.metrics.recorder.stages[Stage.POSITION_OP])
             await _known(shard.registry, names)
             return ""
         ingest_ready: asyncio.Future[RunningServer] = loop.create_future()
@@ -220,6 +231,11 @@ class NodeProcess(HelperProcess):
 
     def window(self) -> None:
         self._agent.ask("window")
+
+    def ops(self) -> Summary | None:
+        """The node's ``position_op`` samples since ``window`` (an ingest: ``None``)."""
+        summary: Summary | None = self._agent.ask("ops")[1]
+        return summary
 
     def measure(self) -> tuple[float, float, int]:
         """Seconds, CPU seconds and changes published since ``window``."""

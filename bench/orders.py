@@ -70,6 +70,7 @@ from bench.report import Progress, ScenarioResult, Table, Target, number, ratio
 from bench.servers import instrument_names
 from bench.storage import DEFAULT_PG_DSN
 from publish.auth import TokenAuthority
+from publish.metrics.hdr import Summary
 
 if TYPE_CHECKING:
     from bus.natsserver import NatsServer
@@ -175,6 +176,10 @@ class OrderTrial:
     kernel_reads: int = 0
     """Client reads stamped by the kernel (``bench.leanws.ReadCounts``; floors: none)."""
     fallback_reads: int = 0
+    server_op: Summary | None = None
+    """The server's own time per op over the window: its ``position_op`` stage, an op
+    submitted -> its answer queued (an edge's spans the bus and the shard); floors:
+    ``None``."""
 
     @property
     def p99_ns(self) -> float:
@@ -188,7 +193,11 @@ class OrderTrial:
 
     @classmethod
     def from_clients(
-        cls, window: OrderWindow, server_cpu_seconds: float, shard_cpu_seconds: float = math.nan
+        cls,
+        window: OrderWindow,
+        server_cpu_seconds: float,
+        shard_cpu_seconds: float = math.nan,
+        server_op: Summary | None = None,
     ) -> OrderTrial:
         return cls(
             offered=window.sent / window.seconds,
@@ -201,6 +210,7 @@ class OrderTrial:
             shard_cpu=shard_cpu_seconds / window.seconds,
             kernel_reads=window.kernel_reads,
             fallback_reads=window.fallback_reads,
+            server_op=server_op,
         )
 
     @classmethod
@@ -237,10 +247,11 @@ def _websocket_trial(
         window = pool.measure()
         cpu = server.measure()
         shard_cpu = server.measure_shard()
+        server_op = server.server_ops()
     finally:
         pool.halt()
     time.sleep(DRAIN_SECONDS)
-    return OrderTrial.from_clients(window, cpu, shard_cpu)
+    return OrderTrial.from_clients(window, cpu, shard_cpu, server_op)
 
 
 def _storage_trial(floor: StorageFloorProcess, options: OrdersOptions, rate: float) -> OrderTrial:
@@ -435,10 +446,32 @@ def limit_reason(step: RepeatedStep[OrderTrial], *, stores: bool = True) -> str:
         else "no process is CPU-bound by its average over the window, so its tail is the "
         "loop's turns and the machine's scheduling, not storage (it has none)"
     )
+    inside = _server_op_ms(step, "p99")
+    own = (
+        ""
+        if inside is None
+        else f"; the server's own part (op submitted -> ack queued) had a p99 of {inside:.3g} ms"
+    )
     return (
         f"latency (p99 {step.p99_ns / 1e6:.3g} ms, {step.delivered_share:.0%} acked) with the "
-        f"server process at {server:.0%} of a core: {waits}"
+        f"server process at {server:.0%} of a core: {waits}{own}"
     )
+
+
+def _server_op_ms(step: RepeatedStep[OrderTrial], percentile: str) -> float | None:
+    """The server's own ``percentile`` (``p50``, ``p99``) per op, ms, median over the
+    trials that read it (``None``: none did)."""
+    values = [
+        getattr(trial.server_op, percentile) / 1e6
+        for trial in step.trials
+        if trial.server_op is not None and trial.server_op.count
+    ]
+    return median(values) if values else None
+
+
+def _in_server(step: RepeatedStep[OrderTrial]) -> str:
+    p50, p99 = _server_op_ms(step, "p50"), _server_op_ms(step, "p99")
+    return "-" if p50 is None or p99 is None else f"{p50:.3g} / {p99:.3g}"
 
 
 def _ack_figures(result: ScenarioResult, key: str, best: RepeatedStep[OrderTrial] | None) -> None:
@@ -452,6 +485,10 @@ def _ack_figures(result: ScenarioResult, key: str, best: RepeatedStep[OrderTrial
             if t.latency.get_total_count()
         ]
         result.figures[f"{key}_ack_{name}_ms"] = median(values)
+    for name in ("p50", "p99"):
+        inside = _server_op_ms(best, name)
+        if inside is not None:
+            result.figures[f"{key}_server_op_{name}_ms"] = inside
 
 
 def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
@@ -476,9 +513,11 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
             f"+ {options.seconds:g} s measured each, judged by the median of its trials: "
             f"sustained = >= {SUSTAINED_SHARE:.0%} of the rate offered and of what was sent "
             f"acked, p99 ack <= {ACK_P99_MS:g} ms, nothing refused. Latencies in ms as p50 / "
-            "p99 / p99.9 (medians over the trials). CPU = share of one core of the server's "
-            "process (an edge's), of the positions shard's (PostgreSQL's own processes are "
-            "not counted) and of the clients'."
+            "p99 / p99.9 (medians over the trials); in the server = marketcast's own "
+            "position_op stage over the same window, an op submitted -> its ack queued "
+            "(p50 / p99; an edge's spans the bus and the shard). CPU = share of one core of "
+            "the server's process (an edge's), of the positions shard's (PostgreSQL's own "
+            "processes are not counted) and of the clients'."
         ),
         notes=list(measured.notes),
     )
@@ -496,6 +535,7 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
                     number(step.delivered),
                     value_range(step.spread(lambda trial: trial.delivered)),
                     latencies(step, _latency),
+                    _in_server(step),
                     p99_range(step),
                     number(step.failures),
                     _share(median([trial.server_cpu for trial in step.trials])),
@@ -515,6 +555,7 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
                 "acks/s",
                 "acks/s range",
                 "ack ms",
+                "in the server ms",
                 "p99 range ms",
                 "refused",
                 "server CPU",

@@ -47,9 +47,12 @@ from app.settings import AuthSettings, PositionSettings, ServerSettings, Setting
 from bench.agent import Command, HelperProcess, serve_commands, started
 from bench.clusternodes import NodeProcess, NodeSpec
 from bench.servers import instrument_names
+from bench.stagewindow import StageWindow
 from book.fixed import parse_fixed
 from book.status import InstrumentState, InstrumentStatus
 from publish.client import ServerLimits
+from publish.metrics.hdr import Summary
+from publish.metrics.recorder import Stage
 from publish.position import Position, PositionSide
 from publish.protocol import Op, encode_position_ack
 
@@ -105,6 +108,8 @@ class _MarketcastOrders:
         self._directory = tempfile.TemporaryDirectory(prefix="marketcast-bench-orders-")
         self._task: asyncio.Task[None] | None = None
         self.url = ""
+        self.ops = StageWindow()
+        """The server's own ``position_op`` stage (op submitted -> its answer queued)."""
 
     async def start(self) -> None:
         settings = order_settings(self._spec, Path(self._directory.name))
@@ -113,6 +118,7 @@ class _MarketcastOrders:
             run_server(settings, on_ready=ready.set_result)
         )
         running = await started(ready, self._task)
+        self.ops.watch(running.metrics.recorder.stages[Stage.POSITION_OP])
         for name in self._spec.instruments:
             running.registry.add_instrument(name)
             running.registry.set_status(InstrumentStatus(name, InstrumentState.LIVE, "bench", 0))
@@ -132,6 +138,8 @@ class _WebsocketFloor:
         self._limits = ServerLimits(max_connections=spec.connections + 100)
         self._server: Server | None = None
         self.url = ""
+        self.ops = StageWindow()
+        """Never watched: the floor keeps no stages."""
 
     async def _answer(self, connection: ServerConnection) -> None:
         async for message in connection:
@@ -174,7 +182,8 @@ class _WebsocketFloor:
 
 
 class _OrderServerSide:
-    """The child side: one server under test; its CPU time on request."""
+    """The child side: one server under test; its CPU time on request, and marketcast's
+    own time per op (its ``position_op`` stage) over the same window."""
 
     def __init__(self) -> None:
         self._server: _MarketcastOrders | _WebsocketFloor | None = None
@@ -193,9 +202,13 @@ class _OrderServerSide:
                 return ("started", server.url)
             case ("window",):
                 self._cpu = time.process_time()
+                if self._server is not None:
+                    self._server.ops.start()
                 return ("window",)
             case ("measure",):
                 return ("measured", time.process_time() - self._cpu)
+            case ("ops",):
+                return ("ops", None if self._server is None else self._server.ops.summary())
             case ("exit",):
                 if self._server is not None:
                     await self._server.stop()
@@ -223,6 +236,11 @@ class OrderServer(Protocol):
         """CPU seconds the positions shard used since ``window`` (``nan``: none)."""
         ...
 
+    def server_ops(self) -> Summary | None:
+        """The server's own time per op since ``window``, from its ``position_op`` stage
+        (op submitted -> its answer queued); ``None`` where it is not read."""
+        ...
+
 
 class OrderServerProcess(HelperProcess):
     """A fresh process running one order server (blocking calls)."""
@@ -242,6 +260,10 @@ class OrderServerProcess(HelperProcess):
 
     def measure_shard(self) -> float:
         return math.nan
+
+    def server_ops(self) -> Summary | None:
+        summary: Summary | None = self._agent.ask("ops")[1]
+        return summary
 
 
 class ClusterOrderServer:
@@ -277,6 +299,9 @@ class ClusterOrderServer:
 
     def measure_shard(self) -> float:
         return self._shard.measure()[1]
+
+    def server_ops(self) -> Summary | None:
+        return self._edge.ops()
 
     def exit(self) -> None:
         self._nodes.close()

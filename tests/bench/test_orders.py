@@ -142,8 +142,18 @@ def test_order_entry_runs_every_contender_up_the_ramp() -> None:
     assert all(rates == ["100"] for rates in climbed.values())
     assert [row[0] for row in headline.rows] == ["sqlite", "postgres"]
     assert all(row[3] != "-" for row in headline.rows)  # through an edge too
-    shards = [row[9] for row in steps.rows if row[0].startswith("edge -> positions shard")]
+    shards = [row[10] for row in steps.rows if row[0].startswith("edge -> positions shard")]
     assert len(shards) == 2 and "-" not in shards  # the shard's CPU is measured
+    # marketcast's own time per op is read from its position_op stage (an edge's too),
+    # the floors keep none.
+    inside = {row[0]: row[6] for row in steps.rows}
+    for contender in Contender:
+        if contender.name.endswith("FLOOR"):
+            assert inside[contender] == "-"
+        else:
+            p50, p99 = map(float, inside[contender].split(" / "))
+            assert 0 < p50 <= p99 < 10_000, (contender, inside[contender])
+    assert result.figures["sqlite_server_op_p99_ms"] > 0
     assert [target.what.split(":")[0] for target in result.targets][:1] == ["sqlite"]
     assert {
         "sqlite_sustained_acks_per_s",
