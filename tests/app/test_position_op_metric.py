@@ -6,8 +6,6 @@ reaches the book (no token) is not one. Real websockets, real SQLite."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -15,11 +13,11 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from app.runtime import RunningServer, serve
 from app.settings import AuthSettings, ServerSettings, Settings, StorageSettings
 from book.status import InstrumentState, InstrumentStatus
 from publish.auth import TokenAuthority
 from publish.metrics.recorder import Stage
+from tests.app.serving import running
 from tests.metrics_pages import unlabelled_samples
 from tests.waiting import eventually
 
@@ -30,24 +28,13 @@ BTC = "binance:BTC-USDT"
 WINDOW_MS = 5.0
 
 
-@asynccontextmanager
-async def running(db: Path) -> AsyncIterator[RunningServer]:
-    settings = Settings(
+def order_settings(db: Path) -> Settings:
+    """No venues: the test adds its instrument to the registry once the server is up."""
+    return Settings(
         server=ServerSettings(port=0),
         storage=StorageSettings(backend="sqlite", path=str(db), window_ms=WINDOW_MS),
         auth=AuthSettings(secret=SECRET),
     )
-    ready: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(settings, on_ready=ready.set_result))
-    try:
-        server = await asyncio.wait_for(ready, 20)
-        server.registry.add_instrument(BTC)
-        server.registry.set_status(InstrumentStatus(BTC, InstrumentState.LIVE, "test", 0))
-        yield server
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def ask(ws: ClientConnection, **request: object) -> dict[str, object]:
@@ -63,7 +50,9 @@ def open_request(request_id: int, position_id: str, side: str = "buy") -> dict[s
 
 
 async def test_every_op_the_book_answers_is_a_position_op_sample(tmp_path: Path) -> None:
-    async with running(tmp_path / "m.db") as server, connect(server.url) as ws:
+    async with running(order_settings(tmp_path / "m.db")) as server, connect(server.url) as ws:
+        server.registry.add_instrument(BTC)
+        server.registry.set_status(InstrumentStatus(BTC, InstrumentState.LIVE, "test", 0))
         refused = await ask(ws, **open_request(1, "p-0"))  # no token: never reaches the book
         assert refused["code"] == "auth_required", refused
         token = TokenAuthority(SECRET.encode()).issue("acct-1", ttl=60)

@@ -7,8 +7,6 @@ subscriber saw during the outages is in the database afterwards."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -16,7 +14,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from app.runtime import RunningServer, serve
+from app.runtime import RunningServer
 from app.settings import (
     AuthSettings,
     PositionSettings,
@@ -30,6 +28,7 @@ from app.settings import (
 from book.fixed import from_decimal, parse_fixed
 from publish.auth import TokenAuthority
 from publish.storage import StorageHealth
+from tests.app.serving import running
 from tests.postgres import PG_ADDRESS, dsn_via, fresh_schema, pg_query
 from tests.tcpproxy import TcpProxy
 from tests.waiting import eventually
@@ -69,18 +68,6 @@ class Client:
                 self.bbo.append(message)
             elif "id" in message:
                 self.replies[message["id"]] = message
-
-
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[RunningServer]:
-    ready: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(settings, on_ready=ready.set_result))
-    try:
-        yield await asyncio.wait_for(ready, 20)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def storage_health(server: RunningServer) -> dict[str, Any]:
