@@ -21,7 +21,9 @@ import asyncio
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
+from app.edgepositions import EdgePositionCollector, edge_position_health
 from app.heap import HeapKeeper
 from app.nodestate import NodeState, edge_state, ingest_state, install_node_pages, node_server
 from app.positions_role import BusPlace, edge_positions
@@ -119,7 +121,16 @@ async def serve_edge(
     )
     timed = TimedPositionService(positions.service, recorder.on_position_op)
     async with node_server(settings, registry, fanout, reuse_port=True, positions=timed) as server:
-        install_node_pages(server.routes, metrics, node, heap=heap)
+        install_node_pages(
+            server.routes,
+            metrics,
+            node,
+            collectors=[EdgePositionCollector(positions.service)],
+            heap=heap,
+        )
+        server.routes.add_health_check(
+            "positions", partial(edge_position_health, positions.service)
+        )
         async with asyncio.TaskGroup() as group:
             group.create_task(link.run(), name="bus:link")
             group.create_task(edge.run(), name="bus:edge")

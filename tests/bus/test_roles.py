@@ -22,6 +22,7 @@ from publish.auth import TokenAuthority
 from publish.metrics.recorder import Stage
 from tests.app.test_end_to_end import wire_bbo
 from tests.bus.nodes import SECRET, edge_node, edge_settings, ingest_node, ingest_settings
+from tests.metrics_pages import unlabelled_samples
 from tests.waiting import eventually
 
 Key = tuple[str, int]
@@ -174,8 +175,27 @@ async def test_position_ops_on_an_edge_without_a_shard_are_storage_unavailable(
         assert orjson.loads(await ws.recv())["type"] == "ack"
         await ws.send(orjson.dumps(request).decode())
         no_shard = orjson.loads(await ws.recv())
+        async with httpx.AsyncClient() as http:
+            health = (await http.get(f"{edge.http_url}/health")).json()
+            metrics = (await http.get(f"{edge.http_url}/metrics")).text
     assert (unauthenticated["code"], unauthenticated["id"]) == ("auth_required", 5)
     assert (no_shard["code"], no_shard["id"]) == ("storage_unavailable", 5)
+    # The operator sees it on the edge: one op routed, no shard answered it in time (the
+    # unauthenticated one never reached the shards' client).
+    assert health["positions"] == {
+        "watched_accounts": 0,
+        "ops": 1,
+        "acks": 0,
+        "refusals": 0,
+        "unavailable": 1,
+        "profit_batches": 0,
+        "dropped_batches": 0,
+        "watch_failures": 0,
+    }
+    values = unlabelled_samples(metrics)
+    assert values["marketcast_edge_positions_ops_total"] == 1
+    assert values["marketcast_edge_positions_unavailable_total"] == 1
+    assert values["marketcast_edge_positions_acks_total"] == 0
 
 
 async def test_the_single_process_keeps_seq_growing_across_restarts(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from websockets.asyncio.client import connect
@@ -20,6 +21,7 @@ from bus.natsserver import NatsServer
 from publish.auth import TokenAuthority
 from publish.metrics.recorder import Stage
 from tests.bus.nodes import SECRET, edge_node, edge_settings, ingest_node, ingest_settings
+from tests.metrics_pages import unlabelled_samples
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -69,6 +71,18 @@ async def test_a_position_through_an_edge_to_a_shard_of_the_roles(
                 await eventually(lambda: at_edge.count == at_shard.count == 1, "both timed it")
                 assert at_edge.window.count == at_shard.window.count == 1
                 assert at_edge.total > at_shard.total > 0
+                async with httpx.AsyncClient() as http:
+                    health = (await http.get(f"{node.http_url}/health")).json()
+                    metrics = (await http.get(f"{node.http_url}/metrics")).text
+                # The edge counts how its ops fared, and the profit it relays.
+                positions = health["positions"]
+                assert {key: positions[key] for key in ("ops", "acks", "unavailable")} == {
+                    "ops": 1,
+                    "acks": 1,
+                    "unavailable": 0,
+                }
+                assert positions["watched_accounts"] == 1 and positions["profit_batches"] >= 1
+                assert unlabelled_samples(metrics)["marketcast_edge_positions_acks_total"] == 1
         finally:
             shard_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
