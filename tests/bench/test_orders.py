@@ -153,7 +153,13 @@ def test_order_entry_runs_every_contender_up_the_ramp() -> None:
         else:
             p50, p99 = map(float, inside[contender].split(" / "))
             assert 0 < p50 <= p99 < 10_000, (contender, inside[contender])
-    assert result.figures["sqlite_server_op_p99_ms"] > 0
+    for backend in ("sqlite", "postgres"):
+        # At its best step the server's own part is a figure too (a loaded machine may
+        # leave a backend with no step sustained, and then no best step).
+        if result.figures[f"{backend}_sustained_acks_per_s"] > 0:
+            assert result.figures[f"{backend}_server_op_p99_ms"] > 0
+        else:
+            assert f"{backend}_server_op_p99_ms" not in result.figures
     assert [target.what.split(":")[0] for target in result.targets][:1] == ["sqlite"]
     assert {
         "sqlite_sustained_acks_per_s",
