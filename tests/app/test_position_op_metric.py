@@ -70,11 +70,12 @@ async def test_every_op_the_book_answers_is_a_position_op_sample(tmp_path: Path)
             stats = (await http.get("/stats")).json()
             metrics = (await http.get("/metrics")).text
     assert stats["totals"]["stages"]["position_op"]["count"] == 4
-    # Three of the four waited for their commit: at least most of a window (uvloop's timers
-    # count whole milliseconds); the refusal was answered in the call.
+    # Three of the four waited for their commit: most of a window at least (uvloop's timers
+    # count whole milliseconds, from a loop time read at the start of the loop's turn);
+    # the refusal was answered in the call.
     window = stats["window"]["stages"]["position_op"]
     assert window["count"] == 4
-    assert window["p50"] >= (WINDOW_MS - 1) * 1e6
+    assert window["p50"] >= (WINDOW_MS - 2) * 1e6
     assert window["p50"] <= window["max"] < 10e9
     values = unlabelled_samples(metrics)
     assert values["marketcast_position_op_seconds_count"] == 4
