@@ -16,10 +16,11 @@ import pytest
 
 import marketcast
 from app.commands.history import history
-from app.runtime import RunningServer, serve
+from app.runtime import RunningServer
 from app.settings import Settings, SimulatorSettings
 from publish.history import parse_time
 from publish.wire import TimeFormat, format_timestamp
+from tests.app.serving import running
 from tests.postgres import PG_DSN, fresh_schema
 from tests.waiting import eventually, eventually_async
 
@@ -40,14 +41,8 @@ async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         if request.param == "postgres":
             storage = replace(settings.storage, backend="postgres", dsn=PG_DSN, schema=schema)
             settings = replace(settings, storage=storage)
-        ready: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(serve(settings, on_ready=ready.set_result))
-        try:
-            yield await asyncio.wait_for(ready, 30)
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+        async with running(settings, ready_within=30) as started:
+            yield started
 
 
 async def read_history(server: RunningServer, **query: str) -> list[marketcast.Bbo]:

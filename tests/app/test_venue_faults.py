@@ -12,8 +12,6 @@ both stale, then both live.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,6 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from app.runtime import RunningServer, serve
 from app.settings import (
     ServerSettings,
     Settings,
@@ -33,6 +30,7 @@ from app.settings import (
 from app.venues import VENUE_KINDS, native_symbols
 from feeds.simulator.faults import Fault
 from feeds.simulator.venue import LoopbackVenue
+from tests.app.serving import running
 from tests.waiting import eventually
 
 SYMBOLS = {
@@ -61,19 +59,6 @@ def one_venue(venue: str, db: Path, *, rate: float = 500.0) -> Settings:
         simulator=SimulatorSettings(updates_per_second=rate, seed=5),
         venues=(VenueSettings(id=venue, symbols=symbols, simulate=True),),
     )
-
-
-@contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[RunningServer]:
-    """``serve(settings)`` as a task until the block ends (then cancelled and drained)."""
-    ready: asyncio.Future[RunningServer] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(settings, on_ready=ready.set_result))
-    try:
-        yield await asyncio.wait_for(ready, 15)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 @dataclass
@@ -153,7 +138,7 @@ async def test_faults_make_exactly_the_hit_instruments_stale_then_live(
     natives = native_symbols(venue, SYMBOLS[venue])
     hit, other = (f"{venue}:{canonical}" for canonical in SYMBOLS[venue])
     hit_native = natives[SYMBOLS[venue][0]]
-    async with serving(one_venue(venue, tmp_path / "faults.db")) as server:
+    async with running(one_venue(venue, tmp_path / "faults.db"), ready_within=15) as server:
         simulator = server.simulators[venue]
         await eventually(lambda: all(map(server.registry.is_live, (hit, other))), "both live")
         async with connect(server.url) as ws:
