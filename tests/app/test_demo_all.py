@@ -6,7 +6,7 @@ from pathlib import Path
 
 from app.settings import load_settings
 from app.venues import VENUE_KINDS
-from tests.app.test_venue_faults import serving
+from tests.app.serving import running
 from tests.waiting import eventually
 
 DEMO_ALL = Path(__file__).parents[2] / "config" / "demo-all.toml"
@@ -23,7 +23,7 @@ async def test_every_venue_id_is_simulated_and_every_instrument_goes_live(
     ]
     perpetuals = [name for name in instruments if name.endswith("-PERP")]
     assert {name.split(":")[0] for name in perpetuals} == {"binance-usdm", "bybit-linear", "okx"}
-    async with serving(settings) as server:
+    async with running(settings) as server:
         assert sorted(server.simulators) == sorted(VENUE_KINDS)
         await eventually(lambda: all(map(server.registry.is_live, instruments)), "all live")
         for venue in settings.venues:

@@ -14,7 +14,7 @@ import orjson
 from websockets.asyncio.client import connect
 
 from app.settings import Settings, SimulatorSettings
-from tests.app.test_venue_faults import serving
+from tests.app.serving import running
 
 SYMBOLS = ["BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD"]
 """The demo symbols quoted on more than one venue."""
@@ -35,7 +35,7 @@ async def test_the_demo_nbbo_is_rarely_crossed_or_locked(tmp_path: Path) -> None
     settings = Settings.demo().with_port(0).with_storage_path(str(tmp_path / "demo.db"))
     settings = replace(settings, simulator=SimulatorSettings(updates_per_second=100.0, seed=5))
     frames: list[dict[str, Any]] = []
-    async with serving(settings) as server, connect(server.url) as ws:
+    async with running(settings) as server, connect(server.url) as ws:
         request = {"op": "subscribe", "id": 1, "channel": "nbbo", "symbols": SYMBOLS}
         await ws.send(orjson.dumps(request).decode())
         async with asyncio.timeout(GUARD_SECONDS):

@@ -16,7 +16,7 @@ from app.settings import Settings, VenueSettings, settings_from_dict
 from app.venues import build_simulator
 from book.status import InstrumentState
 from feeds.metadata import InstrumentInfo, TradingStatus
-from tests.app.test_venue_faults import serving
+from tests.app.serving import running
 from tests.waiting import eventually
 
 
@@ -71,7 +71,7 @@ async def test_the_server_checks_its_venues_metadata_at_start(tmp_path: Path) ->
     settings = Settings.demo().with_port(0).with_storage_path(str(tmp_path / "m.db"))
     binance = venue(["BTC-USDT", "LUNA-USDT", "*-BRL", "*-AUD"], simulate=True)
     settings = replace(settings, venues=(binance,))
-    async with serving(settings) as server:
+    async with running(settings) as server:
         live = ["binance:BTC-USDT", "binance:ETH-BRL", "binance:BTC-AUD"]
         await eventually(lambda: all(map(server.registry.is_live, live)), "listed pairs live")
         halted = server.registry.status("binance:LUNA-USDT")

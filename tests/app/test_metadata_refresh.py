@@ -22,8 +22,9 @@ from book.registry import BookRegistry
 from book.status import InstrumentState
 from feeds.metadata import TradingStatus
 from feeds.simulator.catalog import simulated_symbols
+from tests.app.serving import running
 from tests.app.test_instruments import LISTED, info, venue
-from tests.app.test_venue_faults import Watcher, serving
+from tests.app.test_venue_faults import Watcher
 from tests.waiting import eventually
 
 HALTED_REASON = "halted: the venue says BREAK"
@@ -113,7 +114,7 @@ async def test_the_running_server_follows_the_venue_catalog(tmp_path: Path) -> N
         settings = Settings.demo().with_port(0).with_storage_path(str(tmp_path / "m.db"))
         settings = replace(settings, venues=(binance,))
         btc, eth, sol = "binance:BTC-USDT", "binance:ETH-USDT", "binance:SOL-USDT"
-        async with serving(settings) as server, connect(server.url) as ws:
+        async with running(settings) as server, connect(server.url) as ws:
             registry = server.registry
             await eventually(lambda: registry.is_live(btc) and registry.is_live(eth), "live")
             assert registry.status(sol) is None
@@ -173,7 +174,7 @@ async def test_a_configured_instrument_halted_at_start_is_carried_once_it_trades
     settings = Settings.demo().with_port(0).with_storage_path(str(tmp_path / "m.db"))
     settings = replace(settings, venues=(binance,))
     btc, eth, luna = "binance:BTC-USDT", "binance:ETH-USDT", "binance:LUNA-USDT"
-    async with serving(settings) as server:
+    async with running(settings) as server:
         registry, simulator = server.registry, server.simulators["binance"]
         await eventually(lambda: registry.is_live(btc) and registry.is_live(eth), "live")
         status = registry.status(luna)

@@ -138,7 +138,7 @@ async def test_faults_make_exactly_the_hit_instruments_stale_then_live(
     natives = native_symbols(venue, SYMBOLS[venue])
     hit, other = (f"{venue}:{canonical}" for canonical in SYMBOLS[venue])
     hit_native = natives[SYMBOLS[venue][0]]
-    async with running(one_venue(venue, tmp_path / "faults.db"), ready_within=15) as server:
+    async with running(one_venue(venue, tmp_path / "faults.db")) as server:
         simulator = server.simulators[venue]
         await eventually(lambda: all(map(server.registry.is_live, (hit, other))), "both live")
         async with connect(server.url) as ws:
