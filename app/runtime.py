@@ -103,6 +103,8 @@ async def serve(
         window_ms=settings.storage.window_ms,
         max_pending_rows=settings.storage.max_pending_rows,
         on_flush=recorder.on_flush,
+        # The acks of a commit go out in its own turn (the fan-out is bound below).
+        after_commit=lambda: fanout.flush_replies(),
     )
 
     def store_bbo(snapshot: BookSnapshot, previous: BookSnapshot | None) -> None:

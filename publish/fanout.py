@@ -28,9 +28,10 @@ milliseconds each, feeds and requests run between the turns, and a change reache
 every subscriber within one round of the queue, instead of waiting for the round in
 progress to finish before its own round starts. Sessions with replies queued
 (``flush_first``: a position's ack) go at the start of the next turn, ahead of the
-round. A subscription change between turns loses nothing and sends nothing twice: a
-session leaving a crowd that waits takes what the crowd holds, and a crowd that waits
-is written before a session joins it.
+round, or at once when the storage's commit asks (``flush_replies``). A subscription
+change between turns loses nothing and sends nothing twice: a session leaving a crowd
+that waits takes what the crowd holds, and a crowd that waits is written before a
+session joins it.
 
 Cost per tick: O(dirty keys) encodes (book: per distinct subscribed depth) + O(sum of
 their crowds) offers; per flushed crowd, one framing + one write per member touched.
@@ -407,6 +408,14 @@ class Fanout:
         self._replies_first.append(subscriber)
         self.request_tick()
 
+    def flush_replies(self) -> None:
+        """Flush every ``flush_first`` now rather than at the start of the next turn: for
+        a caller that knows replies were just queued outside a request (the acks of a
+        commit), so that they need not wait for a turn of socket reads. O(sessions)."""
+        first = self._replies_first
+        while first:
+            self._flush_one(first.popleft())
+
     def _tick(self) -> None:
         more = False
         try:
@@ -442,9 +451,7 @@ class Fanout:
         empty (True) or ``size`` subscribers have been written to with some left (False);
         one crowd or session at least. Counted, not timed, so a turn is the same however
         fast the machine or the collector."""
-        first = self._replies_first
-        while first:
-            self._flush_one(first.popleft())
+        self.flush_replies()
         queue = self._to_flush
         written = 0
         while queue:

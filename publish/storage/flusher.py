@@ -18,7 +18,9 @@ return a future resolved when the batch holding the row has committed: every pos
 of a window shares one commit (group commit), and an acknowledgement sent on that future
 means the position is in the database. A new position is written only if its account
 has not used its id yet, checked inside that commit's transaction (no lookup of its
-own): its future says ``WRITTEN`` or ``ID_TAKEN``.
+own): its future says ``WRITTEN`` or ``ID_TAKEN``. ``after_commit`` runs once the done
+callbacks of a committed batch's futures have: whatever they queued (the acks) can go out
+in that same turn of the event loop rather than in the next, after its socket reads.
 
 When a write fails the rows go back to the front of the buffer and the flusher retries
 with capped exponential backoff (``degraded`` until a write succeeds). Meanwhile the
@@ -92,6 +94,9 @@ class StorageFlusher:
     Run ``run()`` as a task; on shutdown cancel it, then await ``drain()``. The ``add_*``
     methods are the hot path: O(1) (an append; past the bound, one ``popleft`` too).
     ``on_flush(duration_ns, rows)`` is called after each committed batch (histograms).
+    ``after_commit()`` is scheduled (``call_soon``) after each committed batch that
+    resolved position futures, behind their done callbacks, which asyncio runs in the
+    order they were scheduled: it runs right after them, in the same turn of the loop.
     """
 
     def __init__(
@@ -105,6 +110,7 @@ class StorageFlusher:
         retry_max_ms: float = 2_000.0,
         clock: Callable[[], int] = time.perf_counter_ns,
         on_flush: Callable[[int, int], None] | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> None:
         if window_ms <= 0 or retry_initial_ms <= 0:
             raise ValueError("window_ms and retry_initial_ms must be positive")
@@ -120,6 +126,7 @@ class StorageFlusher:
         self._retry_max = retry_max_ms / 1000
         self._clock = clock
         self._on_flush = on_flush
+        self._after_commit = after_commit
 
         self._bbo: deque[BboRow] = deque()
         self._feed_events: deque[FeedEventRow] = deque()
@@ -324,6 +331,8 @@ class StorageFlusher:
                 new_waiter.set_result(
                     InsertOutcome.ID_TAKEN if index in taken else InsertOutcome.WRITTEN
                 )
+        if self._after_commit is not None and (changed or new):
+            asyncio.get_running_loop().call_soon(self._after_commit)
         if self._on_flush is not None:
             self._on_flush(duration, len(batch))
         return True

@@ -174,6 +174,25 @@ async def test_a_reply_goes_out_at_the_next_turn_ahead_of_the_round() -> None:
     assert trader.sink.messages() == [{"type": "ack", "id": 7}]
 
 
+async def test_flush_replies_writes_the_queued_replies_at_once_and_nothing_else() -> None:
+    registry = new_registry()
+    feed = Feed(registry)
+    fanout = Fanout(registry, clock=clock, crowd_size=1, turn_size=ONE_AT_A_TIME)
+    async with client(fanout) as watcher, client(fanout) as trader:
+        await subscribe_all([watcher, trader], BTC)
+        snapshot = feed.quote(BTC, ("1", "1"), ASK)  # published by the next tick
+        trader.session.outbox.reply(b'{"type":"ack","id":7}')
+        fanout.flush_replies()  # no tick has run since: the ack is written now, alone
+        assert [len(each.sink.frames) for each in (watcher, trader)] == [1, 2]
+        assert trader.sink.messages()[1:] == [{"type": "ack", "id": 7}]
+        fanout.flush_replies()  # nothing queued: nothing written
+        assert len(trader.sink.frames) == 2
+        await settle()
+    quote = bbo(BTC, snapshot.seq, ("1", "1"), ASK)
+    assert watcher.sink.messages()[1:] == [quote]
+    assert trader.sink.messages()[1:] == [{"type": "ack", "id": 7}, quote]
+
+
 async def test_a_session_joining_a_waiting_crowd_is_not_sent_what_it_already_had() -> None:
     registry = new_registry()
     feed = Feed(registry)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from functools import partial
 from pathlib import Path
@@ -127,6 +127,47 @@ async def test_position_ack_resolves_only_after_commit(
         backend.gate.set()
         await ack
     assert seen_at_ack == [[STORED_POSITION]]
+
+
+async def test_after_commit_runs_right_behind_the_done_callbacks_of_a_committed_batch(
+    sqlite: SqliteBackend,
+) -> None:
+    """Once per committed batch that resolved position futures, after every done callback
+    those futures had (so whatever they queued is there), and before anything the loop
+    was asked to run after them; a batch without positions and a failed write call none."""
+    backend = RecordingBackend(sqlite, fail_first=1)
+    events: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    def resolved(name: str) -> Callable[[object], None]:
+        def done(_: object) -> None:
+            events.append(name)
+            # Scheduled from a done callback: a turn later than ``after_commit``.
+            loop.call_soon(events.append, f"{name}: soon after")
+
+        return done
+
+    flusher = fast_retry_flusher(backend, after_commit=lambda: events.append("after_commit"))
+    async with running(flusher):
+        flusher.add_bbo(bbo(1))
+        changed = flusher.add_position(position("p-1"))
+        changed.add_done_callback(resolved("changed"))
+        new = flusher.add_new_position(position("p-2"))
+        new.add_done_callback(resolved("new"))
+        await asyncio.gather(changed, new)
+        await backend.wait_for(lambda: len(events) == 5)
+        assert len(backend.failed) == 1  # the failed attempt called nothing
+        assert events == [
+            "changed",
+            "new",
+            "after_commit",
+            "changed: soon after",
+            "new: soon after",
+        ]
+        flusher.add_bbo(bbo(2))
+        await backend.wait_for(lambda: len(backend.committed) == 2)
+        await asyncio.sleep(0)
+    assert events.count("after_commit") == 1
 
 
 async def test_failed_writes_keep_the_rows_and_retry(sqlite: SqliteBackend, db_path: Path) -> None:
