@@ -20,6 +20,8 @@ from typing import TextIO
 
 from hdrh.histogram import HdrHistogram
 
+from bench.hostspeed import HostSpeed
+
 REPO = Path(__file__).resolve().parent.parent
 
 LATENCY_MAX_NS = 60_000_000_000
@@ -209,11 +211,14 @@ class ScenarioResult:
     notes: list[str] = field(default_factory=list)
     figures: dict[str, float] = field(default_factory=dict)
     conditions: ScenarioConditions | None = None
+    host: HostSpeed | None = None
+    """How fast the host ran while it was measured, set by the bench's main process."""
 
     def render(self) -> str:
         out = [f"## {self.title}", ""]
-        if self.conditions is not None:
-            out += [self.conditions.render(), ""]
+        header = [part.render() for part in (self.conditions, self.host) if part is not None]
+        if header:
+            out += [*header, ""]
         out += [self.how, ""]
         for table in self.tables:
             out += [table.render(), ""]
@@ -228,6 +233,7 @@ class ScenarioResult:
             "key": self.key,
             "title": self.title,
             "conditions": None if self.conditions is None else self.conditions.to_json(),
+            "host": None if self.host is None else self.host.to_json(),
             "figures": self.figures,
             "targets": [
                 {

@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 from types import FrameType
 
 from bench.agent import AgentError, HelperProcess
+from bench.hostspeed import HostSpeedProbe
 from bench.report import Progress, ScenarioConditions, ScenarioResult
 
 Runner = Callable[[argparse.Namespace, Progress], ScenarioResult]
@@ -83,17 +84,23 @@ class ScenarioProcess(HelperProcess):
 def run_in_fresh_process(
     key: str, runner: Runner, args: argparse.Namespace, progress: Progress
 ) -> ScenarioResult | ScenarioFailure:
-    """Run one scenario in a fresh process: what it measured, or why it failed.
-    Progress lines keep counting from ``progress``'s start."""
+    """Run one scenario in a fresh process: what it measured (with how fast the host
+    ran meanwhile, ``bench.hostspeed``), or why it failed. Progress lines keep counting
+    from ``progress``'s start."""
     try:
         process = ScenarioProcess(key, runner, args, progress.started)
     except AgentError as exc:
         return ScenarioFailure(key, f"{type(exc).__name__}: {_last_line(str(exc))}", str(exc))
     with process:
         try:
-            return process.run()
+            with HostSpeedProbe() as probe:
+                outcome = process.run()
         except AgentError as exc:
             lost = str(exc)
+        else:
+            if isinstance(outcome, ScenarioResult):
+                outcome.host = probe.result()
+            return outcome
     # Left (and reaped) only now: its exit status is known.
     return ScenarioFailure(
         key, f"the scenario process died ({_how_ended(process.exitcode)})", lost, process.conditions

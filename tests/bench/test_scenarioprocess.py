@@ -91,6 +91,11 @@ def test_each_scenario_runs_in_a_fresh_process_and_failures_do_not_stop_the_rest
     # The scenario after the one that filled its process starts with nothing of it.
     assert reports["figures"] == {"pid": pids[2], "held": 0}
     assert all(entry["conditions"]["parent_rss_bytes"] > 0 for entry in (fills, reports))
+    # The bench's main process probed the host's speed while each one ran.
+    for entry in (fills, reports):
+        host = entry["host"]
+        assert host["probes"] >= 1
+        assert 0 < host["fastest_us"] <= host["p50_us"] <= host["p90_us"] <= host["slowest_us"]
 
     captured = capsys.readouterr()
     titles = [line for line in captured.out.splitlines() if line.startswith("## ")]
@@ -105,6 +110,7 @@ def test_each_scenario_runs_in_a_fresh_process_and_failures_do_not_stop_the_rest
         captured.out
     )
     assert f"\n- scenario process: pid {pids[2]}, " in captured.out
+    assert "\n- host speed while it ran: the same pure-Python probe (" in captured.out
     assert "1 of 2 targets met." in captured.out
     assert captured.out.rstrip().endswith("FAILED: raises, dies (errors on stderr)")
     assert "ValueError: no data for this scenario\nand a second line" in captured.err
