@@ -18,7 +18,7 @@ committed but was reported failed, so it counts as written; anything else holds 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -64,9 +64,11 @@ class StorageBackend(Protocol):
         """Connect, and create or migrate the schema to the newest version."""
         ...
 
-    async def write_batch(self, batch: Batch) -> frozenset[int]:
-        """Write every row of ``batch`` in one transaction; the indices into
-        ``batch.new_positions`` of those not written because their id is taken."""
+    def write_batch(self, batch: Batch) -> Awaitable[frozenset[int]]:
+        """Write every row of ``batch`` in one transaction; awaited, the indices into
+        ``batch.new_positions`` of those not written because their id is taken. A backend
+        may start the write before it is awaited (SQLite hands it to its thread at once);
+        an error raised by the call or by the await means "not written" alike."""
         ...
 
     async def load_open_positions(self) -> list[PositionRow]:

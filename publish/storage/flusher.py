@@ -283,14 +283,26 @@ class StorageFlusher:
             batch, waiters = self._take()
             if not batch:
                 return True
-            self._inflight = asyncio.create_task(self._write(batch, waiters))
+            self._inflight_rows = len(batch)
+            started = self._clock()
+            written = self._start_write(batch)
+            self._inflight = asyncio.create_task(self._write(batch, waiters, written, started))
             return await asyncio.shield(self._inflight)
 
-    async def _write(self, batch: Batch, waiters: _Waiters) -> bool:
-        self._inflight_rows = len(batch)
-        started = self._clock()
+    def _start_write(self, batch: Batch) -> Awaitable[frozenset[int]]:
+        """The backend's write of ``batch``, started in this turn of the loop where the
+        backend can (SQLite's writer thread takes it at once, not once the task awaiting
+        it first runs, a turn later); an error the call raises is the write's."""
         try:
-            taken = await self._backend.write_batch(batch)
+            return self._backend.write_batch(batch)
+        except Exception as error:
+            return _raise(error)
+
+    async def _write(
+        self, batch: Batch, waiters: _Waiters, written: Awaitable[frozenset[int]], started: int
+    ) -> bool:
+        try:
+            taken = await written
         except Exception:
             # The retry policy lives here: count it, log once per outage, keep the rows.
             self._failures += 1
@@ -399,6 +411,10 @@ class StorageFlusher:
                 self._backend.name,
                 self._max_pending,
             )
+
+
+async def _raise(error: Exception) -> frozenset[int]:
+    raise error
 
 
 def _pop_left(rows: deque[_Row], count: int) -> list[_Row]:

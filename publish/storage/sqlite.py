@@ -279,12 +279,13 @@ class SqliteBackend:
             await self.close()
             raise
 
-    async def write_batch(self, batch: Batch) -> frozenset[int]:
+    def write_batch(self, batch: Batch) -> asyncio.Future[frozenset[int]]:
+        """Hand the batch to the writer thread now, not at the first ``await`` (a task's
+        first step waits for the loop's next turn, behind its socket reads)."""
         # The new positions' JSON is made here, on the loop, which holds the GIL anyway.
         new_positions = _new_positions_json(batch.new_positions)
-        if _one_insert(batch):
-            return await self._call(partial(self._insert_alone_sync, batch, new_positions))
-        return await self._call(partial(self._write_sync, batch, new_positions))
+        job = self._insert_alone_sync if _one_insert(batch) else self._write_sync
+        return self._submit(partial(job, batch, new_positions))
 
     async def load_open_positions(self) -> list[PositionRow]:
         return await self._call(self._load_open_positions_sync)
@@ -376,9 +377,13 @@ class SqliteBackend:
             await self.checkpointer.close()
 
     async def _call(self, job: Callable[[], _T]) -> _T:
+        return await self._submit(job)
+
+    def _submit(self, job: Callable[[], _T]) -> asyncio.Future[_T]:
+        """``job`` handed to the writer thread at once; its outcome as a future."""
         if self._executor is None:
             raise BackendClosedError(f"{self._path} is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+        return asyncio.get_running_loop().run_in_executor(self._executor, job)
 
     async def _read(self, job: Callable[[], _T]) -> _T:
         if self._reader is None:

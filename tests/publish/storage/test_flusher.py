@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
 from functools import partial
 from pathlib import Path
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from publish.storage import (
+    BackendClosedError,
     Batch,
     FlusherStats,
     SqliteBackend,
@@ -168,6 +169,48 @@ async def test_after_commit_runs_right_behind_the_done_callbacks_of_a_committed_
         await backend.wait_for(lambda: len(backend.committed) == 2)
         await asyncio.sleep(0)
     assert events.count("after_commit") == 1
+
+
+async def test_the_writer_thread_takes_a_batch_in_the_turn_the_flush_begins(
+    sqlite: SqliteBackend, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a turn later, once the task that awaits the write first runs: between the two,
+    the loop would serve every socket that became readable."""
+    handed: list[Batch] = []
+    write_batch = sqlite.write_batch
+
+    def recording(batch: Batch) -> Awaitable[frozenset[int]]:
+        handed.append(batch)
+        return write_batch(batch)
+
+    monkeypatch.setattr(sqlite, "write_batch", recording)
+    flusher = StorageFlusher(sqlite)
+    flusher.add_bbo(bbo(1))
+    drained = asyncio.ensure_future(flusher.drain())
+    await asyncio.sleep(0)  # the drain's first step has run, and nothing it scheduled
+    assert handed == [Batch(bbo=[bbo(1)])]
+    await drained
+    assert stored_bbo(db_path) == [bbo(1)]
+
+
+async def test_a_backend_raising_as_it_is_called_is_a_failed_write(
+    sqlite: SqliteBackend, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusals = [BackendClosedError("not open yet")]
+    write_batch = sqlite.write_batch
+
+    def refusing_once(batch: Batch) -> Awaitable[frozenset[int]]:
+        if refusals:
+            raise refusals.pop()
+        return write_batch(batch)
+
+    monkeypatch.setattr(sqlite, "write_batch", refusing_once)
+    flusher = StorageFlusher(sqlite, window_ms=1, retry_initial_ms=1, retry_max_ms=4)
+    async with running(flusher):
+        ack = flusher.add_position(position())
+        await ack
+    assert query(db_path, "SELECT * FROM positions") == [STORED_POSITION]
+    assert (flusher.stats().failures, flusher.health) == (1, StorageHealth.HEALTHY)
 
 
 async def test_failed_writes_keep_the_rows_and_retry(sqlite: SqliteBackend, db_path: Path) -> None:

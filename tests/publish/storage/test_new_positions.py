@@ -168,7 +168,7 @@ async def test_another_session_inserting_the_same_id_at_once_decides_it(
     ours = position("p-1")
     their_row = replace(ours, qty=7) if theirs == "other" else ours
     async with another_writer(store, tmp_path, their_row):
-        write = asyncio.create_task(backend.write_batch(Batch(new_positions=[ours])))
+        write = asyncio.ensure_future(backend.write_batch(Batch(new_positions=[ours])))
         await waiting_on_a_lock(store, backend)
         assert not write.done()
     assert await write == frozenset(taken)
