@@ -213,7 +213,12 @@ def edge_positions(
 ) -> EdgePositions:
     """The positions of an edge: ops routed to the owning shard, profit relayed."""
     service = ShardClient(
-        link, PositionSubjects(place.prefix), shards=place.shards, ack_timeout=ack_timeout
+        link,
+        PositionSubjects(place.prefix),
+        shards=place.shards,
+        ack_timeout=ack_timeout,
+        # An answer goes out in the task step that gave it, not after the next poll.
+        after_answer=fanout.flush_replies,
     )
     relay = ProfitRelay(fanout, service)
 

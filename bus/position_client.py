@@ -23,6 +23,8 @@ position's first profit frame, but the edge reads answers and profit on differen
 subscriptions. So while an op of a position is waiting for its answer, the account's
 batches that carry that position (and every later batch of the account, to keep their
 order) are held, and handed on right after the answer was acknowledged (or refused).
+Then ``after_answer`` runs: the edge writes the replies queued (the answer, and what
+was held) at once, not after the loop's next poll for sockets.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class ShardClient:
         *,
         shards: int,
         ack_timeout: float,
+        after_answer: Callable[[], None] | None = None,
     ) -> None:
         if shards < 1 or ack_timeout <= 0:
             raise ValueError("shards must be >= 1 and ack_timeout positive")
@@ -99,6 +102,7 @@ class ShardClient:
         self.shards = shards
         self.ack_timeout = ack_timeout
         self.counters = ClientCounters()
+        self._after_answer = after_answer
         self._sink: ProfitSink | None = None
         self._wanted: set[str] = set()
         self._subscriptions: dict[str, Subscription] = {}
@@ -149,6 +153,8 @@ class ShardClient:
             await self._send(op, reply.acknowledge)
         except RequestError as refusal:
             reply.refuse(refusal)
+        if self._after_answer is not None:
+            self._after_answer()
 
     async def _send(self, op: PositionOp, acknowledge: Acknowledge) -> Position:
         waiting = self._answering.setdefault(op.account, {})

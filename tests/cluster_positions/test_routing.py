@@ -4,14 +4,23 @@ profit relayed on demand, a shard that is down, and isolation between accounts."
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
+from app.positions_role import edge_positions
+from book.registry import BookRegistry
+from bus.link import BusLink
 from bus.natsserver import NatsServer
+from publish.exceptions import RequestError
+from publish.fanout import Fanout
+from publish.position import Position
 from tests.cluster_positions.cluster import (
     BTC,
+    _run_all,
+    _stop,
     accounts_of_shards,
     edge,
     ingest,
@@ -222,3 +231,53 @@ async def test_profit_resumes_by_itself_after_the_shard_restarts(
                 assert message["pnl"] == "80"
         finally:
             await shard.stop()
+
+
+class _Answers:
+    """A ``PositionReply`` that writes down what it was given."""
+
+    def __init__(self, events: list[str]) -> None:
+        self._events = events
+
+    def acknowledge(self, position: Position) -> None:
+        self._events.append(f"ack {position.id}")
+
+    def refuse(self, refusal: RequestError) -> None:
+        self._events.append(f"refused {refusal.code}")
+
+
+async def test_an_edge_writes_each_answer_in_the_task_step_that_gave_it(
+    nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after the shard's answer reaches the op's reply, the edge's fan-out writes the
+    replies queued (``flush_replies``), rather than at its next tick, after a poll."""
+    ((a,),) = accounts_of_shards(1)
+    events: list[str] = []
+    fanout = Fanout(BookRegistry(), metrics_interval=None)
+    monkeypatch.setattr(fanout, "flush_replies", lambda: events.append("flushed"))
+    link = BusLink([nats_server.url], name="edge")
+    positions = edge_positions(fanout, link, place(nats_server.url, shards=1), ack_timeout=2.0)
+    async with ingest(nats_server.url, BTC):
+        shard = await start_shard(
+            settings_for(sqlite(tmp_path / "pos.db")), place(nats_server.url, shards=1)
+        )
+        task = asyncio.create_task(_run_all(link.run, positions.service.run))
+        try:
+            await eventually(lambda: bool(shard.running.registry.status(BTC)), "the shard sees BTC")
+            await link.wait_connected()
+            # The same id with another order is refused: each answer is then written.
+            for qty, answer in (("2", "ack p-1"), ("3", "refused duplicate_position")):
+                positions.service.submit_open(
+                    a,
+                    position_id="p-1",
+                    instrument=BTC,
+                    side="buy",
+                    qty=qty,
+                    price="90",
+                    reply=_Answers(events),
+                )
+                await eventually(lambda: answer in events, answer)  # noqa: B023
+        finally:
+            await _stop(task)
+            await shard.stop()
+    assert events == ["ack p-1", "flushed", "refused duplicate_position", "flushed"]
