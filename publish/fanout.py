@@ -28,10 +28,10 @@ milliseconds each, feeds and requests run between the turns, and a change reache
 every subscriber within one round of the queue, instead of waiting for the round in
 progress to finish before its own round starts. Sessions with replies queued
 (``flush_first``: a position's ack) go at the start of the next turn, ahead of the
-round, or at once when the storage's commit asks (``flush_replies``). A subscription
-change between turns loses nothing and sends nothing twice: a session leaving a crowd
-that waits takes what the crowd holds, and a crowd that waits is written before a
-session joins it.
+round, or at once when a commit or a shard's answer asks (``flush_replies``). A
+subscription change between turns loses nothing and sends nothing twice: a session
+leaving a crowd that waits takes what the crowd holds, and a crowd that waits is
+written before a session joins it.
 
 Cost per tick: O(dirty keys) encodes (book: per distinct subscribed depth) + O(sum of
 their crowds) offers; per flushed crowd, one framing + one write per member touched.
@@ -411,7 +411,8 @@ class Fanout:
     def flush_replies(self) -> None:
         """Flush every ``flush_first`` now rather than at the start of the next turn: for
         a caller that knows replies were just queued outside a request (the acks of a
-        commit), so that they need not wait for a turn of socket reads. O(sessions)."""
+        commit; on an edge, a shard's answers), so that they need not wait for a turn of
+        socket reads. O(sessions)."""
         first = self._replies_first
         while first:
             self._flush_one(first.popleft())
