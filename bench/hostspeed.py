@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -66,14 +66,7 @@ class HostSpeed:
         )
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "probes": self.probes,
-            "fastest_us": self.fastest_us,
-            "p50_us": self.p50_us,
-            "p90_us": self.p90_us,
-            "slowest_us": self.slowest_us,
-            "steal_share": self.steal_share,
-        }
+        return asdict(self)
 
 
 class HostSpeedProbe:
