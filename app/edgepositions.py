@@ -27,6 +27,10 @@ COUNTERS = {
         "Position ops no shard answered within ack_timeout_ms (storage_unavailable: the "
         "op may still commit; the client's retry gets its ack)"
     ),
+    "late_answers": (
+        "Shard answers that came after their op was answered storage_unavailable (ignored)"
+    ),
+    "bad_answers": "Messages of shard answers that did not decode (their ops timed out)",
     "profit_batches": "Profit batches relayed from the shards",
     "dropped_batches": (
         "Profit batches dropped: undecodable, or for an account this edge no longer relays"
@@ -44,6 +48,8 @@ def edge_position_facts(client: ShardClient) -> dict[str, int]:
         "acks": counters.acks,
         "refusals": counters.refusals,
         "unavailable": counters.unavailable,
+        "late_answers": counters.late_answers,
+        "bad_answers": counters.bad_answers,
         "profit_batches": counters.batches,
         "dropped_batches": counters.dropped_batches,
         "watch_failures": counters.watch_failures,

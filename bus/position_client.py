@@ -2,13 +2,22 @@
 of an edge, over the bus.
 
 ``ShardClient.submit_open``/``submit_close`` (the ``PositionService`` of the edge's
-sessions) send the op to the shard owning the account (``bus.positions.shard_of``) by
-request/reply, in a task of the client's own, and give the op's reply the shard's
-answer: the position as stored once the shard committed it, or the shard's refusal
-with the same ``RequestError`` code as one process. No answer within
-``ack_timeout`` (the shard is down, slow, or the bus is) is ``storage_unavailable``:
-the op may have committed or may still commit, and sending the very same op again (the
-same position id) gets the same acknowledgement, as in one process.
+sessions) send the op to the shard owning the account (``bus.positions.shard_of``) and
+give the op's reply the shard's answer: the position as stored once the shard committed
+it, or the shard's refusal with the same ``RequestError`` code as one process. No answer
+within ``ack_timeout`` (the shard is down, slow, or the bus is) is
+``storage_unavailable``: the op may have committed or may still commit, and sending the
+very same op again (the same position id) gets the same acknowledgement, as in one
+process.
+
+An op is a call, not a task: it is numbered and joins the request gathering for its
+shard, which one send task publishes (nats-py's publish is a coroutine) with the edge's
+inbox (``<inbox>.<shard>``) as its reply subject. So the ops the edge's clients make
+while the task waits for its turn of the loop travel as one request, and a shard's
+answers come back on the one inbox subscription, several to a message. One timer per
+request answers what is left of it at ``ack_timeout``. A request no shard was subscribed
+to gets the bus's "no responders" status at once: every op sent to that shard and not
+answered yet is then answered ``storage_unavailable`` without waiting for its timeout.
 
 As a ``ProfitFeed`` it subscribes to ``<prefix>-positions.profit.<account>`` when the
 relay's first subscriber of an account arrives, asks the owning shard to watch the
@@ -33,31 +42,34 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
-from nats.aio.client import Client
+from nats.aio.client import NO_RESPONDERS_STATUS, Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import Header
 
 from bus.exceptions import DecodeError
-from bus.link import BusLink
+from bus.link import BusLink, raise_swallowed_cancellation
 from bus.positions import (
+    MAX_PER_MESSAGE,
+    Answer,
     CloseOp,
     OpenOp,
+    OpNumber,
     PositionOp,
     PositionSubjects,
     ProfitBatch,
-    decode_answer,
+    decode_answers,
     decode_batch,
-    encode_op,
+    encode_ops,
     encode_watch,
     shard_of,
 )
 from publish.exceptions import RequestError
-from publish.position import Position
-from publish.positions import Acknowledge, PositionReply
+from publish.positions import PositionReply
 from publish.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -80,6 +92,30 @@ class ClientCounters:
     batches: int = 0
     dropped_batches: int = 0
     watch_failures: int = 0
+    late_answers: int = 0
+    """Answers that came after their op was answered ``storage_unavailable``."""
+    bad_answers: int = 0
+    """Answer messages that did not decode (their ops are answered at their timeout)."""
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """An op sent (or about to be) and not answered yet."""
+
+    op: PositionOp
+    reply: PositionReply
+    shard: int
+    deadline: float
+    """Loop time past which it is answered ``storage_unavailable``."""
+    sent: bool = False
+
+
+@dataclass(slots=True)
+class _Request:
+    """The ops gathering for one shard until the send task takes them."""
+
+    shard: int
+    numbers: list[OpNumber] = field(default_factory=list)
 
 
 class ShardClient:
@@ -108,11 +144,21 @@ class ShardClient:
         self._subscriptions: dict[str, Subscription] = {}
         self._changed = asyncio.Event()
         self._renewals: set[asyncio.Task[None]] = set()
-        self._asking: set[asyncio.Task[None]] = set()
-        """The ops submitted and not answered yet (cancelled when ``run`` ends)."""
+        self._waiting: dict[OpNumber, _Waiting] = {}
+        """The ops submitted and not answered yet, by number."""
+        self._next_number = 0
+        self._outgoing: deque[_Request] = deque()
+        self._gathering: dict[int, _Request] = {}
+        """shard -> its request the send task has not taken yet."""
+        self._wake = asyncio.Event()
+        self._inbox: str | None = None
+        """The reply subject of this edge's ops, once subscribed."""
+        self._inbox_ready = asyncio.Event()
+        self._stopped = False
         self._answering: dict[str, dict[str, int]] = {}
         """account -> position id -> ops of it waiting for their answer."""
         self._held: dict[str, deque[ProfitBatch]] = {}
+        link.on_connect(self._subscribe_inbox)
 
     def deliver_to(self, sink: ProfitSink) -> None:
         self._sink = sink
@@ -144,57 +190,147 @@ class ShardClient:
         self._submit(CloseOp(account=account, position_id=position_id), reply)
 
     def _submit(self, op: PositionOp, reply: PositionReply) -> None:
-        task = asyncio.get_running_loop().create_task(self._answer(op, reply))
-        self._asking.add(task)
-        task.add_done_callback(self._asking.discard)
+        """Number the op, hold the account's profit batches that carry its position, and
+        add it to its shard's gathering request. O(1)."""
+        self.counters.ops += 1
+        loop = asyncio.get_running_loop()
+        n = self._next_number
+        self._next_number += 1
+        shard = shard_of(op.account, self.shards)
+        deadline = loop.time() + self.ack_timeout
+        self._waiting[n] = _Waiting(op, reply, shard, deadline)
+        waiting = self._answering.setdefault(op.account, {})
+        waiting[op.position_id] = waiting.get(op.position_id, 0) + 1
+        request = self._gathering.get(shard)
+        if request is None or len(request.numbers) >= MAX_PER_MESSAGE:
+            request = self._gathering[shard] = _Request(shard)
+            self._outgoing.append(request)
+            self._wake.set()
+            loop.call_at(deadline, self._expire, request.numbers)
+        request.numbers.append(n)
 
-    async def _answer(self, op: PositionOp, reply: PositionReply) -> None:
+    async def _send_loop(self) -> None:
+        """Publish each request once the inbox is subscribed; a request whose ops were all
+        answered meanwhile (their timeout) is not sent."""
+        outgoing = self._outgoing
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._inbox_ready.wait()
+            client, inbox = self.link.client, self._inbox
+            assert client is not None and inbox is not None
+            while outgoing:
+                request = outgoing.popleft()
+                if self._gathering.get(request.shard) is request:
+                    del self._gathering[request.shard]
+                sending = [(n, self._waiting[n]) for n in request.numbers if n in self._waiting]
+                if not sending:
+                    continue
+                ops = [(n, waiting.op) for n, waiting in sending]
+                try:
+                    await client.publish(
+                        self.subjects.ops(request.shard),
+                        encode_ops(ops),
+                        reply=f"{inbox}.{request.shard}",
+                    )
+                except Exception as exc:  # noqa: BLE001 - every failure is the same answer
+                    self._unavailable([n for n, _ in ops], type(exc).__name__)
+                    continue
+                for _, waiting in sending:
+                    waiting.sent = True
+            raise_swallowed_cancellation()
+
+    async def _subscribe_inbox(self, client: Client) -> None:
+        inbox = client.new_inbox()
+        await client.subscribe(f"{inbox}.*", cb=self._on_answers)
+        self._inbox = inbox
+        self._inbox_ready.set()
+
+    async def _on_answers(self, msg: Msg) -> None:
+        if msg.headers and msg.headers.get(Header.STATUS) == NO_RESPONDERS_STATUS:
+            self._no_responders(msg.subject)
+            return
         try:
-            await self._send(op, reply.acknowledge)
-        except RequestError as refusal:
-            reply.refuse(refusal)
+            answers = decode_answers(msg.data)
+        except DecodeError as exc:
+            self.counters.bad_answers += 1
+            log.warning("bad answers from a positions shard: %s", exc)
+            return
+        for n, answer in answers:
+            waiting = self._waiting.pop(n, None)
+            if waiting is None:
+                self.counters.late_answers += 1
+                continue
+            if isinstance(answer, RequestError):
+                self.counters.refusals += 1
+            else:
+                self.counters.acks += 1
+            self._settle(waiting, answer)
         if self._after_answer is not None:
             self._after_answer()
 
-    async def _send(self, op: PositionOp, acknowledge: Acknowledge) -> Position:
-        waiting = self._answering.setdefault(op.account, {})
-        waiting[op.position_id] = waiting.get(op.position_id, 0) + 1
-        try:
-            return await self._ask(op, acknowledge)
-        finally:
-            left = waiting[op.position_id] - 1
-            if left:
-                waiting[op.position_id] = left
-            else:
-                del waiting[op.position_id]
-                if not waiting:
-                    del self._answering[op.account]
-            self._release(op.account)
+    def _no_responders(self, subject: str) -> None:
+        """No shard was subscribed when a request to ``<inbox>.<shard>`` was published:
+        answer every op sent to that shard and still waiting (the shard is down; an op
+        that reached it before it went may still commit, and its retry gets the ack)."""
+        shard = subject.rpartition(".")[2]
+        if not shard.isdecimal():
+            self.counters.bad_answers += 1
+            return
+        self._unavailable(
+            [n for n, w in self._waiting.items() if w.shard == int(shard) and w.sent],
+            "NoRespondersError",
+        )
 
-    async def _ask(self, op: PositionOp, acknowledge: Acknowledge) -> Position:
-        self.counters.ops += 1
-        shard = shard_of(op.account, self.shards)
-        try:
-            async with asyncio.timeout(self.ack_timeout):
-                client = await self.link.wait_connected()  # a bus outage counts in the wait
-                msg = await client.request(
-                    self.subjects.ops(shard), encode_op(op), timeout=self.ack_timeout
-                )
-            answer = decode_answer(msg.data)
-        except (nats.errors.Error, OSError, TimeoutError, DecodeError) as exc:
+    def _expire(self, numbers: list[OpNumber]) -> None:
+        """A request's timer: answer its ops past their deadline ``storage_unavailable``;
+        wait again for the ones that joined it later."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        late = [n for n in numbers if n in self._waiting and self._waiting[n].deadline <= now]
+        left = [n for n in numbers if n in self._waiting and self._waiting[n].deadline > now]
+        if left:
+            loop.call_at(min(self._waiting[n].deadline for n in left), self._expire, left)
+        if late:
+            self._unavailable(late, "TimeoutError")
+
+    def _unavailable(self, numbers: list[OpNumber], why: str) -> None:
+        """Answer these ops ``storage_unavailable`` (sending failed, or no answer in time)."""
+        if self._stopped:
+            return  # the edge's sessions are closing
+        for n in numbers:
+            waiting = self._waiting.pop(n, None)
+            if waiting is None:
+                continue
             self.counters.unavailable += 1
-            raise RequestError(
-                ErrorCode.STORAGE_UNAVAILABLE,
-                f"storage unavailable: positions shard {shard} did not answer within "
-                f"{self.ack_timeout:g}s ({type(exc).__name__}); the op may still be "
-                "stored: send the same request again for its acknowledgement",
-            ) from None
+            self._settle(
+                waiting,
+                RequestError(
+                    ErrorCode.STORAGE_UNAVAILABLE,
+                    f"storage unavailable: positions shard {waiting.shard} did not answer "
+                    f"within {self.ack_timeout:g}s ({why}); the op may still be stored: "
+                    "send the same request again for its acknowledgement",
+                ),
+            )
+        if self._after_answer is not None:
+            self._after_answer()
+
+    def _settle(self, waiting: _Waiting, answer: Answer) -> None:
+        """Give the op's reply its answer, then hand on the profit batches it held."""
+        op = waiting.op
         if isinstance(answer, RequestError):
-            self.counters.refusals += 1
-            raise answer
-        self.counters.acks += 1
-        acknowledge(answer)
-        return answer
+            waiting.reply.refuse(answer)
+        else:
+            waiting.reply.acknowledge(answer)
+        held = self._answering[op.account]
+        left = held[op.position_id] - 1
+        if left:
+            held[op.position_id] = left
+        else:
+            del held[op.position_id]
+            if not held:
+                del self._answering[op.account]
+        self._release(op.account)
 
     # -- ProfitFeed -----------------------------------------------------------------------
 
@@ -212,12 +348,14 @@ class ShardClient:
         return list(self._subscriptions)
 
     async def run(self) -> None:
-        """Keep the profit subscriptions equal to the wanted accounts, renewing watches."""
+        """Send the ops; keep the profit subscriptions equal to the wanted accounts,
+        renewing watches. Ops unanswered when it ends get no answer (the edge stops)."""
         try:
-            await self._keep_subscriptions()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._send_loop(), name="edge:position-ops")
+                await self._keep_subscriptions()
         finally:
-            for task in self._asking:
-                task.cancel()
+            self._stopped = True
 
     async def _keep_subscriptions(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,23 +1,26 @@
 """A positions shard on the bus: serves the position ops edges send it and publishes the
 profit of the accounts edges watch.
 
-``PositionShard`` answers ``<prefix>-positions.ops.<k>`` with the answer of its
-``PositionBook`` (the same book as one process: validation, idempotent retries, the
-commit before the answer) and ``<prefix>-positions.watch.<k>`` by marking the account
+``PositionShard`` answers the ops of ``<prefix>-positions.ops.<k>`` with the answers
+of its ``PositionBook`` (the same book as one process: validation, idempotent retries,
+the commit before the answer) and ``<prefix>-positions.watch.<k>`` by marking the account
 (a ``ShardSubscriber`` joins the ``ProfitEngine`` as the account's subscriber) for
 ``WATCH_LEASE`` seconds from the last watch. Every edge with subscribers of the account
 renews the watch every ``bus.position_client.RENEW_EVERY`` seconds; so a watch outlives
 no edge by more than the lease, and a restarted shard learns every watch within one
 renewal.
 
-An op is a call, not a task: it is submitted to the book (``PositionBook.submit_open``/
-``submit_close``) with a reply that queues its answer for the op's reply subject, from the
-commit, the refusal or the book's one ``ack_timeout`` timer. Everything the shard sends
-(answers, profit batches) goes through one queue drained by one task (nats-py's publish
-is a coroutine), in the order it was made: an op's answer is queued at its commit, before
-the profit engine hears of the position, so an edge gets the answer before the position's
-first profit frame. Once the shard is stopped, answers still to come are dropped (the
-change stays queued for storage; the edge's own timeout answers its client).
+An op is a call, not a task: each op of a request is submitted to the book
+(``PositionBook.submit_open``/``submit_close``) with a reply that queues its answer for
+the request's reply subject, from the commit, the refusal or the book's one
+``ack_timeout`` timer. Everything the shard sends (answers, profit batches) goes through
+one queue drained by one task (nats-py's publish is a coroutine), in the order it was
+made. Answers for one reply subject gather in one message (``_Answers``) until the task
+takes it: a commit's answers for an edge leave as one message, however many ops it
+held. An op's answer is queued at its commit, before the profit engine hears of the
+position, so an edge gets the answer before the position's first profit frame. Once
+the shard is stopped, answers still to come are dropped (the change stays queued for
+storage; the edge's own timeout answers its client).
 
 The shard trusts the account names edges send (edges authenticate clients); it only
 checks that the account is its own.
@@ -38,13 +41,16 @@ from nats.aio.msg import Msg
 from bus.exceptions import DecodeError
 from bus.link import BusLink, raise_swallowed_cancellation
 from bus.positions import (
+    MAX_PER_MESSAGE,
+    Answer,
     CloseOp,
+    OpNumber,
+    PositionOp,
     PositionSubjects,
-    decode_op,
+    decode_ops,
     decode_watch,
+    encode_answers,
     encode_batch,
-    encode_position,
-    encode_refusal,
     shard_of,
 )
 from publish.channels import Topic
@@ -114,6 +120,19 @@ class _Watch:
     expires: float
 
 
+class _Answers:
+    """Answers queued for one reply subject, sent as one message when the send task
+    takes them (up to ``MAX_PER_MESSAGE``)."""
+
+    __slots__ = ("subject", "answers", "arrivals")
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        self.answers: list[tuple[OpNumber, Answer]] = []
+        self.arrivals: list[int] = []
+        """The monotonic ns each answered op came in."""
+
+
 @dataclass(slots=True)
 class ShardCounters:
     ops: int = 0
@@ -159,8 +178,10 @@ class PositionShard:
         self.counters = ShardCounters()
         self._on_answered = on_op
         self._watches: dict[str, _Watch] = {}
-        self._outgoing: deque[tuple[str, bytes, int]] = deque()
-        """(subject, payload, arrival of the op it answers in monotonic ns, or 0)."""
+        self._outgoing: deque[tuple[str, bytes] | _Answers] = deque()
+        """What to send, in order: ``(subject, payload)`` or a reply subject's answers."""
+        self._gathering: dict[str, _Answers] = {}
+        """reply subject -> its answers queued and not yet taken by the send task."""
         self._wake = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
         self._ready = asyncio.Event()
@@ -200,11 +221,20 @@ class PositionShard:
         log.info("positions shard %d of %d serving", self.shard, self.shards)
 
     async def _on_op(self, msg: Msg) -> None:
-        """Submit the op with a reply that queues its answer for ``msg.reply``: a call,
-        no task per op (the answer comes from the book's commit or timer). O(1)."""
+        """Submit each op of the request with a reply that queues its answer for
+        ``msg.reply``: calls, no task per op (an answer comes from the book's commit or
+        timer)."""
         if self._group is None or not msg.reply:
             return
-        self._serve(msg.reply, msg.data, time.monotonic_ns())
+        arrived = time.monotonic_ns()
+        try:
+            ops = decode_ops(msg.data)
+        except DecodeError as exc:
+            self.counters.bad_requests += 1
+            log.warning("bad position request on %s: %s", msg.subject, exc)
+            return
+        for n, op in ops:
+            self._serve(_OpReply(self, msg.reply, n, arrived), op)
 
     async def _on_watch(self, msg: Msg) -> None:
         try:
@@ -237,14 +267,11 @@ class PositionShard:
 
     # -- ops ----------------------------------------------------------------------------
 
-    def _serve(self, reply: str, payload: bytes, arrived: int) -> None:
+    def _serve(self, answer: _OpReply, op: PositionOp | DecodeError) -> None:
         self.counters.ops += 1
-        answer = _OpReply(self, reply, arrived)
-        try:
-            op = decode_op(payload)
-        except DecodeError as exc:
+        if isinstance(op, DecodeError):
             self.counters.bad_requests += 1
-            answer.refuse(RequestError(ErrorCode.BAD_REQUEST, str(exc)))
+            answer.refuse(RequestError(ErrorCode.BAD_REQUEST, str(op)))
             return
         owner = shard_of(op.account, self.shards)
         if owner != self.shard:
@@ -270,17 +297,21 @@ class PositionShard:
                 reply=answer,
             )
 
-    def _acknowledge(self, reply: str, position: Position, arrived: int) -> None:
+    def _answer(self, subject: str, n: OpNumber, answer: Answer, arrived: int) -> None:
+        """Queue ``answer`` with the others for ``subject`` the send task has not taken."""
         if self._group is None:  # stopped: an op in flight then gets no answer
             return
-        self.counters.acks += 1
-        self._send(reply, encode_position(position), arrived)
-
-    def _refuse(self, reply: str, refusal: RequestError, arrived: int) -> None:
-        if self._group is None:
-            return
-        self.counters.refusals += 1
-        self._send(reply, encode_refusal(refusal), arrived)
+        if isinstance(answer, RequestError):
+            self.counters.refusals += 1
+        else:
+            self.counters.acks += 1
+        gathering = self._gathering.get(subject)
+        if gathering is None or len(gathering.answers) >= MAX_PER_MESSAGE:
+            gathering = self._gathering[subject] = _Answers(subject)
+            self._outgoing.append(gathering)
+            self._wake.set()
+        gathering.answers.append((n, answer))
+        gathering.arrivals.append(arrived)
 
     # -- profit -------------------------------------------------------------------------
 
@@ -296,9 +327,8 @@ class PositionShard:
 
     # -- the one ordered way out --------------------------------------------------------
 
-    def _send(self, subject: str, payload: bytes, arrived: int = 0) -> None:
-        """Queue ``payload``; ``arrived``: the monotonic ns the op it answers came in."""
-        self._outgoing.append((subject, payload, arrived))
+    def _send(self, subject: str, payload: bytes) -> None:
+        self._outgoing.append((subject, payload))
         self._wake.set()
 
     async def _send_loop(self) -> None:
@@ -309,7 +339,15 @@ class PositionShard:
             self._wake.clear()
             client = self.link.client
             while outgoing:
-                subject, payload, arrived = outgoing.popleft()
+                entry = outgoing.popleft()
+                arrivals: list[int] = []
+                if isinstance(entry, _Answers):
+                    if self._gathering.get(entry.subject) is entry:
+                        del self._gathering[entry.subject]
+                    subject, payload = entry.subject, encode_answers(entry.answers)
+                    arrivals = entry.arrivals
+                else:
+                    subject, payload = entry
                 if client is None:
                     continue  # not connected yet: nobody can be waiting for it
                 try:
@@ -317,28 +355,31 @@ class PositionShard:
                 except Exception as exc:  # noqa: BLE001 - a lost answer is a timeout at the edge
                     log.debug("bus publish failed: %s", exc)
                     continue
-                if arrived and on_answered is not None:
-                    on_answered(time.monotonic_ns() - arrived)
+                if on_answered is not None and arrivals:
+                    now = time.monotonic_ns()
+                    for arrived in arrivals:
+                        on_answered(now - arrived)
             raise_swallowed_cancellation()
 
 
 class _OpReply:
-    """The ``PositionReply`` of one op from the bus: its answer is queued for the op's
-    reply subject (sent by the shard's one sender, in order)."""
+    """The ``PositionReply`` of one op from the bus: its answer is queued, under the op's
+    number, for the request's reply subject (sent by the shard's one sender, in order)."""
 
-    __slots__ = ("_shard", "_subject", "_arrived")
+    __slots__ = ("_shard", "_subject", "_n", "_arrived")
 
-    def __init__(self, shard: PositionShard, subject: str, arrived: int) -> None:
+    def __init__(self, shard: PositionShard, subject: str, n: OpNumber, arrived: int) -> None:
         self._shard = shard
         self._subject = subject
+        self._n = n
         self._arrived = arrived
         """The monotonic ns the op came in (the ``position_op`` stage starts there)."""
 
     def acknowledge(self, position: Position) -> None:
-        self._shard._acknowledge(self._subject, position, self._arrived)
+        self._shard._answer(self._subject, self._n, position, self._arrived)
 
     def refuse(self, refusal: RequestError) -> None:
-        self._shard._refuse(self._subject, refusal, self._arrived)
+        self._shard._answer(self._subject, self._n, refusal, self._arrived)
 
 
 class ShardStore:

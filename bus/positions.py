@@ -11,18 +11,29 @@ and Python version (never Python's ``hash()``, which is salted per process). Cha
 every edge and shard reads in full for market data, so that position ops and an
 account's profit reach only the nodes that asked for them::
 
-    <prefix>-positions.ops.<k>           request/reply: a position op for shard k
+    <prefix>-positions.ops.<k>           requests: position ops for shard k, answered on
+                                         the request's reply subject (an edge's inbox)
     <prefix>-positions.watch.<k>         request/reply: an edge watches an account's profit
     <prefix>-positions.profit.<account>  the account's profit frames (``token(account)``;
                                          the payload names the exact account)
 
 **Payloads.** Ops and their answers are JSON (orjson); amounts in fixed-point integer
-units, as decimal strings (exact, beyond 64 bits)::
+units, as decimal strings (exact, beyond 64 bits). An edge sends the ops its clients
+made in one turn of its event loop as one request, each numbered by the edge (``n``,
+unique among its ops in flight); the shard answers each op as it commits or is refused,
+the answers it has for one reply subject in one message, in any grouping and order::
 
-    {"v":1,"op":"open","account":A,"position_id":P,"instrument":I,"side":S,"qty":Q,"price":X}
-    {"v":1,"op":"close","account":A,"position_id":P}
-    {"v":1,"ok":{position as stored}}  |  {"v":1,"error":CODE,"message":TEXT}
-    watch: {"v":1,"account":A,"whole":true|false}
+    {"v":2,"ops":[{"n":N,"op":"open","account":A,"position_id":P,"instrument":I,
+                   "side":S,"qty":Q,"price":X}, {"n":N,"op":"close","account":A,
+                   "position_id":P}, ...]}
+    {"v":2,"answers":[{"n":N,"ok":{position as stored}}, {"n":N,"error":CODE,
+                      "message":TEXT}, ...]}
+    watch: {"v":2,"account":A,"whole":true|false}
+
+At most ``MAX_PER_MESSAGE`` ops or answers travel in one message. An op that does not
+decode is answered ``bad_request`` under its ``n``; a request or an answer message that
+does not decode as a whole is dropped and counted (the edge's ``ack_timeout`` answers
+its ops).
 
 Profit frames travel as one binary batch per account and shard tick (the answer to a
 watch is a batch too)::
@@ -52,7 +63,13 @@ from publish.exceptions import RequestError
 from publish.position import Position, PositionSide
 from publish.protocol import ErrorCode
 
-VERSION = 1
+VERSION = 2
+"""Of the JSON messages (ops, answers, watches)."""
+MAX_PER_MESSAGE = 1_000
+"""Ops in one request, answers in one message: a few hundred KB, under NATS's default
+1 MB ``max_payload``."""
+BATCH_VERSION = 1
+"""Of the binary profit batches."""
 BATCH_MAGIC = b"MP"
 _BATCH_HEAD = struct.Struct("<2sBB")
 _U16 = struct.Struct("<H")
@@ -108,27 +125,48 @@ class CloseOp:
 PositionOp = OpenOp | CloseOp
 
 
-def encode_op(op: PositionOp) -> bytes:
+OpNumber = int
+"""An op's number, given by the edge that sent it: its answer carries it back."""
+Answer = Position | RequestError
+"""A shard's answer to an op: the position as stored, or its refusal."""
+
+
+def encode_ops(ops: Iterable[tuple[OpNumber, PositionOp]]) -> bytes:
+    """One request: ``ops`` as ``(n, op)``."""
+    return orjson.dumps({"v": VERSION, "ops": [_op_body(n, op) for n, op in ops]})
+
+
+def _op_body(n: OpNumber, op: PositionOp) -> dict[str, Any]:
     if isinstance(op, OpenOp):
-        return orjson.dumps(
-            {
-                "v": VERSION,
-                "op": "open",
-                "account": op.account,
-                "position_id": op.position_id,
-                "instrument": op.instrument,
-                "side": op.side,
-                "qty": op.qty,
-                "price": op.price,
-            }
-        )
-    return orjson.dumps(
-        {"v": VERSION, "op": "close", "account": op.account, "position_id": op.position_id}
-    )
+        return {
+            "n": n,
+            "op": "open",
+            "account": op.account,
+            "position_id": op.position_id,
+            "instrument": op.instrument,
+            "side": op.side,
+            "qty": op.qty,
+            "price": op.price,
+        }
+    return {"n": n, "op": "close", "account": op.account, "position_id": op.position_id}
 
 
-def decode_op(payload: bytes) -> PositionOp:
-    body = _json(payload)
+def decode_ops(payload: bytes) -> list[tuple[OpNumber, PositionOp | DecodeError]]:
+    """A request's ops as ``(n, op)``, an op that does not decode as ``(n, its
+    DecodeError)``. Raises ``DecodeError`` for a request that does not decode as a whole
+    (not a list of numbered objects, or more than ``MAX_PER_MESSAGE``)."""
+    items = _list(_json(payload), "ops")
+    decoded: list[tuple[OpNumber, PositionOp | DecodeError]] = []
+    for item in items:
+        n = _number(item)
+        try:
+            decoded.append((n, _op(item)))
+        except DecodeError as exc:
+            decoded.append((n, exc))
+    return decoded
+
+
+def _op(body: dict[str, Any]) -> PositionOp:
     try:
         if body["op"] == "open":
             return OpenOp(
@@ -146,32 +184,36 @@ def decode_op(payload: bytes) -> PositionOp:
     raise DecodeError(f"unknown position op {str(body.get('op'))[:16]!r}")
 
 
-def encode_position(position: Position) -> bytes:
-    """The answer to an op that committed: the position as stored."""
-    return orjson.dumps(
-        {
-            "v": VERSION,
-            "ok": {
-                "id": position.id,
-                "account": position.account,
-                "instrument": position.instrument,
-                "side": position.side.value,
-                "qty": str(position.qty),
-                "entry_price": str(position.entry_price),
-                "opened_ts": position.opened_ts,
-                "closed_ts": position.closed_ts,
-            },
-        }
-    )
+def encode_answers(answers: Iterable[tuple[OpNumber, Answer]]) -> bytes:
+    """One message of answers, as ``(n, answer)``."""
+    return orjson.dumps({"v": VERSION, "answers": [_answer_body(n, a) for n, a in answers]})
 
 
-def encode_refusal(refusal: RequestError) -> bytes:
-    return orjson.dumps({"v": VERSION, "error": refusal.code.value, "message": refusal.message})
+def _answer_body(n: OpNumber, answer: Answer) -> dict[str, Any]:
+    if isinstance(answer, RequestError):
+        return {"n": n, "error": answer.code.value, "message": answer.message}
+    return {
+        "n": n,
+        "ok": {
+            "id": answer.id,
+            "account": answer.account,
+            "instrument": answer.instrument,
+            "side": answer.side.value,
+            "qty": str(answer.qty),
+            "entry_price": str(answer.entry_price),
+            "opened_ts": answer.opened_ts,
+            "closed_ts": answer.closed_ts,
+        },
+    }
 
 
-def decode_answer(payload: bytes) -> Position | RequestError:
-    """A shard's answer: the position as stored, or its refusal (a ``RequestError``)."""
-    body = _json(payload)
+def decode_answers(payload: bytes) -> list[tuple[OpNumber, Answer]]:
+    """A message's answers as ``(n, answer)``; ``DecodeError`` if any of them does not
+    decode (the ops then get no answer from it)."""
+    return [(_number(item), _answer(item)) for item in _list(_json(payload), "answers")]
+
+
+def _answer(body: dict[str, Any]) -> Answer:
     try:
         if "error" in body:
             return RequestError(ErrorCode(body["error"]), _str(body, "message"))
@@ -215,7 +257,7 @@ class ProfitBatch:
 
 
 def encode_batch(account: str, frames: Iterable[tuple[str, bytes]], *, whole: bool) -> bytes:
-    parts = [_BATCH_HEAD.pack(BATCH_MAGIC, VERSION, int(whole)), _text16(account), b""]
+    parts = [_BATCH_HEAD.pack(BATCH_MAGIC, BATCH_VERSION, int(whole)), _text16(account), b""]
     count = 0
     for key, frame in frames:
         parts.append(_text16(key))
@@ -229,7 +271,7 @@ def encode_batch(account: str, frames: Iterable[tuple[str, bytes]], *, whole: bo
 def decode_batch(payload: bytes) -> ProfitBatch:
     try:
         magic, version, whole = _BATCH_HEAD.unpack_from(payload, 0)
-        if magic != BATCH_MAGIC or version != VERSION or whole not in (0, 1):
+        if magic != BATCH_MAGIC or version != BATCH_VERSION or whole not in (0, 1):
             raise DecodeError("not a profit batch of this version")
         offset = _BATCH_HEAD.size
         account, offset = _read_text16(payload, offset)
@@ -277,6 +319,25 @@ def _json(payload: bytes) -> dict[str, Any]:
     if not isinstance(body, dict) or body.get("v") != VERSION:
         raise DecodeError("not a position message of this version")
     return body
+
+
+def _list(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    items = body.get(name)
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise DecodeError(f"{name} must be a list of objects")
+    if len(items) > MAX_PER_MESSAGE:
+        raise DecodeError(f"more than {MAX_PER_MESSAGE} {name} in one message")
+    return items
+
+
+def _number(body: dict[str, Any]) -> OpNumber:
+    try:
+        n = _int(body, "n")
+    except KeyError:
+        raise DecodeError("an op or answer without its number n") from None
+    if n < 0:
+        raise DecodeError("n must not be negative")
+    return n
 
 
 def _str(body: dict[str, Any], name: str) -> str:

@@ -188,6 +188,8 @@ async def test_position_ops_on_an_edge_without_a_shard_are_storage_unavailable(
         "acks": 0,
         "refusals": 0,
         "unavailable": 1,
+        "late_answers": 0,
+        "bad_answers": 0,
         "profit_batches": 0,
         "dropped_batches": 0,
         "watch_failures": 0,

@@ -31,7 +31,9 @@ from bus.ingest import BusPublisher
 from bus.link import BusLink
 from bus.subjects import Subjects
 from publish.auth import AuthPolicy, TokenAuthority
+from publish.exceptions import RequestError
 from publish.fanout import Fanout
+from publish.position import Position
 from publish.server import MarketServer
 from tests.publish.support import receive, send
 
@@ -113,6 +115,19 @@ class Shard:
 
     async def stop(self) -> None:
         await _stop(self.task)
+
+
+class NotingReply:
+    """A ``PositionReply`` that writes down what it was given."""
+
+    def __init__(self, events: list[str]) -> None:
+        self._events = events
+
+    def acknowledge(self, position: Position) -> None:
+        self._events.append(f"ack {position.id}")
+
+    def refuse(self, refusal: RequestError) -> None:
+        self._events.append(f"refused {refusal.code}")
 
 
 async def start_shard(settings: Settings, bus: BusPlace) -> Shard:

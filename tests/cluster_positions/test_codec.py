@@ -9,17 +9,17 @@ import pytest
 
 from bus.exceptions import DecodeError
 from bus.positions import (
+    MAX_PER_MESSAGE,
     CloseOp,
     OpenOp,
     PositionSubjects,
-    decode_answer,
+    decode_answers,
     decode_batch,
-    decode_op,
+    decode_ops,
     decode_watch,
+    encode_answers,
     encode_batch,
-    encode_op,
-    encode_position,
-    encode_refusal,
+    encode_ops,
     encode_watch,
     shard_of,
 )
@@ -56,12 +56,18 @@ def test_position_subjects_sit_beside_the_market_data_prefix() -> None:
     assert subjects.profit("a.b c") == "mc.prod-positions.profit.a_b_c"
 
 
-def test_ops_round_trip() -> None:
+def test_ops_round_trip_with_their_numbers() -> None:
     ops = [
-        OpenOp(account="ä", position_id="p 1", instrument="x:Y", side="buy", qty="1.5", price="2"),
-        CloseOp(account="a", position_id="p"),
+        (
+            0,
+            OpenOp(
+                account="ä", position_id="p 1", instrument="x:Y", side="buy", qty="1.5", price="2"
+            ),
+        ),
+        (2**40, CloseOp(account="a", position_id="p")),
     ]
-    assert [decode_op(encode_op(op)) for op in ops] == ops
+    assert decode_ops(encode_ops(ops)) == ops
+    assert decode_ops(encode_ops([])) == []
 
 
 def test_answers_round_trip_exactly_beyond_64_bits() -> None:
@@ -75,9 +81,12 @@ def test_answers_round_trip_exactly_beyond_64_bits() -> None:
         opened_ts=1,
         closed_ts=2,
     )
-    assert decode_answer(encode_position(position)) == position
-    refusal = decode_answer(encode_refusal(RequestError(ErrorCode.TOO_MANY_POSITIONS, "full")))
-    assert isinstance(refusal, RequestError)
+    answers = decode_answers(
+        encode_answers([(5, position), (6, RequestError(ErrorCode.TOO_MANY_POSITIONS, "full"))])
+    )
+    assert answers[0] == (5, position)
+    n, refusal = answers[1]
+    assert n == 6 and isinstance(refusal, RequestError)
     assert (refusal.code, refusal.message) == (ErrorCode.TOO_MANY_POSITIONS, "full")
 
 
@@ -91,11 +100,50 @@ def test_batches_and_watches_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"{", b"[]", b'{"v":2,"op":"open"}', b'{"v":1,"op":"nope"}', b'{"v":1,"op":"close"}'],
+    [
+        b"",
+        b"{",
+        b"[]",
+        b'{"v":1,"ops":[]}',
+        b'{"v":2}',
+        b'{"v":2,"ops":{}}',
+        b'{"v":2,"ops":[1]}',
+        b'{"v":2,"ops":[{"op":"close","account":"a","position_id":"p"}]}',
+        b'{"v":2,"ops":[{"n":-1,"op":"close","account":"a","position_id":"p"}]}',
+        b'{"v":2,"ops":[{"n":true,"op":"close","account":"a","position_id":"p"}]}',
+        b'{"v":2,"ops":[{"n":"1","op":"close","account":"a","position_id":"p"}]}',
+    ],
 )
-def test_bad_ops_are_decode_errors(payload: bytes) -> None:
+def test_a_request_that_does_not_decode_as_a_whole_is_a_decode_error(payload: bytes) -> None:
     with pytest.raises(DecodeError):
-        decode_op(payload)
+        decode_ops(payload)
+
+
+def test_a_bad_op_is_a_decode_error_under_its_number() -> None:
+    payload = (
+        b'{"v":2,"ops":[{"n":1,"op":"nope"},{"n":2,"op":"close"},'
+        b'{"n":3,"op":"open","account":"a","position_id":"p","instrument":1},'
+        b'{"n":4,"op":"close","account":"a","position_id":"p"}]}'
+    )
+    decoded = decode_ops(payload)
+    assert [n for n, _ in decoded] == [1, 2, 3, 4]
+    assert [str(op) for _, op in decoded[:3]] == [
+        "unknown position op 'nope'",
+        "position op without 'account'",
+        "instrument must be a string",
+    ]
+    assert all(isinstance(op, DecodeError) for _, op in decoded[:3])
+    assert decoded[3] == (4, CloseOp(account="a", position_id="p"))
+
+
+def test_no_more_than_max_per_message_ops_or_answers_decode() -> None:
+    close = CloseOp(account="a", position_id="p")
+    assert len(decode_ops(encode_ops((n, close) for n in range(MAX_PER_MESSAGE)))) == 1_000
+    with pytest.raises(DecodeError):
+        decode_ops(encode_ops((n, close) for n in range(MAX_PER_MESSAGE + 1)))
+    refusal = RequestError(ErrorCode.BAD_REQUEST, "x")
+    with pytest.raises(DecodeError):
+        decode_answers(encode_answers((n, refusal) for n in range(MAX_PER_MESSAGE + 1)))
 
 
 def test_bad_batches_are_decode_errors() -> None:
@@ -103,5 +151,11 @@ def test_bad_batches_are_decode_errors() -> None:
     for payload in (b"", good[:-1], good + b"x", b"XX" + good[2:], good[:2] + b"\x09" + good[3:]):
         with pytest.raises(DecodeError):
             decode_batch(payload)
-    with pytest.raises(DecodeError):
-        decode_answer(b'{"v":1,"error":"no_such_code","message":"m"}')
+    for answers in (
+        b'{"v":2,"answers":[{"n":1,"error":"no_such_code","message":"m"}]}',
+        b'{"v":2,"answers":[{"n":1,"ok":{"id":"p"}}]}',
+        b'{"v":2,"answers":[{"error":"bad_request","message":"m"}]}',
+        b'{"v":1,"answers":[]}',
+    ):
+        with pytest.raises(DecodeError):
+            decode_answers(answers)

@@ -14,11 +14,10 @@ from app.positions_role import edge_positions
 from book.registry import BookRegistry
 from bus.link import BusLink
 from bus.natsserver import NatsServer
-from publish.exceptions import RequestError
 from publish.fanout import Fanout
-from publish.position import Position
 from tests.cluster_positions.cluster import (
     BTC,
+    NotingReply,
     _run_all,
     _stop,
     accounts_of_shards,
@@ -233,19 +232,6 @@ async def test_profit_resumes_by_itself_after_the_shard_restarts(
             await shard.stop()
 
 
-class _Answers:
-    """A ``PositionReply`` that writes down what it was given."""
-
-    def __init__(self, events: list[str]) -> None:
-        self._events = events
-
-    def acknowledge(self, position: Position) -> None:
-        self._events.append(f"ack {position.id}")
-
-    def refuse(self, refusal: RequestError) -> None:
-        self._events.append(f"refused {refusal.code}")
-
-
 async def test_an_edge_writes_each_answer_in_the_task_step_that_gave_it(
     nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -274,7 +260,7 @@ async def test_an_edge_writes_each_answer_in_the_task_step_that_gave_it(
                     side="buy",
                     qty=qty,
                     price="90",
-                    reply=_Answers(events),
+                    reply=NotingReply(events),
                 )
                 await eventually(lambda: answer in events, answer)  # noqa: B023
         finally:
