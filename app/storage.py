@@ -20,9 +20,18 @@ def storage_backend(storage: StorageSettings) -> StorageBackend:
 
 
 def storage_gauges(backend: StorageBackend) -> list[ExtraGauge]:
-    """The storage gauges of /metrics: SQLite's WAL size."""
+    """The storage gauges of /metrics: SQLite's WAL size, and the checkpoints its writer
+    ran itself so that a large WAL starts over (``publish.storage.wal``)."""
     if isinstance(backend, SqliteBackend):
-        return [ExtraGauge("db_wal_bytes", "Size of SQLite's WAL file (bytes)", backend.wal_bytes)]
+        checkpointer = backend.checkpointer
+        return [
+            ExtraGauge("db_wal_bytes", "Size of SQLite's WAL file (bytes)", backend.wal_bytes),
+            ExtraGauge(
+                "db_writer_checkpoints",
+                "Checkpoints SQLite's writer ran itself so that a large WAL starts over",
+                lambda: checkpointer.writer_checkpoints,
+            ),
+        ]
     return []
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from app.exceptions import ConfigError
 from app.settings import PositionSettings, StorageSettings, settings_from_dict
-from app.storage import storage_backend
+from app.storage import storage_backend, storage_gauges
 from publish.storage import SqliteBackend
 from publish.storage.postgres import PostgresBackend
 from tests.postgres import PG_DSN
@@ -75,3 +75,14 @@ def test_bad_storage_and_position_settings_are_named(
     with pytest.raises(ConfigError) as refused:
         settings_from_dict(document)
     assert message in str(refused.value)
+
+
+def test_sqlite_shows_its_wal_and_its_writers_own_checkpoints(tmp_path: Path) -> None:
+    backend = SqliteBackend(tmp_path / "g.db")
+    gauges = {gauge.name: gauge for gauge in storage_gauges(backend)}
+    assert set(gauges) == {"db_wal_bytes", "db_writer_checkpoints"}
+    assert gauges["db_wal_bytes"].read() == 0  # no WAL file yet
+    assert gauges["db_writer_checkpoints"].read() == 0
+    backend.checkpointer.writer_checkpoints = 3
+    assert gauges["db_writer_checkpoints"].read() == 3
+    assert storage_gauges(storage_backend(StorageSettings(backend="postgres", dsn=PG_DSN))) == []
