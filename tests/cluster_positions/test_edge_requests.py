@@ -209,3 +209,52 @@ async def test_a_request_no_shard_listens_to_is_answered_at_once(nats_server: Na
         assert reply.answer.code is ErrorCode.STORAGE_UNAVAILABLE
         assert "(NoRespondersError)" in reply.answer.message
         assert (client.counters.unavailable, client.counters.bad_answers) == (1, 0)
+
+
+async def test_an_op_made_while_the_bus_is_down_is_answered_once_and_its_retry_acked(
+    tmp_path: Path,
+) -> None:
+    """The bus goes away with an op in flight and comes back: the op gets exactly one
+    answer (its ack, or ``storage_unavailable`` if the shard had not resubscribed when
+    the request came through), and the same op sent again gets the ack."""
+    ((account,),) = accounts_of_shards(1)
+    with NatsServer() as bus:
+        async with ingest(bus.url, BTC):
+            shard = await start_shard(
+                settings_for(sqlite(tmp_path / "pos.db")), place(bus.url, shards=1)
+            )
+            try:
+                await eventually(lambda: bool(shard.running.registry.status(BTC)), "BTC known")
+                async with running(bus.url, ack_timeout=5.0) as client:
+                    await client.link.wait_connected()
+                    first = TimedReply()
+                    submit(client, account, "p-1", first)
+                    await eventually(lambda: first.answer is not None, "the first ack")
+                    assert isinstance(first.answer, Position)
+
+                    bus.kill()
+                    await eventually(lambda: not client.link.connected, "the edge saw it go")
+                    during = TimedReply()
+                    submit(client, account, "p-2", during)
+                    await asyncio.sleep(0.3)
+                    assert during.answer is None, "answered while the bus was down"
+                    bus.start()
+                    await eventually(lambda: during.answer is not None, "the answer")
+
+                    retry = TimedReply()
+                    for _ in range(40):  # until the shard is back on the bus
+                        retry = TimedReply()
+                        submit(client, account, "p-2", retry)
+                        await eventually(lambda: retry.answer is not None, "the retry's answer")  # noqa: B023
+                        if isinstance(retry.answer, Position):
+                            break
+                        await asyncio.sleep(0.25)
+                    assert isinstance(retry.answer, Position), retry.answer
+                    if isinstance(during.answer, Position):
+                        assert during.answer == retry.answer
+                    else:
+                        assert isinstance(during.answer, RequestError)
+                        assert during.answer.code is ErrorCode.STORAGE_UNAVAILABLE
+                    assert [p.id for p in shard.running.book.positions(account)] == ["p-1", "p-2"]
+            finally:
+                await shard.stop()
