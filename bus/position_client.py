@@ -287,10 +287,20 @@ class ShardClient:
         wait again for the ones that joined it later."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        late = [n for n in numbers if n in self._waiting and self._waiting[n].deadline <= now]
-        left = [n for n in numbers if n in self._waiting and self._waiting[n].deadline > now]
+        late: list[OpNumber] = []
+        left: list[OpNumber] = []
+        next_deadline = float("inf")
+        for n in numbers:
+            waiting = self._waiting.get(n)
+            if waiting is None:
+                continue  # answered
+            if waiting.deadline <= now:
+                late.append(n)
+            else:
+                left.append(n)
+                next_deadline = min(next_deadline, waiting.deadline)
         if left:
-            loop.call_at(min(self._waiting[n].deadline for n in left), self._expire, left)
+            loop.call_at(next_deadline, self._expire, left)
         if late:
             self._unavailable(late, "TimeoutError")
 
