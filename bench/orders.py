@@ -14,6 +14,10 @@ judged by the median of its trials):
   edge that routes each open over NATS to one positions shard, which acks after its
   group commit (``bench.orderservers.ClusterOrderServer``: a nats-server of the
   bench's own, an ingest, a shard and an edge, each in a process of its own).
+- **lean Python server on SQLite** (a reference, not a floor): the same clients against
+  the least a Python server does per open (``bench.leanorders``: token auth, the open's
+  checks, the bare SQLite floor's group commit, marketcast's ack), so that a run shows
+  how much of marketcast's limit is CPython's and the machine's, and how much its own.
 - **websocket request/reply floor**: the same clients and frames against a bare
   ``websockets`` server that answers each with an ack-shaped frame, no storage.
 - **bare storage floors**: the same position rows written in 5 ms group commits with
@@ -134,6 +138,7 @@ class Contender(StrEnum):
     MARKETCAST_POSTGRES = "marketcast on PostgreSQL"
     EDGE_SQLITE = "edge -> positions shard on SQLite"
     EDGE_POSTGRES = "edge -> positions shard on PostgreSQL"
+    LEAN_SQLITE = "lean Python server on SQLite"
     WEBSOCKET_FLOOR = "websocket request/reply, no storage"
     SQLITE_FLOOR = "bare SQLite executemany, group commit"
     POSTGRES_FLOOR = "bare PostgreSQL COPY, group commit"
@@ -364,6 +369,8 @@ def measure_all(options: OrdersOptions, progress: Progress) -> OrdersRun:
                     pg_schema=schema,
                 )
                 websocket(contenders.marketcast, spec)
+                if backend == "sqlite":
+                    websocket(Contender.LEAN_SQLITE, replace(spec, kind=OrderServerKind.LEAN))
                 if bus is not None:
                     websocket(contenders.edge, replace(spec, pg_schema=edge_schema), cluster=True)
                 storage(
@@ -491,6 +498,25 @@ def _ack_figures(result: ScenarioResult, key: str, best: RepeatedStep[OrderTrial
             result.figures[f"{key}_server_op_{name}_ms"] = inside
 
 
+def _lean_reference(result: ScenarioResult, steps: Steps, options: OrdersOptions) -> None:
+    """The lean Python server beside marketcast on SQLite: what the same job costs in
+    CPython without marketcast's layers (``bench.leanorders``)."""
+    lean_steps = steps.get(Contender.LEAN_SQLITE)
+    if lean_steps is None or Contender.MARKETCAST_SQLITE not in steps:
+        return
+    lean = highest_sustained(lean_steps, CRITERIA)
+    ours = highest_sustained(steps[Contender.MARKETCAST_SQLITE], CRITERIA)
+    lean_rate = lean.rate if lean else 0.0
+    result.figures["lean_sqlite_sustained_acks_per_s"] = lean_rate
+    share = f" ({ratio(ours.rate if ours else 0.0, lean_rate)} of it)" if lean_rate else ""
+    result.notes.append(
+        f"reference: the {Contender.LEAN_SQLITE} (handshake, simple frames, token auth, the "
+        "open's checks, the bare SQLite group commit, marketcast's ack; nothing else) "
+        f"sustained {_sustained_text(lean_steps, options)} opens/s, marketcast on SQLite "
+        f"{_sustained_text(steps[Contender.MARKETCAST_SQLITE], options)}{share}"
+    )
+
+
 def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
     result = ScenarioResult(
         key="orders",
@@ -504,7 +530,10 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
             "book, profit engine, token auth), SQLite file or PostgreSQL schema. edge -> "
             "positions shard = the same clients against an edge (`run --role edge`) routing "
             "each open over NATS to one positions shard (`run --role positions`, same "
-            "storage), acked after the shard's commit. Floors in "
+            "storage), acked after the shard's commit. Lean Python server on SQLite = a "
+            "reference: the same clients against the least a Python server does per open "
+            "(token auth, the open's checks, the bare SQLite group commit below, the same "
+            "ack). Floors in "
             "the same run: the same clients and frames against a bare websockets server "
             "answering an ack-shaped frame (no storage), and the same rows written bare in "
             f"{options.window_ms:g} ms group commits (SQLite executemany / PostgreSQL COPY, "
@@ -647,6 +676,7 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
             headline,
         )
     )
+    _lean_reference(result, steps, options)
     for contender, ladder in measured.steps.items():
         if ladder and not ladder[-1].sustained(CRITERIA):
             result.notes.append(

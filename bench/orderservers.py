@@ -12,6 +12,9 @@
   sends (``encode_position_ack`` of the position as received, amounts parsed and
   formatted back), for anything else (``auth``) a small ack. No validation, no
   storage, no auth: the floor of websocket request/reply of the same frames.
+- ``lean Python server``: the least a Python server does per open, on SQLite
+  (``bench.leanorders``): the handshake, simple text frames, token auth, the open's
+  checks, the bare storage floor's group commit, marketcast's ack once committed.
 
 - ``ClusterOrderServer``: the cluster's order entry, three nodes in processes of their
   own (``bench.clusternodes``) on a nats-server the caller started: an edge (``run --role
@@ -46,6 +49,7 @@ from app.runtime import serve as run_server
 from app.settings import AuthSettings, PositionSettings, ServerSettings, Settings, StorageSettings
 from bench.agent import Command, HelperProcess, serve_commands, started
 from bench.clusternodes import NodeProcess, NodeSpec
+from bench.leanorders import LeanOrderServer
 from bench.servers import instrument_names
 from bench.stagewindow import StageWindow
 from book.fixed import parse_fixed
@@ -64,6 +68,7 @@ FLOOR_ACCOUNT = "acct-00000"
 
 class OrderServerKind(StrEnum):
     MARKETCAST = "marketcast"
+    LEAN = "lean Python server"
     WEBSOCKET_FLOOR = "websocket floor"
 
 
@@ -186,17 +191,20 @@ class _OrderServerSide:
     own time per op (its ``position_op`` stage) over the same window."""
 
     def __init__(self) -> None:
-        self._server: _MarketcastOrders | _WebsocketFloor | None = None
+        self._server: _MarketcastOrders | LeanOrderServer | _WebsocketFloor | None = None
         self._cpu = 0.0
 
     async def handle(self, command: Command) -> Command:
         match command:
             case ("start", OrderServerSpec() as spec):
-                server = (
-                    _MarketcastOrders(spec)
-                    if spec.kind is OrderServerKind.MARKETCAST
-                    else _WebsocketFloor(spec)
-                )
+                server: _MarketcastOrders | LeanOrderServer | _WebsocketFloor
+                match spec.kind:
+                    case OrderServerKind.MARKETCAST:
+                        server = _MarketcastOrders(spec)
+                    case OrderServerKind.LEAN:
+                        server = LeanOrderServer(spec.secret, spec.instruments)
+                    case OrderServerKind.WEBSOCKET_FLOOR:
+                        server = _WebsocketFloor(spec)
                 self._server = server
                 await server.start()
                 return ("started", server.url)

@@ -27,12 +27,12 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from hdrh.histogram import HdrHistogram
 
@@ -45,6 +45,7 @@ TICK = 0.001
 PositionParams = tuple[str, str, str, str, str, str, int]
 """id, account, instrument, side, qty, entry_px (exact decimal text), opened_ts."""
 COLUMNS = ("id", "account", "instrument", "side", "qty", "entry_px", "opened_ts")
+Ticket = TypeVar("Ticket")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,39 +202,31 @@ class RowSource:
         )
 
 
-class GroupCommit:
-    """Rows added at a rate, written in group commits (module docstring)."""
+class GroupCommit(Generic[Ticket]):
+    """Rows written in group commits (module docstring), each with a ticket of its
+    adder's; ``committed`` hears each commit's rows and tickets once it is done."""
 
-    def __init__(self, writer: Writer, rows: RowSource, window_ms: float) -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        window_ms: float,
+        committed: Callable[[list[tuple[PositionParams, Ticket]]], None],
+    ) -> None:
         self._writer = writer
-        self._rows = rows
         self._window = window_ms / 1000
-        self._pending: list[tuple[PositionParams, int]] = []
+        self._committed = committed
+        self._pending: list[tuple[PositionParams, Ticket]] = []
         self._first = 0.0
         """Loop time when the oldest waiting row arrived (its window opened)."""
         self._arrived = asyncio.Event()
         self._stopping = False
-        self.measuring = False
-        self.added = 0
-        self.committed = 0
-        self.latency = latency_histogram()
 
-    async def offer(self, rate: float) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        added = 0
-        while True:
-            due = int((loop.time() - started) * rate) - added
-            if due > 0:
-                added += due
-                now = time.perf_counter_ns()
-                if not self._pending:
-                    self._first = loop.time()
-                self._pending.extend((self._rows.row(), now) for _ in range(due))
-                if self.measuring:
-                    self.added += due
-                self._arrived.set()
-            await asyncio.sleep(TICK)
+    def add(self, row: PositionParams, ticket: Ticket) -> None:
+        """Queue ``row`` for the next commit. O(1)."""
+        if not self._pending:
+            self._first = asyncio.get_running_loop().time()
+            self._arrived.set()
+        self._pending.append((row, ticket))
 
     def stop(self) -> None:
         """``commit`` returns once no write is in progress (the one going on commits)."""
@@ -253,35 +246,68 @@ class GroupCommit:
             batch, self._pending = self._pending, []
             self._arrived.clear()
             await self._writer.write([row for row, _ in batch])
-            done = time.perf_counter_ns()
-            if self.measuring:
-                self.committed += len(batch)
-                counts: dict[int, int] = {}
-                for _, added in batch:
-                    counts[added] = counts.get(added, 0) + 1
-                for added, count in counts.items():
-                    self.latency.record_value(max(1, done - added), count)
+            self._committed(batch)
             if self._pending:
                 self._arrived.set()  # rows arrived during the write: their window is due
+
+
+class _Tally:
+    """The floor's rows: how many were added and committed while measuring, and each
+    one's latency (its ticket is the moment it was added, ns)."""
+
+    def __init__(self) -> None:
+        self.measuring = False
+        self.added = 0
+        self.committed = 0
+        self.latency = latency_histogram()
+
+    def commit_done(self, batch: list[tuple[PositionParams, int]]) -> None:
+        done = time.perf_counter_ns()
+        if not self.measuring:
+            return
+        self.committed += len(batch)
+        counts: dict[int, int] = {}
+        for _, added in batch:
+            counts[added] = counts.get(added, 0) + 1
+        for added, count in counts.items():
+            self.latency.record_value(max(1, done - added), count)
+
+
+async def _offer(group: GroupCommit[int], rows: RowSource, rate: float, tally: _Tally) -> None:
+    """Add ``rate`` rows per second to ``group``, every ``TICK``."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    added = 0
+    while True:
+        due = int((loop.time() - started) * rate) - added
+        if due > 0:
+            added += due
+            now = time.perf_counter_ns()
+            for _ in range(due):
+                group.add(rows.row(), now)
+            if tally.measuring:
+                tally.added += due
+        await asyncio.sleep(TICK)
 
 
 async def trial(
     writer: Writer, rows: RowSource, window_ms: float, rate: float, warmup: float, seconds: float
 ) -> StorageTrial:
-    group = GroupCommit(writer, rows, window_ms)
+    tally = _Tally()
+    group = GroupCommit(writer, window_ms, tally.commit_done)
     async with asyncio.TaskGroup() as tasks:
-        offering = tasks.create_task(group.offer(rate))
+        offering = tasks.create_task(_offer(group, rows, rate, tally))
         committing = tasks.create_task(group.commit())
         await asyncio.sleep(warmup)
-        group.measuring = True
+        tally.measuring = True
         started, cpu = time.perf_counter(), time.process_time()
         await asyncio.sleep(seconds)
-        group.measuring = False
+        tally.measuring = False
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         offering.cancel()
         group.stop()
         await committing
-    return StorageTrial(elapsed, group.added, group.committed, group.latency, cpu)
+    return StorageTrial(elapsed, tally.added, tally.committed, tally.latency, cpu)
 
 
 class _FloorSide:

@@ -145,10 +145,10 @@ def test_order_entry_runs_every_contender_up_the_ramp() -> None:
     shards = [row[10] for row in steps.rows if row[0].startswith("edge -> positions shard")]
     assert len(shards) == 2 and "-" not in shards  # the shard's CPU is measured
     # marketcast's own time per op is read from its position_op stage (an edge's too),
-    # the floors keep none.
+    # the floors and the lean server keep none.
     inside = {row[0]: row[6] for row in steps.rows}
     for contender in Contender:
-        if contender.name.endswith("FLOOR"):
+        if contender.name.endswith("FLOOR") or contender is Contender.LEAN_SQLITE:
             assert inside[contender] == "-"
         else:
             p50, p99 = map(float, inside[contender].split(" / "))
@@ -161,7 +161,9 @@ def test_order_entry_runs_every_contender_up_the_ramp() -> None:
         else:
             assert f"{backend}_server_op_p99_ms" not in result.figures
     assert [target.what.split(":")[0] for target in result.targets][:1] == ["sqlite"]
+    assert any(note.startswith("reference: the lean Python server") for note in result.notes)
     assert {
+        "lean_sqlite_sustained_acks_per_s",
         "sqlite_sustained_acks_per_s",
         "postgres_sustained_acks_per_s",
         "sqlite_edge_shard_sustained_acks_per_s",
