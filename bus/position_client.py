@@ -11,13 +11,16 @@ very same op again (the same position id) gets the same acknowledgement, as in o
 process.
 
 An op is a call, not a task: it is numbered and joins the request gathering for its
-shard, which one send task publishes (nats-py's publish is a coroutine) with the edge's
-inbox (``<inbox>.<shard>``) as its reply subject. So the ops the edge's clients make
-while the task waits for its turn of the loop travel as one request, and a shard's
-answers come back on the one inbox subscription, several to a message. One timer per
-request answers what is left of it at ``ack_timeout``. A request no shard was subscribed
-to gets the bus's "no responders" status at once: every op sent to that shard and not
-answered yet is then answered ``storage_unavailable`` without waiting for its timeout.
+shard, which one send task publishes (nats-py's publish is a coroutine). So the ops the
+edge's clients make while the task waits for its turn of the loop travel as one request.
+Its answers go to ``<inbox>.<shard>`` (the request's ``answers_to``, the same for every
+request to that shard, so that a shard's answers of one commit come back together,
+several requests' to a message) and its reply subject is ``<inbox>.<shard>.<request>``;
+one subscription (``<inbox>.>``) takes both. One timer per request answers what is left
+of it at ``ack_timeout``. A request no shard was subscribed to gets the bus's "no
+responders" status at once, on its own reply subject: its ops are then answered
+``storage_unavailable`` without waiting for their timeout, and the ops of other requests
+(a later one may have reached the shard once it was back) wait for their answers.
 
 As a ``ProfitFeed`` it subscribes to ``<prefix>-positions.profit.<account>`` when the
 relay's first subscriber of an account arrives, asks the owning shard to watch the
@@ -107,7 +110,8 @@ class _Waiting:
     shard: int
     deadline: float
     """Loop time past which it is answered ``storage_unavailable``."""
-    sent: bool = False
+    request: int
+    """The number of the request it travels in."""
 
 
 @dataclass(slots=True)
@@ -115,6 +119,7 @@ class _Request:
     """The ops gathering for one shard until the send task takes them."""
 
     shard: int
+    number: int
     numbers: list[OpNumber] = field(default_factory=list)
 
 
@@ -147,6 +152,7 @@ class ShardClient:
         self._waiting: dict[OpNumber, _Waiting] = {}
         """The ops submitted and not answered yet, by number."""
         self._next_number = 0
+        self._next_request = 0
         self._outgoing: deque[_Request] = deque()
         self._gathering: dict[int, _Request] = {}
         """shard -> its request the send task has not taken yet."""
@@ -198,16 +204,17 @@ class ShardClient:
         self._next_number += 1
         shard = shard_of(op.account, self.shards)
         deadline = loop.time() + self.ack_timeout
-        self._waiting[n] = _Waiting(op, reply, shard, deadline)
-        waiting = self._answering.setdefault(op.account, {})
-        waiting[op.position_id] = waiting.get(op.position_id, 0) + 1
         request = self._gathering.get(shard)
         if request is None or len(request.numbers) >= MAX_PER_MESSAGE:
-            request = self._gathering[shard] = _Request(shard)
+            request = self._gathering[shard] = _Request(shard, self._next_request)
+            self._next_request += 1
             self._outgoing.append(request)
             self._wake.set()
             loop.call_at(deadline, self._expire, request.numbers)
         request.numbers.append(n)
+        self._waiting[n] = _Waiting(op, reply, shard, deadline, request.number)
+        waiting = self._answering.setdefault(op.account, {})
+        waiting[op.position_id] = waiting.get(op.position_id, 0) + 1
 
     async def _send_loop(self) -> None:
         """Publish each request once the inbox is subscribed; a request whose ops were all
@@ -227,22 +234,20 @@ class ShardClient:
                 if not sending:
                     continue
                 ops = [(n, waiting.op) for n, waiting in sending]
+                answers_to = f"{inbox}.{request.shard}"
                 try:
                     await client.publish(
                         self.subjects.ops(request.shard),
-                        encode_ops(ops),
-                        reply=f"{inbox}.{request.shard}",
+                        encode_ops(ops, answers_to=answers_to),
+                        reply=f"{answers_to}.{request.number}",
                     )
                 except Exception as exc:  # noqa: BLE001 - every failure is the same answer
                     self._unavailable([n for n, _ in ops], type(exc).__name__)
-                    continue
-                for _, waiting in sending:
-                    waiting.sent = True
             raise_swallowed_cancellation()
 
     async def _subscribe_inbox(self, client: Client) -> None:
         inbox = client.new_inbox()
-        await client.subscribe(f"{inbox}.*", cb=self._on_answers)
+        await client.subscribe(f"{inbox}.>", cb=self._on_answers)
         self._inbox = inbox
         self._inbox_ready.set()
 
@@ -270,16 +275,16 @@ class ShardClient:
             self._after_answer()
 
     def _no_responders(self, subject: str) -> None:
-        """No shard was subscribed when a request to ``<inbox>.<shard>`` was published:
-        answer every op sent to that shard and still waiting (the shard is down; an op
-        that reached it before it went may still commit, and its retry gets the ack)."""
-        shard = subject.rpartition(".")[2]
-        if not shard.isdecimal():
+        """No shard was subscribed when the request with the reply subject
+        ``<inbox>.<shard>.<request>`` was published: answer its ops still waiting (the
+        shard is down; the retry of an op that reached it before it went gets the ack)."""
+        request = subject.rpartition(".")[2]
+        if not request.isdecimal():
             self.counters.bad_answers += 1
             return
+        number = int(request)
         self._unavailable(
-            [n for n, w in self._waiting.items() if w.shard == int(shard) and w.sent],
-            "NoRespondersError",
+            [n for n, w in self._waiting.items() if w.request == number], "NoRespondersError"
         )
 
     def _expire(self, numbers: list[OpNumber]) -> None:

@@ -12,15 +12,16 @@ renewal.
 
 An op is a call, not a task: each op of a request is submitted to the book
 (``PositionBook.submit_open``/``submit_close``) with a reply that queues its answer for
-the request's reply subject, from the commit, the refusal or the book's one
-``ack_timeout`` timer. Everything the shard sends (answers, profit batches) goes through
-one queue drained by one task (nats-py's publish is a coroutine), in the order it was
-made. Answers for one reply subject gather in one message (``_Answers``) until the task
-takes it: a commit's answers for an edge leave as one message, however many ops it
-held. An op's answer is queued at its commit, before the profit engine hears of the
-position, so an edge gets the answer before the position's first profit frame. Once
-the shard is stopped, answers still to come are dropped (the change stays queued for
-storage; the edge's own timeout answers its client).
+the request's answer subject (its ``answers_to``, else its reply subject), from the
+commit, the refusal or the book's one ``ack_timeout`` timer. Everything the shard sends
+(answers, profit batches) goes through one queue drained by one task (nats-py's publish
+is a coroutine), in the order it was made. Answers for one subject gather in one message
+(``_Answers``) until the task takes it: a commit's answers for an edge leave as one
+message, however many ops and requests it held. An op's answer is queued at its
+commit, before the profit engine hears of the position, so an edge gets the answer
+before the position's first profit frame. Once the shard is stopped, answers still to
+come are dropped (the change stays queued for storage; the edge's own timeout answers
+its client).
 
 The shard trusts the account names edges send (edges authenticate clients); it only
 checks that the account is its own.
@@ -47,7 +48,7 @@ from bus.positions import (
     OpNumber,
     PositionOp,
     PositionSubjects,
-    decode_ops,
+    decode_request,
     decode_watch,
     encode_answers,
     encode_batch,
@@ -221,20 +222,21 @@ class PositionShard:
         log.info("positions shard %d of %d serving", self.shard, self.shards)
 
     async def _on_op(self, msg: Msg) -> None:
-        """Submit each op of the request with a reply that queues its answer for
-        ``msg.reply``: calls, no task per op (an answer comes from the book's commit or
-        timer)."""
+        """Submit each op of the request with a reply that queues its answer for the
+        request's ``answers_to`` (else ``msg.reply``): calls, no task per op (an answer
+        comes from the book's commit or timer)."""
         if self._group is None or not msg.reply:
             return
         arrived = time.monotonic_ns()
         try:
-            ops = decode_ops(msg.data)
+            request = decode_request(msg.data)
         except DecodeError as exc:
             self.counters.bad_requests += 1
             log.warning("bad position request on %s: %s", msg.subject, exc)
             return
-        for n, op in ops:
-            self._serve(_OpReply(self, msg.reply, n, arrived), op)
+        answers_to = request.answers_to or msg.reply
+        for n, op in request.ops:
+            self._serve(_OpReply(self, answers_to, n, arrived), op)
 
     async def _on_watch(self, msg: Msg) -> None:
         try:

@@ -12,7 +12,8 @@ every edge and shard reads in full for market data, so that position ops and an
 account's profit reach only the nodes that asked for them::
 
     <prefix>-positions.ops.<k>           requests: position ops for shard k, answered on
-                                         the request's reply subject (an edge's inbox)
+                                         the request's ``answers_to`` subject, else on
+                                         its reply subject (an edge's inbox)
     <prefix>-positions.watch.<k>         request/reply: an edge watches an account's profit
     <prefix>-positions.profit.<account>  the account's profit frames (``token(account)``;
                                          the payload names the exact account)
@@ -21,9 +22,13 @@ account's profit reach only the nodes that asked for them::
 units, as decimal strings (exact, beyond 64 bits). An edge sends the ops its clients
 made in one turn of its event loop as one request, each numbered by the edge (``n``,
 unique among its ops in flight); the shard answers each op as it commits or is refused,
-the answers it has for one reply subject in one message, in any grouping and order::
+the answers it has for one subject in one message, in any grouping and order. A request
+may name where its answers go (``answers_to``, one subject for all of an edge's requests
+to a shard, so that answers of several requests still travel together) apart from its
+reply subject (one per request, so that the bus's "no responders" status for it names
+the request)::
 
-    {"v":2,"ops":[{"n":N,"op":"open","account":A,"position_id":P,"instrument":I,
+    {"v":2,"answers_to":SUBJECT,"ops":[{"n":N,"op":"open","account":A,"position_id":P,"instrument":I,
                    "side":S,"qty":Q,"price":X}, {"n":N,"op":"close","account":A,
                    "position_id":P}, ...]}
     {"v":2,"answers":[{"n":N,"ok":{position as stored}}, {"n":N,"error":CODE,
@@ -51,7 +56,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +73,8 @@ VERSION = 2
 MAX_PER_MESSAGE = 1_000
 """Ops in one request, answers in one message: a few hundred KB, under NATS's default
 1 MB ``max_payload``."""
+MAX_SUBJECT_CHARS = 512
+"""The longest ``answers_to`` a shard publishes on (an edge's is about 30 characters)."""
 BATCH_VERSION = 1
 """Of the binary profit batches."""
 BATCH_MAGIC = b"MP"
@@ -131,9 +138,24 @@ Answer = Position | RequestError
 """A shard's answer to an op: the position as stored, or its refusal."""
 
 
-def encode_ops(ops: Iterable[tuple[OpNumber, PositionOp]]) -> bytes:
-    """One request: ``ops`` as ``(n, op)``."""
-    return orjson.dumps({"v": VERSION, "ops": [_op_body(n, op) for n, op in ops]})
+@dataclass(frozen=True, slots=True)
+class OpRequest:
+    """A request as the shard reads it: its ops as ``(n, op)`` (an op that does not
+    decode as ``(n, its DecodeError)``), and where their answers go (``None``: to the
+    request's reply subject)."""
+
+    ops: Sequence[tuple[OpNumber, PositionOp | DecodeError]]
+    answers_to: str | None = None
+
+
+def encode_ops(
+    ops: Iterable[tuple[OpNumber, PositionOp]], *, answers_to: str | None = None
+) -> bytes:
+    """One request: ``ops`` as ``(n, op)``, answered on ``answers_to`` when given."""
+    body: dict[str, Any] = {"v": VERSION, "ops": [_op_body(n, op) for n, op in ops]}
+    if answers_to is not None:
+        body["answers_to"] = answers_to
+    return orjson.dumps(body)
 
 
 def _op_body(n: OpNumber, op: PositionOp) -> dict[str, Any]:
@@ -151,11 +173,12 @@ def _op_body(n: OpNumber, op: PositionOp) -> dict[str, Any]:
     return {"n": n, "op": "close", "account": op.account, "position_id": op.position_id}
 
 
-def decode_ops(payload: bytes) -> list[tuple[OpNumber, PositionOp | DecodeError]]:
-    """A request's ops as ``(n, op)``, an op that does not decode as ``(n, its
-    DecodeError)``. Raises ``DecodeError`` for a request that does not decode as a whole
-    (not a list of numbered objects, or more than ``MAX_PER_MESSAGE``)."""
-    items = _list(_json(payload), "ops")
+def decode_request(payload: bytes) -> OpRequest:
+    """A request (``OpRequest``). Raises ``DecodeError`` for a request that does not
+    decode as a whole (not a list of numbered objects, more than ``MAX_PER_MESSAGE``, or
+    an ``answers_to`` that is not a subject to publish on)."""
+    body = _json(payload)
+    items = _list(body, "ops")
     decoded: list[tuple[OpNumber, PositionOp | DecodeError]] = []
     for item in items:
         n = _number(item)
@@ -163,7 +186,21 @@ def decode_ops(payload: bytes) -> list[tuple[OpNumber, PositionOp | DecodeError]
             decoded.append((n, _op(item)))
         except DecodeError as exc:
             decoded.append((n, exc))
-    return decoded
+    return OpRequest(decoded, _answers_to(body))
+
+
+def _answers_to(body: dict[str, Any]) -> str | None:
+    subject = body.get("answers_to")
+    if subject is None:
+        return None
+    if (
+        not isinstance(subject, str)
+        or not 0 < len(subject) <= MAX_SUBJECT_CHARS
+        or any(part in ("", "*", ">") for part in subject.split("."))
+        or any(char.isspace() for char in subject)
+    ):
+        raise DecodeError(f"answers_to is not a subject to publish on: {str(subject)[:64]!r}")
+    return subject
 
 
 def _op(body: dict[str, Any]) -> PositionOp:

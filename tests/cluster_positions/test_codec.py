@@ -10,12 +10,15 @@ import pytest
 from bus.exceptions import DecodeError
 from bus.positions import (
     MAX_PER_MESSAGE,
+    MAX_SUBJECT_CHARS,
     CloseOp,
     OpenOp,
+    OpRequest,
+    PositionOp,
     PositionSubjects,
     decode_answers,
     decode_batch,
-    decode_ops,
+    decode_request,
     decode_watch,
     encode_answers,
     encode_batch,
@@ -57,7 +60,7 @@ def test_position_subjects_sit_beside_the_market_data_prefix() -> None:
 
 
 def test_ops_round_trip_with_their_numbers() -> None:
-    ops = [
+    ops: list[tuple[int, PositionOp]] = [
         (
             0,
             OpenOp(
@@ -66,8 +69,14 @@ def test_ops_round_trip_with_their_numbers() -> None:
         ),
         (2**40, CloseOp(account="a", position_id="p")),
     ]
-    assert decode_ops(encode_ops(ops)) == ops
-    assert decode_ops(encode_ops([])) == []
+    assert decode_request(encode_ops(ops)) == OpRequest(ops)
+    assert decode_request(encode_ops([])) == OpRequest([])
+
+
+def test_a_request_names_where_its_answers_go() -> None:
+    ops = [(1, CloseOp(account="a", position_id="p"))]
+    request = decode_request(encode_ops(ops, answers_to="_INBOX.abc.0"))
+    assert request == OpRequest(ops, answers_to="_INBOX.abc.0")
 
 
 def test_answers_round_trip_exactly_beyond_64_bits() -> None:
@@ -112,11 +121,18 @@ def test_batches_and_watches_round_trip() -> None:
         b'{"v":2,"ops":[{"n":-1,"op":"close","account":"a","position_id":"p"}]}',
         b'{"v":2,"ops":[{"n":true,"op":"close","account":"a","position_id":"p"}]}',
         b'{"v":2,"ops":[{"n":"1","op":"close","account":"a","position_id":"p"}]}',
+        b'{"v":2,"answers_to":7,"ops":[]}',
+        b'{"v":2,"answers_to":"","ops":[]}',
+        b'{"v":2,"answers_to":"_INBOX.*","ops":[]}',
+        b'{"v":2,"answers_to":"_INBOX.>","ops":[]}',
+        b'{"v":2,"answers_to":"_INBOX..a","ops":[]}',
+        b'{"v":2,"answers_to":"_INBOX a","ops":[]}',
+        b'{"v":2,"answers_to":"' + b"a" * (MAX_SUBJECT_CHARS + 1) + b'","ops":[]}',
     ],
 )
 def test_a_request_that_does_not_decode_as_a_whole_is_a_decode_error(payload: bytes) -> None:
     with pytest.raises(DecodeError):
-        decode_ops(payload)
+        decode_request(payload)
 
 
 def test_a_bad_op_is_a_decode_error_under_its_number() -> None:
@@ -125,7 +141,7 @@ def test_a_bad_op_is_a_decode_error_under_its_number() -> None:
         b'{"n":3,"op":"open","account":"a","position_id":"p","instrument":1},'
         b'{"n":4,"op":"close","account":"a","position_id":"p"}]}'
     )
-    decoded = decode_ops(payload)
+    decoded = decode_request(payload).ops
     assert [n for n, _ in decoded] == [1, 2, 3, 4]
     assert [str(op) for _, op in decoded[:3]] == [
         "unknown position op 'nope'",
@@ -138,9 +154,10 @@ def test_a_bad_op_is_a_decode_error_under_its_number() -> None:
 
 def test_no_more_than_max_per_message_ops_or_answers_decode() -> None:
     close = CloseOp(account="a", position_id="p")
-    assert len(decode_ops(encode_ops((n, close) for n in range(MAX_PER_MESSAGE)))) == 1_000
+    full = decode_request(encode_ops((n, close) for n in range(MAX_PER_MESSAGE)))
+    assert len(full.ops) == 1_000
     with pytest.raises(DecodeError):
-        decode_ops(encode_ops((n, close) for n in range(MAX_PER_MESSAGE + 1)))
+        decode_request(encode_ops((n, close) for n in range(MAX_PER_MESSAGE + 1)))
     refusal = RequestError(ErrorCode.BAD_REQUEST, "x")
     with pytest.raises(DecodeError):
         decode_answers(encode_answers((n, refusal) for n in range(MAX_PER_MESSAGE + 1)))

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.client import NO_RESPONDERS_STATUS
 from nats.aio.msg import Msg
+from nats.js.api import Header
 
 from bus.link import BusLink
 from bus.natsserver import NatsServer
 from bus.position_client import ShardClient
-from bus.positions import PositionSubjects, decode_ops, encode_answers
+from bus.positions import PositionSubjects, decode_request, encode_answers
 from publish.exceptions import RequestError
 from publish.position import Position, PositionSide
 from publish.protocol import ErrorCode
@@ -126,10 +128,14 @@ async def test_ops_of_one_turn_travel_as_one_request_and_come_back_in_one_answer
                 assert sorted(events) == sorted(f"ack p-{n}" for n in range(count))
                 assert (client.counters.ops, client.counters.acks) == (count, count)
                 assert len(requests) == 1, "one turn's ops, one request"
-                ops = decode_ops(requests[0].data)
-                assert [n for n, _ in ops] == list(range(count))
+                request = decode_request(requests[0].data)
+                assert [n for n, _ in request.ops] == list(range(count))
+                # Answers go to the edge's subject for the shard; the reply subject names
+                # the request (for the bus's "no responders" status).
+                assert request.answers_to is not None
+                assert requests[0].reply == f"{request.answers_to}.0"
                 assert len(answers) == 1, "one commit, one message of answers"
-                assert answers[0].subject == requests[0].reply
+                assert answers[0].subject == request.answers_to
         finally:
             await shard.stop()
 
@@ -176,7 +182,7 @@ async def test_late_and_bad_answers_are_counted_and_answer_nothing(
     )
 
     async def answer_badly_then_late(msg: Msg) -> None:
-        (n, _), *_ = decode_ops(msg.data)
+        (n, _), *_ = decode_request(msg.data).ops
         await shard_side.publish(msg.reply, b"{")
         await asyncio.sleep(0.3)
         await shard_side.publish(msg.reply, encode_answers([(n, position)]))
@@ -209,6 +215,61 @@ async def test_a_request_no_shard_listens_to_is_answered_at_once(nats_server: Na
         assert reply.answer.code is ErrorCode.STORAGE_UNAVAILABLE
         assert "(NoRespondersError)" in reply.answer.message
         assert (client.counters.unavailable, client.counters.bad_answers) == (1, 0)
+
+
+async def test_a_no_responders_status_answers_only_the_ops_of_its_own_request(
+    nats_server: NatsServer,
+) -> None:
+    """A shard down when request 0 went out and back before request 1: the bus's "no
+    responders" status for request 0, reaching the edge after request 1 went out, answers
+    request 0's op and leaves request 1's waiting for the shard's answer."""
+    shard_side = await nats.connect(nats_server.url)
+    delivered: list[Msg] = []
+
+    async def note(msg: Msg) -> None:
+        delivered.append(msg)
+
+    try:
+        async with running(nats_server.url, ack_timeout=30.0) as client:
+            await client.link.wait_connected()
+            first, second = TimedReply(), TimedReply()
+            submit(client, "acct", "p-1", first)  # request 0: no shard listens
+            await eventually(lambda: first.answer is not None, "request 0's status")
+            await shard_side.subscribe(SUBJECTS.ops(0), cb=note)
+            await shard_side.flush()
+            submit(client, "acct", "p-2", second)  # request 1: the shard is back
+            await eventually(lambda: len(delivered) == 1, "request 1 delivered")
+            reply = delivered[0].reply
+            assert reply.endswith(".1")
+            # The status of request 0 as the bus hands it over, arriving late (its copy
+            # already answered request 0's op).
+            late_status = Msg(
+                client.link.client,  # type: ignore[arg-type]
+                subject=reply[: -len("1")] + "0",
+                headers={Header.STATUS: NO_RESPONDERS_STATUS},
+            )
+            await client._on_answers(late_status)
+            assert second.answer is None, "request 1's op was answered by request 0's status"
+            ((n, _),) = decode_request(delivered[0].data).ops
+            await shard_side.publish(reply, encode_answers([(n, POSITION_2)]))
+            await eventually(lambda: second.answer is not None, "request 1's answer")
+        assert isinstance(first.answer, RequestError)
+        assert "(NoRespondersError)" in first.answer.message
+        assert second.answer == POSITION_2
+        assert (client.counters.unavailable, client.counters.acks) == (1, 1)
+    finally:
+        await shard_side.close()
+
+
+POSITION_2 = Position(
+    id="p-2",
+    account="acct",
+    instrument=BTC,
+    side=PositionSide.BUY,
+    qty=1,
+    entry_price=90,
+    opened_ts=1,
+)
 
 
 async def test_an_op_made_while_the_bus_is_down_is_answered_once_and_its_retry_acked(

@@ -144,6 +144,24 @@ async def test_each_reply_subject_gets_its_own_answers(nats_server: NatsServer) 
         assert requester.answers("b") == {7: expected("p3", NOW + 2)}
 
 
+async def test_requests_naming_one_answer_subject_get_their_answers_together(
+    nats_server: NatsServer,
+) -> None:
+    """An edge's requests each have a reply subject of their own (for the bus's status)
+    and name one ``answers_to``: a commit's answers for all of them go there, together."""
+    store = ManualStore()
+    async with serving(nats_server, store) as (shard, _, requester):
+        for r in range(3):
+            ops = encode_ops([(r, open_op(f"p{r}"))], answers_to="answers.edge")
+            await requester.send(f"edge.{r}", ops)
+        await eventually(lambda: shard.counters.ops == 3, "every op reached the shard")
+        store.commit()
+        await eventually(lambda: len(requester.answers("edge")) == 3, "every op answered")
+        assert len(requester.messages["edge"]) == 1, "one commit, one message"
+        assert not any(reply.startswith("edge.") for reply in requester.messages)
+        assert requester.answers("edge") == {r: expected(f"p{r}", NOW + r) for r in range(3)}
+
+
 async def test_a_bad_op_is_refused_under_its_number_and_a_bad_request_is_dropped(
     nats_server: NatsServer,
 ) -> None:
