@@ -75,6 +75,19 @@ def submit(client: ShardClient, account: str, position_id: str, reply: object) -
     )
 
 
+def stored(position_id: str) -> Position:
+    """The position a stand-in shard answers ``submit``'s open of ``position_id`` with."""
+    return Position(
+        id=position_id,
+        account="acct",
+        instrument=BTC,
+        side=PositionSide.BUY,
+        qty=1,
+        entry_price=90,
+        opened_ts=1,
+    )
+
+
 @contextlib.asynccontextmanager
 async def running(url: str, *, ack_timeout: float) -> AsyncIterator[ShardClient]:
     """A ``ShardClient`` of one shard on its own link to ``url``, running."""
@@ -171,15 +184,7 @@ async def test_late_and_bad_answers_are_counted_and_answer_nothing(
     after the edge's timeout, with a good answer: the op stays answered once, as
     ``storage_unavailable``."""
     shard_side = await nats.connect(nats_server.url)
-    position = Position(
-        id="p-1",
-        account="acct",
-        instrument=BTC,
-        side=PositionSide.BUY,
-        qty=1,
-        entry_price=90,
-        opened_ts=1,
-    )
+    position = stored("p-1")
 
     async def answer_badly_then_late(msg: Msg) -> None:
         (n, _), *_ = decode_request(msg.data).ops
@@ -251,25 +256,14 @@ async def test_a_no_responders_status_answers_only_the_ops_of_its_own_request(
             await client._on_answers(late_status)
             assert second.answer is None, "request 1's op was answered by request 0's status"
             ((n, _),) = decode_request(delivered[0].data).ops
-            await shard_side.publish(reply, encode_answers([(n, POSITION_2)]))
+            await shard_side.publish(reply, encode_answers([(n, stored("p-2"))]))
             await eventually(lambda: second.answer is not None, "request 1's answer")
         assert isinstance(first.answer, RequestError)
         assert "(NoRespondersError)" in first.answer.message
-        assert second.answer == POSITION_2
+        assert second.answer == stored("p-2")
         assert (client.counters.unavailable, client.counters.acks) == (1, 1)
     finally:
         await shard_side.close()
-
-
-POSITION_2 = Position(
-    id="p-2",
-    account="acct",
-    instrument=BTC,
-    side=PositionSide.BUY,
-    qty=1,
-    entry_price=90,
-    opened_ts=1,
-)
 
 
 async def test_an_op_made_while_the_bus_is_down_is_answered_once_and_its_retry_acked(
