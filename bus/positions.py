@@ -28,9 +28,10 @@ to a shard, so that answers of several requests still travel together) apart fro
 reply subject (one per request, so that the bus's "no responders" status for it names
 the request)::
 
-    {"v":2,"answers_to":SUBJECT,"ops":[{"n":N,"op":"open","account":A,"position_id":P,"instrument":I,
-                   "side":S,"qty":Q,"price":X}, {"n":N,"op":"close","account":A,
-                   "position_id":P}, ...]}
+    {"v":2,"answers_to":SUBJECT,
+     "ops":[{"n":N,"op":"open","account":A,"position_id":P,"instrument":I,
+             "side":S,"qty":Q,"price":X}, {"n":N,"op":"close","account":A,
+             "position_id":P}, ...]}
     {"v":2,"answers":[{"n":N,"ok":{position as stored}}, {"n":N,"error":CODE,
                       "message":TEXT}, ...]}
     watch: {"v":2,"account":A,"whole":true|false}
