@@ -22,8 +22,6 @@ the group commit.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import cast
 
 import orjson
+from websockets.utils import accept_key
 
 from bench.positionfloor import GroupCommit, PositionParams, SqliteWriter
 from bench.stagewindow import StageWindow
@@ -51,14 +50,8 @@ from publish.protocol import (
 WINDOW_MS = 5.0
 MAX_FRAME_BYTES = 64 * 1024
 MAX_HEAD_BYTES = 8 * 1024
-_WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _KEY_HEADER = b"sec-websocket-key:"
 _SIDES = frozenset(side.value for side in PositionSide)
-
-
-def accept_key(key: bytes) -> bytes:
-    """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (RFC 6455, 4.2.2)."""
-    return base64.b64encode(hashlib.sha1(key + _WEBSOCKET_GUID).digest())
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -233,7 +226,9 @@ class _LeanConnection(asyncio.Protocol):
             return
         self._transport.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_key(keys[0]) + b"\r\n\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept_key(keys[0].decode("ascii", "replace")).encode()
+            + b"\r\n\r\n"
         )
         self._open = True
 

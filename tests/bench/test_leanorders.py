@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bench.leanorders import LeanOrderServer, accept_key
+from bench.leanorders import LeanOrderServer
 from publish.auth import TokenAuthority
 
 INSTRUMENT = "bench:SYM0000-USD"
@@ -48,10 +48,6 @@ def stored(server: LeanOrderServer) -> list[tuple[str, str, str, str]]:
     with closing(sqlite3.connect(server.path)) as conn:
         rows = conn.execute("SELECT account, id, qty, entry_px FROM positions").fetchall()
     return [tuple(row) for row in rows]
-
-
-def test_the_accept_key_is_rfc_6455s() -> None:
-    assert accept_key(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 
 async def test_an_open_is_acked_after_its_commit_with_marketcasts_ack() -> None:
