@@ -36,7 +36,7 @@ from bench.stagewindow import StageWindow
 from book.fixed import format_fixed, parse_fixed
 from publish.auth import TokenAuthority
 from publish.clientframes import next_text_frame
-from publish.exceptions import TokenError
+from publish.exceptions import RequestError, TokenError
 from publish.position import Position, PositionSide
 from publish.protocol import (
     ErrorCode,
@@ -63,12 +63,6 @@ def _request_id(request: object) -> RequestId:
     """The request's ``id`` when it is one marketcast echoes (an int or a string)."""
     value = request.get("id") if isinstance(request, dict) else None
     return value if isinstance(value, int | str) else None
-
-
-class _Refused(Exception):
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,36 +112,36 @@ class LeanOrderServer:
 
     def account_of(self, token: object) -> str:
         if not isinstance(token, str):
-            raise _Refused(ErrorCode.BAD_REQUEST, "auth needs a token")
+            raise RequestError(ErrorCode.BAD_REQUEST, "auth needs a token")
         try:
             return self._tokens.verify(token).account
         except TokenError as error:
-            raise _Refused(error.code, str(error)) from None
+            raise RequestError(error.code, str(error)) from None
 
     def open(self, connection: _LeanConnection, request_id: RequestId, request: object) -> None:
-        """Check an open and queue its row; ``_Refused`` says why not."""
+        """Check an open and queue its row; ``RequestError`` says why not."""
         account = connection.account
         if account is None:
-            raise _Refused(ErrorCode.AUTH_REQUIRED, "authenticate first")
+            raise RequestError(ErrorCode.AUTH_REQUIRED, "authenticate first")
         if not isinstance(request, dict):
-            raise _Refused(ErrorCode.BAD_REQUEST, "position.open needs a position")
+            raise RequestError(ErrorCode.BAD_REQUEST, "position.open needs a position")
         position_id, instrument = request.get("id"), request.get("instrument")
         side, qty, price = request.get("side"), request.get("qty"), request.get("price")
         if not isinstance(position_id, str) or not position_id:
-            raise _Refused(ErrorCode.INVALID_POSITION, "a position needs an id")
+            raise RequestError(ErrorCode.INVALID_POSITION, "a position needs an id")
         if instrument not in self.instruments:
-            raise _Refused(ErrorCode.UNKNOWN_INSTRUMENT, f"unknown instrument {instrument!r}")
+            raise RequestError(ErrorCode.UNKNOWN_INSTRUMENT, f"unknown instrument {instrument!r}")
         if side not in _SIDES or not isinstance(qty, str) or not isinstance(price, str):
-            raise _Refused(ErrorCode.INVALID_POSITION, "side, qty and price as text")
+            raise RequestError(ErrorCode.INVALID_POSITION, "side, qty and price as text")
         try:
             amount, entry = parse_fixed(qty), parse_fixed(price)
         except ValueError:
-            raise _Refused(ErrorCode.INVALID_POSITION, "qty and price are decimals") from None
+            raise RequestError(ErrorCode.INVALID_POSITION, "qty and price are decimals") from None
         if amount <= 0 or entry <= 0:
-            raise _Refused(ErrorCode.INVALID_POSITION, "qty and price are positive")
+            raise RequestError(ErrorCode.INVALID_POSITION, "qty and price are positive")
         key = (account, position_id)
         if key in self.taken:
-            raise _Refused(ErrorCode.DUPLICATE_POSITION, f"id {position_id!r} is taken")
+            raise RequestError(ErrorCode.DUPLICATE_POSITION, f"id {position_id!r} is taken")
         self.taken.add(key)
         position = Position(
             id=position_id,
@@ -241,7 +235,7 @@ class _LeanConnection(asyncio.Protocol):
         request_id = _request_id(request)
         try:
             if not isinstance(request, dict):
-                raise _Refused(ErrorCode.BAD_REQUEST, "a request is an object")
+                raise RequestError(ErrorCode.BAD_REQUEST, "a request is an object")
             op = request.get("op")
             if op == Op.POSITION_OPEN:
                 self._server.open(self, request_id, request.get("position"))
@@ -253,9 +247,9 @@ class _LeanConnection(asyncio.Protocol):
                     )
                 )
             else:
-                raise _Refused(ErrorCode.UNKNOWN_OP, f"this server serves no {op!r}")
-        except _Refused as refused:
-            self.send(encode_error(refused.code, str(refused), request_id))
+                raise RequestError(ErrorCode.UNKNOWN_OP, f"this server serves no {op!r}")
+        except RequestError as refused:
+            self.send(encode_error(refused.code, refused.message, request_id))
 
     def _close(self) -> None:
         if self._transport is not None:
