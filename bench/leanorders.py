@@ -2,14 +2,15 @@
 ``position.open`` after its commit, as a reference beside marketcast in scenario 6.
 
 It speaks what the bench's clients speak and nothing more: the websocket handshake, then
-whole unfragmented masked text frames (``publish.clientframes``; any other frame closes
-the connection). ``auth`` checks the token as marketcast does (``publish.auth``) and
-sets the connection's account. ``position.open`` is checked (authenticated, a known
-instrument, a side, positive exact amounts, an id the account has not used) and its row
-queued for the bare storage floor's group commit (``bench.positionfloor``: SQLite in 5
-ms windows, a writer thread, the backend's pragmas, schema and checkpoints); once the
-commit is done each open gets marketcast's own ack frame (``encode_position_ack``).
-A refusal is marketcast's error frame, at once.
+unfragmented masked text frames (``publish.clientframes``; a frame a read cut short
+waits for the rest, any other frame closes the connection). ``auth`` checks the token
+as marketcast does (``publish.auth``) and sets the connection's account.
+``position.open`` is checked (authenticated, a known instrument, a side, positive exact
+amounts, an id the account has not used) and its row queued for the bare storage
+floor's group commit (``bench.positionfloor``: SQLite in 5 ms windows, a writer thread,
+the backend's pragmas, schema and checkpoints); once the commit is done each open gets
+marketcast's own ack frame (``encode_position_ack``). A refusal is marketcast's error
+frame, at once.
 
 What it leaves out is what marketcast adds per op: the websockets protocol object and its
 checks, sessions, rate limits, the position book's per-account limits and timeouts, the
@@ -35,7 +36,7 @@ from bench.positionfloor import GroupCommit, PositionParams, SqliteWriter
 from bench.stagewindow import StageWindow
 from book.fixed import format_fixed, parse_fixed
 from publish.auth import TokenAuthority
-from publish.clientframes import next_text_frame
+from publish.clientframes import FIN_TEXT, LENGTH_16, LENGTH_64, MASKED, next_text_frame
 from publish.exceptions import RequestError, TokenError
 from publish.position import Position, PositionSide
 from publish.protocol import (
@@ -57,6 +58,25 @@ _SIDES = frozenset(side.value for side in PositionSide)
 def text_frame(payload: bytes) -> bytes:
     """An unmasked server text frame of ``payload`` (under 64 KiB)."""
     return text_frame_header(len(payload)) + payload
+
+
+def _frame_cut_short(data: bytes, start: int) -> bool:
+    """``data[start:]`` is the start of a simple masked text frame (``next_text_frame``'s
+    kind) whose rest has not been read yet."""
+    available = len(data) - start
+    if available < 2:
+        return True
+    if data[start] != FIN_TEXT or not data[start + 1] & MASKED:
+        return False
+    length = data[start + 1] & 0x7F
+    if length == LENGTH_64:
+        return False
+    head = 6
+    if length == LENGTH_16:
+        if available < 4:
+            return True
+        length, head = int.from_bytes(data[start + 2 : start + 4], "big"), 8
+    return length <= MAX_FRAME_BYTES and available < head + length
 
 
 def _request_id(request: object) -> RequestId:
@@ -177,6 +197,8 @@ class _LeanConnection(asyncio.Protocol):
         self._server = server
         self._transport: asyncio.Transport | None = None
         self._head = b""
+        self._partial = b""
+        """The start of a frame the last read cut short."""
         self._open = False
         self.account: str | None = None
 
@@ -194,11 +216,16 @@ class _LeanConnection(asyncio.Protocol):
         if not self._open:
             self._handshake(data)
             return
+        if self._partial:
+            data, self._partial = self._partial + data, b""
         start = 0
         while start < len(data):
             frame = next_text_frame(data, start, MAX_FRAME_BYTES)
-            if frame is None:  # anything but a whole simple text frame: not for this server
-                self._close()
+            if frame is None:
+                if _frame_cut_short(data, start):  # the rest comes with the next read
+                    self._partial = data[start:]
+                    return
+                self._close()  # anything but a simple text frame: not for this server
                 return
             payload, start = frame
             self._serve(payload)

@@ -97,6 +97,41 @@ async def test_an_open_before_auth_or_with_a_forged_token_is_refused() -> None:
         assert stored(server) == []
 
 
+def masked_text_frame(payload: bytes, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+    """A client's text frame (RFC 6455: masked), payload under 64 KiB."""
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    if len(payload) < 126:
+        return bytes((0x81, 0x80 | len(payload))) + mask + masked
+    return bytes((0x81, 0x80 | 126)) + len(payload).to_bytes(2, "big") + mask + masked
+
+
+async def test_a_frame_a_read_cut_short_is_served_once_its_rest_comes() -> None:
+    token = TokenAuthority(SECRET.encode()).issue("acct-1", ttl=60)
+    async with lean_server() as server:
+        port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 101 ")
+            assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+            frame = masked_text_frame(b'{"op":"auth","id":1,"token":"' + token.encode() + b'"}')
+            for part in (frame[:1], frame[1:9], frame[9:]):  # three reads: 16-bit length
+                writer.write(part)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            first, length = await asyncio.wait_for(reader.readexactly(2), 5)
+            assert first == 0x81 and length < 126
+            reply = orjson.loads(await reader.readexactly(length))
+            assert reply == {"type": "ack", "id": 1, "op": "auth", "account": "acct-1"}
+        finally:
+            writer.close()
+
+
 async def test_a_frame_it_does_not_serve_closes_the_connection() -> None:
     async with lean_server() as server, connect(server.url, compression=None) as client:
         await client.send(b"\x00binary")
