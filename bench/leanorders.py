@@ -36,7 +36,7 @@ from bench.positionfloor import GroupCommit, PositionParams, SqliteWriter
 from bench.stagewindow import StageWindow
 from book.fixed import format_fixed, parse_fixed
 from publish.auth import TokenAuthority
-from publish.clientframes import FIN_TEXT, LENGTH_16, LENGTH_64, MASKED, next_text_frame
+from publish.clientframes import FIN_TEXT, MASKED, next_text_frame
 from publish.exceptions import RequestError, TokenError
 from publish.position import Position, PositionSide
 from publish.protocol import (
@@ -50,6 +50,8 @@ from publish.protocol import (
 
 WINDOW_MS = 5.0
 MAX_FRAME_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 8
+"""A client frame's header with a 16-bit length and its mask."""
 MAX_HEAD_BYTES = 8 * 1024
 _KEY_HEADER = b"sec-websocket-key:"
 _SIDES = frozenset(side.value for side in PositionSide)
@@ -61,22 +63,15 @@ def text_frame(payload: bytes) -> bytes:
 
 
 def _frame_cut_short(data: bytes, start: int) -> bool:
-    """``data[start:]`` is the start of a simple masked text frame (``next_text_frame``'s
-    kind) whose rest has not been read yet."""
-    available = len(data) - start
-    if available < 2:
+    """``data[start:]``, which ``next_text_frame`` did not take, may be a simple masked
+    text frame whose rest has not been read yet: it starts like one and is shorter than
+    the longest one (``next_text_frame`` then takes it once whole, or it grows past that
+    and is not one)."""
+    rest = len(data) - start
+    if rest < 2:
         return True
-    if data[start] != FIN_TEXT or not data[start + 1] & MASKED:
-        return False
-    length = data[start + 1] & 0x7F
-    if length == LENGTH_64:
-        return False
-    head = 6
-    if length == LENGTH_16:
-        if available < 4:
-            return True
-        length, head = int.from_bytes(data[start + 2 : start + 4], "big"), 8
-    return length <= MAX_FRAME_BYTES and available < head + length
+    starts_like_one = data[start] == FIN_TEXT and bool(data[start + 1] & MASKED)
+    return starts_like_one and rest < MAX_HEADER_BYTES + MAX_FRAME_BYTES
 
 
 def _request_id(request: object) -> RequestId:
