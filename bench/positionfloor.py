@@ -4,11 +4,11 @@ commits, in a process of its own, with no server, no websocket and no position b
 A generator adds the offered rows per second every millisecond (the rows a
 ``position.open`` stores: a new id, the account, the instrument, side, quantity and
 price as exact decimal text, ``opened_ts``). Group commit as the flusher does it: the
-first row that arrives while nothing is waiting opens a window; ``window_ms`` later (to
-the tens of µs, ``publish.deadline``) everything waiting is written in one transaction;
-rows that arrive meanwhile open the next window, and a write that took longer than a
-window is followed at once by the next. **Latency** of a row = the end of its commit -
-the moment it was added: what an ack would wait for with nothing else in the way.
+first row that arrives while nothing is waiting opens a window; ``window_ms`` later
+everything waiting is written in one transaction; rows that arrive meanwhile open the
+next window, and a write that took longer than a window is followed at once by the
+next. **Latency** of a row = the end of its commit - the moment it was added: what an
+ack would wait for with nothing else in the way.
 
 - SQLite: ``BEGIN IMMEDIATE`` + ``executemany`` of a plain ``INSERT`` + ``COMMIT`` in one
   writer thread on one connection, the backend's pragmas (WAL, ``synchronous=NORMAL``,
@@ -38,7 +38,6 @@ from hdrh.histogram import HdrHistogram
 
 from bench.agent import Command, HelperProcess, serve_commands
 from bench.report import latency_histogram
-from publish.deadline import DeadlineTimer
 from publish.storage.sqlite import SqliteBackend
 from publish.storage.wal import WalCheckpointer
 
@@ -214,20 +213,18 @@ class GroupCommit(Generic[Ticket]):
         committed: Callable[[list[tuple[PositionParams, Ticket]]], None],
     ) -> None:
         self._writer = writer
-        self._window_ns = round(window_ms * 1e6)
+        self._window = window_ms / 1000
         self._committed = committed
         self._pending: list[tuple[PositionParams, Ticket]] = []
-        self._first = 0
-        """``time.monotonic_ns()`` when the oldest waiting row arrived (its window opened)."""
-        self._deadline = DeadlineTimer()
-        """Ends each window as the server's flusher does (``publish.deadline``)."""
+        self._first = 0.0
+        """Loop time when the oldest waiting row arrived (its window opened)."""
         self._arrived = asyncio.Event()
         self._stopping = False
 
     def add(self, row: PositionParams, ticket: Ticket) -> None:
         """Queue ``row`` for the next commit. O(1)."""
         if not self._pending:
-            self._first = time.monotonic_ns()
+            self._first = asyncio.get_running_loop().time()
             self._arrived.set()
         self._pending.append((row, ticket))
 
@@ -240,20 +237,18 @@ class GroupCommit(Generic[Ticket]):
         """Write a group commit per window until ``stop``. A write is never cancelled
         halfway: asyncpg's connection would be left inside the transaction (and COPY),
         and the next trial's write refused."""
-        try:
-            while not self._stopping:
-                await self._arrived.wait()
-                if self._stopping:
-                    return
-                await self._deadline.sleep_until(self._first + self._window_ns)
-                batch, self._pending = self._pending, []
-                self._arrived.clear()
-                await self._writer.write([row for row, _ in batch])
-                self._committed(batch)
-                if self._pending:
-                    self._arrived.set()  # rows arrived during the write: their window is due
-        finally:
-            self._deadline.close()
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            await self._arrived.wait()
+            if self._stopping:
+                return
+            await asyncio.sleep(max(0.0, self._first + self._window - loop.time()))
+            batch, self._pending = self._pending, []
+            self._arrived.clear()
+            await self._writer.write([row for row, _ in batch])
+            self._committed(batch)
+            if self._pending:
+                self._arrived.set()  # rows arrived during the write: their window is due
 
 
 class _Tally:

@@ -1,11 +1,10 @@
 """Group-commit storage flusher: rows collect in memory and go out one batch per window.
 
 The first row that arrives while nothing is buffered opens a window; ``window_ms``
-later (to the tens of µs, not the event loop's whole milliseconds: ``publish.deadline``)
-everything buffered is swapped out and written as one ``Batch`` (one transaction).
-Rows that arrive during a write open the next window, and a write that took longer than
-a window is followed straight away by the next one, so under load batches run back to
-back and an idle flusher does not wake up at all.
+later everything buffered is swapped out and written as one ``Batch`` (one
+transaction). Rows that arrive during a write open the next window, and a write that
+took longer than a window is followed straight away by the next one, so under load
+batches run back to back and an idle flusher does not wake up at all.
 
 A batch holds at most ``max_batch_rows`` BBO and feed-event rows (every buffered
 position goes in regardless); the rest stay buffered, oldest first, and the next batch
@@ -40,7 +39,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from publish.deadline import DeadlineTimer
 from publish.storage.backend import Batch, StorageBackend
 from publish.storage.rows import BboRow, FeedEventRow, PositionRow
 
@@ -121,7 +119,7 @@ class StorageFlusher:
         if max_pending_rows < 1 or max_batch_rows < 1:
             raise ValueError("max_pending_rows and max_batch_rows must be at least 1")
         self._backend = backend
-        self._window_ns = round(window_ms * 1e6)
+        self._window = window_ms / 1000
         self._max_pending = max_pending_rows
         self._max_batch = max_batch_rows
         self._retry_initial = retry_initial_ms / 1000
@@ -136,11 +134,9 @@ class StorageFlusher:
         self._waiters: list[asyncio.Future[None]] = []
         self._new_positions: list[PositionRow] = []
         self._new_waiters: list[asyncio.Future[InsertOutcome]] = []
-        # Set while rows are buffered; _window_opened is when the first came in
-        # (time.monotonic_ns), and _deadline wakes run() as its window ends.
+        # Set while rows are buffered; _window_opened is the loop time the first came in.
         self._rows_waiting = asyncio.Event()
-        self._window_opened = 0
-        self._deadline = DeadlineTimer()
+        self._window_opened = 0.0
         # Serializes writes between run() and drain(). _inflight outlives a cancelled
         # caller, so the next flush waits for that write to settle before taking rows.
         self._lock = asyncio.Lock()
@@ -201,7 +197,7 @@ class StorageFlusher:
 
     @property
     def window_ms(self) -> float:
-        return self._window_ns / 1e6
+        return self._window * 1000
 
     @property
     def pending_rows(self) -> int:
@@ -221,15 +217,14 @@ class StorageFlusher:
         )
 
     async def run(self) -> None:
-        """Write one batch per window, forever (until cancelled). A window ends
-        ``window_ms`` after its first row, to the tens of µs (``publish.deadline``)."""
-        try:
-            while True:
-                await self._rows_waiting.wait()
-                await self._deadline.sleep_until(self._window_opened + self._window_ns)
-                await self._flush_retrying()
-        finally:
-            self._deadline.close()
+        """Write one batch per window, forever (until cancelled)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._rows_waiting.wait()
+            delay = self._window_opened + self._window - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._flush_retrying()
 
     async def drain(self) -> None:
         """Write everything pending, including a write a cancelled ``run()`` left going.
@@ -254,23 +249,23 @@ class StorageFlusher:
         Without it (PostgreSQL: ``job`` on a connection of its own) writes go on beside
         ``job``. Either way one call runs ``job`` once: a caller repeating it (steps)
         goes through the gap check again, so a write that fell due goes first."""
-        room_ns = room * 1e9
+        loop = asyncio.get_running_loop()
         while True:
             write_ended = self._write_ended
-            if self._in_gap(room_ns):
+            if self._in_gap(loop.time(), room):
                 if not exclusive:
                     return await job()
                 async with self._lock:
-                    if self._in_gap(room_ns):
+                    if self._in_gap(loop.time(), room):
                         return await job()
             await write_ended.wait()
 
-    def _in_gap(self, room_ns: float) -> bool:
+    def _in_gap(self, now: float, room: float) -> bool:
         if self._inflight is not None:
             return False
         if not self._rows_waiting.is_set():
             return True
-        return self._window_opened + self._window_ns - time.monotonic_ns() >= room_ns
+        return self._window_opened + self._window - now >= room
 
     async def _flush_retrying(self) -> None:
         delay = self._retry_initial
@@ -356,7 +351,7 @@ class StorageFlusher:
 
     def _open_window_if_idle(self) -> None:
         if not self._rows_waiting.is_set():
-            self._window_opened = time.monotonic_ns()
+            self._window_opened = asyncio.get_running_loop().time()
             self._rows_waiting.set()
 
     def _buffered_rows(self) -> int:

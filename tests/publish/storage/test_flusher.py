@@ -3,15 +3,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvloop
 
 from publish.storage import (
     BackendClosedError,
@@ -448,50 +446,3 @@ async def test_a_slow_write_does_not_block_the_event_loop(db_path: Path) -> None
 def test_invalid_settings_are_refused(sqlite: SqliteBackend, kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         StorageFlusher(sqlite, **kwargs)  # type: ignore[arg-type]
-
-
-class _TakenAt(RecordingBackend):
-    """Records when the flusher takes each batch (``time.monotonic_ns()``): the moment it
-    calls ``write_batch``, the end of the batch's window."""
-
-    def __init__(self, inner: SqliteBackend) -> None:
-        super().__init__(inner)
-        self.taken: list[int] = []
-        self.took = asyncio.Event()
-
-    def write_batch(self, batch: Batch) -> Coroutine[Any, Any, frozenset[int]]:
-        self.taken.append(time.monotonic_ns())
-        self.took.set()
-        return super().write_batch(batch)
-
-
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_a_window_ends_no_sooner_than_window_ms_after_its_first_row(
-    loop: str, db_path: Path
-) -> None:
-    """uvloop's timers count whole milliseconds of a clock read once per turn: a window
-    timed by them ended up to a millisecond before its 5 ms, as often as after."""
-
-    async def main() -> None:
-        sqlite = SqliteBackend(db_path)
-        await sqlite.open()
-        backend = _TakenAt(sqlite)
-        flusher = StorageFlusher(backend, window_ms=5)
-        short: list[float] = []
-        async with running(flusher):
-            for n in range(40):
-                await asyncio.sleep(0.001)  # nothing is buffered: no window is open
-                until = time.perf_counter() + n % 4 * 0.0005  # a long turn of the loop
-                while time.perf_counter() < until:
-                    pass
-                backend.took.clear()
-                added = time.monotonic_ns()
-                flusher.add_bbo(bbo(n))
-                await backend.took.wait()
-                if (window := backend.taken[n] - added) < 5_000_000:
-                    short.append(window / 1e6)
-        await sqlite.close()
-        assert short == []
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop if loop == "uvloop" else None) as r:
-        r.run(main())
