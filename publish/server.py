@@ -231,6 +231,12 @@ class WatchedConnection(ServerConnection):
     deliver: Callable[[str], bool] | None = None
     """Serves a request the moment it is read (``ClientSession.take``): True if it did,
     False when the request must wait its turn in websockets' queue (``process_event``)."""
+    _parser_idle = False
+    """websockets' parser was found between frames with nothing in its queue, and has been
+    fed no byte since (reads served straight from the bytes do not feed it): it still is,
+    without another look at its internals. Cleared whenever it is fed."""
+    _max_frame_size: int | None = None
+    """websockets' limit on a frame's payload, read with the parser's state."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -272,16 +278,22 @@ class WatchedConnection(ServerConnection):
         nothing waits in its queue; what is left, from the first frame that is not one
         or that ``deliver`` leaves for later, is websockets' to parse. O(len(data))."""
         protocol = self.protocol
-        if _queued_frames(self.recv_messages) or not between_frames(protocol):
+        if not self._parser_idle:
+            if _queued_frames(self.recv_messages) or not between_frames(protocol):
+                return data
+            self._parser_idle = True
+            limits = [
+                limit
+                for limit in (protocol.max_message_size, protocol.max_fragment_size)
+                if limit is not None
+            ]
+            self._max_frame_size = min(limits) if limits else None  # as websockets' parser
+        elif protocol.state is not State.OPEN:  # closing: every byte is websockets' now
             return data
-        limits = [
-            limit
-            for limit in (protocol.max_message_size, protocol.max_fragment_size)
-            if limit is not None
-        ]
-        max_size = min(limits) if limits else None  # what websockets' own parser applies
+        max_size = self._max_frame_size
         start = 0
-        while (frame := next_text_frame(data, start, max_size)) is not None:
+        end_of_data = len(data)
+        while start < end_of_data and (frame := next_text_frame(data, start, max_size)):
             payload, end = frame
             if not self._hand_over(payload):
                 break
@@ -324,6 +336,7 @@ class WatchedConnection(ServerConnection):
                 data = self._serve_whole_frames(data)
                 if not data:
                     return
+            self._parser_idle = False
             super().data_received(data)
             return
         if self._front is _Front.ANSWERED:

@@ -189,16 +189,17 @@ class RawWebsocket:
         return cls(reader, writer)
 
     @staticmethod
-    def masked_text(payload: bytes) -> bytes:
-        """A client text frame of a short ``payload``, masked (RFC 6455) with a key of
-        its own."""
-        key = bytes((0x5A, 0xC3, 0x0F, 0x99))
+    def masked_text(payload: bytes, key: bytes = bytes((0x5A, 0xC3, 0x0F, 0x99))) -> bytes:
+        """A client text frame of a short ``payload``, masked (RFC 6455) with ``key``."""
         masked = bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
         return bytes((0x81, 0x80 | len(payload))) + key + masked
 
     async def frame(self) -> tuple[int, bytes]:
-        """The next server frame (unmasked, short here): opcode byte and payload."""
+        """The next server frame (unmasked, at most 65,535 bytes here): opcode byte and
+        payload."""
         opcode, length = await asyncio.wait_for(self.reader.readexactly(2), 5)
+        if length == 126:
+            length = int.from_bytes(await self.reader.readexactly(2), "big")
         return opcode, await self.reader.readexactly(length)
 
     async def pongs(self, count: int) -> list[object]:
@@ -233,6 +234,29 @@ async def test_requests_split_anywhere_or_sent_together_are_all_answered_in_orde
             await asyncio.sleep(0.002)
             ws.writer.write(ping[cut:])
         assert await ws.pongs(20) == [{"type": "pong", "id": n} for n in range(20, 40)]
+        ws.writer.close()
+
+
+async def test_a_frame_whose_header_websockets_read_is_never_taken_for_a_new_frame() -> None:
+    # A read ends just after a frame's header: websockets' parser now holds that frame,
+    # and the next read is its payload, whatever it looks like. Here the payload is
+    # chosen so that on the wire it is itself a whole ping frame (as plain ASCII, which
+    # XOR with the outer key gives back): only websockets can tell it is not one.
+    inner = RawWebsocket.masked_text(b'{"op":"ping","id":99}', bytes((0x11, 0x22, 0x93, 0xA4)))
+    outer_key = bytes((0x80, 0x80, 0x00, 0x00))
+    outer_payload = bytes(byte ^ outer_key[i % 4] for i, byte in enumerate(inner))
+    assert outer_payload.isascii()
+    outer = RawWebsocket.masked_text(outer_payload, outer_key)
+    assert outer[6:] == inner  # the outer frame's payload on the wire is the ping frame
+    async with running() as m:
+        ws = await RawWebsocket.open(m.server.port)
+        ws.writer.write(RawWebsocket.masked_text(b'{"op":"ping","id":1}') + outer[:6])
+        await ws.writer.drain()
+        await asyncio.sleep(0.01)
+        ws.writer.write(outer[6:] + RawWebsocket.masked_text(b'{"op":"ping","id":3}'))
+        first, refused, last = await ws.pongs(3)
+        assert (first, last) == ({"type": "pong", "id": 1}, {"type": "pong", "id": 3})
+        assert isinstance(refused, dict) and refused["code"] == "bad_json"
         ws.writer.close()
 
 
