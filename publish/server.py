@@ -275,8 +275,9 @@ class WatchedConnection(ServerConnection):
     def _serve_whole_frames(self, data: bytes) -> bytes:
         """Serve the whole simple text frames at the start of ``data`` (``publish.
         clientframes``) without websockets' parser, while it stands between frames and
-        nothing waits in its queue; what is left, from the first frame that is not one
-        or that ``deliver`` leaves for later, is websockets' to parse. O(len(data))."""
+        nothing waits in its queue (looked at once, then known until the parser is fed
+        again: ``_parser_idle``); what is left, from the first frame that is not one or
+        that ``deliver`` leaves for later, is websockets' to parse. O(len(data))."""
         protocol = self.protocol
         if not self._parser_idle:
             if _queued_frames(self.recv_messages) or not between_frames(protocol):
