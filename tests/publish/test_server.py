@@ -189,10 +189,14 @@ class RawWebsocket:
         return cls(reader, writer)
 
     @staticmethod
-    def masked_text(payload: bytes, key: bytes = bytes((0x5A, 0xC3, 0x0F, 0x99))) -> bytes:
-        """A client text frame of a short ``payload``, masked (RFC 6455) with ``key``."""
-        masked = bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
-        return bytes((0x81, 0x80 | len(payload))) + key + masked
+    def mask(payload: bytes, key: bytes) -> bytes:
+        """``payload`` masked with ``key`` (RFC 6455), or unmasked: the same XOR."""
+        return bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
+
+    @classmethod
+    def masked_text(cls, payload: bytes, key: bytes = bytes((0x5A, 0xC3, 0x0F, 0x99))) -> bytes:
+        """A client text frame of a short ``payload``, masked with ``key``."""
+        return bytes((0x81, 0x80 | len(payload))) + key + cls.mask(payload, key)
 
     async def frame(self) -> tuple[int, bytes]:
         """The next server frame (unmasked, at most 65,535 bytes here): opcode byte and
@@ -244,7 +248,7 @@ async def test_a_frame_whose_header_websockets_read_is_never_taken_for_a_new_fra
     # XOR with the outer key gives back): only websockets can tell it is not one.
     inner = RawWebsocket.masked_text(b'{"op":"ping","id":99}', bytes((0x11, 0x22, 0x93, 0xA4)))
     outer_key = bytes((0x80, 0x80, 0x00, 0x00))
-    outer_payload = bytes(byte ^ outer_key[i % 4] for i, byte in enumerate(inner))
+    outer_payload = RawWebsocket.mask(inner, outer_key)
     assert outer_payload.isascii()
     outer = RawWebsocket.masked_text(outer_payload, outer_key)
     assert outer[6:] == inner  # the outer frame's payload on the wire is the ping frame
