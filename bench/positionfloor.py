@@ -37,6 +37,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from hdrh.histogram import HdrHistogram
 
 from bench.agent import Command, HelperProcess, serve_commands
+from bench.pacing import due_each_tick
 from bench.report import latency_histogram
 from publish.storage.sqlite import SqliteBackend
 from publish.storage.wal import WalCheckpointer
@@ -275,19 +276,12 @@ class _Tally:
 
 async def _offer(group: GroupCommit[int], rows: RowSource, rate: float, tally: _Tally) -> None:
     """Add ``rate`` rows per second to ``group``, every ``TICK``."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    added = 0
-    while True:
-        due = int((loop.time() - started) * rate) - added
-        if due > 0:
-            added += due
-            now = time.perf_counter_ns()
-            for _ in range(due):
-                group.add(rows.row(), now)
-            if tally.measuring:
-                tally.added += due
-        await asyncio.sleep(TICK)
+    async for due in due_each_tick(rate, TICK):
+        now = time.perf_counter_ns()
+        for _ in range(due):
+            group.add(rows.row(), now)
+        if tally.measuring:
+            tally.added += due
 
 
 async def trial(

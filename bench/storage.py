@@ -41,6 +41,7 @@ from pathlib import Path
 from hdrh.histogram import HdrHistogram
 
 from bench import pgformats
+from bench.pacing import due_each_tick
 from bench.report import (
     Progress,
     ScenarioResult,
@@ -160,16 +161,9 @@ class LagProbe:
 
 async def offer_rows(add: Callable[[BboRow], None], maker: RowMaker, rate: float) -> None:
     """Add ``rate`` fresh rows per second, every millisecond, until cancelled."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    added = 0
-    while True:
-        due = int((loop.time() - started) * rate) - added
-        if due > 0:
-            for row in maker.rows(due):
-                add(row)
-            added += due
-        await asyncio.sleep(PROBE_INTERVAL)
+    async for due in due_each_tick(rate, PROBE_INTERVAL):
+        for row in maker.rows(due):
+            add(row)
 
 
 @dataclass(slots=True)
