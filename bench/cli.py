@@ -16,6 +16,7 @@ from bench import (
     fanout,
     ingest,
     ingestbus,
+    opcost,
     orders,
     profit,
     shards,
@@ -105,7 +106,9 @@ def build_parser(
     group = parser.add_argument_group("orders")
     group.add_argument("--opens", type=_counts, help="the ramp of offered position.open requests/s")
     group.add_argument(
-        "--order-connections", type=int, help="websocket connections sending opens (200)"
+        "--order-connections",
+        type=int,
+        help="websocket connections sending opens (orders: 200, opcost: 100)",
     )
     group = parser.add_argument_group("connections")
     group.add_argument("--connections", type=int, help="idle connections to hold (10000)")
@@ -216,6 +219,13 @@ def _orders(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
     return orders.run(options, progress)
 
 
+def _opcost(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
+    base = opcost.OpCostOptions.quick() if args.quick else opcost.OpCostOptions.full()
+    return opcost.run(
+        replace(base, connections=args.order_connections or base.connections), progress
+    )
+
+
 def _cluster(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
     base = cluster.ClusterOptions.quick() if args.quick else cluster.ClusterOptions.full()
     options = replace(
@@ -232,6 +242,7 @@ RUNNERS: dict[str, Runner] = {
     "storage": _storage,
     "connections": _connections,
     "orders": _orders,
+    "opcost": _opcost,
     "cluster": _cluster,
     "ingestbus": _ingestbus,
     "compression": _compression,

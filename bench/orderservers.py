@@ -186,26 +186,33 @@ class _WebsocketFloor:
             await server.wait_closed()
 
 
+LocalOrderServer = _MarketcastOrders | LeanOrderServer | _WebsocketFloor
+"""An order server run in this process: ``start()``, then ``url``; ``stop()``."""
+
+
+def local_order_server(spec: OrderServerSpec) -> LocalOrderServer:
+    """The server ``spec`` names, to run in this process (not started yet)."""
+    match spec.kind:
+        case OrderServerKind.MARKETCAST:
+            return _MarketcastOrders(spec)
+        case OrderServerKind.LEAN:
+            return LeanOrderServer(spec.secret, spec.instruments)
+        case OrderServerKind.WEBSOCKET_FLOOR:
+            return _WebsocketFloor(spec)
+
+
 class _OrderServerSide:
     """The child side: one server under test; its CPU time on request, and marketcast's
     own time per op (its ``position_op`` stage) over the same window."""
 
     def __init__(self) -> None:
-        self._server: _MarketcastOrders | LeanOrderServer | _WebsocketFloor | None = None
+        self._server: LocalOrderServer | None = None
         self._cpu = 0.0
 
     async def handle(self, command: Command) -> Command:
         match command:
             case ("start", OrderServerSpec() as spec):
-                server: _MarketcastOrders | LeanOrderServer | _WebsocketFloor
-                match spec.kind:
-                    case OrderServerKind.MARKETCAST:
-                        server = _MarketcastOrders(spec)
-                    case OrderServerKind.LEAN:
-                        server = LeanOrderServer(spec.secret, spec.instruments)
-                    case OrderServerKind.WEBSOCKET_FLOOR:
-                        server = _WebsocketFloor(spec)
-                self._server = server
+                server = self._server = local_order_server(spec)
                 await server.start()
                 return ("started", server.url)
             case ("window",):
