@@ -77,7 +77,7 @@ class OpCostOptions:
     warmup_rounds: int = 10
     rounds: int = 20
     phases: int = 3
-    idle_seconds: float = 2.0
+    idle_seconds: float = 4.0
     instruments: int = 10
     startup_timeout: float = 600.0
     """Seconds a server may take to listen under callgrind."""
