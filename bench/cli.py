@@ -50,7 +50,7 @@ def build_parser(
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small sizes and short runs (all scenarios in about a minute)",
+        help="small sizes and short runs (all scenarios in a few minutes)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument(
