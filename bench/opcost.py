@@ -47,15 +47,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.opcostserver import spec_json
-from bench.orderclients import OPEN_TEMPLATE
+from bench.orderclients import OPEN_TEMPLATE, auth_requests
 from bench.orderservers import OrderServerKind, OrderServerSpec
 from bench.report import Progress, ScenarioResult, Table, number, ratio
 from bench.servers import instrument_names
-from publish.auth import TokenAuthority
 
 _THREAD_COUNT = re.compile(r"^\s*Th\s+\d+\s+([\d,]+)\s*$", re.MULTILINE)
 """A thread's count in ``callgrind_control -e Ir``'s answer."""
@@ -275,11 +273,7 @@ def count_server(kind: OrderServerKind, options: OpCostOptions, progress: Progre
     """One server: started under callgrind, warmed up, then ``options.phases`` idle and
     measured phases."""
     secret = os.urandom(24).hex()
-    tokens = TokenAuthority(secret.encode())
-    auth = [
-        orjson.dumps({"op": "auth", "id": 0, "token": tokens.issue(f"acct-{i:05d}", ttl=86_400)})
-        for i in range(options.connections)
-    ]
+    auth = auth_requests(secret, options.connections)
     instruments = tuple(instrument_names(options.instruments))
     spec = OrderServerSpec(
         kind=kind, instruments=instruments, connections=options.connections, secret=secret

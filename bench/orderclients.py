@@ -39,6 +39,7 @@ from hdrh.histogram import HdrHistogram
 from bench.agent import Command, HelperProcess, serve_commands
 from bench.leanws import LeanWebsocket, ReadCounts, open_connections
 from bench.report import latency_histogram
+from publish.auth import TokenAuthority
 
 TICK = 0.001
 """Seconds between two bursts of requests."""
@@ -50,6 +51,16 @@ OPEN_TEMPLATE = (
     b'{"op":"position.open","id":%d,"position":{"id":"o%d","instrument":"%s",'
     b'"side":"%s","qty":"0.%d","price":"43000.%d"}}'
 )
+
+
+def auth_requests(secret: str, connections: int) -> tuple[bytes, ...]:
+    """One ``auth`` request per connection, each with a token (``secret``'s, valid a day)
+    for an account of its own: ``acct-00000``, ``acct-00001``..."""
+    tokens = TokenAuthority(secret.encode())
+    return tuple(
+        orjson.dumps({"op": "auth", "id": 0, "token": tokens.issue(f"acct-{i:05d}", ttl=86_400)})
+        for i in range(connections)
+    )
 
 
 @dataclass(frozen=True, slots=True)

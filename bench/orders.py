@@ -47,11 +47,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import orjson
 from hdrh.histogram import HdrHistogram
 
 from bench.leanws import arrival_clock_of
-from bench.orderclients import OrderClientPool, OrderPoolSpec, OrderWindow
+from bench.orderclients import OrderClientPool, OrderPoolSpec, OrderWindow, auth_requests
 from bench.orderservers import (
     ClusterOrderServer,
     OrderServer,
@@ -73,7 +72,6 @@ from bench.ramp import (
 from bench.report import Progress, ScenarioResult, Table, Target, number, ratio
 from bench.servers import instrument_names
 from bench.storage import DEFAULT_PG_DSN
-from publish.auth import TokenAuthority
 from publish.metrics.hdr import Summary
 
 if TYPE_CHECKING:
@@ -306,12 +304,7 @@ def _start_bus(stack: contextlib.ExitStack, notes: list[str]) -> NatsServer | No
 
 def measure_all(options: OrdersOptions, progress: Progress) -> OrdersRun:
     secret = os.urandom(24).hex()
-    tokens = TokenAuthority(secret.encode())
-    accounts = [f"acct-{i:05d}" for i in range(options.connections)]
-    auth = tuple(
-        orjson.dumps({"op": "auth", "id": 0, "token": tokens.issue(account, ttl=86_400)})
-        for account in accounts
-    )
+    auth = auth_requests(secret, options.connections)
     instruments = tuple(instrument_names(options.instruments))
     notes: list[str] = []
     backends = ["sqlite"]

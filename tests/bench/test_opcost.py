@@ -9,7 +9,6 @@ import os
 import shutil
 from pathlib import Path
 
-import orjson
 import pytest
 
 from bench import opcost
@@ -23,10 +22,10 @@ from bench.opcost import (
     _phases,
 )
 from bench.opcostserver import spec_from_json, spec_json
+from bench.orderclients import auth_requests
 from bench.orderservers import OrderServerKind, OrderServerSpec
 from bench.report import Progress
 from bench.servers import instrument_names
-from publish.auth import TokenAuthority
 
 
 def test_a_phase_takes_the_servers_idle_rate_off_for_its_length() -> None:
@@ -82,11 +81,7 @@ def test_the_lean_server_is_counted_under_callgrind_and_a_refusal_fails_the_coun
     spec = OrderServerSpec(
         kind=OrderServerKind.LEAN, instruments=instruments, connections=3, secret=secret
     )
-    tokens = TokenAuthority(secret.encode())
-    auth = [
-        orjson.dumps({"op": "auth", "id": 0, "token": tokens.issue(f"acct-{i}", ttl=600)})
-        for i in range(3)
-    ]
+    auth = auth_requests(secret, 3)
     options = OpCostOptions(connections=3, warmup_rounds=1, rounds=4, phases=2, idle_seconds=0.5)
     server = CountedServer(spec, tmp_path, startup_timeout=300)
     try:
