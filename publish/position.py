@@ -7,10 +7,11 @@ protocol acknowledges them and storage derives its rows from them
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from enum import StrEnum
 
 from publish.untracked import untrack
+from publish.value import value_class
 
 
 class PositionSide(StrEnum):
@@ -20,7 +21,7 @@ class PositionSide(StrEnum):
     SELL = "sell"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@value_class(kw_only=True)
 class Position:
     """One position, open (``closed_ts`` ``None``) or closed.
 

@@ -40,6 +40,7 @@ from book.snapshot import BookSnapshot, Level
 from book.status import InstrumentStatus
 from publish.exceptions import RequestError
 from publish.position import Position
+from publish.value import value_class
 
 RequestId = int | str | None
 """A request's ``id`` as sent by the client (``None`` when absent)."""
@@ -176,7 +177,7 @@ class PingRequest:
     id: RequestId
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class PositionOpenRequest:
     """``position.open``: the fields of ``position`` as sent, all strings (``qty`` and
     ``price`` are decimal text, never JSON numbers); their values are checked by
@@ -190,7 +191,7 @@ class PositionOpenRequest:
     price: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class PositionCloseRequest:
     id: RequestId
     position_id: str

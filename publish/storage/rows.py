@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from book.incidents import FeedIncident, IncidentKind
 from book.snapshot import BookSnapshot
 from publish.position import PositionSide
+from publish.value import value_class
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,7 @@ def bbo_row_from_snapshot(snapshot: BookSnapshot) -> BboRow:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class PositionRow:
     """The whole current state of one position as stored (derived from a
     ``publish.position.Position`` by ``publish.storage.positions``); writing it again
