@@ -26,6 +26,13 @@ def a_position() -> Position:
     )
 
 
+def test_a_position_is_a_value() -> None:
+    assert a_position() == a_position() and a_position() is not a_position()
+    assert hash(a_position()) == hash(a_position())
+    assert a_position().closed_at(9) == a_position().closed_at(9) != a_position()
+    assert a_position().closed_at(9).closed_ts == 9 and a_position().closed_ts is None
+
+
 def test_a_position_is_not_tracked_by_the_cycle_collector() -> None:
     opened = a_position()
     assert not gc.is_tracked(opened)

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from mypy import api as mypy_api
 
-from publish.position import Position, PositionSide
 from publish.value import value_class
 
 
@@ -40,23 +39,6 @@ def test_keyword_only_when_asked() -> None:
     assert Named(name="x").name == "x"
     with pytest.raises(TypeError):
         Named("x")  # type: ignore[call-arg]
-
-
-def test_a_position_is_a_value() -> None:
-    def made() -> Position:
-        return Position(
-            id="p",
-            account="a",
-            instrument="i",
-            side=PositionSide.BUY,
-            qty=1,
-            entry_price=2,
-            opened_ts=3,
-        )
-
-    position = made()
-    assert position == made() and position is not made()
-    assert position.closed_at(9).closed_ts == 9 and position.closed_ts is None
 
 
 def test_the_type_checker_refuses_an_assignment_to_a_field(tmp_path: Path) -> None:
