@@ -58,13 +58,18 @@ def parse_plain_decimal(text: str) -> int:
     and signs); what a client sends is held to one spelling per number, so ``"1_000"``,
     ``"１"`` (full-width), ``"+1"``, ``" 1"``, ``"1e3"``, ``".5"`` or ``"5."`` never
     become amounts. Checked with ``str`` methods (an ASCII ``isdigit`` is ``[0-9]``), a
-    tenth of a regular expression's instructions. Raises ``ValueError`` for any other
-    text and ``PrecisionError`` past 12 decimals.
+    tenth of a regular expression's instructions, then scaled at once. Raises
+    ``ValueError`` for any other text and ``PrecisionError`` past 12 decimals.
     """
     whole, point, frac = text.partition(".")
     if not (text.isascii() and whole.isdigit() and (frac.isdigit() or not point)):
         raise ValueError(f"not a plain decimal number: {text[:32]!r}")
-    return parse_fixed(text)
+    n = len(frac)
+    if n <= SCALE_DIGITS:  # checked above: int() sees digits only, so no slow path
+        return int(whole + frac + _ZEROS[SCALE_DIGITS - n])
+    if frac[SCALE_DIGITS:].strip("0"):
+        raise PrecisionError(f"{text!r} has more than {SCALE_DIGITS} decimal places")
+    return int(whole + frac[:SCALE_DIGITS])
 
 
 def _parse_slow(text: str) -> int:

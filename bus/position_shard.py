@@ -61,7 +61,7 @@ from publish.position import Position
 from publish.positions import PositionBook
 from publish.profit import ProfitEngine
 from publish.protocol import ErrorCode
-from publish.storage.flusher import InsertOutcome, StorageHealth
+from publish.storage.flusher import Commit, InsertOutcome, StorageHealth
 from publish.storage.positions import PositionStore
 
 log = logging.getLogger(__name__)
@@ -397,11 +397,11 @@ class ShardStore:
     def health(self) -> StorageHealth:
         return self._store.health
 
-    def insert(self, position: Position) -> asyncio.Future[InsertOutcome]:
-        return self._store.insert(position)
+    def insert(self, position: Position, commit: Commit[InsertOutcome]) -> None:
+        self._store.insert(position, commit)
 
-    def write(self, position: Position) -> asyncio.Future[None]:
-        return self._store.write(position)
+    def write(self, position: Position, commit: Commit[None]) -> None:
+        self._store.write(position, commit)
 
     async def load_open(self) -> list[Position]:
         return [

@@ -103,14 +103,34 @@ class PositionListener(Protocol):
 
 @dataclass(slots=True, eq=False)
 class _Change:
-    """A change in progress on a position: its open (``closing`` False) or its close."""
+    """A change in progress on a position: its open (``closed`` None) or its close.
 
+    It is its own row's ``Commit`` in the store: the flusher resolves it when the row's
+    batch commits, and it tells its book at once, in the flusher's turn of the loop (no
+    future, no loop callback, no closure per op)."""
+
+    book: PositionBook
     position: Position
     """The position being opened, or the open one being closed."""
-    closing: bool = False
+    closed: Position | None = None
+    """For a close, the position as it is stored closed."""
     replies: list[PositionReply] = field(default_factory=list)
     """The requests waiting for the change (the first one and its retries), answered when
     it is decided; a request whose ``ack_timeout`` passed is taken out (refused)."""
+
+    @property
+    def closing(self) -> bool:
+        return self.closed is not None
+
+    def done(self) -> bool:
+        return False  # a change is decided once, by its one commit
+
+    def set_result(self, outcome: InsertOutcome | None, /) -> None:
+        """The store committed the change (an open: with what became of its row)."""
+        if self.closed is None:
+            self.book._opened(self, outcome)
+        else:
+            self.book._closed(self, self.closed)
 
 
 _Waiting = tuple[float, _Change, PositionReply]
@@ -212,11 +232,9 @@ class PositionBook:
                         ErrorCode.TOO_MANY_POSITIONS,
                         f"an account may hold at most {self._max_per_account} open positions",
                     )
-                change = self._entries[key] = _Change(position)
+                change = self._entries[key] = _Change(self, position)
                 self._per_account[account] = self._per_account.get(account, 0) + 1
-                self._store.insert(position).add_done_callback(
-                    lambda stored: self._opened(stored, change)
-                )
+                self._store.insert(position, change)
                 self._wait(change, reply)
                 return
             if isinstance(entry, _Change):
@@ -254,10 +272,8 @@ class PositionBook:
             reply.refuse(refusal)
             return
         closed = entry.closed_at(self._clock())
-        change = self._entries[key] = _Change(entry, closing=True)
-        self._store.write(closed).add_done_callback(
-            lambda written: self._closed(written, change, closed)
-        )
+        change = self._entries[key] = _Change(self, entry, closed)
+        self._store.write(closed, change)
         self._wait(change, reply)
 
     async def open(
@@ -417,11 +433,10 @@ class PositionBook:
             waiting.popleft()
         return replies
 
-    def _opened(self, stored: asyncio.Future[InsertOutcome], change: _Change) -> None:
-        if stored.cancelled():  # the flusher went away: nothing was confirmed
-            return
+    def _opened(self, change: _Change, outcome: InsertOutcome | None) -> None:
+        """``change``, an open, committed (``_Change.set_result``)."""
         position = change.position
-        if stored.result() is InsertOutcome.ID_TAKEN:
+        if outcome is InsertOutcome.ID_TAKEN:
             self._forget(change)
             return
         self._entries[position.account, position.id] = position
@@ -430,9 +445,8 @@ class PositionBook:
         for listener in self._listeners:
             listener.position_opened(position)
 
-    def _closed(self, written: asyncio.Future[None], change: _Change, closed: Position) -> None:
-        if written.cancelled():
-            return
+    def _closed(self, change: _Change, closed: Position) -> None:
+        """``change``, a close, committed (``_Change.set_result``)."""
         del self._entries[closed.account, closed.id]
         self._count_down(closed.account)
         for reply in self._decided(change):

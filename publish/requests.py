@@ -92,8 +92,12 @@ class RequestHandler:
             self.refuse(exc)
 
     def serve(self, request: Request) -> None:
-        """The op dispatch: one case per request type; ``RequestError`` refuses."""
+        """The op dispatch: one case per request type; ``RequestError`` refuses. Position
+        ops come first: they are the ones a busy connection sends at a rate, and each case
+        before theirs is an ``isinstance`` per op."""
         match request:
+            case PositionOpenRequest() | PositionCloseRequest():
+                self._positions.serve(request)
             case PingRequest():
                 self._outbox.reply(encode_pong(request.id))
             case AuthRequest():
@@ -102,8 +106,6 @@ class RequestHandler:
                 self._subscriptions.resume()
             case SubscriptionRequest():
                 self._subscriptions.serve(request)
-            case PositionOpenRequest() | PositionCloseRequest():
-                self._positions.serve(request)
             case AdminRequest():
                 self._admin.serve(request)
 

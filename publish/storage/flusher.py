@@ -14,13 +14,17 @@ snowball into tens of thousands of rows; with it every write stays short and a b
 drains as a run of back-to-back bounded batches.
 
 ``add_new_position`` (an open) and ``add_position`` (a change of a stored position)
-return a future resolved when the batch holding the row has committed: every position
-of a window shares one commit (group commit), and an acknowledgement sent on that future
-means the position is in the database. A new position is written only if its account
+take the row's ``Commit``, resolved when the batch holding the row has committed: every
+position of a window shares one commit (group commit), and an acknowledgement sent on
+it means the position is in the database. A new position is written only if its account
 has not used its id yet, checked inside that commit's transaction (no lookup of its
-own): its future says ``WRITTEN`` or ``ID_TAKEN``. ``after_commit`` runs once the done
-callbacks of a committed batch's futures have: whatever they queued (the acks) can go out
-in that same turn of the event loop rather than in the next, after its socket reads.
+own): its commit says ``WRITTEN`` or ``ID_TAKEN``. A ``Commit`` is an ``asyncio.Future``
+or any object answering the same two calls; the position book passes its change in
+progress itself, which is told at once, in the flusher's turn: no future, no loop
+callback and no closure per op. ``after_commit`` runs once a committed batch's commits
+are resolved (and a future's done callbacks have run): whatever they queued (the acks)
+can go out in that same turn of the event loop rather than in the next, after its
+socket reads.
 
 When a write fails the rows go back to the front of the buffer and the flusher retries
 with capped exponential backoff (``degraded`` until a write succeeds). Meanwhile the
@@ -37,7 +41,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from publish.storage.backend import Batch, StorageBackend
 from publish.storage.rows import BboRow, FeedEventRow, PositionRow
@@ -46,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 _Row = TypeVar("_Row", BboRow, FeedEventRow)
 _T = TypeVar("_T")
+_R_contra = TypeVar("_R_contra", contravariant=True)
 
 
 class StorageHealth(StrEnum):
@@ -64,8 +69,19 @@ class InsertOutcome(StrEnum):
     """Not written: the account already has, had or archived a position with this id."""
 
 
-_Waiters = tuple[list[asyncio.Future[None]], list[asyncio.Future[InsertOutcome]]]
-"""The futures of a batch's ``positions`` and of its ``new_positions``, in row order."""
+class Commit(Protocol[_R_contra]):
+    """What waits for a position row's commit: an ``asyncio.Future`` answers to it, and so
+    may any object that takes the result the same way (without a future's loop callback).
+    ``set_result`` is called once, on the event loop, unless ``done`` is already true (a
+    cancelled future: only its wait stops, the row is still written)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: _R_contra, /) -> None: ...
+
+
+_Waiters = tuple[list[Commit[None]], list[Commit[InsertOutcome]]]
+"""The commits of a batch's ``positions`` and of its ``new_positions``, in row order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +111,9 @@ class StorageFlusher:
     methods are the hot path: O(1) (an append; past the bound, one ``popleft`` too).
     ``on_flush(duration_ns, rows)`` is called after each committed batch (histograms).
     ``after_commit()`` is scheduled (``call_soon``) after each committed batch that
-    resolved position futures, behind their done callbacks, which asyncio runs in the
-    order they were scheduled: it runs right after them, in the same turn of the loop.
+    resolved position commits: behind a future's done callbacks, which asyncio runs in
+    the order they were scheduled, so it runs right after them, in the same turn of the
+    loop.
     """
 
     def __init__(
@@ -131,9 +148,9 @@ class StorageFlusher:
         self._bbo: deque[BboRow] = deque()
         self._feed_events: deque[FeedEventRow] = deque()
         self._positions: list[PositionRow] = []
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[Commit[None]] = []
         self._new_positions: list[PositionRow] = []
-        self._new_waiters: list[asyncio.Future[InsertOutcome]] = []
+        self._new_waiters: list[Commit[InsertOutcome]] = []
         # Set while rows are buffered; _window_opened is the loop time the first came in.
         self._rows_waiting = asyncio.Event()
         self._window_opened = 0.0
@@ -168,28 +185,24 @@ class StorageFlusher:
         if len(self._bbo) + len(self._feed_events) > self._max_pending:
             self._trim()
 
-    def add_position(self, row: PositionRow) -> asyncio.Future[None]:
-        """Queue a change of a stored position (an upsert); the future resolves once its
+    def add_position(self, row: PositionRow, commit: Commit[None]) -> None:
+        """Queue a change of a stored position (an upsert); ``commit`` is resolved once its
         batch has committed.
 
-        It stays pending through failed writes until a retry commits. Cancelling it
-        only stops the wait: the row is still written.
+        It stays pending through failed writes until a retry commits. Cancelling a
+        future only stops the wait: the row is still written.
         """
         self._open_window_if_idle()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._positions.append(row)
-        self._waiters.append(waiter)
-        return waiter
+        self._waiters.append(commit)
 
-    def add_new_position(self, row: PositionRow) -> asyncio.Future[InsertOutcome]:
-        """Queue a new position, written only if its ``(account, id)`` is free; the future
-        resolves once its batch has committed, with what became of it. Pending through
+    def add_new_position(self, row: PositionRow, commit: Commit[InsertOutcome]) -> None:
+        """Queue a new position, written only if its ``(account, id)`` is free; ``commit``
+        is resolved once its batch has committed, with what became of it. Pending through
         failed writes and cancellable as for ``add_position``."""
         self._open_window_if_idle()
-        waiter: asyncio.Future[InsertOutcome] = asyncio.get_running_loop().create_future()
         self._new_positions.append(row)
-        self._new_waiters.append(waiter)
-        return waiter
+        self._new_waiters.append(commit)
 
     @property
     def health(self) -> StorageHealth:
@@ -336,13 +349,10 @@ class StorageFlusher:
         self._dropping = False
         changed, new = waiters
         for waiter in changed:
-            if not waiter.done():
-                waiter.set_result(None)
+            _resolve(waiter, None)
         for index, new_waiter in enumerate(new):
-            if not new_waiter.done():
-                new_waiter.set_result(
-                    InsertOutcome.ID_TAKEN if index in taken else InsertOutcome.WRITTEN
-                )
+            outcome = InsertOutcome.ID_TAKEN if index in taken else InsertOutcome.WRITTEN
+            _resolve(new_waiter, outcome)
         if self._after_commit is not None and (changed or new):
             asyncio.get_running_loop().call_soon(self._after_commit)
         if self._on_flush is not None:
@@ -411,6 +421,16 @@ class StorageFlusher:
                 self._backend.name,
                 self._max_pending,
             )
+
+
+def _resolve(commit: Commit[_T], result: _T) -> None:
+    """Resolve one row's commit; a bug in a waiter's own code is logged, and must not keep
+    the batch's other commits from being resolved."""
+    try:
+        if not commit.done():
+            commit.set_result(result)
+    except Exception:
+        logger.exception("resolving a position's commit failed")
 
 
 async def _raise(error: Exception) -> frozenset[int]:

@@ -1,19 +1,18 @@
 """The position book's way to storage: one ``PositionStore`` interface, rows derived here.
 
 ``FlushedPositionStore`` writes through the group-commit flusher (a write is durable when
-its future resolves; a new position's id is checked inside that same commit, so an open
-costs no storage round trip of its own) and reads through the backend; positions become
+its ``Commit`` is resolved; a new position's id is checked inside that same commit, so an
+open costs no storage round trip of its own) and reads through the backend; positions become
 ``PositionRow``s only at this boundary.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Protocol
 
 from publish.position import Position
 from publish.storage.backend import StorageBackend
-from publish.storage.flusher import InsertOutcome, StorageFlusher, StorageHealth
+from publish.storage.flusher import Commit, InsertOutcome, StorageFlusher, StorageHealth
 from publish.storage.rows import PositionRow
 
 
@@ -25,17 +24,18 @@ class PositionStore(Protocol):
         """``degraded`` while writes fail: new changes are refused at once."""
         ...
 
-    def insert(self, position: Position) -> asyncio.Future[InsertOutcome]:
+    def insert(self, position: Position, commit: Commit[InsertOutcome]) -> None:
         """Store the new ``position`` unless its account ever stored another position
-        with its id (open, closed, or closed and archived); the future resolves once that
-        is decided and durable: ``WRITTEN`` (the very same position found stored counts,
-        an earlier attempt's) or ``ID_TAKEN`` (nothing written). Cancelling the future
-        only stops the wait."""
+        with its id (open, closed, or closed and archived); ``commit`` is resolved once
+        that is decided and durable: ``WRITTEN`` (the very same position found stored
+        counts, an earlier attempt's) or ``ID_TAKEN`` (nothing written). Cancelling a
+        future only stops the wait."""
         ...
 
-    def write(self, position: Position) -> asyncio.Future[None]:
-        """Store a change of the stored ``position`` (replacing its earlier state); the
-        future resolves once it is durable. Cancelling the future only stops the wait."""
+    def write(self, position: Position, commit: Commit[None]) -> None:
+        """Store a change of the stored ``position`` (replacing its earlier state);
+        ``commit`` is resolved once it is durable. Cancelling a future only stops the
+        wait."""
         ...
 
     async def load_open(self) -> list[Position]:
@@ -54,11 +54,11 @@ class FlushedPositionStore:
     def health(self) -> StorageHealth:
         return self._flusher.health
 
-    def insert(self, position: Position) -> asyncio.Future[InsertOutcome]:
-        return self._flusher.add_new_position(position_row(position))
+    def insert(self, position: Position, commit: Commit[InsertOutcome]) -> None:
+        self._flusher.add_new_position(position_row(position), commit)
 
-    def write(self, position: Position) -> asyncio.Future[None]:
-        return self._flusher.add_position(position_row(position))
+    def write(self, position: Position, commit: Commit[None]) -> None:
+        self._flusher.add_position(position_row(position), commit)
 
     async def load_open(self) -> list[Position]:
         return [position_of(row) for row in await self._backend.load_open_positions()]

@@ -3,7 +3,6 @@ the positions shard's."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from dataclasses import dataclass, field
 
@@ -11,7 +10,7 @@ from book.fixed import parse_fixed
 from publish.catalog import RegistryCatalog
 from publish.position import Position, PositionSide
 from publish.positions import PositionBook
-from publish.storage.flusher import InsertOutcome, StorageHealth
+from publish.storage.flusher import Commit, InsertOutcome, StorageHealth
 from tests.publish.support import BTC, new_registry
 
 NOW = 1_796_256_000 * 10**9
@@ -23,24 +22,21 @@ class ManualStore:
     """A ``PositionStore`` whose writes commit when the test says so."""
 
     health: StorageHealth = StorageHealth.HEALTHY
-    inserts: list[tuple[Position, asyncio.Future[InsertOutcome]]] = field(default_factory=list)
-    writes: list[tuple[Position, asyncio.Future[None]]] = field(default_factory=list)
+    inserts: list[tuple[Position, Commit[InsertOutcome]]] = field(default_factory=list)
+    writes: list[tuple[Position, Commit[None]]] = field(default_factory=list)
 
-    def insert(self, position: Position) -> asyncio.Future[InsertOutcome]:
-        future: asyncio.Future[InsertOutcome] = asyncio.get_running_loop().create_future()
-        self.inserts.append((position, future))
-        return future
+    def insert(self, position: Position, commit: Commit[InsertOutcome]) -> None:
+        self.inserts.append((position, commit))
 
-    def write(self, position: Position) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.writes.append((position, future))
-        return future
+    def write(self, position: Position, commit: Commit[None]) -> None:
+        self.writes.append((position, commit))
 
     async def load_open(self) -> list[Position]:
         return []
 
     def commit(self, outcome: InsertOutcome = InsertOutcome.WRITTEN) -> None:
-        """Commit every write queued so far (new positions with ``outcome``)."""
+        """Commit every write queued so far (new positions with ``outcome``), as the
+        flusher does: each commit resolved at once, in order."""
         inserts, self.inserts = self.inserts, []
         writes, self.writes = self.writes, []
         for _, inserted in inserts:

@@ -21,6 +21,7 @@ from publish.storage import (
     StorageBackend,
     StorageFlusher,
 )
+from publish.storage.flusher import InsertOutcome
 
 
 def bbo(seq: int, bid: str | None = "61737.63", ask: str | None = "61737.64") -> BboRow:
@@ -169,3 +170,17 @@ class Store:
     make: Callable[[], StorageBackend]
     read: Callable[[str], Awaitable[list[tuple[Any, ...]]]]
     """``SELECT`` on the database through a connection of its own."""
+
+
+def add_position(flusher: StorageFlusher, row: PositionRow) -> asyncio.Future[None]:
+    """``flusher.add_position`` with a future as the row's commit."""
+    commit: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    flusher.add_position(row, commit)
+    return commit
+
+
+def add_new_position(flusher: StorageFlusher, row: PositionRow) -> asyncio.Future[InsertOutcome]:
+    """``flusher.add_new_position`` with a future as the row's commit."""
+    commit: asyncio.Future[InsertOutcome] = asyncio.get_running_loop().create_future()
+    flusher.add_new_position(row, commit)
+    return commit

@@ -26,6 +26,7 @@ from tests.postgres import pg_query
 from tests.publish.storage.support import (
     RecordingBackend,
     Store,
+    add_position,
     bbo,
     feed_event,
     position,
@@ -245,7 +246,7 @@ async def test_rows_of_one_window_are_one_batch_and_acks_follow_the_commit(
     async with running(flusher):
         for row in burst[:500]:
             flusher.add_bbo(row)
-        ack = flusher.add_position(position())
+        ack = add_position(flusher, position())
         for row in burst[500:]:
             flusher.add_bbo(row)
         await ack

@@ -19,8 +19,11 @@ from publish.storage import (
     StorageFlusher,
     StorageHealth,
 )
+from publish.storage.flusher import InsertOutcome
 from tests.publish.storage.support import (
     RecordingBackend,
+    add_new_position,
+    add_position,
     bbo,
     feed_event,
     position,
@@ -80,7 +83,7 @@ async def test_rows_of_one_window_are_one_batch(sqlite: SqliteBackend, db_path: 
         await asyncio.sleep(0)
         flusher.add_feed_event(feed_event(5))
         await asyncio.sleep(0)
-        ack = flusher.add_position(position())
+        ack = add_position(flusher, position())
         flusher.add_bbo(bbo(2))
         await ack
         flusher.add_bbo(bbo(3))
@@ -117,7 +120,7 @@ async def test_position_ack_resolves_only_after_commit(
     flusher = StorageFlusher(backend, window_ms=1)
     seen_at_ack: list[list[tuple[object, ...]]] = []
     async with running(flusher):
-        ack = flusher.add_position(position())
+        ack = add_position(flusher, position())
         ack.add_done_callback(
             lambda _: seen_at_ack.append(query(db_path, "SELECT * FROM positions"))
         )
@@ -151,9 +154,9 @@ async def test_after_commit_runs_right_behind_the_done_callbacks_of_a_committed_
     flusher = fast_retry_flusher(backend, after_commit=lambda: events.append("after_commit"))
     async with running(flusher):
         flusher.add_bbo(bbo(1))
-        changed = flusher.add_position(position("p-1"))
+        changed = add_position(flusher, position("p-1"))
         changed.add_done_callback(resolved("changed"))
-        new = flusher.add_new_position(position("p-2"))
+        new = add_new_position(flusher, position("p-2"))
         new.add_done_callback(resolved("new"))
         await asyncio.gather(changed, new)
         await backend.wait_for(lambda: len(events) == 5)
@@ -169,6 +172,52 @@ async def test_after_commit_runs_right_behind_the_done_callbacks_of_a_committed_
         await backend.wait_for(lambda: len(backend.committed) == 2)
         await asyncio.sleep(0)
     assert events.count("after_commit") == 1
+
+
+class _Recorded:
+    """A commit that is not a future: it records its outcome where it is told, and may
+    fail as a waiter's own code can."""
+
+    def __init__(self, name: str, told: list[tuple[str, object]], *, fails: bool = False):
+        self._name = name
+        self._told = told
+        self._fails = fails
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, result: object, /) -> None:
+        self._told.append((self._name, result))
+        if self._fails:
+            raise RuntimeError(f"{self._name} failed")
+
+
+async def test_a_commit_that_is_not_a_future_is_told_in_the_flushers_turn(
+    sqlite: SqliteBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each row's commit is resolved once its batch committed, in row order, before
+    ``after_commit``; one whose own code raises is logged and the others are still told."""
+    told: list[tuple[str, object]] = []
+    flusher = StorageFlusher(sqlite, after_commit=lambda: told.append(("after_commit", None)))
+    stored = add_new_position(flusher, position("p-0"))
+    await flusher.drain()
+    assert stored.result() is InsertOutcome.WRITTEN
+    await asyncio.sleep(0)
+    told.clear()
+    flusher.add_position(position("p-1"), _Recorded("changed", told, fails=True))
+    flusher.add_new_position(position("p-2"), _Recorded("new", told, fails=True))
+    flusher.add_new_position(position("p-0", closed_ts=5), _Recorded("taken", told))
+    await flusher.drain()
+    await asyncio.sleep(0)
+    assert told == [
+        ("changed", None),
+        ("new", InsertOutcome.WRITTEN),
+        ("taken", InsertOutcome.ID_TAKEN),
+        ("after_commit", None),
+    ]
+    assert [record.getMessage() for record in caplog.records] == [
+        "resolving a position's commit failed"
+    ] * 2
 
 
 async def test_the_writer_thread_takes_a_batch_in_the_turn_the_flush_begins(
@@ -207,7 +256,7 @@ async def test_a_backend_raising_as_it_is_called_is_a_failed_write(
     monkeypatch.setattr(sqlite, "write_batch", refusing_once)
     flusher = StorageFlusher(sqlite, window_ms=1, retry_initial_ms=1, retry_max_ms=4)
     async with running(flusher):
-        ack = flusher.add_position(position())
+        ack = add_position(flusher, position())
         await ack
     assert query(db_path, "SELECT * FROM positions") == [STORED_POSITION]
     assert (flusher.stats().failures, flusher.health) == (1, StorageHealth.HEALTHY)
@@ -217,7 +266,7 @@ async def test_failed_writes_keep_the_rows_and_retry(sqlite: SqliteBackend, db_p
     backend = RecordingBackend(sqlite, fail_first=2)
     flusher = fast_retry_flusher(backend, clock=itertools.count(0, 1_000).__next__)
     async with running(flusher):
-        ack = flusher.add_position(position())
+        ack = add_position(flusher, position())
         flusher.add_bbo(bbo(1))
         for failures in (1, 2):
             await backend.wait_for(partial(has_failed, backend, failures))
@@ -252,7 +301,7 @@ async def test_overflow_drops_the_oldest_bbo_rows_never_positions(
         backend, max_pending_rows=4, clock=itertools.count(0, 1_000).__next__
     )
     async with running(flusher):
-        first_ack = flusher.add_position(position("p-1"))
+        first_ack = add_position(flusher, position("p-1"))
         flusher.add_bbo(bbo(1))
         flusher.add_bbo(bbo(2))
         await backend.wait_for(lambda: len(backend.started) == 1)
@@ -260,7 +309,7 @@ async def test_overflow_drops_the_oldest_bbo_rows_never_positions(
         for seq in (3, 4, 5):
             flusher.add_bbo(bbo(seq))
         flusher.add_feed_event(feed_event(9))
-        second_ack = flusher.add_position(position("p-2"))
+        second_ack = add_position(flusher, position("p-2"))
         flusher.add_bbo(bbo(6))
         assert flusher.stats().dropped_bbo_rows == 1
         backend.gate.set()
@@ -308,7 +357,7 @@ async def test_a_batch_takes_every_position_and_at_most_max_batch_rows_other_row
     for seq in (1, 2, 3):
         flusher.add_bbo(bbo(seq))
     flusher.add_feed_event(feed_event(4))
-    ack = flusher.add_position(position())
+    ack = add_position(flusher, position())
     flusher.add_feed_event(feed_event(5))
     await flusher.drain()
     assert ack.done()
@@ -336,7 +385,7 @@ async def test_run_writes_the_rows_a_full_batch_left_without_new_rows(
 async def test_drain_writes_everything_pending(sqlite: SqliteBackend, db_path: Path) -> None:
     backend = RecordingBackend(sqlite)
     flusher = StorageFlusher(backend, window_ms=60_000)
-    ack = flusher.add_position(position())
+    ack = add_position(flusher, position())
     flusher.add_bbo(bbo(1))
     flusher.add_feed_event(feed_event(2))
     await flusher.drain()
@@ -358,7 +407,7 @@ async def test_drain_settles_the_write_a_cancelled_run_left(
     backend.gate.clear()
     flusher = fast_retry_flusher(backend)
     async with running(flusher):
-        ack = flusher.add_position(position())
+        ack = add_position(flusher, position())
         flusher.add_bbo(bbo(1))
         await backend.wait_for(lambda: len(backend.started) == 1)
     # run() is cancelled with its write still hanging; more rows come in meanwhile.
@@ -388,7 +437,7 @@ async def test_a_locked_database_degrades_then_recovers(db_path: Path) -> None:
         other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         try:
             async with running(flusher):
-                ack = flusher.add_position(position())
+                ack = add_position(flusher, position())
                 flusher.add_bbo(bbo(1))
                 await backend.wait_for(lambda: len(backend.failed) >= 2)
                 assert flusher.health is StorageHealth.DEGRADED
@@ -417,7 +466,7 @@ async def test_a_slow_write_does_not_block_the_event_loop(db_path: Path) -> None
         other.execute("BEGIN IMMEDIATE")
         try:
             async with running(flusher):
-                ack = flusher.add_position(position())
+                ack = add_position(flusher, position())
                 ack.add_done_callback(lambda _: order.append("committed"))
                 await backend.wait_for(lambda: len(backend.started) == 1)
                 for tick in range(3):

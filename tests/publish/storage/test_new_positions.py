@@ -31,7 +31,13 @@ from publish.storage.backend import taken_new_positions, unsettled_keys
 from publish.storage.sqlite import _position_params
 from tests.postgres import PG_DSN, pg_query
 from tests.publish.storage.books import NOW, ORDER, book_on, refused_as_duplicate
-from tests.publish.storage.support import RecordingBackend, Store, position, running
+from tests.publish.storage.support import (
+    RecordingBackend,
+    Store,
+    add_new_position,
+    position,
+    running,
+)
 from tests.waiting import eventually_async
 
 pytestmark = pytest.mark.timeout(60)
@@ -182,8 +188,8 @@ async def test_the_flusher_says_written_or_taken_and_a_lost_commit_answer_is_set
     recording = RecordingBackend(backend, lose_first=1)
     flusher = StorageFlusher(recording, window_ms=1, retry_initial_ms=1, retry_max_ms=4)
     async with running(flusher):
-        written = flusher.add_new_position(position("p-1"))
-        taken = flusher.add_new_position(position("p-0"))
+        written = add_new_position(flusher, position("p-1"))
+        taken = add_new_position(flusher, position("p-0"))
         assert await asyncio.gather(written, taken) == [
             InsertOutcome.WRITTEN,
             InsertOutcome.ID_TAKEN,

@@ -23,7 +23,15 @@ from publish.storage import (
 )
 from publish.storage.postgres import PostgresBackend
 from tests.postgres import PG_ADDRESS, PG_DSN, dsn_via, fresh_schema, pg_query
-from tests.publish.storage.support import RecordingBackend, bbo, feed_event, position, running
+from tests.publish.storage.support import (
+    RecordingBackend,
+    add_new_position,
+    add_position,
+    bbo,
+    feed_event,
+    position,
+    running,
+)
 from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(30)
@@ -213,9 +221,9 @@ async def test_a_lost_connection_is_replaced(schema: str) -> None:
     flusher = StorageFlusher(recording, window_ms=1, retry_initial_ms=1, retry_max_ms=10)
     try:
         async with running(flusher):
-            await flusher.add_position(position("p-1"))
+            await add_position(flusher, position("p-1"))
             assert await terminate_backend_connections(backend) == 1
-            ack = flusher.add_position(position("p-2"))
+            ack = add_position(flusher, position("p-2"))
             flusher.add_bbo(bbo(1))
             await ack
     finally:
@@ -251,7 +259,7 @@ async def test_a_write_that_hangs_times_out_and_is_retried(schema: str, new: boo
             locker_tx = locker.transaction()
             await locker_tx.start()
             await locker.execute(f'LOCK TABLE "{schema}".positions IN ACCESS EXCLUSIVE MODE')
-            ack = (flusher.add_new_position if new else flusher.add_position)(position())
+            ack = (add_new_position if new else add_position)(flusher, position())
             await recording.wait_for(lambda: len(recording.failed) >= 3)
             assert flusher.health is StorageHealth.DEGRADED
             assert not ack.done()
