@@ -25,13 +25,11 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from enum import StrEnum
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
-
-import orjson
 
 from book.fixed import format_fixed, parse_fixed
 from publish.position import PositionSide
@@ -143,28 +141,65 @@ _UPSERT_POSITION = (
 )
 _KEYS_PER_STATEMENT = 64
 """Keys per read of stored positions (128 parameters, far below SQLite's limit)."""
-_INSERT_NEW_POSITIONS = (
-    f"INSERT INTO positions ({_POSITION_COLUMNS})"
-    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
-    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),"
-    " json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[7]')"
-    " FROM json_each(?) AS new"
-    " WHERE NOT EXISTS (SELECT 1 FROM archived_positions AS a"
-    " WHERE a.account = json_extract(new.value, '$[1]')"
-    " AND a.id = json_extract(new.value, '$[0]'))"
-    " ON CONFLICT (account, id) DO NOTHING"
-)
-"""``INSERT`` of new positions, skipping taken ids (a stored position, or an archived id);
-its ``rowcount`` says how many went in. Its one parameter is the rows as one JSON array of
-arrays (``_new_positions_json``), which SQLite unpacks itself: one statement for any
-number of rows, prepared once, with one parameter for ``sqlite3`` to bind. Binding eight
-parameters per row held the GIL in the writer thread for every one of them, and SQL of a
-size of its own per row count (one ``VALUES`` tuple per row) either split a batch into
-several statements or filled the statement cache with large programs (~1 KB per row).
-At 20,000 opens/s (about 100 new positions a batch, the bench's order server on the
-2-core VM) the writer's part went from p50 1.5-1.9 ms (64 rows per statement, inside
-``BEGIN IMMEDIATE``/``COMMIT``) to 0.7-0.8 ms; SQLite's own work per row is 16-65% more
-than with bound parameters (its JSON parsing), with the GIL released."""
+_NEW_POSITION_COLUMNS = 8
+_EXACT_INSERT_ROWS = 64
+"""New positions per ``INSERT`` are taken as they come up to this many; a larger batch is
+padded to the next power of two (``_new_position_inserts``)."""
+
+
+def _parameters_per_statement() -> int:
+    """How many parameters this SQLite library takes in one statement."""
+    with closing(sqlite3.connect(":memory:")) as conn:
+        return conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+
+
+_NEW_POSITIONS_PER_INSERT = min(1_024, _parameters_per_statement() // _NEW_POSITION_COLUMNS)
+"""New positions per ``INSERT`` at most: 1,024 (8,192 parameters) where this SQLite takes
+that many parameters (32,766 since 3.32), else as many as it takes (999 before)."""
+
+
+@cache
+def _insert_new_positions(rows: int) -> str:
+    """``INSERT`` of ``rows`` new positions, skipping taken ids (a stored position, or an
+    archived id); its ``rowcount`` says how many went in. One ``VALUES`` tuple of bound
+    parameters per row, which SQLite reads as they are. Its JSON twin (one parameter,
+    unpacked by SQLite's ``json_each``) cost SQLite 39,000 instructions a row against
+    24,000 (callgrind, 50-row batches), the parsing all its own."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return (
+        f"INSERT INTO positions ({_POSITION_COLUMNS})"
+        f" SELECT * FROM (VALUES {values}) AS new"
+        " WHERE NOT EXISTS (SELECT 1 FROM archived_positions AS a"
+        " WHERE a.account = new.column2 AND a.id = new.column1)"
+        " ON CONFLICT (account, id) DO NOTHING"
+    )
+
+
+NewPositionInsert = tuple[str, list[int | str | None]]
+"""One ``INSERT`` of new positions and its parameters."""
+
+
+def _new_position_inserts(rows: list[PositionRow]) -> list[NewPositionInsert]:
+    """The ``INSERT``s of ``rows`` with their parameters: one for up to
+    ``_NEW_POSITIONS_PER_INSERT`` rows. O(rows), on the event loop (which holds the GIL
+    anyway), so the writer thread only binds and steps.
+
+    So that the statements stay few (``sqlite3`` caches them by their text, and each is a
+    program of about 1 KB a row), a statement of more than ``_EXACT_INSERT_ROWS`` rows is
+    padded to the next power of two with copies of its last row: the first copy in goes
+    in or is skipped as that row is, every later one meets it and does nothing, so
+    neither what is stored nor the ``rowcount`` changes (a primary-key probe each). So
+    at most 64 + 4 statements, whatever the load."""
+    inserts: list[NewPositionInsert] = []
+    for start in range(0, len(rows), _NEW_POSITIONS_PER_INSERT):
+        chunk = rows[start : start + _NEW_POSITIONS_PER_INSERT]
+        params = [value for row in chunk for value in _position_params(row)]
+        size = len(chunk)
+        if size > _EXACT_INSERT_ROWS:
+            size = min(1 << (size - 1).bit_length(), _NEW_POSITIONS_PER_INSERT)
+            params += params[-_NEW_POSITION_COLUMNS:] * (size - len(chunk))
+        inserts.append((_insert_new_positions(size), params))
+    return inserts
 
 
 @cache
@@ -230,11 +265,11 @@ class SqliteBackend:
     ``write_batch`` costs one ``BEGIN IMMEDIATE``/``COMMIT`` plus one ``executemany`` per
     table, O(rows) in the writer thread (decimal formatting included), and for new
     positions one ``INSERT`` of them all (a primary-key probe each; a taken id costs one
-    more read for the batch), made as JSON on the event loop; a batch of new positions
-    alone is that ``INSERT`` alone (``_one_insert``). ``busy_timeout_ms`` is how long a
-    write waits for another connection's lock before failing (the flusher then retries);
-    ``journal_size_limit`` is the WAL size, in bytes, it is brought back under once
-    readers allow (see the module docstring).
+    more read for the batch; past 1,024, one per 1,024), its parameters made on the event
+    loop; a batch of new positions alone is that ``INSERT`` alone (``_one_insert``).
+    ``busy_timeout_ms`` is how long a write waits for another connection's lock before
+    failing (the flusher then retries); ``journal_size_limit`` is the WAL size, in bytes,
+    it is brought back under once readers allow (see the module docstring).
     """
 
     def __init__(
@@ -282,10 +317,11 @@ class SqliteBackend:
     def write_batch(self, batch: Batch) -> asyncio.Future[frozenset[int]]:
         """Hand the batch to the writer thread now, not at the first ``await`` (a task's
         first step waits for the loop's next turn, behind its socket reads)."""
-        # The new positions' JSON is made here, on the loop, which holds the GIL anyway.
-        new_positions = _new_positions_json(batch.new_positions)
-        job = self._insert_alone_sync if _one_insert(batch) else self._write_sync
-        return self._submit(partial(job, batch, new_positions))
+        # The new positions' statements are made here, on the loop, which holds the GIL
+        # anyway.
+        inserts = _new_position_inserts(batch.new_positions)
+        job = self._insert_alone_sync if _one_insert(batch, inserts) else self._write_sync
+        return self._submit(partial(job, batch, inserts))
 
     async def load_open_positions(self) -> list[PositionRow]:
         return await self._call(self._load_open_positions_sync)
@@ -444,7 +480,6 @@ class SqliteBackend:
             self._path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
         )
         try:
-            _require_json(conn)
             self.checkpointer.configure_writer(conn)
             _migrate(conn)
         except BaseException:
@@ -452,20 +487,20 @@ class SqliteBackend:
             raise
         self._conn = conn
 
-    def _write_sync(self, batch: Batch, new_positions: str) -> frozenset[int]:
+    def _write_sync(self, batch: Batch, inserts: list[NewPositionInsert]) -> frozenset[int]:
         conn = self._connection()
         with _transaction(conn):
             _insert_bbo_rows(conn, batch.bbo)
-            taken = _insert_new_positions_sync(conn, batch.new_positions, new_positions)
+            taken = _insert_new_positions_sync(conn, batch.new_positions, inserts)
             conn.executemany(_UPSERT_POSITION, map(_position_params, batch.positions))
             conn.executemany(_INSERT_FEED_EVENT, map(_feed_event_params, batch.feed_events))
         self.checkpointer.request(len(batch))
         return taken
 
-    def _insert_alone_sync(self, batch: Batch, new_positions: str) -> frozenset[int]:
+    def _insert_alone_sync(self, batch: Batch, inserts: list[NewPositionInsert]) -> frozenset[int]:
         """A batch of new positions only (``_one_insert``): their one ``INSERT`` runs
         alone."""
-        taken = _insert_new_positions_sync(self._connection(), batch.new_positions, new_positions)
+        taken = _insert_new_positions_sync(self._connection(), batch.new_positions, inserts)
         self.checkpointer.request(len(batch))
         return taken
 
@@ -523,34 +558,19 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def _one_insert(batch: Batch) -> bool:
-    """A batch of new positions only (order entry's, a positions shard's): their one
-    ``INSERT`` (``_INSERT_NEW_POSITIONS``) is written alone, without ``BEGIN IMMEDIATE`` and
-    ``COMMIT``. SQLite makes one statement atomic by itself (an implicit transaction,
-    committed as durably as an explicit one), and there is no "halfway" for the
-    immediate lock to prevent. Two statements fewer, and above all two fewer times that
-    the writer thread must take the GIL back from a busy event loop: in the order-entry
-    path at 5,000 opens/s (in-process, 25 rows a batch), the writer's part went from p50
-    0.58-0.68 / p99 1.6-2.8 ms to 0.42-0.48 / 0.9-1.2 ms. The read of skipped
-    keys that may follow sees every committed row, which is all it needs (the stored row
-    says whether it is the new one). PostgreSQL does the same
+def _one_insert(batch: Batch, inserts: list[NewPositionInsert]) -> bool:
+    """A batch of new positions only (order entry's, a positions shard's) that one
+    ``INSERT`` takes (``_new_position_inserts``): it is written alone, without ``BEGIN
+    IMMEDIATE`` and ``COMMIT``. SQLite makes one statement atomic by itself (an implicit
+    transaction, committed as durably as an explicit one), and there is no "halfway" for
+    the immediate lock to prevent. Two statements fewer, and above all two fewer times
+    that the writer thread must take the GIL back from a busy event loop: in the
+    order-entry path at 5,000 opens/s (in-process, 25 rows a batch), the writer's part
+    went from p50 0.58-0.68 / p99 1.6-2.8 ms to 0.42-0.48 / 0.9-1.2 ms. The read of
+    skipped keys that may follow sees every committed row, which is all it needs (the
+    stored row says whether it is the new one). PostgreSQL does the same
     (``PostgresBackend._insert_alone``)."""
-    return bool(batch.new_positions) and not (batch.bbo or batch.positions or batch.feed_events)
-
-
-_JSON_PROBE = "SELECT json_extract(value, '$[0]') FROM json_each('[[1]]')"
-
-
-def _require_json(conn: sqlite3.Connection) -> None:
-    """Refuse an SQLite built without its JSON functions (``_INSERT_NEW_POSITIONS``
-    needs them): built in since 3.38, and in the usual builds of older ones."""
-    try:
-        conn.execute(_JSON_PROBE).fetchall()
-    except sqlite3.OperationalError as exc:
-        raise StorageError(
-            f"SQLite {sqlite3.sqlite_version} has no JSON functions ({exc}): marketcast"
-            " needs SQLite 3.38 or later, or an older one built with JSON1"
-        ) from exc
+    return len(inserts) == 1 and not (batch.bbo or batch.positions or batch.feed_events)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -600,28 +620,21 @@ def _insert_bbo_rows(conn: sqlite3.Connection, rows: list[BboRow]) -> None:
 
 
 def _insert_new_positions_sync(
-    conn: sqlite3.Connection, rows: list[PositionRow], rows_json: str
+    conn: sqlite3.Connection, rows: list[PositionRow], inserts: list[NewPositionInsert]
 ) -> frozenset[int]:
-    """Insert ``rows`` (``rows_json``: ``_new_positions_json`` of them) where their ids are
+    """Insert ``rows`` (``inserts``: ``_new_position_inserts`` of them) where their ids are
     free; the indices of those whose id another position holds (see
     ``publish.storage.backend``).
 
-    When every row went in (the statement's ``rowcount``) they did so under keys of their
+    When every row went in (the statements' ``rowcount``) they did so under keys of their
     own, and nothing is read back; otherwise every key is read back (the stored row says
     whether it is the new one). Counting is cheaper than having the insert return each
     key (``RETURNING``: a row of two new strings per position), and a batch of fresh
     ids, the usual one, reads nothing back."""
-    if not rows or conn.execute(_INSERT_NEW_POSITIONS, (rows_json,)).rowcount == len(rows):
+    inserted = sum(conn.execute(sql, params).rowcount for sql, params in inserts)
+    if inserted == len(rows):
         return frozenset()
     return _settle_new_positions(conn, rows)
-
-
-def _new_positions_json(rows: list[PositionRow]) -> str:
-    """The parameter of ``_INSERT_NEW_POSITIONS`` for ``rows``: a JSON array of each row's
-    columns in table order (amounts as exact decimal text, ``closed_ts`` null or ns).
-    O(rows), on the event loop: 0.27 µs a row on the benchmark VM, four fifths of it each
-    row's parameters (``_position_params``: the amounts' text), a fifth orjson."""
-    return orjson.dumps(list(map(_position_params, rows))).decode() if rows else ""
 
 
 def _settle_new_positions(conn: sqlite3.Connection, rows: list[PositionRow]) -> frozenset[int]:

@@ -17,9 +17,7 @@ from publish.storage import (
     Batch,
     SchemaVersionError,
     SqliteBackend,
-    StorageError,
 )
-from publish.storage import sqlite as sqlite_module
 from publish.storage import wal as wal_module
 from tests.publish.storage.support import bbo, position, query
 
@@ -191,11 +189,12 @@ async def test_a_batch_of_new_positions_alone_is_one_insert_without_a_transactio
     assert mixed[0] == "BEGIN IMMEDIATE" and mixed[-1] == "COMMIT"
 
 
-async def test_new_positions_of_any_count_and_value_are_one_insert_and_read_back_exactly(
+async def test_new_positions_of_any_value_are_read_back_exactly_and_up_to_1024_are_one_insert(
     backend: SqliteBackend, db_path: Path
 ) -> None:
-    # The rows travel to SQLite as one JSON parameter: every value must come back as
-    # written, whatever its text or size, and a batch of any size stays one statement.
+    # The rows travel to SQLite as bound parameters: every value must come back as
+    # written, whatever its text or size. 1,003 rows are one statement (padded to 1,024
+    # with copies of the last row, which change nothing); 1,500 are two, in a transaction.
     odd = [
         replace(position("ünïcödé-ид-📈", account="acct-é"), qty=1, entry_px=10**18 * 10**12 - 1),
         replace(position('quote"back\\slash'), side=PositionSide.SELL, opened_ts=2**63 - 1),
@@ -209,15 +208,31 @@ async def test_new_positions_of_any_count_and_value_are_one_insert_and_read_back
         assert stored[row.account, row.id] == row
     closed = "SELECT id, account, closed_ts FROM positions WHERE closed_ts IS NOT NULL"
     assert query(db_path, closed) == [("closed-at-once", "acct-1", 1_700_000_000_000_000_001)]
+    more = [position(f"q{n:04d}") for n in range(1_500)]
+    statements = await statements_of(backend, Batch(new_positions=more))
+    assert statements == ["BEGIN IMMEDIATE", "INSERT INTO", "INSERT INTO", "COMMIT"]
+    assert query(db_path, "SELECT count(*) FROM positions") == [(len(odd) + 1_000 + 1_500,)]
 
 
-async def test_an_sqlite_without_json_functions_is_refused_at_open(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("count", [3, 64, 65, 100, 1_024])
+async def test_a_padded_insert_reports_exactly_the_taken_ids_whatever_the_last_row(
+    backend: SqliteBackend, db_path: Path, count: int
 ) -> None:
-    # This SQLite has them: the probe asks for functions no SQLite has, as one built
-    # without JSON1 would answer for json_each.
-    monkeypatch.setattr(sqlite_module, "_JSON_PROBE", "SELECT value FROM no_json_each('[[1]]')")
-    backend = SqliteBackend(db_path)
-    with pytest.raises(StorageError, match="no JSON functions .*no such table"):
-        await backend.open()
-    assert query(db_path, "SELECT name FROM sqlite_master") == []  # no table made
+    """The copies that pad an ``INSERT`` past 64 rows are of its last row: whether that
+    row goes in or is refused (an id taken by another order, or archived), the copies
+    neither store anything nor count."""
+    taken_by_other = position("last")
+    archived = position("archived", closed_ts=1_700_000_000_000_000_001)
+    await backend.write_batch(Batch(new_positions=[taken_by_other, archived]))
+    assert await backend.delete_positions([(archived.account, archived.id)]) == 1
+    rows = [position(f"p{n:04d}") for n in range(count - 1)]
+    lasts = (replace(taken_by_other, qty=7), replace(archived, closed_ts=None), position("fresh"))
+    for last in lasts:
+        taken = await backend.write_batch(Batch(new_positions=[*rows, last]))
+        assert taken == (set() if last.id == "fresh" else {count - 1})
+        rows = [replace(row, id=f"{row.id}-again") for row in rows]
+    ids = {row[0] for row in query(db_path, "SELECT id FROM positions")}
+    assert len(ids) == 1 + 3 * (count - 1) + 1
+    assert "fresh" in ids and "archived" not in ids
+    stored = [row for row in await backend.load_open_positions() if row.id == "last"]
+    assert stored == [taken_by_other]
