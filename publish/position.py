@@ -21,7 +21,7 @@ class PositionSide(StrEnum):
     SELL = "sell"
 
 
-@value_class(kw_only=True)
+@value_class
 class Position:
     """One position, open (``closed_ts`` ``None``) or closed.
 

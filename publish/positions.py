@@ -374,14 +374,16 @@ class PositionBook:
             raise RequestError(
                 ErrorCode.INVALID_POSITION, f"side must be buy or sell, not {side[:16]!r}"
             )
+        # Positional, in the field order (id, account, instrument, side, qty, entry
+        # price, opened): keywords through a class call cost a dict per open.
         return Position(
-            id=position_id,
-            account=account,
-            instrument=instrument,
-            side=position_side,
-            qty=_amount("qty", qty),
-            entry_price=_amount("price", price),
-            opened_ts=self._clock(),
+            position_id,
+            account,
+            instrument,
+            position_side,
+            _amount("qty", qty),
+            _amount("price", price),
+            self._clock(),
         )
 
     def _refuse_if_degraded(self) -> None:

@@ -284,14 +284,8 @@ def _parse_position_open(request_id: RequestId, obj: dict[str, Any]) -> Position
             if not isinstance(value, str)
         )
         raise RequestError(ErrorCode.BAD_REQUEST, f"position.{name} must be a string", request_id)
-    return PositionOpenRequest(
-        request_id,
-        position_id=position_id,
-        instrument=instrument,
-        side=side,
-        qty=qty,
-        price=price,
-    )
+    # Positional: keywords through a class call cost a dict per request.
+    return PositionOpenRequest(request_id, position_id, instrument, side, qty, price)
 
 
 def _parse_admin_resync(request_id: RequestId, obj: dict[str, Any]) -> AdminRequest:

@@ -32,10 +32,11 @@ def _untracker() -> Callable[[object], None]:
     api = getattr(ctypes, "pythonapi", None)
     if api is None:
         return lambda _: None
-    untrack_c = api.PyObject_GC_UnTrack
-    untrack_c.argtypes = (ctypes.py_object,)
-    untrack_c.restype = None
-    return untrack_c  # type: ignore[no-any-return]
+    # A prototype (PYFUNCTYPE: the GIL held, as for pythonapi) rather than the library's
+    # function with ``argtypes`` set: the same call, half the cost (316 against 643 ns
+    # a call on the benchmark VM).
+    prototype = ctypes.PYFUNCTYPE(None, ctypes.py_object)
+    return prototype(("PyObject_GC_UnTrack", api))
 
 
 untrack: Callable[[object], None] = _untracker()

@@ -66,15 +66,17 @@ class FlushedPositionStore:
 
 def position_row(position: Position) -> PositionRow:
     """The ``positions`` row of ``position``."""
+    # Positional, in the row's field order: keywords through a class call cost a dict
+    # per row.
     return PositionRow(
-        id=position.id,
-        account=position.account,
-        instrument=position.instrument,
-        side=position.side,
-        qty=position.qty,
-        entry_px=position.entry_price,
-        opened_ts=position.opened_ts,
-        closed_ts=position.closed_ts,
+        position.id,
+        position.account,
+        position.instrument,
+        position.side,
+        position.qty,
+        position.entry_price,
+        position.opened_ts,
+        position.closed_ts,
     )
 
 
