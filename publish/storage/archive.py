@@ -199,7 +199,7 @@ def _positions_table(rows: list[PositionRow]) -> Any:
             "instrument": pa.array([row.instrument for row in rows], pa.string()),
             "side": pa.array([row.side.value for row in rows], pa.string()),
             "qty": pa.array(_amounts(row.qty for row in rows), amount),
-            "entry_px": pa.array(_amounts(row.entry_px for row in rows), amount),
+            "entry_px": pa.array(_amounts(row.entry_price for row in rows), amount),
             "opened_ts": pa.array([row.opened_ts for row in rows], pa.int64()),
             "closed_ts": pa.array([row.closed_ts for row in rows], pa.int64()),
         }

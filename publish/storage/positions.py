@@ -1,9 +1,9 @@
-"""The position book's way to storage: one ``PositionStore`` interface, rows derived here.
+"""The position book's way to storage: one ``PositionStore`` interface.
 
 ``FlushedPositionStore`` writes through the group-commit flusher (a write is durable when
 its ``Commit`` is resolved; a new position's id is checked inside that same commit, so an
-open costs no storage round trip of its own) and reads through the backend; positions become
-``PositionRow``s only at this boundary.
+open costs no storage round trip of its own) and reads through the backend. A position is
+its own row (``publish.storage.rows.PositionRow``): nothing is copied on the way.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Protocol
 from publish.position import Position
 from publish.storage.backend import StorageBackend
 from publish.storage.flusher import Commit, InsertOutcome, StorageFlusher, StorageHealth
-from publish.storage.rows import PositionRow
 
 
 class PositionStore(Protocol):
@@ -55,40 +54,10 @@ class FlushedPositionStore:
         return self._flusher.health
 
     def insert(self, position: Position, commit: Commit[InsertOutcome]) -> None:
-        self._flusher.add_new_position(position_row(position), commit)
+        self._flusher.add_new_position(position, commit)
 
     def write(self, position: Position, commit: Commit[None]) -> None:
-        self._flusher.add_position(position_row(position), commit)
+        self._flusher.add_position(position, commit)
 
     async def load_open(self) -> list[Position]:
-        return [position_of(row) for row in await self._backend.load_open_positions()]
-
-
-def position_row(position: Position) -> PositionRow:
-    """The ``positions`` row of ``position``."""
-    # Positional, in the row's field order: keywords through a class call cost a dict
-    # per row.
-    return PositionRow(
-        position.id,
-        position.account,
-        position.instrument,
-        position.side,
-        position.qty,
-        position.entry_price,
-        position.opened_ts,
-        position.closed_ts,
-    )
-
-
-def position_of(row: PositionRow) -> Position:
-    """The position a stored row holds."""
-    return Position(
-        id=row.id,
-        account=row.account,
-        instrument=row.instrument,
-        side=row.side,
-        qty=row.qty,
-        entry_price=row.entry_px,
-        opened_ts=row.opened_ts,
-        closed_ts=row.closed_ts,
-    )
+        return await self._backend.load_open_positions()

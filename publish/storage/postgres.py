@@ -627,7 +627,7 @@ def _position_params(row: PositionRow) -> tuple[object, ...]:
         row.instrument,
         row.side.value,
         Decimal(format_fixed(row.qty)),
-        Decimal(format_fixed(row.entry_px)),
+        Decimal(format_fixed(row.entry_price)),
         row.opened_ts,
         row.closed_ts,
     )
@@ -671,7 +671,7 @@ def _position(record: Any) -> PositionRow:
         instrument=record["instrument"],
         side=PositionSide(record["side"]),
         qty=from_decimal(record["qty"]),
-        entry_px=from_decimal(record["entry_px"]),
+        entry_price=from_decimal(record["entry_px"]),
         opened_ts=record["opened_ts"],
         closed_ts=record["closed_ts"],
     )

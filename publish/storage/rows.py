@@ -1,4 +1,5 @@
-"""The rows stored by the flusher: one frozen value type per table of the storage schema.
+"""The rows stored by the flusher: one frozen value type per table of the storage schema
+(a position's is the position itself).
 
 Prices and quantities are fixed-point ints (``book.fixed``); backends turn them into exact
 database values (SQLite: decimal text, PostgreSQL: NUMERIC), never binary floats.
@@ -10,8 +11,7 @@ from dataclasses import dataclass
 
 from book.incidents import FeedIncident, IncidentKind
 from book.snapshot import BookSnapshot
-from publish.position import PositionSide
-from publish.value import value_class
+from publish.position import Position
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,24 +44,11 @@ def bbo_row_from_snapshot(snapshot: BookSnapshot) -> BboRow:
     )
 
 
-@value_class
-class PositionRow:
-    """The whole current state of one position as stored (derived from a
-    ``publish.position.Position`` by ``publish.storage.positions``); writing it again
-    replaces the stored one.
-
-    ``id`` is chosen by the client, so it is unique per ``account`` only. ``closed_ts`` is
-    ``None`` while the position is open.
-    """
-
-    id: str
-    account: str
-    instrument: str
-    side: PositionSide
-    qty: int
-    entry_px: int
-    opened_ts: int
-    closed_ts: int | None = None
+PositionRow = Position
+"""The whole current state of one position as stored: the ``publish.position.Position``
+itself, so writing one makes no copy. Writing it again replaces the stored one. ``id``
+is chosen by the client, so it is unique per ``account`` only; ``closed_ts`` is ``None``
+while the position is open."""
 
 
 FeedEventKind = IncidentKind

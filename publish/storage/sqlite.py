@@ -676,7 +676,7 @@ def _position(row: tuple[Any, ...]) -> PositionRow:
         instrument=instrument,
         side=PositionSide(side),
         qty=parse_fixed(qty),
-        entry_px=parse_fixed(entry_px),
+        entry_price=parse_fixed(entry_px),
         opened_ts=opened_ts,
         closed_ts=closed_ts,
     )
@@ -689,7 +689,7 @@ def _position_params(row: PositionRow) -> tuple[int | str | None, ...]:
         row.instrument,
         row.side.value,
         format_fixed(row.qty),
-        format_fixed(row.entry_px),
+        format_fixed(row.entry_price),
         row.opened_ts,
         row.closed_ts,
     )

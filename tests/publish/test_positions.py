@@ -15,7 +15,6 @@ from publish.exceptions import RequestError
 from publish.position import Position, PositionSide
 from publish.protocol import ErrorCode
 from publish.storage import SqliteBackend, StorageBackend, StorageHealth
-from publish.storage.positions import position_row
 from publish.storage.postgres import PostgresBackend
 from tests.postgres import PG_DSN, fresh_schema
 from tests.publish.storage.support import RecordingBackend, query
@@ -252,7 +251,7 @@ async def test_a_stalled_database_refuses_acks_keeps_the_change_and_acks_the_ret
             price="43000.1",
         )
     assert retried == position("p-1", "acct-1", OPENED_TS)
-    assert [batch.new_positions for batch in recording.committed] == [[position_row(retried)]]
+    assert [batch.new_positions for batch in recording.committed] == [[retried]]
 
 
 async def test_a_degraded_database_refuses_at_once_and_queues_nothing(tmp_path: Path) -> None:
@@ -292,7 +291,7 @@ async def test_a_degraded_database_refuses_at_once_and_queues_nothing(tmp_path: 
         "position": stored("p-1", "acct-1", OPENED_TS),
     }
     assert [batch.new_positions for batch in recording.committed] == [
-        [position_row(position("p-1", "acct-1", OPENED_TS))]
+        [position("p-1", "acct-1", OPENED_TS)]
     ]
 
 

@@ -47,7 +47,7 @@ def position(
         instrument="binance:BTC-USDT",
         side=PositionSide.BUY,
         qty=parse_fixed("0.5"),
-        entry_px=parse_fixed("43000.1"),
+        entry_price=parse_fixed("43000.1"),
         opened_ts=1_700_000_000_000_000_000,
         closed_ts=closed_ts,
     )

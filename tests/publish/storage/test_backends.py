@@ -141,7 +141,7 @@ async def test_prices_and_quantities_round_trip_exactly(
         instrument="okx:ETH-USDT",
         side=PositionSide.SELL,
         qty=parse_fixed("0.000000000001"),
-        entry_px=parse_fixed(LARGE),
+        entry_price=parse_fixed(LARGE),
         opened_ts=2**63 - 1,
     )
     await backend.write_batch(Batch(bbo=rows, positions=[position(), short]))

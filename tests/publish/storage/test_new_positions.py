@@ -140,7 +140,7 @@ async def another_writer(store: Store, tmp_path: Path, row: PositionRow) -> Asyn
                 row.instrument,
                 row.side.value,
                 format_fixed(row.qty),
-                format_fixed(row.entry_px),
+                format_fixed(row.entry_price),
                 row.opened_ts,
                 row.closed_ts,
             )

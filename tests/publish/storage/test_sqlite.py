@@ -196,7 +196,9 @@ async def test_new_positions_of_any_value_are_read_back_exactly_and_up_to_1024_a
     # written, whatever its text or size. 1,003 rows are one statement (padded to 1,024
     # with copies of the last row, which change nothing); 1,500 are two, in a transaction.
     odd = [
-        replace(position("ünïcödé-ид-📈", account="acct-é"), qty=1, entry_px=10**18 * 10**12 - 1),
+        replace(
+            position("ünïcödé-ид-📈", account="acct-é"), qty=1, entry_price=10**18 * 10**12 - 1
+        ),
         replace(position('quote"back\\slash'), side=PositionSide.SELL, opened_ts=2**63 - 1),
         position("closed-at-once", closed_ts=1_700_000_000_000_000_001),
     ]
