@@ -173,9 +173,17 @@ def _sparse(counts: list[int]) -> SparseCounts:
     """The non-empty buckets of ``counts``. Latencies crowd into a few hundred of the
     27,648 buckets of a 60 s histogram, so a block without samples is skipped by
     ``list.count`` at C speed, making no int objects: a fraction of a millisecond for a
-    histogram with few samples, where a ``compress`` over every index costs about 1.2 ms."""
+    histogram with few samples, where a ``compress`` over every index costs about 1.2 ms.
+
+    One ``count`` over the whole list first says how many buckets hold samples: none (a
+    stage that saw nothing this interval, as most do in a server that does not use them)
+    costs that one pass (25 against 190 µs on the benchmark VM), and the blocks past the
+    last one that holds samples (slower than any latency seen) are not looked at."""
     sparse: SparseCounts = []
+    filled = len(counts) - counts.count(0)
     for start in range(0, len(counts), _BLOCK):
+        if len(sparse) >= filled:
+            break
         block = counts[start : start + _BLOCK]
         if block.count(0) != len(block):
             indices = compress(range(start, start + len(block)), block)

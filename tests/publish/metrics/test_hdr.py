@@ -147,3 +147,17 @@ def test_the_window_read_after_any_rolls_summarizes_the_last_intervals(
         for value in in_window:
             reference.record(value)
         assert histogram.window == reference.roll()
+
+
+@given(st.lists(st.integers(0, DEFAULT_HIGHEST), max_size=40))
+def test_every_filled_bucket_is_found_first_and_last_included(values: list[int]) -> None:
+    histogram = Histogram()
+    for value in [*values, 0, DEFAULT_HIGHEST]:
+        histogram.record(value)
+    expected: dict[int, int] = {}
+    for value in [*values, 0, DEFAULT_HIGHEST]:
+        expected[counts_index(value)] = expected.get(counts_index(value), 0) + 1
+    assert histogram.counts_so_far() == expected
+    assert histogram.roll().count == len(values) + 2
+    assert histogram.counts_so_far() == expected  # now closed: the same, since start
+    assert histogram.roll() == EMPTY  # an interval without samples
