@@ -32,6 +32,7 @@ from publish.fanout import Fanout
 from publish.http import HttpRoutes
 from publish.metrics import Metrics
 from publish.metrics.pages import MetricsPages
+from publish.position_requests import OnAnswered
 from publish.position_service import PositionService
 from publish.server import MarketServer, reserved_fds
 from publish.storage import StorageBackend, StorageFlusher
@@ -45,6 +46,7 @@ def node_server(
     fanout: Fanout,
     *,
     positions: PositionService | None = None,
+    position_op: OnAnswered | None = None,
     reserved: int = reserved_fds(),
     reuse_port: bool = False,
     admin: AdminControl | None = None,
@@ -60,6 +62,7 @@ def node_server(
         limits=settings.server.limits,
         auth=auth_policy(settings),
         positions=positions,
+        position_op=position_op,
         reserved_fds=reserved,
         reuse_port=reuse_port,
         admin=admin,

@@ -37,7 +37,6 @@ from bus.link import BusLink
 from bus.subjects import Subjects
 from publish.fanout import Fanout
 from publish.metrics import LatencyRecorder, Metrics
-from publish.position_timing import TimedPositionService
 
 
 def check_edge_before_start(settings: Settings) -> None:
@@ -119,8 +118,14 @@ async def serve_edge(
     positions = edge_positions(
         fanout, link, BusPlace.of(settings), ack_timeout=settings.positions.ack_timeout_ms / 1000
     )
-    timed = TimedPositionService(positions.service, recorder.on_position_op)
-    async with node_server(settings, registry, fanout, reuse_port=True, positions=timed) as server:
+    async with node_server(
+        settings,
+        registry,
+        fanout,
+        reuse_port=True,
+        positions=positions.service,
+        position_op=recorder.on_position_op,
+    ) as server:
         install_node_pages(
             server.routes,
             metrics,

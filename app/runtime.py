@@ -44,7 +44,6 @@ from publish.catalog import RegistryCatalog
 from publish.fanout import Fanout
 from publish.history import HistoryRoute
 from publish.metrics import LatencyRecorder, Metrics
-from publish.position_timing import TimedPositionService
 from publish.positions import PositionBook
 from publish.profit import ProfitEngine
 from publish.server import reserved_fds
@@ -201,11 +200,8 @@ async def serve(
                     settings,
                     registry,
                     fanout,
-                    positions=(
-                        TimedPositionService(positions, recorder.on_position_op)
-                        if role == "all"
-                        else None
-                    ),
+                    positions=positions if role == "all" else None,
+                    position_op=recorder.on_position_op,
                     reserved=reserved_fds(feed_connections=len(runners)),
                     admin=admin,
                 )

@@ -34,7 +34,7 @@ from publish.channels import DEFAULT_BOOK_DEPTH, Topic
 from publish.credentials import Credentials
 from publish.fanout import Fanout
 from publish.outbox import Outbox, Sink
-from publish.position_requests import PositionRequests
+from publish.position_requests import OnAnswered, PositionRequests
 from publish.position_service import PositionService
 from publish.protocol import CloseCode, ErrorCode, encode_error
 from publish.requests import RequestHandler
@@ -132,6 +132,8 @@ class ClientSession:
     ``token_invalid``) and lets market data through. ``catalog`` (default: the fan-out's
     registry) says which instruments and symbols exist. ``admin`` carries out the admin
     ops of connections with an admin token (``None``: the server has none).
+    ``positions`` keeps the positions of its position ops (``None``: the server keeps
+    none), and ``position_op`` hears how long each took (``publish.position_requests``).
     """
 
     def __init__(
@@ -143,6 +145,7 @@ class ClientSession:
         wire: WireFormat = PLAIN,
         auth: AuthPolicy | None = None,
         positions: PositionService | None = None,
+        position_op: OnAnswered | None = None,
         catalog: InstrumentCatalog | None = None,
         admin: AdminControl | None = None,
     ) -> None:
@@ -169,6 +172,7 @@ class ClientSession:
             self.outbox,
             counters,
             refuse=lambda exc: self.requests.refuse(exc),
+            on_answered=position_op,
         )
         self.requests = RequestHandler(
             outbox=self.outbox,

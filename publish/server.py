@@ -61,6 +61,7 @@ from publish.http import (
     write_streamed,
 )
 from publish.logthrottle import throttle_websockets_logs
+from publish.position_requests import OnAnswered
 from publish.position_service import PositionService
 from publish.protocol import ErrorCode
 from publish.sendnow import send_now, socket_fd
@@ -492,7 +493,8 @@ class MarketServer:
     """Websocket + HTTP server over one ``Fanout``. Start/stop, or use ``async with``.
 
     ``reserved_fds`` (see ``reserved_fds()``) is what the connection caps leave of the
-    open-file limit, read at ``start``."""
+    open-file limit, read at ``start``. ``positions`` and ``position_op`` go to every
+    session (``ClientSession``)."""
 
     def __init__(
         self,
@@ -504,6 +506,7 @@ class MarketServer:
         limits: ServerLimits = DEFAULT_LIMITS,
         auth: AuthPolicy | None = None,
         positions: PositionService | None = None,
+        position_op: OnAnswered | None = None,
         reserved_fds: int = reserved_fds(),
         reuse_port: bool = False,
         admin: AdminControl | None = None,
@@ -520,6 +523,7 @@ class MarketServer:
         self._limits = limits
         self._auth = auth
         self._positions = positions
+        self._position_op = position_op
         self._admin = admin
         self._reserved_fds = reserved_fds
         self._reuse_port = reuse_port
@@ -653,6 +657,7 @@ class MarketServer:
             wire=wire.format(connection.protocol.extensions),
             auth=self._auth,
             positions=self._positions,
+            position_op=self._position_op,
             admin=self._admin,
         )
         connection.watch_write_buffer(

@@ -16,7 +16,7 @@ bumps plain integers; nothing is computed until the once-a-second report
                    the two machines' clocks differ, so it includes their offset)
 ``position_op``    a position op -> its answer: in one process or on an edge, submitted
                    by a session -> its ack or refusal queued for the client
-                   (``publish.position_timing``); on a positions shard, received from
+                   (``publish.position_requests``); on a positions shard, received from
                    the bus -> its answer sent (validation, the commit of the flush
                    window, the publish)
 """
@@ -116,7 +116,7 @@ class LatencyRecorder:
 
     def on_position_op(self, duration_ns: int) -> None:
         """Per answered op: ``bus.position_shard.PositionShard`` on a shard,
-        ``publish.position_timing.TimedPositionService`` in one process or on an edge."""
+        ``publish.position_requests.PositionRequests`` in one process or on an edge."""
         self._position_op.record(duration_ns)
 
     def on_flush(self, duration_ns: int, rows: int) -> None:

@@ -207,3 +207,23 @@ def tracked_growth(before: dict[str, int], *, at_least: int) -> dict[str, int]:
     now = tracked_by_type()
     growth = {name: count - before.get(name, 0) for name, count in now.items()}
     return {name: grown for name, grown in growth.items() if grown >= at_least}
+
+
+class HandSink:
+    """A sink that is always writable; enough for sessions driven by hand."""
+
+    def __init__(self) -> None:
+        self.frames: list[object] = []
+
+    @property
+    def writable(self) -> bool:
+        return True
+
+    def write_frames(self, frames: bytes) -> None:
+        self.frames.extend(orjson.loads(frame) for frame in split_frames(frames))
+
+    async def wait_writable(self) -> bool:
+        return True
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        raise AssertionError("not closed in these tests")

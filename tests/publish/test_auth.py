@@ -16,7 +16,15 @@ from publish.client import ClientSession
 from publish.exceptions import RequestError, SecretFileError, TokenError
 from publish.fanout import Fanout
 from publish.protocol import AuthRequest, ErrorCode
-from tests.publish.support import ack, error, new_registry, receive, running, send, split_frames
+from tests.publish.support import (
+    HandSink,
+    ack,
+    error,
+    new_registry,
+    receive,
+    running,
+    send,
+)
 
 SECRET = b"0123456789abcdef-test-secret"
 NOW = 1_700_000_000.0
@@ -210,31 +218,11 @@ def test_load_secret_without_create_never_creates_the_file(tmp_path: Path) -> No
     assert not path.exists()
 
 
-class Sink:
-    """A sink that is always writable; enough for sessions driven by hand."""
-
-    def __init__(self) -> None:
-        self.frames: list[object] = []
-
-    @property
-    def writable(self) -> bool:
-        return True
-
-    def write_frames(self, frames: bytes) -> None:
-        self.frames.extend(orjson.loads(frame) for frame in split_frames(frames))
-
-    async def wait_writable(self) -> bool:
-        return True
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        raise AssertionError("not closed in these tests")
-
-
 async def test_require_account_refuses_none_expired_and_other_accounts() -> None:
     """The check positions and profit ops make: this connection acts for that account."""
     clock = Clock()
     tokens = TokenAuthority(SECRET, clock=clock)
-    sink = Sink()
+    sink = HandSink()
     session = ClientSession(sink, Fanout(new_registry()), auth=AuthPolicy(tokens=tokens))
 
     def refusal(account: str) -> tuple[ErrorCode, object]:
