@@ -4,9 +4,10 @@ They go to a ``publish.position_service.PositionService``: the position book in 
 process, the owning positions shard (over the bus) on an edge of a cluster. The caller
 must act for an account (``Credentials``); the op is then submitted with a reply that
 writes its ack or error frame, and the read loop goes on at once: the ops of one
-connection wait for their commits side by side, none behind another. The ack is queued
-by the service the moment the change commits, before the profit engine hears of it, so
-the ack always precedes the position's first profit frame on this connection.
+connection wait for their commits side by side, none behind another. The ack is
+written (``Outbox.reply_now``: at once unless something is queued ahead of it) the
+moment the change commits, before the profit engine hears of it, so the ack always
+precedes the position's first profit frame on this connection.
 
 Every op that reaches the service is timed, from its submission (the request read,
 parsed and its caller checked) to its answer queued for the client, ack or refusal:
@@ -106,7 +107,7 @@ class PositionRequests:
 
     def acknowledge(self, request_id: RequestId, op: Op, position: Position, started: int) -> None:
         if not self.cancelled:
-            self._outbox.reply(encode_position_ack(request_id, op, position))
+            self._outbox.reply_now(encode_position_ack(request_id, op, position))
         self._answered(started)
 
     def refuse(self, request_id: RequestId, refusal: RequestError, started: int) -> None:
@@ -114,7 +115,7 @@ class PositionRequests:
             if refusal.code is ErrorCode.STORAGE_UNAVAILABLE:
                 # The server's trouble, not the client's: it spends no error budget.
                 self._counters.errors_sent += 1
-                self._outbox.reply(encode_error(refusal.code, refusal.message, request_id))
+                self._outbox.reply_now(encode_error(refusal.code, refusal.message, request_id))
             else:
                 self._refuse(RequestError(refusal.code, refusal.message, request_id))
         self._answered(started)

@@ -10,6 +10,7 @@ import orjson
 
 from book.snapshot import BookSnapshot
 from publish.fanout import Fanout
+from publish.protocol import Channel
 from tests.publish.support import (
     BTC,
     ETH,
@@ -212,3 +213,42 @@ async def test_a_session_joining_a_waiting_crowd_is_not_sent_what_it_already_had
     btc = bbo(BTC, snapshot.seq, ("1", "1"), ASK)
     assert mover.sink.messages().count(btc) == 1
     assert other.sink.messages()[1:] == [btc]
+
+
+async def test_reply_now_is_written_at_once_unless_something_is_queued_ahead_of_it() -> None:
+    registry = new_registry()
+    fanout = Fanout(registry, clock=clock)
+    async with client(fanout) as trader, client(fanout, batch=True) as batched:
+        outbox, sink = trader.session.outbox, trader.sink
+        await subscribe_all([trader, batched], BTC)
+        writes = len(sink.writes)
+        outbox.reply_now(b'{"type":"ack","id":7}')  # nothing queued: one write, now
+        assert sink.writes[writes:] == [b'\x81\x15{"type":"ack","id":7}']
+        batched.session.outbox.reply_now(b'{"type":"ack","id":7}')  # its wire's frame
+        assert batched.sink.messages()[-1] == [{"type": "ack", "id": 7}]
+        # Behind a queued reply it is queued too, and keeps its order.
+        outbox.reply(b'{"type":"ack","id":8}')
+        outbox.reply_now(b'{"type":"ack","id":9}')
+        assert len(sink.writes) == writes + 1
+        fanout.flush_replies()
+        assert len(sink.writes) == writes + 2  # both in the flush's one write
+        # Behind queued market data it is queued as a reply, so it still goes first.
+        outbox.offer((Channel.BBO, BTC), b'{"type":"bbo","seq":1}')
+        outbox.reply_now(b'{"type":"ack","id":10}')
+        assert len(sink.writes) == writes + 2
+        # While the socket is behind it waits for the writer.
+        await settle()
+        assert len(sink.writes) == writes + 3
+        sink.gate.clear()
+        outbox.reply_now(b'{"type":"ack","id":11}')
+        assert len(sink.writes) == writes + 3
+        sink.gate.set()
+        await wait_until(lambda: len(sink.writes) == writes + 4, what="the drain", pause=0)
+    assert sink.messages()[1:] == [
+        {"type": "ack", "id": 7},
+        {"type": "ack", "id": 8},
+        {"type": "ack", "id": 9},
+        {"type": "ack", "id": 10},
+        {"type": "bbo", "seq": 1},
+        {"type": "ack", "id": 11},
+    ]

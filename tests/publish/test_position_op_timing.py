@@ -41,16 +41,19 @@ class Clock:
 
 @dataclass
 class Stage:
-    """The durations heard, each with how many answers the connection had queued then."""
+    """The durations heard, each with how many answers the connection had sent or queued
+    by then (the auth ack not counted)."""
 
     session: ClientSession
+    sink: HandSink
     durations: list[int] = field(default_factory=list)
-    queued_before: list[int] = field(default_factory=list)
+    answered_before: list[int] = field(default_factory=list)
     refused: list[ErrorCode] = field(default_factory=list)
 
     def on_answered(self, duration: int) -> None:
         self.durations.append(duration)
-        self.queued_before.append(self.session.outbox.replies_pending + len(self.refused))
+        answers = len(self.sink.frames) - 1 + self.session.outbox.replies_pending
+        self.answered_before.append(answers + len(self.refused))
 
     def refuse(self, refusal: RequestError) -> None:
         self.refused.append(refusal.code)
@@ -65,10 +68,11 @@ def connection(
 ) -> tuple[PositionRequests, Stage, Clock]:
     """The position requests of an authenticated connection, timed on a clock of its own."""
     tokens = TokenAuthority(SECRET)
-    session = ClientSession(HandSink(), Fanout(new_registry()), auth=AuthPolicy(tokens=tokens))
+    sink = HandSink()
+    session = ClientSession(sink, Fanout(new_registry()), auth=AuthPolicy(tokens=tokens))
     session.requests.serve(AuthRequest(0, tokens.issue("acct-1", ttl=60)))
     session.outbox.flush()
-    stage, clock = Stage(session), Clock()
+    stage, clock = Stage(session, sink), Clock()
     requests = PositionRequests(
         new_book(store, ack_timeout=ack_timeout),
         session.credentials,
@@ -96,14 +100,14 @@ async def test_an_op_is_timed_from_its_submission_to_its_answer_after_the_answer
     store.commit()
     await settled()
     assert stage.durations == [7_000_000]
-    assert stage.queued_before == [1]  # the ack was queued first, then timed
+    assert stage.answered_before == [1]  # the ack was written first, then timed
 
     requests.serve(PositionCloseRequest(2, "p-1"))
     clock.now += 3_000_000
     store.commit()
     await settled()
     assert stage.durations == [7_000_000, 3_000_000]
-    assert stage.queued_before == [1, 1]  # the open's ack went out meanwhile
+    assert stage.answered_before == [1, 2]
 
 
 async def test_a_refusal_is_timed_too_whether_at_once_or_at_the_timeout() -> None:
@@ -118,7 +122,7 @@ async def test_a_refusal_is_timed_too_whether_at_once_or_at_the_timeout() -> Non
     clock.now += 25_000_000
     await asyncio.sleep(0.05)  # the store never commits: the request times out
     assert stage.durations == [0, 25_000_000]
-    assert stage.queued_before == [1, 2]  # the storage_unavailable error, then timed
+    assert stage.answered_before == [1, 2]  # the storage_unavailable error, then timed
 
 
 async def test_an_op_refused_before_the_service_is_not_timed_and_a_late_answer_is() -> None:
@@ -144,4 +148,4 @@ async def test_an_op_refused_before_the_service_is_not_timed_and_a_late_answer_i
     store.commit()
     await settled()
     assert stage.durations == [5_000_000]
-    assert stage.queued_before == [0]
+    assert stage.answered_before == [0]
