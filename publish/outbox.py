@@ -178,9 +178,9 @@ class Outbox:
         turn share one. For the usual connection, with one op in a commit, that saves
         the queue's round (its registration, the turn's flush, the frames' list): about
         12,000 of some 172,000 instructions an open in the single process (callgrind,
-        ``python -m bench opcost``, alternated runs); a connection with many ops in one commit pays a
-        ``write(2)`` per ack instead, about what the queue's bookkeeping per reply costs,
-        and gets each ack out as soon as it is known."""
+        ``python -m bench opcost``, alternated runs). A connection with many ops in one
+        commit pays a ``write(2)`` per ack instead, about what the queue's bookkeeping
+        per reply costs, and gets each ack out as soon as it is known."""
         if self._queued or self._stopped or not self._sink.writable:
             self.reply(message)
             return

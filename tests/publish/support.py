@@ -210,17 +210,22 @@ def tracked_growth(before: dict[str, int], *, at_least: int) -> dict[str, int]:
 
 
 class HandSink:
-    """A sink that is always writable; enough for sessions driven by hand."""
+    """A sink that is always writable; enough for sessions driven by hand. ``writes``
+    holds each write as it came, ``frames`` the messages of uncompressed ones."""
 
     def __init__(self) -> None:
-        self.frames: list[object] = []
+        self.writes: list[bytes] = []
+
+    @property
+    def frames(self) -> list[object]:
+        return [orjson.loads(frame) for data in self.writes for frame in split_frames(data)]
 
     @property
     def writable(self) -> bool:
         return True
 
     def write_frames(self, frames: bytes) -> None:
-        self.frames.extend(orjson.loads(frame) for frame in split_frames(frames))
+        self.writes.append(frames)
 
     async def wait_writable(self) -> bool:
         return True

@@ -38,6 +38,7 @@ from tests.publish.support import (
     BTC,
     ETH,
     TS_SEND,
+    HandSink,
     Market,
     bbo,
     clock,
@@ -133,29 +134,11 @@ def test_a_message_is_compressed_once_per_tick_and_stands_alone() -> None:
     ]
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    @property
-    def writable(self) -> bool:
-        return True
-
-    def write_frames(self, frames: bytes) -> None:
-        self.writes.append(frames)
-
-    async def wait_writable(self) -> bool:
-        return True
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        raise AssertionError("not closed here")
-
-
 async def test_subscribers_of_one_format_get_the_same_compressed_bytes() -> None:
     registry = new_registry()
     fanout = Fanout(registry, clock=clock)
     wire = wire_format(TimeFormat.ISO, deflate_bits=12)
-    sinks = [Sink() for _ in range(3)]
+    sinks = [HandSink() for _ in range(3)]
     sessions = [ClientSession(sink, fanout, limits=ServerLimits(), wire=wire) for sink in sinks]
     for session in sessions:
         session.handle(
