@@ -7,9 +7,8 @@ PostgreSQL ``COPY``s the append-only tables, both inside one transaction per bat
 
 New positions are inserted only where their ``(account, id)`` is free, and the check is
 part of that same transaction: one insert per batch that skips the taken ids (stored
-positions, open or closed, and archived ids) and says what went in (PostgreSQL returns
-the keys, SQLite counts them). Only when something was skipped does the backend read the
-stored rows of the keys it cannot tell went in (one query),
+positions, open or closed, and archived ids) and counts what went in. Only when something
+was skipped does the backend read the stored rows of the batch's keys (one query),
 and ``taken_new_positions`` (shared by both backends) decides: a stored row identical to
 the new one is that very position, written by an earlier attempt of the same batch that
 committed but was reported failed, so it counts as written; anything else holds the id.

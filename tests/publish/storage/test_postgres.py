@@ -114,7 +114,7 @@ async def test_bbo_and_feed_events_go_in_by_copy_positions_by_upsert(schema: str
 
 class CommitSettingConnection(asyncpg.Connection):  # type: ignore[misc]
     """A real connection that notes its ``SET synchronous_commit`` statements and the
-    setting each transaction, or each ``fetch`` run alone (a batch of new positions
+    setting each transaction, or each ``INSERT`` run alone (a batch of new positions
     only), runs (and so commits) with."""
 
     sets: list[str]
@@ -123,13 +123,10 @@ class CommitSettingConnection(asyncpg.Connection):  # type: ignore[misc]
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
         if query.startswith("SET synchronous_commit"):
             self.sets.append(query.rsplit(" ", 1)[1])
+        elif query.startswith("INSERT") and not self.is_in_transaction():
+            self.commits.append(await self.fetchval("SELECT current_setting('synchronous_commit')"))
         result: str = await super().execute(query, *args, **kwargs)
         return result
-
-    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        if not self.is_in_transaction():
-            self.commits.append(await self.fetchval("SELECT current_setting('synchronous_commit')"))
-        return await super().fetch(query, *args, **kwargs)
 
     def transaction(self, **kwargs: Any) -> Any:
         connection, transaction = self, super().transaction(**kwargs)
