@@ -184,7 +184,7 @@ class Outbox:
         if self._queued or self._stopped or not self._sink.writable:
             self.reply(message)
             return
-        self._sink.write_frames(self._fanout.framing.frames(self._wire, (message,)))
+        self._sink.write_frames(self._fanout.framing.frame(self._wire, message))
         counters = self._counters
         counters.frames_sent += 1
         counters.messages_sent += 1

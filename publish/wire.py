@@ -134,6 +134,13 @@ class Framing:
         self._compressed: dict[int, dict[bytes, bytes]] = {}
         self._compressors: dict[int, Any] = {}
 
+    def frame(self, wire: WireFormat, message: bytes) -> bytes:
+        """``frames`` of the one ``message``; on a plain unbatched wire, its header and
+        itself, without the list ``text_frames`` builds. O(bytes)."""
+        if wire is PLAIN:
+            return text_frame_header(len(message)) + message
+        return self.frames(wire, (message,))
+
     def frames(self, wire: WireFormat, messages: Iterable[bytes]) -> bytes:
         """The bytes of ``messages`` as ``wire``'s frames: one frame per message, or one
         batch frame. O(bytes); plain unbatched messages cost what ``text_frames`` does."""

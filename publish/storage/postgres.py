@@ -637,7 +637,7 @@ def _position_params(row: PositionRow) -> tuple[object, ...]:
         row.id,
         row.account,
         row.instrument,
-        row.side.value,
+        str(row.side),  # a StrEnum's text; .value is a Python-level property
         format_fixed(row.qty),
         format_fixed(row.entry_price),
         row.opened_ts,

@@ -29,6 +29,7 @@ from publish.fanout import Fanout
 from publish.wire import (
     Framing,
     TimeFormat,
+    WireFormat,
     WireRequest,
     format_timestamp,
     restamp,
@@ -108,6 +109,8 @@ def inflate(frames: bytes) -> Iterator[tuple[bool, bytes]]:
         assert first & 0x8F == 0x81, "a final, unmasked text frame"
         if length == 126:
             length, start = int.from_bytes(frames[2:4], "big"), 4
+        elif length == 127:
+            length, start = int.from_bytes(frames[2:10], "big"), 10
         payload = frames[start : start + length]
         frames = frames[start + length :]
         if first & 0x40:
@@ -132,6 +135,30 @@ def test_a_message_is_compressed_once_per_tick_and_stands_alone() -> None:
     assert [orjson.loads(message) for _, message in inflate(batch)] == [
         [{"type": "bbo", "instrument": BTC, "ts_send": 1_700_000_000_123}]
     ]
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        wire_format(),
+        wire_format(batch=True),
+        wire_format(TimeFormat.MS),
+        wire_format(TimeFormat.ISO, batch=True),
+        wire_format(deflate_bits=12),
+        wire_format(TimeFormat.US, batch=True, deflate_bits=9),
+    ],
+    ids=repr,
+)
+def test_one_message_framed_alone_is_what_frames_makes_of_it(wire: WireFormat) -> None:
+    stamped = format_timestamp(NS, wire.ts)
+    for length in (0, 125, 126, 70_000):  # every header length: 7, 16 and 64 bits
+        message = orjson.dumps({"type": "bbo", "instrument": BTC, "ts_send": NS, "x": "y" * length})
+        framed = Framing().frame(wire, message)
+        assert framed == Framing().frames(wire, [message])
+        [(compressed, payload)] = inflate(framed)
+        assert compressed == (wire.deflate_bits is not None)
+        sent = orjson.loads(payload)[0] if wire.batch else orjson.loads(payload)
+        assert sent == {"type": "bbo", "instrument": BTC, "ts_send": stamped, "x": "y" * length}
 
 
 async def test_subscribers_of_one_format_get_the_same_compressed_bytes() -> None:
