@@ -222,6 +222,9 @@ class Fanout:
         self._to_flush: deque[Flushable] = deque()
         self._replies_first: deque[Flushable] = deque()
         """Sessions with replies queued (``flush_first``): flushed at the start of a turn."""
+        self.reply_round = 0
+        """Counts ``flush_replies`` calls: the replies one commit answers (on an edge, one
+        message of a shard's answers) share a round (``publish.outbox.Outbox.reply_now``)."""
         self._queued = 0
         """Flushes ever queued (``_to_flush`` appends)."""
         self._flushed = 0
@@ -412,7 +415,8 @@ class Fanout:
         """Flush every ``flush_first`` now rather than at the start of the next turn: for
         a caller that knows replies were just queued outside a request (the acks of a
         commit; on an edge, a shard's answers), so that they need not wait for a turn of
-        socket reads. O(sessions)."""
+        socket reads. Ends the round of replies. O(sessions)."""
+        self.reply_round += 1
         first = self._replies_first
         while first:
             self._flush_one(first.popleft())

@@ -69,6 +69,8 @@ class Outbox:
         self._tasks: asyncio.TaskGroup | None = None
         self._writer: asyncio.Task[None] | None = None
         self._stopped = False
+        self._replied_now_in = -1
+        """The ``Fanout.reply_round`` of this connection's last ``reply_now`` written at once."""
         self.replies_taken = asyncio.Event()
         """Set whenever queued replies were written (or never will be)."""
 
@@ -170,21 +172,28 @@ class Outbox:
 
     def reply_now(self, message: bytes) -> None:
         """A reply that comes outside any request of this connection (a position op's ack
-        or refusal, answered at its commit): written at once, as its own frame, when
+        or refusal, answered at its commit): written at once, as its own frame, when it
+        is the connection's first of the commit's replies (``Fanout.reply_round``),
         nothing is queued ahead of it and the socket takes it; otherwise queued as
-        ``reply``. O(len(message)).
+        ``reply``, so the connection's other replies of the commit go out together when
+        the commit's replies are flushed (``Fanout.flush_replies``). O(len(message)).
 
-        Each such reply is a write of its own, where ``reply`` lets the replies of one
-        turn share one. For the usual connection, with one op in a commit, that saves
-        the queue's round (its registration, the turn's flush, the frames' list): about
+        For the usual connection, with one op in a commit, writing at once saves the
+        queue's round (its registration, the turn's flush, the frames' list): about
         12,000 of some 172,000 instructions an open in the single process (callgrind,
         ``python -m bench opcost``, alternated runs). A connection with many ops in one
-        commit pays a ``write(2)`` per ack instead, about what the queue's bookkeeping
-        per reply costs, and gets each ack out as soon as it is known."""
-        if self._queued or self._stopped or not self._sink.writable:
+        commit pays two ``write(2)`` for them instead of one per ack."""
+        fanout = self._fanout
+        if (
+            self._queued
+            or self._stopped
+            or self._replied_now_in == fanout.reply_round
+            or not self._sink.writable
+        ):
             self.reply(message)
             return
-        self._sink.write_frames(self._fanout.framing.frame(self._wire, message))
+        self._replied_now_in = fanout.reply_round
+        self._sink.write_frames(fanout.framing.frame(self._wire, message))
         counters = self._counters
         counters.frames_sent += 1
         counters.messages_sent += 1

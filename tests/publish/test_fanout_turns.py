@@ -215,6 +215,27 @@ async def test_a_session_joining_a_waiting_crowd_is_not_sent_what_it_already_had
     assert other.sink.messages()[1:] == [btc]
 
 
+async def test_a_connections_later_replies_of_one_round_go_out_together() -> None:
+    registry = new_registry()
+    fanout = Fanout(registry, clock=clock)
+    async with client(fanout) as trader, client(fanout) as other:
+        await subscribe_all([trader, other], BTC)
+        outbox, sink = trader.session.outbox, trader.sink
+        writes, other_writes = len(sink.writes), len(other.sink.writes)
+        outbox.reply_now(b'{"type":"ack","id":1}')  # the round's first: written at once
+        other.session.outbox.reply_now(b'{"type":"ack","id":2}')  # another connection's too
+        outbox.reply_now(b'{"type":"ack","id":3}')  # the same connection again: queued
+        outbox.reply_now(b'{"type":"ack","id":4}')
+        assert len(sink.writes) == writes + 1
+        assert len(other.sink.writes) == other_writes + 1
+        fanout.flush_replies()  # the commit's replies: 3 and 4 in one write; a new round
+        assert len(sink.writes) == writes + 2
+        outbox.reply_now(b'{"type":"ack","id":5}')  # the next round's first: at once
+        assert len(sink.writes) == writes + 3
+    assert sink.messages()[1:] == [{"type": "ack", "id": n} for n in (1, 3, 4, 5)]
+    assert other.sink.messages()[1:] == [{"type": "ack", "id": 2}]
+
+
 async def test_reply_now_is_written_at_once_unless_something_is_queued_ahead_of_it() -> None:
     registry = new_registry()
     fanout = Fanout(registry, clock=clock)
