@@ -96,7 +96,9 @@ def build_parser(
         default=storage.DEFAULT_PG_DSN,
         help="PostgreSQL to write to (default: %(default)s, or $MARKETCAST_BENCH_PG_DSN)",
     )
-    group.add_argument("--no-postgres", action="store_true", help="SQLite only (storage, orders)")
+    group.add_argument(
+        "--no-postgres", action="store_true", help="SQLite only (storage, orders, opcost)"
+    )
     group.add_argument(
         "--prune-rows",
         type=int,
@@ -221,9 +223,12 @@ def _orders(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
 
 def _opcost(args: argparse.Namespace, progress: Progress) -> ScenarioResult:
     base = opcost.OpCostOptions.quick() if args.quick else opcost.OpCostOptions.full()
-    return opcost.run(
-        replace(base, connections=args.order_connections or base.connections), progress
+    options = replace(
+        base,
+        connections=args.order_connections or base.connections,
+        pg_dsn=None if args.no_postgres else args.pg_dsn,
     )
+    return opcost.run(options, progress)
 
 
 def _cluster(args: argparse.Namespace, progress: Progress) -> ScenarioResult:

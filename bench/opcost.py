@@ -1,6 +1,8 @@
 """Scenario 6b, the CPU of one open, counted: user-space instructions per
 ``position.open`` in the server's process, for marketcast on SQLite, the lean Python
-server and the websocket floor of scenario 6.
+server and the websocket floor of scenario 6, and marketcast on PostgreSQL where one
+answers (a schema of its own, dropped afterwards; PostgreSQL's own processes are not
+counted).
 
 Scenario 6 measures CPU in seconds, and on shared VMs seconds move: the same code's CPU
 per open has differed by 2x between hosts, and within one run by more than most changes
@@ -44,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -52,8 +54,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from bench.opcostserver import spec_json
 from bench.orderclients import OPEN_TEMPLATE, auth_requests
 from bench.orderservers import OrderServerKind, OrderServerSpec
+from bench.postgres import drop_schemas, postgres_reachable
 from bench.report import Progress, ScenarioResult, Table, number, ratio
 from bench.servers import instrument_names
+from bench.storage import DEFAULT_PG_DSN
 
 _THREAD_COUNT = re.compile(r"^\s*Th\s+\d+\s+([\d,]+)\s*$", re.MULTILINE)
 """A thread's count in ``callgrind_control -e Ir``'s answer."""
@@ -79,6 +83,8 @@ class OpCostOptions:
     instruments: int = 10
     startup_timeout: float = 600.0
     """Seconds a server may take to listen under callgrind."""
+    pg_dsn: str | None = DEFAULT_PG_DSN
+    """Where marketcast on PostgreSQL is counted too (``None``: not counted)."""
 
     @classmethod
     def quick(cls) -> OpCostOptions:
@@ -118,6 +124,18 @@ class Phase:
 class Counted:
     server: OrderServerKind
     phases: tuple[Phase, ...]
+    backend: str = "sqlite"
+
+    @property
+    def label(self) -> str:
+        """The server, and its database where it is not SQLite."""
+        return f"{self.server} on PostgreSQL" if self.backend == "postgres" else str(self.server)
+
+    @property
+    def key(self) -> str:
+        """The server's name in the figures' keys."""
+        name = self.server.name.lower()
+        return f"{name}_postgres" if self.backend == "postgres" else name
 
     @property
     def per_open(self) -> float:
@@ -269,22 +287,31 @@ def _check_ack(reply: bytes) -> None:
         raise CallgrindError(f"an answer that is not an ack: {reply[:200]!r}")
 
 
-def count_server(kind: OrderServerKind, options: OpCostOptions, progress: Progress) -> Counted:
+def count_server(
+    kind: OrderServerKind, options: OpCostOptions, progress: Progress, *, pg_dsn: str = ""
+) -> Counted:
     """One server: started under callgrind, warmed up, then ``options.phases`` idle and
-    measured phases."""
+    measured phases. On SQLite, or with ``pg_dsn`` on PostgreSQL in a schema of its own
+    (dropped afterwards)."""
     secret = os.urandom(24).hex()
     auth = auth_requests(secret, options.connections)
     instruments = tuple(instrument_names(options.instruments))
     spec = OrderServerSpec(
         kind=kind, instruments=instruments, connections=options.connections, secret=secret
     )
+    if pg_dsn:
+        schema = f"marketcast_bench_opcost_{os.getpid()}"
+        spec = replace(spec, backend="postgres", pg_dsn=pg_dsn, pg_schema=schema)
     with tempfile.TemporaryDirectory(prefix="marketcast-bench-opcost-") as directory:
-        progress.step(f"{kind}: starting under callgrind")
+        progress.step(f"{kind} on {spec.backend}: starting under callgrind")
         server = CountedServer(spec, Path(directory), options.startup_timeout)
         try:
-            return asyncio.run(_phases(server, kind, auth, instruments, options, progress))
+            phases = asyncio.run(_phases(server, kind, auth, instruments, options, progress))
         finally:
             server.stop()
+            if pg_dsn:
+                asyncio.run(drop_schemas(pg_dsn, [spec.pg_schema]))
+    return Counted(kind, phases, spec.backend)
 
 
 async def _phases(
@@ -294,7 +321,7 @@ async def _phases(
     instruments: Sequence[str],
     options: OpCostOptions,
     progress: Progress,
-) -> Counted:
+) -> tuple[Phase, ...]:
     progress.step(f"{kind}: {options.connections} connections, warming up")
     clients = await _Clients.open(server.url, auth, instruments)
     try:
@@ -313,7 +340,7 @@ async def _phases(
             )
     finally:
         await clients.close()
-    return Counted(kind, tuple(phases))
+    return tuple(phases)
 
 
 @dataclass(slots=True)
@@ -348,7 +375,8 @@ def run(options: OpCostOptions, progress: Progress) -> ScenarioResult:
             "server's own timers) are taken off the phase's count for its length. Median "
             "of the phases. Independent of the host's speed; not the kernel's part (socket "
             "reads and writes), cache misses or waits. Servers as in scenario 6: marketcast "
-            "on SQLite, the lean Python server on SQLite, the websocket floor (no storage)."
+            "on SQLite, the lean Python server on SQLite, the websocket floor (no storage), "
+            "and marketcast on PostgreSQL (its own processes not counted)."
         ),
     )
     why_not = callgrind_available()
@@ -357,8 +385,16 @@ def run(options: OpCostOptions, progress: Progress) -> ScenarioResult:
         result.notes.append(f"not run: {why_not} (install valgrind)")
         return result
     counted = [count_server(kind, options, progress) for kind in CONTENDERS]
+    if options.pg_dsn is None:
+        result.notes.append("marketcast on PostgreSQL not counted (--no-postgres)")
+    elif (why := postgres_reachable(options.pg_dsn)) is not None:
+        result.notes.append(f"marketcast on PostgreSQL not counted: {why}")
+    else:
+        counted.append(
+            count_server(OrderServerKind.MARKETCAST, options, progress, pg_dsn=options.pg_dsn)
+        )
     progress.done()
-    by_kind = {c.server: c for c in counted}
+    by_kind = {c.server: c for c in counted if c.backend == "sqlite"}
     lean = by_kind[OrderServerKind.LEAN].per_open
     floor = by_kind[OrderServerKind.WEBSOCKET_FLOOR].per_open
     rows = []
@@ -367,7 +403,7 @@ def run(options: OpCostOptions, progress: Progress) -> ScenarioResult:
         high = max(phase.per_open for phase in c.phases)
         rows.append(
             (
-                str(c.server),
+                c.label,
                 number(c.per_open),
                 f"{number(low)}-{number(high)}",
                 number(c.raw_per_open),
@@ -376,9 +412,8 @@ def run(options: OpCostOptions, progress: Progress) -> ScenarioResult:
                 ratio(c.per_open, floor),
             )
         )
-        key = c.server.name.lower()
-        result.figures[f"{key}_instructions_per_open"] = c.per_open
-        result.figures[f"{key}_idle_instructions_per_second"] = c.idle_rate
+        result.figures[f"{c.key}_instructions_per_open"] = c.per_open
+        result.figures[f"{c.key}_idle_instructions_per_second"] = c.idle_rate
     result.tables.append(
         Table(
             "user-space instructions per open, in the server's process",
@@ -399,4 +434,11 @@ def run(options: OpCostOptions, progress: Progress) -> ScenarioResult:
         f"marketcast spends {number(marketcast - lean)} instructions per open more than the "
         f"lean Python server and {number(marketcast - floor)} more than the websocket floor"
     )
+    on_postgres = [c for c in counted if c.backend == "postgres"]
+    if on_postgres:
+        result.notes.append(
+            f"on PostgreSQL marketcast spends {number(on_postgres[0].per_open - marketcast)}"
+            " instructions per open more than on SQLite (its ratios are against the SQLite "
+            "servers: the lean server and the floor run on SQLite or nothing)"
+        )
     return result

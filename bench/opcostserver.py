@@ -2,7 +2,8 @@
 under callgrind: ``python -m bench.opcostserver SPEC URL_FILE``.
 
 ``SPEC`` is JSON: ``kind`` (an ``OrderServerKind`` value), ``secret``, ``instruments``
-(names) and ``connections``. The server is the one scenario 6 measures
+(names), ``connections``, ``backend`` (``sqlite`` or ``postgres``) and, for PostgreSQL,
+``pg_dsn`` and ``pg_schema``. The server is the one scenario 6 measures
 (``bench.orderservers.local_order_server``), on the same loop and with the same heap
 keeping (``app.heap``) as the bench's helper processes. Once it listens its URL is
 written to ``URL_FILE`` (whole, by a rename); SIGTERM or SIGINT stops it and the process
@@ -24,13 +25,16 @@ from bench.orderservers import OrderServerKind, OrderServerSpec, local_order_ser
 
 
 def spec_json(spec: OrderServerSpec) -> str:
-    """``spec`` as this module's ``SPEC`` argument (SQLite: the only backend it runs)."""
+    """``spec`` as this module's ``SPEC`` argument."""
     return orjson.dumps(
         {
             "kind": spec.kind.value,
             "secret": spec.secret,
             "instruments": list(spec.instruments),
             "connections": spec.connections,
+            "backend": spec.backend,
+            "pg_dsn": spec.pg_dsn,
+            "pg_schema": spec.pg_schema,
         }
     ).decode()
 
@@ -42,6 +46,9 @@ def spec_from_json(text: str) -> OrderServerSpec:
         secret=str(fields["secret"]),
         instruments=tuple(str(name) for name in fields["instruments"]),
         connections=int(fields["connections"]),
+        backend=str(fields["backend"]),
+        pg_dsn=str(fields["pg_dsn"]),
+        pg_schema=str(fields["pg_schema"]),
     )
 
 

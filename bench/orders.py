@@ -59,6 +59,7 @@ from bench.orderservers import (
     OrderServerSpec,
 )
 from bench.positionfloor import FloorSpec, StorageFloorProcess, StorageTrial
+from bench.postgres import drop_schemas, postgres_reachable
 from bench.ramp import (
     Criteria,
     RepeatedStep,
@@ -261,35 +262,6 @@ def _storage_trial(floor: StorageFloorProcess, options: OrdersOptions, rate: flo
     return OrderTrial.from_storage(floor.trial(rate, options.warmup, options.seconds))
 
 
-def _postgres_reachable(dsn: str) -> str | None:
-    """``None`` when ``dsn`` answers, else why not."""
-    try:
-        import asyncpg
-    except ImportError:
-        return "asyncpg is not installed (pip install '.[postgres]')"
-
-    async def probe() -> None:
-        conn = await asyncpg.connect(dsn, timeout=5)
-        await conn.close()
-
-    try:
-        asyncio.run(probe())
-    except (TimeoutError, OSError) as exc:
-        return f"cannot reach {dsn}: {str(exc)[:200]}"
-    return None
-
-
-async def _drop_schemas(dsn: str, schemas: list[str]) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        for schema in schemas:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
 def _start_bus(stack: contextlib.ExitStack, notes: list[str]) -> NatsServer | None:
     """A nats-server of the run's own for the cluster contenders (``None``: none, noted)."""
     from bus.exceptions import NatsServerError
@@ -312,7 +284,7 @@ def measure_all(options: OrdersOptions, progress: Progress) -> OrdersRun:
     dsn = options.pg_dsn
     if dsn is None:
         notes.append("PostgreSQL skipped (--no-postgres)")
-    elif (why := _postgres_reachable(dsn)) is not None:
+    elif (why := postgres_reachable(dsn)) is not None:
         notes.append(f"PostgreSQL skipped: {why}")
     else:
         backends.append("postgres")
@@ -392,7 +364,7 @@ def measure_all(options: OrdersOptions, progress: Progress) -> OrdersRun:
     finally:
         if dsn is not None and schemas:
             with contextlib.suppress(OSError):
-                asyncio.run(_drop_schemas(dsn, schemas))
+                asyncio.run(drop_schemas(dsn, schemas))
     return OrdersRun(steps, notes)
 
 

@@ -51,14 +51,29 @@ def test_the_median_phase_decides() -> None:
     assert counted.idle_rate == 0
 
 
-def test_the_server_process_gets_the_spec_it_was_given() -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_server_process_gets_the_spec_it_was_given(backend: str) -> None:
     spec = OrderServerSpec(
         kind=OrderServerKind.MARKETCAST,
         instruments=("bench:SYM0000-USD", "bench:SYM0001-USD"),
         connections=7,
         secret="s3cret",
+        backend=backend,
+        pg_dsn="postgresql://bench@127.0.0.1:5432/test" if backend == "postgres" else "",
+        pg_schema="marketcast_bench_opcost_1" if backend == "postgres" else "",
     )
     assert spec_from_json(spec_json(spec)) == spec
+
+
+def test_marketcast_on_postgresql_has_a_row_and_figures_of_its_own() -> None:
+    phases = (Phase(instructions=100, seconds=1.0, opens=1, idle_instructions=0, idle_seconds=1),)
+    on_sqlite = Counted(OrderServerKind.MARKETCAST, phases)
+    on_postgres = Counted(OrderServerKind.MARKETCAST, phases, "postgres")
+    assert (on_sqlite.label, on_sqlite.key) == ("marketcast", "marketcast")
+    assert (on_postgres.label, on_postgres.key) == (
+        "marketcast on PostgreSQL",
+        "marketcast_postgres",
+    )
 
 
 def test_without_valgrind_the_scenario_says_why_and_counts_nothing(
@@ -85,7 +100,7 @@ def test_the_lean_server_is_counted_under_callgrind_and_a_refusal_fails_the_coun
     options = OpCostOptions(connections=3, warmup_rounds=1, rounds=4, phases=2, idle_seconds=0.5)
     server = CountedServer(spec, tmp_path, startup_timeout=300)
     try:
-        counted = asyncio.run(
+        phases = asyncio.run(
             _phases(server, OrderServerKind.LEAN, auth, instruments, options, Progress())
         )
 
@@ -100,8 +115,8 @@ def test_the_lean_server_is_counted_under_callgrind_and_a_refusal_fails_the_coun
             asyncio.run(open_an_unknown_instrument())
     finally:
         server.stop()
-    assert [phase.opens for phase in counted.phases] == [12, 12]
-    for phase in counted.phases:
+    assert [phase.opens for phase in phases] == [12, 12]
+    for phase in phases:
         # An open is tens of thousands of instructions at least, and far below a billion.
         assert 10_000 < phase.per_open < 1_000_000_000
         assert phase.idle_instructions >= 0 and phase.instructions > phase.idle_instructions
