@@ -237,8 +237,8 @@ def measure_subscribers(
                 ingest: NodeProcess = ingest, edges: list[NodeProcess] = edges
             ) -> tuple[float, float, int, float, float]:
                 seconds, ingest_cpu, offered = ingest.measure()
-                serving = sum(edge.measure()[1] for edge in edges)
-                return seconds, ingest_cpu, offered, serving, 0.0
+                serving = sum(edge.measure()[1].process for edge in edges)
+                return seconds, ingest_cpu.process, offered, serving, 0.0
 
             contenders[name] = Contender(
                 ingest.drive, ingest.halt, window, measure, pools, subscribers

@@ -14,9 +14,10 @@ positions shards that edges route position ops to.
 An edge or a shard is ready once every one of the spec's instruments reached it over
 the bus (from the ingest, which adds them as live), so position ops on them validate.
 
-Each process answers ``window`` / ``measure`` with its own CPU time, so a report can
-give the CPU of an edge per delivered message; an edge and a shard answer ``ops`` with
-their own time per position op over the same window (``position_op``).
+Each process answers ``window`` / ``measure`` with its own CPU time (``bench.cpuclock``:
+all its threads, and its event loop's alone), so a report can give the CPU of an edge
+per delivered message; an edge and a shard answer ``ops`` with their own time per
+position op over the same window (``position_op``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from app.settings import (
     StorageSettings,
 )
 from bench.agent import Command, HelperProcess, serve_commands, started
+from bench.cpuclock import CpuClock, CpuUse
 from bench.servers import PERIOD, BboSource, Publisher, instrument_names
 from bench.stagewindow import StageWindow
 from book.registry import BookRegistry
@@ -108,7 +110,9 @@ class _NodeSide:
         self._server: SinkServer | None = None
         self._source: BboSource | None = None
         self._publisher: Publisher | None = None
-        self._cpu = (0.0, 0.0, 0)
+        self._window = (0.0, 0)
+        """When the window started (``perf_counter``) and the changes offered by then."""
+        self._cpu = CpuClock()
         self._ops = StageWindow()
         """An edge's or a shard's ``position_op`` stage."""
 
@@ -133,16 +137,17 @@ class _NodeSide:
                 return ("halted",)
             case ("window",):
                 offered = self._publisher.offered if self._publisher else 0
-                self._cpu = (time.perf_counter(), time.process_time(), offered)
+                self._window = (time.perf_counter(), offered)
+                self._cpu.start()
                 self._ops.start()
                 return ("window",)
             case ("measure",):
-                started, cpu, offered = self._cpu
+                started, offered = self._window
                 now_offered = self._publisher.offered if self._publisher else 0
                 return (
                     "measured",
                     time.perf_counter() - started,
-                    time.process_time() - cpu,
+                    self._cpu.used(),
                     now_offered - offered,
                 )
             case ("ops",):
@@ -237,7 +242,8 @@ class NodeProcess(HelperProcess):
         summary: Summary | None = self._agent.ask("ops")[1]
         return summary
 
-    def measure(self) -> tuple[float, float, int]:
-        """Seconds, CPU seconds and changes published since ``window``."""
+    def measure(self) -> tuple[float, CpuUse, int]:
+        """Seconds, CPU used and changes published since ``window``."""
         _, seconds, cpu, offered = self._agent.ask("measure")
-        return float(seconds), float(cpu), int(offered)
+        assert isinstance(cpu, CpuUse)
+        return float(seconds), cpu, int(offered)

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 
 from hdrh.histogram import HdrHistogram
 
+from bench.cpuclock import CpuUse
 from bench.leanws import arrival_clock_of
 from bench.orderclients import OrderClientPool, OrderPoolSpec, OrderWindow, auth_requests
 from bench.orderservers import (
@@ -177,6 +178,11 @@ class OrderTrial:
     """Share of one core used by the client process (``nan``: none)."""
     shard_cpu: float = math.nan
     """Share of one core used by the positions shard (``nan``: none, one process)."""
+    server_loop_cpu: float = math.nan
+    """Share of one core used by the server's event loop thread alone (``nan``: not
+    read, the storage floors)."""
+    shard_loop_cpu: float = math.nan
+    """Share of one core used by the positions shard's event loop thread alone."""
     kernel_reads: int = 0
     """Client reads stamped by the kernel (``bench.leanws.ReadCounts``; floors: none)."""
     fallback_reads: int = 0
@@ -199,19 +205,22 @@ class OrderTrial:
     def from_clients(
         cls,
         window: OrderWindow,
-        server_cpu_seconds: float,
-        shard_cpu_seconds: float = math.nan,
+        server: CpuUse,
+        shard: CpuUse | None = None,
         server_op: Summary | None = None,
     ) -> OrderTrial:
+        seconds = window.seconds
         return cls(
-            offered=window.sent / window.seconds,
-            delivered=window.acked / window.seconds,
+            offered=window.sent / seconds,
+            delivered=window.acked / seconds,
             latency=window.latency,
             errors=window.errors,
             closed=window.closed,
-            server_cpu=server_cpu_seconds / window.seconds,
-            client_cpu=window.cpu_seconds / window.seconds,
-            shard_cpu=shard_cpu_seconds / window.seconds,
+            server_cpu=server.process / seconds,
+            client_cpu=window.cpu_seconds / seconds,
+            shard_cpu=math.nan if shard is None else shard.process / seconds,
+            server_loop_cpu=server.loop / seconds,
+            shard_loop_cpu=math.nan if shard is None else shard.loop / seconds,
             kernel_reads=window.kernel_reads,
             fallback_reads=window.fallback_reads,
             server_op=server_op,
@@ -383,6 +392,13 @@ def _share(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.0%}"
 
 
+def _cpu_cell(step: RepeatedStep[OrderTrial], process: str, loop: str) -> str:
+    """A process's share of a core, with its event loop thread's where read."""
+    shares = _share(_median_of(step, process))
+    loop_share = _median_of(step, loop)
+    return shares if math.isnan(loop_share) else f"{shares} (loop {loop_share:.0%})"
+
+
 def _sustained_text(steps: list[RepeatedStep[OrderTrial]], options: OrdersOptions) -> str:
     best = highest_sustained(steps, CRITERIA)
     if best is None:
@@ -392,32 +408,47 @@ def _sustained_text(steps: list[RepeatedStep[OrderTrial]], options: OrdersOption
 
 
 BUSY_SHARE = 0.9
-"""A process at this share of one core or more is taken to be the limit."""
+"""A process, or a server's event loop thread, at this share of one core or more is taken
+to be the limit."""
 
 
 def limit_reason(step: RepeatedStep[OrderTrial], *, stores: bool = True) -> str:
     """What most likely stopped a contender at ``step`` (by the medians); ``stores``: it
-    commits what it acks (every contender but the websocket floor)."""
-    server = median([trial.server_cpu for trial in step.trials])
-    client = median([trial.client_cpu for trial in step.trials])
+    commits what it acks (every contender but the websocket floor).
+
+    A server whose event loop thread is read is CPU-bound when that thread is: its
+    process may use more than a core (storage threads beside the loop) while the loop,
+    which serves every connection, still has time to spare."""
+    server = _median_of(step, "server_cpu")
+    client = _median_of(step, "client_cpu")
     if step.failures:
         return "requests refused or connections closed (see the refusals below)"
     if step.offered < CRITERIA.share * step.rate:
         driver = server if math.isnan(client) else client
         return f"the driver could not offer the rate (its process at {driver:.0%} of a core)"
-    shard = median([trial.shard_cpu for trial in step.trials])
-    if server >= BUSY_SHARE:
-        return f"the server process is CPU-bound ({server:.0%} of a core)"
-    if shard >= BUSY_SHARE:
-        return f"the positions shard process is CPU-bound ({shard:.0%} of a core)"
+    server_loop = _median_of(step, "server_loop_cpu")
+    if (bound := _cpu_bound("server", server, server_loop)) is not None:
+        return bound
+    shard = _median_of(step, "shard_cpu")
+    if (
+        bound := _cpu_bound("positions shard", shard, _median_of(step, "shard_loop_cpu"))
+    ) is not None:
+        return bound
     if client >= BUSY_SHARE:
         return f"the client process is CPU-bound ({client:.0%} of a core)"
-    waits = (
-        "it waits (storage commits) rather than computes"
-        if stores
-        else "no process is CPU-bound by its average over the window, so its tail is the "
-        "loop's turns and the machine's scheduling, not storage (it has none)"
-    )
+    if not stores:
+        waits = (
+            "no process is CPU-bound by its average over the window, so its tail is the "
+            "loop's turns and the machine's scheduling, not storage (it has none)"
+        )
+    elif server >= BUSY_SHARE:
+        waits = (
+            "its loop is not saturated; its other threads (storage) use "
+            f"{server - server_loop:.0%} of a core beside it, so the tail is waiting "
+            "(commits, and threads queueing for the machine's cores) rather than computing"
+        )
+    else:
+        waits = "it waits (storage commits) rather than computes"
     inside = _server_op_ms(step, "p99")
     own = (
         ""
@@ -426,8 +457,33 @@ def limit_reason(step: RepeatedStep[OrderTrial], *, stores: bool = True) -> str:
     )
     return (
         f"latency (p99 {step.p99_ns / 1e6:.3g} ms, {step.delivered_share:.0%} acked) with the "
-        f"server process at {server:.0%} of a core: {waits}{own}"
+        f"server {_cpu_text(server, server_loop)}: {waits}{own}"
     )
+
+
+def _median_of(step: RepeatedStep[OrderTrial], share: str) -> float:
+    return median([getattr(trial, share) for trial in step.trials])
+
+
+def _cpu_bound(what: str, process: float, loop: float) -> str | None:
+    """Says ``what`` is CPU-bound when its event loop thread is (or, where that thread is
+    not read, its process); ``None`` when it is not."""
+    if math.isnan(loop):
+        if process >= BUSY_SHARE:
+            return f"the {what} process is CPU-bound ({process:.0%} of a core)"
+        return None
+    if loop >= BUSY_SHARE:
+        return (
+            f"the {what}'s event loop is CPU-bound (its thread at {loop:.0%} of a core, the "
+            f"process at {process:.0%})"
+        )
+    return None
+
+
+def _cpu_text(process: float, loop: float) -> str:
+    if math.isnan(loop):
+        return f"process at {process:.0%} of a core"
+    return f"event loop at {loop:.0%} of a core (the process at {process:.0%})"
 
 
 def _server_op_ms(step: RepeatedStep[OrderTrial], percentile: str) -> float | None:
@@ -511,7 +567,9 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
             "position_op stage over the same window, an op submitted -> its ack queued "
             "(p50 / p99; an edge's spans the bus and the shard). CPU = share of one core of "
             "the server's process (an edge's), of the positions shard's (PostgreSQL's own "
-            "processes are not counted) and of the clients'."
+            "processes are not counted) and of the clients'; loop = the share of the "
+            "server's (the shard's) event loop thread alone, beside its storage threads: a "
+            "server is CPU-bound when its loop is."
         ),
         notes=list(measured.notes),
     )
@@ -532,9 +590,9 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
                     _in_server(step),
                     p99_range(step),
                     number(step.failures),
-                    _share(median([trial.server_cpu for trial in step.trials])),
-                    _share(median([trial.shard_cpu for trial in step.trials])),
-                    _share(median([trial.client_cpu for trial in step.trials])),
+                    _cpu_cell(step, "server_cpu", "server_loop_cpu"),
+                    _cpu_cell(step, "shard_cpu", "shard_loop_cpu"),
+                    _share(_median_of(step, "client_cpu")),
                     f"{'yes' if step.sustained(CRITERIA) else 'no'} "
                     f"({step.trials_sustained(CRITERIA)} of {len(step.trials)})",
                 )

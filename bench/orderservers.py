@@ -24,6 +24,9 @@
   (``run --role ingest``) that makes the orders' instruments known to both over the bus
   (added as live, no market data). Its CPU is the edge's, and the shard's beside it.
 
+A server's CPU is read on its event loop's thread: the whole process, and that thread
+alone (``bench.cpuclock``).
+
 Every server here answers ``OrderServer``: the clients, the ramp and the report need
 nothing else.
 """
@@ -32,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ from app.runtime import serve as run_server
 from app.settings import AuthSettings, PositionSettings, ServerSettings, Settings, StorageSettings
 from bench.agent import Command, HelperProcess, serve_commands, started
 from bench.clusternodes import NodeProcess, NodeSpec
+from bench.cpuclock import CpuClock, CpuUse
 from bench.leanorders import LeanOrderServer
 from bench.servers import instrument_names
 from bench.stagewindow import StageWindow
@@ -207,7 +210,7 @@ class _OrderServerSide:
 
     def __init__(self) -> None:
         self._server: LocalOrderServer | None = None
-        self._cpu = 0.0
+        self._cpu = CpuClock()
 
     async def handle(self, command: Command) -> Command:
         match command:
@@ -216,12 +219,12 @@ class _OrderServerSide:
                 await server.start()
                 return ("started", server.url)
             case ("window",):
-                self._cpu = time.process_time()
+                self._cpu.start()
                 if self._server is not None:
                     self._server.ops.start()
                 return ("window",)
             case ("measure",):
-                return ("measured", time.process_time() - self._cpu)
+                return ("measured", self._cpu.used())
             case ("ops",):
                 return ("ops", None if self._server is None else self._server.ops.summary())
             case ("exit",):
@@ -243,12 +246,12 @@ class OrderServer(Protocol):
         """Start a CPU measurement window."""
         ...
 
-    def measure(self) -> float:
-        """CPU seconds the server process (a cluster: its edge) used since ``window``."""
+    def measure(self) -> CpuUse:
+        """CPU the server process (a cluster: its edge) used since ``window``."""
         ...
 
-    def measure_shard(self) -> float:
-        """CPU seconds the positions shard used since ``window`` (``nan``: none)."""
+    def measure_shard(self) -> CpuUse | None:
+        """CPU the positions shard used since ``window`` (``None``: none)."""
         ...
 
     def server_ops(self) -> Summary | None:
@@ -269,12 +272,14 @@ class OrderServerProcess(HelperProcess):
         """Start a CPU measurement window."""
         self._agent.ask("window")
 
-    def measure(self) -> float:
-        """CPU seconds the server process used since ``window``."""
-        return float(self._agent.ask("measure")[1])
+    def measure(self) -> CpuUse:
+        """CPU the server process used since ``window``."""
+        used = self._agent.ask("measure")[1]
+        assert isinstance(used, CpuUse)
+        return used
 
-    def measure_shard(self) -> float:
-        return math.nan
+    def measure_shard(self) -> CpuUse | None:
+        return None
 
     def server_ops(self) -> Summary | None:
         summary: Summary | None = self._agent.ask("ops")[1]
@@ -309,10 +314,10 @@ class ClusterOrderServer:
         self._edge.window()
         self._shard.window()
 
-    def measure(self) -> float:
+    def measure(self) -> CpuUse:
         return self._edge.measure()[1]
 
-    def measure_shard(self) -> float:
+    def measure_shard(self) -> CpuUse | None:
         return self._shard.measure()[1]
 
     def server_ops(self) -> Summary | None:

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from bench.agent import AgentError
+from bench.cpuclock import CpuUse
 from bench.orderclients import OrderClientPool, OrderPoolSpec, OrderWindow
 from bench.orders import Contender, OrdersOptions, OrderTrial, limit_reason, run
 from bench.orderservers import OrderServerKind, OrderServerProcess, OrderServerSpec
@@ -38,7 +39,7 @@ def auth_requests(secret: str, accounts: int) -> tuple[bytes, ...]:
 
 def one_window(
     server: OrderServerProcess, pool: OrderClientPool, rate: float
-) -> tuple[OrderWindow, float]:
+) -> tuple[OrderWindow, CpuUse]:
     pool.drive(rate)
     try:
         server.window()
@@ -61,7 +62,8 @@ def test_clients_get_an_ack_for_every_open_they_send(kind: OrderServerKind) -> N
     assert window.sent > 0 and window.acked > 0
     assert window.errors == {} and window.closed == 0
     assert window.latency.get_total_count() == window.acked
-    assert cpu > 0
+    # The event loop's thread is one of the process's: it used some, never more.
+    assert 0 < cpu.loop <= cpu.process
 
 
 def test_a_refused_open_is_counted_by_its_code() -> None:
@@ -144,6 +146,11 @@ def test_order_entry_runs_every_contender_up_the_ramp() -> None:
     assert all(row[3] != "-" for row in headline.rows)  # through an edge too
     shards = [row[10] for row in steps.rows if row[0].startswith("edge -> positions shard")]
     assert len(shards) == 2 and "-" not in shards  # the shard's CPU is measured
+    # Every websocket server's event loop thread is read beside its process; the storage
+    # floors have no loop serving connections.
+    for row in steps.rows:
+        storage_floor = row[0].startswith("bare ")
+        assert ("(loop " in row[9]) is not storage_floor, row
     # marketcast's own time per op is read from its position_op stage (an edge's too),
     # the floors and the lean server keep none.
     inside = {row[0]: row[6] for row in steps.rows}
@@ -187,10 +194,23 @@ def made(
     client: float = 0.5,
     shard: float = math.nan,
     errors: dict[str, int] | None = None,
+    server_loop: float = math.nan,
+    shard_loop: float = math.nan,
 ) -> OrderTrial:
     latency = latency_histogram()
     latency.record_value(int(p99_ms * 1e6))
-    return OrderTrial(offered, delivered, latency, errors or {}, 0, server, client, shard)
+    return OrderTrial(
+        offered,
+        delivered,
+        latency,
+        errors or {},
+        0,
+        server,
+        client,
+        shard,
+        server_loop_cpu=server_loop,
+        shard_loop_cpu=shard_loop,
+    )
 
 
 @pytest.mark.parametrize(
@@ -203,6 +223,25 @@ def made(
         (made(1000, 700, client=0.95), "client process is CPU-bound (95%"),
         (made(1000, 700, shard=0.96), "positions shard process is CPU-bound (96%"),
         (made(1000, 1000, p99_ms=30, server=0.4), "latency (p99 30 ms, 100% acked)"),
+        (
+            made(1000, 700, server=1.06, server_loop=0.93),
+            "server's event loop is CPU-bound (its thread at 93% of a core, the process at 106%)",
+        ),
+        (
+            made(1000, 700, shard=1.2, shard_loop=0.95),
+            "positions shard's event loop is CPU-bound (its thread at 95%",
+        ),
+        # A process past a core whose loop has time to spare is not the limit: its other
+        # threads run beside the loop, on the machine's other cores.
+        (
+            made(1000, 1000, p99_ms=16, server=1.06, server_loop=0.68),
+            "server event loop at 68% of a core (the process at 106%): its loop is not "
+            "saturated; its other threads (storage) use 38% of a core beside it",
+        ),
+        (
+            made(1000, 1000, p99_ms=12, server=0.6, server_loop=0.5, shard=1.1, shard_loop=0.7),
+            "latency (p99 12 ms, 100% acked)",
+        ),
     ],
 )
 def test_what_limits_a_step_is_named(trial: OrderTrial, reason: str) -> None:
