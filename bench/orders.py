@@ -457,7 +457,7 @@ def limit_reason(step: RepeatedStep[OrderTrial], *, stores: bool = True) -> str:
     )
     return (
         f"latency (p99 {step.p99_ns / 1e6:.3g} ms, {step.delivered_share:.0%} acked) with the "
-        f"server {_cpu_text(server, server_loop)}: {waits}{own}"
+        f"{_cpu_text(server, server_loop)}: {waits}{own}"
     )
 
 
@@ -482,8 +482,8 @@ def _cpu_bound(what: str, process: float, loop: float) -> str | None:
 
 def _cpu_text(process: float, loop: float) -> str:
     if math.isnan(loop):
-        return f"process at {process:.0%} of a core"
-    return f"event loop at {loop:.0%} of a core (the process at {process:.0%})"
+        return f"server process at {process:.0%} of a core"
+    return f"server's event loop at {loop:.0%} of a core (the process at {process:.0%})"
 
 
 def _server_op_ms(step: RepeatedStep[OrderTrial], percentile: str) -> float | None:

@@ -235,7 +235,7 @@ def made(
         # threads run beside the loop, on the machine's other cores.
         (
             made(1000, 1000, p99_ms=16, server=1.06, server_loop=0.68),
-            "server event loop at 68% of a core (the process at 106%): its loop is not "
+            "server's event loop at 68% of a core (the process at 106%): its loop is not "
             "saturated; its other threads (storage) use 38% of a core beside it",
         ),
         (
