@@ -134,7 +134,7 @@ class _Change:
 
 
 _Waiting = tuple[float, _Change, PositionReply]
-"""A request's deadline (loop time), the change it waits for and its reply. While it is
+"""A request's deadline (``time.monotonic()``), the change it waits for and its reply. While it is
 in ``PositionBook._waiting`` its reply is one of the change's ``replies`` until the
 change is decided (then they are ``[]`` for good: a decided change takes no request)
 or the request times out (then it leaves at once): so the change's ``replies`` being
@@ -391,21 +391,29 @@ class PositionBook:
             raise _unavailable("the database is not accepting writes; nothing was changed")
 
     def _wait(self, change: _Change, reply: PositionReply) -> None:
-        """``reply`` waits for ``change``, at most ``ack_timeout`` from now. O(1)."""
+        """``reply`` waits for ``change``, at most ``ack_timeout`` from now. O(1).
+
+        Deadlines are ``time.monotonic()``, the clock asyncio's own loop keeps (uvloop's
+        is the same clock in whole milliseconds): the loop itself is looked up only to
+        arm the timer, since ``asyncio.get_running_loop`` costs a ``getpid`` system call
+        each time."""
         change.replies.append(reply)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._ack_timeout
+        deadline = time.monotonic() + self._ack_timeout
         self._waiting.append((deadline, change, reply))
         if self._timer is None:
-            self._timer = loop.call_at(deadline, self._expire, deadline)
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        self._timer = asyncio.get_running_loop().call_later(
+            deadline - time.monotonic(), self._expire, deadline
+        )
 
     def _expire(self, armed: float) -> None:
         """The timer: refuse the requests whose deadline passed (the change stays queued,
         a retry waits for it again), then arm the timer for the next deadline.
         O(requests ended since the last call)."""
         self._timer = None
-        loop = asyncio.get_running_loop()
-        now = max(loop.time(), armed)  # a timer may run a little before its time
+        now = max(time.monotonic(), armed)  # a timer may run a little before its time
         waiting = self._waiting
         while waiting:
             deadline, change, reply = waiting[0]
@@ -423,8 +431,7 @@ class PositionBook:
                 )
             waiting.popleft()
         if waiting:
-            deadline = waiting[0][0]
-            self._timer = loop.call_at(deadline, self._expire, deadline)
+            self._arm(waiting[0][0])
 
     def _decided(self, change: _Change) -> list[PositionReply]:
         """Take the replies waiting for ``change``, now decided, and let the waiting
