@@ -46,7 +46,7 @@ from app.settings import (
     StorageSettings,
 )
 from bench.agent import Command, HelperProcess, serve_commands, started
-from bench.cpuclock import CpuClock, CpuUse
+from bench.cpuclock import CpuClock
 from bench.servers import PERIOD, BboSource, Publisher, instrument_names
 from bench.stagewindow import StageWindow
 from book.registry import BookRegistry
@@ -54,6 +54,7 @@ from book.sink import FeedSink
 from book.snapshot import BookSnapshot
 from book.status import InstrumentState, InstrumentStatus
 from publish.client import ServerLimits
+from publish.metrics.cpu import CpuTimes
 from publish.metrics.hdr import Summary
 from publish.metrics.recorder import Stage
 
@@ -242,8 +243,8 @@ class NodeProcess(HelperProcess):
         summary: Summary | None = self._agent.ask("ops")[1]
         return summary
 
-    def measure(self) -> tuple[float, CpuUse, int]:
+    def measure(self) -> tuple[float, CpuTimes, int]:
         """Seconds, CPU used and changes published since ``window``."""
         _, seconds, cpu, offered = self._agent.ask("measure")
-        assert isinstance(cpu, CpuUse)
+        assert isinstance(cpu, CpuTimes)
         return float(seconds), cpu, int(offered)

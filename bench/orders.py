@@ -49,7 +49,6 @@ from typing import TYPE_CHECKING
 
 from hdrh.histogram import HdrHistogram
 
-from bench.cpuclock import CpuUse
 from bench.leanws import arrival_clock_of
 from bench.orderclients import OrderClientPool, OrderPoolSpec, OrderWindow, auth_requests
 from bench.orderservers import (
@@ -74,6 +73,7 @@ from bench.ramp import (
 from bench.report import Progress, ScenarioResult, Table, Target, number, ratio
 from bench.servers import instrument_names
 from bench.storage import DEFAULT_PG_DSN
+from publish.metrics.cpu import CpuTimes
 from publish.metrics.hdr import Summary
 
 if TYPE_CHECKING:
@@ -205,8 +205,8 @@ class OrderTrial:
     def from_clients(
         cls,
         window: OrderWindow,
-        server: CpuUse,
-        shard: CpuUse | None = None,
+        server: CpuTimes,
+        shard: CpuTimes | None = None,
         server_op: Summary | None = None,
     ) -> OrderTrial:
         seconds = window.seconds
@@ -219,8 +219,8 @@ class OrderTrial:
             server_cpu=server.process / seconds,
             client_cpu=window.cpu_seconds / seconds,
             shard_cpu=math.nan if shard is None else shard.process / seconds,
-            server_loop_cpu=server.loop / seconds,
-            shard_loop_cpu=math.nan if shard is None else shard.loop / seconds,
+            server_loop_cpu=server.event_loop / seconds,
+            shard_loop_cpu=math.nan if shard is None else shard.event_loop / seconds,
             kernel_reads=window.kernel_reads,
             fallback_reads=window.fallback_reads,
             server_op=server_op,

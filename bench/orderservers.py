@@ -51,13 +51,14 @@ from app.runtime import serve as run_server
 from app.settings import AuthSettings, PositionSettings, ServerSettings, Settings, StorageSettings
 from bench.agent import Command, HelperProcess, serve_commands, started
 from bench.clusternodes import NodeProcess, NodeSpec
-from bench.cpuclock import CpuClock, CpuUse
+from bench.cpuclock import CpuClock
 from bench.leanorders import LeanOrderServer
 from bench.servers import instrument_names
 from bench.stagewindow import StageWindow
 from book.fixed import parse_fixed
 from book.status import InstrumentState, InstrumentStatus
 from publish.client import ServerLimits
+from publish.metrics.cpu import CpuTimes
 from publish.metrics.hdr import Summary
 from publish.metrics.recorder import Stage
 from publish.position import Position, PositionSide
@@ -246,11 +247,11 @@ class OrderServer(Protocol):
         """Start a CPU measurement window."""
         ...
 
-    def measure(self) -> CpuUse:
+    def measure(self) -> CpuTimes:
         """CPU the server process (a cluster: its edge) used since ``window``."""
         ...
 
-    def measure_shard(self) -> CpuUse | None:
+    def measure_shard(self) -> CpuTimes | None:
         """CPU the positions shard used since ``window`` (``None``: none)."""
         ...
 
@@ -272,13 +273,13 @@ class OrderServerProcess(HelperProcess):
         """Start a CPU measurement window."""
         self._agent.ask("window")
 
-    def measure(self) -> CpuUse:
+    def measure(self) -> CpuTimes:
         """CPU the server process used since ``window``."""
         used = self._agent.ask("measure")[1]
-        assert isinstance(used, CpuUse)
+        assert isinstance(used, CpuTimes)
         return used
 
-    def measure_shard(self) -> CpuUse | None:
+    def measure_shard(self) -> CpuTimes | None:
         return None
 
     def server_ops(self) -> Summary | None:
@@ -314,10 +315,10 @@ class ClusterOrderServer:
         self._edge.window()
         self._shard.window()
 
-    def measure(self) -> CpuUse:
+    def measure(self) -> CpuTimes:
         return self._edge.measure()[1]
 
-    def measure_shard(self) -> CpuUse | None:
+    def measure_shard(self) -> CpuTimes | None:
         return self._shard.measure()[1]
 
     def server_ops(self) -> Summary | None:

@@ -16,7 +16,9 @@ since start, which unlike quantiles can be added up across servers
     marketcast_instrument_activity{instrument="binance:BTC-USDT",activity="hot"} 1
     marketcast_build_info{version="0.1.0",commit="3f2a...",role="all"} 1
 
-plus prometheus_client's ``process_*`` (CPU, memory, open files) and ``python_info``.
+plus ``marketcast_event_loop_cpu_seconds_total`` (the event loop thread's CPU, beside
+prometheus_client's ``process_cpu_seconds_total`` of every thread), prometheus_client's
+``process_*`` (CPU, memory, open files) and ``python_info``.
 A sample is put in the bucket of its HDR bucket's highest equivalent value (within 0.1%
 of the sample). Cost per scrape: O(stages + venues + instruments + non-empty HDR
 buckets), the quantiles precomputed by the tick.
@@ -164,6 +166,13 @@ class MetricsCollector(Collector):
         )
         errors.add_metric([], self._metrics.tick_errors)
         yield errors
+        loop_cpu = CounterMetricFamily(
+            f"{PREFIX}_event_loop_cpu_seconds",
+            "CPU time of the thread running the event loop, at the last metrics tick (its "
+            "rate near 1 is a saturated loop; process_cpu_seconds_total counts every thread)",
+        )
+        loop_cpu.add_metric([], self._metrics.cpu.event_loop)
+        yield loop_cpu
         for gauge in self._gauges:
             family = GaugeMetricFamily(f"{PREFIX}_{gauge.name}", gauge.help)
             family.add_metric([], gauge.read())

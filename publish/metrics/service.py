@@ -16,9 +16,13 @@ One history point (and the ``metrics`` channel message, with ``venues`` and
      "feed_latency": {"binance": {...}},
      "rates": {"feed_frames": 812.0, "feed_messages": 812.0, "messages_sent": ...,
                "frames_sent": ..., "conflated": ..., "db_rows": ...},
-     "clients": 3, "db_pending_rows": 0}
+     "clients": 3, "db_pending_rows": 0,
+     "cpu": {"process": 0.63, "event_loop": 0.4}}
 
-Latencies are integer nanoseconds (the wire protocol's unit); a stage with no samples in
+``cpu`` is the interval's CPU as shares of one core: the whole process's, and the event
+loop's thread's alone (``publish.metrics.cpu``: the loop is what saturates first; the
+process's other threads, SQLite's writer, use the machine's other cores). Latencies are
+integer nanoseconds (the wire protocol's unit); a stage with no samples in
 the interval has ``null`` quantiles.
 """
 
@@ -41,6 +45,7 @@ from book.instruments import venue_of
 from book.registry import BookRegistry
 from book.status import InstrumentState
 from publish.fanout import Counters
+from publish.metrics.cpu import CpuTimes, cpu_times
 from publish.metrics.hdr import SECOND_NS
 from publish.metrics.recorder import LatencyRecorder
 from publish.storage.flusher import FlusherStats, StorageFlusher, StorageHealth
@@ -119,6 +124,7 @@ class Metrics:
         activity: ActivityThresholds = ActivityThresholds(),  # noqa: B008 (frozen)
         clock: Callable[[], int] = time.time_ns,
         monotonic: Callable[[], int] = time.monotonic_ns,
+        cpu: Callable[[], CpuTimes] = cpu_times,
         on_report: Callable[[], None] | None = None,
     ) -> None:
         if interval <= 0 or history < 1:
@@ -141,9 +147,14 @@ class Metrics:
         self._on_report = on_report
         self.tick_errors = 0
         """Ticks that raised (the first is logged); reporting goes on with the next one."""
+        self._cpu_times = cpu
+        self.cpu = cpu()
+        """CPU seconds so far at the last tick (built, and ticked, on the event loop)."""
         self._totals = self._rate_totals()
-        # Until the first tick: every stage empty, every rate 0.
-        self._report = self._compose(self._point(0, dict.fromkeys(self._totals, 0.0)))
+        # Until the first tick: every stage empty, every rate and share 0.
+        self._report = self._compose(
+            self._point(0, dict.fromkeys(self._totals, 0.0), CpuTimes(0.0, 0.0))
+        )
 
     # -- the tick ------------------------------------------------------------------------
 
@@ -189,16 +200,18 @@ class Metrics:
             name: round((totals[name] - self._totals.get(name, 0)) / seconds, 3) for name in totals
         }
         self._totals = totals
+        cpu, self.cpu = self.cpu, self._cpu_times()
         self._update_instruments(now, seconds)
-        point = self._point(elapsed_ns, rates)
+        point = self._point(elapsed_ns, rates, (self.cpu - cpu).shares(seconds))
         self.history.append(point)
         self._report = self._compose(point)
         if self._on_report is not None:
             self._on_report()
         return self._report
 
-    def _point(self, elapsed_ns: int, rates: dict[str, float]) -> dict[str, Any]:
-        """One history point from the histograms' last intervals (see the module doc)."""
+    def _point(self, elapsed_ns: int, rates: dict[str, float], cpu: CpuTimes) -> dict[str, Any]:
+        """One history point from the histograms' last intervals and the interval's CPU
+        ``cpu`` (shares of a core; see the module doc)."""
         recorder = self.recorder
         storage = self.storage()
         return {
@@ -215,6 +228,7 @@ class Metrics:
             "rates": rates,
             "clients": self.fanout.clients,
             "db_pending_rows": storage.pending_rows if storage is not None else 0,
+            "cpu": {"process": round(cpu.process, 3), "event_loop": round(cpu.event_loop, 3)},
         }
 
     def _compose(self, point: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,7 @@ GAUGES_AND_COUNTERS = {
     "marketcast_instrument_update_rate",
     "marketcast_instrument_activity",
     "marketcast_instrument_state",
+    "marketcast_event_loop_cpu_seconds",
 }
 REPORT_KEYS = {
     "type",
@@ -59,6 +60,7 @@ REPORT_KEYS = {
     "rates",
     "clients",
     "db_pending_rows",
+    "cpu",
     "venues",
     "instruments",
     "ts_send",
@@ -136,6 +138,14 @@ async def test_metrics_stats_channel_and_grafana_agree(demo: RunningServer) -> N
     assert values["marketcast_feed_latency_seconds_count", (("venue", "binance"),)] > 0
     assert values["marketcast_feed_book_messages_total", (("venue", "binance"),)] > 0
     assert values["marketcast_frames_sent_total", ()] > 0
+    # The event loop's thread is one of the process's: its CPU is some of the process's.
+    assert values["marketcast_event_loop_cpu_seconds_total", ()] > 0
+    assert (
+        values["marketcast_event_loop_cpu_seconds_total", ()]
+        <= values["process_cpu_seconds_total", ()]
+    )
+    for point in stats["history"]:
+        assert 0 <= point["cpu"]["event_loop"] <= point["cpu"]["process"]
 
     # Every metric the Grafana dashboard queries is exported.
     dashboard = json.loads(GRAFANA.read_text())
@@ -236,7 +246,11 @@ async def test_the_dashboard_page_shows_live_data(demo: RunningServer, tmp_path:
         requested = page.requested_urls()
     assert shown["status"] == "ok"
     assert shown["venues"] == ["binance"]
-    assert set(shown["charts"]) >= {*LATENCY_CHARTS, "event_loop_lag", "rates", "clients", "db"}
+    assert set(shown["charts"]) >= {
+        *LATENCY_CHARTS,
+        *("event_loop_lag", "rates", "clients", "db", "cpu"),
+    }
+    assert set(shown["charts"]["cpu"]) == {"event loop", "process"}
     for chart in LATENCY_CHARTS:
         assert set(shown["charts"][chart]) == {"p50", "p99", "p99.9"}
     # Self-contained: the page fetched nothing but itself and /stats from this server.

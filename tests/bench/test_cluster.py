@@ -57,7 +57,7 @@ def test_a_positions_node_and_an_edge_learn_the_instruments_from_the_ingest() ->
             shard.window()
             for node in (edge, shard):
                 cpu = node.measure()[1]
-                assert 0 <= cpu.loop <= cpu.process  # the loop's thread is one of them
+                assert 0 <= cpu.event_loop <= cpu.process  # the loop's thread is one of them
 
 
 def _step(delivered: float, serving_cpu: float) -> RepeatedStep[ClusterTrial]:

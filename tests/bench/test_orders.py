@@ -16,7 +16,6 @@ import orjson
 import pytest
 
 from bench.agent import AgentError
-from bench.cpuclock import CpuUse
 from bench.orderclients import OrderClientPool, OrderPoolSpec, OrderWindow
 from bench.orders import Contender, OrdersOptions, OrderTrial, limit_reason, run
 from bench.orderservers import OrderServerKind, OrderServerProcess, OrderServerSpec
@@ -24,6 +23,7 @@ from bench.positionfloor import FloorSpec, PositionParams, RowSource, StorageFlo
 from bench.ramp import RepeatedStep
 from bench.report import Progress, latency_histogram
 from publish.auth import TokenAuthority
+from publish.metrics.cpu import CpuTimes
 from tests.postgres import PG_DSN, pg_query
 
 INSTRUMENTS = ("bench:SYM0000-USD", "bench:SYM0001-USD")
@@ -39,7 +39,7 @@ def auth_requests(secret: str, accounts: int) -> tuple[bytes, ...]:
 
 def one_window(
     server: OrderServerProcess, pool: OrderClientPool, rate: float
-) -> tuple[OrderWindow, CpuUse]:
+) -> tuple[OrderWindow, CpuTimes]:
     pool.drive(rate)
     try:
         server.window()
@@ -63,7 +63,7 @@ def test_clients_get_an_ack_for_every_open_they_send(kind: OrderServerKind) -> N
     assert window.errors == {} and window.closed == 0
     assert window.latency.get_total_count() == window.acked
     # The event loop's thread is one of the process's: it used some, never more.
-    assert 0 < cpu.loop <= cpu.process
+    assert 0 < cpu.event_loop <= cpu.process
 
 
 def test_a_refused_open_is_counted_by_its_code() -> None:

@@ -10,6 +10,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from publish.metrics.build import build
+from publish.metrics.cpu import CpuTimes
 from publish.metrics.hdr import SECOND_NS
 from publish.metrics.prometheus import ExtraGauge, PrometheusExporter
 from publish.metrics.recorder import Stage
@@ -43,6 +44,7 @@ COUNTERS_AND_GAUGES = {
     "marketcast_db_rows_written": "counter",
     "marketcast_start_time_seconds": "gauge",
     "marketcast_metrics_tick_errors": "counter",
+    "marketcast_event_loop_cpu_seconds": "counter",
 }
 
 
@@ -59,7 +61,7 @@ def test_the_exposition_holds_every_family_with_exact_values(tmp_path: Path) -> 
     quote(setup.feed, BTC, 20)
     quote(setup.feed, ETH, 2)
     setup.fanout.counters.frames_sent += 30
-    setup.at(1.0)
+    setup.at(1.0, CpuTimes(process=3.5, event_loop=2.25))
     exporter = PrometheusExporter(setup.metrics)
     assert exporter.content_type == "text/plain; version=0.0.4; charset=utf-8"
     parsed = families(exporter.render().decode())
@@ -105,6 +107,10 @@ def test_the_exposition_holds_every_family_with_exact_values(tmp_path: Path) -> 
     ]
     assert samples(parsed["marketcast_start_time_seconds"]) == [
         ("marketcast_start_time_seconds", {}, 1_700_000_000.0)
+    ]
+    # The loop thread's CPU as of the last tick.
+    assert samples(parsed["marketcast_event_loop_cpu_seconds"]) == [
+        ("marketcast_event_loop_cpu_seconds_total", {}, 2.25)
     ]
 
 

@@ -4,6 +4,8 @@ Clocks are injected (``support.new_setup``), so every rate and class is an exact
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from websockets.asyncio.client import connect
 
 from publish.fanout import Counters
 from publish.metrics import LatencyRecorder, Metrics
+from publish.metrics.cpu import CpuTimes
 from publish.metrics.hdr import EMPTY, SECOND_NS, Histogram, Summary
 from publish.server import MarketServer
 from tests.publish.metrics.support import START, Setup, new_setup, quote
@@ -70,6 +73,7 @@ async def test_a_tick_reports_every_stage_rates_venues_and_instruments(setup: Se
         },
         "clients": 0,
         "db_pending_rows": 0,
+        "cpu": {"process": 0.0, "event_loop": 0.0},
         "venues": {
             "binance": {
                 "connections": 0,
@@ -90,6 +94,39 @@ async def test_a_tick_reports_every_stage_rates_venues_and_instruments(setup: Se
     assert list(setup.metrics.history) == [
         {key: value for key, value in report.items() if key not in ("venues", "instruments")}
     ]
+
+
+async def test_a_point_gives_the_intervals_cpu_of_the_process_and_of_the_event_loop(
+    setup: Setup,
+) -> None:
+    setup.at(1.0, CpuTimes(process=10.0, event_loop=8.0))
+    # Two seconds in which the process used 1.5 s of CPU, its loop's thread 0.5 s of it.
+    point = setup.at(3.0, CpuTimes(process=11.5, event_loop=8.5))
+    assert point["cpu"] == {"process": 0.75, "event_loop": 0.25}
+    assert setup.metrics.cpu == CpuTimes(11.5, 8.5)  # what /metrics exports as counters
+    # Two clocks read one after the other: the loop's share is never above the process's.
+    assert setup.at(4.0, CpuTimes(12.0, 9.1))["cpu"] == {"process": 0.5, "event_loop": 0.5}
+
+
+def test_the_cpu_of_the_thread_that_ticks_is_the_event_loops() -> None:
+    """With the real clocks: work done on the ticking thread counts for the loop, work
+    done by another thread only for the process."""
+    metrics = Metrics(LatencyRecorder(), registry=new_registry(), fanout=Counters())
+    spin(0.05)
+    first = metrics.tick()["cpu"]
+    worker = threading.Thread(target=spin, args=(0.2,))
+    worker.start()
+    worker.join()
+    second = metrics.tick()["cpu"]
+    assert 0 < first["event_loop"] <= first["process"]
+    assert second["process"] > 2 * second["event_loop"]
+
+
+def spin(seconds: float) -> None:
+    """Use ``seconds`` of this thread's CPU."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
 
 
 async def test_activity_is_reclassified_once_per_period(setup: Setup) -> None:
