@@ -112,11 +112,17 @@ class WireFormat:
         return self.ts is TimeFormat.NS and self.deflate_bits is None
 
 
-@cache
 def wire_format(
     ts: TimeFormat = TimeFormat.NS, *, batch: bool = False, deflate_bits: int | None = None
 ) -> WireFormat:
-    """The one ``WireFormat`` instance of these settings."""
+    """The one ``WireFormat`` instance of these settings, however they are spelled (a
+    default left out or given: ``functools.cache`` alone keys on the call's spelling, and
+    a handshake's explicit settings then made a second "plain" that ``PLAIN`` was not)."""
+    return _interned(ts, batch, deflate_bits)
+
+
+@cache
+def _interned(ts: TimeFormat, batch: bool, deflate_bits: int | None) -> WireFormat:
     return WireFormat(ts, batch, deflate_bits)
 
 

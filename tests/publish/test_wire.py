@@ -27,6 +27,8 @@ from book.status import InstrumentState
 from publish.client import ClientSession, ServerLimits
 from publish.fanout import Fanout
 from publish.wire import (
+    BATCHED,
+    PLAIN,
     Framing,
     TimeFormat,
     WireFormat,
@@ -99,6 +101,16 @@ def test_the_query_names_the_format_and_a_bad_ts_is_refused() -> None:
     with pytest.raises(ValueError, match="ts must be one of ns|us|ms|iso, not 's'"):
         WireRequest.from_query("ts=s")
     assert wire_format(TimeFormat.MS, batch=True) is wire_format(TimeFormat.MS, batch=True)
+
+
+def test_a_format_is_one_instance_however_its_settings_are_spelled() -> None:
+    """A handshake spells every setting out; its format must still be ``PLAIN`` (or
+    ``BATCHED``) itself, which frame caches and the one-message fast path go by."""
+    assert WireRequest.from_query("").format([]) is PLAIN
+    assert WireRequest.from_query("ts=ns&batch=0").format([]) is PLAIN
+    assert WireRequest.from_query("batch=1").format([]) is BATCHED
+    assert wire_format(TimeFormat.NS, batch=False, deflate_bits=None) is PLAIN
+    assert wire_format(TimeFormat.US) is wire_format(TimeFormat.US, batch=False, deflate_bits=None)
 
 
 def inflate(frames: bytes) -> Iterator[tuple[bool, bytes]]:
