@@ -38,7 +38,7 @@ from hdrh.histogram import HdrHistogram
 
 from bench.clusternodes import NodeProcess, NodeSpec
 from bench.leanws import arrival_clock_of
-from bench.ramp import Criteria, RepeatedStep, climb, latencies, median, median_percentile
+from bench.ramp import Criteria, RepeatedStep, climb, latencies, median_percentile
 from bench.report import Progress, ScenarioResult, Table, Target, latency_histogram, number
 from bench.servers import ServerKind, ServerProcess, ServerSpec
 from bench.subscribers import PoolSpec, SubscriberPool
@@ -303,8 +303,8 @@ def report(
         single_step = steps[SINGLE][0] if steps.get(SINGLE) else None
         for name, ladder in steps.items():
             for step in ladder:
-                cpu_us = median([t.cpu_per_delivery_us for t in step.trials])
-                ingest = median([t.ingest_cpu for t in step.trials])
+                cpu_us = step.median_of(lambda t: t.cpu_per_delivery_us)
+                ingest = step.median_of(lambda t: t.ingest_cpu)
                 rows.append(
                     (
                         f"{subscribers:,}",
@@ -312,7 +312,7 @@ def report(
                         number(step.offered),
                         number(step.delivered),
                         latencies(step, _end_to_end),
-                        f"{median([t.serving_cpu for t in step.trials]):.0%}",
+                        f"{step.median_of(lambda t: t.serving_cpu):.0%}",
                         f"{cpu_us:.2f}",
                         "-" if math.isnan(ingest) else f"{ingest:.0%}",
                     )
@@ -321,7 +321,7 @@ def report(
             continue
         single_p50 = median_percentile(single_step, _end_to_end, 50)
         single_p99 = median_percentile(single_step, _end_to_end, 99)
-        single_cpu = median([t.cpu_per_delivery_us for t in single_step.trials])
+        single_cpu = single_step.median_of(lambda t: t.cpu_per_delivery_us)
         for count in options.edges:
             edge_steps = steps.get(edges_name(count))
             if not edge_steps:
@@ -329,7 +329,7 @@ def report(
             step = edge_steps[0]
             hop_p50 = (median_percentile(step, _end_to_end, 50) - single_p50) / 1e6
             hop_p99 = (median_percentile(step, _end_to_end, 99) - single_p99) / 1e6
-            cpu = median([t.cpu_per_delivery_us for t in step.trials])
+            cpu = step.median_of(lambda t: t.cpu_per_delivery_us)
             key = f"n{subscribers}_edges{count}"
             result.figures[f"{key}_hop_p50_ms"] = hop_p50
             result.figures[f"{key}_hop_p99_ms"] = hop_p99

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
@@ -44,7 +43,6 @@ from bench.ramp import (
     climb,
     highest_sustained,
     latencies,
-    median,
     median_percentile,
     p99_range,
     value_range,
@@ -177,10 +175,6 @@ def criteria_for(subscribers: int) -> Criteria:
     return Criteria(SUSTAINED_SHARE, sustained_p99_ms(subscribers))
 
 
-def _median_of(step: Repeated, value: Callable[[Step], float]) -> float:
-    return median([value(trial) for trial in step.trials])
-
-
 @dataclass(slots=True)
 class Run:
     server: str
@@ -198,12 +192,12 @@ class Run:
 
     @property
     def peak_frames(self) -> float:
-        return max((_median_of(step, lambda t: t.frames) for step in self.steps), default=0.0)
+        return max((step.median_of(lambda t: t.frames) for step in self.steps), default=0.0)
 
     @property
     def peak_frames_per_core(self) -> float:
         return max(
-            (_median_of(step, lambda t: t.frames_per_core) for step in self.steps), default=0.0
+            (step.median_of(lambda t: t.frames_per_core) for step in self.steps), default=0.0
         )
 
     @property
@@ -365,13 +359,13 @@ def report(runs: list[Run], options: FanoutOptions) -> ScenarioResult:
                     number(step.rate),
                     number(step.delivered),
                     value_range(step.spread(lambda trial: trial.delivered)),
-                    number(_median_of(step, lambda t: t.frames)),
+                    number(step.median_of(lambda t: t.frames)),
                     latencies(step, _publish),
                     latencies(step, _end_to_end),
                     p99_range(step),
-                    f"{_median_of(step, lambda t: t.server_cpu):.0%}",
-                    number(_median_of(step, lambda t: t.frames_per_core)),
-                    f"{_median_of(step, lambda t: t.client_cpu):.0%}",
+                    f"{step.median_of(lambda t: t.server_cpu):.0%}",
+                    number(step.median_of(lambda t: t.frames_per_core)),
+                    f"{step.median_of(lambda t: t.client_cpu):.0%}",
                     f"{'yes' if step.sustained(criteria) else 'no'} "
                     f"({step.trials_sustained(criteria)} of {len(step.trials)})",
                 )

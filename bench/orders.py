@@ -392,11 +392,9 @@ def _share(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.0%}"
 
 
-def _cpu_cell(step: RepeatedStep[OrderTrial], process: str, loop: str) -> str:
+def _cpu_cell(process: float, loop: float) -> str:
     """A process's share of a core, with its event loop thread's where read."""
-    shares = _share(_median_of(step, process))
-    loop_share = _median_of(step, loop)
-    return shares if math.isnan(loop_share) else f"{shares} (loop {loop_share:.0%})"
+    return _share(process) if math.isnan(loop) else f"{_share(process)} (loop {loop:.0%})"
 
 
 def _sustained_text(steps: list[RepeatedStep[OrderTrial]], options: OrdersOptions) -> str:
@@ -419,19 +417,21 @@ def limit_reason(step: RepeatedStep[OrderTrial], *, stores: bool = True) -> str:
     A server whose event loop thread is read is CPU-bound when that thread is: its
     process may use more than a core (storage threads beside the loop) while the loop,
     which serves every connection, still has time to spare."""
-    server = _median_of(step, "server_cpu")
-    client = _median_of(step, "client_cpu")
+    server = step.median_of(lambda trial: trial.server_cpu)
+    client = step.median_of(lambda trial: trial.client_cpu)
     if step.failures:
         return "requests refused or connections closed (see the refusals below)"
     if step.offered < CRITERIA.share * step.rate:
         driver = server if math.isnan(client) else client
         return f"the driver could not offer the rate (its process at {driver:.0%} of a core)"
-    server_loop = _median_of(step, "server_loop_cpu")
+    server_loop = step.median_of(lambda trial: trial.server_loop_cpu)
     if (bound := _cpu_bound("server", server, server_loop)) is not None:
         return bound
-    shard = _median_of(step, "shard_cpu")
+    shard = step.median_of(lambda trial: trial.shard_cpu)
     if (
-        bound := _cpu_bound("positions shard", shard, _median_of(step, "shard_loop_cpu"))
+        bound := _cpu_bound(
+            "positions shard", shard, step.median_of(lambda trial: trial.shard_loop_cpu)
+        )
     ) is not None:
         return bound
     if client >= BUSY_SHARE:
@@ -459,10 +459,6 @@ def limit_reason(step: RepeatedStep[OrderTrial], *, stores: bool = True) -> str:
         f"latency (p99 {step.p99_ns / 1e6:.3g} ms, {step.delivered_share:.0%} acked) with the "
         f"{_cpu_text(server, server_loop)}: {waits}{own}"
     )
-
-
-def _median_of(step: RepeatedStep[OrderTrial], share: str) -> float:
-    return median([getattr(trial, share) for trial in step.trials])
 
 
 def _cpu_bound(what: str, process: float, loop: float) -> str | None:
@@ -590,9 +586,15 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
                     _in_server(step),
                     p99_range(step),
                     number(step.failures),
-                    _cpu_cell(step, "server_cpu", "server_loop_cpu"),
-                    _cpu_cell(step, "shard_cpu", "shard_loop_cpu"),
-                    _share(_median_of(step, "client_cpu")),
+                    _cpu_cell(
+                        step.median_of(lambda trial: trial.server_cpu),
+                        step.median_of(lambda trial: trial.server_loop_cpu),
+                    ),
+                    _cpu_cell(
+                        step.median_of(lambda trial: trial.shard_cpu),
+                        step.median_of(lambda trial: trial.shard_loop_cpu),
+                    ),
+                    _share(step.median_of(lambda trial: trial.client_cpu)),
                     f"{'yes' if step.sustained(CRITERIA) else 'no'} "
                     f"({step.trials_sustained(CRITERIA)} of {len(step.trials)})",
                 )

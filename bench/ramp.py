@@ -78,11 +78,11 @@ class RepeatedStep(Generic[T]):
 
     @property
     def offered(self) -> float:
-        return median([trial.offered for trial in self.trials])
+        return self.median_of(lambda trial: trial.offered)
 
     @property
     def delivered(self) -> float:
-        return median([trial.delivered for trial in self.trials])
+        return self.median_of(lambda trial: trial.delivered)
 
     @property
     def delivered_share(self) -> float:
@@ -93,11 +93,15 @@ class RepeatedStep(Generic[T]):
 
     @property
     def p99_ns(self) -> float:
-        return median([trial.p99_ns for trial in self.trials])
+        return self.median_of(lambda trial: trial.p99_ns)
 
     @property
     def failures(self) -> float:
-        return median([float(trial.failures) for trial in self.trials])
+        return self.median_of(lambda trial: float(trial.failures))
+
+    def median_of(self, value: Callable[[T], float]) -> float:
+        """The median of ``value`` over the trials (``nan``: none)."""
+        return median([value(trial) for trial in self.trials])
 
     def spread(self, value: Callable[[T], float]) -> tuple[float, float]:
         """Smallest and largest ``value`` over the trials."""
