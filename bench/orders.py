@@ -531,7 +531,37 @@ def _lean_reference(result: ScenarioResult, steps: Steps, options: OrdersOptions
         "open's checks, the bare SQLite group commit, marketcast's ack; nothing else) "
         f"sustained {_sustained_text(lean_steps, options)} opens/s, marketcast on SQLite "
         f"{_sustained_text(steps[Contender.MARKETCAST_SQLITE], options)}{share}"
+        + _loop_costs(result, ours, lean_steps)
     )
+
+
+def _loop_costs(
+    result: ScenarioResult,
+    ours: RepeatedStep[OrderTrial] | None,
+    lean_steps: list[RepeatedStep[OrderTrial]],
+) -> str:
+    """The event loop's CPU per open of marketcast on SQLite and of the lean server at
+    marketcast's highest sustained rate (figures ``sqlite_loop_us_per_open``,
+    ``lean_sqlite_loop_us_per_open``): what each open costs the one thread that serves
+    every connection. ``""`` when either was not measured there."""
+    lean = next((step for step in lean_steps if ours and step.rate == ours.rate), None)
+    if ours is None or lean is None:
+        return ""
+    costs = [step.median_of(_loop_us_per_open) for step in (ours, lean)]
+    if any(math.isnan(cost) for cost in costs):
+        return ""
+    result.figures["sqlite_loop_us_per_open"], result.figures["lean_sqlite_loop_us_per_open"] = (
+        costs
+    )
+    return (
+        f"; at {number(ours.rate)} opens/s their event loops spent {costs[0]:.3g} and "
+        f"{costs[1]:.3g} µs of CPU an open"
+    )
+
+
+def _loop_us_per_open(trial: OrderTrial) -> float:
+    """The server's event loop CPU per acked open, µs (``nan``: none acked or not read)."""
+    return trial.server_loop_cpu / trial.delivered * 1e6 if trial.delivered else math.nan
 
 
 def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
