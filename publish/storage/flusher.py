@@ -22,9 +22,9 @@ own): its commit says ``WRITTEN`` or ``ID_TAKEN``. A ``Commit`` is an ``asyncio.
 or any object answering the same two calls; the position book passes its change in
 progress itself, which is told at once, in the flusher's turn: no future, no loop
 callback and no closure per op. ``after_commit`` runs once a committed batch's commits
-are resolved (and a future's done callbacks have run): whatever they queued (the acks)
-can go out in that same turn of the event loop rather than in the next, after its
-socket reads.
+are resolved (and a future's done callbacks have run): at once in the flusher's turn
+when no commit was a future, so whatever they queued (the acks) goes out before the
+loop's next socket reads.
 
 When a write fails the rows go back to the front of the buffer and the flusher retries
 with capped exponential backoff (``degraded`` until a write succeeds). Meanwhile the
@@ -110,10 +110,14 @@ class StorageFlusher:
     Run ``run()`` as a task; on shutdown cancel it, then await ``drain()``. The ``add_*``
     methods are the hot path: O(1) (an append; past the bound, one ``popleft`` too).
     ``on_flush(duration_ns, rows)`` is called after each committed batch (histograms).
-    ``after_commit()`` is scheduled (``call_soon``) after each committed batch that
-    resolved position commits: behind a future's done callbacks, which asyncio runs in
+    ``after_commit()`` runs after each committed batch that resolved position commits,
+    once whatever resolving them queued is there. When every commit was told at once (a
+    ``Commit`` that is not a future, as the position book's), that is right away, in the
+    flusher's own turn: the acks queued meanwhile then go out before the loop reads its
+    sockets again, not a turn later. When a commit was an ``asyncio.Future``, it is
+    scheduled (``call_soon``) behind the future's done callbacks, which asyncio runs in
     the order they were scheduled, so it runs right after them, in the same turn of the
-    loop.
+    loop. A bug in ``after_commit`` called at once is logged, as a loop callback's is.
     """
 
     def __init__(
@@ -348,16 +352,27 @@ class StorageFlusher:
             self._health = StorageHealth.HEALTHY
         self._dropping = False
         changed, new = waiters
+        futures = False
         for waiter in changed:
-            _resolve(waiter, None)
+            futures |= _resolve(waiter, None)
         for index, new_waiter in enumerate(new):
             outcome = InsertOutcome.ID_TAKEN if index in taken else InsertOutcome.WRITTEN
-            _resolve(new_waiter, outcome)
+            futures |= _resolve(new_waiter, outcome)
         if self._after_commit is not None and (changed or new):
-            asyncio.get_running_loop().call_soon(self._after_commit)
+            if futures:
+                asyncio.get_running_loop().call_soon(self._after_commit)
+            else:
+                self._call_after_commit()
         if self._on_flush is not None:
             self._on_flush(duration, len(batch))
         return True
+
+    def _call_after_commit(self) -> None:
+        assert self._after_commit is not None
+        try:
+            self._after_commit()
+        except Exception:  # as the loop does for a callback: the write itself succeeded
+            logger.exception("after_commit failed")
 
     def _open_window_if_idle(self) -> None:
         if not self._rows_waiting.is_set():
@@ -423,14 +438,16 @@ class StorageFlusher:
             )
 
 
-def _resolve(commit: Commit[_T], result: _T) -> None:
+def _resolve(commit: Commit[_T], result: _T) -> bool:
     """Resolve one row's commit; a bug in a waiter's own code is logged, and must not keep
-    the batch's other commits from being resolved."""
+    the batch's other commits from being resolved. True for an ``asyncio.Future``, whose
+    done callbacks run a turn later."""
     try:
         if not commit.done():
             commit.set_result(result)
     except Exception:
         logger.exception("resolving a position's commit failed")
+    return isinstance(commit, asyncio.Future)
 
 
 async def _raise(error: Exception) -> frozenset[int]:

@@ -220,6 +220,46 @@ async def test_a_commit_that_is_not_a_future_is_told_in_the_flushers_turn(
     ] * 2
 
 
+async def test_after_commit_runs_at_once_when_no_commit_was_a_future(
+    sqlite: SqliteBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Commits told at once leave nothing for a later turn: ``after_commit`` runs in the
+    flusher's own turn, before anything the loop was asked meanwhile to run later (so the
+    acks it flushes go out before the loop's next socket reads). A bug in it is logged
+    and the flusher goes on."""
+    told: list[tuple[str, object]] = []
+    loop = asyncio.get_running_loop()
+
+    class Told(_Recorded):
+        """Also asks the loop for something later, as it is told."""
+
+        def set_result(self, result: object, /) -> None:
+            super().set_result(result)
+            loop.call_soon(told.append, (f"{self._name}: soon after", None))
+
+    def after_commit() -> None:
+        told.append(("after_commit", None))
+        if len(told) > 3:
+            raise RuntimeError("after_commit failed")
+
+    flusher = StorageFlusher(sqlite, after_commit=after_commit)
+    flusher.add_new_position(position("p-1"), Told("new", told))
+    await flusher.drain()
+    await asyncio.sleep(0)
+    assert told == [
+        ("new", InsertOutcome.WRITTEN),
+        ("after_commit", None),
+        ("new: soon after", None),
+    ]
+    flusher.add_new_position(position("p-2"), Told("again", told))
+    await flusher.drain()
+    assert told[3:5] == [("again", InsertOutcome.WRITTEN), ("after_commit", None)]
+    assert [record.getMessage() for record in caplog.records] == ["after_commit failed"]
+    flusher.add_new_position(position("p-3"), Told("still", told))
+    await flusher.drain()
+    assert ("still", InsertOutcome.WRITTEN) in told
+
+
 async def test_the_writer_thread_takes_a_batch_in_the_turn_the_flush_begins(
     sqlite: SqliteBackend, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
