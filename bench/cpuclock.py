@@ -8,9 +8,7 @@ writer) use the machine's other core.
 
 from __future__ import annotations
 
-import time
-
-from publish.metrics.cpu import CpuTimes
+from publish.metrics.cpu import CpuTimes, cpu_times
 
 
 class CpuClock:
@@ -18,15 +16,11 @@ class CpuClock:
     thread's)."""
 
     def __init__(self) -> None:
-        self._process = time.process_time()
-        self._loop = time.thread_time()
+        self._start = cpu_times()
 
     def start(self) -> None:
-        self._process = time.process_time()
-        self._loop = time.thread_time()
+        self._start = cpu_times()
 
     def used(self) -> CpuTimes:
-        """CPU seconds since ``start``. The thread's window lies within the process's (read
-        after it at the start, before it at the end), so ``event_loop <= process``."""
-        loop = time.thread_time() - self._loop
-        return CpuTimes(time.process_time() - self._process, loop)
+        """CPU seconds since ``start`` (the loop's never more than the process's)."""
+        return cpu_times().since(self._start)

@@ -28,14 +28,16 @@ class CpuTimes:
     event_loop: float
     """The thread that runs the event loop."""
 
-    def __sub__(self, earlier: CpuTimes) -> CpuTimes:
-        return CpuTimes(self.process - earlier.process, self.event_loop - earlier.event_loop)
+    def since(self, earlier: CpuTimes) -> CpuTimes:
+        """The CPU seconds used from ``earlier`` to these. The loop's are never more than
+        the process's: each reading takes the two clocks one after the other, so a
+        window's two ends can differ by what ran in between."""
+        process = self.process - earlier.process
+        return CpuTimes(process, min(self.event_loop - earlier.event_loop, process))
 
     def shares(self, seconds: float) -> CpuTimes:
-        """These CPU seconds as shares of one core over ``seconds`` of wall time (the
-        loop's never above the process's: the two clocks are read one after the other)."""
-        process = self.process / seconds
-        return CpuTimes(process, min(self.event_loop / seconds, process))
+        """These CPU seconds as shares of one core over ``seconds`` of wall time."""
+        return CpuTimes(self.process / seconds, self.event_loop / seconds)
 
 
 def cpu_times() -> CpuTimes:

@@ -202,7 +202,7 @@ class Metrics:
         self._totals = totals
         cpu, self.cpu = self.cpu, self._cpu_times()
         self._update_instruments(now, seconds)
-        point = self._point(elapsed_ns, rates, (self.cpu - cpu).shares(seconds))
+        point = self._point(elapsed_ns, rates, self.cpu.since(cpu).shares(seconds))
         self.history.append(point)
         self._report = self._compose(point)
         if self._on_report is not None:
