@@ -544,18 +544,19 @@ def _loop_costs(
     marketcast's highest sustained rate (figures ``sqlite_loop_us_per_open``,
     ``lean_sqlite_loop_us_per_open``): what each open costs the one thread that serves
     every connection. ``""`` when either was not measured there."""
-    lean = next((step for step in lean_steps if ours and step.rate == ours.rate), None)
-    if ours is None or lean is None:
+    if ours is None:
         return ""
-    costs = [step.median_of(_loop_us_per_open) for step in (ours, lean)]
-    if any(math.isnan(cost) for cost in costs):
+    lean = next((step for step in lean_steps if step.rate == ours.rate), None)
+    if lean is None:
         return ""
-    result.figures["sqlite_loop_us_per_open"], result.figures["lean_sqlite_loop_us_per_open"] = (
-        costs
-    )
+    own, lean_cost = ours.median_of(_loop_us_per_open), lean.median_of(_loop_us_per_open)
+    if math.isnan(own) or math.isnan(lean_cost):
+        return ""
+    result.figures["sqlite_loop_us_per_open"] = own
+    result.figures["lean_sqlite_loop_us_per_open"] = lean_cost
     return (
-        f"; at {number(ours.rate)} opens/s their event loops spent {costs[0]:.3g} and "
-        f"{costs[1]:.3g} µs of CPU an open"
+        f"; at {number(ours.rate)} opens/s their event loops spent {own:.3g} and "
+        f"{lean_cost:.3g} µs of CPU an open"
     )
 
 
