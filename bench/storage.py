@@ -53,7 +53,7 @@ from bench.report import (
     ratio,
 )
 from book.fixed import format_fixed, parse_fixed
-from publish.storage.backend import Batch, PrunableBackend, StorageBackend
+from publish.storage.backend import Batch, PrunableBackend, StorageBackend, written
 from publish.storage.flusher import StorageFlusher
 from publish.storage.retention import HOUR_NS, Retention
 from publish.storage.rows import BboRow
@@ -315,7 +315,7 @@ async def store_old_rows(backend: StorageBackend, maker: RowMaker, count: int) -
         old = [
             replace(row, ts_event=row.ts_event - shift, ts_recv=row.ts_recv - shift) for row in rows
         ]
-        await backend.write_batch(Batch(bbo=old))
+        await written(backend, Batch(bbo=old))
 
 
 def _quote_texts(quotes: list[Quote]) -> list[tuple[str, str, str, str]]:

@@ -1,5 +1,5 @@
 """Batched storage: rows collected by ``StorageFlusher`` and written per 5 ms window
-through a ``StorageBackend`` (``SqliteBackend``; PostgreSQL later)."""
+through a ``StorageBackend`` (``SqliteBackend``, ``PostgresBackend``)."""
 
 from __future__ import annotations
 

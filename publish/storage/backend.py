@@ -16,8 +16,9 @@ committed but was reported failed, so it counts as written; anything else holds 
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -46,6 +47,13 @@ class Batch:
         return len(self.bbo) + len(self.positions) + len(self.feed_events) + len(self.new_positions)
 
 
+WriteOutcome = frozenset[int] | BaseException
+"""How a ``write_batch`` ended: committed, with the indices into ``batch.new_positions``
+of those not written because their id is taken; or the error (nothing committed)."""
+
+WriteDone = Callable[[WriteOutcome], None]
+
+
 class StorageBackend(Protocol):
     """A database the flusher writes to; it never has two ``write_batch`` calls in flight.
 
@@ -63,11 +71,17 @@ class StorageBackend(Protocol):
         """Connect, and create or migrate the schema to the newest version."""
         ...
 
-    def write_batch(self, batch: Batch) -> Awaitable[frozenset[int]]:
-        """Write every row of ``batch`` in one transaction; awaited, the indices into
-        ``batch.new_positions`` of those not written because their id is taken. A backend
-        may start the write before it is awaited (SQLite hands it to its thread at once);
-        an error raised by the call or by the await means "not written" alike."""
+    def write_batch(self, batch: Batch, done: WriteDone) -> None:
+        """Start writing every row of ``batch`` in one transaction; ``done`` is called
+        once, on the event loop, with how it ended (``WriteOutcome``).
+
+        ``done`` runs as soon as the loop hears that the write ended: in the callback
+        SQLite's writer thread schedules, in the step of PostgreSQL's task that got the
+        commit's answer. Not behind a future that wakes a task: each of those waits a
+        turn of the loop, behind the socket reads of that turn, and the flusher answers
+        the batch's acks in ``done``. An error raised by the call itself means "not
+        written", as one given to ``done`` does. ``written`` is the same write awaited.
+        """
         ...
 
     async def load_open_positions(self) -> list[PositionRow]:
@@ -77,6 +91,24 @@ class StorageBackend(Protocol):
     async def close(self) -> None:
         """Finish the work already submitted and release the connection."""
         ...
+
+
+async def written(backend: StorageBackend, batch: Batch) -> frozenset[int]:
+    """``backend.write_batch(batch)`` awaited: the new positions' indices whose id is
+    taken, or the write's error raised. Cancelling this stops the wait only: the write
+    goes on. For maintenance, the bench and tests; the flusher takes ``done`` itself."""
+    ended: asyncio.Future[frozenset[int]] = asyncio.get_running_loop().create_future()
+
+    def settle(outcome: WriteOutcome) -> None:
+        if ended.done():  # the wait was cancelled
+            return
+        if isinstance(outcome, BaseException):
+            ended.set_exception(outcome)
+        else:
+            ended.set_result(outcome)
+
+    backend.write_batch(batch, settle)
+    return await ended
 
 
 @runtime_checkable

@@ -26,6 +26,11 @@ are resolved (and a future's done callbacks have run): at once in the flusher's 
 when no commit was a future, so whatever they queued (the acks) goes out before the
 loop's next socket reads.
 
+That turn is the first one that hears the write ended: the backend calls the flusher's
+``done`` itself (``StorageBackend.write_batch``); SQLite's writer thread schedules it on
+the loop. A future that woke a task would add a turn, and the socket reads in it, to
+every ack (about a third of the time from the commit to its acks: docs/performance.md).
+
 When a write fails the rows go back to the front of the buffer and the flusher retries
 with capped exponential backoff (``degraded`` until a write succeeds). Meanwhile the
 buffer is bounded: past ``max_pending_rows`` BBO and feed-event rows the oldest BBO rows
@@ -41,9 +46,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import Protocol, TypeVar
 
-from publish.storage.backend import Batch, StorageBackend
+from publish.storage.backend import Batch, StorageBackend, WriteOutcome
 from publish.storage.rows import BboRow, FeedEventRow, PositionRow
 
 logger = logging.getLogger(__name__)
@@ -161,7 +167,7 @@ class StorageFlusher:
         # Serializes writes between run() and drain(). _inflight outlives a cancelled
         # caller, so the next flush waits for that write to settle before taking rows.
         self._lock = asyncio.Lock()
-        self._inflight: asyncio.Task[bool] | None = None
+        self._inflight: asyncio.Future[bool] | None = None
         self._inflight_rows = 0
         # Set (and replaced by a new one) when a write attempt ends: between_flushes waits
         # on it for the next gap.
@@ -301,44 +307,54 @@ class StorageFlusher:
             if not batch:
                 return True
             self._inflight_rows = len(batch)
-            started = self._clock()
-            written = self._start_write(batch)
-            self._inflight = asyncio.create_task(self._write(batch, waiters, written, started))
-            return await asyncio.shield(self._inflight)
+            inflight = self._inflight = asyncio.get_running_loop().create_future()
+            done = partial(self._written, batch, waiters, self._clock(), inflight)
+            try:
+                self._backend.write_batch(batch, done)
+            except Exception as error:  # the call's own error is the write's
+                done(error)
+            return await asyncio.shield(inflight)
 
-    def _start_write(self, batch: Batch) -> Awaitable[frozenset[int]]:
-        """The backend's write of ``batch``, started in this turn of the loop where the
-        backend can (SQLite's writer thread takes it at once, not once the task awaiting
-        it first runs, a turn later); an error the call raises is the write's."""
+    def _written(
+        self,
+        batch: Batch,
+        waiters: _Waiters,
+        started: int,
+        inflight: asyncio.Future[bool],
+        outcome: WriteOutcome,
+    ) -> None:
+        """The backend's ``done``: the batch committed (``outcome``: the new positions
+        whose id is taken) or failed. Runs as soon as the loop hears of it (see
+        ``StorageBackend.write_batch``), so the commits are resolved in that turn."""
+        self._inflight = None
+        self._inflight_rows = 0
+        write_ended, self._write_ended = self._write_ended, asyncio.Event()
+        write_ended.set()
+        if isinstance(outcome, BaseException):
+            self._failed(batch, waiters, outcome)
+            inflight.set_result(False)
+            return
         try:
-            return self._backend.write_batch(batch)
-        except Exception as error:
-            return _raise(error)
+            self._committed(batch, waiters, outcome, self._clock() - started)
+        finally:  # whatever a listener did, the next flush must not wait forever
+            inflight.set_result(True)
 
-    async def _write(
-        self, batch: Batch, waiters: _Waiters, written: Awaitable[frozenset[int]], started: int
-    ) -> bool:
-        try:
-            taken = await written
-        except Exception:
-            # The retry policy lives here: count it, log once per outage, keep the rows.
-            self._failures += 1
-            if self._health is StorageHealth.HEALTHY:
-                logger.warning(
-                    "storage %s: write of %d rows failed, retrying",
-                    self._backend.name,
-                    len(batch),
-                    exc_info=True,
-                )
-            self._health = StorageHealth.DEGRADED
-            self._requeue(batch, waiters)
-            return False
-        finally:
-            self._inflight = None
-            self._inflight_rows = 0
-            write_ended, self._write_ended = self._write_ended, asyncio.Event()
-            write_ended.set()
-        duration = self._clock() - started
+    def _failed(self, batch: Batch, waiters: _Waiters, error: BaseException) -> None:
+        # The retry policy lives here: count it, log once per outage, keep the rows.
+        self._failures += 1
+        if self._health is StorageHealth.HEALTHY:
+            logger.warning(
+                "storage %s: write of %d rows failed, retrying",
+                self._backend.name,
+                len(batch),
+                exc_info=error,
+            )
+        self._health = StorageHealth.DEGRADED
+        self._requeue(batch, waiters)
+
+    def _committed(
+        self, batch: Batch, waiters: _Waiters, taken: frozenset[int], duration: int
+    ) -> None:
         self._batches += 1
         self._rows_written += len(batch) - len(taken)
         self._last_flush_ns = duration
@@ -365,7 +381,6 @@ class StorageFlusher:
                 self._call_after_commit()
         if self._on_flush is not None:
             self._on_flush(duration, len(batch))
-        return True
 
     def _call_after_commit(self) -> None:
         assert self._after_commit is not None
@@ -448,10 +463,6 @@ def _resolve(commit: Commit[_T], result: _T) -> bool:
     except Exception:
         logger.exception("resolving a position's commit failed")
     return isinstance(commit, asyncio.Future)
-
-
-async def _raise(error: Exception) -> frozenset[int]:
-    raise error
 
 
 def _pop_left(rows: deque[_Row], count: int) -> list[_Row]:

@@ -70,6 +70,7 @@ from publish.position import PositionSide
 from publish.storage.backend import (
     Batch,
     PositionKey,
+    WriteDone,
     taken_new_positions,
     unsettled_keys,
 )
@@ -267,6 +268,7 @@ class PostgresBackend:
         # Instruments the current pruning pass has not finished yet.
         self._prune_pass: deque[tuple[str, str]] = deque()
         self._open = False
+        self._writes: set[asyncio.Task[None]] = set()
         self._writer = _Link(partial(self._connect_one, synchronous_commit="off"), self._timeout)
         self._durable_writer: Any = None
         """The writer's connection while its session has ``synchronous_commit`` on."""
@@ -300,9 +302,24 @@ class PostgresBackend:
             await self.close()
             raise
 
-    async def write_batch(self, batch: Batch) -> frozenset[int]:
-        taken: frozenset[int] = await self._run(self._writer, lambda conn: self._write(conn, batch))
-        return taken
+    def write_batch(self, batch: Batch, done: WriteDone) -> None:
+        """The write runs as a task of its own; ``done`` is called in its last step, the
+        one that got the commit's answer (``StorageBackend.write_batch``)."""
+        if not self._open:
+            raise BackendClosedError(f"postgres schema {self._schema!r} is not open")
+        task = asyncio.get_running_loop().create_task(self._write_then(batch, done))
+        self._writes.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._writes.discard)
+
+    async def _write_then(self, batch: Batch, done: WriteDone) -> None:
+        try:
+            taken = await self._run(self._writer, lambda conn: self._write(conn, batch))
+        except BaseException as error:  # cancelled too: the flusher keeps the rows
+            done(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        done(taken)
 
     async def load_open_positions(self) -> list[PositionRow]:
         records = await self._run(self._writer, lambda conn: conn.fetch(self._select_open))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from enum import StrEnum
 from functools import cache, partial
@@ -36,6 +36,7 @@ from publish.position import PositionSide
 from publish.storage.backend import (
     Batch,
     PositionKey,
+    WriteDone,
     taken_new_positions,
     unsettled_keys,
 )
@@ -327,14 +328,19 @@ class SqliteBackend:
             await self.close()
             raise
 
-    def write_batch(self, batch: Batch) -> asyncio.Future[frozenset[int]]:
-        """Hand the batch to the writer thread now, not at the first ``await`` (a task's
-        first step waits for the loop's next turn, behind its socket reads)."""
+    def write_batch(self, batch: Batch, done: WriteDone) -> None:
+        """Hand the batch to the writer thread now; when the thread has committed it, it
+        schedules ``done`` on the loop itself (``call_soon_threadsafe``), so ``done``
+        runs in the first turn that hears of it (``StorageBackend.write_batch``)."""
+        if self._executor is None:
+            raise BackendClosedError(f"{self._path} is not open")
         # The new positions' statements are made here, on the loop, which holds the GIL
         # anyway.
         inserts = _new_position_inserts(batch.new_positions)
         job = self._insert_alone_sync if _one_insert(batch, inserts) else self._write_sync
-        return self._submit(partial(job, batch, inserts))
+        ended = self._executor.submit(job, batch, inserts)
+        loop = asyncio.get_running_loop()
+        ended.add_done_callback(lambda ended: loop.call_soon_threadsafe(_tell, done, ended))
 
     async def load_open_positions(self) -> list[PositionRow]:
         return await self._call(self._load_open_positions_sync)
@@ -426,13 +432,10 @@ class SqliteBackend:
             await self.checkpointer.close()
 
     async def _call(self, job: Callable[[], _T]) -> _T:
-        return await self._submit(job)
-
-    def _submit(self, job: Callable[[], _T]) -> asyncio.Future[_T]:
-        """``job`` handed to the writer thread at once; its outcome as a future."""
+        """``job`` run in the writer thread, after the writes handed to it before."""
         if self._executor is None:
             raise BackendClosedError(f"{self._path} is not open")
-        return asyncio.get_running_loop().run_in_executor(self._executor, job)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
 
     async def _read(self, job: Callable[[], _T]) -> _T:
         if self._reader is None:
@@ -555,6 +558,12 @@ class SqliteBackend:
         if self._conn is None:
             raise BackendClosedError(f"{self._path} is not open")
         return self._conn
+
+
+def _tell(done: WriteDone, ended: Future[frozenset[int]]) -> None:
+    """On the loop: the writer thread's outcome of a write, to its ``done``."""
+    error = ended.exception()
+    done(ended.result() if error is None else error)
 
 
 @contextmanager

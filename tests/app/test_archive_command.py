@@ -16,6 +16,7 @@ import pytest
 from app.cli import main
 from publish.storage import Batch, BboRow, SqliteBackend
 from publish.storage.archive import DAY_NS
+from publish.storage.backend import written
 from tests.publish.storage.support import position, query
 from tests.waiting import eventually, within
 
@@ -38,8 +39,8 @@ async def make_database(tmp_path: Path) -> Path:
     db = tmp_path / "m.db"
     backend = SqliteBackend(db)
     await backend.open()
-    await backend.write_batch(
-        Batch(bbo=rows(), positions=[position("p-1", closed_ts=DAY0 + 5), position("p-2")])
+    await written(
+        backend, Batch(bbo=rows(), positions=[position("p-1", closed_ts=DAY0 + 5), position("p-2")])
     )
     await backend.close()
     config = tmp_path / "server.toml"

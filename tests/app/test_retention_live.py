@@ -13,6 +13,7 @@ import pytest
 from app.runtime import RunningServer, serve
 from app.settings import Settings, SimulatorSettings
 from publish.storage import Batch, SqliteBackend
+from publish.storage.backend import written
 from publish.storage.retention import HOUR_NS
 from tests.publish.storage.support import bbo, feed_event, position, query
 from tests.waiting import eventually
@@ -26,12 +27,13 @@ async def test_old_market_data_is_pruned_and_positions_kept(tmp_path: Path) -> N
     backend = SqliteBackend(db)
     await backend.open()
     old = [replace(bbo(seq), ts_event=long_ago + seq, ts_recv=long_ago + seq) for seq in range(700)]
-    await backend.write_batch(
+    await written(
+        backend,
         Batch(
             bbo=old,
             feed_events=[feed_event(long_ago)],
             positions=[position("p-closed", closed_ts=long_ago)],
-        )
+        ),
     )
     await backend.close()
     settings = Settings.demo().with_port(0).with_storage_path(str(db))

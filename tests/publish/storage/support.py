@@ -21,6 +21,7 @@ from publish.storage import (
     StorageBackend,
     StorageFlusher,
 )
+from publish.storage.backend import WriteDone, written
 from publish.storage.flusher import InsertOutcome
 
 
@@ -100,6 +101,7 @@ class RecordingBackend:
         self.failed: list[Batch] = []
         self.committed: list[Batch] = []
         self._changed = asyncio.Condition()
+        self._writes: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -108,7 +110,20 @@ class RecordingBackend:
     async def open(self) -> None:
         await self.inner.open()
 
-    async def write_batch(self, batch: Batch) -> frozenset[int]:
+    def write_batch(self, batch: Batch, done: WriteDone) -> None:
+        task = asyncio.get_running_loop().create_task(self._write(batch, done))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, batch: Batch, done: WriteDone) -> None:
+        try:
+            taken = await self._attempt(batch)
+        except Exception as error:
+            done(error)
+        else:
+            done(taken)
+
+    async def _attempt(self, batch: Batch) -> frozenset[int]:
         self.started.append(batch)
         await self._notify()
         await self.gate.wait()
@@ -118,10 +133,10 @@ class RecordingBackend:
                 raise ConnectionError("injected outage")
             if self.break_batches:  # after every other row: 2**63 fits no INTEGER/BIGINT
                 unstorable = feed_event(2**63)
-                await self.inner.write_batch(
-                    replace(batch, feed_events=[*batch.feed_events, unstorable])
+                await written(
+                    self.inner, replace(batch, feed_events=[*batch.feed_events, unstorable])
                 )
-            taken = await self.inner.write_batch(batch)
+            taken = await written(self.inner, batch)
             if self.lose_remaining:
                 self.lose_remaining -= 1
                 raise ConnectionError("injected loss of the commit's answer")

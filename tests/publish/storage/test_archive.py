@@ -15,6 +15,7 @@ import pytest
 from book.fixed import from_decimal
 from publish.storage import Batch, BboRow, PositionRow, PositionSide, StorageBackend
 from publish.storage.archive import DAY_NS, archive
+from publish.storage.backend import written
 from tests.publish.storage.support import Store, position
 
 pytestmark = pytest.mark.timeout(60)
@@ -68,7 +69,7 @@ def positions() -> list[PositionRow]:
 
 
 async def fill(backend: StorageBackend) -> None:
-    await backend.write_batch(Batch(bbo=market(), positions=positions()))
+    await written(backend, Batch(bbo=market(), positions=positions()))
 
 
 def archived_bbo(out: Path) -> list[BboRow]:

@@ -19,6 +19,7 @@ from publish.storage import (
     sqlite,
 )
 from publish.storage.archive import archive
+from publish.storage.backend import written
 from tests.postgres import pg_query
 from tests.publish.storage.books import NOW, ORDER, book_on, refused_as_duplicate
 from tests.publish.storage.support import Store, position
@@ -61,14 +62,15 @@ async def test_a_shard_refuses_an_archived_id(store: Store, tmp_path: Path) -> N
 async def test_archiving_keeps_the_ids_of_what_it_deleted_only(
     store: Store, backend: StorageBackend, tmp_path: Path
 ) -> None:
-    await backend.write_batch(
+    await written(
+        backend,
         Batch(
             positions=[
                 position("p-1", closed_ts=NOW),
                 position("p-2"),
                 position("p-3", closed_ts=NOW + 5),
             ]
-        )
+        ),
     )
     await archive(backend, tmp_path / "archive", before_ns=NOW + 1)  # type: ignore[arg-type]
     assert await store.read("SELECT account, id FROM {s}.archived_positions") == [("acct-1", "p-1")]
@@ -79,7 +81,7 @@ async def test_archiving_keeps_the_ids_of_what_it_deleted_only(
         position("p-4"),
         position("p-1", account="acct-2"),
     ]
-    assert await backend.write_batch(Batch(new_positions=new)) == frozenset({0, 2})
+    assert await written(backend, Batch(new_positions=new)) == frozenset({0, 2})
     assert await store.read("SELECT account, id FROM {s}.positions ORDER BY account, id") == [
         ("acct-1", "p-2"),
         ("acct-1", "p-3"),

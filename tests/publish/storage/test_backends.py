@@ -22,6 +22,7 @@ from publish.storage import (
     StorageError,
     StorageFlusher,
 )
+from publish.storage.backend import written
 from tests.postgres import pg_query
 from tests.publish.storage.support import (
     RecordingBackend,
@@ -144,13 +145,13 @@ async def test_prices_and_quantities_round_trip_exactly(
         entry_price=parse_fixed(LARGE),
         opened_ts=2**63 - 1,
     )
-    await backend.write_batch(Batch(bbo=rows, positions=[position(), short]))
+    await written(backend, Batch(bbo=rows, positions=[position(), short]))
 
     assert await stored_bbo(store) == rows
     assert await stored_positions(store) == [position(), short]
     assert await backend.load_open_positions() == [position(), short]
     # Stored as given: the very same row as a new position again is settled as written.
-    assert await backend.write_batch(Batch(new_positions=[short])) == frozenset()
+    assert await written(backend, Batch(new_positions=[short])) == frozenset()
     if store.kind == "postgres":
         # NUMERIC, exact: the database itself compares the values.
         assert await store.read(
@@ -171,10 +172,11 @@ async def test_prices_and_quantities_round_trip_exactly(
 async def test_positions_upsert_and_reload_only_open_ones(
     store: Store, backend: StorageBackend
 ) -> None:
-    await backend.write_batch(
-        Batch(positions=[position("p-1", "acct-1"), position("p-1", "acct-2"), position("p-2")])
+    await written(
+        backend,
+        Batch(positions=[position("p-1", "acct-1"), position("p-1", "acct-2"), position("p-2")]),
     )
-    await backend.write_batch(Batch(positions=[position("p-1", "acct-1", closed_ts=99)]))
+    await written(backend, Batch(positions=[position("p-1", "acct-1", closed_ts=99)]))
     assert await backend.load_open_positions() == [
         position("p-2", "acct-1"),
         position("p-1", "acct-2"),
@@ -200,8 +202,8 @@ async def test_positions_upsert_and_reload_only_open_ones(
 async def test_a_position_opened_and_closed_in_one_batch_ends_closed(
     store: Store, backend: StorageBackend
 ) -> None:
-    await backend.write_batch(
-        Batch(positions=[position("p-1"), position("p-1", closed_ts=5), position("p-2")])
+    await written(
+        backend, Batch(positions=[position("p-1"), position("p-1", closed_ts=5), position("p-2")])
     )
     assert await backend.load_open_positions() == [position("p-2")]
     assert await stored_positions(store) == [position("p-1", closed_ts=5), position("p-2")]
@@ -211,7 +213,7 @@ async def test_feed_events_are_stored(store: Store, backend: StorageBackend) -> 
     connect = FeedEventRow(
         ts=10, venue="okx", instrument=None, kind=FeedEventKind.CONNECT, detail="wss://ws.okx"
     )
-    await backend.write_batch(Batch(feed_events=[connect, feed_event(11)]))
+    await written(backend, Batch(feed_events=[connect, feed_event(11)]))
     assert await store.read("SELECT * FROM {s}.feed_events ORDER BY ts") == [
         (10, "okx", None, "connect", "wss://ws.okx"),
         (11, "binance", "binance:BTC-USDT", "gap", "U 12 != 11"),
@@ -228,12 +230,12 @@ async def test_a_batch_is_one_transaction(store: Store, backend: StorageBackend)
         new_positions=[position("p-2")],
     )
     with pytest.raises(OverflowError):
-        await backend.write_batch(bad)
+        await written(backend, bad)
     assert await stored_bbo(store) == []
     assert await backend.load_open_positions() == []
     assert await store.read("SELECT count(*) FROM {s}.positions") == [(0,)]
 
-    await backend.write_batch(Batch(bbo=[bbo(2)]))
+    await written(backend, Batch(bbo=[bbo(2)]))
     assert await stored_bbo(store) == [bbo(2)]
 
 
@@ -266,7 +268,7 @@ async def test_rows_of_one_window_are_one_batch_and_acks_follow_the_commit(
 async def test_use_outside_open_and_close_is_an_error(store: Store) -> None:
     backend = store.make()
     with pytest.raises(BackendClosedError):
-        await backend.write_batch(Batch(bbo=[bbo(1)]))
+        await written(backend, Batch(bbo=[bbo(1)]))
     await backend.open()
     with pytest.raises(StorageError, match="already open"):
         await backend.open()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from functools import partial
 from pathlib import Path
@@ -19,6 +19,7 @@ from publish.storage import (
     StorageFlusher,
     StorageHealth,
 )
+from publish.storage.backend import WriteDone
 from publish.storage.flusher import InsertOutcome
 from tests.publish.storage.support import (
     RecordingBackend,
@@ -268,9 +269,9 @@ async def test_the_writer_thread_takes_a_batch_in_the_turn_the_flush_begins(
     handed: list[Batch] = []
     write_batch = sqlite.write_batch
 
-    def recording(batch: Batch) -> Awaitable[frozenset[int]]:
+    def recording(batch: Batch, done: WriteDone) -> None:
         handed.append(batch)
-        return write_batch(batch)
+        write_batch(batch, done)
 
     monkeypatch.setattr(sqlite, "write_batch", recording)
     flusher = StorageFlusher(sqlite)
@@ -282,16 +283,47 @@ async def test_the_writer_thread_takes_a_batch_in_the_turn_the_flush_begins(
     assert stored_bbo(db_path) == [bbo(1)]
 
 
+async def test_a_batch_is_answered_in_the_turn_the_loop_hears_it_committed(
+    sqlite: SqliteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread schedules the flusher's answer itself: it runs in the turn that
+    hears of the commit, not a turn later behind a future that wakes a task (between the
+    two, the loop would serve every socket that became readable)."""
+    loop = asyncio.get_running_loop()
+    told: list[tuple[str, object]] = []
+    insert_alone = sqlite._insert_alone_sync
+
+    def heard() -> None:
+        told.append(("the loop hears", None))
+        loop.call_soon(told.append, ("the next turn", None))
+
+    def inserting(batch: Batch, inserts: list[Any]) -> frozenset[int]:
+        taken = insert_alone(batch, inserts)
+        loop.call_soon_threadsafe(heard)  # just before the thread tells of the write
+        return taken
+
+    monkeypatch.setattr(sqlite, "_insert_alone_sync", inserting)
+    flusher = StorageFlusher(sqlite)
+    flusher.add_new_position(position("p-1"), _Recorded("committed", told))
+    await flusher.drain()
+    await asyncio.sleep(0)
+    assert told == [
+        ("the loop hears", None),
+        ("committed", InsertOutcome.WRITTEN),
+        ("the next turn", None),
+    ]
+
+
 async def test_a_backend_raising_as_it_is_called_is_a_failed_write(
     sqlite: SqliteBackend, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     refusals = [BackendClosedError("not open yet")]
     write_batch = sqlite.write_batch
 
-    def refusing_once(batch: Batch) -> Awaitable[frozenset[int]]:
+    def refusing_once(batch: Batch, done: WriteDone) -> None:
         if refusals:
             raise refusals.pop()
-        return write_batch(batch)
+        write_batch(batch, done)
 
     monkeypatch.setattr(sqlite, "write_batch", refusing_once)
     flusher = StorageFlusher(sqlite, window_ms=1, retry_initial_ms=1, retry_max_ms=4)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from publish.storage import Batch, BboRow, StorageBackend
-from publish.storage.backend import ArchivableBackend, BboHistoryReader, PrunableBackend
+from publish.storage.backend import ArchivableBackend, BboHistoryReader, PrunableBackend, written
 from tests.publish.storage.support import Store, bbo, feed_event, position
 
 pytestmark = pytest.mark.timeout(30)
@@ -43,7 +43,7 @@ async def test_history_reads_one_instruments_window_in_pages(backend: StorageBac
     btc = [bbo(seq) for seq in range(10)]
     # Two changes received in one frame: the same ts_recv, stored in seq order.
     twin = replace(bbo(10), ts_recv=btc[-1].ts_recv)
-    await backend.write_batch(Batch(bbo=[*btc[:5], eth(1), *btc[5:], twin, eth(2)]))
+    await written(backend, Batch(bbo=[*btc[:5], eth(1), *btc[5:], twin, eth(2)]))
     reader: BboHistoryReader = backend
     everything = await history(reader)
     assert everything == [btc[0:3], btc[3:6], btc[6:9], [btc[9], twin]]
@@ -60,12 +60,13 @@ async def test_prune_deletes_old_rows_in_bounded_steps_and_keeps_positions(
 ) -> None:
     old = [bbo(seq) for seq in range(7)]
     new = [bbo(seq) for seq in range(100, 103)]
-    await backend.write_batch(
+    await written(
+        backend,
         Batch(
             bbo=[*old, eth(1), *new],
             feed_events=[feed_event(T0 + n) for n in (1, 2, 3, 200)],
             positions=[position("p-1", closed_ts=T0 + 1), position("p-2")],
-        )
+        ),
     )
     pruner: PrunableBackend = backend
     cutoff = T0 + 50
@@ -84,7 +85,8 @@ async def test_prune_deletes_old_rows_in_bounded_steps_and_keeps_positions(
 
 async def test_what_the_archive_reads_and_deletes(backend: StorageBackend, store: Store) -> None:
     btc = [bbo(seq) for seq in range(6)]
-    await backend.write_batch(
+    await written(
+        backend,
         Batch(
             bbo=[btc[0], eth(1), *btc[1:], eth(2)],
             positions=[
@@ -94,7 +96,7 @@ async def test_what_the_archive_reads_and_deletes(backend: StorageBackend, store
                 position("p-open"),
                 position("p-late", closed_ts=T0 + 99),
             ],
-        )
+        ),
     )
     archive: ArchivableBackend = backend
     pages = [page async for page in archive.bbo_before(T0 + 4, page_rows=2)]
@@ -130,7 +132,7 @@ async def test_what_the_archive_reads_and_deletes(backend: StorageBackend, store
 async def test_writes_go_on_while_a_history_read_is_in_the_middle(
     backend: StorageBackend,
 ) -> None:
-    await backend.write_batch(Batch(bbo=[bbo(seq) for seq in range(9)]))
+    await written(backend, Batch(bbo=[bbo(seq) for seq in range(9)]))
     reader: BboHistoryReader = backend
     pages = reader.bbo_history(
         "binance",
@@ -141,7 +143,7 @@ async def test_writes_go_on_while_a_history_read_is_in_the_middle(
         page_rows=2,
     )
     first = await anext(pages)
-    await backend.write_batch(Batch(bbo=[bbo(seq) for seq in range(9, 12)]))
+    await written(backend, Batch(bbo=[bbo(seq) for seq in range(9, 12)]))
     rest = [page async for page in pages]
     # PostgreSQL reads one snapshot; SQLite's pages see rows committed since: either way
     # every row stored before the read, in order, and nothing out of order after them.

@@ -27,7 +27,7 @@ from publish.storage import (
     StorageError,
     StorageFlusher,
 )
-from publish.storage.backend import taken_new_positions, unsettled_keys
+from publish.storage.backend import taken_new_positions, unsettled_keys, written
 from publish.storage.sqlite import _position_params
 from tests.postgres import PG_DSN, pg_query
 from tests.publish.storage.books import NOW, ORDER, book_on, refused_as_duplicate
@@ -52,14 +52,15 @@ async def open_rows(backend: StorageBackend) -> list[tuple[str, str, int]]:
 async def test_a_new_position_goes_in_only_where_its_id_is_free(
     store: Store, backend: StorageBackend
 ) -> None:
-    await backend.write_batch(
+    await written(
+        backend,
         Batch(
             positions=[
                 position("open"),
                 position("closed", closed_ts=CLOSED_TS),
                 position("archived", closed_ts=CLOSED_TS),
             ]
-        )
+        ),
     )
     assert await backend.delete_positions([("acct-1", "archived")]) == 1  # type: ignore[attr-defined]
     new = [
@@ -72,7 +73,7 @@ async def test_a_new_position_goes_in_only_where_its_id_is_free(
         position("free"),  # the batch's own row again: written
         position("open", account="acct-2"),  # ids are per account
     ]
-    assert await backend.write_batch(Batch(new_positions=new)) == frozenset({1, 2, 3, 5})
+    assert await written(backend, Batch(new_positions=new)) == frozenset({1, 2, 3, 5})
     half = position().qty
     assert await open_rows(backend) == [
         ("acct-1", "free", half),
@@ -85,17 +86,17 @@ async def test_a_new_position_goes_in_only_where_its_id_is_free(
 
 
 async def test_new_positions_beyond_one_statement_are_all_checked(backend: StorageBackend) -> None:
-    await backend.write_batch(Batch(positions=[position("p-150", closed_ts=CLOSED_TS)]))
+    await written(backend, Batch(positions=[position("p-150", closed_ts=CLOSED_TS)]))
     new = [position(f"p-{n}") for n in range(200)]
     new.append(replace(position("p-3"), qty=7))  # its id went in 200 rows earlier
-    assert await backend.write_batch(Batch(new_positions=new)) == frozenset({150, 200})
+    assert await written(backend, Batch(new_positions=new)) == frozenset({150, 200})
     assert len(await backend.load_open_positions()) == 199
 
 
 async def test_a_new_position_keeps_its_closed_ts(backend: StorageBackend) -> None:
     # Opens are new positions with no closed_ts; one that has it is stored with it.
     new = [position("p-1"), position("p-2", closed_ts=CLOSED_TS)]
-    assert await backend.write_batch(Batch(new_positions=new)) == frozenset()
+    assert await written(backend, Batch(new_positions=new)) == frozenset()
     assert await open_rows(backend) == [("acct-1", "p-1", position().qty)]
 
 
@@ -174,7 +175,7 @@ async def test_another_session_inserting_the_same_id_at_once_decides_it(
     ours = position("p-1")
     their_row = replace(ours, qty=7) if theirs == "other" else ours
     async with another_writer(store, tmp_path, their_row):
-        write = asyncio.ensure_future(backend.write_batch(Batch(new_positions=[ours])))
+        write = asyncio.ensure_future(written(backend, Batch(new_positions=[ours])))
         await waiting_on_a_lock(store, backend)
         assert not write.done()
     assert await write == frozenset(taken)
@@ -184,13 +185,13 @@ async def test_another_session_inserting_the_same_id_at_once_decides_it(
 async def test_the_flusher_says_written_or_taken_and_a_lost_commit_answer_is_settled_by_the_retry(
     store: Store, backend: StorageBackend
 ) -> None:
-    await backend.write_batch(Batch(positions=[position("p-0", closed_ts=CLOSED_TS)]))
+    await written(backend, Batch(positions=[position("p-0", closed_ts=CLOSED_TS)]))
     recording = RecordingBackend(backend, lose_first=1)
     flusher = StorageFlusher(recording, window_ms=1, retry_initial_ms=1, retry_max_ms=4)
     async with running(flusher):
-        written = add_new_position(flusher, position("p-1"))
+        free = add_new_position(flusher, position("p-1"))
         taken = add_new_position(flusher, position("p-0"))
-        assert await asyncio.gather(written, taken) == [
+        assert await asyncio.gather(free, taken) == [
             InsertOutcome.WRITTEN,
             InsertOutcome.ID_TAKEN,
         ]
@@ -221,8 +222,8 @@ async def test_an_open_whose_id_the_commit_finds_taken_is_refused_and_its_id_rel
     account = "acct-1"  # shard 0 of 2 as well (bus.positions.shard_of)
     async with book_on(store, shards=shards, max_positions_per_account=1) as (book, backend):
         # Written by another process after this one started: not in the book's memory.
-        await backend.write_batch(
-            Batch(positions=[position("p-1", closed_ts=CLOSED_TS), position("p-2")])
+        await written(
+            backend, Batch(positions=[position("p-1", closed_ts=CLOSED_TS), position("p-2")])
         )
         await refused_as_duplicate(book, account, "p-1")
         await refused_as_duplicate(book, account, "p-2")  # the same order, another position

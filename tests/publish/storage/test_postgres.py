@@ -21,6 +21,7 @@ from publish.storage import (
     StorageFlusher,
     StorageHealth,
 )
+from publish.storage.backend import written
 from publish.storage.postgres import PostgresBackend
 from tests.postgres import PG_ADDRESS, PG_DSN, dsn_via, fresh_schema, pg_query
 from tests.publish.storage.support import (
@@ -83,9 +84,7 @@ async def test_bbo_and_feed_events_go_in_by_copy_positions_by_upsert(schema: str
     await backend.open()
     try:
         rows = [bbo(seq) for seq in range(1, 301)]  # several COPY chunks
-        await backend.write_batch(
-            Batch(bbo=rows, positions=[position()], feed_events=[feed_event(5)])
-        )
+        await written(backend, Batch(bbo=rows, positions=[position()], feed_events=[feed_event(5)]))
     finally:
         await backend.close()
     assert calls == [
@@ -157,18 +156,18 @@ async def test_only_batches_holding_positions_wait_for_the_wal_flush(schema: str
     await backend.open()
     commits.clear()  # the migration's
     try:
-        await backend.write_batch(Batch(new_positions=[position("p-1")]))
-        await backend.write_batch(Batch(new_positions=[position("p-2")]))
-        await backend.write_batch(Batch(bbo=[bbo(1)]))
-        await backend.write_batch(Batch(bbo=[bbo(2)], feed_events=[feed_event(3)]))
-        await backend.write_batch(Batch(bbo=[bbo(4)], positions=[position("p-1", closed_ts=9)]))
+        await written(backend, Batch(new_positions=[position("p-1")]))
+        await written(backend, Batch(new_positions=[position("p-2")]))
+        await written(backend, Batch(bbo=[bbo(1)]))
+        await written(backend, Batch(bbo=[bbo(2)], feed_events=[feed_event(3)]))
+        await written(backend, Batch(bbo=[bbo(4)], positions=[position("p-1", closed_ts=9)]))
         assert await terminate_backend_connections(backend) == 1
         for _ in range(2):
             # The first write may find the connection gone, failing in whichever way the
             # kill reached asyncpg (the flusher would retry it); the link then connects
             # again, and the new session starts with the setting off.
             with contextlib.suppress(Exception):
-                await backend.write_batch(Batch(new_positions=[position("p-3")]))
+                await written(backend, Batch(new_positions=[position("p-3")]))
     finally:
         await backend.close()
     commits_after_reconnect = commits[5:]
@@ -191,7 +190,7 @@ async def test_backends_opening_one_new_schema_at_once_migrate_it_once(schema: s
         assert await pg_query(
             f'SELECT version FROM "{schema}".schema_version ORDER BY version'
         ) == [(1,), (2,)]
-        await backends[0].write_batch(Batch(positions=[position()]))
+        await written(backends[0], Batch(positions=[position()]))
         assert await backends[2].load_open_positions() == [position()]
     finally:
         await asyncio.gather(*(backend.close() for backend in backends))
@@ -205,7 +204,7 @@ async def test_a_newer_schema_is_refused(schema: str) -> None:
     with pytest.raises(SchemaVersionError, match="version 3 is newer than 2"):
         await backend.open()
     with pytest.raises(BackendClosedError):
-        await backend.write_batch(Batch(bbo=[bbo(1)]))
+        await written(backend, Batch(bbo=[bbo(1)]))
     assert await pg_query(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
     ) == [("schema_version",)]
@@ -287,7 +286,7 @@ async def test_a_write_cut_short_while_its_database_hangs_fails_in_twice_its_tim
         try:
             await locker_tx.start()
             await locker.execute(f'LOCK TABLE "{schema}".positions IN ACCESS EXCLUSIVE MODE')
-            write = asyncio.create_task(backend.write_batch(Batch(positions=[position()])))
+            write = asyncio.create_task(written(backend, Batch(positions=[position()])))
             await asyncio.sleep(0.1)  # its transaction is open, its upsert waits on the lock
             # Now the database hangs: when the timeout cuts the upsert short, asyncpg's
             # cancel request and the transaction's rollback get no answer either.
@@ -319,7 +318,7 @@ async def test_an_unreachable_database_fails_open_within_the_timeout(schema: str
         server.close()
         await server.wait_closed()
     with pytest.raises(BackendClosedError):
-        await backend.write_batch(Batch(bbo=[bbo(1)]))
+        await written(backend, Batch(bbo=[bbo(1)]))
 
 
 @pytest.mark.parametrize("kwargs", [{"schema": ""}, {"timeout_ms": 0}])

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from publish.storage import Batch, BboRow, SqliteBackend, StorageBackend, StorageFlusher
+from publish.storage.backend import written
 from publish.storage.postgres import PostgresBackend
 from publish.storage.retention import HOUR_NS, Retention, next_batch_rows
 from tests.postgres import PG_DSN, fresh_schema, pg_query
@@ -34,12 +35,13 @@ async def test_retention_prunes_old_rows_step_by_step_and_keeps_positions(
     backend: StorageBackend, store: Store
 ) -> None:
     fresh = [BboRow(NOW - 1, NOW, "binance", "BTC-USDT", seq, 1, 2, 3, 4) for seq in (1000, 1001)]
-    await backend.write_batch(
+    await written(
+        backend,
         Batch(
             bbo=[bbo(seq) for seq in range(23)] + fresh,
             feed_events=[feed_event(NOW - 9 * HOUR_NS), feed_event(NOW - HOUR_NS // 2)],
             positions=[position("p-1", closed_ts=NOW - 9 * HOUR_NS), position("p-2")],
-        )
+        ),
     )
     flusher = StorageFlusher(backend)
     retention = Retention(
@@ -64,7 +66,7 @@ async def test_fractions_of_an_hour_are_honoured(tmp_path: Path) -> None:
     backend = SqliteBackend(tmp_path / "m.db")
     await backend.open()
     try:
-        await backend.write_batch(Batch(bbo=[bbo(0)]))
+        await written(backend, Batch(bbo=[bbo(0)]))
         flusher = StorageFlusher(backend)
         ts_recv = bbo(0).ts_recv
         kept = Retention(flusher, backend, retain_hours=0.25, clock=lambda: ts_recv + HOUR_NS // 4)
@@ -176,7 +178,7 @@ async def test_a_postgres_step_never_holds_up_a_flush(tmp_path: Path) -> None:
         backend = PostgresBackend(PG_DSN, schema=schema)
         await backend.open()
         try:
-            await backend.write_batch(Batch(bbo=[bbo(1)], feed_events=[feed_event(1)]))
+            await written(backend, Batch(bbo=[bbo(1)], feed_events=[feed_event(1)]))
             flusher = StorageFlusher(backend, window_ms=5)
             retention = Retention(flusher, backend, retain_hours=1, clock=lambda: NOW)
             assert not backend.prune_blocks_writes
@@ -229,7 +231,7 @@ async def test_the_step_size_follows_the_measured_durations(tmp_path: Path) -> N
     backend = SqliteBackend(tmp_path / "m.db")
     await backend.open()
     try:
-        await backend.write_batch(Batch(bbo=[bbo(seq) for seq in range(3_000)]))
+        await written(backend, Batch(bbo=[bbo(seq) for seq in range(3_000)]))
         flusher = StorageFlusher(backend)
         micros = 1_000
         timer = SteppedTimer([micros * took for took in (100, 250, 2_000, 5_000, 500, 800, 300)])

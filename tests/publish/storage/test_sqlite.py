@@ -19,6 +19,7 @@ from publish.storage import (
     SqliteBackend,
 )
 from publish.storage import wal as wal_module
+from publish.storage.backend import written
 from tests.publish.storage.support import bbo, position, query
 
 pytestmark = pytest.mark.timeout(20)
@@ -65,7 +66,7 @@ async def test_a_newer_schema_is_refused(db_path: Path) -> None:
     with pytest.raises(SchemaVersionError, match="version 3 is newer than 2"):
         await backend.open()
     with pytest.raises(BackendClosedError):
-        await backend.write_batch(Batch(bbo=[bbo(1)]))
+        await written(backend, Batch(bbo=[bbo(1)]))
     assert query(db_path, "SELECT name FROM sqlite_master WHERE name = 'bbo'") == []
 
 
@@ -74,30 +75,28 @@ async def test_the_wal_shrinks_once_a_long_reader_ends(db_path: Path) -> None:
     backend = SqliteBackend(db_path, journal_size_limit=limit)
     await backend.open()
     try:
-        await backend.write_batch(Batch(bbo=[bbo(0)]))
+        await written(backend, Batch(bbo=[bbo(0)]))
         with closing(sqlite3.connect(db_path, isolation_level=None)) as reader:
             reader.execute("BEGIN")
             reader.execute("SELECT count(*) FROM bbo").fetchone()  # holds its snapshot
             for start in range(1, 20_001, 500):
-                await backend.write_batch(
-                    Batch(bbo=[bbo(seq) for seq in range(start, start + 500)])
-                )
+                await written(backend, Batch(bbo=[bbo(seq) for seq in range(start, start + 500)]))
             grown = backend.wal_bytes()
             assert grown > 1 << 20, "a reader's snapshot keeps the WAL from being reused"
             reader.execute("COMMIT")
-        written = 20_001
-        while written < 21_001 and backend.wal_bytes() > limit:
-            await backend.write_batch(Batch(bbo=[bbo(written)]))
-            written += 1
+        seq = 20_001
+        while seq < 21_001 and backend.wal_bytes() > limit:
+            await written(backend, Batch(bbo=[bbo(seq)]))
+            seq += 1
             await asyncio.sleep(0.005)  # lets the checkpoint thread catch up
         assert backend.wal_bytes() <= limit, f"the WAL stayed at {backend.wal_bytes()} bytes"
-        assert query(db_path, "SELECT count(*) FROM bbo") == [(written,)]
+        assert query(db_path, "SELECT count(*) FROM bbo") == [(seq,)]
     finally:
         await backend.close()
 
 
 async def test_wal_bytes_is_the_wal_files_size(db_path: Path, backend: SqliteBackend) -> None:
-    await backend.write_batch(Batch(bbo=[bbo(1)]))
+    await written(backend, Batch(bbo=[bbo(1)]))
     assert backend.wal_bytes() == (db_path.parent / (db_path.name + "-wal")).stat().st_size
     assert SqliteBackend(db_path.parent / "none.db").wal_bytes() == 0
 
@@ -119,7 +118,7 @@ async def test_checkpoints_start_at_most_once_per_interval(
     await backend.open()
     try:
         for seq in range(20):  # commits within one interval: one checkpoint
-            await backend.write_batch(Batch(bbo=[bbo(seq)]))
+            await written(backend, Batch(bbo=[bbo(seq)]))
         running = backend.checkpointer.running
         assert running is not None
         # A checkpoint still running also defers the next (not what this test is about):
@@ -127,7 +126,7 @@ async def test_checkpoints_start_at_most_once_per_interval(
         await asyncio.wrap_future(running)
         now += wal_module.CHECKPOINT_INTERVAL
         for seq in range(20, 40):
-            await backend.write_batch(Batch(bbo=[bbo(seq)]))
+            await written(backend, Batch(bbo=[bbo(seq)]))
     finally:
         await backend.close()
     assert started == [1000.0, 1000.0 + wal_module.CHECKPOINT_INTERVAL]
@@ -148,14 +147,14 @@ async def test_a_checkpoint_starts_after_checkpoint_rows_without_waiting_for_the
     monkeypatch.setattr(backend.checkpointer, "checkpoint_sync", counted)
     await backend.open()
     try:
-        await backend.write_batch(Batch(bbo=[bbo(0)]))  # the first: no checkpoint yet
+        await written(backend, Batch(bbo=[bbo(0)]))  # the first: no checkpoint yet
         first = backend.checkpointer.running
         assert first is not None
         await asyncio.wrap_future(first)
         rows = wal_module.CHECKPOINT_ROWS
-        await backend.write_batch(Batch(bbo=[bbo(seq) for seq in range(1, rows)]))
+        await written(backend, Batch(bbo=[bbo(seq) for seq in range(1, rows)]))
         assert backend.checkpointer.running is first, "fewer rows: no checkpoint"
-        await backend.write_batch(Batch(bbo=[bbo(rows)]))  # the rows reach the bound
+        await written(backend, Batch(bbo=[bbo(rows)]))  # the rows reach the bound
         assert backend.checkpointer.running is not first
     finally:
         await backend.close()
@@ -171,7 +170,7 @@ async def statements_of(backend: SqliteBackend, batch: Batch) -> list[str]:
 
     await backend._call(lambda: trace(True))
     try:
-        await backend.write_batch(batch)
+        await written(backend, batch)
     finally:
         await backend._call(lambda: trace(False))
     return [" ".join(statement.split()[:2]) for statement in statements]
@@ -225,12 +224,12 @@ async def test_a_padded_insert_reports_exactly_the_taken_ids_whatever_the_last_r
     neither store anything nor count."""
     taken_by_other = position("last")
     archived = position("archived", closed_ts=1_700_000_000_000_000_001)
-    await backend.write_batch(Batch(new_positions=[taken_by_other, archived]))
+    await written(backend, Batch(new_positions=[taken_by_other, archived]))
     assert await backend.delete_positions([(archived.account, archived.id)]) == 1
     rows = [position(f"p{n:04d}") for n in range(count - 1)]
     lasts = (replace(taken_by_other, qty=7), replace(archived, closed_ts=None), position("fresh"))
     for last in lasts:
-        taken = await backend.write_batch(Batch(new_positions=[*rows, last]))
+        taken = await written(backend, Batch(new_positions=[*rows, last]))
         assert taken == (set() if last.id == "fresh" else {count - 1})
         rows = [replace(row, id=f"{row.id}-again") for row in rows]
     ids = {row[0] for row in query(db_path, "SELECT id FROM positions")}
