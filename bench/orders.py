@@ -447,6 +447,11 @@ def limit_reason(step: RepeatedStep[OrderTrial], *, stores: bool = True) -> str:
             f"{server - server_loop:.0%} of a core beside it, so the tail is waiting "
             "(commits, and threads queueing for the machine's cores) rather than computing"
         )
+    elif not math.isnan(shard):
+        waits = (
+            "it waits (the round trip over the bus to the positions shard, and the shard's "
+            "commit) rather than computes"
+        )
     else:
         waits = "it waits (storage commits) rather than computes"
     inside = _server_op_ms(step, "p99")

@@ -247,6 +247,11 @@ def made(
             made(1000, 1000, p99_ms=12, server=0.6, server_loop=0.5, shard=1.1, shard_loop=0.7),
             "latency (p99 12 ms, 100% acked)",
         ),
+        # An edge waits for its shard: the bus both ways and the shard's commit.
+        (
+            made(1000, 1000, p99_ms=11, server=0.13, server_loop=0.13, shard=0.2, shard_loop=0.15),
+            "(the round trip over the bus to the positions shard, and the shard's commit)",
+        ),
     ],
 )
 def test_what_limits_a_step_is_named(trial: OrderTrial, reason: str) -> None:
