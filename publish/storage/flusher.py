@@ -330,14 +330,13 @@ class StorageFlusher:
         self._inflight_rows = 0
         write_ended, self._write_ended = self._write_ended, asyncio.Event()
         write_ended.set()
-        if isinstance(outcome, BaseException):
-            self._failed(batch, waiters, outcome)
-            inflight.set_result(False)
-            return
         try:
-            self._committed(batch, waiters, outcome, self._clock() - started)
+            if isinstance(outcome, BaseException):
+                self._failed(batch, waiters, outcome)
+            else:
+                self._committed(batch, waiters, outcome, self._clock() - started)
         finally:  # whatever a listener did, the next flush must not wait forever
-            inflight.set_result(True)
+            inflight.set_result(not isinstance(outcome, BaseException))
 
     def _failed(self, batch: Batch, waiters: _Waiters, error: BaseException) -> None:
         # The retry policy lives here: count it, log once per outage, keep the rows.
