@@ -1,10 +1,10 @@
 """SQLite storage backend: the embedded default.
 
 Every database call runs in one dedicated writer thread that owns the connection, so
-the event loop never waits on disk I/O or a lock, and calls run in submission order
-(a ``close()`` after a cancelled ``write_batch`` still runs after that write). Prices
-and quantities are stored as exact decimal text (``book.fixed.format_fixed``), never
-REAL, so ``"0.00000001"`` reads back as written.
+the event loop never waits on disk I/O or a lock, and calls run in submission order (a
+``close()`` runs after every write handed over before it). Prices and quantities are
+stored as exact decimal text (``book.fixed.format_fixed``), never REAL, so
+``"0.00000001"`` reads back as written.
 
 Checkpoints never run inside a write: the writer connection has WAL auto-checkpoint
 off and hands them to a thread of their own (``publish.storage.wal.WalCheckpointer``),
