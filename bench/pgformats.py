@@ -15,8 +15,9 @@ or parse). This measures the four combinations on the same workload:
 
 Every ``window_ms`` (5 ms) a batch of ``rate x window`` fresh ``BboRow``s (``RowMaker``,
 as a feed makes them) is turned into the variant's payload on the event loop (**build**)
-and written in one transaction with ``synchronous_commit=off``, as the backend writes
-BBO batches (**write**: ``COPY`` and commit); **flush** = build + write, what the
+and written as one ``COPY`` that commits alone with ``synchronous_commit=off``, as the
+backend writes BBO batches (**write**: the ``COPY`` and its commit, one round trip);
+**flush** = build + write, what the
 flusher's batch time holds. A batch that finishes late makes the next one start at
 once (no batch is skipped); the variant kept up when its last batch ended within two
 windows of its due time. Each variant writes its own table (same columns and index as
@@ -198,24 +199,23 @@ def create_table(schema: str, variant: Variant) -> list[str]:
 
 
 async def write(conn: Any, schema: str, variant: Variant, payload: Payload) -> None:
-    """One transaction: the payload's ``COPY`` and the commit."""
-    async with conn.transaction():
-        if variant.copy_format == "text":
+    """The payload's ``COPY``, committed alone (one statement, no ``BEGIN``/``COMMIT``)."""
+    if variant.copy_format == "text":
 
-            async def source() -> Any:
-                yield payload
+        async def source() -> Any:
+            yield payload
 
-            await conn.copy_to_table(
-                variant.table,
-                schema_name=schema,
-                columns=COLUMNS,
-                source=source(),
-                format="text",
-            )
-        else:
-            await conn.copy_records_to_table(
-                variant.table, schema_name=schema, columns=COLUMNS, records=payload
-            )
+        await conn.copy_to_table(
+            variant.table,
+            schema_name=schema,
+            columns=COLUMNS,
+            source=source(),
+            format="text",
+        )
+    else:
+        await conn.copy_records_to_table(
+            variant.table, schema_name=schema, columns=COLUMNS, records=payload
+        )
 
 
 async def paced_slice(

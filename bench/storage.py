@@ -20,7 +20,8 @@ for the baseline: lag caused by storage is the difference between the two.
 
 Floors, same run, same batch size (offered rate x window): SQLite ``BEGIN IMMEDIATE`` +
 ``executemany`` + ``COMMIT`` in a loop on one connection (WAL, ``synchronous=NORMAL``,
-as the backend); PostgreSQL one text ``COPY`` per transaction on one asyncpg connection.
+as the backend); PostgreSQL one text ``COPY`` committed alone per batch on one asyncpg
+connection (as the backend writes a batch of BBO rows only).
 Prices are formatted once up front; each batch only gets fresh timestamps and seq. As
 fast as they go for ``seconds``: about the most the database takes, with no flusher and
 no event loop.
@@ -537,7 +538,7 @@ def run(options: StorageOptions, progress: Progress) -> ScenarioResult:
             "of the window, bare on one connection (synchronous_commit=off, as the backend's "
             "BBO batches), text or binary COPY into NUMERIC or fixed-point BIGINT columns, "
             "interleaved in 0.5 s slices; build = rows -> COPY payload on the loop, write = "
-            "COPY + commit, flush = both (ms, p50 / p99 / max)."
+            "the COPY committed alone, flush = both (ms, p50 / p99 / max)."
         ),
         notes=notes,
     )

@@ -111,13 +111,62 @@ async def test_bbo_and_feed_events_go_in_by_copy_positions_by_upsert(schema: str
     ]
 
 
+class TransactionNotingConnection(CopyRecordingConnection):
+    """Also notes, for each ``COPY`` into ``bbo``, whether it ran inside a transaction."""
+
+    in_transaction: list[bool]
+
+    async def copy_to_table(self, table_name: str, **kwargs: Any) -> str:
+        self.in_transaction.append(self.is_in_transaction())
+        return await super().copy_to_table(table_name, **kwargs)
+
+
+async def test_a_batch_of_bbo_rows_only_is_one_copy_that_commits_alone(schema: str) -> None:
+    # One statement is atomic by itself: BEGIN and COMMIT around it would only add two
+    # round trips to every market-data flush.
+    calls: list[tuple[str, str]] = []
+    in_transaction: list[bool] = []
+
+    async def connect(dsn: str, **kwargs: Any) -> TransactionNotingConnection:
+        conn = await asyncpg.connect(dsn, connection_class=TransactionNotingConnection, **kwargs)
+        conn.calls, conn.in_transaction = calls, in_transaction
+        return conn  # type: ignore[no-any-return]
+
+    backend = PostgresBackend(PG_DSN, schema=schema, connect=connect)
+    await backend.open()
+    try:
+        await written(backend, Batch(bbo=[bbo(seq) for seq in range(1, 301)]))  # chunks
+        await written(backend, Batch(bbo=[bbo(301)], feed_events=[feed_event(5)]))
+        taken = await written(backend, Batch(bbo=[bbo(302)], new_positions=[position("p-1")]))
+    finally:
+        await backend.close()
+    assert in_transaction == [False, True, True]
+    assert calls == [
+        ("copy_to_table", "bbo"),
+        ("copy_to_table", "bbo"),
+        ("copy_records_to_table", "feed_events"),
+        ("copy_to_table", "bbo"),
+    ]
+    assert taken == frozenset()
+    assert await pg_query(f'SELECT count(*), min(seq), max(seq) FROM "{schema}".bbo') == [
+        (302, 1, 302)
+    ]
+    assert await pg_query(f'SELECT id FROM "{schema}".positions') == [("p-1",)]
+
+
 class CommitSettingConnection(asyncpg.Connection):  # type: ignore[misc]
     """A real connection that notes its ``SET synchronous_commit`` statements and the
-    setting each transaction, or each ``INSERT`` run alone (a batch of new positions
-    only), runs (and so commits) with."""
+    setting each transaction, or each ``INSERT`` or ``COPY`` run alone (a batch of new
+    positions only, or of BBO rows only), runs (and so commits) with."""
 
     sets: list[str]
     commits: list[str]
+
+    async def copy_to_table(self, table_name: str, **kwargs: Any) -> str:
+        if not self.is_in_transaction():
+            self.commits.append(await self.fetchval("SELECT current_setting('synchronous_commit')"))
+        result: str = await super().copy_to_table(table_name, **kwargs)
+        return result
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
         if query.startswith("SET synchronous_commit"):
@@ -237,42 +286,58 @@ async def test_a_lost_connection_is_replaced(schema: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "new",
-    [False, True],
-    # A batch of new positions only is one statement without a transaction: its timeout
-    # must still stop its server session from waiting on the lock.
-    ids=["changed-position-in-a-transaction", "new-position-alone"],
+    "kind",
+    ["changed", "new", "bbo"],
+    # A batch of new positions only, or of BBO rows only, is one statement without a
+    # transaction: its timeout must still stop its server session from waiting on the lock.
+    ids=["changed-position-in-a-transaction", "new-position-alone", "bbo-copy-alone"],
 )
-async def test_a_write_that_hangs_times_out_and_is_retried(schema: str, new: bool) -> None:
+async def test_a_write_that_hangs_times_out_and_is_retried(schema: str, kind: str) -> None:
     backend = PostgresBackend(PG_DSN, schema=schema, timeout_ms=200)
     await backend.open()
     recording = RecordingBackend(backend)
     flusher = StorageFlusher(recording, window_ms=1, retry_initial_ms=1, retry_max_ms=10)
     locker = await asyncpg.connect(PG_DSN)
+    table = "bbo" if kind == "bbo" else "positions"
     try:
         async with running(flusher):
-            # Another session holds the table: the insert waits on its lock.
+            # Another session holds the table: the write waits on its lock.
             locker_tx = locker.transaction()
             await locker_tx.start()
-            await locker.execute(f'LOCK TABLE "{schema}".positions IN ACCESS EXCLUSIVE MODE')
-            ack = (add_new_position if new else add_position)(flusher, position())
+            await locker.execute(f'LOCK TABLE "{schema}".{table} IN ACCESS EXCLUSIVE MODE')
+            if kind == "bbo":
+                flusher.add_bbo(bbo(1))
+                ack = None
+            else:
+                ack = (add_new_position if kind == "new" else add_position)(flusher, position())
             await recording.wait_for(lambda: len(recording.failed) >= 3)
             assert flusher.health is StorageHealth.DEGRADED
-            assert not ack.done()
+            assert ack is None or not ack.done()
             # Each timed-out write dropped its connection instead of leaving it waiting.
             assert await pg_query(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
                 backend.application_name,
             ) in ([(0,)], [(1,)])
             await locker_tx.rollback()
-            assert await ack is (InsertOutcome.WRITTEN if new else None)
+            if ack is not None:
+                assert await ack is (InsertOutcome.WRITTEN if kind == "new" else None)
+            await recording.wait_for(lambda: bool(recording.committed))
     finally:
         await locker.close()
         await backend.close()
-    batch = Batch(new_positions=[position()]) if new else Batch(positions=[position()])
+    batch = {
+        "changed": Batch(positions=[position()]),
+        "new": Batch(new_positions=[position()]),
+        "bbo": Batch(bbo=[bbo(1)]),
+    }[kind]
     assert recording.failed == [batch] * len(recording.failed)
     assert recording.committed == [batch]
-    assert await pg_query(f'SELECT id, account FROM "{schema}".positions') == [("p-1", "acct-1")]
+    if kind == "bbo":
+        assert await pg_query(f'SELECT seq FROM "{schema}".bbo') == [(1,)]
+    else:
+        assert await pg_query(f'SELECT id, account FROM "{schema}".positions') == [
+            ("p-1", "acct-1")
+        ]
 
 
 async def test_a_write_cut_short_while_its_database_hangs_fails_in_twice_its_timeout(
