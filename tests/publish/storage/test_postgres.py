@@ -58,6 +58,19 @@ class CopyRecordingConnection(asyncpg.Connection):  # type: ignore[misc]
         await super().executemany(command, args, **kwargs)
 
 
+def connecting(connection_class: type[asyncpg.Connection], **notes: list[Any]) -> Any:
+    """A backend's ``connect`` making real connections of ``connection_class`` that note
+    into the lists ``notes`` names (set as attributes of each connection)."""
+
+    async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+        conn = await asyncpg.connect(dsn, connection_class=connection_class, **kwargs)
+        for name, noted in notes.items():
+            setattr(conn, name, noted)
+        return conn
+
+    return connect
+
+
 @pytest.fixture
 async def schema() -> AsyncIterator[str]:
     async with fresh_schema() as name:
@@ -75,12 +88,9 @@ async def terminate_backend_connections(backend: PostgresBackend) -> int:
 async def test_bbo_and_feed_events_go_in_by_copy_positions_by_upsert(schema: str) -> None:
     calls: list[tuple[str, str]] = []
 
-    async def connect(dsn: str, **kwargs: Any) -> CopyRecordingConnection:
-        conn = await asyncpg.connect(dsn, connection_class=CopyRecordingConnection, **kwargs)
-        conn.calls = calls
-        return conn  # type: ignore[no-any-return]
-
-    backend = PostgresBackend(PG_DSN, schema=schema, connect=connect)
+    backend = PostgresBackend(
+        PG_DSN, schema=schema, connect=connecting(CopyRecordingConnection, calls=calls)
+    )
     await backend.open()
     try:
         rows = [bbo(seq) for seq in range(1, 301)]  # several COPY chunks
@@ -127,11 +137,7 @@ async def test_a_batch_of_bbo_rows_only_is_one_copy_that_commits_alone(schema: s
     calls: list[tuple[str, str]] = []
     in_transaction: list[bool] = []
 
-    async def connect(dsn: str, **kwargs: Any) -> TransactionNotingConnection:
-        conn = await asyncpg.connect(dsn, connection_class=TransactionNotingConnection, **kwargs)
-        conn.calls, conn.in_transaction = calls, in_transaction
-        return conn  # type: ignore[no-any-return]
-
+    connect = connecting(TransactionNotingConnection, calls=calls, in_transaction=in_transaction)
     backend = PostgresBackend(PG_DSN, schema=schema, connect=connect)
     await backend.open()
     try:
@@ -196,11 +202,7 @@ async def test_only_batches_holding_positions_wait_for_the_wal_flush(schema: str
     sets: list[str] = []
     commits: list[str] = []
 
-    async def connect(dsn: str, **kwargs: Any) -> CommitSettingConnection:
-        conn = await asyncpg.connect(dsn, connection_class=CommitSettingConnection, **kwargs)
-        conn.sets, conn.commits = sets, commits
-        return conn  # type: ignore[no-any-return]
-
+    connect = connecting(CommitSettingConnection, sets=sets, commits=commits)
     backend = PostgresBackend(PG_DSN, schema=schema, connect=connect)
     await backend.open()
     commits.clear()  # the migration's
