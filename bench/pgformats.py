@@ -17,12 +17,12 @@ Every ``window_ms`` (5 ms) a batch of ``rate x window`` fresh ``BboRow``s (``Row
 as a feed makes them) is turned into the variant's payload on the event loop (**build**)
 and written as one ``COPY`` that commits alone with ``synchronous_commit=off``, as the
 backend writes BBO batches (**write**: the ``COPY`` and its commit, one round trip);
-**flush** = build + write, what the
-flusher's batch time holds. A batch that finishes late makes the next one start at
-once (no batch is skipped); the variant kept up when its last batch ended within two
-windows of its due time. Each variant writes its own table (same columns and index as
-the backend's ``bbo``) in the bench's schema. The variants run interleaved in slices
-of ``SLICE_SECONDS`` so that whatever else the machine does hits all four alike.
+**flush** = build + write, what the flusher's batch time holds. A batch that finishes
+late makes the next one start at once (no batch is skipped); the variant kept up when
+its last batch ended within two windows of its due time. Each variant writes its own
+table (same columns and index as the backend's ``bbo``) in the bench's schema. The
+variants run interleaved in slices of ``SLICE_SECONDS`` so that whatever else the
+machine does hits all four alike.
 
 A fixed-point ``BIGINT`` at scale 10^12 holds amounts below 9,223,372.036854775807: enough
 for prices, too little for the quantities of low-priced coins (a size of 10 million);

@@ -493,7 +493,7 @@ class PostgresBackend:
             return await self._alone(conn, partial(self._insert_new, conn, batch.new_positions))
         if batch.bbo and not (batch.new_positions or batch.positions or batch.feed_events):
             await self._alone(conn, partial(self._copy_bbo, conn, batch.bbo))
-            return taken
+            return frozenset()
         async with conn.transaction():
             if batch.bbo:
                 await self._copy_bbo(conn, batch.bbo)

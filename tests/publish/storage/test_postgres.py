@@ -22,7 +22,7 @@ from publish.storage import (
     StorageHealth,
 )
 from publish.storage.backend import written
-from publish.storage.postgres import PostgresBackend
+from publish.storage.postgres import Connector, PostgresBackend
 from tests.postgres import PG_ADDRESS, PG_DSN, dsn_via, fresh_schema, pg_query
 from tests.publish.storage.support import (
     RecordingBackend,
@@ -58,7 +58,7 @@ class CopyRecordingConnection(asyncpg.Connection):  # type: ignore[misc]
         await super().executemany(command, args, **kwargs)
 
 
-def connecting(connection_class: type[asyncpg.Connection], **notes: list[Any]) -> Any:
+def connecting(connection_class: type[asyncpg.Connection], **notes: list[Any]) -> Connector:
     """A backend's ``connect`` making real connections of ``connection_class`` that note
     into the lists ``notes`` names (set as attributes of each connection)."""
 
