@@ -591,7 +591,7 @@ def _one_insert(batch: Batch, inserts: list[NewPositionInsert]) -> bool:
     went from p50 0.58-0.68 / p99 1.6-2.8 ms to 0.42-0.48 / 0.9-1.2 ms. The read of
     skipped keys that may follow sees every committed row, which is all it needs (the
     stored row says whether it is the new one). PostgreSQL does the same
-    (``PostgresBackend._insert_alone``)."""
+    (``PostgresBackend._alone``)."""
     return len(inserts) == 1 and not (batch.bbo or batch.positions or batch.feed_events)
 
 
