@@ -1,15 +1,17 @@
-"""PostgreSQL flush tail: the same BBO rows written four ways, side by side, in one run.
+"""PostgreSQL flush tail: the same BBO rows written five ways, side by side, in one run.
 
-The storage backend copies BBO rows as text ``COPY`` into ``NUMERIC`` columns. Two
-changes could shorten a flush's tail: binary ``COPY`` (asyncpg's
-``copy_records_to_table``: no text for the server to parse) and fixed-point ``BIGINT``
-columns (the int the book already holds, scaled by 10^12: no decimal to format, send
-or parse). This measures the four combinations on the same workload:
+The storage backend copies BBO rows as binary ``COPY`` into ``NUMERIC`` columns, each
+amount encoded straight from the book's fixed-point int (``publish.storage.pgcopy``).
+Beside it: the text ``COPY`` it used before, asyncpg's own binary encoder, and
+fixed-point ``BIGINT`` columns (the int the book already holds, scaled by 10^12: no
+decimal to encode, send or parse), with text or binary ``COPY``:
 
-- **text / NUMERIC** (what the backend does): one line per row, amounts as their
-  shortest exact decimal (``format_fixed``);
-- **binary / NUMERIC**: records with one ``Decimal`` per amount (``to_decimal``), which
-  asyncpg's binary encoder requires;
+- **binary / NUMERIC from the fixed-point int** (what the backend does): the backend's
+  own encoder (``BboCopyEncoder``), one ``COPY`` stream of bytes;
+- **text / NUMERIC**: one line per row, amounts as their shortest exact decimal
+  (``format_fixed``), as the backend wrote them before;
+- **binary / NUMERIC from Decimal (asyncpg)**: records with one ``Decimal`` per amount
+  (``to_decimal``), which asyncpg's binary encoder requires;
 - **text / BIGINT**: one line per row, amounts as the fixed-point ints;
 - **binary / BIGINT**: records of plain ints.
 
@@ -22,7 +24,7 @@ late makes the next one start at once (no batch is skipped); the variant kept up
 its last batch ended within two windows of its due time. Each variant writes its own
 table (same columns and index as the backend's ``bbo``) in the bench's schema. The
 variants run interleaved in slices of ``SLICE_SECONDS`` so that whatever else the
-machine does hits all four alike.
+machine does hits all five alike.
 
 A fixed-point ``BIGINT`` at scale 10^12 holds amounts below 9,223,372.036854775807: enough
 for prices, too little for the quantities of low-priced coins (a size of 10 million);
@@ -44,6 +46,7 @@ from hdrh.histogram import HdrHistogram
 
 from bench.report import Table, latency_histogram, ms
 from book.fixed import format_fixed, to_decimal
+from publish.storage.pgcopy import HEADER, TRAILER, BboCopyEncoder
 from publish.storage.rows import BboRow
 
 SLICE_SECONDS = 0.5
@@ -70,14 +73,19 @@ class Variant:
     """``text`` or ``binary``."""
     amounts: str
     """Column type of prices and quantities: ``NUMERIC`` or ``BIGINT`` (fixed point)."""
+    encoder: str = ""
+    """For binary ``NUMERIC``: ``fixed`` (the backend's, from the int) or ``decimal``
+    (asyncpg's, from a ``Decimal``)."""
 
     @property
     def name(self) -> str:
-        return f"{self.copy_format} COPY, {self.amounts}"
+        how = {"fixed": " from the fixed-point int", "decimal": " from Decimal (asyncpg)"}
+        return f"{self.copy_format} COPY, {self.amounts}{how.get(self.encoder, '')}"
 
     @property
     def key(self) -> str:
-        return f"{self.copy_format}_{self.amounts.lower()}"
+        suffix = f"_{self.encoder}" if self.encoder else ""
+        return f"{self.copy_format}_{self.amounts.lower()}{suffix}"
 
     @property
     def table(self) -> str:
@@ -85,8 +93,9 @@ class Variant:
 
 
 VARIANTS = (
+    Variant("binary", "NUMERIC", "fixed"),
     Variant("text", "NUMERIC"),
-    Variant("binary", "NUMERIC"),
+    Variant("binary", "NUMERIC", "decimal"),
     Variant("text", "BIGINT"),
     Variant("binary", "BIGINT"),
 )
@@ -115,7 +124,8 @@ class VariantRun:
 
 
 Payload = Any
-"""A text ``COPY`` body (bytes) or a list of binary ``COPY`` records."""
+"""A whole ``COPY`` stream (bytes, text or binary) or a list of binary ``COPY`` records
+for asyncpg's encoder."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -176,9 +186,17 @@ def binary_bigint(rows: Sequence[BboRow]) -> list[tuple[object, ...]]:
     ]
 
 
+def binary_numeric_fixed(rows: Sequence[BboRow]) -> bytes:
+    return HEADER + _ENCODER.rows(rows) + TRAILER
+
+
+_ENCODER = BboCopyEncoder()
+"""One for the run, as the backend keeps one (its memos carry over between batches)."""
+
 BUILDERS: dict[Variant, Callable[[Sequence[BboRow]], Payload]] = {
+    Variant("binary", "NUMERIC", "fixed"): binary_numeric_fixed,
     Variant("text", "NUMERIC"): text_numeric,
-    Variant("binary", "NUMERIC"): binary_numeric,
+    Variant("binary", "NUMERIC", "decimal"): binary_numeric,
     Variant("text", "BIGINT"): text_bigint,
     Variant("binary", "BIGINT"): binary_bigint,
 }
@@ -200,7 +218,7 @@ def create_table(schema: str, variant: Variant) -> list[str]:
 
 async def write(conn: Any, schema: str, variant: Variant, payload: Payload) -> None:
     """The payload's ``COPY``, committed alone (one statement, no ``BEGIN``/``COMMIT``)."""
-    if variant.copy_format == "text":
+    if isinstance(payload, bytes):
 
         async def source() -> Any:
             yield payload
@@ -210,7 +228,7 @@ async def write(conn: Any, schema: str, variant: Variant, payload: Payload) -> N
             schema_name=schema,
             columns=COLUMNS,
             source=source(),
-            format="text",
+            format=variant.copy_format,
         )
     else:
         await conn.copy_records_to_table(

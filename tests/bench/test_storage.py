@@ -23,14 +23,21 @@ def test_storage_measures_both_backends_and_their_floors() -> None:
         ]
         + [
             f"postgres_{variant}_flush_p99_ms"
-            for variant in ("text_numeric", "binary_numeric", "text_bigint", "binary_bigint")
+            for variant in (
+                "binary_numeric_fixed",
+                "text_numeric",
+                "binary_numeric_decimal",
+                "text_bigint",
+                "binary_bigint",
+            )
         ]
     )
     assert all(value > 0 for value in result.figures.values())
     assert result.notes == []
     assert [row[:2] for row in formats.rows] == [
-        ("text COPY, NUMERIC (backend today)", "10"),
-        ("binary COPY, NUMERIC", "10"),
+        ("binary COPY, NUMERIC from the fixed-point int (backend today)", "10"),
+        ("text COPY, NUMERIC", "10"),
+        ("binary COPY, NUMERIC from Decimal (asyncpg)", "10"),
         ("text COPY, BIGINT", "10"),
         ("binary COPY, BIGINT", "10"),
     ]
