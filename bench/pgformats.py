@@ -46,24 +46,13 @@ from hdrh.histogram import HdrHistogram
 
 from bench.report import Table, latency_histogram, ms
 from book.fixed import format_fixed, to_decimal
-from publish.storage.pgcopy import HEADER, TRAILER, BboCopyEncoder
+from publish.storage.pgcopy import COLUMNS, HEADER, TRAILER, BboCopyEncoder
 from publish.storage.rows import BboRow
 
 SLICE_SECONDS = 0.5
 """Each variant runs this long before the next one takes over (interleaving)."""
 BEHIND_WINDOWS = 2
 """A variant kept up when its last batch ended within this many windows of its due time."""
-COLUMNS = (
-    "ts_event",
-    "ts_recv",
-    "venue",
-    "symbol",
-    "seq",
-    "bid_px",
-    "bid_qty",
-    "ask_px",
-    "ask_qty",
-)
 _NULL = "\\N"
 
 

@@ -56,7 +56,7 @@ from bench.report import (
 from book.fixed import format_fixed, parse_fixed
 from publish.storage.backend import Batch, PrunableBackend, StorageBackend, written
 from publish.storage.flusher import StorageFlusher
-from publish.storage.pgcopy import HEADER, TRAILER, BboCopyEncoder
+from publish.storage.pgcopy import COLUMNS, HEADER, TRAILER, BboCopyEncoder
 from publish.storage.retention import HOUR_NS, Retention
 from publish.storage.rows import BboRow
 from publish.storage.sqlite import SqliteBackend
@@ -367,8 +367,6 @@ async def postgres_floor(
     before the batch's clock starts."""
     import asyncpg
 
-    columns = ["ts_event", "ts_recv", "venue", "symbol", "seq"]
-    columns += ["bid_px", "bid_qty", "ask_px", "ask_qty"]
     maker, encoder = RowMaker(quotes), BboCopyEncoder()
     conn = await asyncpg.connect(dsn)
     durations = latency_histogram()
@@ -384,7 +382,7 @@ async def postgres_floor(
                 yield data
 
             await conn.copy_to_table(
-                "bbo", schema_name=schema, columns=columns, source=source(), format="binary"
+                "bbo", schema_name=schema, columns=COLUMNS, source=source(), format="binary"
             )
             durations.record_value(max(1, int((time.perf_counter() - now) * 1e9)))
             written += batch_rows

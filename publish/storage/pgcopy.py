@@ -25,6 +25,18 @@ from collections.abc import Sequence
 from book.fixed import SCALE_DIGITS
 from publish.storage.rows import BboRow
 
+COLUMNS = (
+    "ts_event",
+    "ts_recv",
+    "venue",
+    "symbol",
+    "seq",
+    "bid_px",
+    "bid_qty",
+    "ask_px",
+    "ask_qty",
+)
+"""The ``bbo`` columns, in the order each row's fields are encoded."""
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 """The signature, no flags, no header extension."""
 TRAILER = struct.pack("!h", -1)

@@ -78,6 +78,7 @@ from publish.storage.backend import (
     unsettled_keys,
 )
 from publish.storage.exceptions import BackendClosedError, SchemaVersionError, StorageError
+from publish.storage.pgcopy import COLUMNS as BBO_COLUMNS
 from publish.storage.pgcopy import HEADER, TRAILER, BboCopyEncoder
 from publish.storage.rows import BboRow, FeedEventRow, PositionRow
 
@@ -136,17 +137,6 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_BBO_COLUMNS = (
-    "ts_event",
-    "ts_recv",
-    "venue",
-    "symbol",
-    "seq",
-    "bid_px",
-    "bid_qty",
-    "ask_px",
-    "ask_qty",
-)
 _FEED_EVENT_COLUMNS = ("ts", "venue", "instrument", "kind", "detail")
 _POSITION_COLUMNS = "id, account, instrument, side, qty, entry_px, opened_ts, closed_ts"
 _COPY_CHUNK_ROWS = 128
@@ -537,7 +527,7 @@ class PostgresBackend:
         await conn.copy_to_table(
             "bbo",
             schema_name=self._schema,
-            columns=_BBO_COLUMNS,
+            columns=BBO_COLUMNS,
             source=self._bbo_stream(rows),
             format="binary",
         )

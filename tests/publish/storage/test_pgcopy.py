@@ -12,7 +12,7 @@ import pytest
 
 from book.fixed import SCALE, format_fixed, parse_fixed
 from publish.storage import pgcopy
-from publish.storage.pgcopy import HEADER, TRAILER, BboCopyEncoder
+from publish.storage.pgcopy import COLUMNS, HEADER, TRAILER, BboCopyEncoder
 from publish.storage.rows import BboRow
 from tests.postgres import PG_DSN, fresh_schema
 
@@ -68,17 +68,7 @@ async def copied_back(rows: list[BboRow], encoder: BboCopyEncoder) -> list[tuple
             await conn.copy_to_table(
                 "bbo",
                 schema_name=schema,
-                columns=[
-                    "ts_event",
-                    "ts_recv",
-                    "venue",
-                    "symbol",
-                    "seq",
-                    "bid_px",
-                    "bid_qty",
-                    "ask_px",
-                    "ask_qty",
-                ],
+                columns=COLUMNS,
                 source=stream(),
                 format="binary",
             )
