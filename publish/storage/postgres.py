@@ -140,7 +140,7 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 _FEED_EVENT_COLUMNS = ("ts", "venue", "instrument", "kind", "detail")
 _POSITION_COLUMNS = "id, account, instrument, side, qty, entry_px, opened_ts, closed_ts"
 _COPY_CHUNK_ROWS = 128
-"""BBO rows encoded per step of the event loop (~0.13 ms on the dev box)."""
+"""BBO rows encoded per step of the event loop (~0.15 ms on a slow 2-core VM)."""
 PAGE_ROWS = 2_000
 """Rows per page of a read (the cursor's prefetch)."""
 # Key of the advisory lock held while migrating, so two servers starting on one new
