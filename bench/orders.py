@@ -190,6 +190,9 @@ class OrderTrial:
     """The server's own time per op over the window: its ``position_op`` stage, an op
     submitted -> its answer queued (an edge's spans the bus and the shard); floors:
     ``None``."""
+    shard_op: Summary | None = None
+    """The positions shard's own time per op over the window: its ``position_op`` stage,
+    an op in from the bus -> its answer published (one process: ``None``)."""
 
     @property
     def p99_ns(self) -> float:
@@ -208,6 +211,7 @@ class OrderTrial:
         server: CpuTimes,
         shard: CpuTimes | None = None,
         server_op: Summary | None = None,
+        shard_op: Summary | None = None,
     ) -> OrderTrial:
         seconds = window.seconds
         return cls(
@@ -224,6 +228,7 @@ class OrderTrial:
             kernel_reads=window.kernel_reads,
             fallback_reads=window.fallback_reads,
             server_op=server_op,
+            shard_op=shard_op,
         )
 
     @classmethod
@@ -261,10 +266,11 @@ def _websocket_trial(
         cpu = server.measure()
         shard_cpu = server.measure_shard()
         server_op = server.server_ops()
+        shard_op = server.shard_ops()
     finally:
         pool.halt()
     time.sleep(DRAIN_SECONDS)
-    return OrderTrial.from_clients(window, cpu, shard_cpu, server_op)
+    return OrderTrial.from_clients(window, cpu, shard_cpu, server_op, shard_op)
 
 
 def _storage_trial(floor: StorageFloorProcess, options: OrdersOptions, rate: float) -> OrderTrial:
@@ -454,12 +460,17 @@ def limit_reason(step: RepeatedStep[OrderTrial], *, stores: bool = True) -> str:
         )
     else:
         waits = "it waits (storage commits) rather than computes"
-    inside = _server_op_ms(step, "p99")
+    inside = _op_ms(step, "p99")
     own = (
         ""
         if inside is None
         else f"; the server's own part (op submitted -> ack queued) had a p99 of {inside:.3g} ms"
     )
+    if (in_shard := _op_ms(step, "p99", shard=True)) is not None:
+        own += (
+            f", the shard's (op in from the bus -> answer published) {in_shard:.3g} ms: the "
+            "rest is the bus both ways and the edge's own turns"
+        )
     return (
         f"latency (p99 {step.p99_ns / 1e6:.3g} ms, {step.delivered_share:.0%} acked) with the "
         f"{_cpu_text(server, server_loop)}: {waits}{own}"
@@ -487,19 +498,20 @@ def _cpu_text(process: float, loop: float) -> str:
     return f"server's event loop at {loop:.0%} of a core (the process at {process:.0%})"
 
 
-def _server_op_ms(step: RepeatedStep[OrderTrial], percentile: str) -> float | None:
-    """The server's own ``percentile`` (``p50``, ``p99``) per op, ms, median over the
-    trials that read it (``None``: none did)."""
+def _op_ms(step: RepeatedStep[OrderTrial], percentile: str, *, shard: bool = False) -> float | None:
+    """The server's (``shard``: the positions shard's) own ``percentile`` (``p50``,
+    ``p99``) per op, ms, median over the trials that read it (``None``: none did)."""
+    summaries = (trial.shard_op if shard else trial.server_op for trial in step.trials)
     values = [
-        getattr(trial.server_op, percentile) / 1e6
-        for trial in step.trials
-        if trial.server_op is not None and trial.server_op.count
+        getattr(summary, percentile) / 1e6
+        for summary in summaries
+        if summary is not None and summary.count
     ]
     return median(values) if values else None
 
 
-def _in_server(step: RepeatedStep[OrderTrial]) -> str:
-    p50, p99 = _server_op_ms(step, "p50"), _server_op_ms(step, "p99")
+def _own_time(step: RepeatedStep[OrderTrial], *, shard: bool = False) -> str:
+    p50, p99 = _op_ms(step, "p50", shard=shard), _op_ms(step, "p99", shard=shard)
     return "-" if p50 is None or p99 is None else f"{p50:.3g} / {p99:.3g}"
 
 
@@ -515,9 +527,10 @@ def _ack_figures(result: ScenarioResult, key: str, best: RepeatedStep[OrderTrial
         ]
         result.figures[f"{key}_ack_{name}_ms"] = median(values)
     for name in ("p50", "p99"):
-        inside = _server_op_ms(best, name)
-        if inside is not None:
-            result.figures[f"{key}_server_op_{name}_ms"] = inside
+        for part, shard in (("server_op", False), ("shard_op", True)):
+            inside = _op_ms(best, name, shard=shard)
+            if inside is not None:
+                result.figures[f"{key}_{part}_{name}_ms"] = inside
 
 
 def _lean_reference(result: ScenarioResult, steps: Steps, options: OrdersOptions) -> None:
@@ -597,7 +610,9 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
             f"acked, p99 ack <= {ACK_P99_MS:g} ms, nothing refused. Latencies in ms as p50 / "
             "p99 / p99.9 (medians over the trials); in the server = marketcast's own "
             "position_op stage over the same window, an op submitted -> its ack queued "
-            "(p50 / p99; an edge's spans the bus and the shard). CPU = share of one core of "
+            "(p50 / p99; an edge's spans the bus and the shard); in the shard = the positions "
+            "shard's own position_op stage, an op in from the bus -> its answer published. "
+            "CPU = share of one core of "
             "the server's process (an edge's), of the positions shard's (PostgreSQL's own "
             "processes are not counted) and of the clients'; loop = the share of the "
             "server's (the shard's) event loop thread alone, beside its storage threads: a "
@@ -619,7 +634,8 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
                     number(step.delivered),
                     value_range(step.spread(lambda trial: trial.delivered)),
                     latencies(step, _latency),
-                    _in_server(step),
+                    _own_time(step),
+                    _own_time(step, shard=True),
                     p99_range(step),
                     number(step.failures),
                     _cpu_cell(
@@ -646,6 +662,7 @@ def report(measured: OrdersRun, options: OrdersOptions) -> ScenarioResult:
                 "acks/s range",
                 "ack ms",
                 "in the server ms",
+                "in the shard ms",
                 "p99 range ms",
                 "refused",
                 "server CPU",

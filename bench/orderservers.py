@@ -260,6 +260,12 @@ class OrderServer(Protocol):
         (op submitted -> its answer queued); ``None`` where it is not read."""
         ...
 
+    def shard_ops(self) -> Summary | None:
+        """The positions shard's own time per op since ``window``, from its
+        ``position_op`` stage (op in from the bus -> its answer published); ``None``: no
+        shard."""
+        ...
+
 
 class OrderServerProcess(HelperProcess):
     """A fresh process running one order server (blocking calls)."""
@@ -285,6 +291,9 @@ class OrderServerProcess(HelperProcess):
     def server_ops(self) -> Summary | None:
         summary: Summary | None = self._agent.ask("ops")[1]
         return summary
+
+    def shard_ops(self) -> Summary | None:
+        return None
 
 
 class ClusterOrderServer:
@@ -323,6 +332,9 @@ class ClusterOrderServer:
 
     def server_ops(self) -> Summary | None:
         return self._edge.ops()
+
+    def shard_ops(self) -> Summary | None:
+        return self._shard.ops()
 
     def exit(self) -> None:
         self._nodes.close()

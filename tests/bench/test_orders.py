@@ -5,6 +5,7 @@ real clients, real databases), down to a refusal being counted."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import sqlite3
@@ -24,6 +25,7 @@ from bench.ramp import RepeatedStep
 from bench.report import Progress, latency_histogram
 from publish.auth import TokenAuthority
 from publish.metrics.cpu import CpuTimes
+from publish.metrics.hdr import Summary
 from tests.postgres import PG_DSN, pg_query
 
 INSTRUMENTS = ("bench:SYM0000-USD", "bench:SYM0001-USD")
@@ -144,27 +146,38 @@ def test_order_entry_runs_every_contender_up_the_ramp() -> None:
     assert all(rates == ["100"] for rates in climbed.values())
     assert [row[0] for row in headline.rows] == ["sqlite", "postgres"]
     assert all(row[3] != "-" for row in headline.rows)  # through an edge too
-    shards = [row[10] for row in steps.rows if row[0].startswith("edge -> positions shard")]
+    shards = [row[11] for row in steps.rows if row[0].startswith("edge -> positions shard")]
     assert len(shards) == 2 and "-" not in shards  # the shard's CPU is measured
     # Every websocket server's event loop thread is read beside its process; the storage
     # floors have no loop serving connections.
     for row in steps.rows:
         storage_floor = row[0].startswith("bare ")
-        assert ("(loop " in row[9]) is not storage_floor, row
+        assert ("(loop " in row[10]) is not storage_floor, row
     # marketcast's own time per op is read from its position_op stage (an edge's too),
     # the floors and the lean server keep none.
+    # The shard's own time is read beside the edge's, and only there.
     inside = {row[0]: row[6] for row in steps.rows}
+    in_shard = {row[0]: row[7] for row in steps.rows}
     for contender in Contender:
         if contender.name.endswith("FLOOR") or contender is Contender.LEAN_SQLITE:
             assert inside[contender] == "-"
         else:
             p50, p99 = map(float, inside[contender].split(" / "))
             assert 0 < p50 <= p99 < 10_000, (contender, inside[contender])
+        if contender.name.startswith("EDGE"):
+            p50, p99 = map(float, in_shard[contender].split(" / "))
+            assert 0 < p50 <= p99 < 10_000, (contender, in_shard[contender])
+        else:
+            assert in_shard[contender] == "-"
     for backend in ("sqlite", "postgres"):
         # At its best step the server's own part is a figure too (a loaded machine may
         # leave a backend with no step sustained, and then no best step).
         if result.figures[f"{backend}_sustained_acks_per_s"] > 0:
             assert result.figures[f"{backend}_server_op_p99_ms"] > 0
+            assert f"{backend}_shard_op_p99_ms" not in result.figures
+        if result.figures[f"{backend}_edge_shard_sustained_acks_per_s"] > 0:
+            # Through an edge, the shard's own part is a figure beside the edge's.
+            assert result.figures[f"{backend}_edge_shard_shard_op_p99_ms"] > 0
         else:
             assert f"{backend}_server_op_p99_ms" not in result.figures
     assert [target.what.split(":")[0] for target in result.targets][:1] == ["sqlite"]
@@ -256,6 +269,28 @@ def made(
 )
 def test_what_limits_a_step_is_named(trial: OrderTrial, reason: str) -> None:
     assert reason in limit_reason(RepeatedStep(1000, [trial]))
+
+
+def ms_summary(p50_ms: float, p99_ms: float) -> Summary:
+    p50, p99 = int(p50_ms * 1e6), int(p99_ms * 1e6)
+    return Summary(count=100, total=100 * p50, p50=p50, p90=p99, p99=p99, p999=p99, max=p99)
+
+
+def test_an_edges_limit_names_its_shards_own_part_beside_its_own() -> None:
+    edge = dataclasses.replace(
+        made(1000, 1000, p99_ms=11, server=0.13, server_loop=0.13, shard=0.2, shard_loop=0.15),
+        server_op=ms_summary(6.5, 10.4),
+        shard_op=ms_summary(5.2, 7.3),
+    )
+    reason = limit_reason(RepeatedStep(1000, [edge]))
+    assert reason.endswith(
+        "the server's own part (op submitted -> ack queued) had a p99 of 10.4 ms, the "
+        "shard's (op in from the bus -> answer published) 7.3 ms: the rest is the bus both "
+        "ways and the edge's own turns"
+    )
+    # One process has no shard: its reason ends at its own part.
+    alone = dataclasses.replace(edge, shard_cpu=math.nan, shard_loop_cpu=math.nan, shard_op=None)
+    assert limit_reason(RepeatedStep(1000, [alone])).endswith("had a p99 of 10.4 ms")
 
 
 def test_a_contender_without_storage_is_not_said_to_wait_for_commits() -> None:
