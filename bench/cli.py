@@ -22,6 +22,7 @@ from bench import (
     shards,
     storage,
 )
+from bench.hoststalls import STALL_SECONDS
 from bench.report import Machine, Progress, ScenarioResult
 from bench.scenarioprocess import (
     Runner,
@@ -63,6 +64,13 @@ def build_parser(
         type=int,
         help="trials of every ramp step per contender, interleaved; the median decides "
         "(fanout, orders; default 3)",
+    )
+    parser.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=STALL_SECONDS,
+        help="before each scenario every core spins this long to count the host's stalls "
+        "(default %(default)g; 0: not measured)",
     )
     group = parser.add_argument_group("ingest, ingestbus")
     group.add_argument("--frames", type=int, help="frames of each recording (default: all)")

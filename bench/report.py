@@ -21,6 +21,7 @@ from typing import TextIO
 from hdrh.histogram import HdrHistogram
 
 from bench.hostspeed import HostSpeed
+from bench.hoststalls import HostStalls, measure_stalls
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -119,22 +120,31 @@ class ScenarioConditions:
     rss_bytes: int
     parent_rss_bytes: int
     """The bench's main process, which only waits while the scenario runs."""
+    stalls: HostStalls | None = None
+    """The host's stalls with every core busy, just before (``None``: not measured)."""
 
     @classmethod
-    def current(cls) -> ScenarioConditions:
+    def current(cls, stall_seconds: float = 0.0) -> ScenarioConditions:
+        """Read now; with ``stall_seconds`` > 0, every core first spins that long
+        (``bench.hoststalls``)."""
+        stalls = measure_stalls(stall_seconds) if stall_seconds > 0 else None
         return cls(
             pid=os.getpid(),
             load_average=os.getloadavg(),
             rss_bytes=rss_bytes(),
             parent_rss_bytes=rss_bytes(os.getppid()),
+            stalls=stalls,
         )
 
     def render(self) -> str:
-        return (
-            f"{load_line(self.load_average)}\n"
+        lines = [
+            load_line(self.load_average),
             f"- scenario process: pid {self.pid}, {megabytes(self.rss_bytes)} MB RSS at start "
-            f"(the bench's main process: {megabytes(self.parent_rss_bytes)} MB)"
-        )
+            f"(the bench's main process: {megabytes(self.parent_rss_bytes)} MB)",
+        ]
+        if self.stalls is not None:
+            lines.append(self.stalls.render())
+        return "\n".join(lines)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -142,6 +152,7 @@ class ScenarioConditions:
             "load_average": list(self.load_average),
             "rss_bytes": self.rss_bytes,
             "parent_rss_bytes": self.parent_rss_bytes,
+            "stalls": None if self.stalls is None else self.stalls.to_json(),
         }
 
 

@@ -16,11 +16,13 @@ def test_connections_report_through_the_command_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     figures = tmp_path / "figures.json"
-    assert main(["connections", "--connections", "20", "--json", str(figures)]) == 0
+    argv = ["connections", "--connections", "20", "--stall-seconds", "0.3"]
+    assert main([*argv, "--json", str(figures)]) == 0
 
     out = capsys.readouterr().out
     assert out.startswith("# marketcast bench\n\n- machine: ")
     assert "- load average at start (1/5/15 min): " in out
+    assert "\n- host stalls with every core busy (" in out
     assert "uvloop: " in out
     assert "## 5. Connections: idle subscribers held, memory per connection" in out
     table = [line for line in out.splitlines() if line.startswith("| ")]
@@ -41,6 +43,9 @@ def test_connections_report_through_the_command_line(
     ]
     assert result["figures"]["marketcast_connections"] == 20
     assert result["figures"]["raw_connections"] == 20
+    stalls = result["conditions"]["stalls"]
+    assert stalls["cores"] == os.cpu_count()
+    assert stalls["seconds"] == 0.3
 
 
 def test_a_failing_scenario_is_reported_and_the_others_still_run(
@@ -48,12 +53,13 @@ def test_a_failing_scenario_is_reported_and_the_others_still_run(
 ) -> None:
     figures = tmp_path / "figures.json"
     # The first 5 frames of the spot recording hold no REST snapshot: ingest cannot run.
-    argv = ["ingest", "connections", "--frames", "5", "--connections", "5"]
+    argv = ["ingest", "connections", "--frames", "5", "--connections", "5", "--stall-seconds", "0"]
     assert main([*argv, "--json", str(figures)]) == 1
 
     captured = capsys.readouterr()
     failed = captured.out.partition("## ingest: FAILED\n\n")[2]
     assert failed.startswith("- load average at start (1/5/15 min): ")
+    assert "host stalls" not in captured.out  # --stall-seconds 0: not measured
     assert "\n\nValueError: the first 5 frames of " in failed
     assert "## 5. Connections: idle subscribers held, memory per connection" in failed
     assert captured.out.rstrip().endswith("FAILED: ingest (errors on stderr)")

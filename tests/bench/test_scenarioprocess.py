@@ -69,7 +69,7 @@ def test_each_scenario_runs_in_a_fresh_process_and_failures_do_not_stop_the_rest
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     figures = tmp_path / "figures.json"
-    assert main(["all", "--json", str(figures)], runners=FAKES) == 1
+    assert main(["all", "--stall-seconds", "0", "--json", str(figures)], runners=FAKES) == 1
 
     report = json.loads(figures.read_text())
     fills, reports = report["results"]
@@ -146,7 +146,7 @@ import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as started from a terminal
 from bench.cli import main
 from tests.bench.test_scenarioprocess import STUCK
-sys.exit(main(["stuck"], runners=STUCK))
+sys.exit(main(["stuck", "--stall-seconds", "0"], runners=STUCK))
 """
 
 
