@@ -135,7 +135,7 @@ def _scenario_main(pipe: Connection) -> None:
     with contextlib.suppress(KeyboardInterrupt, EOFError):
         try:
             _, runner, args, started = pipe.recv()  # unpickles the runner: may fail
-            conditions = ScenarioConditions.current(getattr(args, "stall_seconds", 0.0))
+            conditions = ScenarioConditions.current(args.stall_seconds)
         except Exception:
             pipe.send(("error", traceback.format_exc()))
             return
