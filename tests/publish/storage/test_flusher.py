@@ -295,6 +295,12 @@ async def test_a_batch_is_answered_in_the_turn_the_loop_hears_it_committed(
 
     def heard() -> None:
         told.append(("the loop hears", None))
+        # The loop may run this before the thread has told of the write: wait (blocking
+        # the loop, as a long turn would) until the writer's one thread has finished the
+        # job and its done callbacks, so the answer is on the loop before the next turn's
+        # callback is. A future that woke a task would still come after it.
+        assert sqlite._executor is not None
+        sqlite._executor.submit(lambda: None).result(timeout=10)
         loop.call_soon(told.append, ("the next turn", None))
 
     def inserting(batch: Batch, inserts: list[Any]) -> frozenset[int]:
