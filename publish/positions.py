@@ -53,9 +53,10 @@ requested. Everything runs on the event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -65,8 +66,10 @@ from publish.catalog import InstrumentCatalog
 from publish.exceptions import RequestError
 from publish.position import Position, PositionSide
 from publish.protocol import ErrorCode
-from publish.storage.flusher import InsertOutcome, StorageHealth
+from publish.storage.flusher import BatchedCommit, InsertOutcome, StorageHealth
 from publish.storage.positions import PositionStore
+
+logger = logging.getLogger(__name__)
 
 MAX_POSITION_ID_CHARS = 64
 MAX_AMOUNT = 10**18 * SCALE
@@ -102,12 +105,13 @@ class PositionListener(Protocol):
 
 
 @dataclass(slots=True, eq=False)
-class _Change:
+class _Change(BatchedCommit):
     """A change in progress on a position: its open (``closed`` None) or its close.
 
     It is its own row's ``Commit`` in the store: the flusher resolves it when the row's
     batch commits, and it tells its book at once, in the flusher's turn of the loop (no
-    future, no loop callback, no closure per op)."""
+    future, no loop callback, no closure per op); a batch's changes together, in one
+    call (``commit_batch``)."""
 
     book: PositionBook
     position: Position
@@ -122,15 +126,16 @@ class _Change:
     def closing(self) -> bool:
         return self.closed is not None
 
-    def done(self) -> bool:
-        return False  # a change is decided once, by its one commit
-
-    def set_result(self, outcome: InsertOutcome | None, /) -> None:
-        """The store committed the change (an open: with what became of its row)."""
-        if self.closed is None:
-            self.book._opened(self, outcome)
-        else:
-            self.book._closed(self, self.closed)
+    @classmethod
+    def commit_batch(cls, commits: Sequence[_Change], results: Sequence[object]) -> None:
+        """The store committed these changes, in row order (an open: with what became of
+        its row, ``InsertOutcome``). O(changes)."""
+        book = commits[0].book
+        if all(change.book is book for change in commits):
+            book._committed(commits, results)
+            return
+        for change, outcome in zip(commits, results, strict=True):  # books sharing a store
+            change.book._committed([change], [outcome])
 
 
 _Waiting = tuple[float, _Change, PositionReply]
@@ -433,43 +438,54 @@ class PositionBook:
         if waiting:
             self._arm(waiting[0][0])
 
-    def _decided(self, change: _Change) -> list[PositionReply]:
-        """Take the replies waiting for ``change``, now decided, and let the waiting
-        requests they were the front of leave. O(requests leaving)."""
-        replies, change.replies = change.replies, []
+    def _committed(self, changes: Sequence[_Change], outcomes: Sequence[object]) -> None:
+        """Changes of this book committed, in row order (``_Change.commit_batch``): each
+        open is recorded, or forgotten when the commit found its id taken, each close
+        removed; the requests waiting for each are answered, then the listeners told,
+        change by change. A failure while telling one change (a reply's or a listener's
+        bug) is logged and the others are still told. Then the answered requests leave
+        the timeouts' queue. O(changes + requests answered).
+
+        The usual change, an open written, is handled in this loop itself: a batch of
+        opens costs no call per open but its replies' and listeners'."""
+        entries = self._entries
+        listeners = self._listeners
+        for change, outcome in zip(changes, outcomes, strict=True):
+            replies, change.replies = change.replies, []
+            try:
+                if change.closed is not None:
+                    self._closed(change.closed, replies)
+                    continue
+                position = change.position
+                if outcome is InsertOutcome.ID_TAKEN:
+                    self._forget(position, replies)
+                    continue
+                entries[position.account, position.id] = position
+                for reply in replies:
+                    reply.acknowledge(position)
+                for listener in listeners:
+                    listener.position_opened(position)
+            except Exception:  # as the flusher does for one commit: the others go on
+                logger.exception("telling of a committed position change failed")
         waiting = self._waiting
         while waiting and not waiting[0][1].replies:  # answered (see _Waiting)
             waiting.popleft()
-        return replies
 
-    def _opened(self, change: _Change, outcome: InsertOutcome | None) -> None:
-        """``change``, an open, committed (``_Change.set_result``)."""
-        position = change.position
-        if outcome is InsertOutcome.ID_TAKEN:
-            self._forget(change)
-            return
-        self._entries[position.account, position.id] = position
-        for reply in self._decided(change):
-            reply.acknowledge(position)
-        for listener in self._listeners:
-            listener.position_opened(position)
-
-    def _closed(self, change: _Change, closed: Position) -> None:
-        """``change``, a close, committed (``_Change.set_result``)."""
+    def _closed(self, closed: Position, replies: list[PositionReply]) -> None:
+        """A close committed: ``closed`` is gone; ``replies`` are its requests."""
         del self._entries[closed.account, closed.id]
         self._count_down(closed.account)
-        for reply in self._decided(change):
+        for reply in replies:
             reply.acknowledge(closed)
         for listener in self._listeners:
             listener.position_closed(closed)
 
-    def _forget(self, change: _Change) -> None:
+    def _forget(self, position: Position, replies: list[PositionReply]) -> None:
         """Release an id reserved by an open that was not written (the commit found the id
-        taken): its waiting requests are refused as duplicates."""
-        position = change.position
+        taken): its requests, ``replies``, are refused as duplicates."""
         del self._entries[position.account, position.id]
         self._count_down(position.account)
-        for reply in self._decided(change):
+        for reply in replies:
             reply.refuse(_duplicate(position.id))
 
     def _count_down(self, account: str) -> None:

@@ -21,10 +21,11 @@ has not used its id yet, checked inside that commit's transaction (no lookup of 
 own): its commit says ``WRITTEN`` or ``ID_TAKEN``. A ``Commit`` is an ``asyncio.Future``
 or any object answering the same two calls; the position book passes its change in
 progress itself, which is told at once, in the flusher's turn: no future, no loop
-callback and no closure per op. ``after_commit`` runs once a committed batch's commits
-are resolved (and a future's done callbacks have run): at once in the flusher's turn
-when no commit was a future, so whatever they queued (the acks) goes out before the
-loop's next socket reads.
+callback and no closure per op, and a batch's changes together, in one call
+(``BatchedCommit``). ``after_commit`` runs once a committed batch's commits are resolved
+(and a future's done callbacks have run): at once in the flusher's turn when no commit
+was a future, so whatever they queued (the acks) goes out before the loop's next socket
+reads.
 
 That turn is the first one that hears the write ended: the backend calls the flusher's
 ``done`` itself (``StorageBackend.write_batch``); SQLite's writer thread schedules it on
@@ -43,11 +44,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Protocol, Self, TypeVar, cast
 
 from publish.storage.backend import Batch, StorageBackend, WriteOutcome
 from publish.storage.rows import BboRow, FeedEventRow, PositionRow
@@ -84,6 +85,31 @@ class Commit(Protocol[_R_contra]):
     def done(self) -> bool: ...
 
     def set_result(self, result: _R_contra, /) -> None: ...
+
+
+class BatchedCommit:
+    """A ``Commit`` that its batch tells together with the others of its type: when every
+    commit of a batch's list (its changed positions', or its new positions') is of one
+    ``BatchedCommit`` type, the flusher makes one ``commit_batch`` call with all of them
+    and their results, in row order, instead of a ``set_result`` per row. The position
+    book's changes are: one loop over a batch's opens instead of a chain of five calls
+    per open (2,000 and 8,500 fewer instructions an open of some 160,000 in two
+    alternated counts, ``python -m bench opcost``'s servers). Alone (a batch that mixes kinds),
+    each is told by ``set_result``, which is ``commit_batch`` of one. ``commit_batch``
+    must tell every commit even when telling one of them fails (log it and go on), as
+    the flusher does for single commits."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        return False  # decided once, by its one commit
+
+    def set_result(self, result: object, /) -> None:
+        type(self).commit_batch([self], [result])
+
+    @classmethod
+    def commit_batch(cls, commits: Sequence[Self], results: Sequence[object]) -> None:
+        raise NotImplementedError
 
 
 _Waiters = tuple[list[Commit[None]], list[Commit[InsertOutcome]]]
@@ -367,12 +393,12 @@ class StorageFlusher:
             self._health = StorageHealth.HEALTHY
         self._dropping = False
         changed, new = waiters
-        futures = False
-        for waiter in changed:
-            futures |= _resolve(waiter, None)
-        for index, new_waiter in enumerate(new):
-            outcome = InsertOutcome.ID_TAKEN if index in taken else InsertOutcome.WRITTEN
-            futures |= _resolve(new_waiter, outcome)
+        futures = resolve_commits(changed, [None] * len(changed))
+        outcomes = [
+            InsertOutcome.ID_TAKEN if index in taken else InsertOutcome.WRITTEN
+            for index in range(len(new))
+        ]
+        futures |= resolve_commits(new, outcomes)
         if self._after_commit is not None and (changed or new):
             if futures:
                 asyncio.get_running_loop().call_soon(self._after_commit)
@@ -450,6 +476,25 @@ class StorageFlusher:
                 self._backend.name,
                 self._max_pending,
             )
+
+
+def resolve_commits(commits: Sequence[Commit[_T]], results: Sequence[_T]) -> bool:
+    """Resolve a batch's commits with their results, in row order: in one call when all
+    are ``BatchedCommit``s of one type, else one by one (``_resolve``). True if any is an
+    ``asyncio.Future``. O(commits)."""
+    if not commits:
+        return False
+    kind = type(commits[0])
+    if issubclass(kind, BatchedCommit) and all(type(commit) is kind for commit in commits):
+        try:
+            kind.commit_batch(cast(Sequence[BatchedCommit], commits), results)
+        except Exception:
+            logger.exception("resolving a batch's commits failed")
+        return False
+    futures = False
+    for commit, result in zip(commits, results, strict=True):
+        futures |= _resolve(commit, result)
+    return futures
 
 
 def _resolve(commit: Commit[_T], result: _T) -> bool:

@@ -10,7 +10,7 @@ from book.fixed import parse_fixed
 from publish.catalog import RegistryCatalog
 from publish.position import Position, PositionSide
 from publish.positions import PositionBook
-from publish.storage.flusher import Commit, InsertOutcome, StorageHealth
+from publish.storage.flusher import Commit, InsertOutcome, StorageHealth, resolve_commits
 from tests.publish.support import BTC, new_registry
 
 NOW = 1_796_256_000 * 10**9
@@ -34,15 +34,26 @@ class ManualStore:
     async def load_open(self) -> list[Position]:
         return []
 
-    def commit(self, outcome: InsertOutcome = InsertOutcome.WRITTEN) -> None:
-        """Commit every write queued so far (new positions with ``outcome``), as the
-        flusher does: each commit resolved at once, in order."""
+    def commit(
+        self,
+        outcome: InsertOutcome = InsertOutcome.WRITTEN,
+        *,
+        taken: frozenset[str] = frozenset(),
+    ) -> None:
+        """Commit every write queued so far (new positions with ``outcome``, those whose id
+        is in ``taken`` with ``ID_TAKEN``), resolved at once as the flusher resolves a
+        batch's commits (``resolve_commits``): the new positions' in order, then the
+        changed ones'."""
         inserts, self.inserts = self.inserts, []
         writes, self.writes = self.writes, []
-        for _, inserted in inserts:
-            inserted.set_result(outcome)
-        for _, written in writes:
-            written.set_result(None)
+        resolve_commits(
+            [commit for _, commit in inserts],
+            [
+                InsertOutcome.ID_TAKEN if position.id in taken else outcome
+                for position, _ in inserts
+            ],
+        )
+        resolve_commits([commit for _, commit in writes], [None] * len(writes))
 
 
 def new_book(store: ManualStore, **settings: float) -> PositionBook:

@@ -170,6 +170,53 @@ async def test_waiting_requests_of_an_id_taken_in_storage_are_refused_as_duplica
     book._check()
 
 
+class _Heard:
+    """A listener that records what it hears, and fails on the position ``fails_on``."""
+
+    def __init__(self, fails_on: str) -> None:
+        self.fails_on = fails_on
+        self.heard: list[tuple[str, str]] = []
+
+    def position_opened(self, position: Position) -> None:
+        self.heard.append(("opened", position.id))
+        if position.id == self.fails_on:
+            raise RuntimeError("the listener failed")
+
+    def position_closed(self, position: Position) -> None:
+        self.heard.append(("closed", position.id))
+
+
+async def test_one_commit_answers_each_change_of_its_batch_whatever_a_listener_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A batch's changes are told in one call: each request gets its own answer (opens
+    acked, a taken id refused, a close acked with its closed position), the listeners
+    hear each change after its acks, and a listener failing on one position is logged
+    while the rest of the batch is still told."""
+    store = ManualStore()
+    book = new_book(store)
+    submit_open(book, "p-0")
+    store.commit()
+    await settled()
+    listener = _Heard(fails_on="p-1")
+    book.add_listener(listener)
+    listener.heard.clear()  # the replay of p-0
+    opened, taken, later = (submit_open(book, name) for name in ("p-1", "p-2", "p-3"))
+    closing = submit_close(book, "p-0")
+    store.commit(taken=frozenset({"p-2"}))
+    await settled()
+    assert (opened.acks, later.acks) == ([expected("p-1", NOW + 1)], [expected("p-3", NOW + 3)])
+    duplicate = (ErrorCode.DUPLICATE_POSITION, "position id 'p-2' is already used by this account")
+    assert (opened.refusals, taken.acks, taken.refusals) == ([], [], [duplicate])
+    assert closing.acks == [expected("p-0", NOW, closed_ts=NOW + 4)]
+    assert listener.heard == [("opened", "p-1"), ("opened", "p-3"), ("closed", "p-0")]
+    assert [record.getMessage() for record in caplog.records] == [
+        "telling of a committed position change failed"
+    ]
+    assert len(book) == 2
+    book._check()
+
+
 async def test_a_degraded_store_refuses_at_once_and_queues_nothing() -> None:
     store = ManualStore(health=StorageHealth.DEGRADED)
     book = new_book(store)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import closing
 from functools import partial
 from pathlib import Path
@@ -20,7 +20,7 @@ from publish.storage import (
     StorageHealth,
 )
 from publish.storage.backend import WriteDone
-from publish.storage.flusher import InsertOutcome
+from publish.storage.flusher import BatchedCommit, InsertOutcome
 from tests.publish.storage.support import (
     RecordingBackend,
     add_new_position,
@@ -219,6 +219,86 @@ async def test_a_commit_that_is_not_a_future_is_told_in_the_flushers_turn(
     assert [record.getMessage() for record in caplog.records] == [
         "resolving a position's commit failed"
     ] * 2
+
+
+class _Batched(BatchedCommit):
+    """A batched commit: each ``commit_batch`` call is recorded (the names and results
+    it got, in order) where its first commit is told; a batch holding one that fails
+    raises, as a waiter's own code can."""
+
+    __slots__ = ("name", "told", "fails")
+
+    def __init__(self, name: str, told: list[tuple[str, object]], *, fails: bool = False):
+        self.name = name
+        self.told = told
+        self.fails = fails
+
+    @classmethod
+    def commit_batch(cls, commits: Sequence[_Batched], results: Sequence[object]) -> None:
+        told = [(commit.name, result) for commit, result in zip(commits, results, strict=True)]
+        commits[0].told.append(("batch", told))
+        if any(commit.fails for commit in commits):
+            raise RuntimeError("the batch failed")
+
+
+async def test_batched_commits_are_told_in_one_call_per_batch(
+    sqlite: SqliteBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Commits of one ``BatchedCommit`` type are told in one ``commit_batch`` call per
+    list (the changed positions', then the new ones'), with their results in row order;
+    a list that mixes kinds is told one by one (a batched commit alone is a batch of
+    one); a batch whose telling fails is logged, and the flusher goes on."""
+    told: list[tuple[str, object]] = []
+    flusher = StorageFlusher(sqlite, after_commit=lambda: told.append(("after_commit", None)))
+    stored = add_new_position(flusher, position("p-0"))
+    await flusher.drain()
+    assert stored.result() is InsertOutcome.WRITTEN
+    await asyncio.sleep(0)
+    told.clear()
+
+    flusher.add_position(position("p-1"), _Batched("changed", told))
+    flusher.add_new_position(position("p-2"), _Batched("new", told))
+    flusher.add_new_position(position("p-0", closed_ts=5), _Batched("taken", told))
+    flusher.add_new_position(position("p-3"), _Batched("new too", told))
+    await flusher.drain()
+    await asyncio.sleep(0)
+    assert told == [
+        ("batch", [("changed", None)]),
+        (
+            "batch",
+            [
+                ("new", InsertOutcome.WRITTEN),
+                ("taken", InsertOutcome.ID_TAKEN),
+                ("new too", InsertOutcome.WRITTEN),
+            ],
+        ),
+        ("after_commit", None),
+    ]
+
+    told.clear()
+    flusher.add_new_position(position("p-4"), _Recorded("plain", told))
+    flusher.add_new_position(position("p-5"), _Batched("alone", told))
+    await flusher.drain()
+    await asyncio.sleep(0)
+    assert told == [
+        ("plain", InsertOutcome.WRITTEN),
+        ("batch", [("alone", InsertOutcome.WRITTEN)]),
+        ("after_commit", None),
+    ]
+
+    told.clear()
+    flusher.add_new_position(position("p-6"), _Batched("failing", told, fails=True))
+    flusher.add_new_position(position("p-7"), _Batched("beside it", told))
+    await flusher.drain()
+    await asyncio.sleep(0)
+    assert told == [
+        ("batch", [("failing", InsertOutcome.WRITTEN), ("beside it", InsertOutcome.WRITTEN)]),
+        ("after_commit", None),
+    ]
+    assert [record.getMessage() for record in caplog.records] == [
+        "resolving a batch's commits failed"
+    ]
+    assert flusher.health is StorageHealth.HEALTHY
 
 
 async def test_after_commit_runs_at_once_when_no_commit_was_a_future(
