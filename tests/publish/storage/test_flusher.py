@@ -193,18 +193,27 @@ class _Recorded:
             raise RuntimeError(f"{self._name} failed")
 
 
-async def test_a_commit_that_is_not_a_future_is_told_in_the_flushers_turn(
-    sqlite: SqliteBackend, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Each row's commit is resolved once its batch committed, in row order, before
-    ``after_commit``; one whose own code raises is logged and the others are still told."""
-    told: list[tuple[str, object]] = []
+async def _told_flusher_with_p0(
+    sqlite: SqliteBackend, told: list[tuple[str, object]]
+) -> StorageFlusher:
+    """A flusher whose ``after_commit`` is recorded in ``told``, with position p-0 stored
+    (so that a new p-0 is a taken id) and ``told`` left empty."""
     flusher = StorageFlusher(sqlite, after_commit=lambda: told.append(("after_commit", None)))
     stored = add_new_position(flusher, position("p-0"))
     await flusher.drain()
     assert stored.result() is InsertOutcome.WRITTEN
     await asyncio.sleep(0)
     told.clear()
+    return flusher
+
+
+async def test_a_commit_that_is_not_a_future_is_told_in_the_flushers_turn(
+    sqlite: SqliteBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each row's commit is resolved once its batch committed, in row order, before
+    ``after_commit``; one whose own code raises is logged and the others are still told."""
+    told: list[tuple[str, object]] = []
+    flusher = await _told_flusher_with_p0(sqlite, told)
     flusher.add_position(position("p-1"), _Recorded("changed", told, fails=True))
     flusher.add_new_position(position("p-2"), _Recorded("new", told, fails=True))
     flusher.add_new_position(position("p-0", closed_ts=5), _Recorded("taken", told))
@@ -249,12 +258,7 @@ async def test_batched_commits_are_told_in_one_call_per_batch(
     a list that mixes kinds is told one by one (a batched commit alone is a batch of
     one); a batch whose telling fails is logged, and the flusher goes on."""
     told: list[tuple[str, object]] = []
-    flusher = StorageFlusher(sqlite, after_commit=lambda: told.append(("after_commit", None)))
-    stored = add_new_position(flusher, position("p-0"))
-    await flusher.drain()
-    assert stored.result() is InsertOutcome.WRITTEN
-    await asyncio.sleep(0)
-    told.clear()
+    flusher = await _told_flusher_with_p0(sqlite, told)
 
     flusher.add_position(position("p-1"), _Batched("changed", told))
     flusher.add_new_position(position("p-2"), _Batched("new", told))
