@@ -94,10 +94,10 @@ class BatchedCommit:
     and their results, in row order, instead of a ``set_result`` per row. The position
     book's changes are: one loop over a batch's opens instead of a chain of five calls
     per open (2,000 and 8,500 fewer instructions an open of some 160,000 in two
-    alternated counts, ``python -m bench opcost``'s servers). Alone (a batch that mixes kinds),
-    each is told by ``set_result``, which is ``commit_batch`` of one. ``commit_batch``
-    must tell every commit even when telling one of them fails (log it and go on), as
-    the flusher does for single commits."""
+    alternated counts, ``python -m bench opcost``'s servers). Alone (a batch that mixes
+    kinds), each is told by ``set_result``, which is ``commit_batch`` of one.
+    ``commit_batch`` must tell every commit even when telling one of them fails (log it
+    and go on), as the flusher does for single commits."""
 
     __slots__ = ()
 
